@@ -1,0 +1,577 @@
+//! Configuration: one typed [`Config`], built from four layers.
+//!
+//! Precedence, lowest to highest: the defaults in `config/default.toml`
+//! (compiled in, so the documented defaults and the real ones cannot drift),
+//! an optional `--config FILE`, `TRP_*` environment variables, command-line
+//! flags. Unknown keys are an error naming the key, in a file and in the
+//! environment alike.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Value;
+
+/// The documented defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys that are valid but have no default (absent from `default.toml`).
+const OPTIONAL_KEYS: &[&str] = &["upstream", "repair.credentials_file"];
+
+/// `TRP_*` variables that are not configuration keys: the repair credential
+/// (secrets never live in the configuration) and the test harness's own.
+const NON_CONFIG_ENV: &[&str] = &[
+    "TRP_REPAIR_API_KEY_SID",
+    "TRP_REPAIR_API_KEY_SECRET",
+    "TRP_REPAIR_ACCOUNT_SID",
+];
+const NON_CONFIG_ENV_PREFIXES: &[&str] = &["TRP_TEST_"];
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown key `{0}`")]
+    UnknownKey(String),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    pub store: String,
+    pub default_upstream: String,
+    pub allowed_hosts: Vec<String>,
+    pub proxy_hosts: Vec<String>,
+    pub add_forwarded_headers: bool,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub repair: RepairConfig,
+    pub store_options: StoreOptions,
+    pub route: Vec<Route>,
+}
+
+/// Named bounds of the proxy; see `config/default.toml` for each meaning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub connect_timeout_ms: u64,
+    pub response_header_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_idle_per_host: usize,
+    pub max_connections: usize,
+    pub header_read_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Limits {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn response_header_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_header_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn pool_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_timeout_ms)
+    }
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// What the proxy does with a 20404 on Participant create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepairMode {
+    /// Check, and delete/recreate the User when the check says so.
+    Repair,
+    /// Check and report; never delete a User.
+    CheckOnly,
+    /// Pure pass-through.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityRecord {
+    Plain,
+    Hash,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairConfig {
+    pub mode: RepairMode,
+    pub max_body_bytes: usize,
+    pub clock_skew_ms: u64,
+    pub workflow_deadline_ms: u64,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    pub retry_max_attempts: u32,
+    pub step_timeout_ms: u64,
+    pub max_repairs_per_window: u32,
+    pub repair_window_secs: u64,
+    pub allow_services: Vec<String>,
+    pub deny_services: Vec<String>,
+    pub incident_identity: IdentityRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+/// One row of the routing table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+/// Flag-level overrides (the top layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub store: Option<String>,
+}
+
+impl Config {
+    /// The compiled-in defaults alone.
+    pub fn defaults() -> Config {
+        // The embedded file is checked by a unit test; it always parses.
+        Self::load(None, std::iter::empty(), &Overrides::default())
+            .unwrap_or_else(|e| panic!("config/default.toml is invalid: {e}"))
+    }
+
+    /// Build the effective configuration from all four layers. `env` is
+    /// passed in (rather than read here) so tests can supply their own.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut base: Value = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Syntax {
+                path: PathBuf::from("config/default.toml"),
+                message: e.message().to_string(),
+            }
+        })?;
+        let known = known_keys(&base);
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let user: Value = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: one_line(e.message()),
+                }
+            })?;
+            check_unknown(&user, "", &known)?;
+            merge(&mut base, user);
+        }
+
+        apply_env(&mut base, &known, env)?;
+
+        let table = base;
+        let mut config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, one_line(&e.inner().to_string()))
+        })?;
+
+        if let Some(v) = overrides.listen {
+            config.listen = v;
+        }
+        if let Some(v) = overrides.admin_listen {
+            config.admin_listen = v;
+        }
+        if let Some(v) = &overrides.upstream {
+            config.upstream = Some(v.clone());
+        }
+        if let Some(v) = &overrides.store {
+            config.store = v.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(up) = &self.upstream {
+            check_origin("upstream", up)?;
+        }
+        check_origin("default_upstream", &self.default_upstream)?;
+        for (i, r) in self.route.iter().enumerate() {
+            if !r.prefix.starts_with('/') {
+                return Err(invalid(&format!("route[{i}].prefix"), "must start with /"));
+            }
+            check_origin(&format!("route[{i}].upstream"), &r.upstream)?;
+        }
+        if !(self.store.starts_with("sqlite:")
+            || self.store.starts_with("postgres://")
+            || self.store.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store",
+                "expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.connect_timeout_ms", l.connect_timeout_ms),
+            ("limits.response_header_timeout_ms", l.response_header_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("repair.workflow_deadline_ms", self.repair.workflow_deadline_ms),
+            ("repair.step_timeout_ms", self.repair.step_timeout_ms),
+            ("store_options.connect_timeout_ms", self.store_options.connect_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be greater than 0"));
+        }
+        if self.store_options.max_connections == 0 {
+            return Err(invalid("store_options.max_connections", "must be greater than 0"));
+        }
+        if self.repair.retry_max_attempts == 0 {
+            return Err(invalid("repair.retry_max_attempts", "must be at least 1"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", one_line(&e.to_string())));
+        }
+        for (key, list) in [
+            ("repair.allow_services", &self.repair.allow_services),
+            ("repair.deny_services", &self.repair.deny_services),
+        ] {
+            for sid in list {
+                if !crate::sid::is_sid(sid, "IS") {
+                    return Err(invalid(key, format!("`{sid}` is not a Service SID (IS + 32 hex)")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.store = mask_url_password(&self.store);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:****@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn check_origin(key: &str, value: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| invalid(key, format!("`{value}` is not a URL")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(invalid(key, "scheme must be http or https")),
+    }
+    if uri.authority().is_none() {
+        return Err(invalid(key, "missing host"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(invalid(key, "must be an origin (scheme://host[:port]) without a path"));
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Dotted paths of every key in the defaults (tables of arrays count as a
+/// leaf, `route`), plus the optional keys.
+fn known_keys(base: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        if let Value::Table(t) = v {
+            for (k, child) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if matches!(child, Value::Table(_)) {
+                    walk(child, &path, out);
+                }
+                out.insert(path);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(base, "", &mut out);
+    out.extend(OPTIONAL_KEYS.iter().map(|s| s.to_string()));
+    out
+}
+
+fn check_unknown(v: &Value, prefix: &str, known: &BTreeSet<String>) -> Result<(), ConfigError> {
+    if let Value::Table(t) = v {
+        for (k, child) in t {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if !known.contains(&path) {
+                return Err(ConfigError::UnknownKey(path));
+            }
+            if matches!(child, Value::Table(_)) {
+                check_unknown(child, &path, known)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing @ Value::Table(_)) if v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn env_name(path: &str) -> String {
+    format!("TRP_{}", path.replace('.', "_").to_uppercase())
+}
+
+fn apply_env(
+    base: &mut Value,
+    known: &BTreeSet<String>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let by_env: std::collections::HashMap<String, &String> = known
+        .iter()
+        .filter(|k| k.as_str() != "route")
+        .map(|k| (env_name(k), k))
+        .collect();
+    for (name, raw) in env {
+        if !name.starts_with("TRP_")
+            || NON_CONFIG_ENV.contains(&name.as_str())
+            || NON_CONFIG_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let Some(path) = by_env.get(&name) else {
+            return Err(ConfigError::UnknownKey(format!("{name} (environment)")));
+        };
+        let existing = lookup(base, path);
+        if matches!(existing, Some(Value::Table(_))) {
+            return Err(ConfigError::UnknownKey(format!("{name} (environment)")));
+        }
+        let value = match existing {
+            Some(Value::Integer(_)) => Value::Integer(
+                raw.trim()
+                    .parse()
+                    .map_err(|_| invalid(path, format!("{name}: expected an integer")))?,
+            ),
+            Some(Value::Boolean(_)) => Value::Boolean(match raw.trim() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => return Err(invalid(path, format!("{name}: expected true or false"))),
+            }),
+            Some(Value::Array(_)) => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
+            _ => Value::String(raw),
+        };
+        set(base, path, value);
+    }
+    Ok(())
+}
+
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, k| cur.get(k))
+}
+
+fn set(v: &mut Value, path: &str, value: Value) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut cur = v;
+    for p in parts {
+        let Value::Table(t) = cur else { return };
+        cur = t
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Default::default()));
+    }
+    if let Value::Table(t) = cur {
+        t.insert(last.to_string(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_parse_and_route_conversations() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.store, "sqlite://data/journal.db");
+        assert!(c.upstream.is_none());
+        assert!(
+            c.route
+                .iter()
+                .any(|r| r.prefix == "/v1/Services" && r.upstream == "https://conversations.twilio.com")
+        );
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1000\"\n[limits]\nconnect_timeout_ms = 7\n").unwrap();
+        let c = Config::load(Some(&f), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 1000);
+        assert_eq!(c.limits.connect_timeout_ms, 7);
+        let c = Config::load(
+            Some(&f),
+            env(&[("TRP_LISTEN", "127.0.0.1:2000"), ("TRP_LIMITS_CONNECT_TIMEOUT_MS", "9")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.limits.connect_timeout_ms, 9);
+        let o = Overrides {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), env(&[("TRP_LISTEN", "127.0.0.1:2000")]), &o).unwrap();
+        assert_eq!(c.listen.port(), 3000);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[limits]\nconect_timeout_ms = 7\n").unwrap();
+        let e = Config::load(Some(&f), env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(e.to_string(), "unknown key `limits.conect_timeout_ms`");
+        let e = Config::load(None, env(&[("TRP_LISTN", "x")]), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("TRP_LISTN"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::load(
+            None,
+            env(&[("TRP_LIMITS_CONNECT_TIMEOUT_MS", "soon")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.connect_timeout_ms"), "{e}");
+        let e = Config::load(None, env(&[("TRP_UPSTREAM", "ftp://x")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("`upstream`"), "{e}");
+        let e = Config::load(None, env(&[("TRP_LISTEN", "nowhere")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn masks_store_password() {
+        assert_eq!(
+            mask_url_password("postgres://trp:s3cret@db:5432/trp"),
+            "postgres://trp:****@db:5432/trp"
+        );
+        let c = Config::load(
+            None,
+            env(&[("TRP_STORE", "postgres://trp:s3cret@db:5432/trp")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("****"));
+    }
+}

@@ -1,0 +1,336 @@
+//! Forwarding: one request to one upstream origin, streamed both ways.
+//!
+//! The upstream client is hyper's pooled client over rustls (webpki and
+//! system roots, certificate and host name checks always on, HTTP/2 or
+//! HTTP/1.1 by ALPN). The request line's path and query are forwarded byte
+//! for byte, end-to-end headers in their order, and bodies as frames (never
+//! buffered whole). Failures become [`ForwardError`]s that the proxy turns
+//! into Twilio-shaped 502/504 answers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Sleep;
+
+use crate::config::Limits;
+use crate::headers::strip_hop_by_hop;
+use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::routing::Origin;
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// Why a request could not be forwarded. The `Display` text is for logs;
+/// clients get [`ForwardError::client_message`] only.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot connect to upstream {origin}: {source}")]
+    Connect {
+        origin: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("upstream {origin} sent no response headers within {timeout:?}")]
+    Timeout { origin: String, timeout: Duration },
+    #[error("upstream {origin} failed: {source}")]
+    Upstream {
+        origin: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("cannot build the upstream request: {0}")]
+    Build(#[from] http::Error),
+}
+
+impl ForwardError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ForwardError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::Build(_) => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+    /// Token for the `X-Repair-Proxy-Error` header.
+    pub fn token(&self) -> &'static str {
+        match self {
+            ForwardError::Connect { .. } => "upstream-unreachable",
+            ForwardError::Timeout { .. } => "upstream-timeout",
+            ForwardError::Upstream { .. } => "upstream-failed",
+            ForwardError::Build(_) => "bad-request-target",
+        }
+    }
+    /// What the client is told: why, without internal error text.
+    pub fn client_message(&self) -> String {
+        match self {
+            ForwardError::Connect { origin, .. } => format!(
+                "twilio-repair-proxy could not reach Twilio at {origin}: the connection could not be established"
+            ),
+            ForwardError::Timeout { origin, timeout } => format!(
+                "twilio-repair-proxy could not reach Twilio at {origin}: no response within {} ms",
+                timeout.as_millis()
+            ),
+            ForwardError::Upstream { origin, .. } => format!(
+                "twilio-repair-proxy could not reach Twilio at {origin}: the connection failed before a complete response"
+            ),
+            ForwardError::Build(_) => {
+                "twilio-repair-proxy could not forward this request: invalid request target".to_string()
+            }
+        }
+    }
+    fn metric_kind(&self) -> UpstreamErrorKind {
+        match self {
+            ForwardError::Connect { .. } => UpstreamErrorKind::Connect,
+            ForwardError::Timeout { .. } => UpstreamErrorKind::Timeout,
+            _ => UpstreamErrorKind::Other,
+        }
+    }
+}
+
+/// Build the upstream client from the configured bounds.
+pub fn build_client(limits: &Limits) -> UpstreamClient {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            // The ring provider supports the safe defaults; unreachable in practice.
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(limits.connect_timeout()));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(limits.pool_idle_timeout())
+        .pool_max_idle_per_host(limits.pool_max_idle_per_host)
+        .build(https)
+}
+
+/// Sends requests upstream and accounts for them.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    response_header_timeout: Duration,
+    idle_timeout: Duration,
+    add_forwarded_headers: bool,
+}
+
+impl Forwarder {
+    pub fn new(client: UpstreamClient, metrics: Arc<Metrics>, limits: &Limits, add_forwarded_headers: bool) -> Self {
+        Forwarder {
+            client,
+            metrics,
+            response_header_timeout: limits.response_header_timeout(),
+            idle_timeout: limits.idle_timeout(),
+            add_forwarded_headers,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Forward a request whose body is already a [`Body`]. The request's URI
+    /// must be origin-form; the upstream URI is built from `origin`.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        origin: &Origin,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        *req.uri_mut() = origin.join(pq)?;
+        // The client speaks HTTP/1.1 or h2 upstream as ALPN decides.
+        *req.version_mut() = http::Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        match HeaderValue::from_str(origin.authority.as_str()) {
+            Ok(v) => {
+                headers.insert(header::HOST, v);
+            }
+            Err(e) => return Err(ForwardError::Build(e.into())),
+        }
+        if self.add_forwarded_headers {
+            if let Some(peer) = peer {
+                if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+                    headers.append("x-forwarded-for", v);
+                }
+            }
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            headers.append(header::VIA, HeaderValue::from_static("1.1 twilio-repair-proxy"));
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
+        let outcome = match result {
+            Err(_) => Err(ForwardError::Timeout {
+                origin: origin.as_string(),
+                timeout: self.response_header_timeout,
+            }),
+            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect {
+                origin: origin.as_string(),
+                source: e,
+            }),
+            Ok(Err(e)) => Err(ForwardError::Upstream {
+                origin: origin.as_string(),
+                source: e,
+            }),
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
+        };
+        self.metrics.upstream_latency.observe(started.elapsed());
+        if let Err(e) = &outcome {
+            self.metrics.upstream_error(e.metric_kind());
+        }
+        outcome
+    }
+}
+
+/// Which way a [`MeteredBody`] flows, for the byte counters.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// Client → upstream.
+    Request,
+    /// Upstream → client.
+    Response,
+}
+
+/// Error of a [`MeteredBody`].
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("no body data for {0:?}")]
+    Idle(Duration),
+    #[error("body stream failed: {0}")]
+    Inner(#[from] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pin_project_lite::pin_project! {
+    /// A streaming body that counts its bytes, aborts after `idle` without a
+    /// frame, and runs `on_end` exactly once when it ends or is dropped.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        direction: Direction,
+        metrics: Arc<Metrics>,
+        bytes: u64,
+        on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    }
+
+    impl<B> PinnedDrop for MeteredBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.on_end.take() {
+                f(*this.bytes);
+            }
+        }
+    }
+}
+
+impl<B> MeteredBody<B> {
+    pub fn new(inner: B, idle: Duration, direction: Direction, metrics: Arc<Metrics>) -> Self {
+        MeteredBody {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            direction,
+            metrics,
+            bytes: 0,
+            on_end: None,
+        }
+    }
+
+    /// Run `f(bytes)` once the body has ended or been dropped.
+    pub fn on_end(mut self, f: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
+        self.on_end = Some(Box::new(f));
+        self
+    }
+}
+
+impl<B> HttpBody for MeteredBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    *this.bytes += n;
+                    match this.direction {
+                        Direction::Request => this.metrics.add_request_bytes(n),
+                        Direction::Response => this.metrics.add_response_bytes(n),
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
+            Poll::Ready(None) => {
+                if let Some(f) = this.on_end.take() {
+                    f(*this.bytes);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(*this.idle)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wrap an incoming body for forwarding.
+pub fn metered(body: Incoming, idle: Duration, direction: Direction, metrics: Arc<Metrics>) -> MeteredBody<Incoming> {
+    MeteredBody::new(body, idle, direction, metrics)
+}

@@ -1,0 +1,75 @@
+//! Header hygiene: what a proxy must not forward (RFC 9110 §7.6.1).
+//!
+//! Hop-by-hop fields describe one connection, not the message: `Connection`,
+//! every field `Connection` names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+//! `Trailer`, `Transfer-Encoding` and `Upgrade`. They are removed in both
+//! directions. Everything else is end-to-end and passes untouched, every
+//! value of a repeated field in its original order.
+
+use http::HeaderMap;
+use http::header::{self, HeaderName};
+
+/// The fixed hop-by-hop names.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+
+/// Remove every hop-by-hop field from `headers`, including the ones listed
+/// in `Connection`.
+///
+/// `Proxy-Authorization`/`Proxy-Authenticate` are consumed by a proxy hop too
+/// (RFC 9110 §11.7) and are never passed on.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_fixed_and_listed_names_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("close, X-Secret-Hop"));
+        h.append("connection", HeaderValue::from_static("x-other"));
+        h.append("x-secret-hop", HeaderValue::from_static("1"));
+        h.append("x-other", HeaderValue::from_static("1"));
+        h.append("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.append("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.append("te", HeaderValue::from_static("trailers"));
+        h.append("trailer", HeaderValue::from_static("x-t"));
+        h.append("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.append("upgrade", HeaderValue::from_static("h2c"));
+        h.append("x-twilio-webhook-enabled", HeaderValue::from_static("true"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-twilio-webhook-enabled", "x-multi"]);
+        let multi: Vec<&str> = h.get_all("x-multi").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(multi, vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,163 @@
+//! # twilio-repair-proxy
+//!
+//! A transparent reverse proxy for Twilio's REST API that repairs one known
+//! Twilio Conversations fault on the fly: a `404`/`20404` answer to a
+//! Participant create after that identity's participant was deleted.
+//! Everything else passes through unchanged.
+//!
+//! Components, one module each:
+//! - [`config`]: the typed configuration and its four layers (defaults in
+//!   `config/default.toml`, file, `TRP_*` environment, flags).
+//! - [`cli`]: the command line (`serve`, `check-config`, `emulator`,
+//!   `healthcheck`).
+//! - [`routing`]: which upstream a request goes to; SSRF refusals.
+//! - [`headers`]: hop-by-hop header hygiene.
+//! - [`forward`]: the pooled rustls upstream client and streaming bodies.
+//! - [`proxy`]: the request handler and the whole tower middleware stack.
+//! - [`repair`]: the check-and-repair workflow for Participant creates.
+//! - [`store`]: the repair journal and incidents (SQLite).
+//! - [`admin`], [`metrics`], [`telemetry`]: the admin listener, Prometheus
+//!   metrics, logging.
+//! - [`server`]: the accept loop with connection bounds and graceful drain.
+//! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
+//!   the fault, for tests and demos.
+//!
+//! [`run`] starts a proxy on listeners it is given; `main` and the tests both
+//! call it.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod emulator;
+pub mod forward;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod repair;
+pub mod routing;
+pub mod server;
+pub mod sid;
+pub mod store;
+pub mod telemetry;
+pub mod twilio_error;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::server::{Drain, ServeOptions};
+
+/// The two listeners of a proxy instance, bound by the caller (so tests can
+/// bind port 0 and read the address).
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Run a proxy until `shutdown` completes, then drain in-flight requests for
+/// at most `limits.shutdown_grace_ms` and return.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let routes = routing::Routes::from_config(&config)?;
+    let client = forward::build_client(&config.limits);
+    let forwarder = forward::Forwarder::new(
+        client,
+        metrics.clone(),
+        &config.limits,
+        config.add_forwarded_headers,
+    );
+    let store = store::open(&config.store, &config.store_options).await?;
+    let admin_state = Arc::new(admin::AdminState {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        listening: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+    });
+    let state = Arc::new(proxy::ProxyState {
+        routes,
+        forwarder,
+        metrics: metrics.clone(),
+        repair: None,
+    });
+
+    let opts = ServeOptions {
+        max_connections: config.limits.max_connections,
+        header_read_timeout: config.limits.header_read_timeout(),
+        shutdown_grace: config.limits.shutdown_grace(),
+    };
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_svc = admin::router(admin_state.clone());
+    let admin_opts = ServeOptions {
+        max_connections: 64,
+        ..opts
+    };
+    let admin_task = tokio::spawn(server::serve(
+        listeners.admin,
+        admin_svc,
+        admin_opts,
+        async move {
+            let _ = admin_stop_rx.await;
+        },
+    ));
+
+    tracing::info!(
+        listen = %listeners.proxy.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        upstream = config.upstream.as_deref().unwrap_or("routing table"),
+        store = %config::mask_url_password(&config.store),
+        "proxy listening"
+    );
+    admin_state.listening.store(true, Ordering::SeqCst);
+    let draining_flag = admin_state.clone();
+    let drain = server::serve(listeners.proxy, proxy::service(state), opts, async move {
+        shutdown.await;
+        draining_flag.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutdown requested: draining in-flight requests");
+    })
+    .await;
+    match drain {
+        Drain::Complete => tracing::info!("drained; exiting"),
+        Drain::GraceElapsed => tracing::warn!("grace period elapsed with requests still in flight"),
+    }
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

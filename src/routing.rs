@@ -1,0 +1,370 @@
+//! Routing: which upstream origin a request goes to, and which requests are
+//! refused before any upstream is chosen.
+//!
+//! Order of decisions:
+//! 1. `CONNECT` and absolute-form HTTP/1 targets (`GET http://x/ HTTP/1.1`)
+//!    are refused: this is a reverse proxy, never a forward proxy.
+//! 2. The reserved emulator prefix `/__emulator/` is never forwarded.
+//! 3. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
+//!    goes to `https://` that host, unless `--upstream` pins one origin.
+//! 4. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
+//!    the listen address, or a `proxy_hosts` pattern) uses the routing table:
+//!    `--upstream` if set, else the longest matching `[[route]]` prefix, else
+//!    `default_upstream`.
+//! 5. Any other `Host` is refused with 421: a Host value never picks an
+//!    upstream outside the allowlist.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::uri::{Authority, Scheme};
+use http::{Method, Uri, Version};
+
+use crate::config::Config;
+
+/// Path prefix reserved for the emulator's control API.
+pub const RESERVED_PREFIX: &str = "/__emulator";
+
+/// A scheme + authority to send requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl Origin {
+    /// Parse `https://host[:port]`. The configuration is validated at load,
+    /// so a failure here is reported, not unwrapped.
+    pub fn parse(s: &str) -> Option<Origin> {
+        let uri: Uri = s.parse().ok()?;
+        Some(Origin {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+
+    /// The full upstream URI for a request path and query.
+    pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    pub fn as_string(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// The coarse class of a request, used as a metrics label (never a SID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Conversations,
+    Api,
+    Other,
+    Rejected,
+}
+
+impl RouteClass {
+    pub const ALL: [RouteClass; 4] = [
+        RouteClass::Conversations,
+        RouteClass::Api,
+        RouteClass::Other,
+        RouteClass::Rejected,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Conversations => "conversations",
+            RouteClass::Api => "api",
+            RouteClass::Other => "other",
+            RouteClass::Rejected => "rejected",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub origin: Origin,
+    pub class: RouteClass,
+}
+
+/// Why a request was refused before choosing an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("CONNECT is not supported: this is a reverse proxy for Twilio's REST API")]
+    Connect,
+    #[error("absolute-form request targets are not accepted: send origin-form (a path) to this proxy")]
+    AbsoluteForm,
+    #[error("the Host header names neither a Twilio host nor this proxy")]
+    HostNotAllowed,
+    #[error("the Host header is malformed")]
+    BadHost,
+    #[error("this path is reserved for the emulator's control API and is never forwarded")]
+    Reserved,
+}
+
+impl Refusal {
+    /// Short machine-readable token for the `X-Repair-Proxy-Error` header.
+    pub fn token(self) -> &'static str {
+        match self {
+            Refusal::Connect => "connect-refused",
+            Refusal::AbsoluteForm => "absolute-form-refused",
+            Refusal::HostNotAllowed => "host-not-allowed",
+            Refusal::BadHost => "bad-host",
+            Refusal::Reserved => "reserved-path",
+        }
+    }
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Refusal::Connect => http::StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::AbsoluteForm | Refusal::BadHost => http::StatusCode::BAD_REQUEST,
+            Refusal::HostNotAllowed => http::StatusCode::MISDIRECTED_REQUEST,
+            Refusal::Reserved => http::StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+/// A host pattern: exact name, or `*.suffix`.
+#[derive(Debug, Clone)]
+enum HostPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+impl HostPattern {
+    fn parse(s: &str) -> HostPattern {
+        let s = s.trim().to_ascii_lowercase();
+        match s.strip_prefix("*.") {
+            Some(rest) => HostPattern::Suffix(format!(".{rest}")),
+            None => HostPattern::Exact(s),
+        }
+    }
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// The routing decision table, built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    fixed: Option<Origin>,
+    routes: Vec<(String, Origin, RouteClass)>,
+    default: Origin,
+    allowed_hosts: Vec<HostPattern>,
+    proxy_hosts: Vec<HostPattern>,
+    listen: SocketAddr,
+}
+
+fn class_of(origin: &Origin) -> RouteClass {
+    match origin.authority.host() {
+        "conversations.twilio.com" => RouteClass::Conversations,
+        "api.twilio.com" => RouteClass::Api,
+        _ => RouteClass::Other,
+    }
+}
+
+impl Routes {
+    pub fn from_config(config: &Config) -> Result<Routes, crate::config::ConfigError> {
+        let bad = |key: &str| crate::config::ConfigError::Invalid {
+            key: key.to_string(),
+            reason: "not a valid origin".into(),
+        };
+        let fixed = match &config.upstream {
+            Some(u) => Some(Origin::parse(u).ok_or_else(|| bad("upstream"))?),
+            None => None,
+        };
+        let mut routes = Vec::new();
+        for (i, r) in config.route.iter().enumerate() {
+            let o = Origin::parse(&r.upstream).ok_or_else(|| bad(&format!("route[{i}].upstream")))?;
+            let class = class_of(&o);
+            routes.push((r.prefix.trim_end_matches('/').to_string(), o, class));
+        }
+        // Longest prefix first, so the first match is the best one.
+        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let default = Origin::parse(&config.default_upstream).ok_or_else(|| bad("default_upstream"))?;
+        Ok(Routes {
+            fixed,
+            routes,
+            default,
+            allowed_hosts: config.allowed_hosts.iter().map(|s| HostPattern::parse(s)).collect(),
+            proxy_hosts: config.proxy_hosts.iter().map(|s| HostPattern::parse(s)).collect(),
+            listen: config.listen,
+        })
+    }
+
+    /// The fixed upstream, when `--upstream` is set.
+    pub fn fixed(&self) -> Option<&Origin> {
+        self.fixed.as_ref()
+    }
+
+    /// Decide where a request goes.
+    pub fn route(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        host_header: Option<&http::HeaderValue>,
+    ) -> Result<Target, Refusal> {
+        if method == Method::CONNECT {
+            return Err(Refusal::Connect);
+        }
+        // HTTP/2 always carries :authority in the URI; for HTTP/1 a scheme or
+        // authority in the target means absolute-form.
+        if version < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
+            return Err(Refusal::AbsoluteForm);
+        }
+        let path = uri.path();
+        if path == RESERVED_PREFIX || path.starts_with("/__emulator/") {
+            return Err(Refusal::Reserved);
+        }
+        let host = match host_header {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<Authority>().ok())
+                    .ok_or(Refusal::BadHost)?,
+            ),
+            None => uri.authority().cloned(),
+        };
+        if let Some(auth) = &host {
+            let name = auth.host().to_ascii_lowercase();
+            if self.allowed_hosts.iter().any(|p| p.matches(&name)) {
+                if let Some(f) = &self.fixed {
+                    return Ok(Target {
+                        origin: f.clone(),
+                        class: class_of_path(path),
+                    });
+                }
+                let authority: Authority = name.parse().map_err(|_| Refusal::BadHost)?;
+                let origin = Origin {
+                    scheme: Scheme::HTTPS,
+                    authority,
+                };
+                let class = class_of(&origin);
+                return Ok(Target { origin, class });
+            }
+            if !self.is_own_name(&name) {
+                return Err(Refusal::HostNotAllowed);
+            }
+        }
+        if let Some(f) = &self.fixed {
+            return Ok(Target {
+                origin: f.clone(),
+                class: class_of_path(path),
+            });
+        }
+        for (prefix, origin, class) in &self.routes {
+            if path_has_prefix(path, prefix) {
+                return Ok(Target {
+                    origin: origin.clone(),
+                    class: *class,
+                });
+            }
+        }
+        Ok(Target {
+            origin: self.default.clone(),
+            class: class_of(&self.default),
+        })
+    }
+
+    fn is_own_name(&self, host: &str) -> bool {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return ip.is_loopback() || ip == self.listen.ip();
+        }
+        if host == "localhost" || host.ends_with(".localhost") {
+            return true;
+        }
+        if !host.contains('.') {
+            return true; // a single-label name: a sidecar or compose service
+        }
+        self.proxy_hosts.iter().any(|p| p.matches(host))
+    }
+}
+
+/// Whole-segment prefix match: `/v1/Users` matches `/v1/Users` and
+/// `/v1/Users/US..`, not `/v1/UsersX`.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
+/// With a fixed upstream the class comes from the path (for metrics).
+fn class_of_path(path: &str) -> RouteClass {
+    if path.starts_with("/2010-04-01") {
+        RouteClass::Api
+    } else if path.starts_with("/v1/") {
+        RouteClass::Conversations
+    } else {
+        RouteClass::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn routes(upstream: Option<&str>) -> Routes {
+        let mut c = Config::defaults();
+        c.upstream = upstream.map(str::to_string);
+        Routes::from_config(&c).unwrap()
+    }
+
+    fn go(r: &Routes, path: &str, host: Option<&str>) -> Result<String, Refusal> {
+        let uri: Uri = path.parse().unwrap();
+        let h = host.map(|h| HeaderValue::from_str(h).unwrap());
+        r.route(&Method::GET, &uri, Version::HTTP_11, h.as_ref())
+            .map(|t| t.origin.as_string())
+    }
+
+    #[test]
+    fn table_routes_by_prefix() {
+        let r = routes(None);
+        let local = Some("127.0.0.1:8080");
+        assert_eq!(go(&r, "/v1/Services/IS1/Conversations", local).unwrap(), "https://conversations.twilio.com");
+        assert_eq!(go(&r, "/v1/Conversations", local).unwrap(), "https://conversations.twilio.com");
+        assert_eq!(go(&r, "/2010-04-01/Accounts/AC1/Messages.json", local).unwrap(), "https://api.twilio.com");
+        assert_eq!(go(&r, "/v1/Whatever", Some("twilio-proxy:8080")).unwrap(), "https://api.twilio.com");
+        assert_eq!(go(&r, "/v1/UsersX", local).unwrap(), "https://api.twilio.com");
+    }
+
+    #[test]
+    fn twilio_host_picks_itself() {
+        let r = routes(None);
+        assert_eq!(go(&r, "/v2/Services", Some("verify.twilio.com")).unwrap(), "https://verify.twilio.com");
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("conversations.dublin.ie1.twilio.com:443")).unwrap(),
+            "https://conversations.dublin.ie1.twilio.com"
+        );
+    }
+
+    #[test]
+    fn foreign_hosts_and_forms_are_refused() {
+        let r = routes(None);
+        assert_eq!(go(&r, "/v1/Conversations", Some("evil.example.com")), Err(Refusal::HostNotAllowed));
+        assert_eq!(go(&r, "/v1/Conversations", Some("twilio.com.evil.example")), Err(Refusal::HostNotAllowed));
+        assert_eq!(go(&r, "/v1/Conversations", Some("169.254.169.254")), Err(Refusal::HostNotAllowed));
+        assert_eq!(go(&r, "/v1/x", Some("a b")), Err(Refusal::BadHost));
+        let abs: Uri = "http://169.254.169.254/latest".parse().unwrap();
+        assert_eq!(r.route(&Method::GET, &abs, Version::HTTP_11, None).unwrap_err(), Refusal::AbsoluteForm);
+        let auth: Uri = "evil.example.com:443".parse().unwrap();
+        assert_eq!(r.route(&Method::CONNECT, &auth, Version::HTTP_11, None).unwrap_err(), Refusal::Connect);
+        assert_eq!(go(&r, "/__emulator/fault", Some("localhost")), Err(Refusal::Reserved));
+    }
+
+    #[test]
+    fn fixed_upstream_wins_but_still_refuses_foreign_hosts() {
+        let r = routes(Some("http://127.0.0.1:4010"));
+        assert_eq!(go(&r, "/v1/Conversations", Some("localhost:8080")).unwrap(), "http://127.0.0.1:4010");
+        assert_eq!(go(&r, "/v1/Conversations", Some("conversations.twilio.com")).unwrap(), "http://127.0.0.1:4010");
+        assert_eq!(go(&r, "/v1/Conversations", Some("evil.example.com")), Err(Refusal::HostNotAllowed));
+    }
+}
