@@ -6,12 +6,15 @@
 //! | `GET /healthz` | 200 `ok` while the process runs |
 //! | `GET /readyz` | 200 `ready` when the proxy listener is up, the store answers and the proxy is not draining; else 503 with the reason |
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
+//! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
+//! | `GET /repairs?state=pending` | journal records not yet finished (JSON) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::Json;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,6 +37,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/incidents", get(incidents))
+        .route("/repairs", get(repairs))
         .with_state(state)
 }
 
@@ -57,4 +62,42 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         s.metrics.render(),
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct IncidentsQuery {
+    limit: Option<i64>,
+}
+
+/// Most incidents returned by one `GET /incidents`.
+const MAX_INCIDENTS_PAGE: i64 = 1000;
+
+async fn incidents(State(s): State<Arc<AdminState>>, Query(q): Query<IncidentsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_INCIDENTS_PAGE);
+    match s.store.incidents(limit).await {
+        Ok(list) => Json(serde_json::json!({ "incidents": list })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read incidents");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RepairsQuery {
+    state: Option<String>,
+}
+
+async fn repairs(State(s): State<Arc<AdminState>>, Query(q): Query<RepairsQuery>) -> Response {
+    match q.state.as_deref() {
+        None | Some("pending") => {}
+        Some(_) => return (StatusCode::BAD_REQUEST, "state must be `pending`\n").into_response(),
+    }
+    match s.store.pending_repairs().await {
+        Ok(list) => Json(serde_json::json!({ "repairs": list })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the journal");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+        }
+    }
 }

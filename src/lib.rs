@@ -40,6 +40,7 @@ pub mod server;
 pub mod sid;
 pub mod store;
 pub mod telemetry;
+pub mod twilio_api;
 pub mod twilio_error;
 
 use std::future::Future;
@@ -65,6 +66,8 @@ pub enum RunError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// Run a proxy until `shutdown` completes, then drain in-flight requests for
@@ -84,6 +87,34 @@ pub async fn run(
         config.add_forwarded_headers,
     );
     let store = store::open(&config.store, &config.store_options).await?;
+    let repair = if config.repair.mode == config::RepairMode::Off {
+        None
+    } else {
+        let credential =
+            repair::RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())
+                .map_err(RunError::Credential)?;
+        if let Some(c) = &credential {
+            tracing::info!(key = %c.user, "repair calls use the operator repair credential");
+        }
+        let r = Arc::new(repair::Repairer::new(
+            config.repair.clone(),
+            forwarder.client(),
+            store.clone(),
+            metrics.clone(),
+            credential,
+        ));
+        r.recovery.refresh_gauge(store.as_ref(), &metrics).await;
+        // Finish what an earlier run left unfinished (needs a credential:
+        // the operator's now, or the first matching caller's later).
+        let rec = r.clone();
+        tokio::spawn(async move {
+            let n = rec.recover_pending(None).await;
+            if n > 0 {
+                tracing::info!(completed = n, "start-up recovery finished");
+            }
+        });
+        Some(r)
+    };
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         store: store.clone(),
@@ -94,7 +125,7 @@ pub async fn run(
         routes,
         forwarder,
         metrics: metrics.clone(),
-        repair: None,
+        repair,
     });
 
     let opts = ServeOptions {

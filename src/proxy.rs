@@ -92,6 +92,9 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    if let Some(repair) = &state.repair {
+        repair.maybe_recover(req.headers());
+    }
 
     let target = match state.routes.route(
         req.method(),

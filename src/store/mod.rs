@@ -1,6 +1,23 @@
-//! Storage of the repair journal and incidents (being written).
+//! Storage of the repair journal and incidents, behind the small [`Store`]
+//! trait so that a shared PostgreSQL backend can sit beside the embedded
+//! SQLite one.
+//!
+//! The journal is written *before* each step it announces (write-ahead):
+//! a repair record carries the User snapshot (identity, friendly name,
+//! attributes, role, and the memberships a delete may remove) and the state
+//! the workflow is about to enter. Recovery reads unfinished records and
+//! completes them. No secret is ever stored: only the Basic-auth *user name*
+//! (an `AC`/`SK` SID) that ran the repair, so that a later request with
+//! credentials for the same account can finish it.
+
+pub mod sqlite;
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::config::StoreOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -8,17 +25,134 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("invalid store URL: {0}")]
     Url(String),
+    #[error("corrupt journal record {0}")]
+    Corrupt(i64),
 }
 
+/// States of a repair record, in order. A record is *pending* until it is
+/// `done`, `recovered` or `abandoned`.
+pub mod state {
+    /// Snapshot taken; the User is about to be deleted.
+    pub const DELETING: &str = "deleting";
+    /// The User is deleted (or was already gone); about to recreate.
+    pub const RECREATING: &str = "recreating";
+    /// The User exists again; memberships are being restored.
+    pub const RESTORING: &str = "restoring";
+    /// The original create is being replayed.
+    pub const REPLAYING: &str = "replaying";
+    /// Finished by the workflow.
+    pub const DONE: &str = "done";
+    /// Finished by recovery after an interruption.
+    pub const RECOVERED: &str = "recovered";
+    /// Given up by an operator.
+    pub const ABANDONED: &str = "abandoned";
+    pub const FINAL: [&str; 3] = [DONE, RECOVERED, ABANDONED];
+}
+
+/// One membership of the User, restorable with a Participant create.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Membership {
+    pub conversation_sid: String,
+    pub participant_sid: Option<String>,
+    pub attributes: Option<String>,
+    pub role_sid: Option<String>,
+    pub date_created: Option<String>,
+}
+
+/// Everything needed to put a User back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserSnapshot {
+    pub user_sid: Option<String>,
+    pub identity: String,
+    pub friendly_name: Option<String>,
+    pub attributes: Option<String>,
+    pub role_sid: Option<String>,
+    pub memberships: Vec<Membership>,
+}
+
+/// A journal record of one repair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepairRecord {
+    pub id: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub account_sid: String,
+    /// Basic-auth user name (AC or SK SID) that ran the repair. Never a secret.
+    pub credential_user: String,
+    /// Origin the repair talked to.
+    pub upstream: String,
+    /// `/v1/Services/IS...` or `/v1` (default service).
+    pub service_base: String,
+    pub service_sid: String,
+    pub identity: String,
+    pub state: String,
+    pub snapshot: UserSnapshot,
+    /// The caller's `X-Twilio-Webhook-Enabled` value, replayed on each step.
+    pub webhook: Option<String>,
+    pub note: Option<String>,
+}
+
+/// A new repair record (id and times are assigned by the store).
+#[derive(Debug, Clone)]
+pub struct NewRepair {
+    pub account_sid: String,
+    pub credential_user: String,
+    pub upstream: String,
+    pub service_base: String,
+    pub service_sid: String,
+    pub identity: String,
+    pub snapshot: UserSnapshot,
+    pub webhook: Option<String>,
+}
+
+/// One workflow step as shown in an incident.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub step: String,
+    pub status: Option<u16>,
+    pub ok: bool,
+    pub twilio_request_id: Option<String>,
+}
+
+/// An intercepted 20404 and what came of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: i64,
+    pub at: String,
+    pub account_sid: Option<String>,
+    pub service_sid: Option<String>,
+    pub conversation_sid: String,
+    /// The identity or binding address, plain or hashed per configuration.
+    pub identity: Option<String>,
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub repair_id: Option<i64>,
+    pub steps: Vec<Step>,
+}
+
+/// The storage interface.
 pub trait Store: Send + Sync {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>>;
+    fn set_repair_state<'a>(
+        &'a self,
+        id: i64,
+        state: &'a str,
+        note: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Records not in a final state, oldest first.
+    fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>>;
+    /// Repairs of one identity started at or after `since` (RFC 3339).
+    fn count_repairs_since<'a>(
+        &'a self,
+        service_sid: &'a str,
+        identity: &'a str,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
+    fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>>;
+    /// Most recent first.
+    fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>>;
 }
-
-pub mod sqlite;
-
-use std::sync::Arc;
-
-use crate::config::StoreOptions;
 
 /// Open the store named by a `--store` URL.
 pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
@@ -30,4 +164,22 @@ pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, Stor
             crate::config::mask_url_password(url)
         )))
     }
+}
+
+/// Now, as RFC 3339 UTC with second precision (Twilio's own format).
+pub fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }

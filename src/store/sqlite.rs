@@ -4,10 +4,48 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 
-use super::{Store, StoreError};
+use super::{Incident, NewRepair, RepairRecord, Store, StoreError, now_rfc3339, state};
 use crate::config::StoreOptions;
+
+/// Versioned schema migrations, applied in order, once each.
+const MIGRATIONS: &[&str] = &[
+    // 1: journal and incidents
+    "CREATE TABLE repairs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        account_sid TEXT NOT NULL,
+        credential_user TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        service_base TEXT NOT NULL,
+        service_sid TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        webhook TEXT,
+        note TEXT
+    );
+    CREATE INDEX repairs_state ON repairs(state);
+    CREATE INDEX repairs_identity ON repairs(service_sid, identity, created_at);
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        account_sid TEXT,
+        service_sid TEXT,
+        conversation_sid TEXT NOT NULL,
+        identity TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT,
+        repair_id INTEGER,
+        steps TEXT NOT NULL
+    );",
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -39,8 +77,67 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_millis(opts.connect_timeout_ms))
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
     }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // One process owns an SQLite file; each migration and its version
+        // row are applied in one script so they land together.
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&self.pool)
+            .await?;
+        let current = current.unwrap_or(0) as usize;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
+            let script = format!(
+                "BEGIN; {m}; INSERT INTO schema_version (version) VALUES ({}); COMMIT;",
+                i + 1
+            );
+            sqlx::raw_sql(&script).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
+fn repair_from_row(row: &SqliteRow) -> Result<RepairRecord, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let snapshot: String = row.try_get("snapshot")?;
+    Ok(RepairRecord {
+        id,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        account_sid: row.try_get("account_sid")?,
+        credential_user: row.try_get("credential_user")?,
+        upstream: row.try_get("upstream")?,
+        service_base: row.try_get("service_base")?,
+        service_sid: row.try_get("service_sid")?,
+        identity: row.try_get("identity")?,
+        state: row.try_get("state")?,
+        snapshot: serde_json::from_str(&snapshot).map_err(|_| StoreError::Corrupt(id))?,
+        webhook: row.try_get("webhook")?,
+        note: row.try_get("note")?,
+    })
+}
+
+fn incident_from_row(row: &SqliteRow) -> Result<Incident, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let steps: String = row.try_get("steps")?;
+    Ok(Incident {
+        id,
+        at: row.try_get("at")?,
+        account_sid: row.try_get("account_sid")?,
+        service_sid: row.try_get("service_sid")?,
+        conversation_sid: row.try_get("conversation_sid")?,
+        identity: row.try_get("identity")?,
+        outcome: row.try_get("outcome")?,
+        detail: row.try_get("detail")?,
+        repair_id: row.try_get("repair_id")?,
+        steps: serde_json::from_str(&steps).map_err(|_| StoreError::Corrupt(id))?,
+    })
 }
 
 impl Store for SqliteStore {
@@ -48,6 +145,115 @@ impl Store for SqliteStore {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())
+        })
+    }
+
+    fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let now = now_rfc3339();
+            let snapshot = serde_json::to_string(&r.snapshot).unwrap_or_default();
+            let id = sqlx::query(
+                "INSERT INTO repairs (created_at, updated_at, account_sid, credential_user, upstream,
+                   service_base, service_sid, identity, state, snapshot, webhook)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&now)
+            .bind(&now)
+            .bind(&r.account_sid)
+            .bind(&r.credential_user)
+            .bind(&r.upstream)
+            .bind(&r.service_base)
+            .bind(&r.service_sid)
+            .bind(&r.identity)
+            .bind(state::DELETING)
+            .bind(snapshot)
+            .bind(&r.webhook)
+            .execute(&self.pool)
+            .await?
+            .last_insert_rowid();
+            Ok(id)
+        })
+    }
+
+    fn set_repair_state<'a>(
+        &'a self,
+        id: i64,
+        state: &'a str,
+        note: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE repairs SET state = ?, updated_at = ?, note = COALESCE(?, note) WHERE id = ?")
+                .bind(state)
+                .bind(now_rfc3339())
+                .bind(note)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM repairs WHERE state NOT IN (?, ?, ?) ORDER BY id")
+                .bind(state::FINAL[0])
+                .bind(state::FINAL[1])
+                .bind(state::FINAL[2])
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(repair_from_row).collect()
+        })
+    }
+
+    fn count_repairs_since<'a>(
+        &'a self,
+        service_sid: &'a str,
+        identity: &'a str,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM repairs WHERE service_sid = ? AND identity = ? AND created_at >= ?",
+            )
+            .bind(service_sid)
+            .bind(identity)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(n)
+        })
+    }
+
+    fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let steps = serde_json::to_string(&i.steps).unwrap_or_else(|_| "[]".into());
+            let id = sqlx::query(
+                "INSERT INTO incidents (at, account_sid, service_sid, conversation_sid, identity,
+                   outcome, detail, repair_id, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&i.at)
+            .bind(&i.account_sid)
+            .bind(&i.service_sid)
+            .bind(&i.conversation_sid)
+            .bind(&i.identity)
+            .bind(&i.outcome)
+            .bind(&i.detail)
+            .bind(i.repair_id)
+            .bind(steps)
+            .execute(&self.pool)
+            .await?
+            .last_insert_rowid();
+            Ok(id)
+        })
+    }
+
+    fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM incidents ORDER BY id DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(incident_from_row).collect()
         })
     }
 }
