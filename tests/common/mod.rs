@@ -214,3 +214,217 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> S
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An emulator on a real socket, with helpers that speak Twilio's API to it
+/// directly (not through the proxy).
+pub struct Emu {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub const ACCOUNT: &str = twilio_repair_proxy::emulator::DEFAULT_ACCOUNT_SID;
+pub const TOKEN: &str = twilio_repair_proxy::emulator::DEFAULT_AUTH_TOKEN;
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub async fn start_emulator(
+    tweak: impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig),
+) -> Emu {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = twilio_repair_proxy::emulator::EmulatorConfig::default();
+    cfg.public_url = format!("http://{addr}");
+    tweak(&mut cfg);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(twilio_repair_proxy::emulator::serve(listener, cfg, async move {
+        let _ = rx.await;
+    }));
+    let emu = Emu {
+        addr,
+        http: reqwest::Client::new(),
+        stop: Some(tx),
+    };
+    wait_ready(&emu.url("/__emulator/health")).await;
+    emu
+}
+
+impl Emu {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// POST a form to Twilio's API (directly); returns status and JSON.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.http
+            .delete(self.url(path))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    pub async fn service(&self) -> String {
+        let (s, v) = self.post("/v1/Services", &[("FriendlyName", "test")]).await;
+        assert_eq!(s, 201, "{v}");
+        v["sid"].as_str().unwrap().to_string()
+    }
+    /// Create a conversation under `/v1/Services/{is}` or, with `None`, on the default service.
+    pub async fn conversation(&self, is: Option<&str>) -> String {
+        let base = base(is);
+        let (s, v) = self.post(&format!("{base}/Conversations"), &[("FriendlyName", "c")]).await;
+        assert_eq!(s, 201, "{v}");
+        v["sid"].as_str().unwrap().to_string()
+    }
+    pub async fn put_fault(&self, mode: &str, identities: &[&str]) {
+        let r = self
+            .http
+            .put(self.url("/__emulator/fault"))
+            .json(&serde_json::json!({"mode": mode, "identities": identities}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    pub async fn add_rule(&self, rule: serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url("/__emulator/faults"))
+            .json(&rule)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    /// The request log: (method, path-with-query).
+    pub async fn requests(&self) -> Vec<(String, String)> {
+        let v: serde_json::Value = self
+            .http
+            .get(self.url("/__emulator/requests"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["method"].as_str().unwrap().to_string(),
+                    r["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+    pub async fn clear_requests(&self) {
+        self.http
+            .delete(self.url("/__emulator/requests"))
+            .send()
+            .await
+            .unwrap();
+    }
+    /// Make `identity` a participant of `ch`, delete it, so that the fault
+    /// (if the identity is affected) hits the next create.
+    pub async fn add_and_remove(&self, is: Option<&str>, ch: &str, identity: &str) {
+        let base = base(is);
+        let (s, v) = self
+            .post(&format!("{base}/Conversations/{ch}/Participants"), &[("Identity", identity)])
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let mb = v["sid"].as_str().unwrap();
+        assert_eq!(self.delete(&format!("{base}/Conversations/{ch}/Participants/{mb}")).await, 204);
+    }
+}
+
+pub fn base(is: Option<&str>) -> String {
+    match is {
+        Some(is) => format!("/v1/Services/{is}"),
+        None => "/v1".to_string(),
+    }
+}
+
+/// A proxy in front of an emulator, and a client that talks to the proxy
+/// with the emulator's credentials.
+pub struct Stack {
+    pub emu: Emu,
+    pub proxy: Proxy,
+    pub http: reqwest::Client,
+}
+
+pub async fn stack(
+    tweak_emu: impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig),
+    tweak_proxy: impl FnOnce(&mut Config),
+) -> Stack {
+    let emu = start_emulator(tweak_emu).await;
+    let mut config = test_config(&emu.origin());
+    config.repair.retry_initial_backoff_ms = 10;
+    config.repair.retry_max_backoff_ms = 50;
+    tweak_proxy(&mut config);
+    let proxy = start_proxy(config).await;
+    Stack {
+        emu,
+        proxy,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Stack {
+    /// Create a participant through the proxy: status, outcome header, JSON.
+    pub async fn create(
+        &self,
+        is: Option<&str>,
+        ch: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, Option<String>, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.proxy.url(&format!("{}/Conversations/{ch}/Participants", base(is))))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .header("x-twilio-webhook-enabled", "true")
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let outcome = r
+            .headers()
+            .get("x-repair-outcome")
+            .map(|v| v.to_str().unwrap().to_string());
+        (s, outcome, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
