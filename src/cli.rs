@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, ConfigError, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "twilio-repair-proxy", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "twilio-repair-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -200,12 +200,13 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut base: Value = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Syntax {
-                path: PathBuf::from("config/default.toml"),
-                message: e.message().to_string(),
-            }
-        })?;
+        let mut base: Value =
+            DEFAULT_TOML
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: PathBuf::from("config/default.toml"),
+                    message: e.message().to_string(),
+                })?;
         let known = known_keys(&base);
 
         if let Some(path) = file {
@@ -213,12 +214,12 @@ impl Config {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let user: Value = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError::Syntax {
+            let user: Value = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: path.to_path_buf(),
                     message: one_line(e.message()),
-                }
-            })?;
+                })?;
             check_unknown(&user, "", &known)?;
             merge(&mut base, user);
         }
@@ -271,12 +272,21 @@ impl Config {
         let l = &self.limits;
         for (key, v) in [
             ("limits.connect_timeout_ms", l.connect_timeout_ms),
-            ("limits.response_header_timeout_ms", l.response_header_timeout_ms),
+            (
+                "limits.response_header_timeout_ms",
+                l.response_header_timeout_ms,
+            ),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
-            ("repair.workflow_deadline_ms", self.repair.workflow_deadline_ms),
+            (
+                "repair.workflow_deadline_ms",
+                self.repair.workflow_deadline_ms,
+            ),
             ("repair.step_timeout_ms", self.repair.step_timeout_ms),
-            ("store_options.connect_timeout_ms", self.store_options.connect_timeout_ms),
+            (
+                "store_options.connect_timeout_ms",
+                self.store_options.connect_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -286,7 +296,10 @@ impl Config {
             return Err(invalid("limits.max_connections", "must be greater than 0"));
         }
         if self.store_options.max_connections == 0 {
-            return Err(invalid("store_options.max_connections", "must be greater than 0"));
+            return Err(invalid(
+                "store_options.max_connections",
+                "must be greater than 0",
+            ));
         }
         if self.repair.retry_max_attempts == 0 {
             return Err(invalid("repair.retry_max_attempts", "must be at least 1"));
@@ -300,7 +313,10 @@ impl Config {
         ] {
             for sid in list {
                 if !crate::sid::is_sid(sid, "IS") {
-                    return Err(invalid(key, format!("`{sid}` is not a Service SID (IS + 32 hex)")));
+                    return Err(invalid(
+                        key,
+                        format!("`{sid}` is not a Service SID (IS + 32 hex)"),
+                    ));
                 }
             }
         }
@@ -341,7 +357,10 @@ fn check_origin(key: &str, value: &str) -> Result<(), ConfigError> {
         return Err(invalid(key, "missing host"));
     }
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-        return Err(invalid(key, "must be an origin (scheme://host[:port]) without a path"));
+        return Err(invalid(
+            key,
+            "must be an origin (scheme://host[:port]) without a path",
+        ));
     }
     Ok(())
 }
@@ -499,24 +518,29 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.store, "sqlite://data/journal.db");
         assert!(c.upstream.is_none());
-        assert!(
-            c.route
-                .iter()
-                .any(|r| r.prefix == "/v1/Services" && r.upstream == "https://conversations.twilio.com")
-        );
+        assert!(c.route.iter().any(
+            |r| r.prefix == "/v1/Services" && r.upstream == "https://conversations.twilio.com"
+        ));
     }
 
     #[test]
     fn precedence_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:1000\"\n[limits]\nconnect_timeout_ms = 7\n").unwrap();
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:1000\"\n[limits]\nconnect_timeout_ms = 7\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&f), env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.listen.port(), 1000);
         assert_eq!(c.limits.connect_timeout_ms, 7);
         let c = Config::load(
             Some(&f),
-            env(&[("TRP_LISTEN", "127.0.0.1:2000"), ("TRP_LIMITS_CONNECT_TIMEOUT_MS", "9")]),
+            env(&[
+                ("TRP_LISTEN", "127.0.0.1:2000"),
+                ("TRP_LIMITS_CONNECT_TIMEOUT_MS", "9"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
@@ -550,11 +574,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("limits.connect_timeout_ms"), "{e}");
-        let e = Config::load(None, env(&[("TRP_UPSTREAM", "ftp://x")]), &Overrides::default())
-            .unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("TRP_UPSTREAM", "ftp://x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`upstream`"), "{e}");
-        let e = Config::load(None, env(&[("TRP_LISTEN", "nowhere")]), &Overrides::default())
-            .unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("TRP_LISTEN", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
     }
 

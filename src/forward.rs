@@ -82,7 +82,8 @@ impl ForwardError {
                 "twilio-repair-proxy could not reach Twilio at {origin}: the connection failed before a complete response"
             ),
             ForwardError::Build(_) => {
-                "twilio-repair-proxy could not forward this request: invalid request target".to_string()
+                "twilio-repair-proxy could not forward this request: invalid request target"
+                    .to_string()
             }
         }
     }
@@ -142,7 +143,12 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(client: UpstreamClient, metrics: Arc<Metrics>, limits: &Limits, add_forwarded_headers: bool) -> Self {
+    pub fn new(
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+        limits: &Limits,
+        add_forwarded_headers: bool,
+    ) -> Self {
         Forwarder {
             client,
             metrics,
@@ -192,10 +198,14 @@ impl Forwarder {
                 }
             }
             headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-            headers.append(header::VIA, HeaderValue::from_static("1.1 twilio-repair-proxy"));
+            headers.append(
+                header::VIA,
+                HeaderValue::from_static("1.1 twilio-repair-proxy"),
+            );
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
+        let result =
+            tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
         let outcome = match result {
             Err(_) => Err(ForwardError::Timeout {
                 origin: origin.as_string(),
@@ -336,6 +346,11 @@ where
 }
 
 /// Wrap an incoming body for forwarding.
-pub fn metered(body: Incoming, idle: Duration, direction: Direction, metrics: Arc<Metrics>) -> MeteredBody<Incoming> {
+pub fn metered(
+    body: Incoming,
+    idle: Duration,
+    direction: Direction,
+    metrics: Arc<Metrics>,
+) -> MeteredBody<Incoming> {
     MeteredBody::new(body, idle, direction, metrics)
 }

@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn strips_fixed_and_listed_names_keeps_the_rest() {
         let mut h = HeaderMap::new();
-        h.append("connection", HeaderValue::from_static("close, X-Secret-Hop"));
+        h.append(
+            "connection",
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
         h.append("connection", HeaderValue::from_static("x-other"));
         h.append("x-secret-hop", HeaderValue::from_static("1"));
         h.append("x-other", HeaderValue::from_static("1"));
@@ -69,7 +72,11 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-twilio-webhook-enabled", "x-multi"]);
-        let multi: Vec<&str> = h.get_all("x-multi").iter().map(|v| v.to_str().unwrap()).collect();
+        let multi: Vec<&str> = h
+            .get_all("x-multi")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(multi, vec!["a", "b"]);
     }
 }

@@ -10,7 +10,10 @@ use twilio_repair_proxy::{Listeners, run, shutdown_signal, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -68,6 +71,12 @@ async fn healthcheck(args: twilio_repair_proxy::cli::HealthcheckArgs) -> anyhow:
         Some(a) => a,
         None => ServeArgs::default().load()?.admin_listen,
     };
-    let ok = twilio_repair_proxy::cli::healthcheck(addr, std::time::Duration::from_secs(args.timeout)).await;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let ok =
+        twilio_repair_proxy::cli::healthcheck(addr, std::time::Duration::from_secs(args.timeout))
+            .await;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -24,7 +24,8 @@ use crate::twilio_error;
 /// Response header naming why the proxy itself answered with an error.
 pub const ERROR_HEADER: &str = "x-repair-proxy-error";
 /// Where proxy-generated error codes are documented.
-pub const ERRORS_DOC: &str = "https://github.com/twilio-repair-proxy/twilio-repair-proxy/blob/main/docs/errors.md";
+pub const ERRORS_DOC: &str =
+    "https://github.com/twilio-repair-proxy/twilio-repair-proxy/blob/main/docs/errors.md";
 
 /// Everything a request handler needs.
 pub struct ProxyState {
@@ -46,14 +47,16 @@ pub type ProxyService = BoxCloneService<Request<Incoming>, Response<Body>, Infal
 pub fn service(state: Arc<ProxyState>) -> ProxyService {
     let svc = ServiceBuilder::new()
         .layer(MapResponseBodyLayer::new(Body::new))
-        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
-            tracing::error!("request handler panicked");
-            proxy_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal-error",
-                "twilio-repair-proxy failed while handling this request",
-            )
-        }))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("request handler panicked");
+                proxy_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal-error",
+                    "twilio-repair-proxy failed while handling this request",
+                )
+            },
+        ))
         .service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(state, req).await) }
@@ -150,7 +153,9 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
         Err(e) => {
             forward_failure_log(&e);
             let status = e.status();
-            state.metrics.record_request(target.class, &method, status.as_u16());
+            state
+                .metrics
+                .record_request(target.class, &method, status.as_u16());
             tracing::warn!(
                 target: "twilio_repair_proxy::access",
                 %method, path = %path, status = status.as_u16(),

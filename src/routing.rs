@@ -97,7 +97,9 @@ pub struct Target {
 pub enum Refusal {
     #[error("CONNECT is not supported: this is a reverse proxy for Twilio's REST API")]
     Connect,
-    #[error("absolute-form request targets are not accepted: send origin-form (a path) to this proxy")]
+    #[error(
+        "absolute-form request targets are not accepted: send origin-form (a path) to this proxy"
+    )]
     AbsoluteForm,
     #[error("the Host header names neither a Twilio host nor this proxy")]
     HostNotAllowed,
@@ -182,19 +184,29 @@ impl Routes {
         };
         let mut routes = Vec::new();
         for (i, r) in config.route.iter().enumerate() {
-            let o = Origin::parse(&r.upstream).ok_or_else(|| bad(&format!("route[{i}].upstream")))?;
+            let o =
+                Origin::parse(&r.upstream).ok_or_else(|| bad(&format!("route[{i}].upstream")))?;
             let class = class_of(&o);
             routes.push((r.prefix.trim_end_matches('/').to_string(), o, class));
         }
         // Longest prefix first, so the first match is the best one.
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        let default = Origin::parse(&config.default_upstream).ok_or_else(|| bad("default_upstream"))?;
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        let default =
+            Origin::parse(&config.default_upstream).ok_or_else(|| bad("default_upstream"))?;
         Ok(Routes {
             fixed,
             routes,
             default,
-            allowed_hosts: config.allowed_hosts.iter().map(|s| HostPattern::parse(s)).collect(),
-            proxy_hosts: config.proxy_hosts.iter().map(|s| HostPattern::parse(s)).collect(),
+            allowed_hosts: config
+                .allowed_hosts
+                .iter()
+                .map(|s| HostPattern::parse(s))
+                .collect(),
+            proxy_hosts: config
+                .proxy_hosts
+                .iter()
+                .map(|s| HostPattern::parse(s))
+                .collect(),
             listen: config.listen,
         })
     }
@@ -329,19 +341,42 @@ mod tests {
     fn table_routes_by_prefix() {
         let r = routes(None);
         let local = Some("127.0.0.1:8080");
-        assert_eq!(go(&r, "/v1/Services/IS1/Conversations", local).unwrap(), "https://conversations.twilio.com");
-        assert_eq!(go(&r, "/v1/Conversations", local).unwrap(), "https://conversations.twilio.com");
-        assert_eq!(go(&r, "/2010-04-01/Accounts/AC1/Messages.json", local).unwrap(), "https://api.twilio.com");
-        assert_eq!(go(&r, "/v1/Whatever", Some("twilio-proxy:8080")).unwrap(), "https://api.twilio.com");
-        assert_eq!(go(&r, "/v1/UsersX", local).unwrap(), "https://api.twilio.com");
+        assert_eq!(
+            go(&r, "/v1/Services/IS1/Conversations", local).unwrap(),
+            "https://conversations.twilio.com"
+        );
+        assert_eq!(
+            go(&r, "/v1/Conversations", local).unwrap(),
+            "https://conversations.twilio.com"
+        );
+        assert_eq!(
+            go(&r, "/2010-04-01/Accounts/AC1/Messages.json", local).unwrap(),
+            "https://api.twilio.com"
+        );
+        assert_eq!(
+            go(&r, "/v1/Whatever", Some("twilio-proxy:8080")).unwrap(),
+            "https://api.twilio.com"
+        );
+        assert_eq!(
+            go(&r, "/v1/UsersX", local).unwrap(),
+            "https://api.twilio.com"
+        );
     }
 
     #[test]
     fn twilio_host_picks_itself() {
         let r = routes(None);
-        assert_eq!(go(&r, "/v2/Services", Some("verify.twilio.com")).unwrap(), "https://verify.twilio.com");
         assert_eq!(
-            go(&r, "/v1/Conversations", Some("conversations.dublin.ie1.twilio.com:443")).unwrap(),
+            go(&r, "/v2/Services", Some("verify.twilio.com")).unwrap(),
+            "https://verify.twilio.com"
+        );
+        assert_eq!(
+            go(
+                &r,
+                "/v1/Conversations",
+                Some("conversations.dublin.ie1.twilio.com:443")
+            )
+            .unwrap(),
             "https://conversations.dublin.ie1.twilio.com"
         );
     }
@@ -349,22 +384,51 @@ mod tests {
     #[test]
     fn foreign_hosts_and_forms_are_refused() {
         let r = routes(None);
-        assert_eq!(go(&r, "/v1/Conversations", Some("evil.example.com")), Err(Refusal::HostNotAllowed));
-        assert_eq!(go(&r, "/v1/Conversations", Some("twilio.com.evil.example")), Err(Refusal::HostNotAllowed));
-        assert_eq!(go(&r, "/v1/Conversations", Some("169.254.169.254")), Err(Refusal::HostNotAllowed));
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("evil.example.com")),
+            Err(Refusal::HostNotAllowed)
+        );
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("twilio.com.evil.example")),
+            Err(Refusal::HostNotAllowed)
+        );
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("169.254.169.254")),
+            Err(Refusal::HostNotAllowed)
+        );
         assert_eq!(go(&r, "/v1/x", Some("a b")), Err(Refusal::BadHost));
         let abs: Uri = "http://169.254.169.254/latest".parse().unwrap();
-        assert_eq!(r.route(&Method::GET, &abs, Version::HTTP_11, None).unwrap_err(), Refusal::AbsoluteForm);
+        assert_eq!(
+            r.route(&Method::GET, &abs, Version::HTTP_11, None)
+                .unwrap_err(),
+            Refusal::AbsoluteForm
+        );
         let auth: Uri = "evil.example.com:443".parse().unwrap();
-        assert_eq!(r.route(&Method::CONNECT, &auth, Version::HTTP_11, None).unwrap_err(), Refusal::Connect);
-        assert_eq!(go(&r, "/__emulator/fault", Some("localhost")), Err(Refusal::Reserved));
+        assert_eq!(
+            r.route(&Method::CONNECT, &auth, Version::HTTP_11, None)
+                .unwrap_err(),
+            Refusal::Connect
+        );
+        assert_eq!(
+            go(&r, "/__emulator/fault", Some("localhost")),
+            Err(Refusal::Reserved)
+        );
     }
 
     #[test]
     fn fixed_upstream_wins_but_still_refuses_foreign_hosts() {
         let r = routes(Some("http://127.0.0.1:4010"));
-        assert_eq!(go(&r, "/v1/Conversations", Some("localhost:8080")).unwrap(), "http://127.0.0.1:4010");
-        assert_eq!(go(&r, "/v1/Conversations", Some("conversations.twilio.com")).unwrap(), "http://127.0.0.1:4010");
-        assert_eq!(go(&r, "/v1/Conversations", Some("evil.example.com")), Err(Refusal::HostNotAllowed));
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("localhost:8080")).unwrap(),
+            "http://127.0.0.1:4010"
+        );
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("conversations.twilio.com")).unwrap(),
+            "http://127.0.0.1:4010"
+        );
+        assert_eq!(
+            go(&r, "/v1/Conversations", Some("evil.example.com")),
+            Err(Refusal::HostNotAllowed)
+        );
     }
 }

@@ -203,11 +203,15 @@ impl TwilioApi {
         }
         let timeout = self.policy.step_timeout.min(remaining);
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| ApiError::Transport {
-                method: method.clone(),
-                path: path.to_string(),
-                message: e.to_string(),
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ApiError::Transport {
+                    method: method.clone(),
+                    path: path.to_string(),
+                    message: e.to_string(),
+                })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_API_BODY_BYTES)
                 .collect()
@@ -262,12 +266,17 @@ impl TwilioApi {
                 Ok(r) if r.status.is_server_error() => (idempotent, None),
                 Ok(_) => return result,
                 Err(ApiError::Deadline) => return result,
-                Err(ApiError::Timeout { .. }) | Err(ApiError::Transport { .. }) => (idempotent, None),
+                Err(ApiError::Timeout { .. }) | Err(ApiError::Transport { .. }) => {
+                    (idempotent, None)
+                }
                 Err(_) => (false, None::<Duration>),
             };
             if !retryable || attempt >= self.policy.max_attempts {
                 return match result {
-                    Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS || r.status.is_server_error() => {
+                    Ok(r)
+                        if r.status == StatusCode::TOO_MANY_REQUESTS
+                            || r.status.is_server_error() =>
+                    {
                         Err(ApiError::Exhausted {
                             method,
                             path: path.to_string(),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,76 +15,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-
-struct Running {
-    child: Child,
-    addr: String,
-    admin: String,
-    stderr_path: std::path::PathBuf,
-}
-
-impl Running {
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn_proxy(upstream: &str, extra_env: &[(&str, &str)]) -> Running {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let port = free_port();
-    let admin = free_port();
-    let stderr_path = dir.join("stderr.log");
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin}"))
-        .arg("--upstream")
-        .arg(upstream)
-        .arg("--store")
-        .arg(format!("sqlite://{}/journal.db", dir.display()))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    let r = Running {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-        admin: format!("127.0.0.1:{admin}"),
-        stderr_path,
-    };
-    wait_ready(&format!("http://{}/readyz", r.admin)).await;
-    r
-}
 
 /// An upstream that drains request bodies (counting bytes) and can answer
 /// with a large streamed body or slowly.
@@ -112,21 +42,22 @@ async fn sink_upstream() -> (String, Arc<AtomicU64>) {
                         if path == "/slow" {
                             tokio::time::sleep(Duration::from_millis(1500)).await;
                         }
-                        let resp: Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>> =
-                            if path == "/download" {
-                                // 100 MiB in 64 KiB frames, generated lazily.
-                                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-                                let stream = futures_util::stream::iter(
-                                    (0..1600).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
-                                );
-                                Response::new(http_body_util::StreamBody::new(stream).boxed())
-                            } else {
-                                Response::new(
-                                    Full::new(Bytes::from(format!("{{\"received\":{n}}}")))
-                                        .map_err(|never| match never {})
-                                        .boxed(),
-                                )
-                            };
+                        let resp: Response<
+                            http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
+                        > = if path == "/download" {
+                            // 100 MiB in 64 KiB frames, generated lazily.
+                            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                            let stream = futures_util::stream::iter((0..1600).map(move |_| {
+                                Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))
+                            }));
+                            Response::new(http_body_util::StreamBody::new(stream).boxed())
+                        } else {
+                            Response::new(
+                                Full::new(Bytes::from(format!("{{\"received\":{n}}}")))
+                                    .map_err(|never| match never {})
+                                    .boxed(),
+                            )
+                        };
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
@@ -155,12 +86,17 @@ async fn hundred_megabytes_stream_both_ways_with_flat_memory() {
     let resp = client
         .post(format!("http://{}/v1/Services/IS0/Media", proxy.addr))
         .header("content-length", HUNDRED_MIB.to_string())
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), format!("{{\"received\":{HUNDRED_MIB}}}"));
+    assert_eq!(
+        resp.text().await.unwrap(),
+        format!("{{\"received\":{HUNDRED_MIB}}}")
+    );
     assert_eq!(received.load(Ordering::SeqCst), HUNDRED_MIB);
 
     let mut resp = client
@@ -238,10 +174,16 @@ async fn secrets_and_bodies_never_reach_the_logs() {
     assert_eq!(r.status(), 502);
     tokio::time::sleep(Duration::from_millis(200)).await;
     for log in [proxy.stderr(), dead.stderr()] {
-        assert!(log.contains("\"status\":200") || log.contains("\"status\":502"), "access log missing: {log}");
+        assert!(
+            log.contains("\"status\":200") || log.contains("\"status\":502"),
+            "access log missing: {log}"
+        );
         assert!(!log.contains(token), "token leaked");
         assert!(!log.contains("body-marker-7731"), "body leaked");
-        assert!(!log.to_ascii_lowercase().contains("authorization"), "auth header named in logs");
+        assert!(
+            !log.to_ascii_lowercase().contains("authorization"),
+            "auth header named in logs"
+        );
     }
     assert!(proxy.stderr().contains("\"path\":\"/v1/Conversations\""));
 }

@@ -46,7 +46,10 @@ async fn method_path_raw_query_headers_and_body_pass_unchanged() {
     assert_eq!(s.method, "PATCH");
     assert_eq!(s.target, target);
     assert_eq!(s.body, binary);
-    assert_eq!(s.header_values("authorization"), vec!["Basic QUMxMjM6dG9rZW4="]);
+    assert_eq!(
+        s.header_values("authorization"),
+        vec!["Basic QUMxMjM6dG9rZW4="]
+    );
     assert_eq!(s.header_values("x-twilio-webhook-enabled"), vec!["true"]);
     assert_eq!(s.header_values("x-multi"), vec!["first", "second", "third"]);
     assert_eq!(s.header_values("host"), vec![up.addr.to_string()]);
@@ -67,14 +70,19 @@ async fn chunked_request_body_streams_through() {
     let expected: String = (0..50).map(|i| format!("chunk-{i};")).collect();
     let resp = reqwest::Client::new()
         .post(proxy.url("/v1/Conversations"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let s = &up.requests()[0];
     assert_eq!(String::from_utf8_lossy(&s.body), expected);
-    assert!(s.header_values("content-length").is_empty() || s.header_values("content-length") == vec![expected.len().to_string()]);
+    assert!(
+        s.header_values("content-length").is_empty()
+            || s.header_values("content-length") == vec![expected.len().to_string()]
+    );
     proxy.stop().await;
 }
 
@@ -87,7 +95,10 @@ async fn status_codes_and_their_headers_pass_unchanged() {
             b = b.header("retry-after", "7");
         }
         if code == 304 || code == 204 {
-            return b.header("etag", "\"v1\"").body(Full::new(Bytes::new())).unwrap();
+            return b
+                .header("etag", "\"v1\"")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
         }
         b.header("content-type", "application/json")
             .body(Full::new(Bytes::from(format!(
@@ -100,7 +111,11 @@ async fn status_codes_and_their_headers_pass_unchanged() {
     let proxy = start_proxy(test_config(&up.url())).await;
     let client = reqwest::Client::new();
     for code in [200u16, 201, 204, 304, 400, 401, 404, 409, 429, 500] {
-        let resp = client.get(proxy.url(&format!("/status/{code}"))).send().await.unwrap();
+        let resp = client
+            .get(proxy.url(&format!("/status/{code}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), code);
         assert!(resp.headers().get("x-repair-proxy-error").is_none());
         if code == 429 {
@@ -110,14 +125,19 @@ async fn status_codes_and_their_headers_pass_unchanged() {
         if code == 204 || code == 304 {
             assert!(body.is_empty());
         } else {
-            assert!(body.contains(&format!("\"status\":{code}")), "{code}: {body}");
+            assert!(
+                body.contains(&format!("\"status\":{code}")),
+                "{code}: {body}"
+            );
         }
     }
     proxy.stop().await;
 }
 
 /// A raw upstream that answers every request with fixed bytes.
-async fn raw_upstream(response: &'static [u8]) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+async fn raw_upstream(
+    response: &'static [u8],
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -160,12 +180,24 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     let lower = answer.to_ascii_lowercase();
     assert!(lower.starts_with("http/1.1 200"), "{answer}");
     assert!(lower.contains("x-end-to-end: kept"));
-    for hop in ["x-resp-hop", "keep-alive:", "proxy-connection", "upgrade", "trailer"] {
+    for hop in [
+        "x-resp-hop",
+        "keep-alive:",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+    ] {
         assert!(!lower.contains(hop), "response kept {hop}: {answer}");
     }
     let sent = String::from_utf8_lossy(&got.lock().unwrap()).to_ascii_lowercase();
     assert!(sent.contains("x-keep: yes"), "{sent}");
-    for hop in ["x-req-hop", "keep-alive:", "proxy-connection", "te:", "upgrade"] {
+    for hop in [
+        "x-req-hop",
+        "keep-alive:",
+        "proxy-connection",
+        "te:",
+        "upgrade",
+    ] {
         assert!(!sent.contains(hop), "request kept {hop}: {sent}");
     }
     proxy.stop().await;
@@ -182,7 +214,10 @@ async fn refused_connection_answers_502_in_twilio_shape() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 502);
-    assert_eq!(resp.headers()["x-repair-proxy-error"], "upstream-unreachable");
+    assert_eq!(
+        resp.headers()["x-repair-proxy-error"],
+        "upstream-unreachable"
+    );
     assert_eq!(resp.headers()["content-type"], "application/json");
     let v: serde_json::Value = resp.json().await.unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
@@ -190,7 +225,10 @@ async fn refused_connection_answers_502_in_twilio_shape() {
     assert_eq!(v["status"], 502);
     let msg = v["message"].as_str().unwrap();
     assert!(msg.contains("could not reach Twilio"), "{msg}");
-    assert!(!msg.contains("os error"), "internal error text leaked: {msg}");
+    assert!(
+        !msg.contains("os error"),
+        "internal error text leaked: {msg}"
+    );
     assert!(!msg.contains("c2VjcmV0"));
     proxy.stop().await;
 }
@@ -218,7 +256,12 @@ async fn stalled_upstream_answers_504() {
     assert_eq!(resp.headers()["x-repair-proxy-error"], "upstream-timeout");
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["status"], 504);
-    assert!(v["message"].as_str().unwrap().contains("no response within 300 ms"));
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no response within 300 ms")
+    );
     proxy.stop().await;
 }
 
@@ -258,12 +301,24 @@ async fn ssrf_attempts_are_refused_before_any_upstream_is_contacted() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["status"], 421);
     }
-    let r = client.get(proxy.url("/__emulator/requests")).send().await.unwrap();
+    let r = client
+        .get(proxy.url("/__emulator/requests"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(up.requests().len(), 0, "a refused request reached the upstream");
+    assert_eq!(
+        up.requests().len(),
+        0,
+        "a refused request reached the upstream"
+    );
 
     // A Twilio host and the proxy's own names are fine.
-    for host in ["conversations.twilio.com", "localhost:8080", "twilio-proxy:8080"] {
+    for host in [
+        "conversations.twilio.com",
+        "localhost:8080",
+        "twilio-proxy:8080",
+    ] {
         let r = client
             .get(proxy.url("/v1/Conversations"))
             .header("host", host)
@@ -280,15 +335,45 @@ async fn admin_plane_health_readiness_and_metrics() {
     let up = upstream(echo_ok()).await;
     let proxy = start_proxy(test_config(&up.url())).await;
     let c = reqwest::Client::new();
-    assert_eq!(c.get(proxy.admin_url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(proxy.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(proxy.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(proxy.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     for _ in 0..3 {
         c.get(proxy.url("/v1/Conversations")).send().await.unwrap();
     }
-    c.post(proxy.url("/2010-04-01/Accounts/AC1/Messages.json")).send().await.unwrap();
-    let m = c.get(proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains(r#"trp_requests_total{route="conversations",method="GET",status="2xx"} 3"#), "{m}");
-    assert!(m.contains(r#"trp_requests_total{route="api",method="POST",status="2xx"} 1"#), "{m}");
+    c.post(proxy.url("/2010-04-01/Accounts/AC1/Messages.json"))
+        .send()
+        .await
+        .unwrap();
+    let m = c
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"trp_requests_total{route="conversations",method="GET",status="2xx"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"trp_requests_total{route="api",method="POST",status="2xx"} 1"#),
+        "{m}"
+    );
     assert!(m.contains("trp_upstream_latency_seconds_count 4"), "{m}");
     assert!(m.contains("# TYPE trp_in_flight_requests gauge"), "{m}");
     // The admin paths do not exist on the proxy listener: they go upstream.

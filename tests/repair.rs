@@ -7,7 +7,10 @@ use common::*;
 use twilio_repair_proxy::config::RepairMode;
 use twilio_repair_proxy::emulator::FaultMode;
 
-fn affected(mode: FaultMode, ids: &[&str]) -> impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig) {
+fn affected(
+    mode: FaultMode,
+    ids: &[&str],
+) -> impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig) {
     let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     move |c| {
         c.fault_mode = mode;
@@ -16,7 +19,9 @@ fn affected(mode: FaultMode, ids: &[&str]) -> impl FnOnce(&mut twilio_repair_pro
 }
 
 fn count(reqs: &[(String, String)], method: &str, needle: &str) -> usize {
-    reqs.iter().filter(|(m, p)| m == method && p.contains(needle)).count()
+    reqs.iter()
+        .filter(|(m, p)| m == method && p.contains(needle))
+        .count()
 }
 
 #[tokio::test]
@@ -38,7 +43,13 @@ async fn ghost_mode_costs_one_extra_call_and_touches_no_user() {
     let reqs = st.emu.requests().await;
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[0].0, "POST");
-    assert_eq!(reqs[1], ("GET".to_string(), format!("/v1/Services/{is}/Conversations/{ch}/Participants/alice")));
+    assert_eq!(
+        reqs[1],
+        (
+            "GET".to_string(),
+            format!("/v1/Services/{is}/Conversations/{ch}/Participants/alice")
+        )
+    );
     assert_eq!(count(&reqs, "DELETE", "/Users"), 0);
     st.proxy.stop().await;
 }
@@ -52,7 +63,11 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships()
         .emu
         .post(
             &format!("{b}/Users"),
-            &[("Identity", "bob@example.com"), ("FriendlyName", "Bob B"), ("Attributes", r#"{"tier":"gold"}"#)],
+            &[
+                ("Identity", "bob@example.com"),
+                ("FriendlyName", "Bob B"),
+                ("Attributes", r#"{"tier":"gold"}"#),
+            ],
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -63,15 +78,22 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships()
         .emu
         .post(
             &format!("{b}/Conversations/{other}/Participants"),
-            &[("Identity", "bob@example.com"), ("Attributes", r#"{"seat":7}"#)],
+            &[
+                ("Identity", "bob@example.com"),
+                ("Attributes", r#"{"seat":7}"#),
+            ],
         )
         .await;
     assert_eq!(s, 201);
     let ch = st.emu.conversation(Some(&is)).await;
-    st.emu.add_and_remove(Some(&is), &ch, "bob@example.com").await;
+    st.emu
+        .add_and_remove(Some(&is), &ch, "bob@example.com")
+        .await;
     st.emu.clear_requests().await;
 
-    let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "bob@example.com")]).await;
+    let (status, outcome, body) = st
+        .create(Some(&is), &ch, &[("Identity", "bob@example.com")])
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(outcome.as_deref(), Some("repaired"));
     assert_eq!(body["identity"], "bob@example.com");
@@ -80,28 +102,73 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships()
     assert_eq!(count(&reqs, "DELETE", "/Users/"), 1, "{reqs:?}");
     assert_eq!(count(&reqs, "POST", &format!("{b}/Users")), 1, "{reqs:?}");
     // The identity went into every path percent-encoded.
-    assert!(reqs.iter().any(|(_, p)| p.ends_with("/Users/bob%40example.com")), "{reqs:?}");
+    assert!(
+        reqs.iter()
+            .any(|(_, p)| p.ends_with("/Users/bob%40example.com")),
+        "{reqs:?}"
+    );
 
     let (s, user) = st.emu.get(&format!("{b}/Users/bob%40example.com")).await;
     assert_eq!(s, 200);
-    assert_ne!(user["sid"].as_str().unwrap(), old_user_sid, "the User was recreated");
+    assert_ne!(
+        user["sid"].as_str().unwrap(),
+        old_user_sid,
+        "the User was recreated"
+    );
     assert_eq!(user["friendly_name"], "Bob B");
     assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
-    let (s, p) = st.emu.get(&format!("{b}/Conversations/{other}/Participants/bob%40example.com")).await;
+    let (s, p) = st
+        .emu
+        .get(&format!(
+            "{b}/Conversations/{other}/Participants/bob%40example.com"
+        ))
+        .await;
     assert_eq!(s, 200, "membership in the other conversation was lost");
     assert_eq!(p["attributes"], r#"{"seat":7}"#);
-    let (s, _) = st.emu.get(&format!("{b}/Conversations/{ch}/Participants/bob%40example.com")).await;
+    let (s, _) = st
+        .emu
+        .get(&format!(
+            "{b}/Conversations/{ch}/Participants/bob%40example.com"
+        ))
+        .await;
     assert_eq!(s, 200);
 
     // Visible to operators.
-    let inc: serde_json::Value = st.http.get(st.proxy.admin_url("/incidents")).send().await.unwrap().json().await.unwrap();
+    let inc: serde_json::Value = st
+        .http
+        .get(st.proxy.admin_url("/incidents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(inc["incidents"][0]["outcome"], "repaired");
     assert_eq!(inc["incidents"][0]["conversation_sid"], ch.as_str());
-    let pending: serde_json::Value = st.http.get(st.proxy.admin_url("/repairs?state=pending")).send().await.unwrap().json().await.unwrap();
+    let pending: serde_json::Value = st
+        .http
+        .get(st.proxy.admin_url("/repairs?state=pending"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 0);
-    let m = st.http.get(st.proxy.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = st
+        .http
+        .get(st.proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("trp_repair_intercepted_total 1"), "{m}");
-    assert!(m.contains(r#"trp_repair_outcomes_total{outcome="repaired"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"trp_repair_outcomes_total{outcome="repaired"} 1"#),
+        "{m}"
+    );
     st.proxy.stop().await;
 }
 
@@ -114,10 +181,19 @@ async fn default_service_path_repairs_through_v1_users() {
     let (status, outcome, body) = st.create(None, &ch, &[("Identity", "carol")]).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(outcome.as_deref(), Some("repaired"));
-    assert!(body.get("chat_service_sid").is_none(), "default-path shape: {body}");
+    assert!(
+        body.get("chat_service_sid").is_none(),
+        "default-path shape: {body}"
+    );
     let reqs = st.emu.requests().await;
     assert_eq!(count(&reqs, "DELETE", "/v1/Users/carol"), 1, "{reqs:?}");
-    assert_eq!(st.emu.get(&format!("/v1/Conversations/{ch}/Participants/carol")).await.0, 200);
+    assert_eq!(
+        st.emu
+            .get(&format!("/v1/Conversations/{ch}/Participants/carol"))
+            .await
+            .0,
+        200
+    );
     st.proxy.stop().await;
 }
 
@@ -130,15 +206,22 @@ async fn genuine_404s_are_returned_untouched() {
     let missing_ch = "CH00000000000000000000000000000000";
     let direct = st
         .emu
-        .post(&format!("/v1/Services/{is}/Conversations/{missing_ch}/Participants"), &[("Identity", "dave")])
+        .post(
+            &format!("/v1/Services/{is}/Conversations/{missing_ch}/Participants"),
+            &[("Identity", "dave")],
+        )
         .await;
-    let (status, outcome, body) = st.create(Some(&is), missing_ch, &[("Identity", "dave")]).await;
+    let (status, outcome, body) = st
+        .create(Some(&is), missing_ch, &[("Identity", "dave")])
+        .await;
     assert_eq!(status, 404);
     assert_eq!(outcome.as_deref(), Some("genuine"));
     assert_eq!(body, direct.1, "the original 404 body must pass unchanged");
     // Missing service.
     let missing_is = "IS00000000000000000000000000000000";
-    let (status, outcome, body) = st.create(Some(missing_is), missing_ch, &[("Identity", "dave")]).await;
+    let (status, outcome, body) = st
+        .create(Some(missing_is), missing_ch, &[("Identity", "dave")])
+        .await;
     assert_eq!(status, 404);
     assert_eq!(outcome.as_deref(), Some("genuine"));
     assert_eq!(body["code"], 20404);
@@ -157,7 +240,10 @@ async fn participant_that_existed_before_the_request_answers_twilios_409() {
         .emu
         .post(
             &format!("/v1/Services/{is}/Conversations/{ch}/Participants"),
-            &[("Identity", "erin"), ("DateCreated", "2020-01-01T00:00:00Z")],
+            &[
+                ("Identity", "erin"),
+                ("DateCreated", "2020-01-01T00:00:00Z"),
+            ],
         )
         .await;
     assert_eq!(s, 201);
@@ -179,34 +265,56 @@ async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired
     let st = stack(|_| {}, |_| {}).await;
     let is = st.emu.service().await;
     let ch = st.emu.conversation(Some(&is)).await;
-    let binding = [("MessagingBinding.Address", "+15550001111"), ("MessagingBinding.ProxyAddress", "+15550002222")];
+    let binding = [
+        ("MessagingBinding.Address", "+15550001111"),
+        ("MessagingBinding.ProxyAddress", "+15550002222"),
+    ];
     // Absent: a 20404 that was not processed ends at step 3.
     st.emu
-        .add_rule(serde_json::json!({"method":"POST","path":"/Participants$","times":1,
-            "action":{"kind":"status","status":404,"code":20404}}))
+        .add_rule(
+            serde_json::json!({"method":"POST","path":"/Participants$","times":1,
+            "action":{"kind":"status","status":404,"code":20404}}),
+        )
         .await;
     st.emu.clear_requests().await;
     let (status, outcome, _) = st.create(Some(&is), &ch, &binding).await;
     assert_eq!(status, 404);
     assert_eq!(outcome.as_deref(), Some("failed"));
     let reqs = st.emu.requests().await;
-    assert_eq!(count(&reqs, "GET", "/Participants?PageSize=100"), 1, "{reqs:?}");
+    assert_eq!(
+        count(&reqs, "GET", "/Participants?PageSize=100"),
+        1,
+        "{reqs:?}"
+    );
     assert_eq!(count(&reqs, "GET", "/Users"), 0, "{reqs:?}");
     // Present (created, then a bogus 20404): found by address in the list.
     let (s, created) = st
         .emu
-        .post(&format!("/v1/Services/{is}/Conversations/{ch}/Participants"), &binding)
-        .await;
-    assert_eq!(s, 201);
-    st.emu.delete(&format!("/v1/Services/{is}/Conversations/{ch}/Participants/{}", created["sid"].as_str().unwrap())).await;
-    let (s, created) = st
-        .emu
-        .post(&format!("/v1/Services/{is}/Conversations/{ch}/Participants"), &binding)
+        .post(
+            &format!("/v1/Services/{is}/Conversations/{ch}/Participants"),
+            &binding,
+        )
         .await;
     assert_eq!(s, 201);
     st.emu
-        .add_rule(serde_json::json!({"method":"POST","path":"/Participants$","times":1,
-            "action":{"kind":"status","status":404,"code":20404}}))
+        .delete(&format!(
+            "/v1/Services/{is}/Conversations/{ch}/Participants/{}",
+            created["sid"].as_str().unwrap()
+        ))
+        .await;
+    let (s, created) = st
+        .emu
+        .post(
+            &format!("/v1/Services/{is}/Conversations/{ch}/Participants"),
+            &binding,
+        )
+        .await;
+    assert_eq!(s, 201);
+    st.emu
+        .add_rule(
+            serde_json::json!({"method":"POST","path":"/Participants$","times":1,
+            "action":{"kind":"status","status":404,"code":20404}}),
+        )
         .await;
     let (status, outcome, body) = st.create(Some(&is), &ch, &binding).await;
     assert_eq!(status, 201, "{body}");
@@ -218,8 +326,14 @@ async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired
 
 #[tokio::test]
 async fn check_only_and_off_modes_never_delete() {
-    for (mode, expected_outcome) in [(RepairMode::CheckOnly, Some("disabled")), (RepairMode::Off, None)] {
-        let st = stack(affected(FaultMode::Block, &["frank"]), |c| c.repair.mode = mode).await;
+    for (mode, expected_outcome) in [
+        (RepairMode::CheckOnly, Some("disabled")),
+        (RepairMode::Off, None),
+    ] {
+        let st = stack(affected(FaultMode::Block, &["frank"]), |c| {
+            c.repair.mode = mode
+        })
+        .await;
         let is = st.emu.service().await;
         let ch = st.emu.conversation(Some(&is)).await;
         st.emu.add_and_remove(Some(&is), &ch, "frank").await;
@@ -266,7 +380,15 @@ async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete() {
     let reqs = st.emu.requests().await;
     assert_eq!(count(&reqs, "DELETE", "/Users/gina"), 1, "{reqs:?}");
     for ch in &convs {
-        assert_eq!(st.emu.get(&format!("/v1/Services/{is}/Conversations/{ch}/Participants/gina")).await.0, 200);
+        assert_eq!(
+            st.emu
+                .get(&format!(
+                    "/v1/Services/{is}/Conversations/{ch}/Participants/gina"
+                ))
+                .await
+                .0,
+            200
+        );
     }
 }
 
@@ -289,24 +411,37 @@ async fn transient_upstream_errors_at_every_step_are_retried() {
         let st = stack(affected(FaultMode::Block, &["henry"]), |_| {}).await;
         let is = st.emu.service().await;
         let b = base(Some(&is));
-        st.emu.post(&format!("{b}/Users"), &[("Identity", "henry"), ("FriendlyName", "H")]).await;
+        st.emu
+            .post(
+                &format!("{b}/Users"),
+                &[("Identity", "henry"), ("FriendlyName", "H")],
+            )
+            .await;
         let ch = st.emu.conversation(Some(&is)).await;
         st.emu.add_and_remove(Some(&is), &ch, "henry").await;
         let skip_first_post = *path == "/Participants$";
-        st.emu.add_rule(serde_json::json!({"method":method,"path":path,"times":1,
-            "action":{"kind":"too_many_requests","retry_after":0}})).await;
+        st.emu
+            .add_rule(serde_json::json!({"method":method,"path":path,"times":1,
+            "action":{"kind":"too_many_requests","retry_after":0}}))
+            .await;
         if *idempotent {
-            st.emu.add_rule(serde_json::json!({"method":method,"path":path,"times":1,
-                "action":{"kind":"status","status":503}})).await;
+            st.emu
+                .add_rule(serde_json::json!({"method":method,"path":path,"times":1,
+                "action":{"kind":"status","status":503}}))
+                .await;
         }
         let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "henry")]).await;
         if skip_first_post {
             // The forwarded create got the 429 itself and passes it back
             // untouched: Twilio never processed it, the client may retry.
-            assert!(status == 429 || status == 201, "{method} {path}: {status} {body}");
+            assert!(
+                status == 429 || status == 201,
+                "{method} {path}: {status} {body}"
+            );
             if status == 429 {
                 assert_eq!(outcome, None);
-                let (status, outcome, _) = st.create(Some(&is), &ch, &[("Identity", "henry")]).await;
+                let (status, outcome, _) =
+                    st.create(Some(&is), &ch, &[("Identity", "henry")]).await;
                 assert_eq!((status, outcome.as_deref()), (201, Some("repaired")));
             }
         } else {
@@ -322,18 +457,31 @@ async fn transient_upstream_errors_at_every_step_are_retried() {
 
 #[tokio::test]
 async fn a_permanently_broken_identity_is_reported_not_deleted_in_a_loop() {
-    let st = stack(affected(FaultMode::Block, &["ivan"]), |c| c.repair.max_repairs_per_window = 1).await;
+    let st = stack(affected(FaultMode::Block, &["ivan"]), |c| {
+        c.repair.max_repairs_per_window = 1
+    })
+    .await;
     let is = st.emu.service().await;
     let ch = st.emu.conversation(Some(&is)).await;
     st.emu.add_and_remove(Some(&is), &ch, "ivan").await;
     let (status, outcome, _) = st.create(Some(&is), &ch, &[("Identity", "ivan")]).await;
     assert_eq!((status, outcome.as_deref()), (201, Some("repaired")));
     // The fault comes back (a new stale mapping), the limit holds.
-    let mb = st.emu.get(&format!("/v1/Services/{is}/Conversations/{ch}/Participants/ivan")).await.1["sid"]
+    let mb = st
+        .emu
+        .get(&format!(
+            "/v1/Services/{is}/Conversations/{ch}/Participants/ivan"
+        ))
+        .await
+        .1["sid"]
         .as_str()
         .unwrap()
         .to_string();
-    st.emu.delete(&format!("/v1/Services/{is}/Conversations/{ch}/Participants/{mb}")).await;
+    st.emu
+        .delete(&format!(
+            "/v1/Services/{is}/Conversations/{ch}/Participants/{mb}"
+        ))
+        .await;
     st.emu.clear_requests().await;
     let (status, outcome, _) = st.create(Some(&is), &ch, &[("Identity", "ivan")]).await;
     assert_eq!((status, outcome.as_deref()), (404, Some("disabled")));

@@ -84,7 +84,9 @@ impl CreatePath {
     pub fn parse(path: &str) -> Option<CreatePath> {
         let segs: Vec<&str> = path.strip_prefix("/v1/")?.split('/').collect();
         match segs.as_slice() {
-            ["Services", is, "Conversations", ch, "Participants"] if !is.is_empty() && !ch.is_empty() => {
+            ["Services", is, "Conversations", ch, "Participants"]
+                if !is.is_empty() && !ch.is_empty() =>
+            {
                 Some(CreatePath {
                     service_sid: Some(is.to_string()),
                     conversation: ch.to_string(),
@@ -105,7 +107,11 @@ impl CreatePath {
         }
     }
     pub fn conversation_path(&self) -> String {
-        format!("{}/Conversations/{}", self.service_base(), self.conversation)
+        format!(
+            "{}/Conversations/{}",
+            self.service_base(),
+            self.conversation
+        )
     }
     pub fn participants_path(&self) -> String {
         format!("{}/Participants", self.conversation_path())
@@ -190,12 +196,19 @@ impl RepairCredential {
     /// `api_key_secret`, `account_sid`).
     pub fn from_env_or_file(file: Option<&std::path::Path>) -> Result<Option<Self>, String> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if let (Some(sid), Some(secret)) = (env("TRP_REPAIR_API_KEY_SID"), env("TRP_REPAIR_API_KEY_SECRET")) {
+        if let (Some(sid), Some(secret)) = (
+            env("TRP_REPAIR_API_KEY_SID"),
+            env("TRP_REPAIR_API_KEY_SECRET"),
+        ) {
             return Ok(Self::new(&sid, &secret, env("TRP_REPAIR_ACCOUNT_SID")));
         }
         let Some(path) = file else { return Ok(None) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read repair.credentials_file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read repair.credentials_file {}: {e}",
+                path.display()
+            )
+        })?;
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct F {
@@ -203,8 +216,13 @@ impl RepairCredential {
             api_key_secret: String,
             account_sid: Option<String>,
         }
-        let f: F = toml::from_str(&text)
-            .map_err(|e| format!("invalid repair.credentials_file {}: {}", path.display(), e.message()))?;
+        let f: F = toml::from_str(&text).map_err(|e| {
+            format!(
+                "invalid repair.credentials_file {}: {}",
+                path.display(),
+                e.message()
+            )
+        })?;
         Ok(Self::new(&f.api_key_sid, &f.api_key_secret, f.account_sid))
     }
 }
@@ -213,8 +231,12 @@ impl RepairCredential {
 pub fn basic_user(authorization: &HeaderValue) -> Option<String> {
     use base64::Engine;
     let v = authorization.to_str().ok()?;
-    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let s = String::from_utf8(decoded).ok()?;
     Some(s.split_once(':')?.0.to_string())
 }
@@ -283,7 +305,9 @@ impl Repairer {
 
     /// Whether a request is a Participant create this interceptor handles.
     pub fn intercepts(&self, method: &Method, path: &str) -> bool {
-        self.config.mode != RepairMode::Off && method == Method::POST && CreatePath::parse(path).is_some()
+        self.config.mode != RepairMode::Off
+            && method == Method::POST
+            && CreatePath::parse(path).is_some()
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -322,17 +346,35 @@ impl Repairer {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > cap as u64) {
             // Too big to replay: plain pass-through.
-            let body = Body::new(MeteredBody::new(body, idle, Direction::Request, self.metrics.clone()));
+            let body = Body::new(MeteredBody::new(
+                body,
+                idle,
+                Direction::Request,
+                self.metrics.clone(),
+            ));
             let req = Request::from_parts(parts, body);
-            return (forwarder.forward(req, origin, peer).await.map(|r| r.map(Body::new)), None);
+            return (
+                forwarder
+                    .forward(req, origin, peer)
+                    .await
+                    .map(|r| r.map(Body::new)),
+                None,
+            );
         }
         let buffered = match read_capped(body, cap).await {
             Ok(b) => b,
             Err(ReadCapped::TooLarge(prefix, rest)) => {
-                let stream = futures_util::stream::iter(prefix.into_iter().map(Ok::<_, axum::Error>))
-                    .chain(http_body_util::BodyDataStream::new(Body::new(rest)));
+                let stream =
+                    futures_util::stream::iter(prefix.into_iter().map(Ok::<_, axum::Error>))
+                        .chain(http_body_util::BodyDataStream::new(Body::new(rest)));
                 let req = Request::from_parts(parts, Body::from_stream(stream));
-                return (forwarder.forward(req, origin, peer).await.map(|r| r.map(Body::new)), None);
+                return (
+                    forwarder
+                        .forward(req, origin, peer)
+                        .await
+                        .map(|r| r.map(Body::new)),
+                    None,
+                );
             }
             Err(ReadCapped::Failed) => {
                 return (
@@ -389,7 +431,13 @@ impl Repairer {
         self.metrics.repair_intercepted();
         let started = StdInstant::now();
         let (answer, outcome) = self
-            .workflow(&parts.headers, buffered, parts.uri.path(), origin, requested_at)
+            .workflow(
+                &parts.headers,
+                buffered,
+                parts.uri.path(),
+                origin,
+                requested_at,
+            )
             .await;
         self.metrics.repair_workflow.observe(started.elapsed());
         self.metrics.repair_outcome(outcome.as_str());
@@ -401,7 +449,8 @@ impl Repairer {
                 let h = r.headers_mut();
                 h.insert(
                     header::CONTENT_TYPE,
-                    p.content_type.unwrap_or(HeaderValue::from_static("application/json")),
+                    p.content_type
+                        .unwrap_or(HeaderValue::from_static("application/json")),
                 );
                 if let Some(id) = p.request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
                     h.insert("twilio-request-id", id);
@@ -453,8 +502,11 @@ impl Repairer {
             steps: Vec::new(),
         };
         let Some(who) = Who::from_form(&body) else {
-            incident.detail = Some("the create names neither Identity nor MessagingBinding.Address".into());
-            return self.finish(incident, Answer::Original, Outcome::Failed).await;
+            incident.detail =
+                Some("the create names neither Identity nor MessagingBinding.Address".into());
+            return self
+                .finish(incident, Answer::Original, Outcome::Failed)
+                .await;
         };
         incident.identity = Some(self.record_identity(who.label()));
         let authorization = match (&self.credential, headers.get(header::AUTHORIZATION)) {
@@ -462,7 +514,9 @@ impl Repairer {
             (None, Some(a)) => a.clone(),
             (None, None) => {
                 incident.detail = Some("no credentials to check with".into());
-                return self.finish(incident, Answer::Original, Outcome::Failed).await;
+                return self
+                    .finish(incident, Answer::Original, Outcome::Failed)
+                    .await;
             }
         };
         let deadline = Instant::now() + Duration::from_millis(self.config.workflow_deadline_ms);
@@ -490,26 +544,43 @@ impl Repairer {
             Ok(None) => {}
             Err(detail) => {
                 ctx.incident.detail = Some(detail);
-                return self.finish(ctx.incident, Answer::Original, Outcome::Failed).await;
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                    .await;
             }
         }
 
         // Step 3: is the 404 genuine?
-        let conv = ctx.api.call(Method::GET, &cpath.conversation_path(), None).await;
+        let conv = ctx
+            .api
+            .call(Method::GET, &cpath.conversation_path(), None)
+            .await;
         let conv_ok = matches!(&conv, Ok(r) if r.status == StatusCode::OK);
-        ctx.step("fetch-conversation", &conv, conv_ok || matches!(&conv, Ok(r) if r.status == StatusCode::NOT_FOUND));
+        ctx.step(
+            "fetch-conversation",
+            &conv,
+            conv_ok || matches!(&conv, Ok(r) if r.status == StatusCode::NOT_FOUND),
+        );
         let conversation = match conv {
             Ok(r) if r.status == StatusCode::OK => r.json().unwrap_or_default(),
             Ok(r) if r.status == StatusCode::NOT_FOUND => {
-                return self.finish(ctx.incident, Answer::Original, Outcome::Genuine).await;
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Genuine)
+                    .await;
             }
             other => {
                 self.metrics.repair_step_failure();
                 ctx.incident.detail = Some(describe("fetch conversation", &other));
-                return self.finish(ctx.incident, Answer::Original, Outcome::Failed).await;
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                    .await;
             }
         };
-        let account_sid = conversation.get("account_sid").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let account_sid = conversation
+            .get("account_sid")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
         let service_sid = conversation
             .get("chat_service_sid")
             .and_then(|v| v.as_str())
@@ -521,29 +592,43 @@ impl Repairer {
 
         // Step 4: repair, if allowed.
         let Who::Identity(identity) = ctx.who.clone() else {
-            ctx.incident.detail = Some("messaging-binding participants have no User to repair".into());
-            return self.finish(ctx.incident, Answer::Original, Outcome::Failed).await;
+            ctx.incident.detail =
+                Some("messaging-binding participants have no User to repair".into());
+            return self
+                .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                .await;
         };
         if let Some(reason) = self.policy_refusal(&service_sid, &identity).await {
             ctx.incident.detail = Some(reason);
-            return self.finish(ctx.incident, Answer::Original, Outcome::Disabled).await;
+            return self
+                .finish(ctx.incident, Answer::Original, Outcome::Disabled)
+                .await;
         }
         let key = format!("{account_sid}:{service_sid}:{identity}");
         let lock = self.lock_for(&key);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let Ok(_guard) = tokio::time::timeout(remaining, lock.lock()).await else {
-            ctx.incident.detail = Some("timed out waiting for a concurrent repair of this identity".into());
-            return self.finish(ctx.incident, Answer::Original, Outcome::Failed).await;
+            ctx.incident.detail =
+                Some("timed out waiting for a concurrent repair of this identity".into());
+            return self
+                .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                .await;
         };
 
         // Another request may have repaired meanwhile: retry once.
         match self.replay_create(&mut ctx, "retry-create").await {
-            Replay::Created(p) => return self.finish(ctx.incident, Answer::Created(p), Outcome::Repaired).await,
+            Replay::Created(p) => {
+                return self
+                    .finish(ctx.incident, Answer::Created(p), Outcome::Repaired)
+                    .await;
+            }
             Replay::Exists => return self.after_exists(ctx, Outcome::Repaired).await,
             Replay::Still20404 => {}
             Replay::Other(detail) => {
                 ctx.incident.detail = Some(detail);
-                return self.finish(ctx.incident, Answer::Original, Outcome::Failed).await;
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                    .await;
             }
         }
 
@@ -566,15 +651,25 @@ impl Repairer {
             identity: identity.clone(),
             exclude_conversation: Some(cpath.conversation.clone()),
         };
-        let report = user::repair_user(&ctx.api, self.store.as_ref(), &target, &mut ctx.incident.steps).await;
-        self.recovery.refresh_gauge(self.store.as_ref(), &self.metrics).await;
+        let report = user::repair_user(
+            &ctx.api,
+            self.store.as_ref(),
+            &target,
+            &mut ctx.incident.steps,
+        )
+        .await;
+        self.recovery
+            .refresh_gauge(self.store.as_ref(), &self.metrics)
+            .await;
         let repair_id = match report {
             Ok(r) => r.repair_id,
             Err(e) => {
                 self.metrics.repair_step_failure();
                 ctx.incident.repair_id = e.repair_id();
                 ctx.incident.detail = Some(e.to_string());
-                return self.finish(ctx.incident, Answer::Original, Outcome::Failed).await;
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                    .await;
             }
         };
         ctx.incident.repair_id = repair_id;
@@ -586,7 +681,8 @@ impl Repairer {
             Replay::Still20404 => match self.check(&mut ctx).await {
                 Ok(Some(a)) => (a, Outcome::Repaired),
                 _ => {
-                    ctx.incident.detail = Some("the create still answers 20404 after the User was recreated".into());
+                    ctx.incident.detail =
+                        Some("the create still answers 20404 after the User was recreated".into());
                     (Answer::Original, Outcome::Failed)
                 }
             },
@@ -603,8 +699,10 @@ impl Repairer {
         match self.check(&mut ctx).await {
             Ok(Some(a)) => self.finish(ctx.incident, a, outcome).await,
             Ok(None) | Err(_) => {
-                ctx.incident.detail = Some("Twilio reported the participant exists but it cannot be fetched".into());
-                self.finish(ctx.incident, Answer::Original, Outcome::Failed).await
+                ctx.incident.detail =
+                    Some("Twilio reported the participant exists but it cannot be fetched".into());
+                self.finish(ctx.incident, Answer::Original, Outcome::Failed)
+                    .await
             }
         }
     }
@@ -613,7 +711,11 @@ impl Repairer {
     async fn check(&self, ctx: &mut Ctx<'_>) -> Result<Option<Answer>, String> {
         let found = match ctx.who.clone() {
             Who::Identity(identity) => {
-                let path = format!("{}/{}", ctx.path.participants_path(), encode_segment(&identity));
+                let path = format!(
+                    "{}/{}",
+                    ctx.path.participants_path(),
+                    encode_segment(&identity)
+                );
                 let r = ctx.api.call(Method::GET, &path, None).await;
                 let ok = matches!(&r, Ok(x) if x.status == StatusCode::OK || x.status == StatusCode::NOT_FOUND);
                 ctx.step("fetch-participant", &r, ok);
@@ -626,15 +728,25 @@ impl Repairer {
                     }
                 }
             }
-            Who::Binding { address, proxy_address } => {
-                self.find_binding(ctx, &address, proxy_address.as_deref()).await?
+            Who::Binding {
+                address,
+                proxy_address,
+            } => {
+                self.find_binding(ctx, &address, proxy_address.as_deref())
+                    .await?
             }
         };
         let Some(p) = found else { return Ok(None) };
         let created = p
             .json()
-            .and_then(|v| v.get("date_created").and_then(|d| d.as_str()).map(str::to_string))
-            .and_then(|d| time::OffsetDateTime::parse(&d, &time::format_description::well_known::Rfc3339).ok());
+            .and_then(|v| {
+                v.get("date_created")
+                    .and_then(|d| d.as_str())
+                    .map(str::to_string)
+            })
+            .and_then(|d| {
+                time::OffsetDateTime::parse(&d, &time::format_description::well_known::Rfc3339).ok()
+            });
         let skew = time::Duration::milliseconds(self.config.clock_skew_ms as i64);
         match created {
             Some(c) if c < ctx.requested_at - skew => Ok(Some(Answer::AlreadyExists)),
@@ -670,8 +782,11 @@ impl Repairer {
                 for p in list {
                     let b = p.get("messaging_binding");
                     let addr = b.and_then(|b| b.get("address")).and_then(|a| a.as_str());
-                    let proxy = b.and_then(|b| b.get("proxy_address")).and_then(|a| a.as_str());
-                    if addr == Some(address) && (proxy_address.is_none() || proxy == proxy_address) {
+                    let proxy = b
+                        .and_then(|b| b.get("proxy_address"))
+                        .and_then(|a| a.as_str());
+                    if addr == Some(address) && (proxy_address.is_none() || proxy == proxy_address)
+                    {
                         let body = Bytes::from(serde_json::to_vec(p).unwrap_or_default());
                         return Ok(Some(ApiResponse {
                             status: StatusCode::OK,
@@ -700,10 +815,18 @@ impl Repairer {
             attempts += 1;
             let r = ctx
                 .api
-                .replay(Method::POST, &ctx.path.participants_path(), ctx.headers, ctx.body.clone())
+                .replay(
+                    Method::POST,
+                    &ctx.path.participants_path(),
+                    ctx.headers,
+                    ctx.body.clone(),
+                )
                 .await;
             match &r {
-                Ok(x) if x.status == StatusCode::TOO_MANY_REQUESTS && attempts < self.config.retry_max_attempts => {
+                Ok(x)
+                    if x.status == StatusCode::TOO_MANY_REQUESTS
+                        && attempts < self.config.retry_max_attempts =>
+                {
                     let wait = x
                         .retry_after
                         .unwrap_or(Duration::from_millis(self.config.retry_initial_backoff_ms))
@@ -718,7 +841,9 @@ impl Repairer {
         match r {
             Ok(x) if x.status == StatusCode::CREATED => Replay::Created(x),
             Ok(x) if x.status == StatusCode::CONFLICT => Replay::Exists,
-            Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() == Some(20404) => Replay::Still20404,
+            Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() == Some(20404) => {
+                Replay::Still20404
+            }
             Ok(x) if x.status.is_server_error() => {
                 // It may have landed: look.
                 match self.check(ctx).await {
@@ -736,13 +861,16 @@ impl Repairer {
         if self.config.mode == RepairMode::CheckOnly {
             return Some("mode check-only: the User was not repaired".into());
         }
-        if !self.config.allow_services.is_empty() && !self.config.allow_services.iter().any(|s| s == service_sid) {
+        if !self.config.allow_services.is_empty()
+            && !self.config.allow_services.iter().any(|s| s == service_sid)
+        {
             return Some("service not in repair.allow_services".into());
         }
         if self.config.deny_services.iter().any(|s| s == service_sid) {
             return Some("service in repair.deny_services".into());
         }
-        let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(self.config.repair_window_secs as i64);
+        let since = time::OffsetDateTime::now_utc()
+            - time::Duration::seconds(self.config.repair_window_secs as i64);
         match self
             .store
             .count_repairs_since(service_sid, identity, &crate::store::rfc3339(since))
@@ -771,7 +899,12 @@ impl Repairer {
         }
     }
 
-    async fn finish(&self, mut incident: Incident, answer: Answer, outcome: Outcome) -> (Answer, Outcome) {
+    async fn finish(
+        &self,
+        mut incident: Incident,
+        answer: Answer,
+        outcome: Outcome,
+    ) -> (Answer, Outcome) {
         incident.outcome = outcome.as_str().to_string();
         tracing::info!(
             outcome = outcome.as_str(),
@@ -813,7 +946,9 @@ async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes, ReadCapped
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return Err(ReadCapped::Failed) };
+        let Ok(frame) = frame else {
+            return Err(ReadCapped::Failed);
+        };
         if let Ok(data) = frame.into_data() {
             len += data.len();
             chunks.push(data);
@@ -833,16 +968,24 @@ async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes, ReadCapped
 /// encoding is unknown or the data is corrupt.
 fn decode_body(encoding: Option<&HeaderValue>, raw: &Bytes) -> Option<Vec<u8>> {
     use std::io::Read;
-    let enc = encoding.and_then(|v| v.to_str().ok()).map(|s| s.trim().to_ascii_lowercase());
+    let enc = encoding
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_ascii_lowercase());
     let mut out = Vec::new();
     let limit = MAX_ERROR_BODY_BYTES as u64;
     match enc.as_deref() {
         None | Some("identity") | Some("") => return Some(raw.to_vec()),
         Some("gzip") | Some("x-gzip") => {
-            flate2::read::GzDecoder::new(&raw[..]).take(limit).read_to_end(&mut out).ok()?;
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(limit)
+                .read_to_end(&mut out)
+                .ok()?;
         }
         Some("deflate") => {
-            flate2::read::ZlibDecoder::new(&raw[..]).take(limit).read_to_end(&mut out).ok()?;
+            flate2::read::ZlibDecoder::new(&raw[..])
+                .take(limit)
+                .read_to_end(&mut out)
+                .ok()?;
         }
         _ => return None,
     }
@@ -870,10 +1013,18 @@ mod tests {
 
     #[test]
     fn form_decoding_accepts_both_space_styles() {
-        assert_eq!(Who::from_form(b"Identity=a+b%40c"), Some(Who::Identity("a b@c".into())));
-        assert_eq!(Who::from_form(b"Identity=a%20b"), Some(Who::Identity("a b".into())));
         assert_eq!(
-            Who::from_form(b"MessagingBinding.Address=%2B1555&MessagingBinding.ProxyAddress=%2B1666"),
+            Who::from_form(b"Identity=a+b%40c"),
+            Some(Who::Identity("a b@c".into()))
+        );
+        assert_eq!(
+            Who::from_form(b"Identity=a%20b"),
+            Some(Who::Identity("a b".into()))
+        );
+        assert_eq!(
+            Who::from_form(
+                b"MessagingBinding.Address=%2B1555&MessagingBinding.ProxyAddress=%2B1666"
+            ),
             Some(Who::Binding {
                 address: "+1555".into(),
                 proxy_address: Some("+1666".into())

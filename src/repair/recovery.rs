@@ -56,7 +56,9 @@ impl Recovery {
         if !self.any.load(Ordering::Relaxed) {
             return false;
         }
-        let Some(user) = basic_user(authorization) else { return false };
+        let Some(user) = basic_user(authorization) else {
+            return false;
+        };
         self.waiting
             .read()
             .map(|s| s.contains(&user))
@@ -75,7 +77,9 @@ impl Repairer {
     /// On any request: if its credential can finish a pending repair, do so
     /// in the background. Costs one atomic load when nothing is pending.
     pub fn maybe_recover(self: &Arc<Self>, headers: &HeaderMap) {
-        let Some(auth) = headers.get(header::AUTHORIZATION) else { return };
+        let Some(auth) = headers.get(header::AUTHORIZATION) else {
+            return;
+        };
         if !self.recovery.matches(auth) {
             return;
         }
@@ -89,7 +93,9 @@ impl Repairer {
     /// Complete every pending record this credential (or the operator's)
     /// may act on. Returns how many were completed.
     pub async fn recover_pending(&self, caller: Option<&HeaderValue>) -> usize {
-        let Ok(_running) = self.recovery.running.try_lock() else { return 0 };
+        let Ok(_running) = self.recovery.running.try_lock() else {
+            return 0;
+        };
         let pending = match self.store.pending_repairs().await {
             Ok(p) => p,
             Err(e) => {
@@ -102,7 +108,9 @@ impl Repairer {
         for record in pending {
             let (auth, source) = match (&self.credential, caller, &caller_user) {
                 (Some(c), _, _) => (c.authorization.clone(), CredentialSource::Operator),
-                (None, Some(a), Some(u)) if *u == record.credential_user || *u == record.account_sid => {
+                (None, Some(a), Some(u))
+                    if *u == record.credential_user || *u == record.account_sid =>
+                {
                     (a.clone(), CredentialSource::Caller)
                 }
                 _ => {
@@ -118,16 +126,29 @@ impl Repairer {
                 done += 1;
             }
         }
-        self.recovery.refresh_gauge(self.store.as_ref(), &self.metrics).await;
+        self.recovery
+            .refresh_gauge(self.store.as_ref(), &self.metrics)
+            .await;
         done
     }
 
-    async fn recover_one(&self, record: &RepairRecord, auth: HeaderValue, source: CredentialSource) -> bool {
+    async fn recover_one(
+        &self,
+        record: &RepairRecord,
+        auth: HeaderValue,
+        source: CredentialSource,
+    ) -> bool {
         let Some(origin) = Origin::parse(&record.upstream) else {
-            tracing::error!(repair_id = record.id, "journal record names an invalid upstream");
+            tracing::error!(
+                repair_id = record.id,
+                "journal record names an invalid upstream"
+            );
             return false;
         };
-        let key = format!("{}:{}:{}", record.account_sid, record.service_sid, record.identity);
+        let key = format!(
+            "{}:{}:{}",
+            record.account_sid, record.service_sid, record.identity
+        );
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
         let deadline = Instant::now() + Duration::from_millis(self.config.workflow_deadline_ms);
@@ -135,7 +156,10 @@ impl Repairer {
             self.client.clone(),
             origin,
             auth,
-            record.webhook.as_ref().and_then(|w| HeaderValue::from_str(w).ok()),
+            record
+                .webhook
+                .as_ref()
+                .and_then(|w| HeaderValue::from_str(w).ok()),
             self.retry_policy(),
             deadline,
         );
@@ -149,7 +173,11 @@ impl Repairer {
             exclude_conversation: None,
         };
         let mut steps = Vec::new();
-        let user_path = format!("{}/Users/{}", record.service_base, encode_segment(&record.identity));
+        let user_path = format!(
+            "{}/Users/{}",
+            record.service_base,
+            encode_segment(&record.identity)
+        );
         let probe = api.call(Method::GET, &user_path, None).await;
         let exists = match &probe {
             Ok(x) if x.status == StatusCode::OK => true,
@@ -161,17 +189,30 @@ impl Repairer {
         };
         if !exists && record.snapshot.user_sid.is_some() {
             if let Err(detail) = recreate(&api, &target, &record.snapshot, &mut steps).await {
-                tracing::warn!(repair_id = record.id, detail, "recovery cannot recreate the User; will retry later");
+                tracing::warn!(
+                    repair_id = record.id,
+                    detail,
+                    "recovery cannot recreate the User; will retry later"
+                );
                 return false;
             }
         }
         let failures = restore_memberships(&api, &target, &record.snapshot, &mut steps).await;
         let note = match (source, failures.is_empty()) {
-            (CredentialSource::Operator, true) => "recovered with the operator repair credential".to_string(),
+            (CredentialSource::Operator, true) => {
+                "recovered with the operator repair credential".to_string()
+            }
             (CredentialSource::Caller, true) => "recovered with a caller's credential".to_string(),
-            (_, false) => format!("recovered; memberships not restored: {}", failures.join(", ")),
+            (_, false) => format!(
+                "recovered; memberships not restored: {}",
+                failures.join(", ")
+            ),
         };
-        if let Err(e) = self.store.set_repair_state(record.id, state::RECOVERED, Some(&note)).await {
+        if let Err(e) = self
+            .store
+            .set_repair_state(record.id, state::RECOVERED, Some(&note))
+            .await
+        {
             tracing::warn!(repair_id = record.id, error = %e, "cannot close the journal record");
             return false;
         }

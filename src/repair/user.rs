@@ -41,20 +41,29 @@ pub enum RepairError {
     Journal(String),
     #[error("deleting the User failed; the User was left as it was: {detail}")]
     Delete { repair_id: i64, detail: String },
-    #[error("recreating the User failed; the journal record {repair_id} is pending for recovery: {detail}")]
+    #[error(
+        "recreating the User failed; the journal record {repair_id} is pending for recovery: {detail}"
+    )]
     Recreate { repair_id: i64, detail: String },
 }
 
 impl RepairError {
     pub fn repair_id(&self) -> Option<i64> {
         match self {
-            RepairError::Delete { repair_id, .. } | RepairError::Recreate { repair_id, .. } => Some(*repair_id),
+            RepairError::Delete { repair_id, .. } | RepairError::Recreate { repair_id, .. } => {
+                Some(*repair_id)
+            }
             _ => None,
         }
     }
 }
 
-fn push(steps: &mut Vec<Step>, name: &str, r: &Result<ApiResponse, crate::twilio_api::ApiError>, ok: bool) {
+fn push(
+    steps: &mut Vec<Step>,
+    name: &str,
+    r: &Result<ApiResponse, crate::twilio_api::ApiError>,
+    ok: bool,
+) {
     steps.push(Step {
         step: name.to_string(),
         status: r.as_ref().ok().map(|r| r.status.as_u16()),
@@ -80,7 +89,11 @@ pub async fn snapshot(
     target: &RepairTarget,
     steps: &mut Vec<Step>,
 ) -> Result<UserSnapshot, RepairError> {
-    let user_path = format!("{}/Users/{}", target.service_base, encode_segment(&target.identity));
+    let user_path = format!(
+        "{}/Users/{}",
+        target.service_base,
+        encode_segment(&target.identity)
+    );
     let r = api.call(Method::GET, &user_path, None).await;
     let ok = matches!(&r, Ok(x) if x.status == StatusCode::OK || x.status == StatusCode::NOT_FOUND);
     push(steps, "fetch-user", &r, ok);
@@ -104,7 +117,9 @@ pub async fn snapshot(
     while let Some(path) = next.take() {
         pages += 1;
         if pages > MAX_MEMBERSHIP_PAGES {
-            return Err(RepairError::Snapshot("too many User Conversations pages".into()));
+            return Err(RepairError::Snapshot(
+                "too many User Conversations pages".into(),
+            ));
         }
         let r = api.call(Method::GET, &path, None).await;
         let ok = matches!(&r, Ok(x) if x.status == StatusCode::OK);
@@ -113,8 +128,15 @@ pub async fn snapshot(
             Ok(x) if x.status == StatusCode::OK => x.json().unwrap_or_default(),
             _ => return Err(RepairError::Snapshot(status_of(&r))),
         };
-        for c in page.get("conversations").and_then(|l| l.as_array()).into_iter().flatten() {
-            let Some(conversation_sid) = str_field(c, "conversation_sid") else { continue };
+        for c in page
+            .get("conversations")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(conversation_sid) = str_field(c, "conversation_sid") else {
+                continue;
+            };
             if target.exclude_conversation.as_deref() == Some(conversation_sid.as_str()) {
                 continue;
             }
@@ -193,9 +215,17 @@ pub async fn repair_user(
         })
         .await
         .map_err(|e| RepairError::Journal(e.to_string()))?;
-    tracing::info!(repair_id, memberships = snap.memberships.len(), "journaled User snapshot; deleting the User");
+    tracing::info!(
+        repair_id,
+        memberships = snap.memberships.len(),
+        "journaled User snapshot; deleting the User"
+    );
 
-    let user_path = format!("{}/Users/{}", target.service_base, encode_segment(&target.identity));
+    let user_path = format!(
+        "{}/Users/{}",
+        target.service_base,
+        encode_segment(&target.identity)
+    );
     let r = api.call(Method::DELETE, &user_path, None).await;
     let deleted = matches!(&r, Ok(x) if x.status == StatusCode::NO_CONTENT || x.status == StatusCode::NOT_FOUND);
     push(steps, "delete-user", &r, deleted);
@@ -205,7 +235,11 @@ pub async fn repair_user(
         let check = api.call(Method::GET, &user_path, None).await;
         if matches!(&check, Ok(x) if x.status == StatusCode::OK) {
             let _ = store
-                .set_repair_state(repair_id, state::DONE, Some("delete failed; User untouched"))
+                .set_repair_state(
+                    repair_id,
+                    state::DONE,
+                    Some("delete failed; User untouched"),
+                )
                 .await;
             return Err(RepairError::Delete {
                 repair_id,
@@ -219,7 +253,8 @@ pub async fn repair_user(
         .map_err(|detail| RepairError::Recreate { repair_id, detail })?;
     journal(store, repair_id, state::RESTORING, None).await?;
     let failures = restore_memberships(api, target, &snap, steps).await;
-    let note = (!failures.is_empty()).then(|| format!("memberships not restored: {}", failures.join(", ")));
+    let note = (!failures.is_empty())
+        .then(|| format!("memberships not restored: {}", failures.join(", ")));
     journal(store, repair_id, state::DONE, note.as_deref()).await?;
     Ok(RepairReport {
         repair_id: Some(repair_id),
@@ -227,7 +262,12 @@ pub async fn repair_user(
     })
 }
 
-async fn journal(store: &dyn Store, id: i64, s: &str, note: Option<&str>) -> Result<(), RepairError> {
+async fn journal(
+    store: &dyn Store,
+    id: i64,
+    s: &str,
+    note: Option<&str>,
+) -> Result<(), RepairError> {
     store
         .set_repair_state(id, s, note)
         .await
@@ -271,7 +311,8 @@ pub async fn recreate(
         if matches!(&check, Ok(x) if x.status == StatusCode::OK) {
             return Ok(());
         }
-        if matches!(&r, Ok(x) if x.status.is_client_error() && x.status != StatusCode::TOO_MANY_REQUESTS) {
+        if matches!(&r, Ok(x) if x.status.is_client_error() && x.status != StatusCode::TOO_MANY_REQUESTS)
+        {
             break;
         }
     }
@@ -294,7 +335,11 @@ pub async fn restore_memberships(
             encode_segment(&m.conversation_sid)
         );
         let probe = api
-            .call(Method::GET, &format!("{participants}/{}", encode_segment(&snap.identity)), None)
+            .call(
+                Method::GET,
+                &format!("{participants}/{}", encode_segment(&snap.identity)),
+                None,
+            )
             .await;
         if matches!(&probe, Ok(x) if x.status == StatusCode::OK) {
             continue; // survived the delete
@@ -309,7 +354,9 @@ pub async fn restore_memberships(
         if let Some(v) = &m.date_created {
             pairs.push(("DateCreated", v));
         }
-        let r = api.call(Method::POST, &participants, Some(&form(&pairs))).await;
+        let r = api
+            .call(Method::POST, &participants, Some(&form(&pairs)))
+            .await;
         let ok = matches!(&r, Ok(x) if x.status == StatusCode::CREATED || x.status == StatusCode::CONFLICT);
         push(steps, "restore-membership", &r, ok);
         if !ok {

@@ -195,12 +195,13 @@ impl Store for SqliteStore {
 
     fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query("SELECT * FROM repairs WHERE state NOT IN (?, ?, ?) ORDER BY id")
-                .bind(state::FINAL[0])
-                .bind(state::FINAL[1])
-                .bind(state::FINAL[2])
-                .fetch_all(&self.pool)
-                .await?;
+            let rows =
+                sqlx::query("SELECT * FROM repairs WHERE state NOT IN (?, ?, ?) ORDER BY id")
+                    .bind(state::FINAL[0])
+                    .bind(state::FINAL[1])
+                    .bind(state::FINAL[2])
+                    .fetch_all(&self.pool)
+                    .await?;
             rows.iter().map(repair_from_row).collect()
         })
     }

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +61,9 @@ pub async fn upstream(responder: Responder) -> Upstream {
     let seen2 = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let seen = seen2.clone();
             let responder = responder.clone();
             tokio::spawn(async move {
@@ -69,7 +72,11 @@ pub async fn upstream(responder: Responder) -> Upstream {
                     let responder = responder.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let s = Seen {
                             method: parts.method.to_string(),
                             target: parts
@@ -239,13 +246,19 @@ pub async fn start_emulator(
 ) -> Emu {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut cfg = twilio_repair_proxy::emulator::EmulatorConfig::default();
-    cfg.public_url = format!("http://{addr}");
+    let mut cfg = twilio_repair_proxy::emulator::EmulatorConfig {
+        public_url: format!("http://{addr}"),
+        ..Default::default()
+    };
     tweak(&mut cfg);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(twilio_repair_proxy::emulator::serve(listener, cfg, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(twilio_repair_proxy::emulator::serve(
+        listener,
+        cfg,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let emu = Emu {
         addr,
         http: reqwest::Client::new(),
@@ -304,7 +317,9 @@ impl Emu {
     /// Create a conversation under `/v1/Services/{is}` or, with `None`, on the default service.
     pub async fn conversation(&self, is: Option<&str>) -> String {
         let base = base(is);
-        let (s, v) = self.post(&format!("{base}/Conversations"), &[("FriendlyName", "c")]).await;
+        let (s, v) = self
+            .post(&format!("{base}/Conversations"), &[("FriendlyName", "c")])
+            .await;
         assert_eq!(s, 201, "{v}");
         v["sid"].as_str().unwrap().to_string()
     }
@@ -363,11 +378,18 @@ impl Emu {
     pub async fn add_and_remove(&self, is: Option<&str>, ch: &str, identity: &str) {
         let base = base(is);
         let (s, v) = self
-            .post(&format!("{base}/Conversations/{ch}/Participants"), &[("Identity", identity)])
+            .post(
+                &format!("{base}/Conversations/{ch}/Participants"),
+                &[("Identity", identity)],
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         let mb = v["sid"].as_str().unwrap();
-        assert_eq!(self.delete(&format!("{base}/Conversations/{ch}/Participants/{mb}")).await, 204);
+        assert_eq!(
+            self.delete(&format!("{base}/Conversations/{ch}/Participants/{mb}"))
+                .await,
+            204
+        );
     }
 }
 
@@ -413,7 +435,10 @@ impl Stack {
     ) -> (u16, Option<String>, serde_json::Value) {
         let r = self
             .http
-            .post(self.proxy.url(&format!("{}/Conversations/{ch}/Participants", base(is))))
+            .post(
+                self.proxy
+                    .url(&format!("{}/Conversations/{ch}/Participants", base(is))),
+            )
             .basic_auth(ACCOUNT, Some(TOKEN))
             .header("x-twilio-webhook-enabled", "true")
             .form(form)
@@ -425,6 +450,92 @@ impl Stack {
             .headers()
             .get("x-repair-outcome")
             .map(|v| v.to_str().unwrap().to_string());
-        (s, outcome, r.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            s,
+            outcome,
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
+}
+
+/// The proxy binary as a child process.
+pub struct Running {
+    pub store_dir: std::path::PathBuf,
+    pub child: Child,
+    pub addr: String,
+    pub admin: String,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Running {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn spawn_proxy(upstream: &str, extra_env: &[(&str, &str)]) -> Running {
+    spawn_proxy_in(&tempfile::tempdir().unwrap().keep(), upstream, extra_env).await
+}
+
+/// Start the binary with its journal in `dir` (reuse `dir` to restart).
+pub async fn spawn_proxy_in(
+    dir: &std::path::Path,
+    upstream: &str,
+    extra_env: &[(&str, &str)],
+) -> Running {
+    let dir = dir.to_path_buf();
+    let port = free_port();
+    let admin = free_port();
+    let stderr_path = dir.join(format!("stderr-{port}.log"));
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin}"))
+        .arg("--upstream")
+        .arg(upstream)
+        .arg("--store")
+        .arg(format!("sqlite://{}/journal.db", dir.display()))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let r = Running {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+        admin: format!("127.0.0.1:{admin}"),
+        stderr_path,
+        store_dir: dir.clone(),
+    };
+    wait_ready(&format!("http://{}/readyz", r.admin)).await;
+    r
 }

@@ -1,0 +1,454 @@
+//! A stateful, in-memory emulator of Twilio Conversations v1, including the
+//! "404/20404 on Participant create after that identity's participant was
+//! deleted" fault that the proxy repairs.
+//!
+//! # Twilio API served
+//!
+//! Both the service-scoped paths (`/v1/Services/{IS}/...`) and the default
+//! service paths (`/v1/...`):
+//!
+//! * `GET|POST /v1/Configuration` (`DefaultChatServiceSid` can be updated)
+//! * `GET|POST /v1/Services`, `GET|DELETE /v1/Services/{IS}`
+//! * `GET|POST .../Conversations`, `GET|POST|DELETE .../Conversations/{CH or UniqueName}`
+//! * `GET|POST .../Conversations/{CH}/Participants`,
+//!   `GET|POST|DELETE .../Conversations/{CH}/Participants/{MB or identity}`
+//! * `GET|POST .../Users`, `GET|POST|DELETE .../Users/{US or identity}`
+//! * `GET .../Users/{US or identity}/Conversations[/{CH or UniqueName}]`
+//!
+//! HTTP Basic auth with the configured account SID + auth token (or API key
+//! SID + secret when configured) is required on every `/v1/...` path.
+//! Every response carries `Twilio-Request-Id: RQ<32 hex>`.
+//!
+//! # Control API (no auth; the proxy never forwards `/__emulator/`)
+//!
+//! | method + path | body | effect |
+//! |---|---|---|
+//! | `GET /__emulator/health` | | `200 {"status":"ok"}` |
+//! | `GET /__emulator/requests` | | `{"requests":[{seq, request_id, method, path (with raw query), headers, auth_user, form, status, outcome, fault}], "dropped": n}` |
+//! | `DELETE /__emulator/requests` | | clears the request log (204) |
+//! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings and injection rules (the default service keeps its SID) (204) |
+//! | `GET /__emulator/fault` | | current participant fault settings |
+//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null}` | replaces them |
+//! | `GET /__emulator/faults` | | injection rules with their ids and remaining counts |
+//! | `POST /__emulator/faults` | a [`FaultRule`] as JSON | adds a rule (201 `{"id":n}`) |
+//! | `DELETE /__emulator/faults` | | removes all rules (204) |
+//! | `PUT /__emulator/users/date-created` | `{"identity":"alice","service_sid":"IS.."(optional, default service),"date_created":"2024-05-01T10:00:00Z"}` | sets a User's creation date (200, the user JSON) |
+//!
+//! Example fault rules (`POST /__emulator/faults`):
+//!
+//! ```json
+//! {"method":"POST","path":"/Participants$","times":1,"action":{"kind":"status","status":503}}
+//! {"path":"^/v1/Users","action":{"kind":"too_many_requests","retry_after":2}}
+//! {"path":"/Participants$","action":{"kind":"reset","processed":true}}
+//! {"path":".","action":{"kind":"hang_then_drop","ms":500}}
+//! {"path":".","action":{"kind":"latency","ms":200}}
+//! {"method":"GET","path":"/Users/","action":{"kind":"malformed_json"}}
+//! ```
+//!
+//! Semantics: every matching `latency` rule adds its delay; then the first
+//! matching rule of another kind applies. `times` (optional) is how many
+//! more requests a rule may fire on; it is removed when it reaches zero.
+//! `status` and `too_many_requests` answer without processing the request.
+//! `reset` and `hang_then_drop` close the TCP connection without any response,
+//! before processing the request or (with `"processed": true`) after it.
+//! `malformed_json` processes the request and then sends a truncated body.
+//! Connection drops only happen through [`serve`]; when [`router`] is used
+//! in-process the dropped response is an empty `500` carrying the
+//! [`DropConnection`] extension.
+//!
+//! # The participant fault
+//!
+//! For an *affected* identity (exact list, regex, or User creation date)
+//! whose User had one of its participants deleted (from any conversation of
+//! the service), every later `POST .../Participants` with that `Identity`
+//! (to any conversation of the service) answers `404` / `20404` with the
+//! message `The requested resource {path} was not found`, where `{path}` is
+//! the request path. In `ghost` mode the participant is created anyway; in
+//! `block` mode it is not. The "stale mapping" belongs to the User SID:
+//! deleting and recreating the User clears it. A duplicate identity in the
+//! conversation still answers 50433 first (choice: the duplicate check runs
+//! before the fault).
+//!
+//! # Choices where the spec and research notes are silent
+//!
+//! * 50433 (participant exists), 50416 (address pair in use), 50201 (user
+//!   exists) and 50353 (conversation unique name in use) are sent with HTTP 409.
+//! * 50416 is checked across all conversations of the service.
+//! * Deleting a User removes its participants from every conversation of the
+//!   service by default (`user_delete_removes_participants = true`).
+//! * A missing participant/user/conversation answers 404/20404 (not 50432/50200).
+//! * Bad parameters (`PageSize`, `Attributes` not JSON, `RoleSid` shape,
+//!   dates, `PageToken`) answer 400/20001; a wrong method answers 405/20004; a
+//!   body over [`MAX_BODY_BYTES`] answers 413/20001.
+//! * List order is creation order; SIDs embed a creation counter so that
+//!   `PageToken=PT<sid>` stays valid when that item is deleted.
+//! * `PageToken=PB<sid>` (used in `previous_page_url`) pages backwards.
+//! * Deleting the default service answers 409/20409.
+//! * `is_online`/`is_notifiable` are `false` on fetch and `null` elsewhere.
+//! * Creating a participant with a new `Identity` creates the User.
+
+mod api;
+mod control;
+mod faults;
+mod model;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+
+pub use faults::{FaultAction, FaultMode, FaultRule, ParticipantFault};
+
+/// Maximum size of a request body (form or control-API JSON), in bytes.
+/// Twilio's own form bodies are a few hundred bytes; 64 KiB leaves room for
+/// large `Attributes` without letting a client exhaust memory.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Default account SID (the placeholder the OpenAPI spec uses).
+pub const DEFAULT_ACCOUNT_SID: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+/// Default auth token: alphanumeric, because twilio-go rejects anything else.
+pub const DEFAULT_AUTH_TOKEN: &str = "emulatortoken0000000000000000000";
+/// Default public base URL used in `url`, `links` and `meta.*_url` fields.
+pub const DEFAULT_PUBLIC_URL: &str = "https://conversations.twilio.com";
+/// Default friendly name of the default conversation service.
+pub const DEFAULT_SERVICE_NAME: &str = "Default Conversations Service";
+/// Default bound of the request log; the oldest entries are dropped first.
+pub const DEFAULT_MAX_REQUEST_LOG: usize = 10_000;
+/// How long [`serve`] waits for open connections after shutdown is signalled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Command-line flags of `twilio-repair-proxy emulator`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4010")]
+    pub listen: SocketAddr,
+    /// Account SID accepted as Basic username and echoed as `account_sid`
+    /// (default ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa).
+    #[arg(long)]
+    pub account_sid: Option<String>,
+    /// Auth token accepted as Basic password (default
+    /// emulatortoken0000000000000000000).
+    #[arg(long)]
+    pub auth_token: Option<String>,
+    /// Base URL written into `url`, `links` and pagination fields (default
+    /// https://conversations.twilio.com).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// TOML file with emulator settings (flat keys, see module docs).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// All emulator settings. Loaded from a flat TOML file; command-line flags
+/// override `account_sid`, `auth_token` and `public_url`.
+///
+/// ```toml
+/// account_sid = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+/// auth_token = "emulatortoken0000000000000000000"
+/// api_key_sid = "SKbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+/// api_key_secret = "emulatorsecret"
+/// public_url = "http://127.0.0.1:4010"
+/// default_service_friendly_name = "Default Conversations Service"
+/// user_delete_removes_participants = true
+/// max_request_log = 10000
+/// fault_mode = "ghost"                 # ghost | block | off
+/// fault_identities = ["alice"]
+/// fault_identity_pattern = "^legacy-"
+/// fault_user_created_on = "2024-05-01"
+///
+/// [[faults]]
+/// method = "POST"
+/// path = "/Participants$"
+/// times = 1
+/// action = { kind = "status", status = 503 }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatorConfig {
+    pub account_sid: String,
+    pub auth_token: String,
+    /// Optional API key (`SK...`) accepted as Basic username with `api_key_secret`.
+    pub api_key_sid: Option<String>,
+    pub api_key_secret: Option<String>,
+    pub public_url: String,
+    pub default_service_friendly_name: String,
+    /// Deleting a User removes its participants from every conversation of
+    /// the service (the real behaviour is undocumented; default true).
+    pub user_delete_removes_participants: bool,
+    /// Bound of the request log.
+    pub max_request_log: usize,
+    pub fault_mode: FaultMode,
+    pub fault_identities: Vec<String>,
+    pub fault_identity_pattern: Option<String>,
+    /// `YYYY-MM-DD`: identities whose User was created that day (UTC).
+    pub fault_user_created_on: Option<String>,
+    /// General fault-injection rules active from start-up.
+    pub faults: Vec<FaultRule>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            account_sid: DEFAULT_ACCOUNT_SID.to_owned(),
+            auth_token: DEFAULT_AUTH_TOKEN.to_owned(),
+            api_key_sid: None,
+            api_key_secret: None,
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
+            default_service_friendly_name: DEFAULT_SERVICE_NAME.to_owned(),
+            user_delete_removes_participants: true,
+            max_request_log: DEFAULT_MAX_REQUEST_LOG,
+            fault_mode: FaultMode::Ghost,
+            fault_identities: Vec::new(),
+            fault_identity_pattern: None,
+            fault_user_created_on: None,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// Invalid emulator configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("account_sid must be AC followed by 32 hex digits")]
+    AccountSid,
+    #[error("auth_token must be non-empty and alphanumeric")]
+    AuthToken,
+    #[error("api_key_sid and api_key_secret must be set together; api_key_sid must start with SK")]
+    ApiKey,
+    #[error("public_url must start with http:// or https://")]
+    PublicUrl,
+    #[error("invalid fault settings: {0}")]
+    Fault(String),
+}
+
+impl EmulatorConfig {
+    /// Load `--config` (if any), apply the flag overrides, and validate.
+    pub fn from_args(args: &EmulatorArgs) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<EmulatorConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => EmulatorConfig::default(),
+        };
+        if let Some(sid) = &args.account_sid {
+            config.account_sid = sid.clone();
+        }
+        if let Some(token) = &args.auth_token {
+            config.auth_token = token.clone();
+        }
+        if let Some(url) = &args.public_url {
+            config.public_url = url.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every setting ([`router`] skips invalid fault settings instead).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !model::is_sid(&self.account_sid, "AC") {
+            return Err(ConfigError::AccountSid);
+        }
+        if self.auth_token.is_empty() || !self.auth_token.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(ConfigError::AuthToken);
+        }
+        match (&self.api_key_sid, &self.api_key_secret) {
+            (None, None) => {}
+            (Some(sid), Some(secret)) if sid.starts_with("SK") && !secret.is_empty() => {}
+            _ => return Err(ConfigError::ApiKey),
+        }
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return Err(ConfigError::PublicUrl);
+        }
+        self.participant_fault()
+            .compile()
+            .map_err(ConfigError::Fault)?;
+        for rule in &self.faults {
+            rule.compile().map_err(ConfigError::Fault)?;
+        }
+        Ok(())
+    }
+
+    /// The participant-fault part of the settings.
+    pub fn participant_fault(&self) -> ParticipantFault {
+        ParticipantFault {
+            mode: self.fault_mode,
+            identities: self.fault_identities.clone(),
+            identity_pattern: self.fault_identity_pattern.clone(),
+            user_created_on: self.fault_user_created_on.clone(),
+        }
+    }
+}
+
+/// Response extension asking [`serve`] to drop the connection without
+/// sending the response.
+#[derive(Debug, Clone, Copy)]
+pub struct DropConnection;
+
+/// Error returned to hyper to abort a connection (see [`DropConnection`]).
+#[derive(Debug, thiserror::Error)]
+#[error("emulator fault injection: connection dropped")]
+struct ConnectionDropped;
+
+/// The whole emulator as an axum app.
+pub fn router(config: EmulatorConfig) -> Router {
+    let shared = Arc::new(model::Shared::new(config));
+    Router::new()
+        .route("/__emulator/health", get(control::health))
+        .route(
+            "/__emulator/requests",
+            get(control::get_requests).delete(control::clear_requests),
+        )
+        .route("/__emulator/reset", post(control::reset))
+        .route(
+            "/__emulator/fault",
+            get(control::get_fault).put(control::put_fault),
+        )
+        .route(
+            "/__emulator/faults",
+            get(control::get_faults)
+                .post(control::add_fault)
+                .delete(control::clear_faults),
+        )
+        .route(
+            "/__emulator/users/date-created",
+            put(control::set_user_date_created),
+        )
+        .fallback(api::handle)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(api::ensure_request_id))
+        .with_state(shared)
+}
+
+/// Serve the emulator on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: EmulatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+
+    let app = router(config);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Transient accept errors (EMFILE, ECONNABORTED): back off briefly.
+                    tracing::warn!(error = %err, "emulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move {
+                    let response = match app.oneshot(req.map(axum::body::Body::new)).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                    if response.extensions().get::<DropConnection>().is_some() {
+                        Err(ConnectionDropped)
+                    } else {
+                        Ok::<_, ConnectionDropped>(response)
+                    }
+                }
+            });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(conn).await {
+                tracing::debug!(error = %err, "emulator connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("emulator shutdown: connections still open after grace period");
+    }
+    Ok(())
+}
+
+/// `twilio-repair-proxy emulator`: bind, log, serve until Ctrl-C or SIGTERM.
+pub async fn main(args: EmulatorArgs) -> anyhow::Result<()> {
+    // Logging to stderr unless the caller already installed a subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let config = EmulatorConfig::from_args(&args)?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    // The auth token and API key secret are never logged.
+    tracing::info!(
+        listen = %local,
+        account_sid = %config.account_sid,
+        api_key_sid = config.api_key_sid.as_deref().unwrap_or("-"),
+        public_url = %config.public_url,
+        fault_mode = ?config.fault_mode,
+        "Twilio Conversations emulator listening (control API under /__emulator/)"
+    );
+    serve(listener, config, shutdown_signal()).await?;
+    tracing::info!("emulator stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
