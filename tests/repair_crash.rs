@@ -1,0 +1,228 @@
+//! `kill -9` of the proxy between the User delete and its recreate: the
+//! journal brings the User back once the proxy runs again, with the
+//! operator's repair credential at start-up, or with the first caller's.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use twilio_repair_proxy::emulator::FaultMode;
+
+struct Scene {
+    emu: Emu,
+    is: String,
+    other: String,
+    create: tokio::task::JoinHandle<()>,
+    first: Running,
+}
+
+/// Run a block-mode repair through a proxy process and kill it while the
+/// User is deleted and its recreate hangs.
+async fn crash_mid_repair() -> Scene {
+    let emu = start_emulator(|c| {
+        c.fault_mode = FaultMode::Block;
+        c.fault_identities = vec!["kim".into()];
+    })
+    .await;
+    let is = emu.service().await;
+    let b = base(Some(&is));
+    let (s, _) = emu
+        .post(
+            &format!("{b}/Users"),
+            &[
+                ("Identity", "kim"),
+                ("FriendlyName", "Kim K"),
+                ("Attributes", r#"{"vip":true}"#),
+            ],
+        )
+        .await;
+    assert_eq!(s, 201);
+    let other = emu.conversation(Some(&is)).await;
+    let (s, _) = emu
+        .post(
+            &format!("{b}/Conversations/{other}/Participants"),
+            &[("Identity", "kim"), ("Attributes", r#"{"seat":1}"#)],
+        )
+        .await;
+    assert_eq!(s, 201);
+    let ch = emu.conversation(Some(&is)).await;
+    emu.add_and_remove(Some(&is), &ch, "kim").await;
+    // The recreate hangs (unprocessed), so the proxy can be killed while
+    // the User is gone.
+    emu.add_rule(serde_json::json!({"method":"POST","path":"/Users$",
+        "action":{"kind":"hang_then_drop","ms":60000}}))
+        .await;
+    emu.clear_requests().await;
+
+    let first = spawn_proxy(&emu.origin(), &[]).await;
+    let url = format!(
+        "http://{}/v1/Services/{is}/Conversations/{ch}/Participants",
+        first.addr
+    );
+    let create = tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(url)
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&[("Identity", "kim")])
+            .send()
+            .await;
+    });
+    // Wait until the User is deleted and the journal says the recreate is
+    // under way (it hangs in the emulator).
+    let mut seen = false;
+    for _ in 0..400 {
+        let deleted = emu
+            .requests()
+            .await
+            .iter()
+            .any(|(m, p)| m == "DELETE" && p.ends_with("/Users/kim"));
+        let pending: serde_json::Value =
+            reqwest::get(format!("http://{}/repairs?state=pending", first.admin))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        if deleted && pending["repairs"][0]["state"] == "recreating" {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        seen,
+        "the repair never reached the recreate: {:?}",
+        emu.requests().await
+    );
+    first.signal("KILL");
+    Scene {
+        emu,
+        is,
+        other,
+        create,
+        first,
+    }
+}
+
+async fn assert_restored(emu: &Emu, is: &str, other: &str) {
+    let b = base(Some(is));
+    let mut user = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (s, v) = emu.get(&format!("{b}/Users/kim")).await;
+        let (ps, _) = emu
+            .get(&format!("{b}/Conversations/{other}/Participants/kim"))
+            .await;
+        if s == 200 && ps == 200 {
+            user = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(user["friendly_name"], "Kim K", "User not restored: {user}");
+    assert_eq!(user["attributes"], r#"{"vip":true}"#);
+    let (_, p) = emu
+        .get(&format!("{b}/Conversations/{other}/Participants/kim"))
+        .await;
+    assert_eq!(p["attributes"], r#"{"seat":1}"#);
+    let creates = emu
+        .requests()
+        .await
+        .iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/Users"))
+        .count();
+    assert!(creates >= 1);
+}
+
+#[tokio::test]
+async fn kill_between_delete_and_recreate_then_operator_credential_restores_at_start_up() {
+    let scene = crash_mid_repair().await;
+    let _ = scene.create.await;
+    let (s, _) = scene
+        .emu
+        .get(&format!("/v1/Services/{}/Users/kim", scene.is))
+        .await;
+    assert_eq!(
+        s, 404,
+        "the crash must have left the User deleted for this test to mean anything"
+    );
+    scene
+        .emu
+        .http
+        .delete(scene.emu.url("/__emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+
+    let dir = scene.first.store_dir.clone();
+    drop(scene.first);
+    let second = spawn_proxy_in(
+        &dir,
+        &scene.emu.origin(),
+        &[
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+        ],
+    )
+    .await;
+    assert_restored(&scene.emu, &scene.is, &scene.other).await;
+    let pending: serde_json::Value =
+        reqwest::get(format!("http://{}/repairs?state=pending", second.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(pending["repairs"].as_array().unwrap().len(), 0, "{pending}");
+    assert!(
+        second.stderr().contains("operator"),
+        "recovery must say which credential it used"
+    );
+    assert!(
+        !second.stderr().contains(TOKEN),
+        "the token leaked into the log"
+    );
+}
+
+#[tokio::test]
+async fn kill_between_delete_and_recreate_then_first_caller_restores() {
+    let scene = crash_mid_repair().await;
+    let _ = scene.create.await;
+    scene
+        .emu
+        .http
+        .delete(scene.emu.url("/__emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+    let dir = scene.first.store_dir.clone();
+    drop(scene.first);
+    let second = spawn_proxy_in(&dir, &scene.emu.origin(), &[]).await;
+    // Without a credential the record waits, reported as pending.
+    let pending: serde_json::Value =
+        reqwest::get(format!("http://{}/repairs?state=pending", second.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(pending["repairs"].as_array().unwrap().len(), 1, "{pending}");
+    assert_eq!(pending["repairs"][0]["identity"], "kim");
+    assert_eq!(pending["repairs"][0]["snapshot"]["friendly_name"], "Kim K");
+    let journal = serde_json::to_string(&pending).unwrap();
+    assert!(!journal.contains(TOKEN), "the journal holds a secret");
+    let (s, _) = scene
+        .emu
+        .get(&format!("/v1/Services/{}/Users/kim", scene.is))
+        .await;
+    assert_eq!(s, 404);
+    // Any request with credentials for that account finishes it.
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/Services/{}", second.addr, scene.is))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_restored(&scene.emu, &scene.is, &scene.other).await;
+}
