@@ -34,6 +34,13 @@ pub enum Command {
     Emulator(crate::emulator::EmulatorArgs),
     /// Exit 0 if the admin listener's /healthz answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
+    /// Run the emulator with the fault armed and the proxy in front of it: no Twilio account needed.
+    Demo(crate::ops::DemoArgs),
+    /// Read recorded incidents.
+    #[command(subcommand)]
+    Incidents(crate::ops::IncidentsCommand),
+    /// Run Twilio's workaround for one identity now (journaled), with the operator repair credential.
+    Repair(crate::ops::RepairArgs),
 }
 
 /// Flags of `serve` and `check-config`.

@@ -19,6 +19,8 @@
 //! - [`admin`], [`metrics`], [`telemetry`]: the admin listener, Prometheus
 //!   metrics, logging.
 //! - [`server`]: the accept loop with connection bounds and graceful drain.
+//! - [`ops`]: operator commands (`demo`, `incidents export`, `repair`).
+//! - [`twilio_api`]: the small Twilio client the workflow uses.
 //! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
 //!   the fault, for tests and demos.
 //!
@@ -33,6 +35,7 @@ pub mod emulator;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod repair;
 pub mod routing;

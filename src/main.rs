@@ -29,6 +29,18 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Some(Command::Healthcheck(args)) => healthcheck(args).await,
+            Some(Command::Demo(args)) => twilio_repair_proxy::ops::demo(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Some(Command::Incidents(cmd)) => twilio_repair_proxy::ops::incidents(cmd)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Some(Command::Repair(args)) => {
+                telemetry::init(&twilio_repair_proxy::config::Config::defaults().log);
+                twilio_repair_proxy::ops::repair(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -1,0 +1,303 @@
+//! Operator commands: `demo`, `incidents export`, `repair`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, StatusCode};
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use crate::config::RepairMode;
+use crate::emulator::{self, EmulatorConfig, FaultMode};
+use crate::repair::RepairCredential;
+use crate::repair::user::{RepairTarget, repair_user, snapshot};
+use crate::routing::Origin;
+use crate::twilio_api::{RetryPolicy, TwilioApi};
+
+/// Upstream used by `repair` when neither `--upstream` nor the
+/// configuration pins one.
+const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listen address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Emulator listen address.
+    #[arg(long, default_value = "127.0.0.1:4010")]
+    pub emulator_listen: SocketAddr,
+    /// Journal store.
+    #[arg(long, default_value = "sqlite://data/demo.db")]
+    pub store: String,
+}
+
+/// Run the emulator (fault armed) and the proxy in front of it, seed a
+/// service, a conversation and an affected identity, and print the curl
+/// commands that show the fault and its repair.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let emu_listener = TcpListener::bind(args.emulator_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.emulator_listen))?;
+    let emu_origin = format!("http://{}", emu_listener.local_addr()?);
+    let emu_config = EmulatorConfig {
+        public_url: emu_origin.clone(),
+        fault_mode: FaultMode::Block,
+        fault_identity_pattern: Some("^demo-".into()),
+        ..Default::default()
+    };
+    let (emu_stop_tx, emu_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let emu_task = tokio::spawn(emulator::serve(emu_listener, emu_config, async move {
+        let _ = emu_stop_rx.await;
+    }));
+
+    let mut config = ServeArgs {
+        listen: Some(args.listen),
+        admin_listen: Some(args.admin_listen),
+        upstream: Some(emu_origin.clone()),
+        store: Some(args.store.clone()),
+        config: None,
+    }
+    .load()?;
+    config.repair.mode = RepairMode::Repair;
+    crate::telemetry::init(&config.log);
+
+    // Seed through the emulator's API.
+    let account = emulator::DEFAULT_ACCOUNT_SID;
+    let token = emulator::DEFAULT_AUTH_TOKEN;
+    let api = direct_api(&emu_origin, account, token)?;
+    let svc = api
+        .call(Method::POST, "/v1/Services", Some("FriendlyName=demo"))
+        .await?
+        .json()
+        .unwrap_or_default();
+    let is = svc["sid"].as_str().unwrap_or_default().to_string();
+    let conv = api
+        .call(
+            Method::POST,
+            &format!("/v1/Services/{is}/Conversations"),
+            Some("FriendlyName=support"),
+        )
+        .await?
+        .json()
+        .unwrap_or_default();
+    let ch = conv["sid"].as_str().unwrap_or_default().to_string();
+    let parts = format!("/v1/Services/{is}/Conversations/{ch}/Participants");
+    let p = api
+        .call(Method::POST, &parts, Some("Identity=demo-alice"))
+        .await?
+        .json()
+        .unwrap_or_default();
+    let mb = p["sid"].as_str().unwrap_or_default();
+    api.call(Method::DELETE, &format!("{parts}/{mb}"), None)
+        .await?;
+
+    let proxy = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.admin_listen))?;
+    let proxy_url = format!("http://{}", proxy.local_addr()?);
+    let admin_url = format!("http://{}", admin.local_addr()?);
+    println!(
+        "\ntwilio-repair-proxy demo: proxy {proxy_url} -> emulator {emu_origin} (no Twilio account needed)\n\
+         The identity demo-alice was added to conversation {ch} and removed again,\n\
+         so Twilio's fault is armed for it (block mode: the re-add fails until the User is recreated).\n\n\
+         1. The fault, straight from the emulator (what your app sees without the proxy):\n\
+         \x20  curl -s -u {account}:{token} {emu_origin}{parts} -d Identity=demo-alice\n\n\
+         2. The same call through the proxy: 201 and X-Repair-Outcome: repaired\n\
+         \x20  curl -si -u {account}:{token} {proxy_url}{parts} -d Identity=demo-alice\n\n\
+         3. Re-arm: remove the participant again, then repeat step 2:\n\
+         \x20  curl -s -u {account}:{token} -X DELETE {proxy_url}{parts}/demo-alice\n\n\
+         4. What the proxy recorded:\n\
+         \x20  curl -s {admin_url}/incidents\n\
+         \x20  curl -s {admin_url}/metrics | grep trp_repair\n\n\
+         Ctrl-C stops the demo.\n"
+    );
+    crate::run(
+        crate::Listeners { proxy, admin },
+        config,
+        crate::shutdown_signal(),
+    )
+    .await?;
+    let _ = emu_stop_tx.send(());
+    let _ = emu_task.await;
+    Ok(())
+}
+
+fn direct_api(origin: &str, user: &str, secret: &str) -> anyhow::Result<TwilioApi> {
+    let origin = Origin::parse(origin).ok_or_else(|| anyhow::anyhow!("invalid origin {origin}"))?;
+    let cred = RepairCredential::new(user, secret, None)
+        .ok_or_else(|| anyhow::anyhow!("credential is not a valid header value"))?;
+    let limits = crate::config::Config::defaults().limits;
+    Ok(TwilioApi::new(
+        crate::forward::build_client(&limits),
+        origin,
+        cred.authorization,
+        None,
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_attempts: 4,
+            step_timeout: Duration::from_secs(10),
+        },
+        tokio::time::Instant::now() + Duration::from_secs(300),
+    ))
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IncidentsCommand {
+    /// Print every recorded incident, for Twilio Support.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ExportFormat,
+    /// Most incidents to export, newest first.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+pub async fn incidents(cmd: IncidentsCommand) -> anyhow::Result<()> {
+    let IncidentsCommand::Export(args) = cmd;
+    let config = args.serve.load()?;
+    let store = crate::store::open(&config.store, &config.store_options).await?;
+    let list = store.incidents(args.limit).await?;
+    match args.format {
+        ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        ExportFormat::Csv => {
+            println!("id,at,account_sid,service_sid,conversation_sid,identity,outcome,detail,repair_id,twilio_request_ids");
+            for i in &list {
+                let ids: Vec<String> = i
+                    .steps
+                    .iter()
+                    .filter_map(|s| s.twilio_request_id.clone())
+                    .collect();
+                println!(
+                    "{},{},{},{},{},{},{},{},{},{}",
+                    i.id,
+                    csv(&i.at),
+                    csv(i.account_sid.as_deref().unwrap_or("")),
+                    csv(i.service_sid.as_deref().unwrap_or("")),
+                    csv(&i.conversation_sid),
+                    csv(i.identity.as_deref().unwrap_or("")),
+                    csv(&i.outcome),
+                    csv(i.detail.as_deref().unwrap_or("")),
+                    i.repair_id.map(|r| r.to_string()).unwrap_or_default(),
+                    csv(&ids.join(" ")),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 4180 quoting.
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    /// The Conversation Service (IS...).
+    #[arg(long)]
+    pub service: String,
+    /// The User identity to repair.
+    #[arg(long)]
+    pub identity: String,
+    /// Show the snapshot and the planned steps; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Run Twilio's workaround for one identity, journaled, with the operator
+/// repair credential (`TRP_REPAIR_API_KEY_SID`/`_SECRET`).
+pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let config = args.serve.load()?;
+    if !crate::sid::is_sid(&args.service, "IS") {
+        anyhow::bail!("--service must be a Conversation Service SID (IS + 32 hex)");
+    }
+    let credential = RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .ok_or_else(|| {
+            anyhow::anyhow!("set TRP_REPAIR_API_KEY_SID and TRP_REPAIR_API_KEY_SECRET (or repair.credentials_file)")
+        })?;
+    let origin_s = config.upstream.clone().unwrap_or_else(|| CONVERSATIONS_ORIGIN.to_string());
+    let origin = Origin::parse(&origin_s).ok_or_else(|| anyhow::anyhow!("invalid upstream {origin_s}"))?;
+    let api = TwilioApi::new(
+        crate::forward::build_client(&config.limits),
+        origin,
+        credential.authorization.clone(),
+        Some(HeaderValue::from_static("false")),
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(config.repair.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(config.repair.retry_max_backoff_ms),
+            max_attempts: config.repair.retry_max_attempts,
+            step_timeout: Duration::from_millis(config.repair.step_timeout_ms),
+        },
+        tokio::time::Instant::now() + Duration::from_millis(config.repair.workflow_deadline_ms),
+    );
+    let svc = api
+        .call(Method::GET, &format!("/v1/Services/{}", args.service), None)
+        .await?;
+    if svc.status != StatusCode::OK {
+        anyhow::bail!("cannot read service {}: status {}", args.service, svc.status);
+    }
+    let account_sid = svc
+        .json()
+        .and_then(|v| v["account_sid"].as_str().map(str::to_string))
+        .or(credential.account_sid.clone())
+        .unwrap_or_default();
+    let target = RepairTarget {
+        account_sid,
+        credential_user: credential.user.clone(),
+        upstream: origin_s,
+        service_base: format!("/v1/Services/{}", args.service),
+        service_sid: args.service.clone(),
+        identity: args.identity.clone(),
+        exclude_conversation: None,
+    };
+    let mut steps = Vec::new();
+    if args.dry_run {
+        let snap = snapshot(&api, &target, &mut steps).await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": true,
+                "snapshot": snap,
+                "plan": ["journal the snapshot", "DELETE the User", "recreate it with the same fields", "restore every membership the delete removed"],
+            }))?
+        );
+        return Ok(());
+    }
+    let store = crate::store::open(&config.store, &config.store_options).await?;
+    let report = repair_user(&api, store.as_ref(), &target, &mut steps).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "repair_id": report.repair_id,
+            "snapshot": report.snapshot,
+            "steps": steps,
+        }))?
+    );
+    Ok(())
+}
