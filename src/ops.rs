@@ -179,7 +179,9 @@ pub async fn incidents(cmd: IncidentsCommand) -> anyhow::Result<()> {
     match args.format {
         ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
         ExportFormat::Csv => {
-            println!("id,at,account_sid,service_sid,conversation_sid,identity,outcome,detail,repair_id,twilio_request_ids");
+            println!(
+                "id,at,account_sid,service_sid,conversation_sid,identity,outcome,detail,repair_id,twilio_request_ids"
+            );
             for i in &list {
                 let ids: Vec<String> = i
                     .steps
@@ -241,8 +243,12 @@ pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
         .ok_or_else(|| {
             anyhow::anyhow!("set TRP_REPAIR_API_KEY_SID and TRP_REPAIR_API_KEY_SECRET (or repair.credentials_file)")
         })?;
-    let origin_s = config.upstream.clone().unwrap_or_else(|| CONVERSATIONS_ORIGIN.to_string());
-    let origin = Origin::parse(&origin_s).ok_or_else(|| anyhow::anyhow!("invalid upstream {origin_s}"))?;
+    let origin_s = config
+        .upstream
+        .clone()
+        .unwrap_or_else(|| CONVERSATIONS_ORIGIN.to_string());
+    let origin =
+        Origin::parse(&origin_s).ok_or_else(|| anyhow::anyhow!("invalid upstream {origin_s}"))?;
     let api = TwilioApi::new(
         crate::forward::build_client(&config.limits),
         origin,
@@ -260,7 +266,11 @@ pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
         .call(Method::GET, &format!("/v1/Services/{}", args.service), None)
         .await?;
     if svc.status != StatusCode::OK {
-        anyhow::bail!("cannot read service {}: status {}", args.service, svc.status);
+        anyhow::bail!(
+            "cannot read service {}: status {}",
+            args.service,
+            svc.status
+        );
     }
     let account_sid = svc
         .json()
