@@ -23,5 +23,35 @@ if [ -f tests/sdk/node/package.json ]; then
   export TRP_TEST_NODE_DIR="$PWD/tests/sdk/node"
 fi
 
+# PostgreSQL: a throwaway cluster on 127.0.0.1 in a temporary directory,
+# for the shared-store (fleet) tests. Debian's postgresql package is
+# installed if the machine has no server.
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+PG_BIN="$(pg_bin)"
+PG_DIR="$(mktemp -d /tmp/trp-pg.XXXXXX)"
+PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+if [ "$(id -u)" = 0 ]; then
+  chown postgres "$PG_DIR"
+  AS_PG="runuser -u postgres --"
+else
+  AS_PG=""
+fi
+cat > "$PG_DIR/ctl.sh" <<CTL
+#!/usr/bin/env bash
+# Stop or start the test cluster (the fleet tests stop it on purpose).
+exec $AS_PG "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off" "\$@"
+CTL
+chmod +x "$PG_DIR/ctl.sh"
+$AS_PG "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >/dev/null
+"$PG_DIR/ctl.sh" start >/dev/null
+trap '"$PG_DIR/ctl.sh" stop -m immediate >/dev/null 2>&1 || true; rm -rf "$PG_DIR"' EXIT
+export TRP_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export TRP_TEST_PG_CTL="$PG_DIR/ctl.sh"
+
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads 4

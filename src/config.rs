@@ -156,6 +156,7 @@ pub struct RepairConfig {
     pub allow_services: Vec<String>,
     pub deny_services: Vec<String>,
     pub incident_identity: IdentityRecord,
+    pub recovery_interval_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
 }
@@ -283,6 +284,10 @@ impl Config {
                 self.repair.workflow_deadline_ms,
             ),
             ("repair.step_timeout_ms", self.repair.step_timeout_ms),
+            (
+                "repair.recovery_interval_ms",
+                self.repair.recovery_interval_ms,
+            ),
             (
                 "store_options.connect_timeout_ms",
                 self.store_options.connect_timeout_ms,

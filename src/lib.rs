@@ -110,10 +110,18 @@ pub async fn run(
         // Finish what an earlier run left unfinished (needs a credential:
         // the operator's now, or the first matching caller's later).
         let rec = r.clone();
+        let interval = std::time::Duration::from_millis(config.repair.recovery_interval_ms);
         tokio::spawn(async move {
             let n = rec.recover_pending(None).await;
             if n > 0 {
                 tracing::info!(completed = n, "start-up recovery finished");
+            }
+            // Then sweep periodically: another replica may die mid-repair.
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                rec.recovery_sweep().await;
             }
         });
         Some(r)

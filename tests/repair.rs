@@ -1,5 +1,6 @@
 //! The check-and-repair workflow against the emulator, over real sockets.
 //! Every test counts the exact upstream calls in the emulator's request log.
+//! The whole suite runs once per journal store (SQLite and PostgreSQL).
 
 mod common;
 
@@ -24,9 +25,8 @@ fn count(reqs: &[(String, String)], method: &str, needle: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn ghost_mode_costs_one_extra_call_and_touches_no_user() {
-    let st = stack(affected(FaultMode::Ghost, &["alice"]), |_| {}).await;
+async fn ghost_mode_costs_one_extra_call_and_touches_no_user(store: StoreKind) {
+    let st = stack_on(store, affected(FaultMode::Ghost, &["alice"]), |_| {}).await;
     let is = st.emu.service().await;
     let ch = st.emu.conversation(Some(&is)).await;
     st.emu.add_and_remove(Some(&is), &ch, "alice").await;
@@ -54,9 +54,13 @@ async fn ghost_mode_costs_one_extra_call_and_touches_no_user() {
     st.proxy.stop().await;
 }
 
-#[tokio::test]
-async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships() {
-    let st = stack(affected(FaultMode::Block, &["bob@example.com"]), |_| {}).await;
+async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(store: StoreKind) {
+    let st = stack_on(
+        store,
+        affected(FaultMode::Block, &["bob@example.com"]),
+        |_| {},
+    )
+    .await;
     let is = st.emu.service().await;
     let b = base(Some(&is));
     let (s, v) = st
@@ -172,9 +176,8 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships()
     st.proxy.stop().await;
 }
 
-#[tokio::test]
-async fn default_service_path_repairs_through_v1_users() {
-    let st = stack(affected(FaultMode::Block, &["carol"]), |_| {}).await;
+async fn default_service_path_repairs_through_v1_users(store: StoreKind) {
+    let st = stack_on(store, affected(FaultMode::Block, &["carol"]), |_| {}).await;
     let ch = st.emu.conversation(None).await;
     st.emu.add_and_remove(None, &ch, "carol").await;
     st.emu.clear_requests().await;
@@ -197,9 +200,8 @@ async fn default_service_path_repairs_through_v1_users() {
     st.proxy.stop().await;
 }
 
-#[tokio::test]
-async fn genuine_404s_are_returned_untouched() {
-    let st = stack(affected(FaultMode::Block, &["dave"]), |_| {}).await;
+async fn genuine_404s_are_returned_untouched(store: StoreKind) {
+    let st = stack_on(store, affected(FaultMode::Block, &["dave"]), |_| {}).await;
     let is = st.emu.service().await;
     // Missing conversation.
     st.emu.clear_requests().await;
@@ -231,9 +233,8 @@ async fn genuine_404s_are_returned_untouched() {
     st.proxy.stop().await;
 }
 
-#[tokio::test]
-async fn participant_that_existed_before_the_request_answers_twilios_409() {
-    let st = stack(|_| {}, |c| c.repair.clock_skew_ms = 0).await;
+async fn participant_that_existed_before_the_request_answers_twilios_409(store: StoreKind) {
+    let st = stack_on(store, |_| {}, |c| c.repair.clock_skew_ms = 0).await;
     let is = st.emu.service().await;
     let ch = st.emu.conversation(Some(&is)).await;
     let (s, _) = st
@@ -260,9 +261,8 @@ async fn participant_that_existed_before_the_request_answers_twilios_409() {
     st.proxy.stop().await;
 }
 
-#[tokio::test]
-async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired() {
-    let st = stack(|_| {}, |_| {}).await;
+async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired(store: StoreKind) {
+    let st = stack_on(store, |_| {}, |_| {}).await;
     let is = st.emu.service().await;
     let ch = st.emu.conversation(Some(&is)).await;
     let binding = [
@@ -324,13 +324,12 @@ async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired
     st.proxy.stop().await;
 }
 
-#[tokio::test]
-async fn check_only_and_off_modes_never_delete() {
+async fn check_only_and_off_modes_never_delete(store: StoreKind) {
     for (mode, expected_outcome) in [
         (RepairMode::CheckOnly, Some("disabled")),
         (RepairMode::Off, None),
     ] {
-        let st = stack(affected(FaultMode::Block, &["frank"]), |c| {
+        let st = stack_on(store, affected(FaultMode::Block, &["frank"]), |c| {
             c.repair.mode = mode
         })
         .await;
@@ -351,9 +350,8 @@ async fn check_only_and_off_modes_never_delete() {
     }
 }
 
-#[tokio::test]
-async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete() {
-    let st = stack(affected(FaultMode::Block, &["gina"]), |_| {}).await;
+async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete(store: StoreKind) {
+    let st = stack_on(store, affected(FaultMode::Block, &["gina"]), |_| {}).await;
     let is = st.emu.service().await;
     let first = st.emu.conversation(Some(&is)).await;
     st.emu.add_and_remove(Some(&is), &first, "gina").await;
@@ -392,8 +390,7 @@ async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete() {
     }
 }
 
-#[tokio::test]
-async fn transient_upstream_errors_at_every_step_are_retried() {
+async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
     // Each step's path answers one 429 and (where flagged) one 503 first.
     // A 503 on POST /Users is not retried blindly: the User is looked up
     // first. On POST /Participants the forwarded create itself takes the
@@ -408,7 +405,7 @@ async fn transient_upstream_errors_at_every_step_are_retried() {
         ("POST", "/Participants$", false),
     ];
     for (method, path, idempotent) in steps {
-        let st = stack(affected(FaultMode::Block, &["henry"]), |_| {}).await;
+        let st = stack_on(store, affected(FaultMode::Block, &["henry"]), |_| {}).await;
         let is = st.emu.service().await;
         let b = base(Some(&is));
         st.emu
@@ -455,9 +452,8 @@ async fn transient_upstream_errors_at_every_step_are_retried() {
     }
 }
 
-#[tokio::test]
-async fn a_permanently_broken_identity_is_reported_not_deleted_in_a_loop() {
-    let st = stack(affected(FaultMode::Block, &["ivan"]), |c| {
+async fn a_permanently_broken_identity_is_reported_not_deleted_in_a_loop(store: StoreKind) {
+    let st = stack_on(store, affected(FaultMode::Block, &["ivan"]), |c| {
         c.repair.max_repairs_per_window = 1
     })
     .await;
@@ -488,3 +484,30 @@ async fn a_permanently_broken_identity_is_reported_not_deleted_in_a_loop() {
     assert_eq!(count(&st.emu.requests().await, "DELETE", "/Users"), 0);
     st.proxy.stop().await;
 }
+
+/// Every scenario above, once per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::StoreKind;
+            $( #[tokio::test] async fn $name() { super::$name(StoreKind::Sqlite).await } )*
+        }
+        mod postgres {
+            use super::StoreKind;
+            $( #[tokio::test] async fn $name() { super::$name(StoreKind::Postgres).await } )*
+        }
+    };
+}
+
+on_both_stores!(
+    ghost_mode_costs_one_extra_call_and_touches_no_user,
+    block_mode_recreates_the_user_identically_and_keeps_other_memberships,
+    default_service_path_repairs_through_v1_users,
+    genuine_404s_are_returned_untouched,
+    participant_that_existed_before_the_request_answers_twilios_409,
+    messaging_binding_participants_are_found_in_the_list_and_never_repaired,
+    check_only_and_off_modes_never_delete,
+    concurrent_creates_for_one_identity_cause_exactly_one_user_delete,
+    transient_upstream_errors_at_every_step_are_retried,
+    a_permanently_broken_identity_is_reported_not_deleted_in_a_loop,
+);

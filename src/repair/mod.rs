@@ -49,6 +49,23 @@ pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Most pages of participants scanned to find a messaging binding.
 pub const MAX_LIST_PAGES: usize = 50;
 
+/// How often a waiter polls the store's cross-replica lock.
+pub const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Both locks of one (account, service, identity); dropping releases them.
+pub struct KeyLock {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    _store: Box<dyn crate::store::StoreLock>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("timed out waiting for the lock")]
+    Timeout,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// What an intercepted create came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -319,12 +336,48 @@ impl Repairer {
         }
     }
 
-    /// The lock of one (account, service, identity).
-    pub fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The in-process lock of one (account, service, identity).
+    fn local_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         // Drop locks nobody holds or waits for, so the map stays small.
         locks.retain(|_, l| Arc::strong_count(l) > 1);
         locks.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Take both locks of a key (in-process, then the store's cross-replica
+    /// one), waiting until `deadline`.
+    pub async fn acquire(&self, key: &str, deadline: Instant) -> Result<KeyLock, LockError> {
+        let local = self.local_lock(key);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let local = tokio::time::timeout(remaining, local.lock_owned())
+            .await
+            .map_err(|_| LockError::Timeout)?;
+        loop {
+            if let Some(store) = self.store.try_lock(key).await? {
+                return Ok(KeyLock {
+                    _local: local,
+                    _store: store,
+                });
+            }
+            if Instant::now() + LOCK_POLL_INTERVAL >= deadline {
+                return Err(LockError::Timeout);
+            }
+            tokio::time::sleep(LOCK_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Take both locks of a key if nobody holds them.
+    pub async fn try_acquire(
+        &self,
+        key: &str,
+    ) -> Result<Option<KeyLock>, crate::store::StoreError> {
+        let Ok(local) = self.local_lock(key).try_lock_owned() else {
+            return Ok(None);
+        };
+        Ok(self.store.try_lock(key).await?.map(|store| KeyLock {
+            _local: local,
+            _store: store,
+        }))
     }
 
     /// Handle a Participant create: forward, and on a 20404 run the workflow.
@@ -605,14 +658,23 @@ impl Repairer {
                 .await;
         }
         let key = format!("{account_sid}:{service_sid}:{identity}");
-        let lock = self.lock_for(&key);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let Ok(_guard) = tokio::time::timeout(remaining, lock.lock()).await else {
-            ctx.incident.detail =
-                Some("timed out waiting for a concurrent repair of this identity".into());
-            return self
-                .finish(ctx.incident, Answer::Original, Outcome::Failed)
-                .await;
+        let _guard = match self.acquire(&key, deadline).await {
+            Ok(g) => g,
+            Err(LockError::Timeout) => {
+                ctx.incident.detail =
+                    Some("timed out waiting for a concurrent repair of this identity".into());
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Failed)
+                    .await;
+            }
+            Err(LockError::Store(e)) => {
+                tracing::warn!(error = %e, "store unavailable: running check-only");
+                ctx.incident.detail =
+                    Some("store unavailable: check-only, the User was not repaired".into());
+                return self
+                    .finish(ctx.incident, Answer::Original, Outcome::Disabled)
+                    .await;
+            }
         };
 
         // Another request may have repaired meanwhile: retry once.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
@@ -74,6 +75,19 @@ pub enum CredentialSource {
 }
 
 impl Repairer {
+    /// The periodic sweep: refresh what is pending (records left by any
+    /// replica) and, with an operator credential, complete them.
+    pub fn recovery_sweep(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.recovery
+                .refresh_gauge(self.store.as_ref(), &self.metrics)
+                .await;
+            if self.credential.is_some() && self.recovery.any.load(Ordering::SeqCst) {
+                self.recover_pending(None).await;
+            }
+        })
+    }
+
     /// On any request: if its credential can finish a pending repair, do so
     /// in the background. Costs one atomic load when nothing is pending.
     pub fn maybe_recover(self: &Arc<Self>, headers: &HeaderMap) {
@@ -92,44 +106,46 @@ impl Repairer {
 
     /// Complete every pending record this credential (or the operator's)
     /// may act on. Returns how many were completed.
-    pub async fn recover_pending(&self, caller: Option<&HeaderValue>) -> usize {
-        let Ok(_running) = self.recovery.running.try_lock() else {
-            return 0;
-        };
-        let pending = match self.store.pending_repairs().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the journal for recovery");
+    pub fn recover_pending<'a>(&'a self, caller: Option<&'a HeaderValue>) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let Ok(_running) = self.recovery.running.try_lock() else {
                 return 0;
-            }
-        };
-        let caller_user = caller.and_then(basic_user);
-        let mut done = 0;
-        for record in pending {
-            let (auth, source) = match (&self.credential, caller, &caller_user) {
-                (Some(c), _, _) => (c.authorization.clone(), CredentialSource::Operator),
-                (None, Some(a), Some(u))
-                    if *u == record.credential_user || *u == record.account_sid =>
-                {
-                    (a.clone(), CredentialSource::Caller)
-                }
-                _ => {
-                    tracing::warn!(
-                        repair_id = record.id,
-                        account = %record.account_sid,
-                        "unfinished repair waits for a request with credentials for its account"
-                    );
-                    continue;
+            };
+            let pending = match self.store.pending_repairs().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the journal for recovery");
+                    return 0;
                 }
             };
-            if self.recover_one(&record, auth, source).await {
-                done += 1;
+            let caller_user = caller.and_then(basic_user);
+            let mut done = 0;
+            for record in pending {
+                let (auth, source) = match (&self.credential, caller, &caller_user) {
+                    (Some(c), _, _) => (c.authorization.clone(), CredentialSource::Operator),
+                    (None, Some(a), Some(u))
+                        if *u == record.credential_user || *u == record.account_sid =>
+                    {
+                        (a.clone(), CredentialSource::Caller)
+                    }
+                    _ => {
+                        tracing::warn!(
+                            repair_id = record.id,
+                            account = %record.account_sid,
+                            "unfinished repair waits for a request with credentials for its account"
+                        );
+                        continue;
+                    }
+                };
+                if self.recover_one(&record, auth, source).await {
+                    done += 1;
+                }
             }
-        }
-        self.recovery
-            .refresh_gauge(self.store.as_ref(), &self.metrics)
-            .await;
-        done
+            self.recovery
+                .refresh_gauge(self.store.as_ref(), &self.metrics)
+                .await;
+            done
+        })
     }
 
     async fn recover_one(
@@ -149,8 +165,21 @@ impl Repairer {
             "{}:{}:{}",
             record.account_sid, record.service_sid, record.identity
         );
-        let lock = self.lock_for(&key);
-        let _guard = lock.lock().await;
+        // Claim the record with the same lock a live repair of this identity
+        // holds (in this process or, with a shared store, in any replica; a
+        // dead replica's lock goes with its connection).
+        let _guard = match self.try_acquire(&key).await {
+            Ok(Some(g)) => g,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(repair_id = record.id, error = %e, "cannot lock for recovery");
+                return false;
+            }
+        };
+        match self.store.get_repair(record.id).await {
+            Ok(Some(r)) if !state::FINAL.contains(&r.state.as_str()) => {}
+            _ => return false, // finished meanwhile
+        }
         let deadline = Instant::now() + Duration::from_millis(self.config.workflow_deadline_ms);
         let api = TwilioApi::new(
             self.client.clone(),

@@ -1,6 +1,6 @@
 //! Storage of the repair journal and incidents, behind the small [`Store`]
-//! trait so that a shared PostgreSQL backend can sit beside the embedded
-//! SQLite one.
+//! trait: embedded SQLite (one process) or PostgreSQL (a fleet of replicas
+//! sharing the journal, the incidents and the per-identity repair lock).
 //!
 //! The journal is written *before* each step it announces (write-ahead):
 //! a repair record carries the User snapshot (identity, friendly name,
@@ -10,6 +10,7 @@
 //! (an `AC`/`SK` SID) that ran the repair, so that a later request with
 //! credentials for the same account can finish it.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -130,9 +131,30 @@ pub struct Incident {
     pub steps: Vec<Step>,
 }
 
+/// A held cross-replica repair lock; dropping it releases the lock.
+pub trait StoreLock: Send {}
+
+/// The lock of a store that is not shared between processes: the
+/// in-process mutex of the repair workflow is all the exclusion needed.
+pub struct LocalLock;
+impl StoreLock for LocalLock {}
+
 /// The storage interface.
 pub trait Store: Send + Sync {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether several proxy processes share this store (a fleet).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Try to take the cross-replica lock of one (account, service,
+    /// identity) key without waiting; `None` when another replica holds it.
+    fn try_lock<'a>(
+        &'a self,
+        _key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn StoreLock>>, StoreError>> {
+        Box::pin(async { Ok(Some(Box::new(LocalLock) as Box<dyn StoreLock>)) })
+    }
+    fn get_repair(&self, id: i64) -> BoxFuture<'_, Result<Option<RepairRecord>, StoreError>>;
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>>;
     fn set_repair_state<'a>(
         &'a self,
@@ -158,9 +180,11 @@ pub trait Store: Send + Sync {
 pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url, opts).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url, opts).await?))
     } else {
         Err(StoreError::Url(format!(
-            "{}: only sqlite:// stores are supported in this build",
+            "{}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
             crate::config::mask_url_password(url)
         )))
     }

@@ -193,6 +193,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn get_repair(&self, id: i64) -> BoxFuture<'_, Result<Option<RepairRecord>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT * FROM repairs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(repair_from_row).transpose()
+        })
+    }
+
     fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>> {
         Box::pin(async move {
             let rows =

@@ -539,3 +539,69 @@ pub async fn spawn_proxy_in(
     wait_ready(&format!("http://{}/readyz", r.admin)).await;
     r
 }
+
+/// Which journal store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The throwaway PostgreSQL cluster `scripts/test.sh` starts.
+pub fn pg_admin_url() -> String {
+    std::env::var("TRP_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("TRP_TEST_PG_URL is not set: run the suite with `bash scripts/test.sh`, which starts PostgreSQL")
+    })
+}
+
+/// A fresh, empty database on the test cluster; its URL.
+pub async fn fresh_pg_database() -> String {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let name = format!("trp_{}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+/// A store URL of the given kind, private to the calling test.
+pub async fn store_url(kind: StoreKind) -> String {
+    match kind {
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap().keep();
+            format!("sqlite://{}/journal.db", dir.display())
+        }
+        StoreKind::Postgres => fresh_pg_database().await,
+    }
+}
+
+/// [`stack`] on a chosen store.
+pub async fn stack_on(
+    kind: StoreKind,
+    tweak_emu: impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig),
+    tweak_proxy: impl FnOnce(&mut Config),
+) -> Stack {
+    let url = store_url(kind).await;
+    stack(tweak_emu, move |c| {
+        c.store = url;
+        tweak_proxy(c);
+    })
+    .await
+}
+
+/// Stop or start the test PostgreSQL cluster.
+pub fn pg_ctl(action: &str) {
+    let script = std::env::var("TRP_TEST_PG_CTL")
+        .unwrap_or_else(|_| panic!("TRP_TEST_PG_CTL is not set: run `bash scripts/test.sh`"));
+    let mut cmd = Command::new(script);
+    cmd.arg(action);
+    if action == "stop" {
+        cmd.args(["-m", "fast"]);
+    }
+    let ok = cmd.stdout(Stdio::null()).status().unwrap().success();
+    assert!(ok, "pg_ctl {action} failed");
+}
