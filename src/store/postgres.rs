@@ -19,7 +19,7 @@ use super::{Incident, NewRepair, RepairRecord, Store, StoreError, StoreLock, now
 use crate::config::StoreOptions;
 
 /// Advisory lock key serialising migrations across replicas.
-const MIGRATION_LOCK: i64 = 0x7472_705f_6d69_67; // "trp_mig"
+const MIGRATION_LOCK: i64 = 0x0074_7270_5f6d_6967; // "trp_mig"
 
 const MIGRATIONS: &[&str] = &[
     // 1: journal and incidents
