@@ -508,6 +508,18 @@ pub async fn spawn_proxy_in(
     upstream: &str,
     extra_env: &[(&str, &str)],
 ) -> Running {
+    let store = format!("sqlite://{}/journal.db", dir.display());
+    spawn_proxy_with_store(dir, &store, upstream, extra_env).await
+}
+
+/// Start the binary on a given store (e.g. a shared PostgreSQL database);
+/// `dir` holds its log.
+pub async fn spawn_proxy_with_store(
+    dir: &std::path::Path,
+    store: &str,
+    upstream: &str,
+    extra_env: &[(&str, &str)],
+) -> Running {
     let dir = dir.to_path_buf();
     let port = free_port();
     let admin = free_port();
@@ -521,7 +533,7 @@ pub async fn spawn_proxy_in(
         .arg("--upstream")
         .arg(upstream)
         .arg("--store")
-        .arg(format!("sqlite://{}/journal.db", dir.display()))
+        .arg(store)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap());
