@@ -18,7 +18,7 @@ use toml::Value;
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Keys that are valid but have no default (absent from `default.toml`).
-const OPTIONAL_KEYS: &[&str] = &["upstream", "repair.credentials_file"];
+const OPTIONAL_KEYS: &[&str] = &["upstream", "public_base_url", "repair.credentials_file"];
 
 /// `TRP_*` variables that are not configuration keys: the repair credential
 /// (secrets never live in the configuration) and the test harness's own.
@@ -65,6 +65,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     pub proxy_hosts: Vec<String>,
     pub add_forwarded_headers: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_base_url: Option<String>,
     pub limits: Limits,
     pub log: LogConfig,
     pub repair: RepairConfig,
@@ -255,6 +257,9 @@ impl Config {
             check_origin("upstream", up)?;
         }
         check_origin("default_upstream", &self.default_upstream)?;
+        if let Some(p) = &self.public_base_url {
+            check_origin("public_base_url", p.trim_end_matches('/'))?;
+        }
         for (i, r) in self.route.iter().enumerate() {
             if !r.prefix.starts_with('/') {
                 return Err(invalid(&format!("route[{i}].prefix"), "must start with /"));

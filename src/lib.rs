@@ -12,6 +12,7 @@
 //!   `healthcheck`).
 //! - [`routing`]: which upstream a request goes to; SSRF refusals.
 //! - [`headers`]: hop-by-hop header hygiene.
+//! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
 //! - [`forward`]: the pooled rustls upstream client and streaming bodies.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
 //! - [`repair`]: the check-and-repair workflow for Participant creates.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod repair;
+pub mod rewrite;
 pub mod routing;
 pub mod server;
 pub mod sid;
@@ -137,6 +139,7 @@ pub async fn run(
         forwarder,
         metrics: metrics.clone(),
         repair,
+        public_base_url: config.public_base_url.clone(),
     });
 
     let opts = ServeOptions {

@@ -33,6 +33,8 @@ pub struct ProxyState {
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub repair: Option<Arc<Repairer>>,
+    /// Link rewriting target (`public_base_url`), when enabled.
+    pub public_base_url: Option<String>,
 }
 
 /// The proxy's HTTP service with its whole middleware stack.
@@ -167,6 +169,12 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
         }
     };
 
+    let resp = match &state.public_base_url {
+        Some(public) if crate::rewrite::is_json(resp.headers()) => {
+            rewrite_links(resp, public, &target.origin, &state.routes).await
+        }
+        _ => resp,
+    };
     let status = resp.status().as_u16();
     state.metrics.record_request(target.class, &method, status);
     let request_id = resp
@@ -197,4 +205,52 @@ fn forward_failure_log(e: &ForwardError) {
     // The error chain may name hosts and OS errors; it never holds headers
     // or bodies, so it is safe to log.
     tracing::debug!(error = %e, "forwarding failed");
+}
+
+/// Rewrite Twilio's absolute URLs in a JSON answer (see [`crate::rewrite`]).
+/// Bodies over the bound, or with a `Content-Length` over it, pass untouched;
+/// gzip/deflate bodies are decoded and sent uncompressed.
+async fn rewrite_links(
+    resp: Response<Body>,
+    public: &str,
+    answered_by: &crate::routing::Origin,
+    routes: &Routes,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let cap = crate::rewrite::MAX_REWRITE_BODY_BYTES;
+    let declared = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_none_or(|n| n > cap) {
+        // Unknown length means a stream: never buffered.
+        return resp;
+    }
+    let encoding = resp.headers().get(http::header::CONTENT_ENCODING).cloned();
+    let (mut parts, body) = resp.into_parts();
+    let raw = match http_body_util::Limited::new(body, cap).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return proxy_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream-failed",
+                "twilio-repair-proxy could not read Twilio's answer",
+            );
+        }
+    };
+    let Some(plain) = crate::repair::decode_body(encoding.as_ref(), &raw) else {
+        return Response::from_parts(parts, Body::from(raw));
+    };
+    match crate::rewrite::rewrite_json(&plain, answered_by, public, routes) {
+        Some(new) => {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            parts.headers.remove(http::header::CONTENT_ENCODING);
+            if let Ok(v) = HeaderValue::from_str(&new.len().to_string()) {
+                parts.headers.insert(http::header::CONTENT_LENGTH, v);
+            }
+            Response::from_parts(parts, Body::from(new))
+        }
+        None => Response::from_parts(parts, Body::from(raw)),
+    }
 }

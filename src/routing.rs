@@ -216,6 +216,24 @@ impl Routes {
         self.fixed.as_ref()
     }
 
+    /// Whether `host` is an allowlisted Twilio host.
+    pub fn is_allowed_twilio_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|p| p.matches(&host))
+    }
+
+    /// The origin the routing table (not the Host header) picks for a path.
+    pub fn table_origin(&self, path: &str) -> &Origin {
+        if let Some(f) = &self.fixed {
+            return f;
+        }
+        self.routes
+            .iter()
+            .find(|(prefix, _, _)| path_has_prefix(path, prefix))
+            .map(|(_, o, _)| o)
+            .unwrap_or(&self.default)
+    }
+
     /// Decide where a request goes.
     pub fn route(
         &self,

@@ -524,3 +524,82 @@ async fn node_through_proxy_block_mode_readd_returns_the_participant() {
     assert_eq!(incident_outcomes(&st).await, ["repaired"]);
     st.proxy.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Link rewriting: with `public_base_url` set, the libraries' pagination
+// (which follows the absolute `meta.next_page_url`) stays on the proxy.
+// ---------------------------------------------------------------------------
+
+async fn pagination_stays_on_the_proxy(lib: Lib) {
+    let st = stack_rewriting(faulted(FaultMode::Ghost, "nobody-affected")).await;
+    let out = run(
+        lib,
+        &format!("http://{}", st.proxy.addr),
+        &["--identity", "pat", "--extra", "5", "--page-size", "2"],
+    )
+    .await;
+    let (is, ch) = sids(&out);
+    let listed: Vec<&str> = ok(&out, "list")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        ["pat", "extra-0", "extra-1", "extra-2", "extra-3", "extra-4"]
+    );
+    // Resource URLs point at the proxy too, and the rewritten body is
+    // still Twilio's JSON with a matching Content-Length.
+    let r = st
+        .http
+        .get(st.proxy.url(&format!(
+            "/v1/Services/{is}/Conversations/{ch}/Participants/pat"
+        )))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    let declared: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = r.bytes().await.unwrap();
+    assert_eq!(declared, body.len());
+    let p: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        p["url"].as_str().unwrap(),
+        format!(
+            "http://{}/v1/Services/{is}/Conversations/{ch}/Participants/{}",
+            st.proxy.addr,
+            p["sid"].as_str().unwrap()
+        )
+    );
+    let log = request_log(&st.emu).await;
+    let list_path = format!("/v1/Services/{is}/Conversations/{ch}/Participants?");
+    let pages: Vec<&Logged> = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with(&list_path))
+        .collect();
+    assert_eq!(pages.len(), 3, "{log:#?}");
+    assert!(
+        pages.iter().all(|r| r.via.is_some()),
+        "every page went through the proxy: {pages:#?}"
+    );
+    assert!(
+        from_library(&log, lib).iter().all(|r| r.via.is_some()),
+        "{log:#?}"
+    );
+    st.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn python_pagination_stays_on_the_proxy_with_link_rewriting() {
+    pagination_stays_on_the_proxy(Lib::Python).await;
+}
+
+#[tokio::test]
+async fn node_pagination_stays_on_the_proxy_with_link_rewriting() {
+    pagination_stays_on_the_proxy(Lib::Node).await;
+}

@@ -1028,7 +1028,7 @@ async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes, ReadCapped
 
 /// Decode a gzip/deflate body for inspection (bounded); `None` when the
 /// encoding is unknown or the data is corrupt.
-fn decode_body(encoding: Option<&HeaderValue>, raw: &Bytes) -> Option<Vec<u8>> {
+pub fn decode_body(encoding: Option<&HeaderValue>, raw: &Bytes) -> Option<Vec<u8>> {
     use std::io::Read;
     let enc = encoding
         .and_then(|v| v.to_str().ok())

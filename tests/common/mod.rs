@@ -152,6 +152,11 @@ pub fn test_config(upstream: &str) -> Config {
 
 pub async fn start_proxy(config: Config) -> Proxy {
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_proxy_on(proxy, config).await
+}
+
+/// Start a proxy on a listener the caller bound (to know its address first).
+pub async fn start_proxy_on(proxy: TcpListener, config: Config) -> Proxy {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = proxy.local_addr().unwrap();
     let admin_addr = admin.local_addr().unwrap();
@@ -418,6 +423,24 @@ pub async fn stack(
     config.repair.retry_max_backoff_ms = 50;
     tweak_proxy(&mut config);
     let proxy = start_proxy(config).await;
+    Stack {
+        emu,
+        proxy,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// A [`stack`] whose proxy rewrites Twilio's links to its own address
+/// (`public_base_url`) and marks what it forwards (`Via`).
+pub async fn stack_rewriting(
+    tweak_emu: impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig),
+) -> Stack {
+    let emu = start_emulator(tweak_emu).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = test_config(&emu.origin());
+    config.public_base_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+    config.add_forwarded_headers = true;
+    let proxy = start_proxy_on(listener, config).await;
     Stack {
         emu,
         proxy,
