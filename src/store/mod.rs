@@ -207,3 +207,70 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
         t.second()
     )
 }
+
+/// Column types both backends decode the same way.
+pub(crate) trait RowExt: sqlx::Row {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+}
+
+impl<R> RowExt for R
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// A `repairs` row, from either backend.
+pub(crate) fn repair_from_row(row: &impl RowExt) -> Result<RepairRecord, StoreError> {
+    let id = row.int("id")?;
+    Ok(RepairRecord {
+        id,
+        created_at: row.text("created_at")?,
+        updated_at: row.text("updated_at")?,
+        account_sid: row.text("account_sid")?,
+        credential_user: row.text("credential_user")?,
+        upstream: row.text("upstream")?,
+        service_base: row.text("service_base")?,
+        service_sid: row.text("service_sid")?,
+        identity: row.text("identity")?,
+        state: row.text("state")?,
+        snapshot: serde_json::from_str(&row.text("snapshot")?)
+            .map_err(|_| StoreError::Corrupt(id))?,
+        webhook: row.opt_text("webhook")?,
+        note: row.opt_text("note")?,
+    })
+}
+
+/// An `incidents` row, from either backend.
+pub(crate) fn incident_from_row(row: &impl RowExt) -> Result<Incident, StoreError> {
+    let id = row.int("id")?;
+    Ok(Incident {
+        id,
+        at: row.text("at")?,
+        account_sid: row.opt_text("account_sid")?,
+        service_sid: row.opt_text("service_sid")?,
+        conversation_sid: row.text("conversation_sid")?,
+        identity: row.opt_text("identity")?,
+        outcome: row.text("outcome")?,
+        detail: row.opt_text("detail")?,
+        repair_id: row.opt_int("repair_id")?,
+        steps: serde_json::from_str(&row.text("steps")?).map_err(|_| StoreError::Corrupt(id))?,
+    })
+}

@@ -12,10 +12,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{Incident, NewRepair, RepairRecord, Store, StoreError, StoreLock, now_rfc3339, state};
+use super::{
+    Incident, NewRepair, RepairRecord, Store, StoreError, StoreLock, incident_from_row,
+    now_rfc3339, repair_from_row, state,
+};
 use crate::config::StoreOptions;
 
 /// Advisory lock key serialising migrations across replicas.
@@ -111,43 +114,6 @@ impl PgStore {
             Ok(())
         })
     }
-}
-
-fn repair_from_row(row: &PgRow) -> Result<RepairRecord, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let snapshot: String = row.try_get("snapshot")?;
-    Ok(RepairRecord {
-        id,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        account_sid: row.try_get("account_sid")?,
-        credential_user: row.try_get("credential_user")?,
-        upstream: row.try_get("upstream")?,
-        service_base: row.try_get("service_base")?,
-        service_sid: row.try_get("service_sid")?,
-        identity: row.try_get("identity")?,
-        state: row.try_get("state")?,
-        snapshot: serde_json::from_str(&snapshot).map_err(|_| StoreError::Corrupt(id))?,
-        webhook: row.try_get("webhook")?,
-        note: row.try_get("note")?,
-    })
-}
-
-fn incident_from_row(row: &PgRow) -> Result<Incident, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let steps: String = row.try_get("steps")?;
-    Ok(Incident {
-        id,
-        at: row.try_get("at")?,
-        account_sid: row.try_get("account_sid")?,
-        service_sid: row.try_get("service_sid")?,
-        conversation_sid: row.try_get("conversation_sid")?,
-        identity: row.try_get("identity")?,
-        outcome: row.try_get("outcome")?,
-        detail: row.try_get("detail")?,
-        repair_id: row.try_get("repair_id")?,
-        steps: serde_json::from_str(&steps).map_err(|_| StoreError::Corrupt(id))?,
-    })
 }
 
 /// A held advisory lock: the dedicated connection. Dropping it closes the

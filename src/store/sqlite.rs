@@ -4,13 +4,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{Incident, NewRepair, RepairRecord, Store, StoreError, now_rfc3339, state};
+use super::{
+    Incident, NewRepair, RepairRecord, Store, StoreError, incident_from_row, now_rfc3339,
+    repair_from_row, state,
+};
 use crate::config::StoreOptions;
 
 /// Versioned schema migrations, applied in order, once each.
@@ -101,43 +102,6 @@ impl SqliteStore {
         }
         Ok(())
     }
-}
-
-fn repair_from_row(row: &SqliteRow) -> Result<RepairRecord, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let snapshot: String = row.try_get("snapshot")?;
-    Ok(RepairRecord {
-        id,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        account_sid: row.try_get("account_sid")?,
-        credential_user: row.try_get("credential_user")?,
-        upstream: row.try_get("upstream")?,
-        service_base: row.try_get("service_base")?,
-        service_sid: row.try_get("service_sid")?,
-        identity: row.try_get("identity")?,
-        state: row.try_get("state")?,
-        snapshot: serde_json::from_str(&snapshot).map_err(|_| StoreError::Corrupt(id))?,
-        webhook: row.try_get("webhook")?,
-        note: row.try_get("note")?,
-    })
-}
-
-fn incident_from_row(row: &SqliteRow) -> Result<Incident, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let steps: String = row.try_get("steps")?;
-    Ok(Incident {
-        id,
-        at: row.try_get("at")?,
-        account_sid: row.try_get("account_sid")?,
-        service_sid: row.try_get("service_sid")?,
-        conversation_sid: row.try_get("conversation_sid")?,
-        identity: row.try_get("identity")?,
-        outcome: row.try_get("outcome")?,
-        detail: row.try_get("detail")?,
-        repair_id: row.try_get("repair_id")?,
-        steps: serde_json::from_str(&steps).map_err(|_| StoreError::Corrupt(id))?,
-    })
 }
 
 impl Store for SqliteStore {
