@@ -8,20 +8,6 @@ use std::time::Duration;
 use common::*;
 use twilio_repair_proxy::emulator::FaultMode;
 
-/// Every request in the emulator's log, with its status.
-async fn log(emu: &Emu) -> Vec<serde_json::Value> {
-    let v: serde_json::Value = emu
-        .http
-        .get(emu.url("/__emulator/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["requests"].as_array().unwrap().clone()
-}
-
 fn count(log: &[serde_json::Value], method: &str, suffix: &str, status: Option<u64>) -> usize {
     log.iter()
         .filter(|r| {
@@ -97,7 +83,7 @@ async fn thirty_concurrent_creates_over_three_replicas_cause_one_user_delete() {
         let (status, body) = t.await.unwrap();
         assert_eq!(status, 201, "{body}");
     }
-    let l = log(&emu).await;
+    let l = emu.log_json().await;
     assert_eq!(
         count(&l, "DELETE", "/Users/lena", None),
         1,
@@ -217,7 +203,7 @@ async fn a_replica_killed_mid_repair_is_finished_by_another_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(restored, "no live replica completed the repair");
-    let l = log(&emu).await;
+    let l = emu.log_json().await;
     assert_eq!(
         count(&l, "POST", "/Users", Some(201)),
         1,

@@ -220,23 +220,8 @@ struct Logged {
 }
 
 async fn request_log(emu: &Emu) -> Vec<Logged> {
-    let v: Value = emu
-        .http
-        .get(emu.url("/__emulator/requests"))
-        .send()
+    emu.log_json()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        v["dropped"].as_u64().unwrap_or(0),
-        0,
-        "request log overflowed"
-    );
-    v["requests"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|r| Logged {
             method: r["method"].as_str().unwrap().to_string(),

@@ -348,8 +348,9 @@ impl Emu {
             .unwrap();
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     }
-    /// The request log: (method, path-with-query).
-    pub async fn requests(&self) -> Vec<(String, String)> {
+    /// The request log as the emulator reports it (method, path, status,
+    /// headers, ... per request).
+    pub async fn log_json(&self) -> Vec<serde_json::Value> {
         let v: serde_json::Value = self
             .http
             .get(self.url("/__emulator/requests"))
@@ -359,9 +360,18 @@ impl Emu {
             .json()
             .await
             .unwrap();
-        v["requests"]
-            .as_array()
-            .unwrap()
+        assert_eq!(
+            v["dropped"].as_u64().unwrap_or(0),
+            0,
+            "request log overflowed"
+        );
+        v["requests"].as_array().unwrap().clone()
+    }
+
+    /// The request log: (method, path-with-query).
+    pub async fn requests(&self) -> Vec<(String, String)> {
+        self.log_json()
+            .await
             .iter()
             .map(|r| {
                 (
