@@ -175,22 +175,13 @@ impl Forwarder {
         origin: &Origin,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        *req.uri_mut() = origin.join(pq)?;
+        let uri = std::mem::take(req.uri_mut());
+        *req.uri_mut() = origin.rebase(uri)?;
         // The client speaks HTTP/1.1 or h2 upstream as ALPN decides.
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        match HeaderValue::from_str(origin.authority.as_str()) {
-            Ok(v) => {
-                headers.insert(header::HOST, v);
-            }
-            Err(e) => return Err(ForwardError::Build(e.into())),
-        }
+        headers.insert(header::HOST, origin.host_header.clone());
         if self.add_forwarded_headers {
             if let Some(peer) = peer {
                 if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
@@ -262,7 +253,10 @@ pin_project_lite::pin_project! {
         direction: Direction,
         metrics: Arc<Metrics>,
         bytes: u64,
+        // A frame arrived since the idle timer was last armed.
+        active: bool,
         on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+        guard: Option<crate::metrics::InFlightGuard>,
     }
 
     impl<B> PinnedDrop for MeteredBody<B> {
@@ -284,8 +278,16 @@ impl<B> MeteredBody<B> {
             direction,
             metrics,
             bytes: 0,
+            active: false,
             on_end: None,
+            guard: None,
         }
+    }
+
+    /// Keep `guard` alive until the body ends or is dropped.
+    pub fn with_guard(mut self, guard: crate::metrics::InFlightGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Run `f(bytes)` once the body has ended or been dropped.
@@ -318,8 +320,9 @@ where
                         Direction::Response => this.metrics.add_response_bytes(n),
                     }
                 }
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                // The timer is re-armed lazily, on the next Pending: no
+                // clock read or timer-wheel update per frame.
+                *this.active = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
@@ -327,12 +330,19 @@ where
                 if let Some(f) = this.on_end.take() {
                     f(*this.bytes);
                 }
+                this.guard.take();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(*this.idle)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if std::mem::take(this.active) {
+                    let deadline = tokio::time::Instant::now() + *this.idle;
+                    this.sleep.as_mut().reset(deadline);
+                }
+                match this.sleep.poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(*this.idle)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -231,3 +231,20 @@ impl Metrics {
         out
     }
 }
+
+/// Counts a request in `trp_in_flight_requests` until dropped (when its
+/// response body ends or is dropped).
+pub struct InFlightGuard(std::sync::Arc<Metrics>);
+
+impl InFlightGuard {
+    pub fn new(m: &std::sync::Arc<Metrics>) -> Self {
+        m.in_flight_inc();
+        InFlightGuard(m.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight_dec();
+    }
+}

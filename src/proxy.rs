@@ -10,12 +10,11 @@ use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneService;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody};
-use crate::metrics::Metrics;
+use crate::metrics::{InFlightGuard, Metrics};
 use crate::repair::Repairer;
 use crate::routing::{RouteClass, Routes};
 use crate::server::PeerAddr;
@@ -37,16 +36,22 @@ pub struct ProxyState {
     pub public_base_url: Option<String>,
 }
 
-/// The proxy's HTTP service with its whole middleware stack.
-pub type ProxyService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
-
 /// Assemble the middleware stack around the handler: the one place where
 /// layers are added. Outermost first:
 /// 1. `MapResponseBodyLayer`: one body type for every answer.
 /// 2. `CatchPanicLayer`: a bug answers a Twilio-shaped 500, never a dropped
 ///    connection (and the panic message never reaches the client).
 /// 3. the handler: routing, repair interception, forwarding, access log.
-pub fn service(state: Arc<ProxyState>) -> ProxyService {
+pub fn service(
+    state: Arc<ProxyState>,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
     let svc = ServiceBuilder::new()
         .layer(MapResponseBodyLayer::new(Body::new))
         .layer(CatchPanicLayer::custom(
@@ -63,7 +68,8 @@ pub fn service(state: Arc<ProxyState>) -> ProxyService {
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(state, req).await) }
         });
-    BoxCloneService::new(svc)
+    // Concrete, not boxed: cloning it per request is an `Arc` increment.
+    svc
 }
 
 /// A Twilio-shaped error answered by the proxy itself, with
@@ -77,25 +83,13 @@ pub fn proxy_error(status: StatusCode, token: &'static str, message: &str) -> Re
     resp
 }
 
-/// Decrements the in-flight gauge however the request ends.
-struct InFlight(Arc<Metrics>);
-impl InFlight {
-    fn new(m: &Arc<Metrics>) -> Self {
-        m.in_flight_inc();
-        InFlight(m.clone())
-    }
-}
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight_dec();
-    }
-}
+/// Target of the access log events.
+const ACCESS: &str = "twilio_repair_proxy::access";
 
 async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let in_flight = InFlight::new(&state.metrics);
+    let in_flight = InFlightGuard::new(&state.metrics);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     if let Some(repair) = &state.repair {
         repair.maybe_recover(req.headers());
@@ -109,95 +103,158 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
     ) {
         Ok(t) => t,
         Err(refusal) => {
+            let status = refusal.status();
             state
                 .metrics
-                .record_request(RouteClass::Rejected, &method, refusal.status().as_u16());
+                .record_request(RouteClass::Rejected, &method, status.as_u16());
             tracing::warn!(
-                target: "twilio_repair_proxy::access",
-                %method, path = %path, status = refusal.status().as_u16(),
+                target: ACCESS,
+                %method, path = %req.uri().path(), status = status.as_u16(),
                 refused = refusal.token(), "request refused"
             );
-            return proxy_error(refusal.status(), refusal.token(), &refusal.to_string());
+            return proxy_error(status, refusal.token(), &refusal.to_string());
         }
     };
+    // Only what the access log needs, and only when it is on.
+    let path = tracing::enabled!(target: ACCESS, tracing::Level::INFO)
+        .then(|| req.uri().path().to_string());
 
     let idle = state.forwarder.idle_timeout();
     let (parts, incoming) = req.into_parts();
-
-    let (result, outcome) = match &state.repair {
+    let access = Access {
+        started,
+        method,
+        path,
+        target: &target,
+    };
+    match &state.repair {
         Some(repair) if repair.intercepts(&parts.method, parts.uri.path()) => {
-            let (resp, outcome) = repair
-                .handle(parts, incoming, &target.origin, peer, &state.forwarder)
-                .await;
-            (resp, outcome)
+            // Boxed: the workflow's future is large and rare; the
+            // pass-through future stays small.
+            let (result, outcome) =
+                Box::pin(repair.handle(parts, incoming, &target.origin, peer, &state.forwarder))
+                    .await;
+            match result {
+                Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
+                Err(e) => upstream_failure(&state, e, &access),
+            }
         }
         _ => {
-            let body = Body::new(MeteredBody::new(
-                incoming,
-                idle,
-                Direction::Request,
-                state.metrics.clone(),
-            ));
+            // A request without a body (GET, DELETE) needs no metering.
+            let body = if http_body::Body::is_end_stream(&incoming) {
+                Body::empty()
+            } else {
+                Body::new(MeteredBody::new(
+                    incoming,
+                    idle,
+                    Direction::Request,
+                    state.metrics.clone(),
+                ))
+            };
             let req = Request::from_parts(parts, body);
-            (
-                state
-                    .forwarder
-                    .forward(req, &target.origin, peer)
-                    .await
-                    .map(|r| r.map(Body::new)),
-                None,
-            )
+            match state.forwarder.forward(req, &target.origin, peer).await {
+                Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
+                Err(e) => upstream_failure(&state, e, &access),
+            }
         }
-    };
+    }
+}
 
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            forward_failure_log(&e);
-            let status = e.status();
-            state
-                .metrics
-                .record_request(target.class, &method, status.as_u16());
-            tracing::warn!(
-                target: "twilio_repair_proxy::access",
-                %method, path = %path, status = status.as_u16(),
-                upstream = %target.origin.as_string(),
-                latency_ms = started.elapsed().as_millis() as u64,
-                error = e.token(), "upstream failure"
-            );
-            return proxy_error(status, e.token(), &e.client_message());
-        }
-    };
+/// What the access log records of one request.
+struct Access<'a> {
+    started: Instant,
+    method: http::Method,
+    /// `Some` only when the access log is enabled.
+    path: Option<String>,
+    target: &'a crate::routing::Target,
+}
 
+fn upstream_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> Response<Body> {
+    forward_failure_log(&e);
+    let status = e.status();
+    state
+        .metrics
+        .record_request(access.target.class, &access.method, status.as_u16());
+    tracing::warn!(
+        target: ACCESS,
+        method = %access.method, path = access.path.as_deref().unwrap_or(""),
+        status = status.as_u16(),
+        upstream = %access.target.origin.as_string(),
+        latency_ms = access.started.elapsed().as_millis() as u64,
+        error = e.token(), "upstream failure"
+    );
+    proxy_error(status, e.token(), &e.client_message())
+}
+
+/// Turn an upstream answer into the client's: optional link rewriting,
+/// metrics, and a streaming body that closes the access log when it ends.
+async fn respond<B>(
+    state: &ProxyState,
+    resp: Response<B>,
+    access: Access<'_>,
+    in_flight: InFlightGuard,
+    outcome: Option<&'static str>,
+    idle: std::time::Duration,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let resp = match &state.public_base_url {
         Some(public) if crate::rewrite::is_json(resp.headers()) => {
-            rewrite_links(resp, public, &target.origin, &state.routes).await
+            let resp = rewrite_links(
+                resp.map(Body::new),
+                public,
+                &access.target.origin,
+                &state.routes,
+            )
+            .await;
+            return respond_body(state, resp, access, in_flight, outcome, idle);
         }
         _ => resp,
     };
+    respond_body(state, resp, access, in_flight, outcome, idle)
+}
+
+fn respond_body<B>(
+    state: &ProxyState,
+    resp: Response<B>,
+    access: Access<'_>,
+    in_flight: InFlightGuard,
+    outcome: Option<&'static str>,
+    idle: std::time::Duration,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let status = resp.status().as_u16();
-    state.metrics.record_request(target.class, &method, status);
-    let request_id = resp
-        .headers()
-        .get("twilio-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let upstream = target.origin.as_string();
+    state
+        .metrics
+        .record_request(access.target.class, &access.method, status);
     let (parts, body) = resp.into_parts();
-    let body = MeteredBody::new(body, idle, Direction::Response, state.metrics.clone()).on_end(
-        move |bytes| {
-            drop(in_flight);
+    let mut body = MeteredBody::new(body, idle, Direction::Response, state.metrics.clone())
+        .with_guard(in_flight);
+    if let Some(path) = access.path {
+        let request_id = parts
+            .headers
+            .get("twilio-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let upstream = access.target.origin.as_string();
+        let (method, started) = (access.method, access.started);
+        body = body.on_end(move |bytes| {
             tracing::info!(
-                target: "twilio_repair_proxy::access",
+                target: ACCESS,
                 %method, path = %path, status, upstream = %upstream,
                 latency_ms = started.elapsed().as_millis() as u64,
                 bytes, twilio_request_id = %request_id,
                 repair_outcome = outcome.unwrap_or(""),
                 "request"
             );
-        },
-    );
+        });
+    }
     Response::from_parts(parts, Body::new(body))
 }
 

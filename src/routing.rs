@@ -29,6 +29,8 @@ pub const RESERVED_PREFIX: &str = "/__emulator";
 pub struct Origin {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `Host` header value for this origin, built once.
+    pub host_header: http::HeaderValue,
 }
 
 impl Origin {
@@ -36,10 +38,24 @@ impl Origin {
     /// so a failure here is reported, not unwrapped.
     pub fn parse(s: &str) -> Option<Origin> {
         let uri: Uri = s.parse().ok()?;
+        let authority = uri.authority()?.clone();
         Some(Origin {
             scheme: uri.scheme()?.clone(),
-            authority: uri.authority()?.clone(),
+            host_header: http::HeaderValue::from_str(authority.as_str()).ok()?,
+            authority,
         })
+    }
+
+    /// Point an origin-form URI at this origin, reusing its parsed path and
+    /// query.
+    pub fn rebase(&self, uri: Uri) -> Result<Uri, http::Error> {
+        let mut parts = uri.into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        Ok(Uri::from_parts(parts)?)
     }
 
     /// The full upstream URI for a request path and query.
@@ -145,10 +161,11 @@ impl HostPattern {
             None => HostPattern::Exact(s),
         }
     }
+    /// Case-insensitive (patterns are stored lower-case), no allocation.
     fn matches(&self, host: &str) -> bool {
         match self {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPattern::Suffix(s) => host.len() > s.len() && ends_with_ignore_case(host, s),
         }
     }
 }
@@ -258,29 +275,33 @@ impl Routes {
             Some(v) => Some(
                 v.to_str()
                     .ok()
-                    .and_then(|s| s.parse::<Authority>().ok())
+                    .and_then(host_name)
                     .ok_or(Refusal::BadHost)?,
             ),
-            None => uri.authority().cloned(),
+            None => uri.authority().map(|a| a.host()),
         };
-        if let Some(auth) = &host {
-            let name = auth.host().to_ascii_lowercase();
-            if self.allowed_hosts.iter().any(|p| p.matches(&name)) {
+        if let Some(name) = host {
+            if self.allowed_hosts.iter().any(|p| p.matches(name)) {
                 if let Some(f) = &self.fixed {
                     return Ok(Target {
                         origin: f.clone(),
                         class: class_of_path(path),
                     });
                 }
-                let authority: Authority = name.parse().map_err(|_| Refusal::BadHost)?;
+                let authority: Authority = name
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| Refusal::BadHost)?;
                 let origin = Origin {
                     scheme: Scheme::HTTPS,
+                    host_header: http::HeaderValue::from_str(authority.as_str())
+                        .map_err(|_| Refusal::BadHost)?,
                     authority,
                 };
                 let class = class_of(&origin);
                 return Ok(Target { origin, class });
             }
-            if !self.is_own_name(&name) {
+            if !self.is_own_name(name) {
                 return Err(Refusal::HostNotAllowed);
             }
         }
@@ -309,7 +330,7 @@ impl Routes {
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return ip.is_loopback() || ip == self.listen.ip();
         }
-        if host == "localhost" || host.ends_with(".localhost") {
+        if host.eq_ignore_ascii_case("localhost") || ends_with_ignore_case(host, ".localhost") {
             return true;
         }
         if !host.contains('.') {
@@ -317,6 +338,45 @@ impl Routes {
         }
         self.proxy_hosts.iter().any(|p| p.matches(host))
     }
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// The host part of a `Host` header value (`name`, `name:port`, `[v6]`,
+/// `[v6]:port`), or `None` when it is not a valid host.
+fn host_name(value: &str) -> Option<&str> {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':')?)
+        };
+        (&value[..end + 2], port)
+    } else {
+        match value.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (value, None),
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    };
+    (port_ok && host_ok).then_some(host)
 }
 
 /// Whole-segment prefix match: `/v1/Users` matches `/v1/Users` and
@@ -415,6 +475,20 @@ mod tests {
             Err(Refusal::HostNotAllowed)
         );
         assert_eq!(go(&r, "/v1/x", Some("a b")), Err(Refusal::BadHost));
+        assert_eq!(
+            go(&r, "/v1/x", Some("localhost:80:80")),
+            Err(Refusal::BadHost)
+        );
+        assert_eq!(
+            go(&r, "/v1/x", Some("evil.com@localhost")),
+            Err(Refusal::BadHost)
+        );
+        assert!(go(&r, "/v1/x", Some("[::1]:8080")).is_ok());
+        assert!(go(&r, "/v1/Services", Some("LOCALHOST:8080")).is_ok());
+        assert_eq!(
+            go(&r, "/v1/Services", Some("Conversations.Twilio.com")).unwrap(),
+            "https://conversations.twilio.com"
+        );
         let abs: Uri = "http://169.254.169.254/latest".parse().unwrap();
         assert_eq!(
             r.route(&Method::GET, &abs, Version::HTTP_11, None)
