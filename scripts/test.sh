@@ -53,5 +53,10 @@ trap '"$PG_DIR/ctl.sh" stop -m immediate >/dev/null 2>&1 || true; rm -rf "$PG_DI
 export TRP_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export TRP_TEST_PG_CTL="$PG_DIR/ctl.sh"
 
+# Every test talks to 127.0.0.1 only: never through an egress proxy the
+# machine may set for the package registries.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
+
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads 4

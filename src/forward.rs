@@ -29,7 +29,8 @@ use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::routing::Origin;
 
 /// The pooled upstream client.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type UpstreamClient =
+    Client<hyper_rustls::HttpsConnector<crate::egress::EgressConnector>, Body>;
 
 /// Why a request could not be forwarded. The `Display` text is for logs;
 /// clients get [`ForwardError::client_message`] only.
@@ -123,7 +124,7 @@ pub fn build_client(limits: &Limits) -> UpstreamClient {
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
+        .wrap_connector(crate::egress::EgressConnector::from_env(http));
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

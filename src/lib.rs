@@ -14,6 +14,7 @@
 //! - [`headers`]: hop-by-hop header hygiene.
 //! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
 //! - [`forward`]: the pooled rustls upstream client and streaming bodies.
+//! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
 //! - [`repair`]: the check-and-repair workflow for Participant creates.
 //! - [`store`]: the repair journal and incidents (SQLite).
@@ -32,6 +33,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod emulator;
 pub mod forward;
 pub mod headers;

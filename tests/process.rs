@@ -224,3 +224,90 @@ fn check_config_prints_masked_config_and_names_bad_keys() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.idle_timeout_ms"));
 }
+
+/// A minimal HTTP `CONNECT` proxy that records the targets it tunnels to.
+async fn connect_proxy() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = l.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                assert!(head.starts_with("CONNECT "), "{head}");
+                seen.lock().unwrap().push(target.clone());
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn egress_honours_http_proxy_and_no_proxy() {
+    let (up, received) = sink_upstream().await;
+    let up_authority = up.trim_start_matches("http://").to_string();
+    let (egress, tunnels) = connect_proxy().await;
+    let via_proxy = spawn_proxy(
+        &up,
+        &[
+            ("HTTP_PROXY", egress.as_str()),
+            ("HTTPS_PROXY", egress.as_str()),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/Conversations", via_proxy.addr))
+        .body("FriendlyName=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "{\"received\":14}");
+    assert_eq!(*tunnels.lock().unwrap(), vec![up_authority.clone()]);
+    assert!(via_proxy.stderr().contains("egress through an HTTP proxy"));
+
+    // NO_PROXY bypasses the egress proxy.
+    let direct = spawn_proxy(
+        &up,
+        &[
+            ("HTTP_PROXY", egress.as_str()),
+            ("NO_PROXY", "127.0.0.1"),
+            ("no_proxy", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/Conversations", direct.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        tunnels.lock().unwrap().len(),
+        1,
+        "NO_PROXY must bypass the egress proxy"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 14);
+}
