@@ -588,3 +588,98 @@ async fn python_pagination_stays_on_the_proxy_with_link_rewriting() {
 async fn node_pagination_stays_on_the_proxy_with_link_rewriting() {
     pagination_stays_on_the_proxy(Lib::Node).await;
 }
+
+// ---------------------------------------------------------------------------
+// The whole surface an app uses, through a link-rewriting proxy, in both
+// fault modes: what the README tells users to do, end to end.
+// ---------------------------------------------------------------------------
+
+async fn full_surface_through_the_proxy(lib: Lib, mode: FaultMode) {
+    let st = stack_rewriting(faulted(mode, "ivy")).await;
+    let out = run(
+        lib,
+        &format!("http://{}", st.proxy.addr),
+        &[
+            "--identity",
+            "ivy",
+            "--duplicate",
+            "dave",
+            "--missing-conversation",
+            "--extra",
+            "3",
+            "--page-size",
+            "2",
+            "--user",
+            "uma",
+        ],
+    )
+    .await;
+    let (is, ch) = sids(&out);
+    // The affected identity's re-add is a normal participant object.
+    assert_participant(ok(&out, "readd"), "ivy", &is, &ch);
+    // Twilio's own errors come through as the same exceptions.
+    assert_error(lib, &out, "readd_again", 409, 50433);
+    assert_error(lib, &out, "duplicate", 409, 50433);
+    assert_create_20404(lib, &out, "missing_conversation", &is, MISSING_CONVERSATION);
+    // Pagination across three pages, all on the proxy.
+    let mut listed: Vec<&str> = ok(&out, "list")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["dave", "extra-0", "extra-1", "extra-2", "ivy"]);
+    assert_participant(ok(&out, "fetch"), "ivy", &is, &ch);
+    // Users: create, update, fetch, delete; participant update.
+    assert_eq!(ok(&out, "user_create")["friendly_name"], "SDK User");
+    assert_eq!(ok(&out, "user_update")["friendly_name"], "Renamed User");
+    let fetched = ok(&out, "user_fetch");
+    assert_eq!(fetched["identity"], "uma");
+    assert_eq!(fetched["friendly_name"], "Renamed User");
+    assert_eq!(fetched["attributes"], r#"{"tier":1}"#);
+    assert_eq!(
+        ok(&out, "participant_update")["attributes"],
+        r#"{"seat":3}"#
+    );
+    ok(&out, "user_delete");
+
+    let log = request_log(&st.emu).await;
+    let from_lib = from_library(&log, lib);
+    assert!(from_lib.len() >= 20, "{log:#?}");
+    // Every library request went through the proxy (it marks them with Via);
+    // the only unmarked requests with the library's User-Agent are the
+    // proxy's own replays of a create, which carry the caller's headers.
+    assert!(
+        from_lib
+            .iter()
+            .all(|r| r.via.is_some() || (r.method == "POST" && r.path.ends_with("/Participants"))),
+        "{log:#?}"
+    );
+    let user_deletes = count(&log, "DELETE", "/Users/ivy");
+    match mode {
+        FaultMode::Block => assert_eq!(user_deletes, 1, "{log:#?}"),
+        _ => assert_eq!(user_deletes, 0, "{log:#?}"),
+    }
+    st.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn python_full_surface_through_the_proxy_ghost_mode() {
+    full_surface_through_the_proxy(Lib::Python, FaultMode::Ghost).await;
+}
+
+#[tokio::test]
+async fn python_full_surface_through_the_proxy_block_mode() {
+    full_surface_through_the_proxy(Lib::Python, FaultMode::Block).await;
+}
+
+#[tokio::test]
+async fn node_full_surface_through_the_proxy_ghost_mode() {
+    full_surface_through_the_proxy(Lib::Node, FaultMode::Ghost).await;
+}
+
+#[tokio::test]
+async fn node_full_surface_through_the_proxy_block_mode() {
+    full_surface_through_the_proxy(Lib::Node, FaultMode::Block).await;
+}

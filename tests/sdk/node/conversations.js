@@ -52,6 +52,7 @@ function parseArgs(argv) {
     "--duplicate",
     "--extra",
     "--page-size",
+    "--user",
   ]);
   const out = { extra: 0, pageSize: 2 };
   for (let i = 0; i < argv.length; i++) {
@@ -69,6 +70,15 @@ function parseArgs(argv) {
   }
   if (!out.identity) fail("--identity is required");
   return out;
+}
+
+function user(u) {
+  return {
+    sid: u.sid,
+    identity: u.identity,
+    friendly_name: u.friendlyName,
+    attributes: u.attributes,
+  };
 }
 
 function participant(p) {
@@ -156,6 +166,32 @@ async function main() {
   steps.fetch = await attempt(() =>
     service.conversations(conversationSid).participants(args.identity).fetch(),
   );
+
+  if (args.user) {
+    steps.user_create = await attempt(
+      () =>
+        service.users.create({
+          identity: args.user,
+          friendlyName: "SDK User",
+          attributes: '{"tier":1}',
+        }),
+      user,
+    );
+    steps.user_update = await attempt(
+      () => service.users(args.user).update({ friendlyName: "Renamed User" }),
+      user,
+    );
+    steps.user_fetch = await attempt(() => service.users(args.user).fetch(), user);
+    steps.participant_update = await attempt(
+      () =>
+        service
+          .conversations(conversationSid)
+          .participants(args.identity)
+          .update({ attributes: '{"seat":3}' }),
+      (p) => ({ ...participant(p), attributes: p.attributes }),
+    );
+    steps.user_delete = await attempt(() => service.users(args.user).remove(), (r) => r);
+  }
 
   process.stdout.write(
     JSON.stringify({

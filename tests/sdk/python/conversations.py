@@ -19,7 +19,10 @@ Scenario (all flags optional except --identity):
        does not exist ("missing_conversation");
     5. with --extra N: add N more participants (extra-0 ... extra-N-1) and
        list the conversation's participants with --page-size ("list");
-    6. fetch --identity's participant by identity ("fetch").
+    6. fetch --identity's participant by identity ("fetch");
+    7. with --user ID: create User ID, update it, fetch it, update
+       --identity's participant attributes, delete User ID ("user_create",
+       "user_update", "user_fetch", "participant_update", "user_delete").
 
 Prints one JSON object on stdout: {"library", "version", "service_sid",
 "conversation_sid", "steps": {name: {"ok": {...}} | {"error": {...}}}}.
@@ -60,6 +63,15 @@ def participant(p):
     }
 
 
+def user(u):
+    return {
+        "sid": u.sid,
+        "identity": u.identity,
+        "friendly_name": u.friendly_name,
+        "attributes": u.attributes,
+    }
+
+
 def attempt(action, shape=participant):
     """Run one library call; a Twilio error is a result, not a failure."""
     try:
@@ -86,6 +98,7 @@ def main():
     ap.add_argument("--missing-conversation", action="store_true")
     ap.add_argument("--extra", type=int, default=0)
     ap.add_argument("--page-size", type=int, default=2)
+    ap.add_argument("--user")
     args = ap.parse_args()
 
     client = Client(env("TRP_ACCOUNT_SID"), env("TRP_AUTH_TOKEN"))
@@ -132,6 +145,22 @@ def main():
         )
 
     steps["fetch"] = attempt(lambda: participants(args.identity).fetch())
+
+    if args.user:
+        users = service.users
+        steps["user_create"] = attempt(
+            lambda: users.create(identity=args.user, friendly_name="SDK User", attributes='{"tier":1}'),
+            shape=user,
+        )
+        steps["user_update"] = attempt(
+            lambda: users(args.user).update(friendly_name="Renamed User"), shape=user
+        )
+        steps["user_fetch"] = attempt(lambda: users(args.user).fetch(), shape=user)
+        steps["participant_update"] = attempt(
+            lambda: participants(args.identity).update(attributes='{"seat":3}'),
+            shape=lambda p: dict(participant(p), attributes=p.attributes),
+        )
+        steps["user_delete"] = attempt(lambda: users(args.user).delete(), shape=lambda r: r)
 
     json.dump(
         {
