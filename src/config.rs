@@ -86,6 +86,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    pub worker_threads: usize,
 }
 
 impl Limits {

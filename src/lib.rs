@@ -75,6 +75,8 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("{0}")]
     Credential(String),
+    #[error("proxy listener: {0}")]
+    Io(std::io::Error),
 }
 
 /// Run a proxy until `shutdown` completes, then drain in-flight requests for
@@ -86,13 +88,6 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let routes = routing::Routes::from_config(&config)?;
-    let client = forward::build_client(&config.limits);
-    let forwarder = forward::Forwarder::new(
-        client,
-        metrics.clone(),
-        &config.limits,
-        config.add_forwarded_headers,
-    );
     let store = store::open(&config.store, &config.store_options).await?;
     let repair = if config.repair.mode == config::RepairMode::Off {
         None
@@ -105,7 +100,7 @@ pub async fn run(
         }
         let r = Arc::new(repair::Repairer::new(
             config.repair.clone(),
-            forwarder.client(),
+            forward::build_client(&config.limits),
             store.clone(),
             metrics.clone(),
             credential,
@@ -136,14 +131,6 @@ pub async fn run(
         listening: AtomicBool::new(false),
         draining: AtomicBool::new(false),
     });
-    let state = Arc::new(proxy::ProxyState {
-        routes,
-        forwarder,
-        metrics: metrics.clone(),
-        repair,
-        public_base_url: config.public_base_url.clone(),
-    });
-
     let opts = ServeOptions {
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout(),
@@ -170,14 +157,83 @@ pub async fn run(
         store = %config::mask_url_password(&config.store),
         "proxy listening"
     );
+    // One single-threaded runtime per worker, each accepting on the same
+    // listening socket with its own upstream pool: a request and its
+    // upstream exchange stay on one thread, with no cross-thread wake-ups.
+    let workers = match config.limits.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let std_listener = listeners.proxy.into_std().map_err(RunError::Io)?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut done = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let listener = std_listener.try_clone().map_err(RunError::Io)?;
+        let state = Arc::new(proxy::ProxyState {
+            routes: routes.clone(),
+            forwarder: forward::Forwarder::new(
+                forward::build_client(&config.limits),
+                metrics.clone(),
+                &config.limits,
+                config.add_forwarded_headers,
+            ),
+            metrics: metrics.clone(),
+            repair: repair.clone(),
+            public_base_url: config.public_base_url.clone(),
+        });
+        let mut stop = stop_rx.clone();
+        let limit = limit.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
+        std::thread::Builder::new()
+            .name(format!("trp-proxy-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a proxy worker runtime");
+                        return;
+                    }
+                };
+                let drain = rt.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot register the proxy listener");
+                            return Drain::Complete;
+                        }
+                    };
+                    server::serve_limited(
+                        listener,
+                        proxy::service(state),
+                        opts,
+                        limit,
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    )
+                    .await
+                });
+                let _ = done_tx.send(drain);
+            })
+            .map_err(RunError::Io)?;
+        done.push(done_rx);
+    }
+    drop(std_listener);
     admin_state.listening.store(true, Ordering::SeqCst);
-    let draining_flag = admin_state.clone();
-    let drain = server::serve(listeners.proxy, proxy::service(state), opts, async move {
-        shutdown.await;
-        draining_flag.draining.store(true, Ordering::SeqCst);
-        tracing::info!("shutdown requested: draining in-flight requests");
-    })
-    .await;
+    shutdown.await;
+    admin_state.draining.store(true, Ordering::SeqCst);
+    tracing::info!("shutdown requested: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let mut drain = Drain::Complete;
+    for d in done {
+        if d.await.unwrap_or(Drain::Complete) == Drain::GraceElapsed {
+            drain = Drain::GraceElapsed;
+        }
+    }
     match drain {
         Drain::Complete => tracing::info!("drained; exiting"),
         Drain::GraceElapsed => tracing::warn!("grace period elapsed with requests still in flight"),

@@ -69,6 +69,25 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    serve_limited(listener, service, opts, limit, shutdown).await
+}
+
+/// [`serve`] with a connection limit shared by several listeners' loops.
+pub async fn serve_limited<S>(
+    listener: TcpListener,
+    service: S,
+    opts: ServeOptions,
+    limit: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) -> Drain
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -76,7 +95,6 @@ where
         .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
