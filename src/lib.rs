@@ -157,19 +157,20 @@ pub async fn run(
         store = %config::mask_url_password(&config.store),
         "proxy listening"
     );
-    // One single-threaded runtime per worker, each accepting on the same
-    // listening socket with its own upstream pool: a request and its
-    // upstream exchange stay on one thread, with no cross-thread wake-ups.
+    // One single-threaded runtime per worker thread, each with its own
+    // upstream pool: a request and its upstream exchange stay on one thread,
+    // with no cross-thread wake-ups. One accept loop hands connections to
+    // the workers in turn.
     let workers = match config.limits.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let std_listener = listeners.proxy.into_std().map_err(RunError::Io)?;
-    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut senders = Vec::with_capacity(workers);
     let mut done = Vec::with_capacity(workers);
     for i in 0..workers {
-        let listener = std_listener.try_clone().map_err(RunError::Io)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.push(tx);
         let state = Arc::new(proxy::ProxyState {
             routes: routes.clone(),
             forwarder: forward::Forwarder::new(
@@ -183,7 +184,6 @@ pub async fn run(
             public_base_url: config.public_base_url.clone(),
         });
         let mut stop = stop_rx.clone();
-        let limit = limit.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
         std::thread::Builder::new()
             .name(format!("trp-proxy-{i}"))
@@ -198,33 +198,22 @@ pub async fn run(
                         return;
                     }
                 };
-                let drain = rt.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot register the proxy listener");
-                            return Drain::Complete;
-                        }
-                    };
-                    server::serve_limited(
-                        listener,
-                        proxy::service(state),
-                        opts,
-                        limit,
-                        async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        },
-                    )
-                    .await
-                });
+                let drain = rt.block_on(server::serve_accepted(
+                    rx,
+                    proxy::service(state),
+                    opts,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ));
                 let _ = done_tx.send(drain);
             })
             .map_err(RunError::Io)?;
         done.push(done_rx);
     }
-    drop(std_listener);
     admin_state.listening.store(true, Ordering::SeqCst);
-    shutdown.await;
+    server::accept_loop(listeners.proxy, opts.max_connections, senders, shutdown).await;
+    // The listener is closed: no new connections. Drain the workers.
     admin_state.draining.store(true, Ordering::SeqCst);
     tracing::info!("shutdown requested: draining in-flight requests");
     let _ = stop_tx.send(true);

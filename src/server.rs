@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tower::{Service, ServiceExt};
 
 /// The peer address of the connection a request came in on.
@@ -70,16 +70,71 @@ where
     S::Future: Send + 'static,
 {
     let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
-    serve_limited(listener, service, opts, limit, shutdown).await
+    let conns = Connections::new(opts);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = accept(&listener, &limit) => a,
+            _ = &mut shutdown => break,
+        };
+        if let Some(a) = accepted {
+            conns.spawn(a, service.clone());
+        }
+    }
+    drop(listener);
+    conns.drain().await
 }
 
-/// [`serve`] with a connection limit shared by several listeners' loops.
-pub async fn serve_limited<S>(
+/// A connection accepted by [`accept_loop`], handed to a worker.
+pub struct Accepted {
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Accept on `listener` and hand connections to `workers` in turn (exact
+/// balance, unlike several loops racing on one socket), until `shutdown`.
+/// The listener is closed when this returns.
+pub async fn accept_loop(
     listener: TcpListener,
+    max_connections: usize,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    tokio::pin!(shutdown);
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            a = accept(&listener, &limit) => a,
+            _ = &mut shutdown => break,
+        };
+        let Some(a) = accepted else { continue };
+        let Ok(stream) = a.stream.into_std() else {
+            continue;
+        };
+        let handoff = Accepted {
+            stream,
+            peer: a.peer,
+            permit: a.permit,
+        };
+        if workers.is_empty() {
+            break;
+        }
+        if workers[next % workers.len()].send(handoff).is_err() {
+            tracing::error!("a proxy worker stopped; closing the listener");
+            break;
+        }
+        next = next.wrapping_add(1);
+    }
+}
+
+/// Serve the connections a worker receives until `stop`, then drain.
+pub async fn serve_accepted<S>(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
     service: S,
     opts: ServeOptions,
-    limit: Arc<Semaphore>,
-    shutdown: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
 ) -> Drain
 where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -88,46 +143,99 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-
+    let conns = Connections::new(opts);
+    tokio::pin!(stop);
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
+        let next = tokio::select! {
+            n = incoming.recv() => n,
+            _ = &mut stop => break,
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
+        let Some(a) = next else { break };
+        if a.stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let Ok(stream) = TcpStream::from_std(a.stream) else {
+            continue;
         };
-        let _ = stream.set_nodelay(true);
-        let svc = service.clone();
+        conns.spawn(
+            Conn {
+                stream,
+                peer: a.peer,
+                permit: a.permit,
+            },
+            service.clone(),
+        );
+    }
+    conns.drain().await
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Take a connection slot, then accept. `None` on an accept error (after a
+/// short back-off: EMFILE and friends must not spin).
+async fn accept(listener: &TcpListener, limit: &Arc<Semaphore>) -> Option<Conn> {
+    let permit = limit.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, peer)) => Some(Conn {
+            stream,
+            peer,
+            permit,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// The connections of one runtime: protocol settings and graceful drain.
+struct Connections {
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    grace: Duration,
+}
+
+impl Connections {
+    fn new(opts: ServeOptions) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        Connections {
+            builder,
+            graceful: GracefulShutdown::new(),
+            grace: opts.shutdown_grace,
+        }
+    }
+
+    fn spawn<S>(&self, c: Conn, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let _ = c.stream.set_nodelay(true);
+        let peer = c.peer;
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(PeerAddr(peer));
-            svc.clone().oneshot(req)
+            service.clone().oneshot(req)
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), hyper_svc)
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(c.stream), hyper_svc)
             .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = self.graceful.watch(conn);
+        let permit = c.permit;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -135,9 +243,13 @@ where
             drop(permit);
         });
     }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => Drain::Complete,
-        _ = tokio::time::sleep(opts.shutdown_grace) => Drain::GraceElapsed,
+
+    /// Let in-flight requests finish (idle keep-alive connections close at
+    /// once), for at most the grace period.
+    async fn drain(self) -> Drain {
+        tokio::select! {
+            _ = self.graceful.shutdown() => Drain::Complete,
+            _ = tokio::time::sleep(self.grace) => Drain::GraceElapsed,
+        }
     }
 }
