@@ -159,11 +159,6 @@ impl Forwarder {
         }
     }
 
-    /// The pooled client, shared with the repair workflow.
-    pub fn client(&self) -> UpstreamClient {
-        self.client.clone()
-    }
-
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
