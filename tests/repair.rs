@@ -105,6 +105,12 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(s
     let reqs = st.emu.requests().await;
     assert_eq!(count(&reqs, "DELETE", "/Users/"), 1, "{reqs:?}");
     assert_eq!(count(&reqs, "POST", &format!("{b}/Users")), 1, "{reqs:?}");
+    // Every call made on the caller's behalf carried its webhook choice.
+    for r in st.emu.log_json().await {
+        if r["method"] != "GET" {
+            assert_eq!(r["headers"]["x-twilio-webhook-enabled"], "true", "{r}");
+        }
+    }
     // The identity went into every path percent-encoded.
     assert!(
         reqs.iter()

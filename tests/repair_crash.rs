@@ -233,3 +233,177 @@ async fn kill_between_delete_and_recreate_then_first_caller_restores() {
     assert_eq!(r.status(), 200);
     assert_restored(&scene.emu, &scene.is, &scene.other).await;
 }
+
+/// `incidents export` and `repair` as an operator runs them.
+#[tokio::test]
+async fn operator_commands_export_incidents_and_repair_on_demand() {
+    let emu = start_emulator(|c| {
+        c.fault_mode = FaultMode::Block;
+        c.fault_identities = vec!["olga".into()];
+    })
+    .await;
+    let is = emu.service().await;
+    let b = base(Some(&is));
+    emu.post(
+        &format!("{b}/Users"),
+        &[("Identity", "olga"), ("FriendlyName", "Olga O")],
+    )
+    .await;
+    let other = emu.conversation(Some(&is)).await;
+    emu.post(
+        &format!("{b}/Conversations/{other}/Participants"),
+        &[("Identity", "olga")],
+    )
+    .await;
+    let ch = emu.conversation(Some(&is)).await;
+    emu.add_and_remove(Some(&is), &ch, "olga").await;
+    let proxy = spawn_proxy(&emu.origin(), &[]).await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}{b}/Conversations/{ch}/Participants",
+            proxy.addr
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .form(&[("Identity", "olga")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let store = format!("sqlite://{}/journal.db", proxy.store_dir.display());
+
+    // tokio's Command: the in-process emulator must keep serving meanwhile.
+    async fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut c = tokio::process::Command::new(bin());
+        c.args(args).env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().await.unwrap()
+    }
+    let out = run(
+        &["incidents", "export", "--format", "json", "--store", &store],
+        &[],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["outcome"], "repaired");
+    assert_eq!(list[0]["identity"], "olga");
+    assert!(list[0]["steps"].as_array().unwrap().iter().all(|s| {
+        s["twilio_request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("RQ"))
+    }));
+    let out = run(
+        &["incidents", "export", "--format", "csv", "--store", &store],
+        &[],
+    )
+    .await;
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("id,at,account_sid,service_sid,conversation_sid,identity,outcome")
+    );
+    let row = lines.next().unwrap();
+    assert!(row.contains(&format!(",{is},{ch},olga,repaired,")), "{row}");
+
+    // `repair` without the operator credential refuses, naming what to set.
+    let out = run(
+        &[
+            "repair",
+            "--service",
+            &is,
+            "--identity",
+            "olga",
+            "--upstream",
+            &emu.origin(),
+            "--store",
+            &store,
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TRP_REPAIR_API_KEY_SID"));
+    let cred = [
+        ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+        ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+    ];
+    // --dry-run: the snapshot, nothing touched.
+    emu.clear_requests().await;
+    let out = run(
+        &[
+            "repair",
+            "--service",
+            &is,
+            "--identity",
+            "olga",
+            "--dry-run",
+            "--upstream",
+            &emu.origin(),
+            "--store",
+            &store,
+        ],
+        &cred,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["snapshot"]["friendly_name"], "Olga O");
+    assert_eq!(plan["snapshot"]["memberships"].as_array().unwrap().len(), 2);
+    assert!(emu.requests().await.iter().all(|(m, _)| m == "GET"));
+    // For real: the User is recreated with its fields and memberships.
+    let out = run(
+        &[
+            "repair",
+            "--service",
+            &is,
+            "--identity",
+            "olga",
+            "--upstream",
+            &emu.origin(),
+            "--store",
+            &store,
+        ],
+        &cred,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reqs = emu.requests().await;
+    assert_eq!(
+        reqs.iter()
+            .filter(|(m, p)| m == "DELETE" && p.ends_with("/Users/olga"))
+            .count(),
+        1
+    );
+    let (s, user) = emu.get(&format!("{b}/Users/olga")).await;
+    assert_eq!(s, 200);
+    assert_eq!(user["friendly_name"], "Olga O");
+    assert_eq!(
+        emu.get(&format!("{b}/Conversations/{other}/Participants/olga"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        emu.get(&format!("{b}/Conversations/{ch}/Participants/olga"))
+            .await
+            .0,
+        200
+    );
+}
