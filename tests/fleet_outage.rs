@@ -86,4 +86,41 @@ async fn pass_through_survives_a_database_outage_and_readiness_follows_it() {
     let (status, outcome, _) = st.create(Some(&is), &ch, &[("Identity", "nora")]).await;
     assert_eq!((status, outcome.as_deref()), (201, Some("repaired")));
     st.proxy.stop().await;
+
+    // A proxy (re)started while the database is down still comes up and
+    // forwards; it turns ready once the database is back.
+    let url = fresh_pg_database().await;
+    pg_ctl("stop");
+    let result = std::panic::AssertUnwindSafe(async {
+        let mut config = test_config(&st.emu.origin());
+        config.store = url.clone();
+        config.store_options.connect_timeout_ms = 500;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = start_proxy_unready(listener, config).await;
+        let r = st
+            .http
+            .get(proxy.url(&format!("/v1/Services/{is}")))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "pass-through works without the database");
+        let ready = st
+            .http
+            .get(proxy.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        proxy
+    });
+    let outcome = futures_util::FutureExt::catch_unwind(result).await;
+    pg_ctl("start");
+    let proxy = match outcome {
+        Ok(p) => p,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    // The schema is created in the background once the database answers.
+    wait_ready(&proxy.admin_url("/readyz")).await;
+    proxy.stop().await;
 }

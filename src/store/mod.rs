@@ -28,6 +28,8 @@ pub enum StoreError {
     Url(String),
     #[error("corrupt journal record {0}")]
     Corrupt(i64),
+    #[error("the store's schema is not in place yet (database unreachable since start-up)")]
+    NotReady,
 }
 
 /// States of a repair record, in order. A record is *pending* until it is
@@ -181,7 +183,7 @@ pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, Stor
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url, opts).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(url, opts).await?))
+        Ok(postgres::PgStore::open(url, opts).await?)
     } else {
         Err(StoreError::Url(format!(
             "{}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB",

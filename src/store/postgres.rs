@@ -9,6 +9,8 @@
 //! - Every statement runs under `statement_timeout`.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -61,33 +63,75 @@ pub struct PgStore {
     pool: PgPool,
     options: PgConnectOptions,
     connect_timeout: Duration,
+    /// The schema is in place (migrations ran).
+    migrated: AtomicBool,
 }
 
+/// How often start-up migrations are retried while the database is down.
+const MIGRATE_RETRY: Duration = Duration::from_secs(2);
+
 impl PgStore {
-    pub async fn open(url: &str, opts: &StoreOptions) -> Result<PgStore, StoreError> {
+    pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<PgStore>, StoreError> {
         let options = PgConnectOptions::from_str(url)?
             .options([("statement_timeout", opts.statement_timeout_ms.to_string())])
             .disable_statement_logging();
         let connect_timeout = Duration::from_millis(opts.connect_timeout_ms);
+        // Lazy: a database outage at start-up must not keep the proxy (and
+        // every unrelated Twilio call) down. Until the schema is in place the
+        // store reports itself unreachable and repairs run check-only.
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(connect_timeout)
             .test_before_acquire(true)
-            .connect_with(options.clone())
-            .await?;
-        let store = PgStore {
+            .connect_lazy_with(options.clone());
+        let store = Arc::new(PgStore {
             pool,
             options,
             connect_timeout,
-        };
-        store.migrate().await?;
+            migrated: AtomicBool::new(false),
+        });
+        match store.migrate().await {
+            Ok(()) => store.migrated.store(true, Ordering::SeqCst),
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL store unavailable at start-up; retrying in the background");
+                let s = store.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(MIGRATE_RETRY).await;
+                        match s.migrate().await {
+                            Ok(()) => {
+                                s.migrated.store(true, Ordering::SeqCst);
+                                tracing::info!("PostgreSQL store available; schema up to date");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "PostgreSQL store still unavailable")
+                            }
+                        }
+                    }
+                });
+            }
+        }
         Ok(store)
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        if self.migrated.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StoreError::NotReady)
+        }
     }
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             // A dedicated session: the advisory lock lives as long as it.
-            let mut conn = PgConnection::connect_with(&self.options).await?;
+            let mut conn = tokio::time::timeout(
+                self.connect_timeout,
+                PgConnection::connect_with(&self.options),
+            )
+            .await
+            .map_err(|_| StoreError::Db(sqlx::Error::PoolTimedOut))??;
             sqlx::query("SELECT pg_advisory_lock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut conn)
@@ -126,6 +170,7 @@ impl StoreLock for PgLock {}
 impl Store for PgStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok(())
         })
@@ -140,6 +185,7 @@ impl Store for PgStore {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Box<dyn StoreLock>>, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let mut conn = tokio::time::timeout(
                 self.connect_timeout,
                 PgConnection::connect_with(&self.options),
@@ -162,6 +208,7 @@ impl Store for PgStore {
 
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let now = now_rfc3339();
             let snapshot = serde_json::to_string(&r.snapshot).unwrap_or_default();
             let id: i64 = sqlx::query_scalar(
@@ -193,6 +240,7 @@ impl Store for PgStore {
         note: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             sqlx::query(
                 "UPDATE repairs SET state = $1, updated_at = $2, note = COALESCE($3, note) WHERE id = $4",
             )
@@ -208,6 +256,7 @@ impl Store for PgStore {
 
     fn get_repair(&self, id: i64) -> BoxFuture<'_, Result<Option<RepairRecord>, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let row = sqlx::query("SELECT * FROM repairs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -218,6 +267,7 @@ impl Store for PgStore {
 
     fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let rows =
                 sqlx::query("SELECT * FROM repairs WHERE state NOT IN ($1, $2, $3) ORDER BY id")
                     .bind(state::FINAL[0])
@@ -236,6 +286,7 @@ impl Store for PgStore {
         since: &'a str,
     ) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let n: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM repairs WHERE service_sid = $1 AND identity = $2 AND created_at >= $3",
             )
@@ -250,6 +301,7 @@ impl Store for PgStore {
 
     fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let steps = serde_json::to_string(&i.steps).unwrap_or_else(|_| "[]".into());
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO incidents (at, account_sid, service_sid, conversation_sid, identity,
@@ -273,6 +325,7 @@ impl Store for PgStore {
 
     fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>> {
         Box::pin(async move {
+            self.ready()?;
             let rows = sqlx::query("SELECT * FROM incidents ORDER BY id DESC LIMIT $1")
                 .bind(limit)
                 .fetch_all(&self.pool)

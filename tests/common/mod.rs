@@ -157,6 +157,14 @@ pub async fn start_proxy(config: Config) -> Proxy {
 
 /// Start a proxy on a listener the caller bound (to know its address first).
 pub async fn start_proxy_on(proxy: TcpListener, config: Config) -> Proxy {
+    let p = start_proxy_unready(proxy, config).await;
+    wait_ready(&p.admin_url("/readyz")).await;
+    p
+}
+
+/// Start a proxy without waiting for `/readyz` (it may stay unready): wait
+/// for its admin listener to answer `/healthz` only.
+pub async fn start_proxy_unready(proxy: TcpListener, config: Config) -> Proxy {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = proxy.local_addr().unwrap();
     let admin_addr = admin.local_addr().unwrap();
@@ -178,7 +186,7 @@ pub async fn start_proxy_on(proxy: TcpListener, config: Config) -> Proxy {
         stop: Some(tx),
         task: Some(task),
     };
-    wait_ready(&p.admin_url("/readyz")).await;
+    wait_ready(&p.admin_url("/healthz")).await;
     p
 }
 
