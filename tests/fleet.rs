@@ -116,26 +116,8 @@ async fn thirty_concurrent_creates_over_three_replicas_cause_one_user_delete() {
 
 #[tokio::test]
 async fn a_replica_killed_mid_repair_is_finished_by_another_exactly_once() {
-    let emu = start_emulator(|c| {
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec!["mona".into()];
-    })
-    .await;
-    let is = emu.service().await;
+    let (emu, is, other, ch) = armed_user_scene("mona", "Mona M").await;
     let b = base(Some(&is));
-    emu.post(
-        &format!("{b}/Users"),
-        &[("Identity", "mona"), ("FriendlyName", "Mona M")],
-    )
-    .await;
-    let other = emu.conversation(Some(&is)).await;
-    emu.post(
-        &format!("{b}/Conversations/{other}/Participants"),
-        &[("Identity", "mona")],
-    )
-    .await;
-    let ch = emu.conversation(Some(&is)).await;
-    emu.add_and_remove(Some(&is), &ch, "mona").await;
     // The first recreate hangs: the replica doing it gets killed meanwhile.
     emu.add_rule(
         serde_json::json!({"method":"POST","path":"/Users$","times":1,

@@ -237,26 +237,8 @@ async fn kill_between_delete_and_recreate_then_first_caller_restores() {
 /// `incidents export` and `repair` as an operator runs them.
 #[tokio::test]
 async fn operator_commands_export_incidents_and_repair_on_demand() {
-    let emu = start_emulator(|c| {
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec!["olga".into()];
-    })
-    .await;
-    let is = emu.service().await;
+    let (emu, is, other, ch) = armed_user_scene("olga", "Olga O").await;
     let b = base(Some(&is));
-    emu.post(
-        &format!("{b}/Users"),
-        &[("Identity", "olga"), ("FriendlyName", "Olga O")],
-    )
-    .await;
-    let other = emu.conversation(Some(&is)).await;
-    emu.post(
-        &format!("{b}/Conversations/{other}/Participants"),
-        &[("Identity", "olga")],
-    )
-    .await;
-    let ch = emu.conversation(Some(&is)).await;
-    emu.add_and_remove(Some(&is), &ch, "olga").await;
     let proxy = spawn_proxy(&emu.origin(), &[]).await;
     let r = reqwest::Client::new()
         .post(format!(

@@ -658,3 +658,35 @@ pub fn pg_ctl(action: &str) {
     let ok = cmd.stdout(Stdio::null()).status().unwrap().success();
     assert!(ok, "pg_ctl {action} failed");
 }
+
+/// A block-mode emulator whose affected User `identity` (friendly name
+/// `friendly`) is also a participant of another conversation, with the fault
+/// armed on a third one. Returns (emulator, IS, other CH, armed CH).
+pub async fn armed_user_scene(identity: &str, friendly: &str) -> (Emu, String, String, String) {
+    let id = identity.to_string();
+    let emu = start_emulator(move |c| {
+        c.fault_mode = twilio_repair_proxy::emulator::FaultMode::Block;
+        c.fault_identities = vec![id];
+    })
+    .await;
+    let is = emu.service().await;
+    let b = base(Some(&is));
+    let (s, v) = emu
+        .post(
+            &format!("{b}/Users"),
+            &[("Identity", identity), ("FriendlyName", friendly)],
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let other = emu.conversation(Some(&is)).await;
+    let (s, v) = emu
+        .post(
+            &format!("{b}/Conversations/{other}/Participants"),
+            &[("Identity", identity)],
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let armed = emu.conversation(Some(&is)).await;
+    emu.add_and_remove(Some(&is), &armed, identity).await;
+    (emu, is, other, armed)
+}
