@@ -98,13 +98,15 @@ pub async fn run(
         if let Some(c) = &credential {
             tracing::info!(key = %c.user, "repair calls use the operator repair credential");
         }
-        let r = Arc::new(repair::Repairer::new(
+        let mut r = repair::Repairer::new(
             config.repair.clone(),
             forward::build_client(&config.limits),
             store.clone(),
             metrics.clone(),
             credential,
-        ));
+        );
+        r.mark_forwarded = config.add_forwarded_headers;
+        let r = Arc::new(r);
         r.recovery.refresh_gauge(store.as_ref(), &metrics).await;
         // Finish what an earlier run left unfinished (needs a credential:
         // the operator's now, or the first matching caller's later).

@@ -103,6 +103,7 @@ pub struct TwilioApi {
     webhook: Option<HeaderValue>,
     policy: RetryPolicy,
     deadline: Instant,
+    via: bool,
 }
 
 impl TwilioApi {
@@ -121,7 +122,16 @@ impl TwilioApi {
             webhook,
             policy,
             deadline,
+            via: false,
         }
+    }
+
+    /// Mark every call with `Via: 1.1 twilio-repair-proxy (repair)` (when
+    /// the proxy is configured with `add_forwarded_headers`): the comment
+    /// tells the workflow's own calls from forwarded ones.
+    pub fn with_via(mut self, via: bool) -> Self {
+        self.via = via;
+        self
     }
 
     /// One attempt with the workflow's own headers.
@@ -187,6 +197,12 @@ impl TwilioApi {
             headers.insert(header::HOST, host);
         }
         headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        if self.via {
+            headers.append(
+                header::VIA,
+                HeaderValue::from_static("1.1 twilio-repair-proxy (repair)"),
+            );
+        }
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)

@@ -366,19 +366,26 @@ async fn proxied(mode: FaultMode, identity: &'static str) -> Stack {
 /// Every request the library made reached the emulator through the proxy:
 /// forwarded requests carry the proxy's `Via` (forwarded headers are on in
 /// these tests), and there are exactly `expected` of them, all from the
-/// library. The rest is the proxy's own check/repair traffic: its own
-/// User-Agent, or the library's on a replayed Participant create.
+/// library. The rest is the proxy's own check/repair traffic, marked
+/// `Via: 1.1 twilio-repair-proxy (repair)`: its own User-Agent, or the
+/// library's on a replayed Participant create.
 fn assert_all_through_proxy(log: &[Logged], lib: Lib, expected: usize) {
-    let (forwarded, own): (Vec<&Logged>, Vec<&Logged>) = log.iter().partition(|r| r.via.is_some());
+    let (forwarded, own): (Vec<&Logged>, Vec<&Logged>) = log
+        .iter()
+        .partition(|r| r.via.as_deref() == Some("1.1 twilio-repair-proxy"));
     assert_eq!(forwarded.len(), expected, "forwarded requests: {log:#?}");
     for r in &forwarded {
-        assert_eq!(r.via.as_deref(), Some("1.1 twilio-repair-proxy"), "{r:?}");
         assert!(
             r.user_agent.starts_with(lib.user_agent()),
             "forwarded, but not from the library: {r:?}"
         );
     }
     for r in &own {
+        assert_eq!(
+            r.via.as_deref(),
+            Some("1.1 twilio-repair-proxy (repair)"),
+            "{r:?}"
+        );
         let replay = r.method == "POST" && r.path.ends_with("/Participants");
         assert!(
             r.user_agent.starts_with("twilio-repair-proxy/")
@@ -647,13 +654,14 @@ async fn full_surface_through_the_proxy(lib: Lib, mode: FaultMode) {
     let log = request_log(&st.emu).await;
     let from_lib = from_library(&log, lib);
     assert!(from_lib.len() >= 20, "{log:#?}");
-    // Every library request went through the proxy (it marks them with Via);
-    // the only unmarked requests with the library's User-Agent are the
-    // proxy's own replays of a create, which carry the caller's headers.
+    // Every library request went through the proxy: forwarded ones carry
+    // its Via, its replays of a create the repair-marked Via.
+    assert!(from_lib.iter().all(|r| r.via.is_some()), "{log:#?}");
     assert!(
-        from_lib
-            .iter()
-            .all(|r| r.via.is_some() || (r.method == "POST" && r.path.ends_with("/Participants"))),
+        log.iter()
+            .filter(|r| r.via.as_deref() == Some("1.1 twilio-repair-proxy (repair)"))
+            .all(|r| r.user_agent.starts_with("twilio-repair-proxy/")
+                || (r.method == "POST" && r.path.ends_with("/Participants"))),
         "{log:#?}"
     );
     let user_deletes = count(&log, "DELETE", "/Users/ivy");

@@ -265,6 +265,8 @@ pub struct Repairer {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub credential: Option<RepairCredential>,
+    /// `add_forwarded_headers`: the workflow's calls carry `Via` too.
+    pub mark_forwarded: bool,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub recovery: recovery::Recovery,
 }
@@ -315,6 +317,7 @@ impl Repairer {
             store,
             metrics,
             credential,
+            mark_forwarded: false,
             locks: Default::default(),
             recovery: recovery::Recovery::default(),
         }
@@ -580,7 +583,8 @@ impl Repairer {
             headers.get("x-twilio-webhook-enabled").cloned(),
             self.retry_policy(),
             deadline,
-        );
+        )
+        .with_via(self.mark_forwarded);
         let mut ctx = Ctx {
             path: &cpath,
             who,

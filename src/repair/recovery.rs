@@ -191,7 +191,8 @@ impl Repairer {
                 .and_then(|w| HeaderValue::from_str(w).ok()),
             self.retry_policy(),
             deadline,
-        );
+        )
+        .with_via(self.mark_forwarded);
         let target = RepairTarget {
             account_sid: record.account_sid.clone(),
             credential_user: record.credential_user.clone(),
