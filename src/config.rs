@@ -87,6 +87,7 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
     pub worker_threads: usize,
+    pub max_request_head_bytes: usize,
 }
 
 impl Limits {
@@ -302,6 +303,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if l.max_request_head_bytes < 8192 {
+            return Err(invalid(
+                "limits.max_request_head_bytes",
+                "must be at least 8192",
+            ));
         }
         if l.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be greater than 0"));

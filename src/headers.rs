@@ -28,6 +28,12 @@ const PROXY_CONNECTION: &str = "proxy-connection";
 /// `Proxy-Authorization`/`Proxy-Authenticate` are consumed by a proxy hop too
 /// (RFC 9110 §11.7) and are never passed on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // A message with both Transfer-Encoding and Content-Length is framed by
+    // Transfer-Encoding (RFC 9112 §6.3); forwarding the stale Content-Length
+    // without it would let the two sides disagree on where the body ends.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -72,6 +78,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-twilio-webhook-enabled", "x-multi"]);
+        let mut both = HeaderMap::new();
+        both.append("transfer-encoding", HeaderValue::from_static("chunked"));
+        both.append("content-length", HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut both);
+        assert!(
+            both.is_empty(),
+            "a Content-Length beside Transfer-Encoding must not be forwarded"
+        );
         let multi: Vec<&str> = h
             .get_all("x-multi")
             .iter()

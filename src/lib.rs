@@ -137,6 +137,7 @@ pub async fn run(
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout(),
         shutdown_grace: config.limits.shutdown_grace(),
+        max_request_head_bytes: config.limits.max_request_head_bytes,
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_svc = admin::router(admin_state.clone());

@@ -36,6 +36,9 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Largest HTTP/1 request head (request line and headers); a larger one
+    /// is answered 431.
+    pub max_request_head_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -44,6 +47,7 @@ impl Default for ServeOptions {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            max_request_head_bytes: 64 * 1024,
         }
     }
 }
@@ -207,6 +211,8 @@ impl Connections {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(opts.header_read_timeout)
+            // hyper's minimum buffer is 8 KiB.
+            .max_buf_size(opts.max_request_head_bytes.max(8192))
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         Connections {

@@ -381,3 +381,35 @@ async fn admin_plane_health_readiness_and_metrics() {
     assert_eq!(up.requests().last().unwrap().target, "/metrics");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_heads_and_ambiguous_framing_are_handled() {
+    let up = upstream(echo_ok()).await;
+    let mut config = test_config(&up.url());
+    config.limits.max_request_head_bytes = 16 * 1024;
+    let proxy = start_proxy(config).await;
+    let wait = Duration::from_secs(2);
+
+    // A request head over the bound: 431, nothing forwarded.
+    let mut big = b"GET /v1/Services HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let answer = raw_exchange(proxy.addr, &big, wait).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(up.requests().is_empty());
+
+    // Transfer-Encoding and Content-Length together: the body is framed by
+    // Transfer-Encoding and the stale Content-Length is not forwarded.
+    let answer = raw_exchange(
+        proxy.addr,
+        b"POST /v1/Services HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, b"abc");
+    assert_ne!(seen[0].header_values("content-length"), vec!["5"]);
+    proxy.stop().await;
+}
