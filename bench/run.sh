@@ -198,7 +198,7 @@ PIDS+=($NGX_MASTER)
 log "starting twilio-repair-proxy on 127.0.0.1:$TRP_PORT (admin $TRP_ADMIN_PORT)"
 mkdir -p "$TMP/trp"
 env -i PATH="$PATH" HOME="$TMP/trp" \
-  TRP_LOG_LEVEL=warn TRP_LOG_FORMAT=json \
+  TRP_LOG_LEVEL="${PROXY_LOG_LEVEL:-warn}" TRP_LOG_FORMAT=json \
   "$TRP_BIN" serve \
   --listen "127.0.0.1:$TRP_PORT" \
   --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
@@ -332,7 +332,7 @@ ok_rss="$(awk -v k="$TRP_HWM_KIB" 'BEGIN { print (k < 30 * 1024) ? 1 : 0 }')"
   echo "- request: GET participant (Authorization: Basic ...), response 200 with a $(wc -c <"$BODY_FILE")-byte JSON body + Twilio-like headers"
   echo "- upstream: nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
   echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS, access_log off"
-  echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, TRP_LOG_LEVEL=warn"
+  echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, TRP_LOG_LEVEL=${PROXY_LOG_LEVEL:-warn}"
   echo "- machine load: loadavg before $LOAD_BEFORE, after $LOAD_AFTER; compiler processes seen: ${BUSY_BEFORE:-0} before, up to $BUSY_DURING during"
   echo
   echo "| target | req/s | p50 ms | p75 ms | p90 ms | p99 ms | socket errors | non-2xx |"

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Some(Command::Repair(args)) => {
-                telemetry::init(&twilio_repair_proxy::config::Config::defaults().log);
+                let _log = telemetry::init(&twilio_repair_proxy::config::Config::defaults().log);
                 twilio_repair_proxy::ops::repair(args)
                     .await
                     .map(|()| ExitCode::SUCCESS)
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
-    telemetry::init(&config.log);
+    let _log = telemetry::init(&config.log);
     let proxy = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

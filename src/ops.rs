@@ -62,7 +62,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     .load()?;
     config.repair.mode = RepairMode::Repair;
-    crate::telemetry::init(&config.log);
+    let _log = crate::telemetry::init(&config.log);
 
     // Seed through the emulator's API.
     let account = emulator::DEFAULT_ACCOUNT_SID;

@@ -10,9 +10,16 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Lines of log output buffered for the writer thread. When it is full,
+/// logging waits for the thread (no line is dropped).
+pub const LOG_BUFFER_LINES: usize = 64 * 1024;
+
 /// Install the global subscriber (once, at start-up). `RUST_LOG` overrides
-/// the configured level when set.
-pub fn init(log: &LogConfig) {
+/// the configured level when set. Events are written to stderr by a
+/// dedicated thread, so a request never waits on a write to stderr; keep
+/// the returned guard alive until exit, dropping it flushes what is left.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
@@ -20,12 +27,18 @@ pub fn init(log: &LogConfig) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     // Colour only on a terminal: `docker logs` and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(false)
+        .thread_name("trp-log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    guard
 }
