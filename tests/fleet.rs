@@ -103,13 +103,7 @@ async fn thirty_concurrent_creates_over_three_replicas_cause_one_user_delete() {
     }
     // Every replica shows the fleet-wide incidents.
     for r in &replicas {
-        let inc: serde_json::Value =
-            reqwest::get(format!("http://{}/incidents?limit=1000", r.admin))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let inc: serde_json::Value = admin_json(&r.admin, "/incidents?limit=1000").await;
         assert_eq!(inc["incidents"].as_array().unwrap().len(), 30);
     }
 }
@@ -147,15 +141,7 @@ async fn a_replica_killed_mid_repair_is_finished_by_another_exactly_once() {
     // Fleet-wide view: another replica's admin shows the record recreating.
     let mut reached = false;
     for _ in 0..400 {
-        let p: serde_json::Value = reqwest::get(format!(
-            "http://{}/repairs?state=pending",
-            replicas[1].admin
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let p: serde_json::Value = admin_json(&replicas[1].admin, "/repairs?state=pending").await;
         if p["repairs"][0]["state"] == "recreating" {
             reached = true;
             break;
@@ -169,15 +155,7 @@ async fn a_replica_killed_mid_repair_is_finished_by_another_exactly_once() {
     let mut restored = false;
     for _ in 0..200 {
         let (s, _) = emu.get(&format!("{b}/Users/mona")).await;
-        let p: serde_json::Value = reqwest::get(format!(
-            "http://{}/repairs?state=pending",
-            replicas[0].admin
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let p: serde_json::Value = admin_json(&replicas[0].admin, "/repairs?state=pending").await;
         if s == 200 && p["repairs"].as_array().unwrap().is_empty() {
             restored = true;
             break;

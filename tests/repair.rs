@@ -144,26 +144,10 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(s
     assert_eq!(s, 200);
 
     // Visible to operators.
-    let inc: serde_json::Value = st
-        .http
-        .get(st.proxy.admin_url("/incidents"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let inc: serde_json::Value = admin_json(&st.proxy.admin, "/incidents").await;
     assert_eq!(inc["incidents"][0]["outcome"], "repaired");
     assert_eq!(inc["incidents"][0]["conversation_sid"], ch.as_str());
-    let pending: serde_json::Value = st
-        .http
-        .get(st.proxy.admin_url("/repairs?state=pending"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: serde_json::Value = admin_json(&st.proxy.admin, "/repairs?state=pending").await;
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 0);
     let m = st
         .http

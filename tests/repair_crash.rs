@@ -77,13 +77,7 @@ async fn crash_mid_repair() -> Scene {
             .await
             .iter()
             .any(|(m, p)| m == "DELETE" && p.ends_with("/Users/kim"));
-        let pending: serde_json::Value =
-            reqwest::get(format!("http://{}/repairs?state=pending", first.admin))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let pending: serde_json::Value = admin_json(&first.admin, "/repairs?state=pending").await;
         if deleted && pending["repairs"][0]["state"] == "recreating" {
             seen = true;
             break;
@@ -169,12 +163,7 @@ async fn kill_between_delete_and_recreate_then_operator_credential_restores_at_s
     // The journal record is closed right after the memberships are back.
     let mut pending = serde_json::Value::Null;
     for _ in 0..100 {
-        pending = reqwest::get(format!("http://{}/repairs?state=pending", second.admin))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        pending = admin_json(&second.admin, "/repairs?state=pending").await;
         if pending["repairs"].as_array().unwrap().is_empty() {
             break;
         }
@@ -206,13 +195,7 @@ async fn kill_between_delete_and_recreate_then_first_caller_restores() {
     drop(scene.first);
     let second = spawn_proxy_in(&dir, &scene.emu.origin(), &[]).await;
     // Without a credential the record waits, reported as pending.
-    let pending: serde_json::Value =
-        reqwest::get(format!("http://{}/repairs?state=pending", second.admin))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let pending: serde_json::Value = admin_json(&second.admin, "/repairs?state=pending").await;
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 1, "{pending}");
     assert_eq!(pending["repairs"][0]["identity"], "kim");
     assert_eq!(pending["repairs"][0]["snapshot"]["friendly_name"], "Kim K");
@@ -296,22 +279,20 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     let row = lines.next().unwrap();
     assert!(row.contains(&format!(",{is},{ch},olga,repaired,")), "{row}");
 
+    let origin = emu.origin();
+    let repair = [
+        "repair",
+        "--service",
+        is.as_str(),
+        "--identity",
+        "olga",
+        "--upstream",
+        origin.as_str(),
+        "--store",
+        store.as_str(),
+    ];
     // `repair` without the operator credential refuses, naming what to set.
-    let out = run(
-        &[
-            "repair",
-            "--service",
-            &is,
-            "--identity",
-            "olga",
-            "--upstream",
-            &emu.origin(),
-            "--store",
-            &store,
-        ],
-        &[],
-    )
-    .await;
+    let out = run(&repair, &[]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TRP_REPAIR_API_KEY_SID"));
     let cred = [
@@ -320,22 +301,7 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     ];
     // --dry-run: the snapshot, nothing touched.
     emu.clear_requests().await;
-    let out = run(
-        &[
-            "repair",
-            "--service",
-            &is,
-            "--identity",
-            "olga",
-            "--dry-run",
-            "--upstream",
-            &emu.origin(),
-            "--store",
-            &store,
-        ],
-        &cred,
-    )
-    .await;
+    let out = run(&[&repair[..], &["--dry-run"]].concat(), &cred).await;
     assert!(
         out.status.success(),
         "{}",
@@ -346,21 +312,7 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     assert_eq!(plan["snapshot"]["memberships"].as_array().unwrap().len(), 2);
     assert!(emu.requests().await.iter().all(|(m, _)| m == "GET"));
     // For real: the User is recreated with its fields and memberships.
-    let out = run(
-        &[
-            "repair",
-            "--service",
-            &is,
-            "--identity",
-            "olga",
-            "--upstream",
-            &emu.origin(),
-            "--store",
-            &store,
-        ],
-        &cred,
-    )
-    .await;
+    let out = run(&repair, &cred).await;
     assert!(
         out.status.success(),
         "{}",

@@ -397,15 +397,7 @@ fn assert_all_through_proxy(log: &[Logged], lib: Lib, expected: usize) {
 }
 
 async fn incident_outcomes(st: &Stack) -> Vec<String> {
-    let v: Value = st
-        .http
-        .get(st.proxy.admin_url("/incidents"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = admin_json(&st.proxy.admin, "/incidents").await;
     let mut o: Vec<String> = v["incidents"]
         .as_array()
         .unwrap()

@@ -690,3 +690,14 @@ pub async fn armed_user_scene(identity: &str, friendly: &str) -> (Emu, String, S
     emu.add_and_remove(Some(&is), &armed, identity).await;
     (emu, is, other, armed)
 }
+
+/// GET a JSON document from an admin listener (`host:port`), e.g.
+/// `/incidents` or `/repairs?state=pending`.
+pub async fn admin_json(admin: impl std::fmt::Display, path: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{admin}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
