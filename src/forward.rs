@@ -350,13 +350,3 @@ where
         self.inner.size_hint()
     }
 }
-
-/// Wrap an incoming body for forwarding.
-pub fn metered(
-    body: Incoming,
-    idle: Duration,
-    direction: Direction,
-    metrics: Arc<Metrics>,
-) -> MeteredBody<Incoming> {
-    MeteredBody::new(body, idle, direction, metrics)
-}

@@ -200,7 +200,7 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let resp = match &state.public_base_url {
+    match &state.public_base_url {
         Some(public) if crate::rewrite::is_json(resp.headers()) => {
             let resp = rewrite_links(
                 resp.map(Body::new),
@@ -209,11 +209,10 @@ where
                 &state.routes,
             )
             .await;
-            return respond_body(state, resp, access, in_flight, outcome, idle);
+            respond_body(state, resp, access, in_flight, outcome, idle)
         }
-        _ => resp,
-    };
-    respond_body(state, resp, access, in_flight, outcome, idle)
+        _ => respond_body(state, resp, access, in_flight, outcome, idle),
+    }
 }
 
 fn respond_body<B>(

@@ -698,15 +698,15 @@ impl Repairer {
             }
         }
 
-        let credential_user = ctx
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(basic_user)
-            .or_else(|| self.credential.as_ref().map(|c| c.user.clone()))
-            .unwrap_or_default();
+        // Who runs the repair (a SID, never a secret): the operator's key,
+        // else the caller's Basic user name.
         let credential_user = match &self.credential {
             Some(c) => c.user.clone(),
-            None => credential_user,
+            None => ctx
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(basic_user)
+                .unwrap_or_default(),
         };
         let target = user::RepairTarget {
             account_sid: account_sid.clone(),
