@@ -7,7 +7,7 @@ use twilio_repair_proxy::emulator::{self, EmulatorConfig};
 
 const SPEC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/twilio-oai/twilio_conversations_v1.json"
+    "/tests/fixtures/twilio-oai/twilio_conversations_v1.json"
 );
 const SID: &str = emulator::DEFAULT_ACCOUNT_SID;
 const TOKEN: &str = emulator::DEFAULT_AUTH_TOKEN;
