@@ -4,7 +4,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the process runs |
-//! | `GET /readyz` | 200 `ready` when the proxy listener is up, the store answers and the proxy is not draining; else 503 with the reason |
+//! | `GET /readyz` | 200 `ready` when the proxy listener is up, the journal accepts a write (and, for SQLite, is still the file opened at start-up) and the proxy is not draining; else 503 with the reason |
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending` | journal records not yet finished (JSON) |
@@ -49,9 +49,16 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     if !s.listening.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "proxy listener not up\n").into_response();
     }
-    if let Err(e) = s.store.ping().await {
-        tracing::warn!(error = %e, "store unreachable");
-        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response();
+    // A real write, not `SELECT 1`: a full disk, a read-only or deleted
+    // journal file, or a database that refuses writes must take the
+    // replica out of rotation before a repair needs the journal.
+    if let Err(e) = s.store.probe_write().await {
+        tracing::warn!(error = %e, "journal does not accept writes");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal does not accept writes\n",
+        )
+            .into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }

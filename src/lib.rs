@@ -17,7 +17,10 @@
 //! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
 //! - [`repair`]: the check-and-repair workflow for Participant creates.
-//! - [`store`]: the repair journal and incidents (SQLite).
+//! - [`store`]: the repair journal and incidents (SQLite, or PostgreSQL
+//!   for fleets).
+//! - [`vocabulary`]: the repair's outcomes, journal states and step kinds.
+//! - [`body`]: bounded decoding of bodies the proxy looks into.
 //! - [`admin`], [`metrics`], [`telemetry`]: the admin listener, Prometheus
 //!   metrics, logging.
 //! - [`server`]: the accept loop with connection bounds and graceful drain.
@@ -31,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod egress;
@@ -49,6 +53,7 @@ pub mod store;
 pub mod telemetry;
 pub mod twilio_api;
 pub mod twilio_error;
+pub mod vocabulary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,8 +78,8 @@ pub enum RunError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("{0}")]
-    Credential(String),
+    #[error(transparent)]
+    Credential(#[from] repair::credential::CredentialError),
     #[error("proxy listener: {0}")]
     Io(std::io::Error),
 }
@@ -93,38 +98,30 @@ pub async fn run(
         None
     } else {
         let credential =
-            repair::RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())
-                .map_err(RunError::Credential)?;
+            repair::RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())?;
         if let Some(c) = &credential {
-            tracing::info!(key = %c.user, "repair calls use the operator repair credential");
+            match &c.account_sid {
+                Some(account) => {
+                    tracing::info!(key = %c.user, %account, "repair calls for this account use the operator repair credential")
+                }
+                None => {
+                    tracing::warn!(key = %c.user, "the operator repair credential names no account (set TRP_REPAIR_ACCOUNT_SID): it is never used")
+                }
+            }
         }
-        let mut r = repair::Repairer::new(
-            config.repair.clone(),
-            forward::build_client(&config.limits),
-            store.clone(),
-            metrics.clone(),
+        // Repairs run on this (the main) runtime, with a client pooled
+        // here: they outlive every worker's runtime and its connections.
+        let r = repair::Repairer::new(repair::RepairerParts {
+            config: config.repair.clone(),
+            client: forward::build_client(&config.limits),
+            store: store.clone(),
+            metrics: metrics.clone(),
             credential,
-        );
-        r.mark_forwarded = config.add_forwarded_headers;
-        let r = Arc::new(r);
-        r.recovery.refresh_gauge(store.as_ref(), &metrics).await;
-        // Finish what an earlier run left unfinished (needs a credential:
-        // the operator's now, or the first matching caller's later).
-        let rec = r.clone();
-        let interval = std::time::Duration::from_millis(config.repair.recovery_interval_ms);
-        tokio::spawn(async move {
-            let n = rec.recover_pending(None).await;
-            if n > 0 {
-                tracing::info!(completed = n, "start-up recovery finished");
-            }
-            // Then sweep periodically: another replica may die mid-repair.
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                rec.recovery_sweep().await;
-            }
+            mark_forwarded: config.add_forwarded_headers,
+            runtime: None,
         });
+        // Finish what an earlier run left unfinished, then sweep.
+        r.spawn_sweeper();
         Some(r)
     };
     let admin_state = Arc::new(admin::AdminState {
@@ -229,6 +226,19 @@ pub async fn run(
     match drain {
         Drain::Complete => tracing::info!("drained; exiting"),
         Drain::GraceElapsed => tracing::warn!("grace period elapsed with requests still in flight"),
+    }
+    // Repairs (and their background completions) outlive their callers:
+    // give them what is left of the grace period.
+    if let Some(r) = &repair {
+        if r.in_flight() > 0 {
+            tracing::info!(repairs = r.in_flight(), "waiting for in-flight repairs");
+        }
+        if !r.drain(config.limits.shutdown_grace()).await {
+            tracing::warn!(
+                repairs = r.in_flight(),
+                "grace period elapsed with repairs in flight; their journal records are completed at the next start"
+            );
+        }
     }
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;

@@ -17,6 +17,8 @@
 //! | `trp_repair_step_failures_total` | counter | |
 //! | `trp_repair_workflow_seconds` | histogram | |
 //! | `trp_repair_pending_journal` | gauge | unfinished journal records |
+//! | `trp_repair_fence_waits_total` | counter | writes held back while their identity was under repair |
+//! | `trp_journal_write_failures_total` | counter | journal state changes that did not land (the repair went on from memory) |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -25,6 +27,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::routing::RouteClass;
+use crate::vocabulary::Outcome;
 
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER",
@@ -34,8 +37,6 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
-/// Outcome labels of the repair workflow (`X-Repair-Outcome` values).
-pub const OUTCOMES: [&str; 5] = ["existing", "repaired", "genuine", "failed", "disabled"];
 const UPSTREAM_ERRORS: [&str; 3] = ["connect", "timeout", "other"];
 
 fn method_index(m: &Method) -> usize {
@@ -102,7 +103,9 @@ pub struct Metrics {
     response_bytes: AtomicU64,
     upstream_errors: [AtomicU64; UPSTREAM_ERRORS.len()],
     repair_intercepted: AtomicU64,
-    repair_outcomes: [AtomicU64; OUTCOMES.len()],
+    repair_outcomes: [AtomicU64; Outcome::ALL.len()],
+    repair_fence_waits: AtomicU64,
+    journal_write_failures: AtomicU64,
     repair_step_failures: AtomicU64,
     pub repair_workflow: Histogram,
     repair_pending: AtomicI64,
@@ -142,10 +145,14 @@ impl Metrics {
     pub fn repair_intercepted(&self) {
         self.repair_intercepted.fetch_add(1, Relaxed);
     }
-    pub fn repair_outcome(&self, outcome: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.repair_outcomes[i].fetch_add(1, Relaxed);
-        }
+    pub fn repair_outcome(&self, outcome: Outcome) {
+        self.repair_outcomes[outcome.index()].fetch_add(1, Relaxed);
+    }
+    pub fn repair_fence_wait(&self) {
+        self.repair_fence_waits.fetch_add(1, Relaxed);
+    }
+    pub fn journal_write_failed(&self) {
+        self.journal_write_failures.fetch_add(1, Relaxed);
     }
     pub fn repair_step_failure(&self) {
         self.repair_step_failures.fetch_add(1, Relaxed);
@@ -206,11 +213,11 @@ impl Metrics {
             self.repair_intercepted.load(Relaxed)
         );
         out.push_str("# HELP trp_repair_outcomes_total Outcomes of intercepted creates.\n# TYPE trp_repair_outcomes_total counter\n");
-        for (i, o) in OUTCOMES.iter().enumerate() {
+        for o in Outcome::ALL {
             let _ = writeln!(
                 out,
                 "trp_repair_outcomes_total{{outcome=\"{o}\"}} {}",
-                self.repair_outcomes[i].load(Relaxed)
+                self.repair_outcomes[o.index()].load(Relaxed)
             );
         }
         let _ = writeln!(
@@ -227,6 +234,16 @@ impl Metrics {
             out,
             "# HELP trp_repair_pending_journal Unfinished repair journal records.\n# TYPE trp_repair_pending_journal gauge\ntrp_repair_pending_journal {}",
             self.repair_pending.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trp_repair_fence_waits_total Participant/User writes held back while their identity was under repair.\n# TYPE trp_repair_fence_waits_total counter\ntrp_repair_fence_waits_total {}",
+            self.repair_fence_waits.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trp_journal_write_failures_total Journal state changes that did not land; the repair went on from memory.\n# TYPE trp_journal_write_failures_total counter\ntrp_journal_write_failures_total {}",
+            self.journal_write_failures.load(Relaxed)
         );
         out
     }

@@ -10,8 +10,10 @@ use crate::cli::ServeArgs;
 use crate::config::RepairMode;
 use crate::emulator::{self, EmulatorConfig, FaultMode};
 use crate::repair::RepairCredential;
-use crate::repair::user::{RepairTarget, repair_user, snapshot};
+use crate::repair::step::{Api, StepKind};
+use crate::repair::user::{self, Journal, RepairTarget, snapshot};
 use crate::routing::Origin;
+use crate::store::{NewRepair, RepairState};
 use crate::twilio_api::{RetryPolicy, TwilioApi};
 
 /// Upstream used by `repair` when neither `--upstream` nor the
@@ -68,17 +70,25 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let account = emulator::DEFAULT_ACCOUNT_SID;
     let token = emulator::DEFAULT_AUTH_TOKEN;
     let api = direct_api(&emu_origin, account, token)?;
+    let seed = Duration::from_secs(30);
+    let deadline = || tokio::time::Instant::now() + seed;
     let svc = api
-        .call(Method::POST, "/v1/Services", Some("FriendlyName=demo"))
+        .once(
+            Method::POST,
+            "/v1/Services",
+            Some("FriendlyName=demo"),
+            deadline(),
+        )
         .await?
         .json()
         .unwrap_or_default();
     let is = svc["sid"].as_str().unwrap_or_default().to_string();
     let conv = api
-        .call(
+        .once(
             Method::POST,
             &format!("/v1/Services/{is}/Conversations"),
             Some("FriendlyName=support"),
+            deadline(),
         )
         .await?
         .json()
@@ -86,12 +96,17 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let ch = conv["sid"].as_str().unwrap_or_default().to_string();
     let parts = format!("/v1/Services/{is}/Conversations/{ch}/Participants");
     let p = api
-        .call(Method::POST, &parts, Some("Identity=demo-alice"))
+        .once(
+            Method::POST,
+            &parts,
+            Some("Identity=demo-alice"),
+            deadline(),
+        )
         .await?
         .json()
         .unwrap_or_default();
     let mb = p["sid"].as_str().unwrap_or_default();
-    api.call(Method::DELETE, &format!("{parts}/{mb}"), None)
+    api.once(Method::DELETE, &format!("{parts}/{mb}"), None, deadline())
         .await?;
 
     let proxy = TcpListener::bind(config.listen)
@@ -130,21 +145,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 fn direct_api(origin: &str, user: &str, secret: &str) -> anyhow::Result<TwilioApi> {
     let origin = Origin::parse(origin).ok_or_else(|| anyhow::anyhow!("invalid origin {origin}"))?;
-    let cred = RepairCredential::new(user, secret, None)
-        .ok_or_else(|| anyhow::anyhow!("credential is not a valid header value"))?;
+    let cred = RepairCredential::new(user, secret, None)?;
     let limits = crate::config::Config::defaults().limits;
     Ok(TwilioApi::new(
         crate::forward::build_client(&limits),
         origin,
         cred.authorization,
         None,
-        RetryPolicy {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            max_attempts: 4,
-            step_timeout: Duration::from_secs(10),
-        },
-        tokio::time::Instant::now() + Duration::from_secs(300),
+        Duration::from_secs(10),
     ))
 }
 
@@ -174,7 +182,7 @@ pub struct ExportArgs {
 pub async fn incidents(cmd: IncidentsCommand) -> anyhow::Result<()> {
     let IncidentsCommand::Export(args) = cmd;
     let config = args.serve.load()?;
-    let store = crate::store::open(&config.store, &config.store_options).await?;
+    let store = crate::store::open_reader(&config.store, &config.store_options).await?;
     let list = store.incidents(args.limit).await?;
     match args.format {
         ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
@@ -196,7 +204,7 @@ pub async fn incidents(cmd: IncidentsCommand) -> anyhow::Result<()> {
                     csv(i.service_sid.as_deref().unwrap_or("")),
                     csv(&i.conversation_sid),
                     csv(i.identity.as_deref().unwrap_or("")),
-                    csv(&i.outcome),
+                    csv(i.outcome.as_str()),
                     csv(i.detail.as_deref().unwrap_or("")),
                     i.repair_id.map(|r| r.to_string()).unwrap_or_default(),
                     csv(&ids.join(" ")),
@@ -238,32 +246,43 @@ pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
     if !crate::sid::is_sid(&args.service, "IS") {
         anyhow::bail!("--service must be a Conversation Service SID (IS + 32 hex)");
     }
-    let credential = RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?
+    let credential = RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())?
         .ok_or_else(|| {
             anyhow::anyhow!("set TRP_REPAIR_API_KEY_SID and TRP_REPAIR_API_KEY_SECRET (or repair.credentials_file)")
         })?;
+    // The journal first: a repair is never started without it (and an
+    // SQLite journal a running proxy owns is refused here, before any call).
+    let store = match args.dry_run {
+        true => None,
+        false => Some(crate::store::open(&config.store, &config.store_options).await?),
+    };
     let origin_s = config
         .upstream
         .clone()
         .unwrap_or_else(|| CONVERSATIONS_ORIGIN.to_string());
     let origin =
         Origin::parse(&origin_s).ok_or_else(|| anyhow::anyhow!("invalid upstream {origin_s}"))?;
-    let api = TwilioApi::new(
-        crate::forward::build_client(&config.limits),
-        origin,
-        credential.authorization.clone(),
-        Some(HeaderValue::from_static("false")),
-        RetryPolicy {
-            initial_backoff: Duration::from_millis(config.repair.retry_initial_backoff_ms),
-            max_backoff: Duration::from_millis(config.repair.retry_max_backoff_ms),
-            max_attempts: config.repair.retry_max_attempts,
-            step_timeout: Duration::from_millis(config.repair.step_timeout_ms),
-        },
+    let policy = RetryPolicy {
+        initial_backoff: Duration::from_millis(config.repair.retry_initial_backoff_ms),
+        max_backoff: Duration::from_millis(config.repair.retry_max_backoff_ms),
+        max_attempts: config.repair.retry_max_attempts,
+        step_timeout: Duration::from_millis(config.repair.step_timeout_ms),
+    };
+    let mut api = Api::new(
+        TwilioApi::new(
+            crate::forward::build_client(&config.limits),
+            origin,
+            credential.authorization.clone(),
+            Some(HeaderValue::from_static("false")),
+            policy.step_timeout,
+        ),
+        policy,
         tokio::time::Instant::now() + Duration::from_millis(config.repair.workflow_deadline_ms),
     );
+    // The service, read with the credential: proves it may act there.
+    let svc_path = format!("/v1/Services/{}", args.service);
     let svc = api
-        .call(Method::GET, &format!("/v1/Services/{}", args.service), None)
+        .step(StepKind::FetchConversation, &svc_path, None)
         .await?;
     if svc.status != StatusCode::OK {
         anyhow::bail!(
@@ -279,35 +298,63 @@ pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let target = RepairTarget {
         account_sid,
-        credential_user: credential.user.clone(),
-        upstream: origin_s,
-        service_base: format!("/v1/Services/{}", args.service),
+        service_base: svc_path,
         service_sid: args.service.clone(),
         identity: args.identity.clone(),
         exclude_conversation: None,
     };
-    let mut steps = Vec::new();
-    if args.dry_run {
-        let snap = snapshot(&api, &target, &mut steps).await?;
+    let snap = snapshot(&mut api, &target).await?;
+    let Some(store) = store else {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "dry_run": true,
                 "snapshot": snap,
-                "plan": ["journal the snapshot", "DELETE the User", "recreate it with the same fields", "restore every membership the delete removed"],
+                "plan": ["journal the snapshot", "DELETE the User (by its SID)", "recreate it with the same fields, read back", "restore every membership the delete removed, read back"],
             }))?
         );
         return Ok(());
+    };
+    let metrics = crate::metrics::Metrics::default();
+    let repair_id = store
+        .insert_repair(&NewRepair {
+            account_sid: target.account_sid.clone(),
+            credential_user: credential.user.clone(),
+            upstream: origin_s,
+            service_base: target.service_base.clone(),
+            service_sid: target.service_sid.clone(),
+            identity: target.identity.clone(),
+            snapshot: snap.clone(),
+            webhook: Some("false".into()),
+        })
+        .await?;
+    let mut journal = Journal::new(store.as_ref(), &metrics, repair_id);
+    let until = api.deadline();
+    let result = user::converge(
+        &mut api,
+        &target,
+        &snap,
+        RepairState::Deleting,
+        &mut journal,
+        until,
+    )
+    .await;
+    if result.is_ok() {
+        journal
+            .set(RepairState::Done, Some("repaired by the operator command"))
+            .await;
     }
-    let store = crate::store::open(&config.store, &config.store_options).await?;
-    let report = repair_user(&api, store.as_ref(), &target, &mut steps).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
-            "repair_id": report.repair_id,
-            "snapshot": report.snapshot,
-            "steps": steps,
+            "repair_id": repair_id,
+            "snapshot": snap,
+            "steps": api.steps,
+            "error": result.as_ref().err().map(|e| e.to_string()),
         }))?
     );
+    if let Err(e) = result {
+        anyhow::bail!("journal record {repair_id} stays open for recovery: {e}");
+    }
     Ok(())
 }

@@ -127,14 +127,25 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
         path,
         target: &target,
     };
-    match &state.repair {
-        Some(repair) if repair.intercepts(&parts.method, parts.uri.path()) => {
+    let intercepted = state.repair.as_ref().and_then(|r| {
+        r.intercepts(&parts.method, parts.uri.path())
+            .map(|what| (r, what))
+    });
+    match intercepted {
+        Some((repair, what)) => {
             // Boxed: the workflow's future is large and rare; the
             // pass-through future stays small.
-            let (result, outcome) =
-                Box::pin(repair.handle(parts, incoming, &target.origin, peer, &state.forwarder))
-                    .await;
-            match result {
+            let r = Box::pin(repair.handle(
+                what,
+                parts,
+                incoming,
+                &target.origin,
+                peer,
+                &state.forwarder,
+            ))
+            .await;
+            let outcome = r.outcome.map(|o| o.as_str());
+            match r.response {
                 Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
                 Err(e) => upstream_failure(&state, e, &access),
             }
@@ -295,7 +306,7 @@ async fn rewrite_links(
             );
         }
     };
-    let Some(plain) = crate::repair::decode_body(encoding.as_ref(), &raw) else {
+    let Some(plain) = crate::body::decode_body(encoding.as_ref(), &raw) else {
         return Response::from_parts(parts, Body::from(raw));
     };
     match crate::rewrite::rewrite_json(&plain, answered_by, public, routes) {

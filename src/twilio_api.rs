@@ -2,12 +2,10 @@
 //!
 //! It reuses the proxy's pooled upstream client and origin, and the
 //! caller's own `Authorization` (or the operator's repair credential): the
-//! proxy never holds a Twilio secret of its own. Transient answers (429,
-//! 5xx, timeouts, connection failures) are retried with capped exponential
-//! backoff inside the workflow's overall deadline, but only where a retry is
-//! safe: always for 429 (Twilio never processed the request), and for 5xx or
-//! transport failures only on GET and DELETE. A POST that may have reached
-//! Twilio is never blindly replayed; callers check its effect instead.
+//! proxy never holds a Twilio secret of its own. One call is one attempt,
+//! bounded by the step timeout and the deadline it is given; which answers
+//! are retried, and how, is the workflow's business
+//! ([`crate::repair::step`]).
 
 use std::time::Duration;
 
@@ -35,8 +33,13 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Percent-encode one path segment (an identity, a SID).
+/// Percent-encode one path segment (an identity, a SID). A segment that
+/// would be a dot segment (`.`, `..`) has its dots encoded too, so that no
+/// value can make a path-normalising hop drop or climb a segment.
 pub fn encode_segment(s: &str) -> String {
+    if s == "." || s == ".." {
+        return "%2E".repeat(s.len());
+    }
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
@@ -76,13 +79,6 @@ pub enum ApiError {
     Body { method: Method, path: String },
     #[error("the workflow deadline passed")]
     Deadline,
-    #[error("{method} {path}: still {status} after {attempts} attempts")]
-    Exhausted {
-        method: Method,
-        path: String,
-        status: StatusCode,
-        attempts: u32,
-    },
 }
 
 /// Retry policy of one workflow.
@@ -94,15 +90,14 @@ pub struct RetryPolicy {
     pub step_timeout: Duration,
 }
 
-/// A client bound to one origin, one credential, one deadline.
+/// A client bound to one origin and one credential.
 #[derive(Clone)]
 pub struct TwilioApi {
     client: UpstreamClient,
     origin: Origin,
     authorization: HeaderValue,
     webhook: Option<HeaderValue>,
-    policy: RetryPolicy,
-    deadline: Instant,
+    step_timeout: Duration,
     via: bool,
 }
 
@@ -112,17 +107,23 @@ impl TwilioApi {
         origin: Origin,
         authorization: HeaderValue,
         webhook: Option<HeaderValue>,
-        policy: RetryPolicy,
-        deadline: Instant,
+        step_timeout: Duration,
     ) -> Self {
         TwilioApi {
             client,
             origin,
             authorization,
             webhook,
-            policy,
-            deadline,
+            step_timeout,
             via: false,
+        }
+    }
+
+    /// The same client with another credential.
+    pub fn with_authorization(&self, authorization: HeaderValue) -> Self {
+        TwilioApi {
+            authorization,
+            ..self.clone()
         }
     }
 
@@ -140,6 +141,7 @@ impl TwilioApi {
         method: Method,
         path: &str,
         form: Option<&str>,
+        deadline: Instant,
     ) -> Result<ApiResponse, ApiError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
@@ -161,7 +163,7 @@ impl TwilioApi {
             );
         }
         let body = form.map(|f| Bytes::from(f.to_string())).unwrap_or_default();
-        self.send(method, path, headers, body).await
+        self.send(method, path, headers, body, deadline).await
     }
 
     /// One attempt with the caller's own end-to-end headers (a replay).
@@ -173,12 +175,13 @@ impl TwilioApi {
         path: &str,
         original: &HeaderMap,
         body: Bytes,
+        deadline: Instant,
     ) -> Result<ApiResponse, ApiError> {
         let mut headers = original.clone();
         crate::headers::strip_hop_by_hop(&mut headers);
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::ACCEPT_ENCODING);
-        self.send(method, path, headers, body).await
+        self.send(method, path, headers, body, deadline).await
     }
 
     async fn send(
@@ -187,6 +190,7 @@ impl TwilioApi {
         path: &str,
         mut headers: HeaderMap,
         body: Bytes,
+        deadline: Instant,
     ) -> Result<ApiResponse, ApiError> {
         let uri = self.origin.join(path).map_err(|e| ApiError::Transport {
             method: method.clone(),
@@ -213,11 +217,11 @@ impl TwilioApi {
                 message: e.to_string(),
             })?;
         *req.headers_mut() = headers;
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ApiError::Deadline);
         }
-        let timeout = self.policy.step_timeout.min(remaining);
+        let timeout = self.step_timeout.min(remaining);
         let exchange = async {
             let resp = self
                 .client
@@ -262,56 +266,6 @@ impl TwilioApi {
             }),
         }
     }
-
-    /// Call with retries where they are safe (see the module doc). Returns
-    /// the last answer when it is not transient.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        form: Option<&str>,
-    ) -> Result<ApiResponse, ApiError> {
-        let idempotent = method == Method::GET || method == Method::DELETE;
-        let mut backoff = self.policy.initial_backoff;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.once(method.clone(), path, form).await;
-            let (retryable, wait_hint) = match &result {
-                Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => (true, r.retry_after),
-                Ok(r) if r.status.is_server_error() => (idempotent, None),
-                Ok(_) => return result,
-                Err(ApiError::Deadline) => return result,
-                Err(ApiError::Timeout { .. }) | Err(ApiError::Transport { .. }) => {
-                    (idempotent, None)
-                }
-                Err(_) => (false, None::<Duration>),
-            };
-            if !retryable || attempt >= self.policy.max_attempts {
-                return match result {
-                    Ok(r)
-                        if r.status == StatusCode::TOO_MANY_REQUESTS
-                            || r.status.is_server_error() =>
-                    {
-                        Err(ApiError::Exhausted {
-                            method,
-                            path: path.to_string(),
-                            status: r.status,
-                            attempts: attempt,
-                        })
-                    }
-                    other => other,
-                };
-            }
-            let wait = wait_hint.unwrap_or(backoff).min(self.policy.max_backoff);
-            if Instant::now() + wait >= self.deadline {
-                return Err(ApiError::Deadline);
-            }
-            tracing::debug!(%method, path, attempt, wait_ms = wait.as_millis() as u64, "retrying Twilio call");
-            tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(self.policy.max_backoff);
-        }
-    }
 }
 
 /// Build a form body from pairs.
@@ -331,5 +285,7 @@ mod tests {
         assert_eq!(super::encode_segment("a/b?c#d"), "a%2Fb%3Fc%23d");
         assert_eq!(super::encode_segment("a b+c@x.io"), "a%20b%2Bc%40x.io");
         assert_eq!(super::encode_segment("ü%"), "%C3%BC%25");
+        assert_eq!(super::encode_segment(".."), "%2E%2E");
+        assert_eq!(super::encode_segment("a.b"), "a.b");
     }
 }

@@ -19,6 +19,21 @@ fn affected(
     }
 }
 
+/// The fault's 20404 message: it names the create's own Participants path.
+fn fault_message(is: Option<&str>, ch: &str) -> String {
+    format!(
+        "The requested resource {}/Conversations/{ch}/Participants was not found",
+        base(is)
+    )
+}
+
+/// User deletes (the workflow deletes by the User's SID).
+fn user_deletes(reqs: &[(String, String)], base: &str) -> usize {
+    reqs.iter()
+        .filter(|(m, p)| m == "DELETE" && p.starts_with(&format!("{base}/Users/US")))
+        .count()
+}
+
 fn count(reqs: &[(String, String)], method: &str, needle: &str) -> usize {
     reqs.iter()
         .filter(|(m, p)| m == method && p.contains(needle))
@@ -179,7 +194,7 @@ async fn default_service_path_repairs_through_v1_users(store: StoreKind) {
         "default-path shape: {body}"
     );
     let reqs = st.emu.requests().await;
-    assert_eq!(count(&reqs, "DELETE", "/v1/Users/carol"), 1, "{reqs:?}");
+    assert_eq!(user_deletes(&reqs, "/v1"), 1, "{reqs:?}");
     assert_eq!(
         st.emu
             .get(&format!("/v1/Conversations/{ch}/Participants/carol"))
@@ -241,7 +256,7 @@ async fn participant_that_existed_before_the_request_answers_twilios_409(store: 
     // Twilio answers the create with a bogus 20404 (injected once).
     st.emu
         .add_rule(serde_json::json!({"method":"POST","path":"/Participants$","times":1,
-            "action":{"kind":"status","status":404,"code":20404,"message":"The requested resource was not found"}}))
+            "action":{"kind":"status","status":404,"code":20404,"message":fault_message(Some(&is), &ch)}}))
         .await;
     let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "erin")]).await;
     assert_eq!(status, 409, "{body}");
@@ -263,7 +278,7 @@ async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired
     st.emu
         .add_rule(
             serde_json::json!({"method":"POST","path":"/Participants$","times":1,
-            "action":{"kind":"status","status":404,"code":20404}}),
+            "action":{"kind":"status","status":404,"code":20404,"message":fault_message(Some(&is), &ch)}}),
         )
         .await;
     st.emu.clear_requests().await;
@@ -303,7 +318,7 @@ async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired
     st.emu
         .add_rule(
             serde_json::json!({"method":"POST","path":"/Participants$","times":1,
-            "action":{"kind":"status","status":404,"code":20404}}),
+            "action":{"kind":"status","status":404,"code":20404,"message":fault_message(Some(&is), &ch)}}),
         )
         .await;
     let (status, outcome, body) = st.create(Some(&is), &ch, &binding).await;
@@ -366,7 +381,7 @@ async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete(store
         assert_eq!(outcome.as_deref(), Some("repaired"));
     }
     let reqs = st.emu.requests().await;
-    assert_eq!(count(&reqs, "DELETE", "/Users/gina"), 1, "{reqs:?}");
+    assert_eq!(user_deletes(&reqs, &base(Some(&is))), 1, "{reqs:?}");
     for ch in &convs {
         assert_eq!(
             st.emu

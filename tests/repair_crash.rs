@@ -76,7 +76,7 @@ async fn crash_mid_repair() -> Scene {
             .requests()
             .await
             .iter()
-            .any(|(m, p)| m == "DELETE" && p.ends_with("/Users/kim"));
+            .any(|(m, p)| m == "DELETE" && p.contains("/Users/US"));
         let pending: serde_json::Value = admin_json(&first.admin, "/repairs?state=pending").await;
         if deleted && pending["repairs"][0]["state"] == "recreating" {
             seen = true;
@@ -291,6 +291,24 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
         "--store",
         store.as_str(),
     ];
+    // One process owns an SQLite journal: beside the running proxy,
+    // `repair` is refused with a clear error, and runs once it is stopped.
+    let cred_env = [
+        ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+        ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+    ];
+    emu.clear_requests().await;
+    let out = run(&repair, &cred_env).await;
+    assert!(!out.status.success());
+    assert!(emu.requests().await.is_empty(), "refused before any call");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("journal.db is locked by another process") && err.contains("postgres"),
+        "{err}"
+    );
+    let dir = proxy.store_dir.clone();
+    drop(proxy);
+    assert!(dir.exists());
     // `repair` without the operator credential refuses, naming what to set.
     let out = run(&repair, &[]).await;
     assert!(!out.status.success());
@@ -321,7 +339,7 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     let reqs = emu.requests().await;
     assert_eq!(
         reqs.iter()
-            .filter(|(m, p)| m == "DELETE" && p.ends_with("/Users/olga"))
+            .filter(|(m, p)| m == "DELETE" && p.contains("/Users/US"))
             .count(),
         1
     );

@@ -1,14 +1,22 @@
-//! Completing repairs that an interruption (crash, `kill -9`, deadline)
-//! left unfinished in the journal.
+//! Finishing journal records that a crash, a deadline or a fault left
+//! open. A record is recovered under its identity's repair lock, by
+//! whichever comes first:
 //!
-//! At start-up with an operator repair credential, every pending record is
-//! completed at once. Without one, a record waits for the first request
-//! whose Basic-auth user name is the record's account SID or the key that
-//! ran it; that request's credential completes it (in the background; the
-//! request itself is not delayed). Completion is idempotent: recreate the
-//! User from the snapshot if it is missing, restore every membership that
-//! is missing, mark the record `recovered`. The log says which credential
-//! was used.
+//! - **start-up** and the **periodic sweep** (`repair.recovery_interval_ms`,
+//!   started by [`Repairer::spawn_sweeper`]), with the operator repair
+//!   credential, for records of its own account;
+//! - the **next request that needs the identity** (a fenced create or User
+//!   write, or a new repair of the same identity), with that caller's
+//!   credential when its Basic user name ran the record or is its account;
+//! - the **background completion** a live repair starts when it has to
+//!   answer its caller before it has converged, with the credential it ran
+//!   with (held in memory only, never journaled);
+//! - any request whose credential matches a waiting record
+//!   ([`Repairer::maybe_recover`]).
+//!
+//! Recovery is [`super::user::converge`] from the record's state, so it is
+//! idempotent and verified; a record is closed `recovered` only on what was
+//! read back. Twilio refusing a step for good leaves it `needs-operator`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,16 +24,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::HeaderValue;
+use http::header::{self, HeaderMap};
 use tokio::time::Instant;
 
-use super::user::{RepairTarget, recreate, restore_memberships};
-use super::{Repairer, basic_user};
-use crate::metrics::Metrics;
+use super::Repairer;
+use super::credential::{self, Acting, basic_user};
+use super::lock::RepairKey;
+use super::user::{self, ConvergeError, Journal, RepairTarget};
 use crate::routing::Origin;
-use crate::store::{RepairRecord, Store, state};
-use crate::twilio_api::{TwilioApi, encode_segment};
+use crate::store::{RepairRecord, RepairState};
+
+/// How many rounds (one per `repair.recovery_interval_ms`) a live repair's
+/// background completion tries before leaving the record to the sweep and
+/// the next request.
+pub const BACKGROUND_ROUNDS: u32 = 30;
 
 /// Fast-path state: which credential user names have pending repairs.
 #[derive(Default)]
@@ -36,23 +49,6 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Reload the pending set from the journal and update the gauge.
-    pub async fn refresh_gauge(&self, store: &dyn Store, metrics: &Metrics) {
-        match store.pending_repairs().await {
-            Ok(pending) => {
-                metrics.set_repair_pending(pending.len() as i64);
-                let mut set = self.waiting.write().unwrap_or_else(|p| p.into_inner());
-                set.clear();
-                for r in &pending {
-                    set.insert(r.credential_user.clone());
-                    set.insert(r.account_sid.clone());
-                }
-                self.any.store(!set.is_empty(), Ordering::SeqCst);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read the journal"),
-        }
-    }
-
     fn matches(&self, authorization: &HeaderValue) -> bool {
         if !self.any.load(Ordering::Relaxed) {
             return false;
@@ -67,25 +63,63 @@ impl Recovery {
     }
 }
 
-/// Which credential recovery used (for the log).
-#[derive(Debug, Clone, Copy)]
-pub enum CredentialSource {
-    Operator,
-    Caller,
+fn key_of(r: &RepairRecord) -> RepairKey {
+    RepairKey {
+        account_sid: r.account_sid.clone(),
+        service_sid: r.service_sid.clone(),
+        identity: r.identity.clone(),
+    }
 }
 
 impl Repairer {
-    /// The periodic sweep: refresh what is pending (records left by any
-    /// replica) and, with an operator credential, complete them.
-    pub fn recovery_sweep(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.recovery
-                .refresh_gauge(self.store.as_ref(), &self.metrics)
-                .await;
-            if self.credential.is_some() && self.recovery.any.load(Ordering::SeqCst) {
-                self.recover_pending(None).await;
+    /// Reload what is pending: the gauge, the fence's journaled
+    /// identities and the credentials that may finish them.
+    pub async fn refresh(&self) {
+        match self.store.pending_repairs().await {
+            Ok(pending) => {
+                self.metrics.set_repair_pending(pending.len() as i64);
+                self.locks.fence().set_journaled(
+                    pending
+                        .iter()
+                        .filter(|r| r.state.is_open())
+                        .map(|r| r.identity.clone()),
+                );
+                let mut set = self
+                    .recovery
+                    .waiting
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                set.clear();
+                for r in &pending {
+                    set.insert(r.credential_user.clone());
+                    set.insert(r.account_sid.clone());
+                }
+                self.recovery.any.store(!set.is_empty(), Ordering::SeqCst);
             }
-        })
+            Err(e) => tracing::warn!(error = %e, "cannot read the journal"),
+        }
+    }
+
+    /// Start-up recovery, then the periodic sweep, on the repair runtime.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let me = self.clone();
+        let interval = Duration::from_millis(self.config.recovery_interval_ms);
+        self.rt.spawn(async move {
+            me.refresh().await;
+            let n = me.recover_pending(None).await;
+            if n > 0 {
+                tracing::info!(completed = n, "start-up recovery finished");
+            }
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                me.refresh().await;
+                if me.recovery.any.load(Ordering::SeqCst) {
+                    me.recover_pending(None).await;
+                }
+            }
+        });
     }
 
     /// On any request: if its credential can finish a pending repair, do so
@@ -99,9 +133,12 @@ impl Repairer {
         }
         let me = self.clone();
         let auth = auth.clone();
-        tokio::spawn(async move {
-            me.recover_pending(Some(&auth)).await;
-        });
+        self.tasks.spawn_on(
+            async move {
+                me.recover_pending(Some(&auth)).await;
+            },
+            &self.rt,
+        );
     }
 
     /// Complete every pending record this credential (or the operator's)
@@ -118,140 +155,236 @@ impl Repairer {
                     return 0;
                 }
             };
-            let caller_user = caller.and_then(basic_user);
             let mut done = 0;
             for record in pending {
-                let (auth, source) = match (&self.credential, caller, &caller_user) {
-                    (Some(c), _, _) => (c.authorization.clone(), CredentialSource::Operator),
-                    (None, Some(a), Some(u))
-                        if *u == record.credential_user || *u == record.account_sid =>
-                    {
-                        (a.clone(), CredentialSource::Caller)
-                    }
-                    _ => {
-                        tracing::warn!(
-                            repair_id = record.id,
-                            account = %record.account_sid,
-                            "unfinished repair waits for a request with credentials for its account"
-                        );
-                        continue;
-                    }
+                let Some(acting) = self.acting_for(&record, caller) else {
+                    tracing::warn!(
+                        repair_id = record.id,
+                        account = %record.account_sid,
+                        "unfinished repair waits for a request with credentials for its account"
+                    );
+                    continue;
                 };
-                if self.recover_one(&record, auth, source).await {
+                let Ok(Some(_lock)) = self
+                    .locks
+                    .try_acquire(self.store.as_ref(), &key_of(&record))
+                    .await
+                else {
+                    continue; // a live repair or another replica has it
+                };
+                if self.recover_locked(record.id, acting).await {
                     done += 1;
                 }
             }
-            self.recovery
-                .refresh_gauge(self.store.as_ref(), &self.metrics)
-                .await;
+            self.refresh().await;
             done
         })
     }
 
-    async fn recover_one(
+    fn acting_for(&self, r: &RepairRecord, caller: Option<&HeaderValue>) -> Option<Acting> {
+        credential::for_record(
+            self.credential.as_ref(),
+            caller,
+            &r.account_sid,
+            &r.credential_user,
+        )
+    }
+
+    /// Re-read a record (its lock held) and, if still pending, converge it.
+    /// Returns whether it is closed now.
+    async fn recover_locked(&self, id: i64, acting: Acting) -> bool {
+        let record = match self.store.get_repair(id).await {
+            Ok(Some(r)) if !r.state.is_final() => r,
+            Ok(_) => return true, // finished meanwhile
+            Err(e) => {
+                tracing::warn!(repair_id = id, error = %e, "cannot read the journal record");
+                return false;
+            }
+        };
+        match self.converge_record(&record, &acting).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(repair_id = id, error = %e, "unfinished repair not completed yet");
+                false
+            }
+        }
+    }
+
+    /// Converge a record from its state and close it `recovered`.
+    async fn converge_record(
         &self,
         record: &RepairRecord,
-        auth: HeaderValue,
-        source: CredentialSource,
-    ) -> bool {
+        acting: &Acting,
+    ) -> Result<(), ConvergeError> {
         let Some(origin) = Origin::parse(&record.upstream) else {
             tracing::error!(
                 repair_id = record.id,
                 "journal record names an invalid upstream"
             );
-            return false;
+            return Ok(());
         };
-        let key = format!(
-            "{}:{}:{}",
-            record.account_sid, record.service_sid, record.identity
-        );
-        // Claim the record with the same lock a live repair of this identity
-        // holds (in this process or, with a shared store, in any replica; a
-        // dead replica's lock goes with its connection).
-        let _guard = match self.try_acquire(&key).await {
-            Ok(Some(g)) => g,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::warn!(repair_id = record.id, error = %e, "cannot lock for recovery");
-                return false;
-            }
-        };
-        match self.store.get_repair(record.id).await {
-            Ok(Some(r)) if !state::FINAL.contains(&r.state.as_str()) => {}
-            _ => return false, // finished meanwhile
-        }
-        let deadline = Instant::now() + Duration::from_millis(self.config.workflow_deadline_ms);
-        let api = TwilioApi::new(
-            self.client.clone(),
-            origin,
-            auth,
-            record
-                .webhook
-                .as_ref()
-                .and_then(|w| HeaderValue::from_str(w).ok()),
-            self.retry_policy(),
-            deadline,
-        )
-        .with_via(self.mark_forwarded);
+        let webhook = record
+            .webhook
+            .as_deref()
+            .and_then(|w| HeaderValue::from_str(w).ok());
+        let mut api = self.api_with(&origin, acting.authorization.clone(), webhook);
         let target = RepairTarget {
             account_sid: record.account_sid.clone(),
-            credential_user: record.credential_user.clone(),
-            upstream: record.upstream.clone(),
             service_base: record.service_base.clone(),
             service_sid: record.service_sid.clone(),
             identity: record.identity.clone(),
             exclude_conversation: None,
         };
-        let mut steps = Vec::new();
-        let user_path = format!(
-            "{}/Users/{}",
-            record.service_base,
-            encode_segment(&record.identity)
-        );
-        let probe = api.call(Method::GET, &user_path, None).await;
-        let exists = match &probe {
-            Ok(x) if x.status == StatusCode::OK => true,
-            Ok(x) if x.status == StatusCode::NOT_FOUND => false,
-            other => {
-                tracing::warn!(repair_id = record.id, error = ?other.as_ref().err(), "recovery cannot read the User; will retry later");
-                return false;
-            }
+        // A refused record is retried from the start: every phase is
+        // verified, and the delete names the original SID only.
+        let from = match record.state {
+            RepairState::NeedsOperator => RepairState::Deleting,
+            s => s,
         };
-        if !exists && record.snapshot.user_sid.is_some() {
-            if let Err(detail) = recreate(&api, &target, &record.snapshot, &mut steps).await {
-                tracing::warn!(
-                    repair_id = record.id,
-                    detail,
-                    "recovery cannot recreate the User; will retry later"
-                );
-                return false;
-            }
-        }
-        let failures = restore_memberships(&api, &target, &record.snapshot, &mut steps).await;
-        let note = match (source, failures.is_empty()) {
-            (CredentialSource::Operator, true) => {
-                "recovered with the operator repair credential".to_string()
-            }
-            (CredentialSource::Caller, true) => "recovered with a caller's credential".to_string(),
-            (_, false) => format!(
-                "recovered; memberships not restored: {}",
-                failures.join(", ")
-            ),
-        };
-        if let Err(e) = self
-            .store
-            .set_repair_state(record.id, state::RECOVERED, Some(&note))
-            .await
+        let mut journal = Journal::new(self.store.as_ref(), &self.metrics, record.id);
+        let until = api.deadline();
+        match user::converge(
+            &mut api,
+            &target,
+            &record.snapshot,
+            from,
+            &mut journal,
+            until,
+        )
+        .await
         {
-            tracing::warn!(repair_id = record.id, error = %e, "cannot close the journal record");
-            return false;
+            Ok(()) => {
+                let note = format!("recovered with {}", acting.source.describe());
+                journal.set(RepairState::Recovered, Some(&note)).await;
+                tracing::info!(
+                    repair_id = record.id,
+                    credential = acting.source.describe(),
+                    "completed an unfinished repair"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_refusal() {
+                    journal
+                        .set(RepairState::NeedsOperator, Some(&e.to_string()))
+                        .await;
+                }
+                Err(e)
+            }
         }
-        tracing::info!(
-            repair_id = record.id,
-            credential = ?source,
-            user_recreated = !exists,
-            "completed an unfinished repair"
+    }
+
+    /// Under the lock of `key` (held by the caller): finish every open
+    /// record of that key before a new repair snapshots the User. Returns
+    /// false when one is left open (a new repair must not start over it).
+    pub(super) async fn finish_open_records(
+        &self,
+        key: &RepairKey,
+        caller: Option<&HeaderValue>,
+        _deadline: Instant,
+    ) -> bool {
+        let pending = match self.store.pending_repairs().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal");
+                return false;
+            }
+        };
+        let mut all = true;
+        for record in pending.iter().filter(|r| key_of(r) == *key) {
+            let closed = match self.acting_for(record, caller) {
+                Some(acting) => self.recover_locked(record.id, acting).await,
+                None => false,
+            };
+            all &= closed;
+        }
+        if pending.iter().any(|r| key_of(r) == *key) {
+            self.refresh().await;
+        }
+        all
+    }
+
+    /// For a fenced request: finish the open records of this identity that
+    /// its caller (or the operator) may act on, waiting for their locks
+    /// until `deadline`.
+    pub(super) async fn recover_identity(
+        &self,
+        identity: &str,
+        caller: Option<&HeaderValue>,
+        deadline: Instant,
+    ) {
+        let Ok(pending) = self.store.pending_repairs().await else {
+            return;
+        };
+        let mut any = false;
+        for record in pending
+            .iter()
+            .filter(|r| r.identity == identity && r.state.is_open())
+        {
+            any = true;
+            let Some(acting) = self.acting_for(record, caller) else {
+                continue;
+            };
+            match self
+                .locks
+                .acquire(self.store.as_ref(), &key_of(record), deadline)
+                .await
+            {
+                Ok(_lock) => {
+                    self.recover_locked(record.id, acting).await;
+                }
+                Err(e) => {
+                    tracing::warn!(repair_id = record.id, error = %e, "cannot lock for recovery")
+                }
+            }
+        }
+        if any {
+            self.refresh().await;
+        }
+    }
+
+    /// A live repair had to answer before it converged: record why, and
+    /// keep completing it in the background with the same credential.
+    pub(super) async fn after_unfinished(
+        &self,
+        id: i64,
+        error: &ConvergeError,
+        acting: Acting,
+        journal: &mut Journal<'_>,
+    ) {
+        if error.is_refusal() {
+            journal
+                .set(RepairState::NeedsOperator, Some(&error.to_string()))
+                .await;
+        }
+        self.refresh().await;
+        let Some(me) = self.me.upgrade() else { return };
+        let interval = Duration::from_millis(self.config.recovery_interval_ms)
+            .min(Duration::from_millis(self.config.workflow_deadline_ms));
+        self.tasks.spawn_on(
+            async move {
+                for _ in 0..BACKGROUND_ROUNDS {
+                    tokio::time::sleep(interval).await;
+                    let Ok(Some(record)) = me.store.get_repair(id).await else {
+                        continue;
+                    };
+                    if record.state.is_final() {
+                        break;
+                    }
+                    let Ok(Some(_lock)) = me
+                        .locks
+                        .try_acquire(me.store.as_ref(), &key_of(&record))
+                        .await
+                    else {
+                        continue;
+                    };
+                    if me.recover_locked(id, acting.clone()).await {
+                        break;
+                    }
+                }
+                me.refresh().await;
+            },
+            &self.rt,
         );
-        true
     }
 }

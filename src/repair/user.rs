@@ -1,13 +1,39 @@
-//! Twilio's published workaround, journaled: snapshot the User and its
-//! memberships, delete it, recreate it with the same identity, friendly
-//! name, attributes and role, and put back the memberships the delete
-//! removed. Each state is written to the journal *before* the step it names,
-//! so an interruption at any point leaves a record that recovery completes.
+//! Twilio's published workaround, made convergent: snapshot the User and
+//! its memberships, delete it, recreate it with the same friendly name,
+//! attributes and role, and put back every membership the delete removed.
+//!
+//! Each phase is an *ensure*, not a call: it reads what Twilio has, acts
+//! only on the difference, and is done only when what it reads back equals
+//! the snapshot. So the same code serves the live repair and recovery after
+//! a crash at any point, and running it twice changes nothing:
+//!
+//! - [`ensure_deleted`] deletes the User **by its original SID**, so a
+//!   delete that lands late (sent before a crash, processed after) can only
+//!   ever remove that User, never the one put back in its place.
+//! - [`ensure_user`] reads the identity: missing → create it; the original
+//!   SID still there → the delete has not landed, delete again; another
+//!   User (a *bare* one Twilio made for a participant create in the gap,
+//!   or ours) → update it in place until its fields equal the snapshot.
+//!   "A User exists" never counts as "the User is back".
+//! - [`ensure_membership`] reads the participant: missing → create it with
+//!   the snapshot's attributes and role; present with other fields → update
+//!   it; a create that may have landed (5xx, reset) is read back before it
+//!   is tried again.
+//!
+//! Reads and deletes are retried per [`super::step`]; the read-back loops
+//! run until the workflow deadline (memberships until a budget that leaves
+//! the caller's replayed create its turn).
 
-use http::{Method, StatusCode};
+use std::time::Duration;
 
-use crate::store::{Membership, NewRepair, Step, Store, UserSnapshot, state};
-use crate::twilio_api::{ApiResponse, TwilioApi, encode_segment, form};
+use http::StatusCode;
+use tokio::time::Instant;
+
+use super::request::user_path;
+use super::step::{Api, StepError, StepKind};
+use crate::metrics::Metrics;
+use crate::store::{Membership, RepairState, Store, UserSnapshot};
+use crate::twilio_api::{encode_segment, form};
 
 /// Most pages of User Conversations read for the snapshot.
 pub const MAX_MEMBERSHIP_PAGES: usize = 20;
@@ -16,8 +42,6 @@ pub const MAX_MEMBERSHIP_PAGES: usize = 20;
 #[derive(Debug, Clone)]
 pub struct RepairTarget {
     pub account_sid: String,
-    pub credential_user: String,
-    pub upstream: String,
     /// `/v1/Services/IS...` or `/v1`.
     pub service_base: String,
     pub service_sid: String,
@@ -27,55 +51,53 @@ pub struct RepairTarget {
     pub exclude_conversation: Option<String>,
 }
 
-#[derive(Debug)]
-pub struct RepairReport {
-    pub repair_id: Option<i64>,
-    pub snapshot: UserSnapshot,
-}
-
+/// Why the snapshot could not be taken (nothing was touched).
 #[derive(Debug, thiserror::Error)]
-pub enum RepairError {
+pub enum SnapshotError {
     #[error("cannot read the User before repairing: {0}")]
-    Snapshot(String),
-    #[error("cannot write the journal, so the User was not touched: {0}")]
-    Journal(String),
-    #[error("deleting the User failed; the User was left as it was: {detail}")]
-    Delete { repair_id: i64, detail: String },
+    Step(#[from] StepError),
     #[error(
-        "recreating the User failed; the journal record {repair_id} is pending for recovery: {detail}"
+        "cannot read the User before repairing: {0} answered a body that is not the expected JSON"
     )]
-    Recreate { repair_id: i64, detail: String },
+    Body(StepKind),
+    #[error(
+        "cannot read the User before repairing: more than {MAX_MEMBERSHIP_PAGES} pages of User Conversations"
+    )]
+    TooManyPages,
 }
 
-impl RepairError {
-    pub fn repair_id(&self) -> Option<i64> {
-        match self {
-            RepairError::Delete { repair_id, .. } | RepairError::Recreate { repair_id, .. } => {
-                Some(*repair_id)
-            }
-            _ => None,
-        }
+/// Why a repair did not converge (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum ConvergeError {
+    #[error("deleting the User: {0}")]
+    Delete(#[source] StepError),
+    #[error("putting the User back: {0}")]
+    Recreate(#[source] StepError),
+    #[error("memberships not restored ({}): {last}", conversations.join(", "))]
+    Memberships {
+        conversations: Vec<String>,
+        #[source]
+        last: StepError,
+    },
+}
+
+impl ConvergeError {
+    /// Twilio refused a step for good: trying again will not help.
+    pub fn is_refusal(&self) -> bool {
+        let e = match self {
+            ConvergeError::Delete(e) | ConvergeError::Recreate(e) => e,
+            ConvergeError::Memberships { last, .. } => last,
+        };
+        matches!(e, StepError::Refused { .. })
     }
-}
 
-fn push(
-    steps: &mut Vec<Step>,
-    name: &str,
-    r: &Result<ApiResponse, crate::twilio_api::ApiError>,
-    ok: bool,
-) {
-    steps.push(Step {
-        step: name.to_string(),
-        status: r.as_ref().ok().map(|r| r.status.as_u16()),
-        ok,
-        twilio_request_id: r.as_ref().ok().and_then(|r| r.request_id.clone()),
-    });
-}
-
-fn status_of(r: &Result<ApiResponse, crate::twilio_api::ApiError>) -> String {
-    match r {
-        Ok(x) => format!("status {}", x.status.as_u16()),
-        Err(e) => e.to_string(),
+    /// The state the record stays in.
+    pub fn state(&self) -> RepairState {
+        match self {
+            ConvergeError::Delete(_) => RepairState::Deleting,
+            ConvergeError::Recreate(_) => RepairState::Recreating,
+            ConvergeError::Memberships { .. } => RepairState::Restoring,
+        }
     }
 }
 
@@ -83,51 +105,79 @@ fn str_field(v: &serde_json::Value, k: &str) -> Option<String> {
     v.get(k).and_then(|x| x.as_str()).map(str::to_string)
 }
 
+/// Two attribute strings equal as JSON (Twilio may re-serialise them).
+fn same_attributes(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// A field the snapshot has must be read back equal; a field it lacks
+/// (Twilio did not return it) cannot be compared.
+fn field_matches(want: &Option<String>, got: Option<String>, json: bool) -> bool {
+    match want {
+        None => true,
+        Some(w) => got.is_some_and(|g| {
+            if json {
+                same_attributes(w, &g)
+            } else {
+                *w == g
+            }
+        }),
+    }
+}
+
+/// Does this User JSON carry the snapshot's fields?
+pub fn user_matches(snap: &UserSnapshot, v: &serde_json::Value) -> bool {
+    str_field(v, "identity").as_deref() == Some(snap.identity.as_str())
+        && field_matches(&snap.friendly_name, str_field(v, "friendly_name"), false)
+        && field_matches(&snap.attributes, str_field(v, "attributes"), true)
+        && field_matches(&snap.role_sid, str_field(v, "role_sid"), false)
+}
+
+/// Does this participant JSON carry the membership's fields?
+fn membership_matches(identity: &str, m: &Membership, v: &serde_json::Value) -> bool {
+    str_field(v, "identity").as_deref() == Some(identity)
+        && field_matches(&m.attributes, str_field(v, "attributes"), true)
+        && field_matches(&m.role_sid, str_field(v, "role_sid"), false)
+}
+
 /// Read the User and its memberships.
-pub async fn snapshot(
-    api: &TwilioApi,
-    target: &RepairTarget,
-    steps: &mut Vec<Step>,
-) -> Result<UserSnapshot, RepairError> {
-    let user_path = format!(
-        "{}/Users/{}",
-        target.service_base,
-        encode_segment(&target.identity)
-    );
-    let r = api.call(Method::GET, &user_path, None).await;
-    let ok = matches!(&r, Ok(x) if x.status == StatusCode::OK || x.status == StatusCode::NOT_FOUND);
-    push(steps, "fetch-user", &r, ok);
-    let user = match &r {
-        Ok(x) if x.status == StatusCode::OK => x.json().unwrap_or_default(),
-        Ok(x) if x.status == StatusCode::NOT_FOUND => {
-            return Ok(UserSnapshot {
-                user_sid: None,
-                identity: target.identity.clone(),
-                friendly_name: None,
-                attributes: None,
-                role_sid: None,
-                memberships: Vec::new(),
-            });
-        }
-        _ => return Err(RepairError::Snapshot(status_of(&r))),
-    };
+pub async fn snapshot(api: &mut Api, target: &RepairTarget) -> Result<UserSnapshot, SnapshotError> {
+    let user_path = user_path(&target.service_base, &target.identity);
+    let r = api.step(StepKind::FetchUser, &user_path, None).await?;
+    if r.status == StatusCode::NOT_FOUND {
+        return Ok(UserSnapshot {
+            user_sid: None,
+            identity: target.identity.clone(),
+            friendly_name: None,
+            attributes: None,
+            role_sid: None,
+            memberships: Vec::new(),
+        });
+    }
+    let user = r
+        .json()
+        .filter(|v| str_field(v, "identity").as_deref() == Some(target.identity.as_str()))
+        .ok_or(SnapshotError::Body(StepKind::FetchUser))?;
     let mut memberships = Vec::new();
     let mut next = Some(format!("{user_path}/Conversations?PageSize=50"));
     let mut pages = 0;
     while let Some(path) = next.take() {
         pages += 1;
         if pages > MAX_MEMBERSHIP_PAGES {
-            return Err(RepairError::Snapshot(
-                "too many User Conversations pages".into(),
-            ));
+            return Err(SnapshotError::TooManyPages);
         }
-        let r = api.call(Method::GET, &path, None).await;
-        let ok = matches!(&r, Ok(x) if x.status == StatusCode::OK);
-        push(steps, "list-user-conversations", &r, ok);
-        let page = match &r {
-            Ok(x) if x.status == StatusCode::OK => x.json().unwrap_or_default(),
-            _ => return Err(RepairError::Snapshot(status_of(&r))),
-        };
+        let r = api
+            .step(StepKind::ListUserConversations, &path, None)
+            .await?;
+        let page = r
+            .json()
+            .ok_or(SnapshotError::Body(StepKind::ListUserConversations))?;
         for c in page
             .get("conversations")
             .and_then(|l| l.as_array())
@@ -141,7 +191,6 @@ pub async fn snapshot(
                 continue;
             }
             let participant_sid = str_field(c, "participant_sid");
-            // The participant's own fields (attributes, role, creation date).
             let mut m = Membership {
                 conversation_sid: conversation_sid.clone(),
                 participant_sid: participant_sid.clone(),
@@ -151,8 +200,8 @@ pub async fn snapshot(
             };
             if let Some(mb) = &participant_sid {
                 let p = api
-                    .call(
-                        Method::GET,
+                    .step(
+                        StepKind::FetchMembership,
                         &format!(
                             "{}/Conversations/{}/Participants/{}",
                             target.service_base,
@@ -161,18 +210,13 @@ pub async fn snapshot(
                         ),
                         None,
                     )
-                    .await;
-                let ok = matches!(&p, Ok(x) if x.status == StatusCode::OK);
-                push(steps, "fetch-membership", &p, ok);
-                match &p {
-                    Ok(x) if x.status == StatusCode::OK => {
-                        let v = x.json().unwrap_or_default();
-                        m.attributes = str_field(&v, "attributes");
-                        m.role_sid = str_field(&v, "role_sid");
-                        m.date_created = str_field(&v, "date_created");
-                    }
-                    _ => return Err(RepairError::Snapshot(status_of(&p))),
-                }
+                    .await?;
+                let v = p
+                    .json()
+                    .ok_or(SnapshotError::Body(StepKind::FetchMembership))?;
+                m.attributes = str_field(&v, "attributes");
+                m.role_sid = str_field(&v, "role_sid");
+                m.date_created = str_field(&v, "date_created");
             }
             memberships.push(m);
         }
@@ -192,97 +236,150 @@ pub async fn snapshot(
     })
 }
 
-/// Snapshot, journal, delete, recreate, restore. On success the journal
-/// record is left in `replaying` for the caller to close (or closed here
-/// when there is nothing to replay).
-pub async fn repair_user(
-    api: &TwilioApi,
-    store: &dyn Store,
-    target: &RepairTarget,
-    steps: &mut Vec<Step>,
-) -> Result<RepairReport, RepairError> {
-    let snap = snapshot(api, target, steps).await?;
-    let repair_id = store
-        .insert_repair(&NewRepair {
-            account_sid: target.account_sid.clone(),
-            credential_user: target.credential_user.clone(),
-            upstream: target.upstream.clone(),
-            service_base: target.service_base.clone(),
-            service_sid: target.service_sid.clone(),
-            identity: target.identity.clone(),
-            snapshot: snap.clone(),
-            webhook: None,
-        })
-        .await
-        .map_err(|e| RepairError::Journal(e.to_string()))?;
-    tracing::info!(
-        repair_id,
-        memberships = snap.memberships.len(),
-        "journaled User snapshot; deleting the User"
-    );
+/// The journal of one repair: write-ahead state changes that never stop
+/// the repair. With the snapshot in memory, a journal that fails after
+/// the delete (disk full, file gone, database down) must not leave the
+/// User deleted: the write is logged as lost, counted, and the repair goes
+/// on; readiness reports the journal down through its own write probe.
+pub struct Journal<'a> {
+    store: &'a dyn Store,
+    metrics: &'a Metrics,
+    pub id: i64,
+    /// A state change did not reach the journal.
+    pub lost: bool,
+}
 
-    let user_path = format!(
-        "{}/Users/{}",
-        target.service_base,
-        encode_segment(&target.identity)
-    );
-    let r = api.call(Method::DELETE, &user_path, None).await;
-    let deleted = matches!(&r, Ok(x) if x.status == StatusCode::NO_CONTENT || x.status == StatusCode::NOT_FOUND);
-    push(steps, "delete-user", &r, deleted);
-    if !deleted {
-        // Did the delete land anyway? If the User is still there, nothing
-        // was lost: close the record. If unsure, leave it for recovery.
-        let check = api.call(Method::GET, &user_path, None).await;
-        if matches!(&check, Ok(x) if x.status == StatusCode::OK) {
-            let _ = store
-                .set_repair_state(
-                    repair_id,
-                    state::DONE,
-                    Some("delete failed; User untouched"),
-                )
-                .await;
-            return Err(RepairError::Delete {
-                repair_id,
-                detail: status_of(&r),
+impl<'a> Journal<'a> {
+    pub fn new(store: &'a dyn Store, metrics: &'a Metrics, id: i64) -> Self {
+        Journal {
+            store,
+            metrics,
+            id,
+            lost: false,
+        }
+    }
+
+    pub async fn set(&mut self, state: RepairState, note: Option<&str>) {
+        if let Err(e) = self.store.set_repair_state(self.id, state, note).await {
+            self.lost = true;
+            self.metrics.journal_write_failed();
+            tracing::error!(
+                repair_id = self.id,
+                state = %state,
+                error = %e,
+                "journal write failed; the repair goes on from the snapshot in memory"
+            );
+        }
+    }
+}
+
+/// Capped exponential waits between read-back rounds, bounded by a limit.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(api: &Api) -> Self {
+        let p = api.policy();
+        Backoff {
+            next: p.initial_backoff,
+            max: p.max_backoff,
+        }
+    }
+    /// Wait, or fail with `err` when the wait would pass `limit`.
+    async fn wait(&mut self, limit: Instant, err: StepError) -> Result<(), StepError> {
+        if Instant::now() + self.next >= limit {
+            return Err(err);
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+        Ok(())
+    }
+}
+
+/// Run the repair from `from` until the User and its memberships equal
+/// the snapshot. `memberships_until` bounds the membership phase.
+pub async fn converge(
+    api: &mut Api,
+    target: &RepairTarget,
+    snap: &UserSnapshot,
+    from: RepairState,
+    journal: &mut Journal<'_>,
+    memberships_until: Instant,
+) -> Result<(), ConvergeError> {
+    let mut just_deleted = false;
+    if from <= RepairState::Deleting {
+        ensure_deleted(api, target, snap)
+            .await
+            .map_err(ConvergeError::Delete)?;
+        just_deleted = true;
+        journal.set(RepairState::Recreating, None).await;
+    }
+    if from <= RepairState::Recreating {
+        ensure_user(api, target, snap, just_deleted)
+            .await
+            .map_err(ConvergeError::Recreate)?;
+        journal.set(RepairState::Restoring, None).await;
+    }
+    if from <= RepairState::Restoring {
+        let mut missing = Vec::new();
+        let mut last = None;
+        for m in &snap.memberships {
+            if target.exclude_conversation.as_deref() == Some(m.conversation_sid.as_str()) {
+                continue;
+            }
+            if let Err(e) = ensure_membership(api, target, snap, m, memberships_until).await {
+                tracing::warn!(conversation = %m.conversation_sid, error = %e, "membership not restored yet");
+                missing.push(m.conversation_sid.clone());
+                last = Some(e);
+            }
+        }
+        if let Some(last) = last {
+            return Err(ConvergeError::Memberships {
+                conversations: missing,
+                last,
             });
         }
     }
-    journal(store, repair_id, state::RECREATING, None).await?;
-    recreate(api, target, &snap, steps)
-        .await
-        .map_err(|detail| RepairError::Recreate { repair_id, detail })?;
-    journal(store, repair_id, state::RESTORING, None).await?;
-    let failures = restore_memberships(api, target, &snap, steps).await;
-    let note = (!failures.is_empty())
-        .then(|| format!("memberships not restored: {}", failures.join(", ")));
-    journal(store, repair_id, state::DONE, note.as_deref()).await?;
-    Ok(RepairReport {
-        repair_id: Some(repair_id),
-        snapshot: snap,
-    })
+    Ok(())
 }
 
-async fn journal(
-    store: &dyn Store,
-    id: i64,
-    s: &str,
-    note: Option<&str>,
-) -> Result<(), RepairError> {
-    store
-        .set_repair_state(id, s, note)
-        .await
-        .map_err(|e| RepairError::Journal(e.to_string()))
-}
-
-/// Recreate the User from the snapshot. A 409 (50201) means it is back
-/// already. A 5xx or timeout may have landed: look before trying again.
-pub async fn recreate(
-    api: &TwilioApi,
+/// Make sure the User with the snapshot's SID is gone.
+pub async fn ensure_deleted(
+    api: &mut Api,
     target: &RepairTarget,
     snap: &UserSnapshot,
-    steps: &mut Vec<Step>,
-) -> Result<(), String> {
-    let mut pairs: Vec<(&str, &str)> = vec![("Identity", &snap.identity)];
+) -> Result<(), StepError> {
+    let Some(sid) = &snap.user_sid else {
+        return Ok(()); // there was no User to delete
+    };
+    let path = user_path(&target.service_base, sid);
+    let mut backoff = Backoff::new(api);
+    loop {
+        match api.step(StepKind::DeleteUser, &path, None).await {
+            // 204: deleted now; 404: that SID is gone already.
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                backoff
+                    .wait(
+                        api.deadline(),
+                        StepError::Deadline {
+                            step: StepKind::DeleteUser,
+                        },
+                    )
+                    .await?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn user_form(snap: &UserSnapshot, with_identity: bool) -> String {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if with_identity {
+        pairs.push(("Identity", &snap.identity));
+    }
     if let Some(v) = &snap.friendly_name {
         pairs.push(("FriendlyName", v));
     }
@@ -292,76 +389,281 @@ pub async fn recreate(
     if let Some(v) = &snap.role_sid {
         pairs.push(("RoleSid", v));
     }
-    let body = form(&pairs);
-    let users = format!("{}/Users", target.service_base);
-    let user_path = format!("{users}/{}", encode_segment(&snap.identity));
-    let mut last = String::new();
-    for _ in 0..4 {
-        let r = api.call(Method::POST, &users, Some(&body)).await;
-        let ok = matches!(&r, Ok(x) if x.status == StatusCode::CREATED || x.status == StatusCode::CONFLICT);
-        push(steps, "create-user", &r, ok);
-        if ok {
-            return Ok(());
-        }
-        last = status_of(&r);
-        if matches!(&r, Err(crate::twilio_api::ApiError::Deadline)) {
-            break;
-        }
-        let check = api.call(Method::GET, &user_path, None).await;
-        if matches!(&check, Ok(x) if x.status == StatusCode::OK) {
-            return Ok(());
-        }
-        if matches!(&r, Ok(x) if x.status.is_client_error() && x.status != StatusCode::TOO_MANY_REQUESTS)
-        {
-            break;
-        }
-    }
-    Err(last)
+    form(&pairs)
 }
 
-/// Put back memberships the delete removed. Returns the conversations that
-/// could not be restored.
-pub async fn restore_memberships(
-    api: &TwilioApi,
+/// Make sure a User with the snapshot's identity and fields exists.
+/// `known_absent`: the caller just deleted it (saves one read).
+pub async fn ensure_user(
+    api: &mut Api,
     target: &RepairTarget,
     snap: &UserSnapshot,
-    steps: &mut Vec<Step>,
-) -> Vec<String> {
-    let mut failed = Vec::new();
-    for m in &snap.memberships {
-        let participants = format!(
-            "{}/Conversations/{}/Participants",
-            target.service_base,
-            encode_segment(&m.conversation_sid)
-        );
-        let probe = api
-            .call(
-                Method::GET,
-                &format!("{participants}/{}", encode_segment(&snap.identity)),
-                None,
-            )
-            .await;
-        if matches!(&probe, Ok(x) if x.status == StatusCode::OK) {
-            continue; // survived the delete
-        }
-        let mut pairs: Vec<(&str, &str)> = vec![("Identity", &snap.identity)];
-        if let Some(v) = &m.attributes {
-            pairs.push(("Attributes", v));
-        }
-        if let Some(v) = &m.role_sid {
-            pairs.push(("RoleSid", v));
-        }
-        if let Some(v) = &m.date_created {
-            pairs.push(("DateCreated", v));
-        }
-        let r = api
-            .call(Method::POST, &participants, Some(&form(&pairs)))
-            .await;
-        let ok = matches!(&r, Ok(x) if x.status == StatusCode::CREATED || x.status == StatusCode::CONFLICT);
-        push(steps, "restore-membership", &r, ok);
-        if !ok {
-            failed.push(m.conversation_sid.clone());
+    mut known_absent: bool,
+) -> Result<(), StepError> {
+    let identity_path = user_path(&target.service_base, &snap.identity);
+    let users = format!("{}/Users", target.service_base);
+    let mut backoff = Backoff::new(api);
+    let deadline = api.deadline();
+    loop {
+        let current = if known_absent {
+            None
+        } else {
+            match api.step(StepKind::FetchUser, &identity_path, None).await {
+                Ok(r) if r.status == StatusCode::NOT_FOUND => None,
+                Ok(r) => match r.json().filter(|v| str_field(v, "sid").is_some()) {
+                    Some(v) => Some(v),
+                    None => {
+                        backoff
+                            .wait(
+                                deadline,
+                                StepError::Deadline {
+                                    step: StepKind::FetchUser,
+                                },
+                            )
+                            .await?;
+                        continue;
+                    }
+                },
+                Err(e) if e.is_transient() => {
+                    backoff
+                        .wait(
+                            deadline,
+                            StepError::Deadline {
+                                step: StepKind::FetchUser,
+                            },
+                        )
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        known_absent = false;
+        match current {
+            None => match api
+                .step(StepKind::CreateUser, &users, Some(&user_form(snap, true)))
+                .await
+            {
+                Ok(r) if r.status == StatusCode::CREATED => {
+                    if r.json().is_some_and(|v| user_matches(snap, &v)) {
+                        return Ok(());
+                    }
+                    // Read it back and put the fields right.
+                }
+                Ok(_) => {} // 409: someone made one meanwhile; read it.
+                Err(e) if e.is_transient() => {
+                    backoff
+                        .wait(
+                            deadline,
+                            StepError::Deadline {
+                                step: StepKind::CreateUser,
+                            },
+                        )
+                        .await?
+                }
+                Err(e) => return Err(e),
+            },
+            Some(v) if str_field(&v, "sid") == snap.user_sid => {
+                // The original User: our delete has not landed.
+                ensure_deleted(api, target, snap).await?;
+                backoff
+                    .wait(
+                        deadline,
+                        StepError::Deadline {
+                            step: StepKind::DeleteUser,
+                        },
+                    )
+                    .await?;
+            }
+            Some(v) if user_matches(snap, &v) => return Ok(()),
+            Some(v) => {
+                let sid = str_field(&v, "sid").unwrap_or_default();
+                match api
+                    .step(
+                        StepKind::UpdateUser,
+                        &user_path(&target.service_base, &sid),
+                        Some(&user_form(snap, false)),
+                    )
+                    .await
+                {
+                    Ok(r) if r.json().is_some_and(|v| user_matches(snap, &v)) => return Ok(()),
+                    Ok(_) => {
+                        backoff
+                            .wait(
+                                deadline,
+                                StepError::Deadline {
+                                    step: StepKind::UpdateUser,
+                                },
+                            )
+                            .await?
+                    }
+                    Err(e) if e.is_transient() => {
+                        backoff
+                            .wait(
+                                deadline,
+                                StepError::Deadline {
+                                    step: StepKind::UpdateUser,
+                                },
+                            )
+                            .await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
-    failed
+}
+
+/// Make sure the identity is a participant of `m`'s conversation with the
+/// snapshot's attributes and role.
+pub async fn ensure_membership(
+    api: &mut Api,
+    target: &RepairTarget,
+    snap: &UserSnapshot,
+    m: &Membership,
+    until: Instant,
+) -> Result<(), StepError> {
+    let participants = format!(
+        "{}/Conversations/{}/Participants",
+        target.service_base,
+        encode_segment(&m.conversation_sid)
+    );
+    let own = format!("{participants}/{}", encode_segment(&snap.identity));
+    let mut backoff = Backoff::new(api);
+    loop {
+        let wait_err = |step| StepError::Deadline { step };
+        match api.step(StepKind::CheckMembership, &own, None).await {
+            Ok(r) if r.status == StatusCode::OK => {
+                let Some(v) = r.json() else {
+                    backoff
+                        .wait(until, wait_err(StepKind::CheckMembership))
+                        .await?;
+                    continue;
+                };
+                if membership_matches(&snap.identity, m, &v) {
+                    return Ok(());
+                }
+                let sid = str_field(&v, "sid").unwrap_or_default();
+                let mut pairs: Vec<(&str, &str)> = Vec::new();
+                if let Some(a) = &m.attributes {
+                    pairs.push(("Attributes", a));
+                }
+                if let Some(r) = &m.role_sid {
+                    pairs.push(("RoleSid", r));
+                }
+                match api
+                    .step(
+                        StepKind::UpdateMembership,
+                        &format!("{participants}/{}", encode_segment(&sid)),
+                        Some(&form(&pairs)),
+                    )
+                    .await
+                {
+                    Ok(r)
+                        if r.json()
+                            .is_some_and(|v| membership_matches(&snap.identity, m, &v)) =>
+                    {
+                        return Ok(());
+                    }
+                    Ok(_) => {
+                        backoff
+                            .wait(until, wait_err(StepKind::UpdateMembership))
+                            .await?
+                    }
+                    Err(e) if e.is_transient() => {
+                        backoff
+                            .wait(until, wait_err(StepKind::UpdateMembership))
+                            .await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(_) => {
+                // 404: missing; put it back.
+                let mut pairs: Vec<(&str, &str)> = vec![("Identity", &snap.identity)];
+                if let Some(v) = &m.attributes {
+                    pairs.push(("Attributes", v));
+                }
+                if let Some(v) = &m.role_sid {
+                    pairs.push(("RoleSid", v));
+                }
+                if let Some(v) = &m.date_created {
+                    pairs.push(("DateCreated", v));
+                }
+                match api
+                    .step(
+                        StepKind::RestoreMembership,
+                        &participants,
+                        Some(&form(&pairs)),
+                    )
+                    .await
+                {
+                    Ok(r)
+                        if r.status == StatusCode::CREATED
+                            && r.json()
+                                .is_some_and(|v| membership_matches(&snap.identity, m, &v)) =>
+                    {
+                        return Ok(());
+                    }
+                    // 409, or a 201 whose fields differ: read it back.
+                    Ok(_) => {}
+                    Err(StepError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
+                        // The conversation may be gone: nothing to restore.
+                        let conv = format!(
+                            "{}/Conversations/{}",
+                            target.service_base,
+                            encode_segment(&m.conversation_sid)
+                        );
+                        if let Ok(r) = api.step(StepKind::FetchConversation, &conv, None).await {
+                            if r.status == StatusCode::NOT_FOUND {
+                                tracing::info!(conversation = %m.conversation_sid, "membership's conversation no longer exists; nothing to restore");
+                                return Ok(());
+                            }
+                        }
+                        backoff
+                            .wait(until, wait_err(StepKind::RestoreMembership))
+                            .await?
+                    }
+                    Err(e) if e.is_transient() => {
+                        backoff
+                            .wait(until, wait_err(StepKind::RestoreMembership))
+                            .await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if e.is_transient() => {
+                backoff
+                    .wait(until, wait_err(StepKind::CheckMembership))
+                    .await?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_user_is_not_the_user_back() {
+        let snap = UserSnapshot {
+            user_sid: Some("US1".into()),
+            identity: "kim".into(),
+            friendly_name: Some("Kim K".into()),
+            attributes: Some(r#"{"vip":true,"tier":"gold"}"#.into()),
+            role_sid: Some("RL1".into()),
+            memberships: vec![],
+        };
+        let bare = serde_json::json!({"sid":"US2","identity":"kim","friendly_name":null,"attributes":"{}","role_sid":"RL1"});
+        assert!(!user_matches(&snap, &bare));
+        let back = serde_json::json!({"sid":"US2","identity":"kim","friendly_name":"Kim K","attributes":"{\"tier\": \"gold\", \"vip\": true}","role_sid":"RL1"});
+        assert!(
+            user_matches(&snap, &back),
+            "re-serialised attributes are equal"
+        );
+        let other_role = serde_json::json!({"sid":"US2","identity":"kim","friendly_name":"Kim K","attributes":"{\"vip\":true,\"tier\":\"gold\"}","role_sid":"RL2"});
+        assert!(!user_matches(&snap, &other_role));
+    }
 }

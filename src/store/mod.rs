@@ -19,6 +19,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StoreOptions;
+pub use crate::vocabulary::{Outcome, RepairState, StepKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,26 +31,18 @@ pub enum StoreError {
     Corrupt(i64),
     #[error("the store's schema is not in place yet (database unreachable since start-up)")]
     NotReady,
-}
-
-/// States of a repair record, in order. A record is *pending* until it is
-/// `done`, `recovered` or `abandoned`.
-pub mod state {
-    /// Snapshot taken; the User is about to be deleted.
-    pub const DELETING: &str = "deleting";
-    /// The User is deleted (or was already gone); about to recreate.
-    pub const RECREATING: &str = "recreating";
-    /// The User exists again; memberships are being restored.
-    pub const RESTORING: &str = "restoring";
-    /// The original create is being replayed.
-    pub const REPLAYING: &str = "replaying";
-    /// Finished by the workflow.
-    pub const DONE: &str = "done";
-    /// Finished by recovery after an interruption.
-    pub const RECOVERED: &str = "recovered";
-    /// Given up by an operator.
-    pub const ABANDONED: &str = "abandoned";
-    pub const FINAL: [&str; 3] = [DONE, RECOVERED, ABANDONED];
+    #[error(
+        "the journal {path} is locked by another process; one process owns an SQLite journal: run one proxy per journal file, or share a PostgreSQL store (--store postgres://...) between replicas"
+    )]
+    Locked { path: String },
+    #[error("the journal file {path} was removed or replaced since start-up")]
+    FileReplaced { path: String },
+    #[error("journal file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One membership of the User, restorable with a Participant create.
@@ -88,7 +81,7 @@ pub struct RepairRecord {
     pub service_base: String,
     pub service_sid: String,
     pub identity: String,
-    pub state: String,
+    pub state: RepairState,
     pub snapshot: UserSnapshot,
     /// The caller's `X-Twilio-Webhook-Enabled` value, replayed on each step.
     pub webhook: Option<String>,
@@ -110,8 +103,8 @@ pub struct NewRepair {
 
 /// One workflow step as shown in an incident.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
-    pub step: String,
+pub struct StepRecord {
+    pub step: StepKind,
     pub status: Option<u16>,
     pub ok: bool,
     pub twilio_request_id: Option<String>,
@@ -127,10 +120,10 @@ pub struct Incident {
     pub conversation_sid: String,
     /// The identity or binding address, plain or hashed per configuration.
     pub identity: Option<String>,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub detail: Option<String>,
     pub repair_id: Option<i64>,
-    pub steps: Vec<Step>,
+    pub steps: Vec<StepRecord>,
 }
 
 /// A held cross-replica repair lock; dropping it releases the lock.
@@ -144,6 +137,13 @@ impl StoreLock for LocalLock {}
 /// The storage interface.
 pub trait Store: Send + Sync {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether the journal really accepts a durable write now (readiness):
+    /// a write to its `health` row and, for SQLite, the file still being
+    /// the one opened at start-up.
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether an open repair record (see [`RepairState::is_open`]) names
+    /// this identity: the cross-replica half of the repair fence.
+    fn has_open_repair<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Whether several proxy processes share this store (a fleet).
     fn shared(&self) -> bool {
         false
@@ -161,7 +161,7 @@ pub trait Store: Send + Sync {
     fn set_repair_state<'a>(
         &'a self,
         id: i64,
-        state: &'a str,
+        state: RepairState,
         note: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Records not in a final state, oldest first.
@@ -189,6 +189,16 @@ pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, Stor
             "{}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
             crate::config::mask_url_password(url)
         )))
+    }
+}
+
+/// Open a store only to read it (operator commands beside a running
+/// proxy). An SQLite journal is opened read-only, without its lock.
+pub async fn open_reader(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open_reader(url, opts).await?))
+    } else {
+        open(url, opts).await
     }
 }
 
@@ -252,7 +262,7 @@ pub(crate) fn repair_from_row(row: &impl RowExt) -> Result<RepairRecord, StoreEr
         service_base: row.text("service_base")?,
         service_sid: row.text("service_sid")?,
         identity: row.text("identity")?,
-        state: row.text("state")?,
+        state: RepairState::parse(&row.text("state")?).ok_or(StoreError::Corrupt(id))?,
         snapshot: serde_json::from_str(&row.text("snapshot")?)
             .map_err(|_| StoreError::Corrupt(id))?,
         webhook: row.opt_text("webhook")?,
@@ -270,7 +280,7 @@ pub(crate) fn incident_from_row(row: &impl RowExt) -> Result<Incident, StoreErro
         service_sid: row.opt_text("service_sid")?,
         conversation_sid: row.text("conversation_sid")?,
         identity: row.opt_text("identity")?,
-        outcome: row.text("outcome")?,
+        outcome: Outcome::parse(&row.text("outcome")?).ok_or(StoreError::Corrupt(id))?,
         detail: row.opt_text("detail")?,
         repair_id: row.opt_int("repair_id")?,
         steps: serde_json::from_str(&row.text("steps")?).map_err(|_| StoreError::Corrupt(id))?,

@@ -18,8 +18,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::{
-    Incident, NewRepair, RepairRecord, Store, StoreError, StoreLock, incident_from_row,
-    now_rfc3339, repair_from_row, state,
+    Incident, NewRepair, RepairRecord, RepairState, Store, StoreError, StoreLock,
+    incident_from_row, now_rfc3339, repair_from_row,
 };
 use crate::config::StoreOptions;
 
@@ -57,6 +57,8 @@ const MIGRATIONS: &[&str] = &[
         repair_id BIGINT,
         steps TEXT NOT NULL
     );",
+    // 2: the readiness write probe
+    "CREATE TABLE health (id INTEGER PRIMARY KEY, at TEXT NOT NULL)",
 ];
 
 pub struct PgStore {
@@ -176,6 +178,38 @@ impl Store for PgStore {
         })
     }
 
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.ready()?;
+            sqlx::query(
+                "INSERT INTO health (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+            )
+            .bind(now_rfc3339())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn has_open_repair<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.ready()?;
+            let states: Vec<String> = RepairState::ALL
+                .into_iter()
+                .filter(|s| s.is_open())
+                .map(|s| s.as_str().to_string())
+                .collect();
+            let open: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM repairs WHERE identity = $1 AND state = ANY($2))",
+            )
+            .bind(identity)
+            .bind(states)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(open)
+        })
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -224,7 +258,7 @@ impl Store for PgStore {
             .bind(&r.service_base)
             .bind(&r.service_sid)
             .bind(&r.identity)
-            .bind(state::DELETING)
+            .bind(RepairState::Deleting.as_str())
             .bind(snapshot)
             .bind(&r.webhook)
             .fetch_one(&self.pool)
@@ -236,7 +270,7 @@ impl Store for PgStore {
     fn set_repair_state<'a>(
         &'a self,
         id: i64,
-        state: &'a str,
+        state: RepairState,
         note: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
@@ -244,7 +278,7 @@ impl Store for PgStore {
             sqlx::query(
                 "UPDATE repairs SET state = $1, updated_at = $2, note = COALESCE($3, note) WHERE id = $4",
             )
-            .bind(state)
+            .bind(state.as_str())
             .bind(now_rfc3339())
             .bind(note)
             .bind(id)
@@ -268,13 +302,12 @@ impl Store for PgStore {
     fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>> {
         Box::pin(async move {
             self.ready()?;
-            let rows =
-                sqlx::query("SELECT * FROM repairs WHERE state NOT IN ($1, $2, $3) ORDER BY id")
-                    .bind(state::FINAL[0])
-                    .bind(state::FINAL[1])
-                    .bind(state::FINAL[2])
-                    .fetch_all(&self.pool)
-                    .await?;
+            let mut q =
+                sqlx::query("SELECT * FROM repairs WHERE state NOT IN ($1, $2, $3) ORDER BY id");
+            for s in RepairState::finals() {
+                q = q.bind(s);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
             rows.iter().map(repair_from_row).collect()
         })
     }
@@ -313,7 +346,7 @@ impl Store for PgStore {
             .bind(&i.service_sid)
             .bind(&i.conversation_sid)
             .bind(&i.identity)
-            .bind(&i.outcome)
+            .bind(i.outcome.as_str())
             .bind(&i.detail)
             .bind(i.repair_id)
             .bind(steps)

@@ -1,4 +1,13 @@
 //! The embedded SQLite store (the default).
+//!
+//! One process owns an SQLite journal, and this is enforced: the file is
+//! held under an exclusive OS lock (`flock`) for the life of the store, so a
+//! second proxy on the same file refuses to start with a one-line error
+//! instead of running the repair's lock-free half against a journal it
+//! cannot see into. Readiness probes a real write, and checks that the path
+//! still names the file opened at start-up (same device and inode): a
+//! journal whose directory was deleted would otherwise go on accepting
+//! writes into a file nobody will ever open again.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,8 +18,8 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    Incident, NewRepair, RepairRecord, Store, StoreError, incident_from_row, now_rfc3339,
-    repair_from_row, state,
+    Incident, NewRepair, RepairRecord, RepairState, Store, StoreError, incident_from_row,
+    now_rfc3339, repair_from_row,
 };
 use crate::config::StoreOptions;
 
@@ -46,29 +55,112 @@ const MIGRATIONS: &[&str] = &[
         repair_id INTEGER,
         steps TEXT NOT NULL
     );",
+    // 2: the readiness write probe
+    "CREATE TABLE health (id INTEGER PRIMARY KEY, at TEXT NOT NULL)",
 ];
+
+/// The journal file as opened: held under an exclusive lock, and
+/// identified by device and inode.
+struct JournalFile {
+    path: std::path::PathBuf,
+    /// Holds the `flock` until the store is dropped.
+    _lock: std::fs::File,
+    identity: (u64, u64),
+}
+
+impl JournalFile {
+    fn open(path: &str) -> Result<JournalFile, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let file_err = |source| StoreError::File {
+            path: path.to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(file_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: path.to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(file_err(e)),
+        }
+        let meta = file.metadata().map_err(file_err)?;
+        Ok(JournalFile {
+            path: path.into(),
+            _lock: file,
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The path still names the file that was opened (and locked).
+    fn still_in_place(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let replaced = || StoreError::FileReplaced {
+            path: self.path.display().to_string(),
+        };
+        let meta = std::fs::metadata(&self.path).map_err(|_| replaced())?;
+        if (meta.dev(), meta.ino()) != self.identity {
+            return Err(replaced());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The one process that writes the journal.
+    Owner,
+    /// A reader beside it.
+    Reader,
+}
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// `None` for `:memory:`.
+    file: Option<JournalFile>,
 }
 
 impl SqliteStore {
     /// Open (creating file and parent directory if missing) and migrate.
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_as(url, opts, Access::Owner).await
+    }
+
+    /// Open an existing journal to read it (`incidents export` beside a
+    /// running proxy): no lock, no migrations, no writes.
+    pub async fn open_reader(url: &str, opts: &StoreOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_as(url, opts, Access::Reader).await
+    }
+
+    async fn open_as(
+        url: &str,
+        opts: &StoreOptions,
+        access: Access,
+    ) -> Result<SqliteStore, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| StoreError::Url(url.to_string()))?;
-        if path != ":memory:" {
+        let mut file = None;
+        if path != ":memory:" && access == Access::Owner {
             if let Some(parent) = std::path::Path::new(path).parent() {
                 if !parent.as_os_str().is_empty() {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
                 }
             }
+            file = Some(JournalFile::open(path)?);
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite:{path}"))?
-            .create_if_missing(true)
+            .create_if_missing(access == Access::Owner)
+            .read_only(access == Access::Reader)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a journal step is on disk before the upstream call it announces.
             .synchronous(SqliteSynchronous::Full)
@@ -78,8 +170,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_millis(opts.connect_timeout_ms))
             .connect_with(options)
             .await?;
-        let store = SqliteStore { pool };
-        store.migrate().await?;
+        let store = SqliteStore { pool, file };
+        if access == Access::Owner {
+            store.migrate().await?;
+        }
         Ok(store)
     }
 
@@ -112,6 +206,39 @@ impl Store for SqliteStore {
         })
     }
 
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if let Some(f) = &self.file {
+                f.still_in_place()?;
+            }
+            sqlx::query("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?)")
+                .bind(now_rfc3339())
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn has_open_repair<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let states: Vec<&str> = RepairState::ALL
+                .into_iter()
+                .filter(|s| s.is_open())
+                .map(RepairState::as_str)
+                .collect();
+            let sql = format!(
+                "SELECT COUNT(*) FROM repairs WHERE identity = ? AND state IN ({})",
+                vec!["?"; states.len()].join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(identity);
+            for s in states {
+                q = q.bind(s);
+            }
+            let n = q.fetch_one(&self.pool).await?;
+            Ok(n > 0)
+        })
+    }
+
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
             let now = now_rfc3339();
@@ -129,7 +256,7 @@ impl Store for SqliteStore {
             .bind(&r.service_base)
             .bind(&r.service_sid)
             .bind(&r.identity)
-            .bind(state::DELETING)
+            .bind(RepairState::Deleting.as_str())
             .bind(snapshot)
             .bind(&r.webhook)
             .execute(&self.pool)
@@ -142,12 +269,12 @@ impl Store for SqliteStore {
     fn set_repair_state<'a>(
         &'a self,
         id: i64,
-        state: &'a str,
+        state: RepairState,
         note: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query("UPDATE repairs SET state = ?, updated_at = ?, note = COALESCE(?, note) WHERE id = ?")
-                .bind(state)
+                .bind(state.as_str())
                 .bind(now_rfc3339())
                 .bind(note)
                 .bind(id)
@@ -169,13 +296,12 @@ impl Store for SqliteStore {
 
     fn pending_repairs(&self) -> BoxFuture<'_, Result<Vec<RepairRecord>, StoreError>> {
         Box::pin(async move {
-            let rows =
-                sqlx::query("SELECT * FROM repairs WHERE state NOT IN (?, ?, ?) ORDER BY id")
-                    .bind(state::FINAL[0])
-                    .bind(state::FINAL[1])
-                    .bind(state::FINAL[2])
-                    .fetch_all(&self.pool)
-                    .await?;
+            let mut q =
+                sqlx::query("SELECT * FROM repairs WHERE state NOT IN (?, ?, ?) ORDER BY id");
+            for s in RepairState::finals() {
+                q = q.bind(s);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
             rows.iter().map(repair_from_row).collect()
         })
     }
@@ -211,7 +337,7 @@ impl Store for SqliteStore {
             .bind(&i.service_sid)
             .bind(&i.conversation_sid)
             .bind(&i.identity)
-            .bind(&i.outcome)
+            .bind(i.outcome.as_str())
             .bind(&i.detail)
             .bind(i.repair_id)
             .bind(steps)

@@ -1,0 +1,43 @@
+//! May the workflow repair this identity at all? Mode, service lists and
+//! the loop guard (at most `repair.max_repairs_per_window` repairs of one
+//! identity per window). A refusal is `disabled`, with the reason.
+
+use crate::config::{RepairConfig, RepairMode};
+use crate::store::Store;
+
+pub async fn refusal(
+    config: &RepairConfig,
+    store: &dyn Store,
+    service_sid: &str,
+    identity: &str,
+) -> Option<String> {
+    if config.mode == RepairMode::CheckOnly {
+        return Some("mode check-only: the User was not repaired".into());
+    }
+    if !config.allow_services.is_empty() && !config.allow_services.iter().any(|s| s == service_sid)
+    {
+        return Some("service not in repair.allow_services".into());
+    }
+    if config.deny_services.iter().any(|s| s == service_sid) {
+        return Some("service in repair.deny_services".into());
+    }
+    let window =
+        time::Duration::seconds(i64::try_from(config.repair_window_secs).unwrap_or(i64::MAX));
+    let since = time::OffsetDateTime::now_utc()
+        .checked_sub(window)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    match store
+        .count_repairs_since(service_sid, identity, &crate::store::rfc3339(since))
+        .await
+    {
+        Ok(n) if n >= i64::from(config.max_repairs_per_window) => Some(format!(
+            "repair limit reached: {n} repairs of this identity within {} s; reported, not repaired",
+            config.repair_window_secs
+        )),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "journal unavailable: not repairing");
+            Some("journal unavailable: the User was not touched".into())
+        }
+    }
+}

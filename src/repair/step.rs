@@ -1,0 +1,298 @@
+//! One workflow step: one Twilio call, its rules and its record.
+//!
+//! Each [`StepKind`] owns three rules, written once here:
+//! - its **method**;
+//! - which statuses are an **answer** the workflow reads (a `404` is an
+//!   answer to "does this participant exist?", a `409` to "create this
+//!   User");
+//! - its **retry safety**: a `429` is always retried (Twilio never
+//!   processed it, honouring `Retry-After`); a `5xx` or a transport failure
+//!   is retried only for `GET` and `DELETE`. A `POST` that may have reached
+//!   Twilio is never replayed blindly: the step reports [`StepError::Unsure`]
+//!   and the caller reads back whether it landed before trying again.
+//!
+//! [`Api::step`] makes the call, records it in the incident (step name,
+//! status, Twilio request id) and classifies the result. Retries are
+//! bounded by `repair.retry_max_attempts` per call and by the workflow
+//! deadline; loops that read back and try again (in [`super::user`]) are
+//! bounded by the deadline alone.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use tokio::time::Instant;
+
+use crate::store::StepRecord;
+use crate::twilio_api::{ApiError, ApiResponse, RetryPolicy, TwilioApi};
+pub use crate::vocabulary::StepKind;
+
+/// How a step may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySafety {
+    /// Reads and deletes: the same call again is harmless.
+    Idempotent,
+    /// A create or update: retried on 429 only; otherwise read back first.
+    ReadBackFirst,
+}
+
+impl StepKind {
+    pub fn method(self) -> Method {
+        use StepKind::*;
+        match self {
+            FetchParticipant
+            | ListParticipants
+            | FetchConversation
+            | FetchUser
+            | ListUserConversations
+            | FetchMembership
+            | CheckMembership => Method::GET,
+            DeleteUser => Method::DELETE,
+            RetryCreate | CreateUser | UpdateUser | RestoreMembership | UpdateMembership
+            | ReplayCreate => Method::POST,
+        }
+    }
+
+    /// Statuses that answer the step's question (anything else is an
+    /// error the step reports).
+    pub fn is_answer(self, status: StatusCode) -> bool {
+        use StepKind::*;
+        let s = status.as_u16();
+        match self {
+            FetchParticipant | FetchConversation | FetchUser | CheckMembership => {
+                s == 200 || s == 404
+            }
+            ListParticipants | ListUserConversations | FetchMembership => s == 200,
+            DeleteUser => s == 204 || s == 404,
+            CreateUser | RestoreMembership => s == 201 || s == 409,
+            UpdateUser | UpdateMembership => s == 200,
+            // The workflow reads every 201, 409 and 404 of a create.
+            RetryCreate | ReplayCreate => s == 201 || s == 409 || s == 404,
+        }
+    }
+
+    pub fn retry_safety(self) -> RetrySafety {
+        if self.method() == Method::POST {
+            RetrySafety::ReadBackFirst
+        } else {
+            RetrySafety::Idempotent
+        }
+    }
+}
+
+/// Why a step produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Twilio refused the call for good (a 4xx that is not an answer).
+    #[error("{step}: Twilio answered {status}{}", code.map(|c| format!(" (code {c})")).unwrap_or_default())]
+    Refused {
+        step: StepKind,
+        status: StatusCode,
+        code: Option<u64>,
+    },
+    /// A POST got a 5xx or no answer: it may or may not have landed.
+    #[error("{step}: unsure whether it landed: {detail}")]
+    Unsure { step: StepKind, detail: String },
+    /// Still failing after the attempts allowed for one call.
+    #[error("{step}: still failing after {attempts} attempts: {detail}")]
+    Exhausted {
+        step: StepKind,
+        attempts: u32,
+        detail: String,
+    },
+    /// The workflow deadline passed.
+    #[error("{step}: the workflow deadline passed")]
+    Deadline { step: StepKind },
+}
+
+impl StepError {
+    /// Worth trying again (after reading back), as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StepError::Unsure { .. } | StepError::Exhausted { .. })
+    }
+}
+
+/// The workflow's view of Twilio: one origin, one credential, one
+/// deadline, and the record of every call made.
+pub struct Api {
+    inner: TwilioApi,
+    policy: RetryPolicy,
+    deadline: Instant,
+    pub steps: Vec<StepRecord>,
+}
+
+impl Api {
+    pub fn new(inner: TwilioApi, policy: RetryPolicy, deadline: Instant) -> Api {
+        Api {
+            inner,
+            policy,
+            deadline,
+            steps: Vec::new(),
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The same origin and deadline with another credential (the repair
+    /// steps may act with the operator's; see [`super::credential`]).
+    pub fn with_authorization(&self, authorization: http::HeaderValue) -> Api {
+        Api {
+            inner: self.inner.with_authorization(authorization),
+            policy: self.policy,
+            deadline: self.deadline,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Wait `d` (the first backoff of a read-back loop), unless that would
+    /// pass the deadline.
+    pub async fn pause(&self, step: StepKind, d: Duration) -> Result<(), StepError> {
+        if Instant::now() + d >= self.deadline {
+            return Err(StepError::Deadline { step });
+        }
+        tokio::time::sleep(d).await;
+        Ok(())
+    }
+
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// Make one step's call with the workflow's own headers.
+    pub async fn step(
+        &mut self,
+        kind: StepKind,
+        path: &str,
+        form: Option<&str>,
+    ) -> Result<ApiResponse, StepError> {
+        self.run(kind, path, Sent::Form(form)).await
+    }
+
+    /// Replay the caller's create with its own end-to-end headers.
+    pub async fn replay(
+        &mut self,
+        kind: StepKind,
+        path: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<ApiResponse, StepError> {
+        self.run(kind, path, Sent::Replay(headers, body)).await
+    }
+
+    async fn run(
+        &mut self,
+        kind: StepKind,
+        path: &str,
+        sent: Sent<'_>,
+    ) -> Result<ApiResponse, StepError> {
+        let method = kind.method();
+        let idempotent = kind.retry_safety() == RetrySafety::Idempotent;
+        let mut backoff = self.policy.initial_backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match &sent {
+                Sent::Form(form) => {
+                    self.inner
+                        .once(method.clone(), path, *form, self.deadline)
+                        .await
+                }
+                Sent::Replay(headers, body) => {
+                    self.inner
+                        .replay(method.clone(), path, headers, body.clone(), self.deadline)
+                        .await
+                }
+            };
+            self.record(kind, &result);
+            let (retry, hint, detail) = match result {
+                Ok(r) if kind.is_answer(r.status) => return Ok(r),
+                Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => {
+                    (true, r.retry_after, format!("status {}", r.status.as_u16()))
+                }
+                Ok(r) if r.status.is_server_error() => {
+                    let detail = format!("status {}", r.status.as_u16());
+                    if !idempotent {
+                        return Err(StepError::Unsure { step: kind, detail });
+                    }
+                    (true, None, detail)
+                }
+                Ok(r) => {
+                    return Err(StepError::Refused {
+                        step: kind,
+                        status: r.status,
+                        code: r.code(),
+                    });
+                }
+                Err(ApiError::Deadline) => return Err(StepError::Deadline { step: kind }),
+                Err(e) => {
+                    if !idempotent {
+                        return Err(StepError::Unsure {
+                            step: kind,
+                            detail: e.to_string(),
+                        });
+                    }
+                    (true, None, e.to_string())
+                }
+            };
+            debug_assert!(retry);
+            if attempt >= self.policy.max_attempts {
+                return Err(StepError::Exhausted {
+                    step: kind,
+                    attempts: attempt,
+                    detail,
+                });
+            }
+            let wait = hint.unwrap_or(backoff).min(self.policy.max_backoff);
+            if Instant::now() + wait >= self.deadline {
+                return Err(StepError::Deadline { step: kind });
+            }
+            tracing::debug!(step = %kind, attempt, wait_ms = wait.as_millis() as u64, "retrying Twilio call");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.policy.max_backoff);
+        }
+    }
+
+    fn record(&mut self, kind: StepKind, r: &Result<ApiResponse, ApiError>) {
+        self.steps.push(StepRecord {
+            step: kind,
+            status: r.as_ref().ok().map(|r| r.status.as_u16()),
+            ok: matches!(r, Ok(x) if kind.is_answer(x.status)),
+            twilio_request_id: r.as_ref().ok().and_then(|r| r.request_id.clone()),
+        });
+    }
+}
+
+enum Sent<'a> {
+    Form(Option<&'a str>),
+    Replay(&'a HeaderMap, Bytes),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_posts_are_read_back_before_a_retry() {
+        for k in [
+            StepKind::CreateUser,
+            StepKind::UpdateUser,
+            StepKind::RestoreMembership,
+            StepKind::UpdateMembership,
+            StepKind::ReplayCreate,
+            StepKind::RetryCreate,
+        ] {
+            assert_eq!(k.retry_safety(), RetrySafety::ReadBackFirst, "{k}");
+        }
+        assert_eq!(StepKind::DeleteUser.retry_safety(), RetrySafety::Idempotent);
+        assert!(StepKind::DeleteUser.is_answer(StatusCode::NOT_FOUND));
+        assert!(!StepKind::ListUserConversations.is_answer(StatusCode::NOT_FOUND));
+        assert!(!StepKind::CreateUser.is_answer(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+}

@@ -1,0 +1,450 @@
+//! The check-and-repair workflow, as named steps in the order of the table
+//! in `docs/request-lifecycle.md`. Each step is an `async fn` returning
+//! `Result<T, Verdict>`: a [`Verdict`] is the one early exit, and the
+//! incident is recorded once, in [`run`], whatever the exit.
+//!
+//! 1. [`Workflow::who`]: whom the create names (ambiguous → `disabled`).
+//! 2. [`Workflow::landed`]: did the create land after all? (`existing`)
+//! 3. [`Workflow::genuine`]: does the conversation exist? (`genuine`)
+//! 4. [`Workflow::allowed`]: mode, service lists, loop guard (`disabled`).
+//! 5. [`Workflow::lock`]: the identity's repair lock (and fence).
+//! 6. [`Workflow::retry_create`]: repaired meanwhile? (`repaired`)
+//! 7. [`Workflow::repair_user`]: snapshot, journal, converge ([`super::user`]).
+//! 8. [`Workflow::replay`]: the caller's create again; the final verdict.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::check::{self, CheckError, Conversation, Landed};
+use super::credential::{self, Acting};
+use super::lock::{KeyLock, LockError, RepairKey};
+use super::request::{CreatePath, Who};
+use super::step::{Api, StepError, StepKind};
+use super::user::{self, ConvergeError, Journal, RepairTarget};
+use super::{Repairer, policy};
+use crate::routing::Origin;
+use crate::store::{Incident, NewRepair, Outcome, RepairState, StepRecord, now_rfc3339};
+use crate::twilio_api::ApiResponse;
+
+/// What the caller is answered.
+pub enum Answer {
+    /// Twilio's participant JSON, answered as 201.
+    Created(Box<ApiResponse>),
+    /// Twilio's 409 "participant already exists".
+    AlreadyExists,
+    /// The original 404, untouched.
+    Original,
+}
+
+/// The workflow's one way out: the answer, the outcome and why.
+pub struct Verdict {
+    pub answer: Answer,
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub repair_id: Option<i64>,
+}
+
+impl Verdict {
+    pub fn original(outcome: Outcome, detail: impl Into<Option<String>>) -> Verdict {
+        Verdict {
+            answer: Answer::Original,
+            outcome,
+            detail: detail.into(),
+            repair_id: None,
+        }
+    }
+    fn failed(e: impl std::fmt::Display) -> Verdict {
+        Verdict::original(Outcome::Failed, Some(e.to_string()))
+    }
+}
+
+/// One intercepted create: what it asked and where.
+pub struct CreateRequest {
+    pub path: CreatePath,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub origin: Origin,
+    pub requested_at: time::OffsetDateTime,
+}
+
+/// The User is back (and, when `complete`, every membership too).
+struct Repaired {
+    repair_id: i64,
+    complete: bool,
+    detail: Option<String>,
+}
+
+/// Run the workflow for one intercepted 20404 and record its incident.
+pub async fn run(rep: &Repairer, req: &CreateRequest) -> Verdict {
+    let mut w = Workflow {
+        rep,
+        req,
+        steps: Vec::new(),
+        api: None,
+        conversation: None,
+    };
+    let (verdict, who) = match w.who() {
+        Ok(who) => (w.steps(&who).await.unwrap_or_else(|v| v), Some(who)),
+        Err(v) => (v, None),
+    };
+    w.finish(verdict, who.as_ref()).await
+}
+
+struct Workflow<'a> {
+    rep: &'a Repairer,
+    req: &'a CreateRequest,
+    steps: Vec<StepRecord>,
+    /// The caller's credential, bound to the request's origin.
+    api: Option<Api>,
+    /// The conversation's account and service, once read.
+    conversation: Option<(String, String)>,
+}
+
+impl Workflow<'_> {
+    async fn steps(&mut self, who: &Who) -> Result<Verdict, Verdict> {
+        self.api = Some(self.caller_api()?);
+        self.landed(who, Outcome::Existing).await?;
+        let conv = self.genuine().await?;
+        let identity = who.identity().ok_or_else(|| {
+            Verdict::failed("messaging-binding participants have no User to repair")
+        })?;
+        self.allowed(&conv, identity).await?;
+        let _lock = self.lock(&conv, identity).await?;
+        self.retry_create(who).await?;
+        let repaired = self.repair_user(&conv, identity).await?;
+        Ok(self.replay(who, repaired).await)
+    }
+
+    fn api(&mut self) -> &mut Api {
+        self.api
+            .as_mut()
+            .expect("the caller's Api is set before any step")
+    }
+
+    /// 1. Whom the create names; an ambiguous body is never acted on.
+    fn who(&self) -> Result<Who, Verdict> {
+        Who::from_form(&self.req.body).map_err(|e| match e {
+            super::request::WhoError::Nobody => Verdict::failed(e),
+            _ => Verdict::original(Outcome::Disabled, Some(e.to_string())),
+        })
+    }
+
+    fn caller_api(&self) -> Result<Api, Verdict> {
+        let auth = self
+            .req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| Verdict::failed("no credentials to check with"))?;
+        Ok(self
+            .rep
+            .api(&self.req.origin, auth.clone(), &self.req.headers))
+    }
+
+    /// 2. Did the create land after all? The answer is Twilio's own JSON.
+    async fn landed(&mut self, who: &Who, outcome: Outcome) -> Result<(), Verdict> {
+        let path = self.req.path.clone();
+        match check::participant(self.api(), &path, who).await {
+            Ok(Landed::Found(p)) => Err(Verdict {
+                answer: self.created_or_exists(p),
+                outcome,
+                detail: None,
+                repair_id: None,
+            }),
+            Ok(Landed::Missing) => Ok(()),
+            Err(e) => Err(self.step_failed(e)),
+        }
+    }
+
+    /// 3. A missing conversation (or service) makes the 404 genuine.
+    async fn genuine(&mut self) -> Result<Conversation, Verdict> {
+        let path = self.req.path.clone();
+        match check::conversation(self.api(), &path).await {
+            Ok(Some(c)) => {
+                self.conversation = Some((c.account_sid.clone(), c.service_sid.clone()));
+                Ok(c)
+            }
+            Ok(None) => Err(Verdict::original(Outcome::Genuine, None)),
+            Err(e) => Err(self.step_failed(e)),
+        }
+    }
+
+    /// 4. May this identity be repaired here and now?
+    async fn allowed(&mut self, conv: &Conversation, identity: &str) -> Result<(), Verdict> {
+        let r = &self.rep;
+        match policy::refusal(&r.config, r.store.as_ref(), &conv.service_sid, identity).await {
+            Some(reason) => Err(Verdict::original(Outcome::Disabled, Some(reason))),
+            None => Ok(()),
+        }
+    }
+
+    /// 5. The identity's lock; open journal records of it are finished first.
+    async fn lock(&mut self, conv: &Conversation, identity: &str) -> Result<KeyLock, Verdict> {
+        let key = RepairKey {
+            account_sid: conv.account_sid.clone(),
+            service_sid: conv.service_sid.clone(),
+            identity: identity.to_string(),
+        };
+        let deadline = self.api().deadline();
+        let lock = match self
+            .rep
+            .locks
+            .acquire(self.rep.store.as_ref(), &key, deadline)
+            .await
+        {
+            Ok(l) => l,
+            Err(LockError::Timeout) => return Err(Verdict::failed(LockError::Timeout)),
+            Err(LockError::Store(e)) => {
+                tracing::warn!(error = %e, "store unavailable: running check-only");
+                return Err(Verdict::original(
+                    Outcome::Disabled,
+                    Some("store unavailable: check-only, the User was not touched".into()),
+                ));
+            }
+        };
+        let caller = self.req.headers.get(http::header::AUTHORIZATION).cloned();
+        if !self
+            .rep
+            .finish_open_records(&key, caller.as_ref(), deadline)
+            .await
+        {
+            return Err(Verdict::failed(
+                "an earlier repair of this identity is unfinished and could not be completed now",
+            ));
+        }
+        Ok(lock)
+    }
+
+    /// 6. Another request may have repaired meanwhile: create once more.
+    async fn retry_create(&mut self, who: &Who) -> Result<(), Verdict> {
+        match self.create(StepKind::RetryCreate, who).await {
+            Ok(Some(answer)) => Err(Verdict {
+                answer,
+                outcome: Outcome::Repaired,
+                detail: None,
+                repair_id: None,
+            }),
+            Ok(None) => Ok(()),
+            Err(e) => Err(self.step_failed(e)),
+        }
+    }
+
+    /// 7. Twilio's workaround: snapshot, journal, then converge.
+    async fn repair_user(
+        &mut self,
+        conv: &Conversation,
+        identity: &str,
+    ) -> Result<Repaired, Verdict> {
+        let caller = self
+            .req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static(""));
+        let acting: Acting =
+            credential::for_repair(self.rep.credential.as_ref(), &caller, &conv.account_sid);
+        let mut api = self.api().with_authorization(acting.authorization.clone());
+        let target = RepairTarget {
+            account_sid: conv.account_sid.clone(),
+            service_base: self.req.path.service_base(),
+            service_sid: conv.service_sid.clone(),
+            identity: identity.to_string(),
+            exclude_conversation: Some(self.req.path.conversation.clone()),
+        };
+        let snap = user::snapshot(&mut api, &target).await;
+        self.steps.append(&mut api.steps);
+        let snap = snap.map_err(|e| Verdict::failed(format!("{e}; nothing was touched")))?;
+        let record = NewRepair {
+            account_sid: target.account_sid.clone(),
+            credential_user: acting.user.clone(),
+            upstream: self.req.origin.as_string(),
+            service_base: target.service_base.clone(),
+            service_sid: target.service_sid.clone(),
+            identity: target.identity.clone(),
+            snapshot: snap.clone(),
+            webhook: self
+                .req
+                .headers
+                .get("x-twilio-webhook-enabled")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        };
+        let repair_id = self.rep.store.insert_repair(&record).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot journal the snapshot: not repairing");
+            Verdict::original(
+                Outcome::Disabled,
+                Some("journal unavailable: the User was not touched".into()),
+            )
+        })?;
+        tracing::info!(
+            repair_id,
+            memberships = snap.memberships.len(),
+            credential = acting.source.describe(),
+            "journaled User snapshot; deleting the User"
+        );
+        let mut journal = Journal::new(self.rep.store.as_ref(), &self.rep.metrics, repair_id);
+        let until = self.rep.memberships_until(api.deadline());
+        let result = user::converge(
+            &mut api,
+            &target,
+            &snap,
+            RepairState::Deleting,
+            &mut journal,
+            until,
+        )
+        .await;
+        self.steps.append(&mut api.steps);
+        let lost = journal
+            .lost
+            .then_some("the journal lost a state change; the repair went on from memory");
+        let with_id = |mut v: Verdict| {
+            v.repair_id = Some(repair_id);
+            v
+        };
+        match result {
+            Ok(()) => Ok(Repaired {
+                repair_id,
+                complete: true,
+                detail: lost.map(str::to_string),
+            }),
+            Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
+                journal
+                    .set(
+                        RepairState::Done,
+                        Some("the delete was refused; the User was left as it was"),
+                    )
+                    .await;
+                Err(with_id(Verdict::failed(e)))
+            }
+            Err(e @ ConvergeError::Memberships { .. }) => {
+                self.rep
+                    .after_unfinished(repair_id, &e, acting, &mut journal)
+                    .await;
+                Ok(Repaired {
+                    repair_id,
+                    complete: false,
+                    detail: Some(format!(
+                        "{e}; journal record {repair_id} stays open and is completed in the background"
+                    )),
+                })
+            }
+            Err(e) => {
+                self.rep
+                    .after_unfinished(repair_id, &e, acting, &mut journal)
+                    .await;
+                Err(with_id(Verdict::failed(format!(
+                    "{e}; journal record {repair_id} stays open and is completed in the background"
+                ))))
+            }
+        }
+    }
+
+    /// 8. Replay the caller's create on the repaired User.
+    async fn replay(&mut self, who: &Who, repaired: Repaired) -> Verdict {
+        let mut journal = Journal::new(
+            self.rep.store.as_ref(),
+            &self.rep.metrics,
+            repaired.repair_id,
+        );
+        if repaired.complete {
+            journal.set(RepairState::Replaying, None).await;
+        }
+        let created = self.create(StepKind::ReplayCreate, who).await;
+        if repaired.complete {
+            journal.set(RepairState::Done, None).await;
+        }
+        let (answer, mut detail) = match created {
+            Ok(Some(answer)) => (answer, repaired.detail.clone()),
+            Ok(None) => (
+                Answer::Original,
+                Some("the create still answers 20404 after the User was recreated".into()),
+            ),
+            Err(e) => (Answer::Original, Some(e.to_string())),
+        };
+        let outcome = match (&answer, repaired.complete) {
+            (Answer::Original, _) | (_, false) => Outcome::Failed,
+            _ => Outcome::Repaired,
+        };
+        if outcome == Outcome::Failed && detail.is_none() {
+            detail = repaired.detail;
+        }
+        Verdict {
+            answer,
+            outcome,
+            detail,
+            repair_id: Some(repaired.repair_id),
+        }
+    }
+
+    /// POST the caller's create, and read back whether it landed whenever
+    /// the answer leaves that open. `Ok(None)`: still 20404, not there.
+    async fn create(&mut self, kind: StepKind, who: &Who) -> Result<Option<Answer>, CheckError> {
+        let path = self.req.path.participants_path();
+        let (headers, body) = (self.req.headers.clone(), self.req.body.clone());
+        loop {
+            let r = self.api().replay(kind, &path, &headers, body.clone()).await;
+            match r {
+                Ok(x) if x.status == StatusCode::CREATED => {
+                    return Ok(Some(Answer::Created(Box::new(x))));
+                }
+                Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() != Some(20404) => {
+                    return Err(StepError::Refused {
+                        step: kind,
+                        status: x.status,
+                        code: x.code(),
+                    }
+                    .into());
+                }
+                // 409, 20404, or unsure: look.
+                Ok(_) | Err(StepError::Unsure { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let unsure = r.is_err();
+            let rpath = self.req.path.clone();
+            match check::participant(self.api(), &rpath, who).await? {
+                Landed::Found(p) => return Ok(Some(self.created_or_exists(p))),
+                Landed::Missing if !unsure => return Ok(None),
+                Landed::Missing => {
+                    let wait = self.api().policy().initial_backoff;
+                    self.api().pause(kind, wait).await?;
+                }
+            }
+        }
+    }
+
+    fn created_or_exists(&self, p: ApiResponse) -> Answer {
+        if super::existed_before(&p, self.req.requested_at, self.rep.config.clock_skew_ms) {
+            Answer::AlreadyExists
+        } else {
+            Answer::Created(Box::new(p))
+        }
+    }
+
+    fn step_failed(&mut self, e: impl std::fmt::Display) -> Verdict {
+        self.rep.metrics.repair_step_failure();
+        Verdict::failed(e)
+    }
+
+    /// Record the incident, once, whatever the exit.
+    async fn finish(mut self, verdict: Verdict, who: Option<&Who>) -> Verdict {
+        if let Some(api) = self.api.as_mut() {
+            self.steps.append(&mut api.steps);
+        }
+        let incident = Incident {
+            id: 0,
+            at: now_rfc3339(),
+            account_sid: self.conversation.as_ref().map(|c| c.0.clone()),
+            service_sid: match &self.conversation {
+                Some((_, service)) => Some(service.clone()),
+                None => self.req.path.service_sid.clone(),
+            },
+            conversation_sid: self.req.path.conversation.clone(),
+            identity: who.map(|w| self.rep.record_identity(w.label())),
+            outcome: verdict.outcome,
+            detail: verdict.detail.clone(),
+            repair_id: verdict.repair_id,
+            steps: std::mem::take(&mut self.steps),
+        };
+        self.rep.record_incident(incident).await;
+        verdict
+    }
+}
