@@ -1409,6 +1409,10 @@ async fn hold_parks_requests_until_released() {
         .unwrap();
     assert!(task.await.unwrap().is_err());
     assert!(emu.held().await.is_empty());
+    assert!(
+        emu.log_json().await.is_empty(),
+        "a request from before the reset is not logged after it"
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,9 @@
 //! with 401); a request held by a `hold` rule also has `held_seq`. `reset`
 //! also removes the accounts added at run time (the configured ones keep
 //! their default service SID) and drops held requests unprocessed; it
-//! leaves the in-flight statistics alone.
+//! leaves the in-flight statistics alone. A request authenticated before a
+//! reset is not written to the new log (a delayed one still runs, against
+//! the state after the reset).
 //!
 //! `in_flight` counts `/v1` requests (any non-control request) from arrival
 //! until they are answered or, for requests whose client went away while

@@ -26,6 +26,9 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct State {
+    /// How many resets happened before this state was made: a request that
+    /// began under another generation is not written to the log.
+    pub(crate) generation: u64,
     /// The configured account first, then `extra_accounts`, then accounts
     /// added at run time.
     pub(crate) accounts: Vec<Account>,
@@ -44,7 +47,7 @@ impl Shared {
             config.public_url.pop();
         }
         let accounts = configured_accounts(&config, &[]);
-        let state = State::initial(&config, accounts);
+        let state = State::initial(&config, accounts, 0);
         let traffic = Traffic::new(config.max_held_requests);
         Self {
             config,
@@ -74,7 +77,8 @@ impl Shared {
             })
             .collect();
         let accounts = configured_accounts(&self.config, &kept);
-        *state = State::initial(&self.config, accounts);
+        let generation = state.generation.wrapping_add(1);
+        *state = State::initial(&self.config, accounts, generation);
     }
 
     /// Every secret of every account (kept out of the request log).
@@ -112,7 +116,7 @@ fn configured_accounts(config: &EmulatorConfig, kept: &[(String, String)]) -> Ve
 }
 
 impl State {
-    fn initial(config: &EmulatorConfig, accounts: Vec<Account>) -> Self {
+    fn initial(config: &EmulatorConfig, accounts: Vec<Account>, generation: u64) -> Self {
         let fault = match config.participant_fault().compile() {
             Ok(f) => f,
             Err(err) => {
@@ -132,6 +136,7 @@ impl State {
             }
         }
         Self {
+            generation,
             accounts,
             fault,
             rules,

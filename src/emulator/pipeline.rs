@@ -134,6 +134,8 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
 
 /// One authenticated API request with its faults chosen.
 struct Job {
+    /// `State::generation` when the request was authenticated.
+    generation: u64,
     method: Method,
     path: String,
     path_and_query: String,
@@ -161,14 +163,19 @@ impl Outcome {
     }
 }
 
-fn finish(shared: &Shared, mut entry: Value, outcome: &Outcome) {
+/// Log a finished request, unless the emulator was reset since it began
+/// (`generation`): the reset wiped the log it belongs to.
+fn finish(shared: &Shared, generation: u64, mut entry: Value, outcome: &Outcome) {
     if let Some(obj) = entry.as_object_mut() {
         obj.insert("status".into(), json!(outcome.status));
         obj.insert("outcome".into(), json!(outcome.outcome));
         obj.insert("fault".into(), json!(outcome.fault));
     }
     let max = shared.config.max_request_log;
-    shared.lock().push_log(max, entry);
+    let mut state = shared.lock();
+    if state.generation == generation {
+        state.push_log(max, entry);
+    }
 }
 
 fn set_entry(entry: &mut Value, key: &str, value: Value) {
@@ -185,6 +192,7 @@ async fn api_request(
     body: Body,
 ) -> Response {
     let (overall, _) = Traffic::enter(&shared, None);
+    let generation = shared.lock().generation;
     let path = parts.uri.path().to_owned();
     let path_and_query = parts
         .uri
@@ -207,16 +215,30 @@ async fn api_request(
                 format!("Request body larger than {MAX_BODY_BYTES} bytes or unreadable"),
             );
             set_entry(&mut entry, "account_sid", Value::Null);
-            finish(&shared, entry, &Outcome::new(Some(413), "responded"));
+            finish(
+                &shared,
+                generation,
+                entry,
+                &Outcome::new(Some(413), "responded"),
+            );
             return e.into_response();
         }
     };
     let form = Params::parse(&body);
     set_entry(&mut entry, "form", form.to_json());
-    let account = accounts::resolve(&shared.lock().accounts, creds.as_ref());
+    let (account, generation) = {
+        let state = shared.lock();
+        let account = accounts::resolve(&state.accounts, creds.as_ref());
+        (account, state.generation)
+    };
     set_entry(&mut entry, "account_sid", json!(account));
     let Some(account_sid) = account else {
-        finish(&shared, entry, &Outcome::new(Some(401), "responded"));
+        finish(
+            &shared,
+            generation,
+            entry,
+            &Outcome::new(Some(401), "responded"),
+        );
         return unauthorized();
     };
     let (account_guard, in_flight) = Traffic::enter(&shared, Some(&account_sid));
@@ -234,6 +256,7 @@ async fn api_request(
     };
     let detached = chosen.action.as_ref().is_some_and(FaultAction::detached);
     let job = Job {
+        generation,
         method: parts.method,
         path,
         path_and_query,
@@ -266,7 +289,7 @@ async fn api_request(
 /// when the request is finished (logged).
 async fn run(shared: &Shared, job: Job, mut entry: Value, guards: [InFlight; 2]) -> Response {
     let (response, outcome) = apply(shared, &job, &mut entry).await;
-    finish(shared, entry, &outcome);
+    finish(shared, job.generation, entry, &outcome);
     drop(guards);
     response
 }
