@@ -41,9 +41,9 @@
 //! | method + path | body | effect |
 //! |---|---|---|
 //! | `GET /__emulator/health` | | `200 {"status":"ok"}` |
-//! | `GET /__emulator/requests` | | `{"requests":[{seq, request_id, method, path (with raw query), headers, auth_user, form, status, outcome, fault}], "dropped": n}` |
+//! | `GET /__emulator/requests` | | `{"requests":[{seq, request_id, method, path (with raw query), headers, auth_user, account_sid, form, status, outcome, fault, held_seq?}], "dropped": n}` |
 //! | `DELETE /__emulator/requests` | | clears the request log (204) |
-//! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings and injection rules (the default service keeps its SID) (204) |
+//! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings, injection rules and accounts (the default services keep their SID) and drops held requests (204; see below) |
 //! | `GET /__emulator/fault` | | current participant fault settings |
 //! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null}` | replaces them |
 //! | `GET /__emulator/faults` | | injection rules with their ids and remaining counts |
@@ -59,7 +59,10 @@
 //!
 //! The request log's `auth_user` is the Basic username as sent (`AC...` or
 //! `SK...`), `account_sid` the account it resolved to (`null` when refused
-//! with 401); a request held by a `hold` rule also has `held_seq`. `reset`
+//! with 401); a request held by a `hold` rule also has `held_seq`. `outcome`
+//! is `responded`, or the fault that shaped the answer: `injected_status`,
+//! `reset`, `hang_then_drop`, `malformed_json`, `delay_then_process`, `held`
+//! (processed on release), `held_dropped`, `hold_full`. `reset`
 //! also removes the accounts added at run time (the configured ones keep
 //! their default service SID) and drops held requests unprocessed; it
 //! leaves the in-flight statistics alone. A request authenticated before a
