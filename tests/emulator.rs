@@ -896,3 +896,719 @@ async fn body_limit_is_enforced() {
         .collect();
     assert!(ids.is_empty());
 }
+
+// ---- several accounts, detached processing, hold, in-flight counts ----
+
+mod common;
+
+use std::time::Duration;
+
+use common::Emu as Emulator;
+
+const B_SID: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const B_TOKEN: &str = "btoken";
+const B_KEY: &str = "SKbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const B_SECRET: &str = "bsecret";
+const C_SID: &str = "ACcccccccccccccccccccccccccccccccc";
+const C_TOKEN: &str = "ctoken";
+
+fn account_b() -> emulator::AccountConfig {
+    emulator::AccountConfig {
+        account_sid: B_SID.into(),
+        auth_token: B_TOKEN.into(),
+        api_key_sid: Some(B_KEY.into()),
+        api_key_secret: Some(B_SECRET.into()),
+    }
+}
+
+async fn two_accounts() -> Emulator {
+    common::start_emulator(|c| c.extra_accounts = vec![account_b()]).await
+}
+
+/// Raw HTTP/1.1 request bytes with Basic auth as account A.
+fn raw_request(method: &str, path: &str, body: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"));
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: emulator\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Send a request, then close the connection after `after` without reading
+/// the answer (a proxy that died mid-call).
+async fn send_and_vanish(emu: &Emulator, request: &[u8], after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(emu.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(s);
+}
+
+/// Poll `GET path` as account A until it answers `status` (10 s at most).
+async fn wait_status(emu: &Emulator, path: &str, status: u16) {
+    for _ in 0..1000 {
+        if emu.get(path).await.0 == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{path} never answered {status}");
+}
+
+#[tokio::test]
+async fn delay_then_process_lands_after_the_client_left() {
+    let emu = common::start_emulator(|_| {}).await;
+    let (s, _) = emu.post("/v1/Users", &[("Identity", "slow")]).await;
+    assert_eq!(s, 201);
+
+    // A plain latency rule: the client leaves, the DELETE is never processed.
+    emu.add_rule(json!({"method":"DELETE","path":"/Users/","times":1,
+        "action":{"kind":"latency","ms":300}}))
+        .await;
+    send_and_vanish(
+        &emu,
+        &raw_request("DELETE", "/v1/Users/slow", ""),
+        Duration::from_millis(50),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        emu.get("/v1/Users/slow").await.0,
+        200,
+        "latency: dropped with its client"
+    );
+
+    // delay_then_process: the DELETE lands although its client is gone.
+    emu.add_rule(json!({"method":"DELETE","path":"/Users/","times":1,
+        "action":{"kind":"delay_then_process","ms":300}}))
+        .await;
+    send_and_vanish(
+        &emu,
+        &raw_request("DELETE", "/v1/Users/slow", ""),
+        Duration::from_millis(50),
+    )
+    .await;
+    wait_status(&emu, "/v1/Users/slow", 404).await;
+    let log = emu.log_json().await;
+    let delete = log
+        .iter()
+        .find(|e| e["method"] == "DELETE" && e["outcome"] == "delay_then_process")
+        .expect("the delayed DELETE is logged");
+    assert_eq!(delete["status"], 204);
+
+    // A client that stays gets the normal answer.
+    let (s, _) = emu.post("/v1/Users", &[("Identity", "slow")]).await;
+    assert_eq!(s, 201);
+    emu.add_rule(json!({"method":"DELETE","path":"/Users/","times":1,
+        "action":{"kind":"delay_then_process","ms":50}}))
+        .await;
+    assert_eq!(emu.delete("/v1/Users/slow").await, 204);
+    assert_eq!(emu.get("/v1/Users/slow").await.0, 404);
+}
+
+#[tokio::test]
+async fn accounts_own_their_resources() {
+    use reqwest::Method;
+    let emu = two_accounts().await;
+    let b = (B_SID, B_TOKEN);
+    let b_key = (B_KEY, B_SECRET);
+
+    // Account A: a conversation with alice, whose User has a friendly name.
+    let ch = emu.conversation(None).await;
+    let (s, _) = emu
+        .post(
+            "/v1/Users",
+            &[("Identity", "alice"), ("FriendlyName", "Alice A")],
+        )
+        .await;
+    assert_eq!(s, 201);
+    let parts = format!("/v1/Conversations/{ch}/Participants");
+    let (s, _) = emu.post(&parts, &[("Identity", "alice")]).await;
+    assert_eq!(s, 201);
+    let a_default = emu.get("/v1/Configuration").await.1["default_chat_service_sid"].clone();
+
+    // B sees none of it and changes none of it: 404/20404, as for any SID
+    // that is not yours.
+    for (method, path, form) in [
+        (Method::GET, format!("/v1/Conversations/{ch}"), vec![]),
+        (Method::GET, format!("{parts}/alice"), vec![]),
+        (Method::POST, parts.clone(), vec![("Identity", "mallory")]),
+        (Method::DELETE, format!("{parts}/alice"), vec![]),
+        (Method::DELETE, "/v1/Users/alice".to_owned(), vec![]),
+        (
+            Method::POST,
+            "/v1/Users/alice".to_owned(),
+            vec![("FriendlyName", "x")],
+        ),
+        (
+            Method::GET,
+            format!("/v1/Services/{}", a_default.as_str().unwrap()),
+            vec![],
+        ),
+    ] {
+        for creds in [b, b_key] {
+            let (s, v) = emu.call_as(creds, method.clone(), &path, &form).await;
+            assert_eq!(
+                (s, &v["code"]),
+                (404, &json!(20404)),
+                "{method} {path}: {v}"
+            );
+        }
+    }
+    let (s, v) = emu.call_as(b, Method::GET, "/v1/Users", &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["users"], json!([]));
+    let (_, v) = emu.call_as(b, Method::GET, "/v1/Configuration", &[]).await;
+    assert_eq!(v["account_sid"], B_SID);
+    assert_ne!(
+        v["default_chat_service_sid"], a_default,
+        "own default service"
+    );
+    let (_, v) = emu.call_as(b, Method::GET, "/v1/Services", &[]).await;
+    assert_eq!(v["services"].as_array().unwrap().len(), 1);
+    assert_eq!(v["services"][0]["account_sid"], B_SID);
+
+    // B has its own alice; created with B's API key, seen with B's token.
+    let (s, v) = emu
+        .call_as(b_key, Method::POST, "/v1/Users", &[("Identity", "alice")])
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["account_sid"], B_SID);
+    let (s, v) = emu.call_as(b, Method::GET, "/v1/Users/alice", &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["friendly_name"], Value::Null);
+    let b_ch = {
+        let (s, v) = emu
+            .call_as(
+                b,
+                Method::POST,
+                "/v1/Conversations",
+                &[("FriendlyName", "b")],
+            )
+            .await;
+        assert_eq!(s, 201);
+        assert_eq!(v["account_sid"], B_SID);
+        v["sid"].as_str().unwrap().to_owned()
+    };
+    let (s, v) = emu
+        .call_as(
+            b,
+            Method::POST,
+            &format!("/v1/Conversations/{b_ch}/Participants"),
+            &[("Identity", "alice")],
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(v["account_sid"], B_SID);
+    // ...and A's conversation and User are untouched.
+    assert_eq!(emu.get(&format!("/v1/Conversations/{b_ch}")).await.0, 404);
+    let (_, v) = emu.get("/v1/Users/alice").await;
+    assert_eq!(v["friendly_name"], "Alice A");
+    assert_eq!(v["account_sid"], SID);
+    assert_eq!(emu.get(&format!("{parts}/alice")).await.0, 200);
+
+    // A key or token authenticates only with its own account's partner.
+    for creds in [
+        (B_SID, TOKEN),
+        (SID, B_TOKEN),
+        (B_KEY, TOKEN),
+        (SID, B_SECRET),
+    ] {
+        let (s, _) = emu.call_as(creds, Method::GET, "/v1/Users", &[]).await;
+        assert_eq!(s, 401, "{creds:?}");
+    }
+
+    // The participant fault applies to every account.
+    emu.put_fault("block", &["bob"]).await;
+    let b_parts = format!("/v1/Conversations/{b_ch}/Participants");
+    let (s, _) = emu
+        .call_as(b, Method::POST, &b_parts, &[("Identity", "bob")])
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = emu
+        .call_as(b, Method::DELETE, &format!("{b_parts}/bob"), &[])
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = emu
+        .call_as(b, Method::POST, &b_parts, &[("Identity", "bob")])
+        .await;
+    assert_eq!((s, &v["code"]), (404, &json!(20404)));
+
+    // The log names the Basic user and the account it resolved to.
+    let log = emu.log_json().await;
+    let by_key = log
+        .iter()
+        .find(|e| e["auth_user"] == B_KEY)
+        .expect("a request with B's key");
+    assert_eq!(by_key["account_sid"], B_SID);
+    assert!(
+        log.iter()
+            .any(|e| e["auth_user"] == SID && e["account_sid"] == SID)
+    );
+    let refused = log.iter().find(|e| e["status"] == 401).unwrap();
+    assert_eq!(refused["account_sid"], Value::Null);
+    let dump = serde_json::to_string(&log).unwrap();
+    assert!(!dump.contains(B_SECRET) && !dump.contains(B_TOKEN));
+}
+
+#[tokio::test]
+async fn accounts_added_at_run_time() {
+    use reqwest::Method;
+    let emu = two_accounts().await;
+    let c = emu.add_account(C_SID, C_TOKEN, None).await;
+    assert_eq!(c["account_sid"], C_SID);
+    let c_default = c["default_chat_service_sid"].clone();
+    let (s, v) = emu
+        .call_as((C_SID, C_TOKEN), Method::GET, "/v1/Configuration", &[])
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["default_chat_service_sid"], c_default);
+    let (s, _) = emu
+        .call_as(
+            (C_SID, C_TOKEN),
+            Method::POST,
+            "/v1/Users",
+            &[("Identity", "carol")],
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        emu.get("/v1/Users/carol").await.0,
+        404,
+        "A does not see C's User"
+    );
+
+    // Refused: a SID or API key already in use (409), bad shapes (400).
+    let post = |body: Value| {
+        emu.http
+            .post(emu.url("/__emulator/accounts"))
+            .json(&body)
+            .send()
+    };
+    for (body, status) in [
+        (json!({"account_sid": C_SID, "auth_token": "x1"}), 409),
+        (json!({"account_sid": SID, "auth_token": "x1"}), 409),
+        (
+            json!({"account_sid": "ACdddddddddddddddddddddddddddddddd", "auth_token": "x1",
+                   "api_key_sid": B_KEY, "api_key_secret": "y"}),
+            409,
+        ),
+        (json!({"account_sid": "AC12", "auth_token": "x1"}), 400),
+        (
+            json!({"account_sid": "ACdddddddddddddddddddddddddddddddd", "auth_token": "not ok"}),
+            400,
+        ),
+        (
+            json!({"account_sid": "ACdddddddddddddddddddddddddddddddd", "auth_token": "x1",
+                   "api_key_sid": "SKd"}),
+            400,
+        ),
+    ] {
+        let r = post(body.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+    }
+
+    // Listed without secrets.
+    let list: Value = emu
+        .http
+        .get(emu.url("/__emulator/accounts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sids: Vec<&str> = list["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["account_sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(sids, [SID, B_SID, C_SID]);
+    let dump = list.to_string();
+    assert!(!dump.contains(TOKEN) && !dump.contains(B_SECRET) && !dump.contains(C_TOKEN));
+
+    // Reset: back to the configured accounts, which keep their default service.
+    let (_, before) = emu
+        .call_as((B_SID, B_TOKEN), Method::GET, "/v1/Configuration", &[])
+        .await;
+    let r = emu
+        .http
+        .post(emu.url("/__emulator/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, _) = emu
+        .call_as((C_SID, C_TOKEN), Method::GET, "/v1/Users", &[])
+        .await;
+    assert_eq!(s, 401, "accounts added at run time are gone");
+    let (_, after) = emu
+        .call_as((B_SID, B_TOKEN), Method::GET, "/v1/Configuration", &[])
+        .await;
+    assert_eq!(
+        after["default_chat_service_sid"],
+        before["default_chat_service_sid"]
+    );
+}
+
+#[tokio::test]
+async fn extra_accounts_config_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emu.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[extra_accounts]]\naccount_sid = \"{B_SID}\"\nauth_token = \"{B_TOKEN}\"\n\
+             api_key_sid = \"{B_KEY}\"\napi_key_secret = \"{B_SECRET}\"\n\n\
+             [[extra_accounts]]\naccount_sid = \"{C_SID}\"\nauth_token = \"{C_TOKEN}\"\n"
+        ),
+    )
+    .unwrap();
+    let args = emulator::EmulatorArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        account_sid: None,
+        auth_token: None,
+        public_url: None,
+        config: Some(path),
+    };
+    let config = EmulatorConfig::from_args(&args).unwrap();
+    assert_eq!(
+        config.extra_accounts,
+        vec![
+            account_b(),
+            emulator::AccountConfig {
+                account_sid: C_SID.into(),
+                auth_token: C_TOKEN.into(),
+                api_key_sid: None,
+                api_key_secret: None,
+            }
+        ]
+    );
+    assert!(
+        !format!("{config:?}").contains(B_SECRET),
+        "Debug hides secrets"
+    );
+
+    let with = |extra: Vec<emulator::AccountConfig>| EmulatorConfig {
+        api_key_sid: Some(B_KEY.into()),
+        api_key_secret: Some("main".into()),
+        extra_accounts: extra,
+        ..EmulatorConfig::default()
+    };
+    let err = |config: EmulatorConfig| config.validate().unwrap_err().to_string();
+    let plain = |sid: &str| emulator::AccountConfig {
+        account_sid: sid.into(),
+        auth_token: C_TOKEN.into(),
+        api_key_sid: None,
+        api_key_secret: None,
+    };
+    assert!(err(with(vec![plain(SID)])).contains("extra_accounts[0]: account"));
+    assert!(err(with(vec![plain(C_SID), plain(C_SID)])).contains("extra_accounts[1]"));
+    assert!(
+        err(with(vec![account_b()])).contains("API key"),
+        "the key is A's"
+    );
+    assert!(err(with(vec![plain("ACnothex")])).contains("AC followed by 32 hex"));
+    let too_many: Vec<_> = (0..emulator::MAX_ACCOUNTS)
+        .map(|i| plain(&format!("AC{i:032x}")))
+        .collect();
+    assert!(err(with(too_many)).contains(&format!("at most {}", emulator::MAX_ACCOUNTS)));
+    let held = EmulatorConfig {
+        max_held_requests: 0,
+        ..EmulatorConfig::default()
+    };
+    assert!(err(held).contains("max_held_requests"));
+}
+
+#[tokio::test]
+async fn hold_parks_requests_until_released() {
+    let emu = common::start_emulator(|_| {}).await;
+    let ch = emu.conversation(None).await;
+    let parts = format!("/v1/Conversations/{ch}/Participants");
+    let create = |identity: &'static str| {
+        let http = emu.http.clone();
+        let url = emu.url(&parts);
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .basic_auth(SID, Some(TOKEN))
+                .form(&[("Identity", identity)])
+                .send()
+                .await?;
+            Ok::<_, reqwest::Error>(r.status().as_u16())
+        })
+    };
+
+    // Held, listed, not processed; released by rule id: processed, 201.
+    let rule = emu
+        .add_rule_id(json!({"method":"POST","path":"/Participants$",
+            "action":{"kind":"hold"}}))
+        .await;
+    let task = create("h1");
+    let held = emu.wait_held(1).await;
+    assert_eq!(held[0]["method"], "POST");
+    assert_eq!(held[0]["path"], parts.as_str());
+    assert_eq!(held[0]["rule_id"], rule);
+    assert_eq!(held[0]["account_sid"], SID);
+    assert!(held[0]["seq"].as_u64().is_some());
+    assert_eq!(
+        emu.get(&format!("{parts}/h1")).await.0,
+        404,
+        "not yet processed"
+    );
+    assert_eq!(emu.release_rule(rule + 1).await, 0, "another rule's id");
+    assert_eq!(emu.release_rule(rule).await, 1);
+    assert_eq!(task.await.unwrap().unwrap(), 201);
+    assert_eq!(emu.get(&format!("{parts}/h1")).await.0, 200);
+    assert!(emu.held().await.is_empty());
+
+    // The client is killed while its request is held: processed on release.
+    send_and_vanish(
+        &emu,
+        &raw_request("POST", &parts, "Identity=h2"),
+        Duration::ZERO,
+    )
+    .await;
+    let held = emu.wait_held(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(emu.get(&format!("{parts}/h2")).await.0, 404);
+    assert_eq!(emu.release(Some(json!({"seq": held[0]["seq"]}))).await, 1);
+    wait_status(&emu, &format!("{parts}/h2"), 200).await;
+    let log = emu.log_json().await;
+    let entry = log.iter().find(|e| e["form"]["Identity"] == "h2").unwrap();
+    assert_eq!(entry["outcome"], "held");
+    assert_eq!(entry["status"], 201);
+    assert_eq!(entry["held_seq"], held[0]["seq"]);
+
+    // process_on_release = false: the connection closes, nothing is created.
+    emu.http
+        .delete(emu.url("/__emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+    emu.add_rule(json!({"method":"POST","path":"/Participants$",
+        "action":{"kind":"hold","process_on_release":false}}))
+        .await;
+    let task = create("h3");
+    emu.wait_held(1).await;
+    assert_eq!(emu.release(None).await, 1);
+    assert!(task.await.unwrap().is_err(), "connection closed");
+    assert_eq!(emu.get(&format!("{parts}/h3")).await.0, 404);
+
+    // A reset drops held requests unprocessed.
+    let task = create("h4");
+    emu.wait_held(1).await;
+    emu.http
+        .post(emu.url("/__emulator/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert!(task.await.unwrap().is_err());
+    assert!(emu.held().await.is_empty());
+    assert!(
+        emu.log_json().await.is_empty(),
+        "a request from before the reset is not logged after it"
+    );
+}
+
+#[tokio::test]
+async fn held_requests_are_bounded() {
+    let emu = common::start_emulator(|c| c.max_held_requests = 1).await;
+    emu.add_rule(json!({"method":"GET","path":"^/v1/Users$","action":{"kind":"hold"}}))
+        .await;
+    let http = emu.http.clone();
+    let url = emu.url("/v1/Users");
+    let first = tokio::spawn(async move {
+        http.get(url)
+            .basic_auth(SID, Some(TOKEN))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    emu.wait_held(1).await;
+    let (s, v) = emu.get("/v1/Users").await;
+    assert_eq!((s, &v["code"]), (503, &json!(20503)), "{v}");
+    assert_eq!(emu.held().await.len(), 1);
+    emu.release(None).await;
+    assert_eq!(first.await.unwrap(), 200);
+}
+
+/// Start `n` GETs of `path` as `creds` in the background; their statuses.
+fn spawn_gets(
+    emu: &Emulator,
+    creds: (&'static str, &'static str),
+    path: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..n)
+        .map(|_| {
+            let http = emu.http.clone();
+            let url = emu.url(path);
+            tokio::spawn(async move {
+                http.get(url)
+                    .basic_auth(creds.0, Some(creds.1))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stats_count_requests_in_flight_per_account() {
+    let emu = two_accounts().await;
+    emu.add_rule(json!({"method":"GET","path":"^/v1/Users$","action":{"kind":"hold"}}))
+        .await;
+    let mut tasks = spawn_gets(&emu, (SID, TOKEN), "/v1/Users", 3);
+    tasks.extend(spawn_gets(&emu, (B_SID, B_TOKEN), "/v1/Users", 2));
+    emu.wait_held(5).await;
+    let stats = emu.stats().await;
+    assert_eq!(stats["in_flight"], 5, "{stats}");
+    assert_eq!(stats["max_in_flight"], 5);
+    assert_eq!(
+        stats["accounts"][SID],
+        json!({"in_flight": 3, "max_in_flight": 3})
+    );
+    assert_eq!(
+        stats["accounts"][B_SID],
+        json!({"in_flight": 2, "max_in_flight": 2})
+    );
+
+    assert_eq!(emu.release(None).await, 5);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let stats = emu.stats().await;
+    assert_eq!(stats["in_flight"], 0, "{stats}");
+    assert_eq!(stats["max_in_flight"], 5);
+    assert_eq!(
+        stats["accounts"][SID],
+        json!({"in_flight": 0, "max_in_flight": 3})
+    );
+    emu.reset_stats().await;
+    let stats = emu.stats().await;
+    assert_eq!(stats["max_in_flight"], 0);
+    assert_eq!(
+        stats["accounts"][B_SID],
+        json!({"in_flight": 0, "max_in_flight": 0})
+    );
+}
+
+#[tokio::test]
+async fn too_many_requests_above_a_concurrency_level() {
+    let emu = two_accounts().await;
+    emu.add_rule(json!({"path":"^/v1/","in_flight_above":2,
+        "action":{"kind":"too_many_requests","retry_after":null}}))
+        .await;
+    emu.add_rule(json!({"method":"GET","path":"^/v1/Users$","action":{"kind":"hold"}}))
+        .await;
+    let tasks = spawn_gets(&emu, (SID, TOKEN), "/v1/Users", 2);
+    emu.wait_held(2).await;
+
+    // A third request of A is refused, without Retry-After.
+    let r = emu
+        .http
+        .get(emu.url("/v1/Conversations"))
+        .basic_auth(SID, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], 20429);
+    // B's requests are counted apart.
+    let (s, _) = emu
+        .call_as(
+            (B_SID, B_TOKEN),
+            reqwest::Method::GET,
+            "/v1/Conversations",
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // With Retry-After.
+    emu.http
+        .delete(emu.url("/__emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+    emu.add_rule(json!({"path":"^/v1/Services","in_flight_above":2,
+        "action":{"kind":"too_many_requests","retry_after":3}}))
+        .await;
+    let r = emu
+        .http
+        .get(emu.url("/v1/Services"))
+        .basic_auth(SID, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3");
+
+    emu.release(None).await;
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200, "held requests were admitted");
+    }
+    assert_eq!(
+        emu.get("/v1/Services").await.0,
+        200,
+        "below the level again"
+    );
+}
+
+#[tokio::test]
+async fn rules_fire_from_the_nth_match_and_per_account() {
+    let emu = two_accounts().await;
+    let ch = emu.conversation(None).await;
+    let parts = format!("/v1/Conversations/{ch}/Participants");
+    emu.add_rule(
+        json!({"method":"POST","path":"/Participants$","after":2,"times":1,
+        "action":{"kind":"status","status":503}}),
+    )
+    .await;
+    for id in ["n1", "n2"] {
+        assert_eq!(emu.post(&parts, &[("Identity", id)]).await.0, 201);
+    }
+    let rules: Value = emu
+        .http
+        .get(emu.url("/__emulator/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rules["faults"][0]["rule"]["after"], 0, "{rules}");
+    assert_eq!(rules["faults"][0]["rule"]["times"], 1);
+    assert_eq!(emu.post(&parts, &[("Identity", "n3")]).await.0, 503);
+    assert_eq!(emu.get(&format!("{parts}/n3")).await.0, 404);
+    assert_eq!(emu.post(&parts, &[("Identity", "n4")]).await.0, 201);
+
+    // A rule for one account leaves the others alone.
+    emu.add_rule(json!({"account_sid": B_SID, "path":".","action":{"kind":"status","status":500}}))
+        .await;
+    assert_eq!(emu.get("/v1/Users").await.0, 200);
+    let (s, _) = emu
+        .call_as((B_KEY, B_SECRET), reqwest::Method::GET, "/v1/Users", &[])
+        .await;
+    assert_eq!(s, 500);
+    let r = emu
+        .http
+        .post(emu.url("/__emulator/faults"))
+        .json(&json!({"account_sid":"AC1","path":".","action":{"kind":"reset"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -1,26 +1,18 @@
 //! The Twilio Conversations v1 API surface of the emulator.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::response::Response;
-use base64::Engine as _;
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::faults::{self, CompiledParticipantFault, FaultAction, FaultMode};
+use super::EmulatorConfig;
+use super::faults::{CompiledParticipantFault, FaultMode};
 use super::model::{
     self, Binding, Conversation, MAX_ITEMS_PER_COLLECTION, MAX_PARTICIPANTS_PER_CONVERSATION,
     Participant, Scope, Shared, Store, User, is_sid, parse_date,
 };
-use super::{DropConnection, EmulatorConfig, MAX_BODY_BYTES};
 use crate::twilio_error::{error_response, twilio_more_info};
 
-/// Name of the request-id header on every response.
-const REQUEST_ID_HEADER: &str = "twilio-request-id";
 /// Longest identity accepted (Twilio: "Limited to 256 characters").
 const MAX_IDENTITY_CHARS: usize = 256;
 /// Default `PageSize`.
@@ -29,27 +21,20 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE_LARGE: u32 = 100;
 /// Maximum `PageSize` of user and user-conversation lists.
 const MAX_PAGE_SIZE_USERS: u32 = 50;
-/// Headers never written to the request log.
-const SECRET_HEADERS: [&str; 4] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
 
 /// A Twilio error answer.
 #[derive(Debug, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub(crate) struct ApiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: u32,
     message: String,
     /// Set when the participant fault produced this error (request log).
-    fault: Option<&'static str>,
+    pub(crate) fault: Option<&'static str>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -58,7 +43,7 @@ impl ApiError {
         }
     }
 
-    fn not_found(path: &str) -> Self {
+    pub(crate) fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             20404,
@@ -78,7 +63,7 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
     }
 
-    fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         error_response::<Body>(
             self.status,
             self.code,
@@ -90,11 +75,14 @@ impl ApiError {
 
 /// A successful answer.
 pub(crate) struct Reply {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     body: Option<Value>,
 }
 
 impl Reply {
+    pub(crate) fn into_response(self) -> Response {
+        json_response(self.status, self.body.as_ref())
+    }
     fn ok(body: Value) -> Self {
         Self {
             status: StatusCode::OK,
@@ -121,7 +109,7 @@ type ApiResult = Result<Reply, ApiError>;
 pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn parse(bytes: &[u8]) -> Self {
+    pub(crate) fn parse(bytes: &[u8]) -> Self {
         Self(form_urlencoded::parse(bytes).into_owned().collect())
     }
     fn get(&self, name: &str) -> Option<&str> {
@@ -130,7 +118,7 @@ impl Params {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         // Repeated keys: the last value wins in the log.
         let mut map = Map::new();
         for (k, v) in &self.0 {
@@ -141,80 +129,15 @@ impl Params {
 }
 
 /// One API request as the handlers see it.
-struct Req<'a> {
-    method: &'a Method,
+pub(crate) struct Req<'a> {
+    pub(crate) method: &'a Method,
     /// Raw (still percent-encoded) path, used in messages and page URLs.
-    path: &'a str,
-    query: Params,
-    form: Params,
+    pub(crate) path: &'a str,
+    pub(crate) query: Params,
+    pub(crate) form: &'a Params,
 }
 
-pub(crate) fn new_request_id() -> String {
-    format!("RQ{:032x}", rand::random::<u128>())
-}
-
-/// Adds `Twilio-Request-Id` to responses that lack one (control API).
-pub(crate) async fn ensure_request_id(mut response: Response) -> Response {
-    if !response.headers().contains_key(REQUEST_ID_HEADER) {
-        if let Ok(v) = HeaderValue::from_str(&new_request_id()) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, v);
-        }
-    }
-    response
-}
-
-fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-/// `(username, password)` of a Basic `Authorization` header.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, pass) = text.split_once(':')?;
-    Some((user.to_owned(), pass.to_owned()))
-}
-
-fn authorized(config: &EmulatorConfig, creds: Option<&(String, String)>) -> bool {
-    let Some((user, pass)) = creds else {
-        return false;
-    };
-    let account = ct_eq(user, &config.account_sid) & ct_eq(pass, &config.auth_token);
-    let key = match (&config.api_key_sid, &config.api_key_secret) {
-        (Some(sid), Some(secret)) => ct_eq(user, sid) & ct_eq(pass, secret),
-        _ => false,
-    };
-    account || key
-}
-
-fn unauthorized() -> Response {
-    let body = json!({
-        "code": 20003,
-        "detail": "",
-        "message": "Authenticate",
-        "more_info": twilio_more_info(20003),
-        "status": 401,
-    });
-    let mut response = json_response(StatusCode::UNAUTHORIZED, Some(&body));
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"Twilio API\""),
-    );
-    response
-}
-
-fn json_response(status: StatusCode, body: Option<&Value>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Option<&Value>) -> Response {
     let mut response = match body {
         Some(v) => {
             let mut r = Response::new(Body::from(serde_json::to_vec(v).unwrap_or_default()));
@@ -230,235 +153,8 @@ fn json_response(status: StatusCode, body: Option<&Value>) -> Response {
     response
 }
 
-fn drop_response() -> Response {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response.extensions_mut().insert(DropConnection);
-    response
-}
-
-/// Headers for the request log: everything except credentials.
-fn loggable_headers(config: &EmulatorConfig, headers: &HeaderMap) -> Value {
-    let mut map = Map::new();
-    for (name, value) in headers {
-        let name = name.as_str();
-        if SECRET_HEADERS.contains(&name) {
-            continue;
-        }
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        let leaks = value.contains(&config.auth_token)
-            || config
-                .api_key_secret
-                .as_deref()
-                .is_some_and(|s| value.contains(s));
-        if leaks {
-            continue;
-        }
-        match map.get_mut(name) {
-            Some(Value::String(existing)) => {
-                existing.push_str(", ");
-                existing.push_str(&value);
-            }
-            _ => {
-                map.insert(name.to_owned(), Value::String(value));
-            }
-        }
-    }
-    Value::Object(map)
-}
-
-/// The fallback handler: every non-control request.
-pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let request_id = new_request_id();
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
-
-    let mut response = if path == "/__emulator" || path.starts_with("/__emulator/") {
-        // Unknown control path: not logged, no auth.
-        ApiError::not_found(&path).into_response()
-    } else {
-        let config = &shared.config;
-        let creds = basic_credentials(&parts.headers);
-        let mut entry = json!({
-            "request_id": request_id,
-            "method": parts.method.as_str(),
-            "path": path_and_query,
-            "headers": loggable_headers(config, &parts.headers),
-            "auth_user": creds.as_ref().map(|(u, _)| u.clone()),
-        });
-        let (response, status, outcome, fault) = process(
-            &shared,
-            &parts.method,
-            &path,
-            parts.uri.query(),
-            body,
-            creds.as_ref(),
-            &mut entry,
-        )
-        .await;
-        if let Some(obj) = entry.as_object_mut() {
-            obj.insert("status".into(), json!(status));
-            obj.insert("outcome".into(), json!(outcome));
-            obj.insert("fault".into(), json!(fault));
-        }
-        let max = config.max_request_log;
-        shared.lock().push_log(max, entry);
-        response
-    };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    response
-}
-
-/// Auth, fault injection and the operation itself. Returns the response,
-/// the status for the log (None when the connection is dropped), the outcome
-/// and the fault that fired.
-async fn process(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    body: Body,
-    creds: Option<&(String, String)>,
-    entry: &mut Value,
-) -> (Response, Option<u16>, &'static str, Option<&'static str>) {
-    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                20001,
-                format!("Request body larger than {MAX_BODY_BYTES} bytes or unreadable"),
-            );
-            return (e.into_response(), Some(413), "responded", None);
-        }
-    };
-    let form = Params::parse(&body);
-    if let Some(obj) = entry.as_object_mut() {
-        obj.insert("form".into(), form.to_json());
-    }
-    if !authorized(&shared.config, creds) {
-        return (unauthorized(), Some(401), "responded", None);
-    }
-
-    let chosen = {
-        let mut state = shared.lock();
-        faults::choose(&mut state.rules, method.as_str(), path)
-    };
-    if chosen.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(chosen.delay_ms)).await;
-    }
-    let mut drop_after: Option<(&'static str, u64)> = None;
-    let mut malformed = false;
-    match chosen.action {
-        None => {}
-        Some(FaultAction::Latency { .. }) => {}
-        Some(FaultAction::Status {
-            status,
-            code,
-            message,
-        }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let code = code.unwrap_or(match status.as_u16() {
-                503 => 20503,
-                500..=599 => 20500,
-                404 => 20404,
-                429 => 20429,
-                _ => 20001,
-            });
-            let message = message.unwrap_or_else(|| {
-                status
-                    .canonical_reason()
-                    .unwrap_or("Injected error")
-                    .to_owned()
-            });
-            let e = ApiError::new(status, code, message);
-            return (
-                e.into_response(),
-                Some(status.as_u16()),
-                "injected_status",
-                None,
-            );
-        }
-        Some(FaultAction::TooManyRequests { retry_after }) => {
-            let mut response =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests")
-                    .into_response();
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return (response, Some(429), "injected_status", None);
-        }
-        Some(FaultAction::Reset { processed }) => {
-            if !processed {
-                return (drop_response(), None, "reset", None);
-            }
-            drop_after = Some(("reset", 0));
-        }
-        Some(FaultAction::HangThenDrop { ms, processed }) => {
-            if !processed {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                return (drop_response(), None, "hang_then_drop", None);
-            }
-            drop_after = Some(("hang_then_drop", ms));
-        }
-        Some(FaultAction::MalformedJson) => malformed = true,
-    }
-
-    let req = Req {
-        method,
-        path,
-        query: Params::parse(query.unwrap_or("").as_bytes()),
-        form,
-    };
-    let (mut response, status, fault) = match dispatch(shared, &req) {
-        Ok(reply) => (
-            json_response(reply.status, reply.body.as_ref()),
-            reply.status.as_u16(),
-            None,
-        ),
-        Err(e) => {
-            let status = e.status.as_u16();
-            let fault = e.fault;
-            (e.into_response(), status, fault)
-        }
-    };
-    if let Some((outcome, ms)) = drop_after {
-        if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        return (drop_response(), None, outcome, fault);
-    }
-    if malformed {
-        let bytes =
-            match axum::body::to_bytes(std::mem::take(response.body_mut()), MAX_BODY_BYTES * 64)
-                .await
-            {
-                Ok(b) => b,
-                Err(_) => Bytes::new(),
-            };
-        let cut = if bytes.is_empty() {
-            Bytes::from_static(b"{\"")
-        } else {
-            bytes.slice(..bytes.len() / 2)
-        };
-        *response.body_mut() = Body::from(cut);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return (response, Some(status), "malformed_json", fault);
-    }
-    (response, Some(status), "responded", fault)
-}
-
-/// Route one authenticated API request.
-fn dispatch(shared: &Shared, req: &Req<'_>) -> ApiResult {
+/// Route one API request authenticated as `account_sid`.
+pub(crate) fn dispatch(shared: &Shared, req: &Req<'_>, account_sid: &str) -> ApiResult {
     let mut decoded: Vec<String> = Vec::new();
     for raw in req.path.split('/').skip(1) {
         match percent_encoding::percent_decode_str(raw).decode_utf8() {
@@ -470,12 +166,25 @@ fn dispatch(shared: &Shared, req: &Req<'_>) -> ApiResult {
     let config = &shared.config;
     let mut guard = shared.lock();
     let state = &mut *guard;
+    let Some(account) = state
+        .accounts
+        .iter_mut()
+        .find(|a| a.creds.account_sid == account_sid)
+    else {
+        // Removed by a reset while this request was waiting.
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            20003,
+            "Authenticate",
+        ));
+    };
     let ctx = Ctx {
         config,
+        account_sid,
         req,
         fault: &state.fault,
     };
-    let store = &mut state.store;
+    let store = &mut account.store;
     match segs.as_slice() {
         ["v1", "Configuration"] => configuration(&ctx, store),
         ["v1", "Services"] => services(&ctx, store),
@@ -498,6 +207,8 @@ fn dispatch(shared: &Shared, req: &Req<'_>) -> ApiResult {
 
 struct Ctx<'a> {
     config: &'a EmulatorConfig,
+    /// The account the request authenticated as (owner of `store`).
+    account_sid: &'a str,
     req: &'a Req<'a>,
     fault: &'a CompiledParticipantFault,
 }
@@ -506,7 +217,7 @@ impl Ctx<'_> {
     fn scope<'s>(&'s self, service_sid: &'s str, scoped: bool) -> Scope<'s> {
         Scope {
             base: &self.config.public_url,
-            account_sid: &self.config.account_sid,
+            account_sid: self.account_sid,
             service_sid,
             scoped,
         }
@@ -657,9 +368,8 @@ fn envelope(key: &str, items: Vec<Value>, meta: Value) -> Value {
 // ---- Configuration and Services ----
 
 fn configuration(ctx: &Ctx<'_>, store: &mut Store) -> ApiResult {
-    let render = |store: &Store| {
-        model::render_configuration(&ctx.config.public_url, &ctx.config.account_sid, store)
-    };
+    let render =
+        |store: &Store| model::render_configuration(&ctx.config.public_url, ctx.account_sid, store);
     match *ctx.req.method {
         Method::GET => Ok(Reply::ok(render(store))),
         Method::POST => {
@@ -681,7 +391,7 @@ fn configuration(ctx: &Ctx<'_>, store: &mut Store) -> ApiResult {
 }
 
 fn services(ctx: &Ctx<'_>, store: &mut Store) -> ApiResult {
-    let (base, account) = (&ctx.config.public_url, &ctx.config.account_sid);
+    let (base, account) = (&ctx.config.public_url, ctx.account_sid);
     match *ctx.req.method {
         Method::GET => {
             let keys: Vec<&str> = store.services.iter().map(|s| s.sid.as_str()).collect();
@@ -714,7 +424,7 @@ fn service(ctx: &Ctx<'_>, store: &mut Store, sid: &str) -> ApiResult {
     match *ctx.req.method {
         Method::GET => Ok(Reply::ok(model::render_service(
             &ctx.config.public_url,
-            &ctx.config.account_sid,
+            ctx.account_sid,
             &store.services[idx],
         ))),
         Method::DELETE => {
@@ -1262,6 +972,7 @@ fn fetch_user_conversation(
 /// Used by the control API: set a User's creation date.
 pub(crate) fn set_user_date_created(
     shared: &Shared,
+    account_sid: Option<&str>,
     service_sid: Option<&str>,
     identity: &str,
     date_created: &str,
@@ -1270,7 +981,11 @@ pub(crate) fn set_user_date_created(
         .ok_or_else(|| format!("date_created {date_created:?} is not RFC 3339"))?;
     let config = &shared.config;
     let mut state = shared.lock();
-    let store = &mut state.store;
+    let account_sid = account_sid.unwrap_or(&config.account_sid);
+    let store = &mut state
+        .account_mut(account_sid)
+        .ok_or_else(|| format!("account {account_sid} not found"))?
+        .store;
     let sid = service_sid
         .map(str::to_owned)
         .unwrap_or_else(|| store.default_service_sid.clone());
@@ -1286,7 +1001,7 @@ pub(crate) fn set_user_date_created(
     user.created = when;
     let scope = Scope {
         base: &config.public_url,
-        account_sid: &config.account_sid,
+        account_sid,
         service_sid: &sid,
         scoped,
     };

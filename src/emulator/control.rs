@@ -41,6 +41,7 @@ pub(crate) async fn clear_requests(State(shared): AppState) -> StatusCode {
 
 pub(crate) async fn reset(State(shared): AppState) -> StatusCode {
     shared.reset();
+    shared.traffic.cancel_all();
     StatusCode::NO_CONTENT
 }
 
@@ -96,6 +97,9 @@ pub(crate) async fn clear_faults(State(shared): AppState) -> StatusCode {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserDate {
     identity: String,
+    /// The owning account (default: the configured `account_sid`).
+    #[serde(default)]
+    account_sid: Option<String>,
     #[serde(default)]
     service_sid: Option<String>,
     date_created: String,
@@ -107,6 +111,7 @@ pub(crate) async fn set_user_date_created(
 ) -> Response {
     match super::api::set_user_date_created(
         &shared,
+        body.account_sid.as_deref(),
         body.service_sid.as_deref(),
         &body.identity,
         &body.date_created,

@@ -10,6 +10,8 @@ const MAX_REGEX_SIZE: usize = 1 << 20;
 pub const MAX_FAULT_DELAY_MS: u64 = 120_000;
 /// Most injection rules held at once.
 pub const MAX_FAULT_RULES: usize = 1_000;
+/// Largest `Retry-After` a `too_many_requests` rule may send (one day).
+pub const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 /// Most identities in `identities`.
 pub const MAX_FAULT_IDENTITIES: usize = 10_000;
 
@@ -126,6 +128,17 @@ pub struct FaultRule {
     /// How many more times the rule fires (unlimited when absent).
     #[serde(default)]
     pub times: Option<u32>,
+    /// Only requests of this account (`AC...`) match (any account when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_sid: Option<String>,
+    /// How many more matching requests the rule lets pass before it starts
+    /// firing (counts down; absent = fires from the first match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u32>,
+    /// The rule fires only while the request's account has more than this
+    /// many `/v1` requests in flight, this one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight_above: Option<u64>,
     pub action: FaultAction,
 }
 
@@ -143,10 +156,10 @@ pub enum FaultAction {
         #[serde(default)]
         message: Option<String>,
     },
-    /// 429 / 20429 with `Retry-After` (seconds).
+    /// 429 / 20429 with `Retry-After` (seconds; `null` sends no header).
     TooManyRequests {
         #[serde(default = "default_retry_after")]
-        retry_after: u64,
+        retry_after: Option<u64>,
     },
     /// Close the connection without a response.
     Reset {
@@ -161,10 +174,33 @@ pub enum FaultAction {
     },
     /// Process the request, then send a truncated JSON body.
     MalformedJson,
+    /// Wait `ms`, then process the request and answer normally; the wait and
+    /// the processing run in their own task, so the request is processed
+    /// even if the client closed the connection meanwhile.
+    DelayThenProcess { ms: u64 },
+    /// Park the request until `POST /__emulator/release`; then process it
+    /// (`process_on_release`, the default, even if the client is gone) or
+    /// close the connection without processing it.
+    Hold {
+        #[serde(default = "default_process_on_release")]
+        process_on_release: bool,
+    },
 }
 
-fn default_retry_after() -> u64 {
-    1
+fn default_retry_after() -> Option<u64> {
+    Some(1)
+}
+
+fn default_process_on_release() -> bool {
+    true
+}
+
+impl FaultAction {
+    /// Does this action run the request in a task of its own, so that it
+    /// outlives the client's connection?
+    pub(crate) fn detached(&self) -> bool {
+        matches!(self, Self::DelayThenProcess { .. } | Self::Hold { .. })
+    }
 }
 
 /// A rule with its regex compiled.
@@ -182,8 +218,17 @@ impl FaultRule {
                 return Err(format!("invalid method {method:?}"));
             }
         }
+        if let Some(sid) = &self.account_sid {
+            if !super::model::is_sid(sid, "AC") {
+                return Err(format!(
+                    "account_sid {sid:?} is not AC followed by 32 hex digits"
+                ));
+            }
+        }
         match &self.action {
-            FaultAction::Latency { ms } | FaultAction::HangThenDrop { ms, .. }
+            FaultAction::Latency { ms }
+            | FaultAction::HangThenDrop { ms, .. }
+            | FaultAction::DelayThenProcess { ms }
                 if *ms > MAX_FAULT_DELAY_MS =>
             {
                 return Err(format!("delay above {MAX_FAULT_DELAY_MS} ms"));
@@ -191,8 +236,10 @@ impl FaultRule {
             FaultAction::Status { status, .. } if !(400..=599).contains(status) => {
                 return Err(format!("status {status} is not 4xx/5xx"));
             }
-            FaultAction::TooManyRequests { retry_after } if *retry_after > 86_400 => {
-                return Err("retry_after above one day".to_owned());
+            FaultAction::TooManyRequests {
+                retry_after: Some(secs),
+            } if *secs > MAX_RETRY_AFTER_SECS => {
+                return Err(format!("retry_after above {MAX_RETRY_AFTER_SECS} s"));
             }
             _ => {}
         }
@@ -213,18 +260,48 @@ impl FaultRule {
 pub(crate) struct Chosen {
     pub(crate) delay_ms: u64,
     pub(crate) action: Option<FaultAction>,
+    /// Id of the rule that supplied `action`.
+    pub(crate) rule_id: Option<u64>,
 }
 
-/// Pick the faults for `method path`, consuming `times`.
-pub(crate) fn choose(rules: &mut Vec<CompiledRule>, method: &str, path: &str) -> Chosen {
+/// What [`choose`] knows about the request.
+pub(crate) struct Incoming<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) account_sid: &'a str,
+    /// `/v1` requests of the account in flight, this one included.
+    pub(crate) in_flight: u64,
+}
+
+/// Pick the faults for a request, counting down `after` and consuming `times`.
+pub(crate) fn choose(rules: &mut Vec<CompiledRule>, req: &Incoming<'_>) -> Chosen {
     let mut chosen = Chosen::default();
     for rule in rules.iter_mut() {
         let method_ok = rule
             .rule
             .method
             .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method));
-        if !method_ok || !rule.path.is_match(path) || rule.rule.times == Some(0) {
+            .is_none_or(|m| m.eq_ignore_ascii_case(req.method));
+        let account_ok = rule
+            .rule
+            .account_sid
+            .as_deref()
+            .is_none_or(|a| a == req.account_sid);
+        if !method_ok || !account_ok || !rule.path.is_match(req.path) || rule.rule.times == Some(0)
+        {
+            continue;
+        }
+        if let Some(after) = rule.rule.after.as_mut() {
+            if *after > 0 {
+                *after -= 1;
+                continue;
+            }
+        }
+        if rule
+            .rule
+            .in_flight_above
+            .is_some_and(|limit| req.in_flight <= limit)
+        {
             continue;
         }
         match &rule.rule.action {
@@ -236,6 +313,7 @@ pub(crate) fn choose(rules: &mut Vec<CompiledRule>, method: &str, path: &str) ->
                     continue;
                 }
                 chosen.action = Some(other.clone());
+                chosen.rule_id = Some(rule.id);
             }
         }
         if let Some(times) = rule.rule.times.as_mut() {

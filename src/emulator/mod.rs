@@ -15,24 +15,64 @@
 //! * `GET|POST .../Users`, `GET|POST|DELETE .../Users/{US or identity}`
 //! * `GET .../Users/{US or identity}/Conversations[/{CH or UniqueName}]`
 //!
-//! HTTP Basic auth with the configured account SID + auth token (or API key
-//! SID + secret when configured) is required on every `/v1/...` path.
-//! Every response carries `Twilio-Request-Id: RQ<32 hex>`.
+//! HTTP Basic auth with an account SID + auth token (or API key SID +
+//! secret) is required on every `/v1/...` path. Every response carries
+//! `Twilio-Request-Id: RQ<32 hex>`.
+//!
+//! # Accounts
+//!
+//! Besides the configured account (`account_sid`, `auth_token`, optional
+//! `api_key_sid`/`api_key_secret`) the emulator serves the accounts of
+//! `extra_accounts` and those added with `POST /__emulator/accounts` (at most
+//! [`MAX_ACCOUNTS`] in all). The credentials of a request decide its
+//! account; an API key (`SK...`) belongs to exactly one account, and a key or
+//! token authenticates only together with its own account's partner
+//! credential. Each account owns its own resources: services (with its own
+//! default service and `/v1/Configuration`), conversations, users and
+//! participants. A request of account B never sees or changes account A's
+//! resources: a SID (or unique name, or identity) of A's answers
+//! 404/20404 to B, as Twilio answers for a SID that is not yours, and
+//! `account_sid` in every JSON is the owning account. The participant fault
+//! settings and the injection rules apply to every account (a rule's
+//! optional `account_sid` narrows it to one).
 //!
 //! # Control API (no auth; the proxy never forwards `/__emulator/`)
 //!
 //! | method + path | body | effect |
 //! |---|---|---|
 //! | `GET /__emulator/health` | | `200 {"status":"ok"}` |
-//! | `GET /__emulator/requests` | | `{"requests":[{seq, request_id, method, path (with raw query), headers, auth_user, form, status, outcome, fault}], "dropped": n}` |
+//! | `GET /__emulator/requests` | | `{"requests":[{seq, request_id, method, path (with raw query), headers, auth_user, account_sid, form, status, outcome, fault, held_seq?}], "dropped": n}` |
 //! | `DELETE /__emulator/requests` | | clears the request log (204) |
-//! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings and injection rules (the default service keeps its SID) (204) |
+//! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings, injection rules and accounts (the default services keep their SID) and drops held requests (204; see below) |
 //! | `GET /__emulator/fault` | | current participant fault settings |
 //! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null}` | replaces them |
 //! | `GET /__emulator/faults` | | injection rules with their ids and remaining counts |
 //! | `POST /__emulator/faults` | a [`FaultRule`] as JSON | adds a rule (201 `{"id":n}`) |
 //! | `DELETE /__emulator/faults` | | removes all rules (204) |
-//! | `PUT /__emulator/users/date-created` | `{"identity":"alice","service_sid":"IS.."(optional, default service),"date_created":"2024-05-01T10:00:00Z"}` | sets a User's creation date (200, the user JSON) |
+//! | `PUT /__emulator/users/date-created` | `{"identity":"alice","service_sid":"IS.."(optional, default service),"account_sid":"AC.."(optional, the configured account),"date_created":"2024-05-01T10:00:00Z"}` | sets a User's creation date (200, the user JSON) |
+//! | `GET /__emulator/accounts` | | `{"accounts":[{account_sid, api_key_sid, default_chat_service_sid, configured}]}` (never a secret) |
+//! | `POST /__emulator/accounts` | `{"account_sid":"AC..","auth_token":"..","api_key_sid":"SK.."(optional),"api_key_secret":".."(with the key)}` | adds an account with empty resources (201, its `accounts` entry); 409 if the SID or the key is already in use, 400 if malformed or beyond [`MAX_ACCOUNTS`] |
+//! | `GET /__emulator/held` | | `{"held":[{seq, rule_id, method, path (with raw query), account_sid, held_ms}], "max_held": n}`: requests parked by `hold` rules |
+//! | `POST /__emulator/release` | none (all), `{"id": rule_id}` or `{"seq": n}` | releases held requests (200 `{"released": n}`) |
+//! | `GET /__emulator/stats` | | `{"in_flight": n, "max_in_flight": m, "accounts": {"AC..": {"in_flight": n, "max_in_flight": m}}}` |
+//! | `DELETE /__emulator/stats` | | every `max_in_flight` restarts from the current `in_flight` (204) |
+//!
+//! The request log's `auth_user` is the Basic username as sent (`AC...` or
+//! `SK...`), `account_sid` the account it resolved to (`null` when refused
+//! with 401); a request held by a `hold` rule also has `held_seq`. `outcome`
+//! is `responded`, or the fault that shaped the answer: `injected_status`,
+//! `reset`, `hang_then_drop`, `malformed_json`, `delay_then_process`, `held`
+//! (processed on release), `held_dropped`, `hold_full`. `reset`
+//! also removes the accounts added at run time (the configured ones keep
+//! their default service SID) and drops held requests unprocessed; it
+//! leaves the in-flight statistics alone. A request authenticated before a
+//! reset is not written to the new log (a delayed one still runs, against
+//! the state after the reset).
+//!
+//! `in_flight` counts `/v1` requests (any non-control request) from arrival
+//! until they are answered or, for requests whose client went away while
+//! delayed or held, processed; per account from authentication on (a 401
+//! counts only overall). Held and delayed requests are in flight.
 //!
 //! Example fault rules (`POST /__emulator/faults`):
 //!
@@ -43,15 +83,43 @@
 //! {"path":".","action":{"kind":"hang_then_drop","ms":500}}
 //! {"path":".","action":{"kind":"latency","ms":200}}
 //! {"method":"GET","path":"/Users/","action":{"kind":"malformed_json"}}
+//! {"method":"DELETE","path":"/Users/","action":{"kind":"delay_then_process","ms":2000}}
+//! {"method":"POST","path":"/Users$","action":{"kind":"hold","process_on_release":true}}
+//! {"path":"^/v1/","in_flight_above":5,"action":{"kind":"too_many_requests","retry_after":null}}
+//! {"method":"POST","path":"/Participants$","after":2,"times":1,"action":{"kind":"reset"}}
+//! {"account_sid":"ACbb..","path":".","action":{"kind":"status","status":500}}
 //! ```
 //!
 //! Semantics: every matching `latency` rule adds its delay; then the first
 //! matching rule of another kind applies. `times` (optional) is how many
 //! more requests a rule may fire on; it is removed when it reaches zero.
-//! `status` and `too_many_requests` answer without processing the request.
+//! A rule matches a request by `method` (optional), `path` (regex on the
+//! path without the query) and `account_sid` (optional). `after: N`
+//! (optional) lets the first N matching requests pass (whatever other rules
+//! do with them) and counts down; `in_flight_above: N` (optional) makes the
+//! rule fire only while the request's account has more than N `/v1`
+//! requests in flight, this one included (combine it with
+//! `too_many_requests` to model Twilio's concurrency limit). A request that
+//! `after` or `in_flight_above` lets pass does not use up `times`.
+//! `status` and `too_many_requests` answer without processing the request;
+//! `too_many_requests` sends `Retry-After: retry_after` (default 1, `null`
+//! for none, at most [`MAX_RETRY_AFTER_SECS`]).
 //! `reset` and `hang_then_drop` close the TCP connection without any response,
 //! before processing the request or (with `"processed": true`) after it.
 //! `malformed_json` processes the request and then sends a truncated body.
+//! `delay_then_process` waits `ms` (at most [`MAX_FAULT_DELAY_MS`]), then
+//! processes the request and answers normally; the wait and the processing
+//! run in their own task, so the request is processed even if the client
+//! closed its connection or was killed meanwhile (a plain `latency` request
+//! is abandoned with its connection). `hold` parks the request (listed by
+//! `GET /__emulator/held`) until `POST /__emulator/release`; then, with
+//! `process_on_release` (default true), it is processed and answered
+//! normally, also when its client went away meanwhile (it runs in its own
+//! task too); with `false`, the connection is closed and nothing is
+//! processed. At most `max_held_requests` (default
+//! [`DEFAULT_MAX_HELD_REQUESTS`]) are held at once; one more answers
+//! 503/20503 unprocessed. A request held for [`MAX_HOLD`], or held when the
+//! emulator is reset or shut down, is dropped unprocessed.
 //! Connection drops only happen through [`serve`]; when [`router`] is used
 //! in-process the dropped response is an empty `500` carrying the
 //! [`DropConnection`] extension.
@@ -87,10 +155,13 @@
 //! * `is_online`/`is_notifiable` are `false` on fetch and `null` elsewhere.
 //! * Creating a participant with a new `Identity` creates the User.
 
+mod accounts;
 mod api;
 mod control;
 mod faults;
 mod model;
+mod pipeline;
+mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,7 +173,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 
-pub use faults::{FaultAction, FaultMode, FaultRule, ParticipantFault};
+pub use accounts::{AccountConfig, AccountError, MAX_ACCOUNTS};
+pub use faults::{
+    FaultAction, FaultMode, FaultRule, MAX_FAULT_DELAY_MS, MAX_RETRY_AFTER_SECS, ParticipantFault,
+};
+pub use traffic::{DEFAULT_MAX_HELD_REQUESTS, MAX_HELD_REQUESTS_LIMIT, MAX_HOLD};
 
 /// Maximum size of a request body (form or control-API JSON), in bytes.
 /// Twilio's own form bodies are a few hundred bytes; 64 KiB leaves room for
@@ -137,7 +212,7 @@ pub struct EmulatorArgs {
     #[arg(long)]
     pub auth_token: Option<String>,
     /// Base URL written into `url`, `links` and pagination fields (default
-    /// https://conversations.twilio.com).
+    /// <https://conversations.twilio.com>).
     #[arg(long)]
     pub public_url: Option<String>,
     /// TOML file with emulator settings (flat keys, see module docs).
@@ -157,10 +232,17 @@ pub struct EmulatorArgs {
 /// default_service_friendly_name = "Default Conversations Service"
 /// user_delete_removes_participants = true
 /// max_request_log = 10000
+/// max_held_requests = 256
 /// fault_mode = "ghost"                 # ghost | block | off
 /// fault_identities = ["alice"]
 /// fault_identity_pattern = "^legacy-"
 /// fault_user_created_on = "2024-05-01"
+///
+/// [[extra_accounts]]                   # more accounts, each with its own resources
+/// account_sid = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+/// auth_token = "othertoken"
+/// api_key_sid = "SKcccccccccccccccccccccccccccccccc"   # optional
+/// api_key_secret = "othersecret"
 ///
 /// [[faults]]
 /// method = "POST"
@@ -183,6 +265,11 @@ pub struct EmulatorConfig {
     pub user_delete_removes_participants: bool,
     /// Bound of the request log.
     pub max_request_log: usize,
+    /// Most requests parked by `hold` rules at once (1 to
+    /// [`MAX_HELD_REQUESTS_LIMIT`]); one more answers 503/20503.
+    pub max_held_requests: usize,
+    /// Accounts besides `account_sid`, each with its own resources.
+    pub extra_accounts: Vec<AccountConfig>,
     pub fault_mode: FaultMode,
     pub fault_identities: Vec<String>,
     pub fault_identity_pattern: Option<String>,
@@ -203,6 +290,8 @@ impl Default for EmulatorConfig {
             default_service_friendly_name: DEFAULT_SERVICE_NAME.to_owned(),
             user_delete_removes_participants: true,
             max_request_log: DEFAULT_MAX_REQUEST_LOG,
+            max_held_requests: DEFAULT_MAX_HELD_REQUESTS,
+            extra_accounts: Vec::new(),
             fault_mode: FaultMode::Ghost,
             fault_identities: Vec::new(),
             fault_identity_pattern: None,
@@ -233,6 +322,10 @@ pub enum ConfigError {
     ApiKey,
     #[error("public_url must start with http:// or https://")]
     PublicUrl,
+    #[error("extra_accounts[{index}]: {source}")]
+    ExtraAccount { index: usize, source: AccountError },
+    #[error("max_held_requests must be between 1 and {MAX_HELD_REQUESTS_LIMIT}")]
+    MaxHeldRequests,
     #[error("invalid fault settings: {0}")]
     Fault(String),
 }
@@ -283,6 +376,16 @@ impl EmulatorConfig {
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return Err(ConfigError::PublicUrl);
         }
+        if !(1..=MAX_HELD_REQUESTS_LIMIT).contains(&self.max_held_requests) {
+            return Err(ConfigError::MaxHeldRequests);
+        }
+        let all = self.accounts();
+        for (index, creds) in self.extra_accounts.iter().enumerate() {
+            // Index 0 of `all` is the configured account, checked above.
+            creds
+                .check_joins(all[..=index].iter(), index + 1)
+                .map_err(|source| ConfigError::ExtraAccount { index, source })?;
+        }
         self.participant_fault()
             .compile()
             .map_err(ConfigError::Fault)?;
@@ -290,6 +393,19 @@ impl EmulatorConfig {
             rule.compile().map_err(ConfigError::Fault)?;
         }
         Ok(())
+    }
+
+    /// The configured account followed by `extra_accounts`.
+    pub fn accounts(&self) -> Vec<AccountConfig> {
+        let main = AccountConfig {
+            account_sid: self.account_sid.clone(),
+            auth_token: self.auth_token.clone(),
+            api_key_sid: self.api_key_sid.clone(),
+            api_key_secret: self.api_key_secret.clone(),
+        };
+        std::iter::once(main)
+            .chain(self.extra_accounts.iter().cloned())
+            .collect()
     }
 
     /// The participant-fault part of the settings.
@@ -315,7 +431,10 @@ struct ConnectionDropped;
 
 /// The whole emulator as an axum app.
 pub fn router(config: EmulatorConfig) -> Router {
-    let shared = Arc::new(model::Shared::new(config));
+    app(Arc::new(model::Shared::new(config)))
+}
+
+fn app(shared: Arc<model::Shared>) -> Router {
     Router::new()
         .route("/__emulator/health", get(control::health))
         .route(
@@ -337,9 +456,19 @@ pub fn router(config: EmulatorConfig) -> Router {
             "/__emulator/users/date-created",
             put(control::set_user_date_created),
         )
-        .fallback(api::handle)
+        .route(
+            "/__emulator/accounts",
+            get(accounts::list).post(accounts::add),
+        )
+        .route(
+            "/__emulator/stats",
+            get(traffic::get_stats).delete(traffic::reset_stats),
+        )
+        .route("/__emulator/held", get(traffic::get_held))
+        .route("/__emulator/release", post(traffic::release))
+        .fallback(pipeline::handle)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(api::ensure_request_id))
+        .layer(axum::middleware::map_response(pipeline::ensure_request_id))
         .with_state(shared)
 }
 
@@ -352,7 +481,8 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tower::ServiceExt;
 
-    let app = router(config);
+    let shared = Arc::new(model::Shared::new(config));
+    let app = app(shared.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -394,6 +524,8 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Held requests end now (connection closed, not processed).
+    shared.traffic.cancel_all();
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -421,6 +553,7 @@ pub async fn main(args: EmulatorArgs) -> anyhow::Result<()> {
         listen = %local,
         account_sid = %config.account_sid,
         api_key_sid = config.api_key_sid.as_deref().unwrap_or("-"),
+        extra_accounts = config.extra_accounts.len(),
         public_url = %config.public_url,
         fault_mode = ?config.fault_mode,
         "Twilio Conversations emulator listening (control API under /__emulator/)"

@@ -8,21 +8,30 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::EmulatorConfig;
+use super::accounts::Account;
 use super::faults::{CompiledParticipantFault, CompiledRule};
+use super::traffic::Traffic;
 
 /// Most services, conversations per service and users per service.
 pub(crate) const MAX_ITEMS_PER_COLLECTION: usize = 100_000;
 /// Most participants in one conversation (Twilio's documented limit is 1000).
 pub(crate) const MAX_PARTICIPANTS_PER_CONVERSATION: usize = 1_000;
 
-/// Everything behind one lock (never held across an `.await`).
+/// Everything behind one lock (never held across an `.await`), and the
+/// traffic counters and held requests behind another (they outlive `reset`).
 pub(crate) struct Shared {
     pub(crate) config: EmulatorConfig,
     state: Mutex<State>,
+    pub(crate) traffic: Traffic,
 }
 
 pub(crate) struct State {
-    pub(crate) store: Store,
+    /// How many resets happened before this state was made: a request that
+    /// began under another generation is not written to the log.
+    pub(crate) generation: u64,
+    /// The configured account first, then `extra_accounts`, then accounts
+    /// added at run time.
+    pub(crate) accounts: Vec<Account>,
     pub(crate) fault: CompiledParticipantFault,
     pub(crate) rules: Vec<CompiledRule>,
     pub(crate) next_rule_id: u64,
@@ -37,11 +46,13 @@ impl Shared {
         while config.public_url.ends_with('/') {
             config.public_url.pop();
         }
-        let store = Store::new(&config, None);
-        let state = State::initial(&config, store);
+        let accounts = configured_accounts(&config, &[]);
+        let state = State::initial(&config, accounts, 0);
+        let traffic = Traffic::new(config.max_held_requests);
         Self {
             config,
             state: Mutex::new(state),
+            traffic,
         }
     }
 
@@ -51,17 +62,61 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wipe resources and the log; restore start-up fault settings.
+    /// Wipe resources and the log; restore start-up fault settings and
+    /// accounts (configured accounts keep their default service SID).
     pub(crate) fn reset(&self) {
         let mut state = self.lock();
-        let default_sid = state.store.default_service_sid.clone();
-        let store = Store::new(&self.config, Some(default_sid));
-        *state = State::initial(&self.config, store);
+        let kept: Vec<(String, String)> = state
+            .accounts
+            .iter()
+            .map(|a| {
+                (
+                    a.creds.account_sid.clone(),
+                    a.store.default_service_sid.clone(),
+                )
+            })
+            .collect();
+        let accounts = configured_accounts(&self.config, &kept);
+        let generation = state.generation.wrapping_add(1);
+        *state = State::initial(&self.config, accounts, generation);
+    }
+
+    /// Every secret of every account (kept out of the request log).
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let state = self.lock();
+        state
+            .accounts
+            .iter()
+            .flat_map(|a| a.creds.secrets().map(str::to_owned))
+            .collect()
     }
 }
 
+/// Fresh stores for the configured accounts; `kept` maps an account SID to
+/// the default service SID it keeps across a reset.
+fn configured_accounts(config: &EmulatorConfig, kept: &[(String, String)]) -> Vec<Account> {
+    let mut accounts: Vec<Account> = Vec::new();
+    for creds in config.accounts() {
+        // `validate` refuses duplicates; `router` skips them instead.
+        if accounts.iter().any(|a| a.creds.clash(&creds).is_some()) {
+            tracing::warn!(account_sid = %creds.account_sid, "emulator: duplicate account ignored");
+            continue;
+        }
+        let default_sid = kept
+            .iter()
+            .find(|(sid, _)| *sid == creds.account_sid)
+            .map(|(_, is)| is.clone());
+        accounts.push(Account {
+            store: Store::new(config, default_sid),
+            creds,
+            configured: true,
+        });
+    }
+    accounts
+}
+
 impl State {
-    fn initial(config: &EmulatorConfig, store: Store) -> Self {
+    fn initial(config: &EmulatorConfig, accounts: Vec<Account>, generation: u64) -> Self {
         let fault = match config.participant_fault().compile() {
             Ok(f) => f,
             Err(err) => {
@@ -81,7 +136,8 @@ impl State {
             }
         }
         Self {
-            store,
+            generation,
+            accounts,
             fault,
             rules,
             next_rule_id,
@@ -173,8 +229,17 @@ pub(crate) struct User {
     pub(crate) stale_mapping: bool,
 }
 
+impl State {
+    /// The account with this SID.
+    pub(crate) fn account_mut(&mut self, account_sid: &str) -> Option<&mut Account> {
+        self.accounts
+            .iter_mut()
+            .find(|a| a.creds.account_sid == account_sid)
+    }
+}
+
 impl Store {
-    fn new(config: &EmulatorConfig, default_sid: Option<String>) -> Self {
+    pub(crate) fn new(config: &EmulatorConfig, default_sid: Option<String>) -> Self {
         let mut store = Store {
             default_service_sid: String::new(),
             default_messaging_service_sid: String::new(),

@@ -416,6 +416,130 @@ impl Emu {
     }
 }
 
+/// Control-API helpers for several accounts, held requests and in-flight
+/// statistics (see the module docs of `emulator`).
+impl Emu {
+    /// Add an account at run time (`POST /__emulator/accounts`); its public
+    /// description (`account_sid`, `api_key_sid`, `default_chat_service_sid`).
+    pub async fn add_account(
+        &self,
+        account_sid: &str,
+        auth_token: &str,
+        api_key: Option<(&str, &str)>,
+    ) -> serde_json::Value {
+        let r = self
+            .http
+            .post(self.url("/__emulator/accounts"))
+            .json(&serde_json::json!({
+                "account_sid": account_sid,
+                "auth_token": auth_token,
+                "api_key_sid": api_key.map(|k| k.0),
+                "api_key_secret": api_key.map(|k| k.1),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "add account");
+        r.json().await.unwrap()
+    }
+    /// Call Twilio's API (directly) with other Basic credentials; `form` is
+    /// sent as the body when not empty. Status and JSON.
+    pub async fn call_as(
+        &self,
+        (user, pass): (&str, &str),
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .basic_auth(user, Some(pass));
+        if !form.is_empty() {
+            req = req.form(form);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+    /// Add a fault rule; its id (for `release_rule`).
+    pub async fn add_rule_id(&self, rule: serde_json::Value) -> u64 {
+        let r = self
+            .http
+            .post(self.url("/__emulator/faults"))
+            .json(&rule)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "add rule");
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["id"].as_u64().unwrap()
+    }
+    /// Requests parked by `hold` rules (`seq`, `rule_id`, `method`, `path`,
+    /// `account_sid`, `held_ms` each).
+    pub async fn held(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self
+            .http
+            .get(self.url("/__emulator/held"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["held"].as_array().unwrap().clone()
+    }
+    /// Wait (up to 10 s, then panic) until at least `n` requests are held.
+    pub async fn wait_held(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..1000 {
+            let held = self.held().await;
+            if held.len() >= n {
+                return held;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} requests held after 10 s");
+    }
+    /// `POST /__emulator/release` with `filter` (`{"id": rule}`,
+    /// `{"seq": n}`) or none (all); how many were released.
+    pub async fn release(&self, filter: Option<serde_json::Value>) -> u64 {
+        let mut req = self.http.post(self.url("/__emulator/release"));
+        if let Some(f) = filter {
+            req = req.json(&f);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "release");
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["released"].as_u64().unwrap()
+    }
+    /// Release the requests held by rule `id`.
+    pub async fn release_rule(&self, id: u64) -> u64 {
+        self.release(Some(serde_json::json!({ "id": id }))).await
+    }
+    /// `GET /__emulator/stats`: `in_flight`, `max_in_flight`, and the same
+    /// per account under `accounts`.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(self.url("/__emulator/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+    /// `DELETE /__emulator/stats`: the maxima restart from the current counts.
+    pub async fn reset_stats(&self) {
+        let r = self
+            .http
+            .delete(self.url("/__emulator/stats"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+}
+
 pub fn base(is: Option<&str>) -> String {
     match is {
         Some(is) => format!("/v1/Services/{is}"),
