@@ -591,3 +591,63 @@ fn every_numeric_setting_at_its_type_maximum_is_a_load_time_error() {
         }
     }
 }
+
+/// Start `serve` with its admin listener on `admin_ip` (a free port) and
+/// extra environment; wait until it is ready and return its log so far.
+async fn start_up_log(admin_ip: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let admin_port = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("{admin_ip}:{admin_port}")])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .arg("--store")
+        .arg(format!("sqlite://{}/journal.db", dir.path().display()))
+        .env_remove("RUST_LOG")
+        .env_remove("TRP_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_ready(&format!("http://127.0.0.1:{admin_port}/readyz")).await;
+    // The start-up warnings come before this line (the log is written by
+    // its own thread, so wait for it rather than for the listener).
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("proxy listening") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("proxy listening"), "{text}");
+    text
+}
+
+#[tokio::test]
+async fn admin_plane_beyond_loopback_without_a_token_is_warned_about_at_start_up() {
+    // Issue 10 #8: an admin listener on 0.0.0.0 (as the sidecar manifest
+    // had it) served incidents and the journal to any pod, silently.
+    const WARNING: &str = "admin plane is reachable beyond loopback without a token";
+    let open = start_up_log("0.0.0.0", &[]).await;
+    assert!(open.contains(WARNING), "no warning: {open}");
+    assert!(
+        open.contains("TRP_ADMIN_TOKEN"),
+        "the warning says how to fix it: {open}"
+    );
+    let token = "a-long-enough-admin-token-0123";
+    let guarded = start_up_log("0.0.0.0", &[("TRP_ADMIN_TOKEN", token)]).await;
+    assert!(!guarded.contains(WARNING), "{guarded}");
+    assert!(
+        !guarded.contains(token),
+        "the token reached the log: {guarded}"
+    );
+    let local = start_up_log("127.0.0.1", &[]).await;
+    assert!(!local.contains(WARNING), "{local}");
+}
