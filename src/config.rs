@@ -142,7 +142,8 @@ pub struct AdminConfig {
 
 /// The admin bearer token. A secret: its `Debug` and its serialised form
 /// (`check-config`) show `****`, never the value.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// No `PartialEq`: compare with `admin::token_matches` (constant time).
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct AdminToken(String);
 
