@@ -1,8 +1,15 @@
 # twilio-repair-proxy container image.
 #
 #   docker build -t twilio-repair-proxy .
-#   docker run --rm -p 8080:8080 -p 9090:9090 \
+#   export TRP_ADMIN_TOKEN="$(openssl rand -hex 32)"   # the admin plane's bearer token
+#   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 -e TRP_ADMIN_TOKEN \
 #     -v trp-data:/var/lib/twilio-repair-proxy twilio-repair-proxy
+#
+# The admin plane listens on all of the container's interfaces (so that the
+# engine can publish it and an orchestrator can probe it); /metrics,
+# /incidents and /repairs then need TRP_ADMIN_TOKEN (a bearer token; the
+# probes /healthz and /readyz stay open). Without a token the proxy logs a
+# warning at start-up: publish 9090 on loopback only, or set the token.
 #
 # Configured only through TRP_* environment variables (see
 # config/default.toml, which is compiled into the binary). The same image

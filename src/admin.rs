@@ -1,5 +1,5 @@
 //! The admin plane, on its own listener so that no admin path can collide
-//! with a Twilio path.
+//! with a Twilio path, and what it may show to whom.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -7,20 +7,40 @@
 //! | `GET /readyz` | 200 `ready` when the proxy listener is up, the journal accepts a write (and, for SQLite, is still the file opened at start-up) and the proxy is not draining; else 503 with the reason |
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
-//! | `GET /repairs?state=pending` | journal records not yet finished (JSON) |
+//! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
+//!
+//! Privacy, in one place (here), for every admin answer and for
+//! `incidents export` ([`Privacy`]):
+//! - With `admin.token` set, every path but the probes (`/healthz`,
+//!   `/readyz`, which the kubelet calls without credentials) needs
+//!   `Authorization: Bearer <token>`, compared in constant time; otherwise
+//!   401 with a JSON body and `WWW-Authenticate: Bearer`.
+//! - With `repair.incident_identity = "hash"`, no identity leaves in plain
+//!   text: not in incidents (even those recorded before the switch), not in
+//!   journal records (which keep the plain identity, needed to recover),
+//!   not in `/Users/<identity>` paths inside details and notes.
+//! - Journal snapshots (friendly names, attributes that may hold phone
+//!   numbers) are left out of `/repairs` unless an operator who presented
+//!   the token asks with `?include=snapshot`; with "hash", even then without
+//!   friendly names and attributes. Records are shown through an allow-list
+//!   of fields, so a field added to the journal is not published by default.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use sha2::Digest;
 
+use crate::config::{AdminToken, Config, IdentityRecord};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Incident, RepairRecord, Store, UserSnapshot};
 
 /// Shared state of the admin plane.
 pub struct AdminState {
@@ -30,16 +50,114 @@ pub struct AdminState {
     pub listening: AtomicBool,
     /// Set when shutdown begins.
     pub draining: AtomicBool,
+    /// When set, required on every path but the probes.
+    pub token: Option<AdminToken>,
+    /// How identities are shown.
+    pub privacy: Privacy,
+}
+
+impl AdminState {
+    pub fn new(config: &Config, metrics: Arc<Metrics>, store: Arc<dyn Store>) -> AdminState {
+        AdminState {
+            metrics,
+            store,
+            listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            token: config.admin.token.clone(),
+            privacy: Privacy::new(config.repair.incident_identity),
+        }
+    }
+}
+
+/// Log a warning when the admin listener is reachable beyond loopback with
+/// no token: whoever can connect reads metrics, incidents and the journal.
+pub fn warn_if_exposed(addr: SocketAddr, has_token: bool) {
+    if !has_token && !addr.ip().is_loopback() {
+        tracing::warn!(
+            admin_listen = %addr,
+            "admin plane is reachable beyond loopback without a token: anyone who can connect \
+             reads /metrics, /incidents and /repairs; set admin.token (TRP_ADMIN_TOKEN) or bind \
+             admin_listen to a loopback address"
+        );
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/incidents", get(incidents))
         .route("/repairs", get(repairs))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .with_state(state)
+}
+
+/// Marks a request whose bearer token matched: an authenticated operator.
+#[derive(Clone, Copy)]
+struct Operator;
+
+async fn require_token(State(s): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| bearer_credentials(v.as_bytes()));
+    match presented {
+        Some(p) if token_matches(token.expose().as_bytes(), p) => {
+            req.extensions_mut().insert(Operator);
+            next.run(req).await
+        }
+        _ => {
+            let mut resp = admin_error(
+                StatusCode::UNAUTHORIZED,
+                "this admin path needs the admin token: send `Authorization: Bearer <admin.token>`",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"twilio-repair-proxy admin\""),
+            );
+            resp
+        }
+    }
+}
+
+/// The credentials of `Bearer <token>` (scheme name case-insensitive,
+/// RFC 9110 §11.1), or `None` for any other scheme.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let rest = &value[7..];
+    let start = rest.iter().position(|&b| b != b' ')?;
+    let end = rest.iter().rposition(|&b| b != b' ')? + 1;
+    Some(&rest[start..end])
+}
+
+/// Constant-time comparison: both sides are hashed first (equal lengths
+/// whatever was presented), then every byte of the digests is compared.
+fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
+    let a = sha2::Sha256::digest(expected);
+    let b = sha2::Sha256::digest(presented);
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// A JSON error body: `{"status": 401, "message": "..."}`.
+fn admin_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "status": status.as_u16(), "message": message })),
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -82,10 +200,13 @@ const MAX_INCIDENTS_PAGE: i64 = 1000;
 async fn incidents(State(s): State<Arc<AdminState>>, Query(q): Query<IncidentsQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_INCIDENTS_PAGE);
     match s.store.incidents(limit).await {
-        Ok(list) => Json(serde_json::json!({ "incidents": list })).into_response(),
+        Ok(list) => {
+            let list: Vec<Incident> = list.into_iter().map(|i| s.privacy.incident(i)).collect();
+            Json(serde_json::json!({ "incidents": list })).into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read incidents");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+            admin_error(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")
         }
     }
 }
@@ -93,18 +214,210 @@ async fn incidents(State(s): State<Arc<AdminState>>, Query(q): Query<IncidentsQu
 #[derive(serde::Deserialize)]
 struct RepairsQuery {
     state: Option<String>,
+    include: Option<String>,
 }
 
-async fn repairs(State(s): State<Arc<AdminState>>, Query(q): Query<RepairsQuery>) -> Response {
+async fn repairs(
+    State(s): State<Arc<AdminState>>,
+    operator: Option<axum::Extension<Operator>>,
+    Query(q): Query<RepairsQuery>,
+) -> Response {
     match q.state.as_deref() {
         None | Some("pending") => {}
-        Some(_) => return (StatusCode::BAD_REQUEST, "state must be `pending`\n").into_response(),
+        Some(_) => return admin_error(StatusCode::BAD_REQUEST, "state must be `pending`"),
+    }
+    let with_snapshot = match q.include.as_deref() {
+        None => false,
+        Some("snapshot") => true,
+        Some(_) => return admin_error(StatusCode::BAD_REQUEST, "include must be `snapshot`"),
+    };
+    if with_snapshot && operator.is_none() {
+        return admin_error(
+            StatusCode::FORBIDDEN,
+            "journal snapshots are shown only to an authenticated operator: set admin.token \
+             (TRP_ADMIN_TOKEN) and send `Authorization: Bearer <admin.token>`",
+        );
     }
     match s.store.pending_repairs().await {
-        Ok(list) => Json(serde_json::json!({ "repairs": list })).into_response(),
+        Ok(list) => {
+            let list: Vec<serde_json::Value> = list
+                .iter()
+                .map(|r| s.privacy.repair(r, with_snapshot))
+                .collect();
+            Json(serde_json::json!({ "repairs": list })).into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the journal");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+            admin_error(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")
         }
+    }
+}
+
+/// How identities and journal records are shown outside the proxy: admin
+/// answers and `incidents export` (`repair.incident_identity`).
+#[derive(Debug, Clone, Copy)]
+pub struct Privacy {
+    identity: IdentityRecord,
+}
+
+impl Privacy {
+    pub fn new(identity: IdentityRecord) -> Privacy {
+        Privacy { identity }
+    }
+
+    fn hashing(&self) -> bool {
+        self.identity == IdentityRecord::Hash
+    }
+
+    /// An identity as it may be shown: itself, or its hash. One already in
+    /// the hashed form (recorded by the workflow in "hash" mode) is kept.
+    pub fn identity(&self, identity: &str) -> String {
+        if !self.hashing() || is_hashed(identity) {
+            identity.to_string()
+        } else {
+            hash_identity(identity)
+        }
+    }
+
+    /// A free text (incident detail, journal note) with every
+    /// `/Users/<identity>` path segment hashed when hashing.
+    pub fn text(&self, text: &str) -> String {
+        const MARK: &str = "/Users/";
+        if !self.hashing() {
+            return text.to_string();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find(MARK) {
+            let (head, tail) = rest.split_at(i + MARK.len());
+            out.push_str(head);
+            // A segment the workflow built: unreserved characters and %XX.
+            let end = tail
+                .find(|c: char| {
+                    !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%'))
+                })
+                .unwrap_or(tail.len());
+            let segment = &tail[..end];
+            if !segment.is_empty() {
+                let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+                out.push_str(&self.identity(&decoded));
+            }
+            rest = &tail[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// An incident as it may be shown.
+    pub fn incident(&self, mut i: Incident) -> Incident {
+        i.identity = i.identity.as_deref().map(|v| self.identity(v));
+        i.detail = i.detail.as_deref().map(|v| self.text(v));
+        i
+    }
+
+    /// A journal record as it may be shown: an allow-list of fields, the
+    /// snapshot only when asked for (the caller checks who asks).
+    pub fn repair(&self, r: &RepairRecord, with_snapshot: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "id": r.id,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "account_sid": r.account_sid,
+            "credential_user": r.credential_user,
+            "upstream": r.upstream,
+            "service_base": r.service_base,
+            "service_sid": r.service_sid,
+            "identity": self.identity(&r.identity),
+            "state": r.state,
+            "webhook": r.webhook,
+            "note": r.note.as_deref().map(|n| self.text(n)),
+        });
+        if with_snapshot {
+            v["snapshot"] = self.snapshot(&r.snapshot);
+        }
+        v
+    }
+
+    /// A snapshot as it may be shown to an operator: whole, or with
+    /// hashing, what is needed to act on it (SIDs) without who the person
+    /// is (identity hashed; friendly name and attributes left out).
+    fn snapshot(&self, s: &UserSnapshot) -> serde_json::Value {
+        if !self.hashing() {
+            return serde_json::to_value(s).unwrap_or_default();
+        }
+        let memberships: Vec<serde_json::Value> = s
+            .memberships
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "conversation_sid": m.conversation_sid,
+                    "participant_sid": m.participant_sid,
+                    "role_sid": m.role_sid,
+                    "date_created": m.date_created,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "user_sid": s.user_sid,
+            "identity": self.identity(&s.identity),
+            "role_sid": s.role_sid,
+            "memberships": memberships,
+            "redacted": ["friendly_name", "attributes"],
+        })
+    }
+}
+
+/// `sha256:` + the first 16 hex characters of the identity's SHA-256: the
+/// form the workflow records with `repair.incident_identity = "hash"`.
+pub fn hash_identity(identity: &str) -> String {
+    let digest = sha2::Sha256::digest(identity.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{}", &hex[..16])
+}
+
+fn is_hashed(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_nothing_else_passes() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bEaReR   abc  "), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+        assert_eq!(bearer_credentials(b"Bearer"), None);
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!token_matches(b"0123456789abcdef", b"0123456789abcdeg"));
+        assert!(!token_matches(b"0123456789abcdef", b"0123456789abcdef0"));
+        assert!(!token_matches(b"0123456789abcdef", b""));
+    }
+
+    #[test]
+    fn hashing_covers_identities_and_user_paths() {
+        let p = Privacy::new(IdentityRecord::Hash);
+        let h = hash_identity("kim k");
+        assert_eq!(p.identity("kim k"), h);
+        assert_eq!(p.identity(&h), h, "never hashed twice");
+        assert_eq!(
+            p.text("GET /v1/Services/IS1/Users/kim%20k/Conversations: timeout"),
+            format!("GET /v1/Services/IS1/Users/{h}/Conversations: timeout")
+        );
+        assert_eq!(p.text("no user path"), "no user path");
+        let plain = Privacy::new(IdentityRecord::Plain);
+        assert_eq!(plain.identity("kim"), "kim");
+        assert_eq!(plain.text("/Users/kim"), "/Users/kim");
     }
 }

@@ -5,6 +5,13 @@
 //! an optional `--config FILE`, `TRP_*` environment variables, command-line
 //! flags. Unknown keys are an error naming the key, in a file and in the
 //! environment alike.
+//!
+//! Everything is checked once, at load time, so that a running proxy never
+//! meets a value it cannot use: every integer setting against its documented
+//! range ([`RANGES`], the `# Allowed:` lines of `config/default.toml`), every
+//! URL setting for its scheme, host and port, every host pattern, the admin
+//! token's shape. Each refusal is one line naming the key, and never shows a
+//! secret (passwords in URLs are masked, the admin token is never echoed).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -18,7 +25,55 @@ use toml::Value;
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Keys that are valid but have no default (absent from `default.toml`).
-const OPTIONAL_KEYS: &[&str] = &["upstream", "public_base_url", "repair.credentials_file"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "upstream",
+    "public_base_url",
+    "repair.credentials_file",
+    "admin.token",
+];
+
+/// The allowed range (inclusive) of every integer setting, documented next
+/// to each key in `config/default.toml` as `# Allowed: MIN to MAX`. Checked
+/// on the merged layers before anything is typed, so that no value can
+/// overflow the time arithmetic that uses it (`Instant + Duration`). An
+/// integer setting missing here is refused at load (the defaults included),
+/// so a new one cannot go unchecked.
+pub const RANGES: &[(&str, i64, i64)] = &[
+    ("limits.connect_timeout_ms", 1, 300_000),
+    ("limits.response_header_timeout_ms", 1, 3_600_000),
+    ("limits.idle_timeout_ms", 1, 3_600_000),
+    ("limits.pool_idle_timeout_ms", 1, 3_600_000),
+    ("limits.pool_max_idle_per_host", 0, 65_536),
+    ("limits.max_connections", 1, 1_000_000),
+    ("limits.header_read_timeout_ms", 1, 600_000),
+    ("limits.max_request_head_bytes", 8192, 1_048_576),
+    ("limits.shutdown_grace_ms", 0, 3_600_000),
+    ("limits.worker_threads", 0, 1024),
+    ("repair.max_body_bytes", 1024, 16_777_216),
+    ("repair.clock_skew_ms", 0, 600_000),
+    ("repair.workflow_deadline_ms", 1, 600_000),
+    ("repair.retry_initial_backoff_ms", 1, 60_000),
+    ("repair.retry_max_backoff_ms", 1, 300_000),
+    ("repair.retry_max_attempts", 1, 100),
+    ("repair.step_timeout_ms", 1, 600_000),
+    ("repair.max_repairs_per_window", 0, 1_000_000),
+    ("repair.repair_window_secs", 1, 31_536_000),
+    ("repair.recovery_interval_ms", 100, 86_400_000),
+    ("store_options.max_connections", 1, 1000),
+    ("store_options.connect_timeout_ms", 1, 300_000),
+    ("store_options.statement_timeout_ms", 1, 3_600_000),
+];
+
+/// The allowed range of an integer setting (dotted key, arrays unindexed).
+pub fn range_of(key: &str) -> Option<(i64, i64)> {
+    RANGES
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
+}
+
+/// Bounds of `admin.token`'s length, in characters.
+const ADMIN_TOKEN_LEN: (usize, usize) = (16, 1024);
 
 /// `TRP_*` variables that are not configuration keys: the repair credential
 /// (secrets never live in the configuration) and the test harness's own.
@@ -67,11 +122,51 @@ pub struct Config {
     pub add_forwarded_headers: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_base_url: Option<String>,
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub limits: Limits,
     pub log: LogConfig,
     pub repair: RepairConfig,
     pub store_options: StoreOptions,
     pub route: Vec<Route>,
+}
+
+/// The admin plane's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token required on every admin path but the probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token. A secret: its `Debug` and its serialised form
+/// (`check-config`) show `****`, never the value.
+/// No `PartialEq`: compare with `admin::token_matches` (constant time).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> AdminToken {
+        AdminToken(token.into())
+    }
+    /// The token itself, for the comparison with a presented one.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(****)")
+    }
+}
+
+impl Serialize for AdminToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("****")
+    }
 }
 
 /// Named bounds of the proxy; see `config/default.toml` for each meaning.
@@ -223,13 +318,14 @@ impl Config {
                 .parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: path.to_path_buf(),
-                    message: one_line(e.message()),
+                    message: syntax_message(&text, &e),
                 })?;
             check_unknown(&user, "", &known)?;
             merge(&mut base, user);
         }
 
         apply_env(&mut base, &known, env)?;
+        check_ranges(&base, "", "")?;
 
         let table = base;
         let mut config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
@@ -253,7 +349,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Semantic checks that types alone cannot express.
+    /// Semantic checks that types alone cannot express (integer ranges are
+    /// checked on the raw layers, before typing: [`RANGES`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(up) = &self.upstream {
             check_origin("upstream", up)?;
@@ -268,59 +365,17 @@ impl Config {
             }
             check_origin(&format!("route[{i}].upstream"), &r.upstream)?;
         }
-        if !(self.store.starts_with("sqlite:")
-            || self.store.starts_with("postgres://")
-            || self.store.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "store",
-                "expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
-            ));
-        }
-        let l = &self.limits;
-        for (key, v) in [
-            ("limits.connect_timeout_ms", l.connect_timeout_ms),
-            (
-                "limits.response_header_timeout_ms",
-                l.response_header_timeout_ms,
-            ),
-            ("limits.idle_timeout_ms", l.idle_timeout_ms),
-            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
-            (
-                "repair.workflow_deadline_ms",
-                self.repair.workflow_deadline_ms,
-            ),
-            ("repair.step_timeout_ms", self.repair.step_timeout_ms),
-            (
-                "repair.recovery_interval_ms",
-                self.repair.recovery_interval_ms,
-            ),
-            (
-                "store_options.connect_timeout_ms",
-                self.store_options.connect_timeout_ms,
-            ),
+        for (key, list) in [
+            ("allowed_hosts", &self.allowed_hosts),
+            ("proxy_hosts", &self.proxy_hosts),
         ] {
-            if v == 0 {
-                return Err(invalid(key, "must be greater than 0"));
+            for pattern in list {
+                check_host_pattern(key, pattern)?;
             }
         }
-        if l.max_request_head_bytes < 8192 {
-            return Err(invalid(
-                "limits.max_request_head_bytes",
-                "must be at least 8192",
-            ));
-        }
-        if l.max_connections == 0 {
-            return Err(invalid("limits.max_connections", "must be greater than 0"));
-        }
-        if self.store_options.max_connections == 0 {
-            return Err(invalid(
-                "store_options.max_connections",
-                "must be greater than 0",
-            ));
-        }
-        if self.repair.retry_max_attempts == 0 {
-            return Err(invalid("repair.retry_max_attempts", "must be at least 1"));
+        check_store("store", &self.store)?;
+        if let Some(token) = &self.admin.token {
+            check_admin_token("admin.token", token.expose())?;
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", one_line(&e.to_string())));
@@ -363,16 +418,29 @@ pub fn mask_url_password(url: &str) -> String {
     }
 }
 
+/// `scheme://host[:port]`, http or https, a valid host, no credentials, a
+/// port (if any) in 1..=65535, no path or query.
 fn check_origin(key: &str, value: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = value
         .parse()
-        .map_err(|_| invalid(key, format!("`{value}` is not a URL")))?;
+        .map_err(|_| invalid(key, format!("`{}` is not a URL", mask_url_password(value))))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(invalid(key, "scheme must be http or https")),
     }
-    if uri.authority().is_none() {
+    let Some(authority) = uri.authority() else {
         return Err(invalid(key, "missing host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            key,
+            "must not contain a user name or password (they would be sent as the Host header)",
+        ));
+    }
+    let (host, port) = split_host_port(authority.as_str());
+    check_host(key, host)?;
+    if let Some(port) = port {
+        check_port(key, port)?;
     }
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
         return Err(invalid(
@@ -381,6 +449,187 @@ fn check_origin(key: &str, value: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `host[:port]` or `[v6][:port]` → host and the text after its `:`, if any.
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    let host_end = if authority.starts_with('[') {
+        authority.find(']').map_or(authority.len(), |i| i + 1)
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    let (host, rest) = authority.split_at(host_end);
+    (host, rest.strip_prefix(':'))
+}
+
+fn check_port(key: &str, port: &str) -> Result<(), ConfigError> {
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(invalid(
+            key,
+            format!("port `{port}` is not a number between 1 and 65535"),
+        )),
+    }
+}
+
+/// A DNS name (letters, digits, `-`, `_`, dot-separated, optional final
+/// dot), an IPv4 address or a bracketed IPv6 address.
+fn check_host(key: &str, host: &str) -> Result<(), ConfigError> {
+    if is_host(host) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{host}` is not a host name or address"),
+        ))
+    }
+}
+
+fn is_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// An `allowed_hosts`/`proxy_hosts` entry: `HOST` or `*.SUFFIX`, matched
+/// against the Host header's name, so never with a scheme, port or path.
+fn check_host_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
+    let p = pattern.trim();
+    let host = p.strip_prefix("*.").unwrap_or(p);
+    if is_host(host) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "`{pattern}` is not a host pattern (HOST or *.SUFFIX, without scheme, port or path)"
+            ),
+        ))
+    }
+}
+
+/// `sqlite:PATH` / `sqlite://PATH` with a path, or a `postgres://` URL whose
+/// port (if any) is in 1..=65535. The password is never shown.
+fn check_store(key: &str, url: &str) -> Result<(), ConfigError> {
+    const EXPECTED: &str = "expected sqlite://PATH or postgres://USER@HOST:PORT/DB";
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(invalid(key, format!("missing path: {EXPECTED}")));
+        }
+        return Ok(());
+    }
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err(invalid(key, EXPECTED));
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // An empty host is allowed: the socket directory may come from `?host=`.
+    if let (_, Some(port)) = split_host_port(host_port) {
+        check_port(key, port)?;
+    }
+    Ok(())
+}
+
+fn check_admin_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    let (min, max) = ADMIN_TOKEN_LEN;
+    if (min..=max).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        // Never echo the value: it is a secret.
+        Err(invalid(
+            key,
+            format!("must be {min} to {max} visible ASCII characters without spaces"),
+        ))
+    }
+}
+
+/// Every integer in the merged layers against [`RANGES`]. `path` names the
+/// value as the user wrote it (`route[2].x`), `key` as [`RANGES`] does.
+fn check_ranges(v: &Value, path: &str, key: &str) -> Result<(), ConfigError> {
+    let join = |a: &str, b: &str| {
+        if a.is_empty() {
+            b.to_string()
+        } else {
+            format!("{a}.{b}")
+        }
+    };
+    match v {
+        Value::Table(t) => {
+            for (k, child) in t {
+                check_ranges(child, &join(path, k), &join(key, k))?;
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_ranges(item, &format!("{path}[{i}]"), key)?;
+            }
+        }
+        Value::Integer(n) => {
+            let Some((min, max)) = range_of(key) else {
+                return Err(invalid(
+                    path,
+                    "has no allowed range (add it to RANGES in src/config.rs and document it in config/default.toml)",
+                ));
+            };
+            if !(min..=max).contains(n) {
+                return Err(out_of_range(path, min, max, &n.to_string()));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn out_of_range(key: &str, min: i64, max: i64, got: &str) -> ConfigError {
+    invalid(key, format!("must be between {min} and {max} (got {got})"))
+}
+
+/// A TOML parser message, on one line, with the line and the dotted key
+/// where it happened (never the value: it may be a secret).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = one_line(e.message());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let section = text
+        .lines()
+        .take(line_no - 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match line.split_once('=') {
+        Some((k, _)) if !k.trim().is_empty() && !k.trim().starts_with('#') => {
+            let k = k.trim();
+            let key = section.map_or_else(|| k.to_string(), |s| format!("{s}.{k}"));
+            match range_of(&key) {
+                Some((min, max)) => format!(
+                    "{message} (line {line_no}, key `{key}`: must be between {min} and {max})"
+                ),
+                None => format!("{message} (line {line_no}, key `{key}`)"),
+            }
+        }
+        _ => format!("{message} (line {line_no})"),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -475,11 +724,13 @@ fn apply_env(
             return Err(ConfigError::UnknownKey(format!("{name} (environment)")));
         }
         let value = match existing {
-            Some(Value::Integer(_)) => Value::Integer(
-                raw.trim()
-                    .parse()
-                    .map_err(|_| invalid(path, format!("{name}: expected an integer")))?,
-            ),
+            Some(Value::Integer(_)) => Value::Integer(raw.trim().parse().map_err(|_| {
+                // An integer too large for any setting gets its range.
+                match (raw.trim().parse::<i128>(), range_of(path)) {
+                    (Ok(_), Some((min, max))) => out_of_range(path, min, max, raw.trim()),
+                    _ => invalid(path, format!("{name}: expected an integer")),
+                }
+            })?),
             Some(Value::Boolean(_)) => Value::Boolean(match raw.trim() {
                 "true" | "1" | "yes" | "on" => true,
                 "false" | "0" | "no" | "off" => false,
@@ -606,6 +857,48 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn every_range_names_an_integer_setting() {
+        let base: Value = DEFAULT_TOML.parse().unwrap();
+        for (key, min, max) in RANGES {
+            assert!(
+                matches!(lookup(&base, key), Some(Value::Integer(_))),
+                "RANGES names `{key}`, which is no integer setting of config/default.toml"
+            );
+            assert!(min <= max, "{key}");
+            let line = format!("# Allowed: {min} to {max}");
+            assert!(
+                DEFAULT_TOML.contains(&line),
+                "config/default.toml does not document `{line}` for {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_token_is_never_shown() {
+        let secret = "0123456789abcdef-not-for-eyes";
+        let c = Config::load(
+            None,
+            env(&[("TRP_ADMIN_TOKEN", secret)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token.as_ref().unwrap().expose(), secret);
+        assert!(!format!("{c:?}").contains(secret));
+        assert!(!c.to_masked_toml().contains(secret));
+        let e = Config::load(
+            None,
+            env(&[("TRP_ADMIN_TOKEN", "with space 0123456789")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`admin.token`") && !e.contains("0123456789"),
+            "{e}"
+        );
     }
 
     #[test]

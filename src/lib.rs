@@ -57,7 +57,7 @@ pub mod vocabulary;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 
@@ -124,12 +124,14 @@ pub async fn run(
         r.spawn_sweeper();
         Some(r)
     };
-    let admin_state = Arc::new(admin::AdminState {
-        metrics: metrics.clone(),
-        store: store.clone(),
-        listening: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
-    });
+    if let Ok(addr) = listeners.admin.local_addr() {
+        admin::warn_if_exposed(addr, config.admin.token.is_some());
+    }
+    let admin_state = Arc::new(admin::AdminState::new(
+        &config,
+        metrics.clone(),
+        store.clone(),
+    ));
     let opts = ServeOptions {
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout(),

@@ -158,7 +158,8 @@ fn direct_api(origin: &str, user: &str, secret: &str) -> anyhow::Result<TwilioAp
 
 #[derive(Debug, clap::Subcommand)]
 pub enum IncidentsCommand {
-    /// Print every recorded incident, for Twilio Support.
+    /// Print every recorded incident, for Twilio Support (identities hashed
+    /// when `repair.incident_identity = "hash"`).
     Export(ExportArgs),
 }
 
@@ -183,7 +184,15 @@ pub async fn incidents(cmd: IncidentsCommand) -> anyhow::Result<()> {
     let IncidentsCommand::Export(args) = cmd;
     let config = args.serve.load()?;
     let store = crate::store::open_reader(&config.store, &config.store_options).await?;
-    let list = store.incidents(args.limit).await?;
+    // The same privacy rule as the admin plane: with
+    // `repair.incident_identity = "hash"`, no plain identity leaves.
+    let privacy = crate::admin::Privacy::new(config.repair.incident_identity);
+    let list: Vec<_> = store
+        .incidents(args.limit)
+        .await?
+        .into_iter()
+        .map(|i| privacy.incident(i))
+        .collect();
     match args.format {
         ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
         ExportFormat::Csv => {

@@ -311,3 +311,343 @@ async fn egress_honours_http_proxy_and_no_proxy() {
     );
     assert_eq!(received.load(Ordering::SeqCst), 14);
 }
+
+/// Run `check-config` with extra flags, environment and an optional config
+/// file; (exit code, stdout, stderr).
+fn check_config(
+    args: &[&str],
+    env: &[(&str, &str)],
+    file: Option<&str>,
+) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("check-config").args(args);
+    if let Some(text) = file {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Assert that `check-config` refused the configuration with one line that
+/// names `key` (exit 2, as documented).
+fn assert_refused(what: &str, (code, _, err): (Option<i32>, String, String), key: &str) {
+    assert_eq!(code, Some(2), "{what}: accepted, stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{what}: not one line: {err}");
+    assert!(
+        err.contains(key),
+        "{what}: the error does not name {key}: {err}"
+    );
+}
+
+#[test]
+fn check_config_refuses_urls_with_bad_ports_schemes_hosts_or_credentials() {
+    // Issue 10 #14: `--upstream http://127.0.0.1:65616` was accepted and
+    // traffic (with Authorization) went to port 80.
+    let bad_flags: &[(&[&str], &str)] = &[
+        (&["--upstream", "http://127.0.0.1:65616"], "`upstream`"),
+        (&["--upstream", "http://127.0.0.1:0"], "`upstream`"),
+        (&["--upstream", "http://127.0.0.1:"], "`upstream`"),
+        (&["--upstream", "ftp://127.0.0.1:21"], "`upstream`"),
+        (&["--upstream", "http://127.0.0.1:4010/v1"], "`upstream`"),
+        (&["--upstream", "http://ho st:4010"], "`upstream`"),
+    ];
+    for (args, key) in bad_flags {
+        assert_refused(&format!("{args:?}"), check_config(args, &[], None), key);
+    }
+    let bad_env: &[(&str, &str, &str)] = &[
+        (
+            "TRP_DEFAULT_UPSTREAM",
+            "https://api.twilio.com:99999",
+            "`default_upstream`",
+        ),
+        (
+            "TRP_PUBLIC_BASE_URL",
+            "http://127.0.0.1:70000",
+            "`public_base_url`",
+        ),
+        ("TRP_UPSTREAM", "http://127.0.0.1:65536", "`upstream`"),
+        (
+            "TRP_STORE",
+            "postgres://trp:s3cret@db:654321/trp",
+            "`store`",
+        ),
+        ("TRP_STORE", "postgres://trp:s3cret@db:5432x/trp", "`store`"),
+        (
+            "TRP_ALLOWED_HOSTS",
+            "https://evil.example",
+            "`allowed_hosts`",
+        ),
+        ("TRP_PROXY_HOSTS", "proxy.local:8080", "`proxy_hosts`"),
+    ];
+    for (name, value, key) in bad_env {
+        let what = format!("{name}={value}");
+        let out = check_config(&[], &[(name, value)], None);
+        assert!(
+            !out.2.contains("s3cret"),
+            "{what}: password shown: {}",
+            out.2
+        );
+        assert_refused(&what, out, key);
+    }
+    // Credentials in an origin would be sent as part of the Host header:
+    // refused, and the password is not echoed.
+    let out = check_config(
+        &["--upstream", "http://trp:s3cret@127.0.0.1:4010"],
+        &[],
+        None,
+    );
+    assert!(!out.2.contains("s3cret"), "password shown: {}", out.2);
+    assert_refused("userinfo", out, "`upstream`");
+    let route =
+        "[[route]]\nprefix = \"/v1\"\nupstream = \"https://conversations.twilio.com:65536\"\n";
+    assert_refused(
+        "route",
+        check_config(&[], &[], Some(route)),
+        "route[0].upstream",
+    );
+
+    // The edges that are fine stay fine.
+    for good in [
+        "http://127.0.0.1:65535",
+        "http://127.0.0.1:1",
+        "http://[::1]:4010",
+        "https://conversations.twilio.com",
+        "http://emulator:4010/",
+    ] {
+        let (code, _, err) = check_config(&["--upstream", good], &[], None);
+        assert_eq!(code, Some(0), "{good} refused: {err}");
+    }
+    let (code, _, err) = check_config(
+        &[],
+        &[(
+            "TRP_STORE",
+            "postgres://trp:s3cret@db:5432/trp?sslmode=require",
+        )],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    // `serve` refuses it too, before it listens: no request ever leaves.
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", "http://127.0.0.1:65616"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`upstream`") && err.contains("65535"), "{err}");
+}
+
+/// One integer setting of `config/default.toml` and the range its
+/// `# Allowed: MIN to MAX` comment documents.
+#[derive(Debug)]
+struct NumericSetting {
+    key: String,
+    min: i64,
+    max: i64,
+}
+
+/// Every integer setting of the compiled-in defaults, with its documented
+/// range. Derived from the file itself, so a new setting cannot escape the
+/// range tests: one without an `Allowed:` line fails here.
+fn numeric_settings() -> Vec<NumericSetting> {
+    use twilio_repair_proxy::config::DEFAULT_TOML;
+    // The integer keys, as TOML sees them.
+    fn walk(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, child) in t {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(child, &path, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    let mut inner = Vec::new();
+                    walk(item, prefix, &mut inner);
+                    assert!(
+                        inner.is_empty(),
+                        "integer settings inside `{prefix}` entries: extend this test"
+                    );
+                }
+            }
+            toml::Value::Integer(_) => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let parsed: toml::Value = DEFAULT_TOML.parse().unwrap();
+    let mut keys = Vec::new();
+    walk(&parsed, "", &mut keys);
+    assert!(keys.len() >= 20, "{keys:?}");
+    // Their documented ranges: the comment line right above each key.
+    let allowed = regex::Regex::new(r"^# Allowed: (\d+) to (\d+)\b").unwrap();
+    let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+    let mut section = String::new();
+    let mut documented = std::collections::BTreeMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim_matches(|c| c == '[' || c == ']').to_string();
+            continue;
+        }
+        let Some((name, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        let key = if section.is_empty() {
+            name.to_string()
+        } else {
+            format!("{section}.{name}")
+        };
+        if let Some(c) = i.checked_sub(1).and_then(|j| allowed.captures(lines[j])) {
+            documented.insert(key, (c[1].parse().unwrap(), c[2].parse().unwrap()));
+        }
+    }
+    keys.into_iter()
+        .map(|key| {
+            let (min, max) = *documented.get(&key).unwrap_or_else(|| {
+                panic!("config/default.toml: `{key}` has no `# Allowed: MIN to MAX` line above it")
+            });
+            NumericSetting { key, min, max }
+        })
+        .collect()
+}
+
+fn env_name(key: &str) -> String {
+    format!("TRP_{}", key.replace('.', "_").to_uppercase())
+}
+
+#[test]
+fn every_numeric_setting_is_range_checked_as_documented() {
+    // Issue 10 #15: the documented bounds are the enforced ones (in-process,
+    // through the configuration loader: environment layer).
+    use twilio_repair_proxy::config::{Config, Overrides};
+    let load = |key: &str, value: String| {
+        Config::load(None, vec![(env_name(key), value)], &Overrides::default())
+    };
+    for s in numeric_settings() {
+        for ok in [s.min, s.max] {
+            if let Err(e) = load(&s.key, ok.to_string()) {
+                panic!("{} = {ok} is documented as allowed but refused: {e}", s.key);
+            }
+        }
+        let mut bad = vec![s.max + 1, -1];
+        if s.min > 0 {
+            bad.push(s.min - 1);
+        }
+        for v in bad {
+            let e = match load(&s.key, v.to_string()) {
+                Ok(_) => panic!(
+                    "{} = {v} is outside the documented range but accepted",
+                    s.key
+                ),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(&format!("`{}`", s.key)), "{e}");
+            assert!(
+                e.contains(&format!("must be between {} and {}", s.min, s.max)),
+                "{e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_numeric_setting_at_its_type_maximum_is_a_load_time_error() {
+    // Issue 10 #15: `9223372036854775807` passed `check-config`, then
+    // overflowed `Instant + Duration` in the workflow. Every duration, size
+    // and count, at i64::MAX and u64::MAX, through the environment and a
+    // file: `check-config` exits 2 with one line naming the key.
+    for s in numeric_settings() {
+        let name = env_name(&s.key);
+        let (section, leaf) = match s.key.rsplit_once('.') {
+            Some((t, k)) => (format!("[{t}]\n"), k.to_string()),
+            None => (String::new(), s.key.clone()),
+        };
+        for max in [i64::MAX.to_string(), u64::MAX.to_string()] {
+            let what = format!("{name}={max}");
+            assert_refused(&what, check_config(&[], &[(&name, &max)], None), &s.key);
+            let file = format!("{section}{leaf} = {max}\n");
+            let what = format!("file: {}", file.replace('\n', " "));
+            assert_refused(&what, check_config(&[], &[], Some(&file)), &s.key);
+        }
+    }
+}
+
+/// Start `serve` with its admin listener on `admin_ip` (a free port) and
+/// extra environment; wait until it is ready and return its log so far.
+async fn start_up_log(admin_ip: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let admin_port = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("{admin_ip}:{admin_port}")])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .arg("--store")
+        .arg(format!("sqlite://{}/journal.db", dir.path().display()))
+        .env_remove("RUST_LOG")
+        .env_remove("TRP_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_ready(&format!("http://127.0.0.1:{admin_port}/readyz")).await;
+    // The start-up warnings come before this line (the log is written by
+    // its own thread, so wait for it rather than for the listener).
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("proxy listening") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("proxy listening"), "{text}");
+    text
+}
+
+#[tokio::test]
+async fn admin_plane_beyond_loopback_without_a_token_is_warned_about_at_start_up() {
+    // Issue 10 #8: an admin listener on 0.0.0.0 (as the sidecar manifest
+    // had it) served incidents and the journal to any pod, silently.
+    const WARNING: &str = "admin plane is reachable beyond loopback without a token";
+    let open = start_up_log("0.0.0.0", &[]).await;
+    assert!(open.contains(WARNING), "no warning: {open}");
+    assert!(
+        open.contains("TRP_ADMIN_TOKEN"),
+        "the warning says how to fix it: {open}"
+    );
+    let token = "a-long-enough-admin-token-0123";
+    let guarded = start_up_log("0.0.0.0", &[("TRP_ADMIN_TOKEN", token)]).await;
+    assert!(!guarded.contains(WARNING), "{guarded}");
+    assert!(
+        !guarded.contains(token),
+        "the token reached the log: {guarded}"
+    );
+    let local = start_up_log("127.0.0.1", &[]).await;
+    assert!(!local.contains(WARNING), "{local}");
+}
