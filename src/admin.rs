@@ -8,6 +8,7 @@
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
+//! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //!
 //! Privacy, in one place (here), for every admin answer and for
 //! `incidents export` ([`Privacy`]):
@@ -87,6 +88,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/incidents", get(incidents))
         .route("/repairs", get(repairs))
+        .route("/repairs/{id}/abandon", axum::routing::post(abandon))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -246,6 +248,52 @@ async fn repairs(
                 .collect();
             Json(serde_json::json!({ "repairs": list })).into_response()
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the journal");
+            admin_error(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")
+        }
+    }
+}
+
+/// `POST /repairs/{id}/abandon`: an operator gives up on an unfinished
+/// record (it leaves the fence and recovery; the User is left as it is).
+/// Only an authenticated operator (a token set and presented) may.
+async fn abandon(
+    State(s): State<Arc<AdminState>>,
+    operator: Option<axum::Extension<Operator>>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    if operator.is_none() {
+        return admin_error(
+            StatusCode::FORBIDDEN,
+            "abandoning a repair needs an authenticated operator: set admin.token \
+             (TRP_ADMIN_TOKEN) and send `Authorization: Bearer <admin.token>`",
+        );
+    }
+    match s.store.get_repair(id).await {
+        Ok(Some(r)) if r.state.is_final() => admin_error(
+            StatusCode::CONFLICT,
+            &format!("repair {id} is already {}", r.state),
+        ),
+        Ok(Some(r)) => {
+            let note = format!("abandoned by an operator in state {}", r.state);
+            match s
+                .store
+                .set_repair_state(id, crate::store::RepairState::Abandoned, Some(&note))
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(repair_id = id, from = %r.state, "repair abandoned by an operator");
+                    Json(serde_json::json!({ "id": id, "state": crate::store::RepairState::Abandoned }))
+                        .into_response()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the journal");
+                    admin_error(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")
+                }
+            }
+        }
+        Ok(None) => admin_error(StatusCode::NOT_FOUND, &format!("no repair {id}")),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the journal");
             admin_error(StatusCode::SERVICE_UNAVAILABLE, "store unreachable")

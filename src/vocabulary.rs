@@ -77,7 +77,7 @@ impl std::fmt::Display for Outcome {
 /// | `done` | | final: closed by the workflow after reading back every step |
 /// | `recovered` | | final: closed by recovery after reading back every step |
 /// | `needs-operator` | | Twilio refused a step for good (e.g. 400/403); not retried, shown on `/repairs` |
-/// | `abandoned` | | final: an operator gave up on the record (`repairs abandon`) |
+/// | `abandoned` | | final: an operator gave up on the record (`POST /repairs/{id}/abandon` on the admin plane) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RepairState {

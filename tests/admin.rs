@@ -354,3 +354,50 @@ async fn incidents_export_follows_the_identity_privacy_setting() {
         assert!(out.contains(&h), "{format}: {out}");
     }
 }
+
+#[tokio::test]
+async fn an_operator_can_abandon_an_unfinished_repair_and_nobody_else_can() {
+    let store = seeded_store().await;
+    let guarded = admin_proxy(&store, &[("TRP_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let post = |auth: Option<String>, path: &str| {
+        let mut req = reqwest::Client::new().post(guarded.admin_url(path));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let (_, _, body) = get(&guarded, "/repairs", Some(&bearer(ADMIN_TOKEN))).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = v["repairs"][0]["id"].as_i64().unwrap();
+    let path = format!("/repairs/{id}/abandon");
+    // Without the token: refused, the record stays pending.
+    let r = post(None, &path).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let (_, _, body) = get(&guarded, "/repairs", Some(&bearer(ADMIN_TOKEN))).await;
+    assert!(body.contains("deleting"), "{body}");
+    // The operator abandons it: it leaves the pending list, once.
+    let r = post(Some(bearer(ADMIN_TOKEN)), &path).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "abandoned");
+    let (_, _, body) = get(&guarded, "/repairs", Some(&bearer(ADMIN_TOKEN))).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["repairs"].as_array().unwrap().len(), 0, "{body}");
+    let r = post(Some(bearer(ADMIN_TOKEN)), &path).await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = post(Some(bearer(ADMIN_TOKEN)), "/repairs/999999/abandon")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    guarded.stop().await;
+
+    // With no token configured there is no authenticated operator.
+    let open = admin_proxy(&store, &[]).await;
+    let r = reqwest::Client::new()
+        .post(open.admin_url(&path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    open.stop().await;
+}
