@@ -119,6 +119,7 @@ pub async fn run(
             credential,
             mark_forwarded: config.add_forwarded_headers,
             runtime: None,
+            exchange: None,
         });
         // Finish what an earlier run left unfinished, then sweep.
         r.spawn_sweeper();
@@ -217,6 +218,7 @@ pub async fn run(
     server::accept_loop(listeners.proxy, opts.max_connections, senders, shutdown).await;
     // The listener is closed: no new connections. Drain the workers.
     admin_state.draining.store(true, Ordering::SeqCst);
+    let drain_started = std::time::Instant::now();
     tracing::info!("shutdown requested: draining in-flight requests");
     let _ = stop_tx.send(true);
     let mut drain = Drain::Complete;
@@ -235,7 +237,11 @@ pub async fn run(
         if r.in_flight() > 0 {
             tracing::info!(repairs = r.in_flight(), "waiting for in-flight repairs");
         }
-        if !r.drain(config.limits.shutdown_grace()).await {
+        let left = config
+            .limits
+            .shutdown_grace()
+            .saturating_sub(drain_started.elapsed());
+        if !r.drain(left).await {
             tracing::warn!(
                 repairs = r.in_flight(),
                 "grace period elapsed with repairs in flight; their journal records are completed at the next start"

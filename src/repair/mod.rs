@@ -36,6 +36,9 @@ pub mod step;
 pub mod user;
 pub mod workflow;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -72,10 +75,16 @@ pub struct Repairer {
     /// The runtime repairs run on (the process's main runtime, which
     /// outlives every worker's).
     rt: tokio::runtime::Handle,
-    /// Every repair and recovery task, so shutdown can wait for them.
+    /// Every live workflow task, so shutdown can wait for them.
     tasks: TaskTracker,
     me: Weak<Repairer>,
+    exchange: Option<ExchangeFactory>,
 }
+
+/// Builds the [`step::Exchange`] of one workflow (origin, credential,
+/// webhook choice): the unit tests' scripted Twilio.
+pub type ExchangeFactory =
+    Arc<dyn Fn(&Origin, HeaderValue, Option<HeaderValue>) -> Arc<dyn step::Exchange> + Send + Sync>;
 
 /// What [`Repairer::new`] needs.
 pub struct RepairerParts {
@@ -87,6 +96,8 @@ pub struct RepairerParts {
     pub mark_forwarded: bool,
     /// Where repair tasks run; `None`: the current runtime.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// `None`: the real Twilio client over `client`.
+    pub exchange: Option<ExchangeFactory>,
 }
 
 impl Repairer {
@@ -104,6 +115,7 @@ impl Repairer {
             rt,
             tasks: TaskTracker::new(),
             me: me.clone(),
+            exchange: p.exchange,
         })
     }
 
@@ -137,15 +149,20 @@ impl Repairer {
         webhook: Option<HeaderValue>,
     ) -> step::Api {
         let policy = self.retry_policy();
-        let inner = TwilioApi::new(
-            self.client.clone(),
-            origin.clone(),
-            auth,
-            webhook,
-            policy.step_timeout,
-        )
-        .with_via(self.mark_forwarded);
-        step::Api::new(inner, policy, self.deadline())
+        let inner: Arc<dyn step::Exchange> = match &self.exchange {
+            Some(make) => make(origin, auth, webhook),
+            None => Arc::new(
+                TwilioApi::new(
+                    self.client.clone(),
+                    origin.clone(),
+                    auth,
+                    webhook,
+                    policy.step_timeout,
+                )
+                .with_via(self.mark_forwarded),
+            ),
+        };
+        step::Api::over(inner, policy, self.deadline())
     }
 
     /// The memberships' share of a workflow: up to the deadline less one

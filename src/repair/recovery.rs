@@ -133,12 +133,11 @@ impl Repairer {
         }
         let me = self.clone();
         let auth = auth.clone();
-        self.tasks.spawn_on(
-            async move {
-                me.recover_pending(Some(&auth)).await;
-            },
-            &self.rt,
-        );
+        // Not tracked for shutdown: the record is journaled, and the next
+        // start finishes it.
+        self.rt.spawn(async move {
+            me.recover_pending(Some(&auth)).await;
+        });
     }
 
     /// Complete every pending record this credential (or the operator's)
@@ -361,30 +360,29 @@ impl Repairer {
         let Some(me) = self.me.upgrade() else { return };
         let interval = Duration::from_millis(self.config.recovery_interval_ms)
             .min(Duration::from_millis(self.config.workflow_deadline_ms));
-        self.tasks.spawn_on(
-            async move {
-                for _ in 0..BACKGROUND_ROUNDS {
-                    tokio::time::sleep(interval).await;
-                    let Ok(Some(record)) = me.store.get_repair(id).await else {
-                        continue;
-                    };
-                    if record.state.is_final() {
-                        break;
-                    }
-                    let Ok(Some(_lock)) = me
-                        .locks
-                        .try_acquire(me.store.as_ref(), &key_of(&record))
-                        .await
-                    else {
-                        continue;
-                    };
-                    if me.recover_locked(id, acting.clone()).await {
-                        break;
-                    }
+        // Not tracked for shutdown (its record is journaled, and the next
+        // start finishes it): a drain need not wait out its rounds.
+        self.rt.spawn(async move {
+            for _ in 0..BACKGROUND_ROUNDS {
+                tokio::time::sleep(interval).await;
+                let Ok(Some(record)) = me.store.get_repair(id).await else {
+                    continue;
+                };
+                if record.state.is_final() {
+                    break;
                 }
-                me.refresh().await;
-            },
-            &self.rt,
-        );
+                let Ok(Some(_lock)) = me
+                    .locks
+                    .try_acquire(me.store.as_ref(), &key_of(&record))
+                    .await
+                else {
+                    continue;
+                };
+                if me.recover_locked(id, acting.clone()).await {
+                    break;
+                }
+            }
+            me.refresh().await;
+        });
     }
 }

@@ -17,10 +17,12 @@
 //! deadline; loops that read back and try again (in [`super::user`]) are
 //! bounded by the deadline alone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::store::StepRecord;
@@ -112,10 +114,55 @@ impl StepError {
     }
 }
 
+/// What a step sends.
+pub enum Sent<'a> {
+    /// The workflow's own form (or none).
+    Form(Option<&'a str>),
+    /// The caller's create, with its own end-to-end headers.
+    Replay(&'a HeaderMap, Bytes),
+}
+
+/// One attempt at one call: [`TwilioApi`] in production, a scripted fake
+/// in the workflow's unit tests.
+pub trait Exchange: Send + Sync {
+    fn send<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        sent: &'a Sent<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<ApiResponse, ApiError>>;
+    /// The same exchange acting with another credential.
+    fn with_authorization(&self, authorization: HeaderValue) -> Arc<dyn Exchange>;
+}
+
+impl Exchange for TwilioApi {
+    fn send<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        sent: &'a Sent<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<ApiResponse, ApiError>> {
+        Box::pin(async move {
+            match sent {
+                Sent::Form(form) => self.once(method, path, *form, deadline).await,
+                Sent::Replay(headers, body) => {
+                    self.replay(method, path, headers, body.clone(), deadline)
+                        .await
+                }
+            }
+        })
+    }
+    fn with_authorization(&self, authorization: HeaderValue) -> Arc<dyn Exchange> {
+        Arc::new(TwilioApi::with_authorization(self, authorization))
+    }
+}
+
 /// The workflow's view of Twilio: one origin, one credential, one
 /// deadline, and the record of every call made.
 pub struct Api {
-    inner: TwilioApi,
+    inner: Arc<dyn Exchange>,
     policy: RetryPolicy,
     deadline: Instant,
     pub steps: Vec<StepRecord>,
@@ -123,6 +170,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(inner: TwilioApi, policy: RetryPolicy, deadline: Instant) -> Api {
+        Api::over(Arc::new(inner), policy, deadline)
+    }
+
+    /// An `Api` over any [`Exchange`].
+    pub fn over(inner: Arc<dyn Exchange>, policy: RetryPolicy, deadline: Instant) -> Api {
         Api {
             inner,
             policy,
@@ -137,7 +189,7 @@ impl Api {
 
     /// The same origin and deadline with another credential (the repair
     /// steps may act with the operator's; see [`super::credential`]).
-    pub fn with_authorization(&self, authorization: http::HeaderValue) -> Api {
+    pub fn with_authorization(&self, authorization: HeaderValue) -> Api {
         Api {
             inner: self.inner.with_authorization(authorization),
             policy: self.policy,
@@ -198,18 +250,10 @@ impl Api {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match &sent {
-                Sent::Form(form) => {
-                    self.inner
-                        .once(method.clone(), path, *form, self.deadline)
-                        .await
-                }
-                Sent::Replay(headers, body) => {
-                    self.inner
-                        .replay(method.clone(), path, headers, body.clone(), self.deadline)
-                        .await
-                }
-            };
+            let result = self
+                .inner
+                .send(method.clone(), path, &sent, self.deadline)
+                .await;
             self.record(kind, &result);
             let (retry, hint, detail) = match result {
                 Ok(r) if kind.is_answer(r.status) => return Ok(r),
@@ -267,11 +311,6 @@ impl Api {
             twilio_request_id: r.as_ref().ok().and_then(|r| r.request_id.clone()),
         });
     }
-}
-
-enum Sent<'a> {
-    Form(Option<&'a str>),
-    Replay(&'a HeaderMap, Bytes),
 }
 
 #[cfg(test)]
