@@ -45,6 +45,12 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// Upper bound of the connection timeouts (`limits.header_read_timeout_ms`,
+/// `keepalive_timeout_ms`, `http2_keepalive_*`): one day.
+pub const MAX_CONNECTION_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Upper bound of `limits.max_connections` and `admin.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -68,6 +74,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_base_url: Option<String>,
     pub limits: Limits,
+    pub admin: AdminConfig,
     pub log: LogConfig,
     pub repair: RepairConfig,
     pub store_options: StoreOptions,
@@ -88,6 +95,16 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     pub worker_threads: usize,
     pub max_request_head_bytes: usize,
+    pub keepalive_timeout_ms: u64,
+    pub http2_keepalive_interval_ms: u64,
+    pub http2_keepalive_timeout_ms: u64,
+}
+
+/// Bounds of the admin listener; see `config/default.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub max_connections: usize,
 }
 
 impl Limits {
@@ -108,6 +125,15 @@ impl Limits {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+    pub fn http2_keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_interval_ms)
+    }
+    pub fn http2_keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_timeout_ms)
     }
 }
 
@@ -286,6 +312,15 @@ impl Config {
             ),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.keepalive_timeout_ms", l.keepalive_timeout_ms),
+            (
+                "limits.http2_keepalive_interval_ms",
+                l.http2_keepalive_interval_ms,
+            ),
+            (
+                "limits.http2_keepalive_timeout_ms",
+                l.http2_keepalive_timeout_ms,
+            ),
             (
                 "repair.workflow_deadline_ms",
                 self.repair.workflow_deadline_ms,
@@ -310,8 +345,35 @@ impl Config {
                 "must be at least 8192",
             ));
         }
-        if l.max_connections == 0 {
-            return Err(invalid("limits.max_connections", "must be greater than 0"));
+        for (key, v) in [
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.keepalive_timeout_ms", l.keepalive_timeout_ms),
+            (
+                "limits.http2_keepalive_interval_ms",
+                l.http2_keepalive_interval_ms,
+            ),
+            (
+                "limits.http2_keepalive_timeout_ms",
+                l.http2_keepalive_timeout_ms,
+            ),
+        ] {
+            if v > MAX_CONNECTION_TIMEOUT_MS {
+                return Err(invalid(
+                    key,
+                    format!("must be at most {MAX_CONNECTION_TIMEOUT_MS} (one day)"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("admin.max_connections", self.admin.max_connections),
+        ] {
+            if v == 0 || v > MAX_CONNECTIONS {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1 and {MAX_CONNECTIONS}"),
+                ));
+            }
         }
         if self.store_options.max_connections == 0 {
             return Err(invalid(

@@ -3,21 +3,28 @@
 //!
 //! Order of decisions:
 //! 1. `CONNECT` and absolute-form HTTP/1 targets (`GET http://x/ HTTP/1.1`)
-//!    are refused: this is a reverse proxy, never a forward proxy.
-//! 2. The reserved emulator prefix `/__emulator/` is never forwarded.
-//! 3. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
+//!    are refused: this is a reverse proxy, never a forward proxy. `TRACE`
+//!    is refused (405, as nginx does: it would echo Cookie and
+//!    Authorization), and so is the asterisk form (`GET *`, 400; `OPTIONS *`
+//!    is answered by the proxy itself before routing).
+//! 2. Framing and Host the proxy cannot forward faithfully are refused: a
+//!    transfer coding other than `chunked` (501), an HTTP/1.1 request
+//!    without `Host`, or any request with two `Host` lines (400, RFC 9112
+//!    §3.2: which one would the upstream believe?).
+//! 3. The reserved emulator prefix `/__emulator/` is never forwarded.
+//! 4. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
 //!    goes to `https://` that host, unless `--upstream` pins one origin.
-//! 4. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
+//! 5. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
 //!    the listen address, or a `proxy_hosts` pattern) uses the routing table:
 //!    `--upstream` if set, else the longest matching `[[route]]` prefix, else
 //!    `default_upstream`.
-//! 5. Any other `Host` is refused with 421: a Host value never picks an
+//! 6. Any other `Host` is refused with 421: a Host value never picks an
 //!    upstream outside the allowlist.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::uri::{Authority, Scheme};
-use http::{Method, Uri, Version};
+use http::{HeaderMap, Method, Uri, Version, header};
 
 use crate::config::Config;
 
@@ -123,6 +130,16 @@ pub enum Refusal {
     BadHost,
     #[error("this path is reserved for the emulator's control API and is never forwarded")]
     Reserved,
+    #[error("TRACE is not supported")]
+    Trace,
+    #[error("the asterisk-form request target (*) is only valid with OPTIONS")]
+    AsteriskForm,
+    #[error("an HTTP/1.1 request must carry a Host header")]
+    MissingHost,
+    #[error("the request carries more than one Host header")]
+    DuplicateHost,
+    #[error("transfer codings other than chunked are not supported")]
+    TransferCoding,
 }
 
 impl Refusal {
@@ -134,12 +151,22 @@ impl Refusal {
             Refusal::HostNotAllowed => "host-not-allowed",
             Refusal::BadHost => "bad-host",
             Refusal::Reserved => "reserved-path",
+            Refusal::Trace => "trace-refused",
+            Refusal::AsteriskForm => "asterisk-form-refused",
+            Refusal::MissingHost => "missing-host",
+            Refusal::DuplicateHost => "duplicate-host",
+            Refusal::TransferCoding => "transfer-coding-unsupported",
         }
     }
     pub fn status(self) -> http::StatusCode {
         match self {
-            Refusal::Connect => http::StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::AbsoluteForm | Refusal::BadHost => http::StatusCode::BAD_REQUEST,
+            Refusal::Connect | Refusal::Trace => http::StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::AbsoluteForm
+            | Refusal::BadHost
+            | Refusal::AsteriskForm
+            | Refusal::MissingHost
+            | Refusal::DuplicateHost => http::StatusCode::BAD_REQUEST,
+            Refusal::TransferCoding => http::StatusCode::NOT_IMPLEMENTED,
             Refusal::HostNotAllowed => http::StatusCode::MISDIRECTED_REQUEST,
             Refusal::Reserved => http::StatusCode::NOT_FOUND,
         }
@@ -257,10 +284,13 @@ impl Routes {
         method: &Method,
         uri: &Uri,
         version: Version,
-        host_header: Option<&http::HeaderValue>,
+        headers: &HeaderMap,
     ) -> Result<Target, Refusal> {
         if method == Method::CONNECT {
             return Err(Refusal::Connect);
+        }
+        if method == Method::TRACE {
+            return Err(Refusal::Trace);
         }
         // HTTP/2 always carries :authority in the URI; for HTTP/1 a scheme or
         // authority in the target means absolute-form.
@@ -268,6 +298,20 @@ impl Routes {
             return Err(Refusal::AbsoluteForm);
         }
         let path = uri.path();
+        if path == "*" {
+            return Err(Refusal::AsteriskForm);
+        }
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host_header = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Refusal::DuplicateHost);
+        }
+        if host_header.is_none() && version == Version::HTTP_11 {
+            return Err(Refusal::MissingHost);
+        }
+        if crate::headers::has_unsupported_transfer_coding(headers) {
+            return Err(Refusal::TransferCoding);
+        }
         if path == RESERVED_PREFIX || path.starts_with("/__emulator/") {
             return Err(Refusal::Reserved);
         }
@@ -408,10 +452,17 @@ mod tests {
         Routes::from_config(&c).unwrap()
     }
 
+    fn headers(host: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        h
+    }
+
     fn go(r: &Routes, path: &str, host: Option<&str>) -> Result<String, Refusal> {
         let uri: Uri = path.parse().unwrap();
-        let h = host.map(|h| HeaderValue::from_str(h).unwrap());
-        r.route(&Method::GET, &uri, Version::HTTP_11, h.as_ref())
+        r.route(&Method::GET, &uri, Version::HTTP_11, &headers(host))
             .map(|t| t.origin.as_string())
     }
 
@@ -490,14 +541,15 @@ mod tests {
             "https://conversations.twilio.com"
         );
         let abs: Uri = "http://169.254.169.254/latest".parse().unwrap();
+        let none = HeaderMap::new();
         assert_eq!(
-            r.route(&Method::GET, &abs, Version::HTTP_11, None)
+            r.route(&Method::GET, &abs, Version::HTTP_11, &none)
                 .unwrap_err(),
             Refusal::AbsoluteForm
         );
         let auth: Uri = "evil.example.com:443".parse().unwrap();
         assert_eq!(
-            r.route(&Method::CONNECT, &auth, Version::HTTP_11, None)
+            r.route(&Method::CONNECT, &auth, Version::HTTP_11, &none)
                 .unwrap_err(),
             Refusal::Connect
         );
