@@ -671,6 +671,59 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_are_range_checked() {
+        let c = Config::defaults();
+        assert_eq!(c.limits.keepalive_timeout_ms, 75_000);
+        assert_eq!(c.admin.max_connections, 256);
+        for (var, value, key) in [
+            (
+                "TRP_LIMITS_KEEPALIVE_TIMEOUT_MS",
+                "0",
+                "limits.keepalive_timeout_ms",
+            ),
+            (
+                "TRP_LIMITS_KEEPALIVE_TIMEOUT_MS",
+                "9223372036854775807",
+                "limits.keepalive_timeout_ms",
+            ),
+            (
+                "TRP_LIMITS_HEADER_READ_TIMEOUT_MS",
+                "86400001",
+                "limits.header_read_timeout_ms",
+            ),
+            (
+                "TRP_LIMITS_HTTP2_KEEPALIVE_INTERVAL_MS",
+                "0",
+                "limits.http2_keepalive_interval_ms",
+            ),
+            (
+                "TRP_LIMITS_HTTP2_KEEPALIVE_TIMEOUT_MS",
+                "86400001",
+                "limits.http2_keepalive_timeout_ms",
+            ),
+            ("TRP_ADMIN_MAX_CONNECTIONS", "0", "admin.max_connections"),
+            (
+                "TRP_LIMITS_MAX_CONNECTIONS",
+                "9223372036854775807",
+                "limits.max_connections",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, value)]), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{key}`")), "{var}={value}: {e}");
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("TRP_LIMITS_KEEPALIVE_TIMEOUT_MS", "86400000"),
+                ("TRP_ADMIN_MAX_CONNECTIONS", "1000000"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.limits.keepalive_timeout(), Duration::from_secs(86_400));
+    }
+
+    #[test]
     fn masks_store_password() {
         assert_eq!(
             mask_url_password("postgres://trp:s3cret@db:5432/trp"),
