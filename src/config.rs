@@ -709,7 +709,10 @@ mod tests {
             ),
         ] {
             let e = Config::load(None, env(&[(var, value)]), &Overrides::default()).unwrap_err();
-            assert!(e.to_string().contains(&format!("`{key}`")), "{var}={value}: {e}");
+            assert!(
+                e.to_string().contains(&format!("`{key}`")),
+                "{var}={value}: {e}"
+            );
         }
         let c = Config::load(
             None,

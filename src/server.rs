@@ -17,6 +17,11 @@
 //! - it has been idle for `keepalive_timeout` (an HTTP/1 keep-alive
 //!   connection between requests, an HTTP/2 connection without open streams).
 //!
+//! When every slot is taken and a new client waits, connections with no
+//! request in flight that are older than [`EVICTION_MIN_AGE`] are closed at
+//! once to make room (nginx does the same with idle keep-alive
+//! connections), so idle sockets delay a new client, never lock it out.
+//!
 //! A connection with a request in flight is never cut by the watchdog: its
 //! bodies have their own idle timeout (`limits.idle_timeout_ms`, in
 //! [`crate::forward`]) and its upstream exchange its own deadlines. HTTP/2
@@ -109,12 +114,12 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let slots = Slots::new(opts.max_connections);
     let conns = Connections::new(opts);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            a = accept(&listener, &limit) => a,
+            a = slots.accept(&listener) => a,
             _ = &mut shutdown => break,
         };
         if let Some(a) = accepted {
@@ -130,6 +135,7 @@ pub struct Accepted {
     pub stream: std::net::TcpStream,
     pub peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    pressure: watch::Receiver<u64>,
 }
 
 /// Accept on `listener` and hand connections to `workers` in turn (exact
@@ -141,12 +147,12 @@ pub async fn accept_loop(
     workers: Vec<mpsc::UnboundedSender<Accepted>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    let slots = Slots::new(max_connections);
     tokio::pin!(shutdown);
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
-            a = accept(&listener, &limit) => a,
+            a = slots.accept(&listener) => a,
             _ = &mut shutdown => break,
         };
         let Some(a) = accepted else { continue };
@@ -157,6 +163,7 @@ pub async fn accept_loop(
             stream,
             peer: a.peer,
             permit: a.permit,
+            pressure: a.pressure,
         };
         if workers.is_empty() {
             break;
@@ -202,6 +209,7 @@ where
                 stream,
                 peer: a.peer,
                 permit: a.permit,
+                pressure: a.pressure,
             },
             service.clone(),
         );
@@ -213,23 +221,62 @@ struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    /// Changes when a new client waits for a slot.
+    pressure: watch::Receiver<u64>,
 }
 
-/// Take a connection slot, then accept. `None` on an accept error (after a
-/// short back-off: EMFILE and friends must not spin).
-async fn accept(listener: &TcpListener, limit: &Arc<Semaphore>) -> Option<Conn> {
-    let permit = limit.clone().acquire_owned().await.ok()?;
-    match listener.accept().await {
-        Ok((stream, peer)) => Some(Conn {
+/// A connection accepted at least this long ago with no request in flight
+/// is closed when every slot is taken and a new client waits (as nginx
+/// reuses idle keep-alive connections): idle sockets can delay a new client
+/// by about this much, never lock it out. A real client's first request
+/// arrives with its connection, long before this.
+pub const EVICTION_MIN_AGE: Duration = Duration::from_millis(250);
+/// While a new client waits for a slot, idle connections are asked again
+/// this often.
+const EVICTION_RETRY: Duration = Duration::from_millis(100);
+
+/// The connection slots of one listener.
+struct Slots {
+    limit: Arc<Semaphore>,
+    pressure: watch::Sender<u64>,
+}
+
+impl Slots {
+    fn new(max_connections: usize) -> Self {
+        Slots {
+            limit: Arc::new(Semaphore::new(max_connections.max(1))),
+            pressure: watch::Sender::new(0),
+        }
+    }
+
+    /// Accept, then take a slot; when none is free, ask idle connections to
+    /// make room until one is. `None` on an accept error (after a short
+    /// back-off: EMFILE and friends must not spin).
+    async fn accept(&self, listener: &TcpListener) -> Option<Conn> {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return None;
+            }
+        };
+        let permit = match self.limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => loop {
+                self.pressure.send_modify(|n| *n = n.wrapping_add(1));
+                tokio::select! {
+                    p = self.limit.clone().acquire_owned() => break p.ok()?,
+                    () = tokio::time::sleep(EVICTION_RETRY) => {}
+                }
+            },
+        };
+        Some(Conn {
             stream,
             peer,
             permit,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
+            pressure: self.pressure.subscribe(),
+        })
     }
 }
 
@@ -387,6 +434,12 @@ impl Watchdog {
         (opts.header_read_timeout.min(opts.keepalive_timeout) / 4).max(Duration::from_millis(5))
     }
 
+    /// Whether the connection may be closed to make room for a new client:
+    /// nothing in flight, and not brand new.
+    fn evictable(&self, a: &Activity, now: Instant) -> bool {
+        a.in_flight.load(Relaxed) == 0 && now >= self.accepted + EVICTION_MIN_AGE
+    }
+
     /// Whether the connection is idle past its deadline at `now`.
     fn expired(&mut self, a: &Activity, now: Instant) -> bool {
         let requests = a.requests.load(Relaxed);
@@ -483,6 +536,7 @@ impl Connections {
             .serve_connection(TokioIo::new(io), hyper_svc)
             .into_owned();
         let mut shutdown = self.shutdown.subscribe();
+        let mut pressure = c.pressure;
         let permit = c.permit;
         let tick = Watchdog::tick(&self.opts);
         let mut dog = Watchdog::new(&self.opts, Instant::now());
@@ -492,6 +546,7 @@ impl Connections {
             tokio::pin!(sleep);
             let mut stopping = false;
             let mut closing = false;
+            let mut listening = true;
             loop {
                 tokio::select! {
                     ended = conn.as_mut() => {
@@ -499,6 +554,14 @@ impl Connections {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                         break;
+                    }
+                    changed = pressure.changed(), if listening => {
+                        // Err: the listener is gone, nobody will wait again.
+                        listening = changed.is_ok();
+                        if listening && dog.evictable(&activity, Instant::now()) {
+                            tracing::debug!("closing an idle connection for a waiting client");
+                            break;
+                        }
                     }
                     _ = shutdown.changed(), if !stopping => {
                         stopping = true;

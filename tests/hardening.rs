@@ -208,6 +208,29 @@ async fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
 }
 
 #[tokio::test]
+async fn idle_sockets_are_closed_after_the_configured_timeouts_on_both_listeners() {
+    // Without any competing client (no slot pressure), each kind of idle
+    // socket is closed by header_read_timeout or keepalive_timeout alone.
+    let up = upstream(echo_ok()).await;
+    let proxy = tight_proxy(&up.url()).await;
+    for (addr, path) in [(proxy.addr, "/v1/Conversations"), (proxy.admin, "/healthz")] {
+        for kind in [
+            Hog::Silent,
+            Hog::PartialPreface,
+            Hog::IdleHttp2,
+            Hog::IdleKeepAlive,
+        ] {
+            let mut s = hog(addr, kind, path).await;
+            assert!(
+                closed_within(&mut s, Duration::from_secs(10)).await,
+                "{kind:?} on {addr} ({path}) was never closed"
+            );
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn idle_keepalive_connection_closes_after_keepalive_timeout() {
     // keepalive_timeout, not the (long) header_read_timeout, bounds an idle
     // HTTP/1.1 keep-alive connection.
@@ -520,5 +543,100 @@ async fn asterisk_form_trace_and_max_forwards_are_answered_locally() {
     assert_eq!(up.requests()[0].method, "OPTIONS");
     // RFC 9110 §7.6.2: an intermediary decrements Max-Forwards.
     assert_eq!(up.requests()[0].header_values("max-forwards"), vec!["2"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_waiting_client_makes_idle_sockets_give_up_their_slots() {
+    // With the default (long) timeouts, idle sockets holding every slot are
+    // closed as soon as a new client waits: probes have headroom on the
+    // admin listener, new clients on the proxy listener.
+    let up = upstream(echo_ok()).await;
+    let mut c = test_config(&up.url());
+    c.limits.max_connections = SLOTS;
+    c.admin.max_connections = SLOTS;
+    let proxy = start_proxy(c).await;
+    let bound = Duration::from_secs(5);
+    for (addr, path) in [(proxy.addr, "/v1/Conversations"), (proxy.admin, "/healthz")] {
+        for kind in [
+            Hog::Silent,
+            Hog::PartialPreface,
+            Hog::IdleHttp2,
+            Hog::IdleKeepAlive,
+        ] {
+            let mut held = Vec::new();
+            for _ in 0..SLOTS {
+                held.push(hog(addr, kind, path).await);
+            }
+            let r = reqwest::Client::builder()
+                .timeout(bound)
+                .build()
+                .unwrap()
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await;
+            match r {
+                Ok(r) => assert_eq!(r.status(), 200),
+                Err(e) => panic!("{kind:?} sockets kept a client out of {addr}{path}: {e}"),
+            }
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_never_evicted() {
+    // Eight slow requests hold every slot: a ninth client waits for one of
+    // them to finish instead of cutting it.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(json(200, r#"{"ok":true}"#))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    let mut c = test_config(&format!("http://{addr}"));
+    c.limits.max_connections = SLOTS;
+    let proxy = start_proxy(c).await;
+    let slow: Vec<_> = (0..SLOTS)
+        .map(|_| {
+            let url = proxy.url("/slow");
+            tokio::spawn(async move {
+                // One connection each.
+                reqwest::Client::new()
+                    .get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ninth = reqwest::Client::builder()
+        .timeout(NINTH_CLIENT_BOUND)
+        .build()
+        .unwrap()
+        .get(proxy.url("/v1/Conversations"))
+        .send()
+        .await
+        .expect("the ninth client must get the first freed slot");
+    assert_eq!(ninth.status(), 200);
+    for s in slow {
+        assert_eq!(s.await.unwrap().expect("an in-flight request was cut"), 200);
+    }
     proxy.stop().await;
 }
