@@ -56,6 +56,8 @@ enum Hog {
     IdleHttp2,
     /// Sends a request head announcing 100 body bytes, then 10 of them.
     StalledBody,
+    /// The same on a Participant create (the body the repair buffers).
+    StalledCreate,
     /// Completes one HTTP/1.1 request and keeps the connection open.
     IdleKeepAlive,
 }
@@ -74,6 +76,12 @@ async fn hog(addr: SocketAddr, kind: Hog, path: &str) -> TcpStream {
         Hog::StalledBody => s
             .write_all(
                 b"POST /v1/Conversations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nFriendlyNa",
+            )
+            .await
+            .unwrap(),
+        Hog::StalledCreate => s
+            .write_all(
+                b"POST /v1/Services/IS0123456789abcdef0123456789abcdef/Conversations/CH0123456789abcdef0123456789abcdef/Participants HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nIdentity=a",
             )
             .await
             .unwrap(),
@@ -140,6 +148,22 @@ async fn stalled_request_bodies_do_not_lock_out_a_ninth_client() {
     let proxy = tight_proxy(&up.url()).await;
     let url = proxy.url("/v1/Conversations");
     ninth_client_gets_through(proxy.addr, &url, Hog::StalledBody).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the body-read timeout of the intercepted create (issue 10 item 6, src/repair)"]
+async fn stalled_create_bodies_do_not_lock_out_a_ninth_client() {
+    let up = upstream(echo_ok()).await;
+    let proxy = tight_proxy(&up.url()).await;
+    let url = proxy.url("/v1/Conversations");
+    ninth_client_gets_through(proxy.addr, &url, Hog::StalledCreate).await;
+    let mut s = hog(proxy.addr, Hog::StalledCreate, "").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request-body-timeout"), "{answer}");
     proxy.stop().await;
 }
 
@@ -401,19 +425,40 @@ async fn an_upstream_that_never_reads_the_body_still_times_out() {
     });
     let mut c = test_config(&format!("http://{addr}"));
     c.limits.response_header_timeout_ms = 300;
+    // The upstream connection stays stuck behind unread bytes (hyper flushes
+    // before closing it): do not wait the default 30 s for it at stop.
+    c.limits.shutdown_grace_ms = 500;
     let proxy = start_proxy(c).await;
-    let big = vec![b'x'; 32 * 1024 * 1024];
-    let resp = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-        .post(proxy.url("/v1/Conversations"))
-        .body(big)
-        .send()
+    // 32 MiB announced and sent while the answer is read: far more than
+    // the socket buffers between the proxy and the upstream hold.
+    let (mut rd, mut wr) = TcpStream::connect(proxy.addr).await.unwrap().into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(
+            b"POST /v1/Conversations HTTP/1.1\r\nHost: localhost\r\nContent-Length: 33554432\r\n\r\n",
+        )
         .await
-        .expect("the proxy must answer");
-    assert_eq!(resp.status(), 504);
-    assert_eq!(resp.headers()["x-repair-proxy-error"], "upstream-timeout");
+        .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..512 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("the proxy must answer while the upload is stuck")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(head.contains("upstream-timeout"), "{head}");
+    writer.abort();
     proxy.stop().await;
 }
 
