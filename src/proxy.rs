@@ -95,11 +95,6 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
         repair.maybe_recover(req.headers());
     }
 
-    if req.method() == http::Method::OPTIONS {
-        if let Some(answer) = options_locally(&state, &mut req) {
-            return answer;
-        }
-    }
     let target = match state
         .routes
         .route(req.method(), req.uri(), req.version(), req.headers())
@@ -118,6 +113,11 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
             return proxy_error(status, refusal.token(), &refusal.to_string());
         }
     };
+    if req.method() == http::Method::OPTIONS {
+        if let Some(answer) = options_locally(&state, &mut req) {
+            return answer;
+        }
+    }
     // Only what the access log needs, and only when it is on.
     let path = tracing::enabled!(target: ACCESS, tracing::Level::INFO)
         .then(|| req.uri().path().to_string());

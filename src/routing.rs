@@ -6,7 +6,7 @@
 //!    are refused: this is a reverse proxy, never a forward proxy. `TRACE`
 //!    is refused (405, as nginx does: it would echo Cookie and
 //!    Authorization), and so is the asterisk form (`GET *`, 400; `OPTIONS *`
-//!    is answered by the proxy itself before routing).
+//!    is routed like any request, then answered by the proxy itself).
 //! 2. Framing and Host the proxy cannot forward faithfully are refused: a
 //!    transfer coding other than `chunked` (501), an HTTP/1.1 request
 //!    without `Host`, or any request with two `Host` lines (400, RFC 9112
@@ -298,7 +298,7 @@ impl Routes {
             return Err(Refusal::AbsoluteForm);
         }
         let path = uri.path();
-        if path == "*" {
+        if path == "*" && method != Method::OPTIONS {
             return Err(Refusal::AsteriskForm);
         }
         let mut hosts = headers.get_all(header::HOST).iter();
@@ -556,6 +556,24 @@ mod tests {
         assert_eq!(
             go(&r, "/__emulator/fault", Some("localhost")),
             Err(Refusal::Reserved)
+        );
+        let star: Uri = "*".parse().unwrap();
+        let local = headers(Some("localhost"));
+        assert_eq!(
+            r.route(&Method::GET, &star, Version::HTTP_11, &local)
+                .unwrap_err(),
+            Refusal::AsteriskForm
+        );
+        // OPTIONS * is routed, then answered by the proxy itself.
+        assert!(
+            r.route(&Method::OPTIONS, &star, Version::HTTP_11, &local)
+                .is_ok()
+        );
+        let trace: Uri = "/v1/Users".parse().unwrap();
+        assert_eq!(
+            r.route(&Method::TRACE, &trace, Version::HTTP_11, &local)
+                .unwrap_err(),
+            Refusal::Trace
         );
     }
 

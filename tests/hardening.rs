@@ -576,6 +576,14 @@ async fn asterisk_form_trace_and_max_forwards_are_answered_locally() {
         "a request that must be answered locally was forwarded: {:?}",
         up.requests()
     );
+    // Routing refusals still come first.
+    let foreign = raw_exchange(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: evil.example.com\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        wait,
+    )
+    .await;
+    assert!(foreign.starts_with("HTTP/1.1 421"), "{foreign}");
     // OPTIONS without Max-Forwards: 0 is an ordinary request.
     let fwd = raw_exchange(
         proxy.addr,
