@@ -46,6 +46,10 @@ pub const RANGES: &[(&str, i64, i64)] = &[
     ("limits.pool_max_idle_per_host", 0, 65_536),
     ("limits.max_connections", 1, 1_000_000),
     ("limits.header_read_timeout_ms", 1, 600_000),
+    ("limits.keepalive_timeout_ms", 1, 86_400_000),
+    ("limits.http2_keepalive_interval_ms", 1, 86_400_000),
+    ("limits.http2_keepalive_timeout_ms", 1, 86_400_000),
+    ("admin.max_connections", 1, 1_000_000),
     ("limits.max_request_head_bytes", 8192, 1_048_576),
     ("limits.shutdown_grace_ms", 0, 3_600_000),
     ("limits.worker_threads", 0, 1024),
@@ -100,6 +104,12 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// Upper bound of the connection timeouts (`limits.header_read_timeout_ms`,
+/// `keepalive_timeout_ms`, `http2_keepalive_*`): one day.
+pub const MAX_CONNECTION_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Upper bound of `limits.max_connections` and `admin.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -122,7 +132,6 @@ pub struct Config {
     pub add_forwarded_headers: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_base_url: Option<String>,
-    #[serde(default)]
     pub admin: AdminConfig,
     pub limits: Limits,
     pub log: LogConfig,
@@ -131,13 +140,15 @@ pub struct Config {
     pub route: Vec<Route>,
 }
 
-/// The admin plane's settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The admin plane's settings; see `config/default.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token required on every admin path but the probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<AdminToken>,
+    /// Most concurrent connections on the admin listener.
+    pub max_connections: usize,
 }
 
 /// The admin bearer token. A secret: its `Debug` and its serialised form
@@ -183,6 +194,9 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     pub worker_threads: usize,
     pub max_request_head_bytes: usize,
+    pub keepalive_timeout_ms: u64,
+    pub http2_keepalive_interval_ms: u64,
+    pub http2_keepalive_timeout_ms: u64,
 }
 
 impl Limits {
@@ -203,6 +217,15 @@ impl Limits {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+    pub fn http2_keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_interval_ms)
+    }
+    pub fn http2_keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_timeout_ms)
     }
 }
 

@@ -5,10 +5,19 @@
 //! HTTP/1.1 by ALPN). The request line's path and query are forwarded byte
 //! for byte, end-to-end headers in their order, and bodies as frames (never
 //! buffered whole). Failures become [`ForwardError`]s that the proxy turns
-//! into Twilio-shaped 502/504 answers.
+//! into Twilio-shaped answers: 502/504 when the upstream failed, 400/408
+//! when the client's own request body did (a malformed chunk, a stall).
+//!
+//! `limits.response_header_timeout_ms` is the time the upstream has to
+//! answer once it has the request: it starts when the request body has been
+//! handed over whole, and is restarted while the body is still moving, so a
+//! slow upload is never a 504. A body the upstream stops taking (no frame
+//! handed over for that long while the client has data) is a 504; a body
+//! the client stops sending is bounded by the body's idle timeout (408).
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::config::Limits;
@@ -48,15 +58,26 @@ pub enum ForwardError {
         origin: String,
         source: hyper_util::client::legacy::Error,
     },
+    #[error(
+        "upstream {origin} answered 101 Switching Protocols to a request that asked for no upgrade"
+    )]
+    UnsolicitedUpgrade { origin: String },
     #[error("cannot build the upstream request: {0}")]
     Build(#[from] http::Error),
+    #[error("the client's request body stalled for {0:?}")]
+    ClientBodyTimeout(Duration),
+    #[error("the client's request body could not be read (malformed chunk or cut short)")]
+    ClientBodyInvalid,
 }
 
 impl ForwardError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             ForwardError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
-            ForwardError::Build(_) => http::StatusCode::BAD_REQUEST,
+            ForwardError::Build(_) | ForwardError::ClientBodyInvalid => {
+                http::StatusCode::BAD_REQUEST
+            }
+            ForwardError::ClientBodyTimeout(_) => http::StatusCode::REQUEST_TIMEOUT,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -65,8 +86,12 @@ impl ForwardError {
         match self {
             ForwardError::Connect { .. } => "upstream-unreachable",
             ForwardError::Timeout { .. } => "upstream-timeout",
-            ForwardError::Upstream { .. } => "upstream-failed",
+            ForwardError::Upstream { .. } | ForwardError::UnsolicitedUpgrade { .. } => {
+                "upstream-failed"
+            }
             ForwardError::Build(_) => "bad-request-target",
+            ForwardError::ClientBodyTimeout(_) => "request-body-timeout",
+            ForwardError::ClientBodyInvalid => "request-body-unreadable",
         }
     }
     /// What the client is told: why, without internal error text.
@@ -82,11 +107,32 @@ impl ForwardError {
             ForwardError::Upstream { origin, .. } => format!(
                 "twilio-repair-proxy could not reach Twilio at {origin}: the connection failed before a complete response"
             ),
+            ForwardError::UnsolicitedUpgrade { origin } => format!(
+                "twilio-repair-proxy could not reach Twilio at {origin}: it switched protocols unasked"
+            ),
             ForwardError::Build(_) => {
                 "twilio-repair-proxy could not forward this request: invalid request target"
                     .to_string()
             }
+            ForwardError::ClientBodyTimeout(idle) => format!(
+                "twilio-repair-proxy received no request body data for {} ms",
+                idle.as_millis()
+            ),
+            ForwardError::ClientBodyInvalid => {
+                "twilio-repair-proxy could not read the request body: malformed chunked encoding or cut short"
+                    .to_string()
+            }
         }
+    }
+    /// Whether the client, not the upstream, is at fault (counted as a
+    /// client error, never in `trp_upstream_errors_total`).
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::Build(_)
+                | ForwardError::ClientBodyTimeout(_)
+                | ForwardError::ClientBodyInvalid
+        )
     }
     fn metric_kind(&self) -> UpstreamErrorKind {
         match self {
@@ -164,12 +210,42 @@ impl Forwarder {
     }
 
     /// Forward a request whose body is already a [`Body`]. The request's URI
-    /// must be origin-form; the upstream URI is built from `origin`.
+    /// must be origin-form; the upstream URI is built from `origin`. A body
+    /// with data is tracked (see the module documentation) without being
+    /// counted in the byte metrics: callers count what they buffered.
     pub async fn forward(
+        &self,
+        req: Request<Body>,
+        origin: &Origin,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        if req.body().is_end_stream() {
+            return self.forward_tracked(req, origin, peer, None).await;
+        }
+        let progress = Arc::new(SendProgress::default());
+        let idle = self.idle_timeout;
+        let metrics = self.metrics.clone();
+        let tracked = progress.clone();
+        let req = req.map(|b| {
+            Body::new(
+                MeteredBody::new(b, idle, Direction::Request, metrics)
+                    .uncounted()
+                    .with_progress(tracked),
+            )
+        });
+        self.forward_tracked(req, origin, peer, Some(progress))
+            .await
+    }
+
+    /// [`Forwarder::forward`] for a body the caller already wrapped in a
+    /// [`MeteredBody`] with [`MeteredBody::with_progress`] (`progress`), or
+    /// an empty body (`None`): no second wrapper.
+    pub async fn forward_tracked(
         &self,
         mut req: Request<Body>,
         origin: &Origin,
         peer: Option<std::net::SocketAddr>,
+        progress: Option<Arc<SendProgress>>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = origin.rebase(uri)?;
@@ -191,31 +267,136 @@ impl Forwarder {
             );
         }
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await;
+        let send = self.client.request(req);
+        let result = match &progress {
+            None => tokio::time::timeout(self.response_header_timeout, send)
+                .await
+                .ok(),
+            Some(p) => self.await_answer(send, p).await,
+        };
         let outcome = match result {
-            Err(_) => Err(ForwardError::Timeout {
+            None => Err(ForwardError::Timeout {
                 origin: origin.as_string(),
                 timeout: self.response_header_timeout,
             }),
-            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect {
-                origin: origin.as_string(),
-                source: e,
+            Some(Err(e)) => Err(match progress.as_deref().and_then(SendProgress::fault) {
+                // The body failed on the client's side: the upstream error
+                // is only its consequence.
+                Some(ClientFault::Stalled) => ForwardError::ClientBodyTimeout(self.idle_timeout),
+                Some(ClientFault::Invalid) => ForwardError::ClientBodyInvalid,
+                None if e.is_connect() => ForwardError::Connect {
+                    origin: origin.as_string(),
+                    source: e,
+                },
+                None => ForwardError::Upstream {
+                    origin: origin.as_string(),
+                    source: e,
+                },
             }),
-            Ok(Err(e)) => Err(ForwardError::Upstream {
-                origin: origin.as_string(),
-                source: e,
-            }),
-            Ok(Ok(mut resp)) => {
+            Some(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                // We never ask for an upgrade (Upgrade is hop-by-hop and
+                // stripped): relaying a 101 would leave the client with a
+                // connection in an unknown protocol.
+                Err(ForwardError::UnsolicitedUpgrade {
+                    origin: origin.as_string(),
+                })
+            }
+            Some(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
             }
         };
-        self.metrics.upstream_latency.observe(started.elapsed());
-        if let Err(e) = &outcome {
-            self.metrics.upstream_error(e.metric_kind());
+        match &outcome {
+            Err(e) if e.is_client_fault() => {}
+            Err(e) => {
+                self.metrics.upstream_latency.observe(started.elapsed());
+                self.metrics.upstream_error(e.metric_kind());
+            }
+            Ok(_) => self.metrics.upstream_latency.observe(started.elapsed()),
         }
         outcome
+    }
+
+    /// Wait for the upstream's answer to a request whose body is still
+    /// being sent; `None` when `response_header_timeout` passed since the
+    /// body was handed over whole, or since the upstream last took a frame
+    /// while the client had one ready.
+    async fn await_answer<F: std::future::Future>(
+        &self,
+        send: F,
+        progress: &SendProgress,
+    ) -> Option<F::Output> {
+        let timeout = self.response_header_timeout;
+        tokio::pin!(send);
+        let timer = tokio::time::sleep(timeout);
+        tokio::pin!(timer);
+        let mut frames = progress.frames.load(Relaxed);
+        let mut sent = false;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut send => return Some(out),
+                () = progress.sent.notified(), if !sent => {
+                    sent = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+                () = &mut timer => {
+                    if sent {
+                        return None;
+                    }
+                    let now = progress.frames.load(Relaxed);
+                    if now == frames && !progress.waiting_on_client.load(Relaxed) {
+                        // The upstream took no frame for a whole period.
+                        return None;
+                    }
+                    // Moving, or waiting on the client (whose stalls the
+                    // body's idle timeout bounds).
+                    frames = now;
+                    timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+            }
+        }
+    }
+}
+
+/// How a request body failed on the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// No data for the idle timeout.
+    Stalled,
+    /// Malformed framing (an invalid chunk size) or a connection cut short.
+    Invalid,
+}
+
+/// How far a request body has gone upstream, shared between the body
+/// (inside the upstream client) and the forwarding future.
+#[derive(Debug, Default)]
+pub struct SendProgress {
+    /// Frames handed to the upstream connection.
+    frames: AtomicU64,
+    /// The body's last poll waited for the client.
+    waiting_on_client: AtomicBool,
+    /// 0: none, else a [`ClientFault`] + 1.
+    fault: AtomicU8,
+    /// Notified once the body has been handed over whole.
+    sent: Notify,
+}
+
+impl SendProgress {
+    /// Why the body failed on the client's side, if it did.
+    pub fn fault(&self) -> Option<ClientFault> {
+        match self.fault.load(Relaxed) {
+            1 => Some(ClientFault::Stalled),
+            2 => Some(ClientFault::Invalid),
+            _ => None,
+        }
+    }
+    fn set_fault(&self, f: ClientFault) {
+        let v = match f {
+            ClientFault::Stalled => 1,
+            ClientFault::Invalid => 2,
+        };
+        self.fault.store(v, Relaxed);
     }
 }
 
@@ -253,6 +434,9 @@ pin_project_lite::pin_project! {
         active: bool,
         on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
         guard: Option<crate::metrics::InFlightGuard>,
+        // Byte counters updated (false: the caller counts).
+        counted: bool,
+        progress: Option<Arc<SendProgress>>,
     }
 
     impl<B> PinnedDrop for MeteredBody<B> {
@@ -277,7 +461,22 @@ impl<B> MeteredBody<B> {
             active: false,
             on_end: None,
             guard: None,
+            counted: true,
+            progress: None,
         }
+    }
+
+    /// Leave the byte counters alone (the caller counted the body).
+    pub fn uncounted(mut self) -> Self {
+        self.counted = false;
+        self
+    }
+
+    /// Report a request body's progress to its forwarder (see
+    /// [`Forwarder::forward_tracked`]).
+    pub fn with_progress(mut self, progress: Arc<SendProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Keep `guard` alive until the body ends or is dropped.
@@ -306,14 +505,25 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     *this.bytes += n;
-                    match this.direction {
-                        Direction::Request => this.metrics.add_request_bytes(n),
-                        Direction::Response => this.metrics.add_response_bytes(n),
+                    if *this.counted {
+                        match this.direction {
+                            Direction::Request => this.metrics.add_request_bytes(n),
+                            Direction::Response => this.metrics.add_response_bytes(n),
+                        }
+                    }
+                }
+                if let Some(p) = this.progress {
+                    p.frames.fetch_add(1, Relaxed);
+                    p.waiting_on_client.store(false, Relaxed);
+                    // The upstream client may stop polling once the body
+                    // says it has ended: this frame was the last one.
+                    if this.inner.is_end_stream() {
+                        p.sent.notify_one();
                     }
                 }
                 // The timer is re-armed lazily, on the next Pending: no
@@ -321,12 +531,21 @@ where
                 *this.active = true;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(p) = this.progress {
+                    p.set_fault(ClientFault::Invalid);
+                }
+                Poll::Ready(Some(Err(BodyError::Inner(e.into()))))
+            }
             Poll::Ready(None) => {
                 if let Some(f) = this.on_end.take() {
                     f(*this.bytes);
                 }
                 this.guard.take();
+                if let Some(p) = this.progress {
+                    p.waiting_on_client.store(false, Relaxed);
+                    p.sent.notify_one();
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -334,8 +553,16 @@ where
                     let deadline = tokio::time::Instant::now() + *this.idle;
                     this.sleep.as_mut().reset(deadline);
                 }
+                if let Some(p) = this.progress {
+                    p.waiting_on_client.store(true, Relaxed);
+                }
                 match this.sleep.poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(*this.idle)))),
+                    Poll::Ready(()) => {
+                        if let Some(p) = this.progress {
+                            p.set_fault(ClientFault::Stalled);
+                        }
+                        Poll::Ready(Some(Err(BodyError::Idle(*this.idle))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -5,6 +5,11 @@
 //! `Trailer`, `Transfer-Encoding` and `Upgrade`. They are removed in both
 //! directions. Everything else is end-to-end and passes untouched, every
 //! value of a repeated field in its original order.
+//!
+//! Also here: which request framing the proxy accepts at all. The only
+//! transfer coding it can forward faithfully is `chunked` (hyper decodes it,
+//! the upstream client re-frames the body): any other coding would be
+//! silently dropped, so such a request is refused (501, RFC 9112 §6.1).
 
 use http::HeaderMap;
 use http::header::{self, HeaderName};
@@ -51,6 +56,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(PROXY_CONNECTION);
 }
 
+/// Whether a request's `Transfer-Encoding` names anything but a single
+/// `chunked` coding (`gzip, chunked`, `chunked, chunked`, `identity`...).
+/// No `Transfer-Encoding` at all is fine.
+pub fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
+    let mut codings = 0usize;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(v) = value.to_str() else { return true };
+        for coding in v.split(',') {
+            let coding = coding.trim();
+            if coding.is_empty() {
+                continue;
+            }
+            codings += 1;
+            if codings > 1 || !coding.eq_ignore_ascii_case("chunked") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +118,25 @@ mod tests {
             .map(|v| v.to_str().unwrap())
             .collect();
         assert_eq!(multi, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_supported() {
+        let te = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("transfer-encoding", HeaderValue::from_static(v));
+            }
+            has_unsupported_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        assert!(!te(&["chunked"]));
+        assert!(!te(&["Chunked"]));
+        assert!(!te(&[" chunked "]));
+        assert!(te(&["gzip, chunked"]));
+        assert!(te(&["gzip", "chunked"]));
+        assert!(te(&["chunked, chunked"]));
+        assert!(te(&["identity"]));
+        assert!(te(&["deflate"]));
     }
 }

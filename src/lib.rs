@@ -136,13 +136,18 @@ pub async fn run(
     let opts = ServeOptions {
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout(),
+        keepalive_timeout: config.limits.keepalive_timeout(),
+        http2_keepalive_interval: config.limits.http2_keepalive_interval(),
+        http2_keepalive_timeout: config.limits.http2_keepalive_timeout(),
         shutdown_grace: config.limits.shutdown_grace(),
         max_request_head_bytes: config.limits.max_request_head_bytes,
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_svc = admin::router(admin_state.clone());
+    // The admin listener has its own slots (probes never queue behind proxy
+    // clients) and the same connection timeouts (idle sockets are reaped).
     let admin_opts = ServeOptions {
-        max_connections: 64,
+        max_connections: config.admin.max_connections,
         ..opts
     };
     let admin_task = tokio::spawn(server::serve(

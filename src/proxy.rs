@@ -13,7 +13,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::map_response_body::MapResponseBodyLayer;
 
-use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody};
+use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody, SendProgress};
 use crate::metrics::{InFlightGuard, Metrics};
 use crate::repair::Repairer;
 use crate::routing::{RouteClass, Routes};
@@ -86,7 +86,7 @@ pub fn proxy_error(status: StatusCode, token: &'static str, message: &str) -> Re
 /// Target of the access log events.
 const ACCESS: &str = "twilio_repair_proxy::access";
 
-async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let in_flight = InFlightGuard::new(&state.metrics);
     let method = req.method().clone();
@@ -95,12 +95,10 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
         repair.maybe_recover(req.headers());
     }
 
-    let target = match state.routes.route(
-        req.method(),
-        req.uri(),
-        req.version(),
-        req.headers().get(http::header::HOST),
-    ) {
+    let target = match state
+        .routes
+        .route(req.method(), req.uri(), req.version(), req.headers())
+    {
         Ok(t) => t,
         Err(refusal) => {
             let status = refusal.status();
@@ -115,6 +113,11 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
             return proxy_error(status, refusal.token(), &refusal.to_string());
         }
     };
+    if req.method() == http::Method::OPTIONS {
+        if let Some(answer) = options_locally(&state, &mut req) {
+            return answer;
+        }
+    }
     // Only what the access log needs, and only when it is on.
     let path = tracing::enabled!(target: ACCESS, tracing::Level::INFO)
         .then(|| req.uri().path().to_string());
@@ -147,25 +150,28 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body
             let outcome = r.outcome.map(|o| o.as_str());
             match r.response {
                 Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
-                Err(e) => upstream_failure(&state, e, &access),
+                Err(e) => forward_failure(&state, e, &access),
             }
         }
         _ => {
             // A request without a body (GET, DELETE) needs no metering.
-            let body = if http_body::Body::is_end_stream(&incoming) {
-                Body::empty()
+            let (body, progress) = if http_body::Body::is_end_stream(&incoming) {
+                (Body::empty(), None)
             } else {
-                Body::new(MeteredBody::new(
-                    incoming,
-                    idle,
-                    Direction::Request,
-                    state.metrics.clone(),
-                ))
+                let progress = Arc::new(SendProgress::default());
+                let body =
+                    MeteredBody::new(incoming, idle, Direction::Request, state.metrics.clone())
+                        .with_progress(progress.clone());
+                (Body::new(body), Some(progress))
             };
             let req = Request::from_parts(parts, body);
-            match state.forwarder.forward(req, &target.origin, peer).await {
+            match state
+                .forwarder
+                .forward_tracked(req, &target.origin, peer, progress)
+                .await
+            {
                 Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
-                Err(e) => upstream_failure(&state, e, &access),
+                Err(e) => forward_failure(&state, e, &access),
             }
         }
     }
@@ -180,21 +186,63 @@ struct Access<'a> {
     target: &'a crate::routing::Target,
 }
 
-fn upstream_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> Response<Body> {
+/// The answer to a request that could not be forwarded: a 502/504 when the
+/// upstream failed, a 400/408 when the client's own body did (counted as a
+/// 4xx, never as an upstream error).
+fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> Response<Body> {
     forward_failure_log(&e);
     let status = e.status();
     state
         .metrics
         .record_request(access.target.class, &access.method, status.as_u16());
-    tracing::warn!(
-        target: ACCESS,
-        method = %access.method, path = access.path.as_deref().unwrap_or(""),
-        status = status.as_u16(),
-        upstream = %access.target.origin.as_string(),
-        latency_ms = access.started.elapsed().as_millis() as u64,
-        error = e.token(), "upstream failure"
-    );
+    let (method, path) = (&access.method, access.path.as_deref().unwrap_or(""));
+    let latency_ms = access.started.elapsed().as_millis() as u64;
+    if e.is_client_fault() {
+        tracing::info!(
+            target: ACCESS,
+            %method, path, status = status.as_u16(), latency_ms,
+            error = e.token(), "client fault"
+        );
+    } else {
+        tracing::warn!(
+            target: ACCESS,
+            %method, path, status = status.as_u16(),
+            upstream = %access.target.origin.as_string(), latency_ms,
+            error = e.token(), "upstream failure"
+        );
+    }
     proxy_error(status, e.token(), &e.client_message())
+}
+
+/// Methods the proxy forwards, as announced by a locally answered OPTIONS.
+const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// `OPTIONS *` and `OPTIONS` with `Max-Forwards: 0` are addressed to this
+/// proxy itself (RFC 9110 §9.3.7, §7.6.2): answered here, never forwarded.
+/// Any other `OPTIONS` with a `Max-Forwards` is forwarded with the value
+/// decremented. Only called for OPTIONS: nothing on the common path.
+fn options_locally(state: &ProxyState, req: &mut Request<Incoming>) -> Option<Response<Body>> {
+    let max_forwards = req
+        .headers()
+        .get(http::header::MAX_FORWARDS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if req.uri().path() != "*" && max_forwards != Some(0) {
+        if let Some(n) = max_forwards {
+            req.headers_mut()
+                .insert(http::header::MAX_FORWARDS, HeaderValue::from(n - 1));
+        }
+        return None;
+    }
+    state
+        .metrics
+        .record_request(RouteClass::Rejected, req.method(), 200);
+    let mut resp = Response::new(Body::empty());
+    resp.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(ALLOW));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Some(resp)
 }
 
 /// Turn an upstream answer into the client's: optional link rewriting,

@@ -3,21 +3,28 @@
 //!
 //! Order of decisions:
 //! 1. `CONNECT` and absolute-form HTTP/1 targets (`GET http://x/ HTTP/1.1`)
-//!    are refused: this is a reverse proxy, never a forward proxy.
-//! 2. The reserved emulator prefix `/__emulator/` is never forwarded.
-//! 3. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
+//!    are refused: this is a reverse proxy, never a forward proxy. `TRACE`
+//!    is refused (405, as nginx does: it would echo Cookie and
+//!    Authorization), and so is the asterisk form (`GET *`, 400; `OPTIONS *`
+//!    is routed like any request, then answered by the proxy itself).
+//! 2. Framing and Host the proxy cannot forward faithfully are refused: a
+//!    transfer coding other than `chunked` (501), an HTTP/1.1 request
+//!    without `Host`, or any request with two `Host` lines (400, RFC 9112
+//!    §3.2: which one would the upstream believe?).
+//! 3. The reserved emulator prefix `/__emulator/` is never forwarded.
+//! 4. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
 //!    goes to `https://` that host, unless `--upstream` pins one origin.
-//! 4. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
+//! 5. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
 //!    the listen address, or a `proxy_hosts` pattern) uses the routing table:
 //!    `--upstream` if set, else the longest matching `[[route]]` prefix, else
 //!    `default_upstream`.
-//! 5. Any other `Host` is refused with 421: a Host value never picks an
+//! 6. Any other `Host` is refused with 421: a Host value never picks an
 //!    upstream outside the allowlist.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::uri::{Authority, Scheme};
-use http::{Method, Uri, Version};
+use http::{HeaderMap, Method, Uri, Version, header};
 
 use crate::config::Config;
 
@@ -123,6 +130,16 @@ pub enum Refusal {
     BadHost,
     #[error("this path is reserved for the emulator's control API and is never forwarded")]
     Reserved,
+    #[error("TRACE is not supported")]
+    Trace,
+    #[error("the asterisk-form request target (*) is only valid with OPTIONS")]
+    AsteriskForm,
+    #[error("an HTTP/1.1 request must carry a Host header")]
+    MissingHost,
+    #[error("the request carries more than one Host header")]
+    DuplicateHost,
+    #[error("transfer codings other than chunked are not supported")]
+    TransferCoding,
 }
 
 impl Refusal {
@@ -134,12 +151,22 @@ impl Refusal {
             Refusal::HostNotAllowed => "host-not-allowed",
             Refusal::BadHost => "bad-host",
             Refusal::Reserved => "reserved-path",
+            Refusal::Trace => "trace-refused",
+            Refusal::AsteriskForm => "asterisk-form-refused",
+            Refusal::MissingHost => "missing-host",
+            Refusal::DuplicateHost => "duplicate-host",
+            Refusal::TransferCoding => "transfer-coding-unsupported",
         }
     }
     pub fn status(self) -> http::StatusCode {
         match self {
-            Refusal::Connect => http::StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::AbsoluteForm | Refusal::BadHost => http::StatusCode::BAD_REQUEST,
+            Refusal::Connect | Refusal::Trace => http::StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::AbsoluteForm
+            | Refusal::BadHost
+            | Refusal::AsteriskForm
+            | Refusal::MissingHost
+            | Refusal::DuplicateHost => http::StatusCode::BAD_REQUEST,
+            Refusal::TransferCoding => http::StatusCode::NOT_IMPLEMENTED,
             Refusal::HostNotAllowed => http::StatusCode::MISDIRECTED_REQUEST,
             Refusal::Reserved => http::StatusCode::NOT_FOUND,
         }
@@ -257,10 +284,13 @@ impl Routes {
         method: &Method,
         uri: &Uri,
         version: Version,
-        host_header: Option<&http::HeaderValue>,
+        headers: &HeaderMap,
     ) -> Result<Target, Refusal> {
         if method == Method::CONNECT {
             return Err(Refusal::Connect);
+        }
+        if method == Method::TRACE {
+            return Err(Refusal::Trace);
         }
         // HTTP/2 always carries :authority in the URI; for HTTP/1 a scheme or
         // authority in the target means absolute-form.
@@ -268,6 +298,20 @@ impl Routes {
             return Err(Refusal::AbsoluteForm);
         }
         let path = uri.path();
+        if path == "*" && method != Method::OPTIONS {
+            return Err(Refusal::AsteriskForm);
+        }
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host_header = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Refusal::DuplicateHost);
+        }
+        if host_header.is_none() && version == Version::HTTP_11 {
+            return Err(Refusal::MissingHost);
+        }
+        if crate::headers::has_unsupported_transfer_coding(headers) {
+            return Err(Refusal::TransferCoding);
+        }
         if path == RESERVED_PREFIX || path.starts_with("/__emulator/") {
             return Err(Refusal::Reserved);
         }
@@ -408,10 +452,17 @@ mod tests {
         Routes::from_config(&c).unwrap()
     }
 
+    fn headers(host: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        h
+    }
+
     fn go(r: &Routes, path: &str, host: Option<&str>) -> Result<String, Refusal> {
         let uri: Uri = path.parse().unwrap();
-        let h = host.map(|h| HeaderValue::from_str(h).unwrap());
-        r.route(&Method::GET, &uri, Version::HTTP_11, h.as_ref())
+        r.route(&Method::GET, &uri, Version::HTTP_11, &headers(host))
             .map(|t| t.origin.as_string())
     }
 
@@ -490,20 +541,39 @@ mod tests {
             "https://conversations.twilio.com"
         );
         let abs: Uri = "http://169.254.169.254/latest".parse().unwrap();
+        let none = HeaderMap::new();
         assert_eq!(
-            r.route(&Method::GET, &abs, Version::HTTP_11, None)
+            r.route(&Method::GET, &abs, Version::HTTP_11, &none)
                 .unwrap_err(),
             Refusal::AbsoluteForm
         );
         let auth: Uri = "evil.example.com:443".parse().unwrap();
         assert_eq!(
-            r.route(&Method::CONNECT, &auth, Version::HTTP_11, None)
+            r.route(&Method::CONNECT, &auth, Version::HTTP_11, &none)
                 .unwrap_err(),
             Refusal::Connect
         );
         assert_eq!(
             go(&r, "/__emulator/fault", Some("localhost")),
             Err(Refusal::Reserved)
+        );
+        let star: Uri = "*".parse().unwrap();
+        let local = headers(Some("localhost"));
+        assert_eq!(
+            r.route(&Method::GET, &star, Version::HTTP_11, &local)
+                .unwrap_err(),
+            Refusal::AsteriskForm
+        );
+        // OPTIONS * is routed, then answered by the proxy itself.
+        assert!(
+            r.route(&Method::OPTIONS, &star, Version::HTTP_11, &local)
+                .is_ok()
+        );
+        let trace: Uri = "/v1/Users".parse().unwrap();
+        assert_eq!(
+            r.route(&Method::TRACE, &trace, Version::HTTP_11, &local)
+                .unwrap_err(),
+            Refusal::Trace
         );
     }
 
@@ -522,5 +592,210 @@ mod tests {
             go(&r, "/v1/Conversations", Some("evil.example.com")),
             Err(Refusal::HostNotAllowed)
         );
+    }
+
+    mod properties {
+        //! Invariants of the routing decision, over generated Host values,
+        //! paths, methods and versions.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Host header values an attacker, a client library or a typo
+        /// could send: Twilio names, look-alikes, IPs, the proxy's own
+        /// names, ports, odd case and arbitrary printable junk.
+        fn host() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z]{1,10}(\\.[a-z0-9]{1,6}){0,2}\\.twilio\\.com(:[0-9]{1,5})?",
+                "[A-Za-z]{1,10}\\.TwIlIo\\.CoM",
+                "[a-z]{1,10}\\.twilio\\.com\\.[a-z]{1,10}(:[0-9]{1,5})?",
+                "[a-z]{0,6}twilio\\.com",
+                "(127\\.0\\.0\\.1|10\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}|169\\.254\\.169\\.254|\\[::1\\]|\\[fe80::1\\])(:[0-9]{1,5})?",
+                "(localhost|[a-z][a-z0-9-]{0,12})(:[0-9]{1,5})?",
+                "[a-z]{1,8}\\.(svc|local|internal|example|com)(:[0-9]{1,5})?",
+                "[!-~]{1,40}",
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("/v1/Services/IS0123456789abcdef0123456789abcdef/Conversations".to_string()),
+                Just("/2010-04-01/Accounts/AC1/Messages.json".to_string()),
+                "/[A-Za-z0-9_.~-]{0,12}(/[A-Za-z0-9_.%~-]{0,12}){0,4}",
+                Just("/__emulator/fault".to_string()),
+            ]
+        }
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop_oneof![
+                Just(Method::GET),
+                Just(Method::POST),
+                Just(Method::DELETE),
+                Just(Method::OPTIONS),
+                Just(Method::TRACE),
+                Just(Method::CONNECT),
+            ]
+        }
+
+        fn version() -> impl Strategy<Value = Version> {
+            prop_oneof![
+                Just(Version::HTTP_10),
+                Just(Version::HTTP_11),
+                Just(Version::HTTP_2)
+            ]
+        }
+
+        /// Every origin the configuration names (routing table, default,
+        /// fixed upstream).
+        fn configured(r: &Routes) -> Vec<Origin> {
+            let mut v: Vec<Origin> = r.routes.iter().map(|(_, o, _)| o.clone()).collect();
+            v.push(r.default.clone());
+            v.extend(r.fixed.clone());
+            v
+        }
+
+        fn with_host(host: &str) -> Option<HeaderMap> {
+            let v = HeaderValue::from_str(host).ok()?;
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, v);
+            Some(h)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// The SSRF invariant: a request goes to a configured origin, or
+            /// to `https://` + the very Host it named when (and only when)
+            /// that Host is allowlisted. No Host value reaches anything else.
+            #[test]
+            fn only_configured_or_allowlisted_origins_are_ever_chosen(
+                host in host(),
+                path in path(),
+                method in method(),
+                version in version(),
+            ) {
+                let r = routes(None);
+                let Some(headers) = with_host(&host) else { return Ok(()) };
+                let uri: Uri = match path.parse() { Ok(u) => u, Err(_) => return Ok(()) };
+                if let Ok(t) = r.route(&method, &uri, version, &headers) {
+                    if !configured(&r).contains(&t.origin) {
+                        let name = host_name(&host).expect("routed with an invalid Host");
+                        prop_assert_eq!(t.origin.scheme.as_str(), "https");
+                        prop_assert!(r.is_allowed_twilio_host(name), "{} is not allowlisted", host);
+                        prop_assert_eq!(t.origin.authority.as_str(), name.to_ascii_lowercase());
+                        prop_assert!(t.origin.authority.port().is_none());
+                    }
+                    // A routed request is never a refused shape.
+                    prop_assert!(method != Method::CONNECT && method != Method::TRACE);
+                    prop_assert!(!path.starts_with("/__emulator"));
+                }
+            }
+
+            /// With `--upstream`, every routed request goes there, whatever
+            /// its Host.
+            #[test]
+            fn a_fixed_upstream_is_the_only_destination(
+                host in host(),
+                path in path(),
+            ) {
+                let r = routes(Some("http://127.0.0.1:4010"));
+                let Some(headers) = with_host(&host) else { return Ok(()) };
+                let uri: Uri = path.parse().unwrap();
+                if let Ok(t) = r.route(&Method::POST, &uri, Version::HTTP_11, &headers) {
+                    prop_assert_eq!(t.origin.as_string(), "http://127.0.0.1:4010");
+                }
+            }
+
+            /// A Host that names neither an allowlisted Twilio host nor this
+            /// proxy is refused, never routed.
+            #[test]
+            fn foreign_hosts_are_refused(host in host(), path in path()) {
+                let r = routes(None);
+                let Some(headers) = with_host(&host) else { return Ok(()) };
+                let uri: Uri = path.parse().unwrap();
+                let name = host_name(&host);
+                let foreign = name.is_some_and(|n| !r.is_allowed_twilio_host(n) && !r.is_own_name(n));
+                let result = r.route(&Method::GET, &uri, Version::HTTP_11, &headers);
+                if name.is_none() && !path.starts_with("/__emulator") {
+                    prop_assert_eq!(result.unwrap_err(), Refusal::BadHost);
+                } else if foreign && !path.starts_with("/__emulator") {
+                    prop_assert_eq!(result.unwrap_err(), Refusal::HostNotAllowed);
+                }
+            }
+
+            /// Host names are case-insensitive: the decision never depends
+            /// on the case of the Host value.
+            #[test]
+            fn host_case_never_changes_the_decision(host in host(), path in path()) {
+                let r = routes(None);
+                let (Some(lower), Some(upper)) = (
+                    with_host(&host.to_ascii_lowercase()),
+                    with_host(&host.to_ascii_uppercase()),
+                ) else { return Ok(()) };
+                let uri: Uri = path.parse().unwrap();
+                let a = r.route(&Method::GET, &uri, Version::HTTP_11, &lower).map(|t| t.origin);
+                let b = r.route(&Method::GET, &uri, Version::HTTP_11, &upper).map(|t| t.origin);
+                prop_assert_eq!(a, b);
+            }
+
+            /// Two Host lines are refused whatever they say; HTTP/1.1
+            /// without Host is refused; HTTP/1.0 without Host is routed by
+            /// the table.
+            #[test]
+            fn host_must_be_unambiguous(a in host(), b in host(), path in path()) {
+                let r = routes(None);
+                let (Ok(va), Ok(vb)) = (HeaderValue::from_str(&a), HeaderValue::from_str(&b)) else {
+                    return Ok(())
+                };
+                let uri: Uri = path.parse().unwrap();
+                let mut two = HeaderMap::new();
+                two.append(header::HOST, va);
+                two.append(header::HOST, vb);
+                for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+                    prop_assert_eq!(
+                        r.route(&Method::GET, &uri, v, &two).unwrap_err(),
+                        Refusal::DuplicateHost
+                    );
+                }
+                let none = HeaderMap::new();
+                prop_assert_eq!(
+                    r.route(&Method::GET, &uri, Version::HTTP_11, &none).unwrap_err(),
+                    Refusal::MissingHost
+                );
+                if let Ok(t) = r.route(&Method::GET, &uri, Version::HTTP_10, &none) {
+                    prop_assert!(configured(&r).contains(&t.origin));
+                }
+            }
+
+            /// Absolute-form targets are never routed over HTTP/1, whatever
+            /// host they name.
+            #[test]
+            fn absolute_form_is_never_routed(host in "[a-z0-9.-]{1,30}", path in path()) {
+                let r = routes(None);
+                let Ok(uri) = format!("http://{host}{path}").parse::<Uri>() else { return Ok(()) };
+                let headers = with_host("localhost").unwrap();
+                for v in [Version::HTTP_10, Version::HTTP_11] {
+                    prop_assert_eq!(
+                        r.route(&Method::GET, &uri, v, &headers).unwrap_err(),
+                        Refusal::AbsoluteForm
+                    );
+                }
+            }
+
+            /// Whatever `host_name` accepts is a plain host (name, IPv4 or a
+            /// bracketed IPv6 literal): no userinfo, path, space or second
+            /// port can ride along into an upstream authority.
+            #[test]
+            fn accepted_host_names_are_plain(value in "[!-~]{0,40}") {
+                if let Some(name) = host_name(&value) {
+                    prop_assert!(!name.is_empty());
+                    prop_assert!(value.starts_with(name));
+                    if let Some(v6) = name.strip_prefix('[') {
+                        prop_assert!(v6.trim_end_matches(']').parse::<std::net::Ipv6Addr>().is_ok());
+                    } else {
+                        prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+                    }
+                }
+            }
+        }
     }
 }

@@ -378,7 +378,13 @@ async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete(store
     for t in tasks {
         let (status, outcome, body) = t.await.unwrap();
         assert_eq!(status, 201, "{body}");
-        assert_eq!(outcome.as_deref(), Some("repaired"));
+        // A create that met the 20404 is `repaired`; one held back by the
+        // fence while the repair ran reaches Twilio afterwards and gets
+        // Twilio's own 201, untouched (no outcome header).
+        assert!(
+            matches!(outcome.as_deref(), Some("repaired") | None),
+            "{outcome:?}"
+        );
     }
     let reqs = st.emu.requests().await;
     assert_eq!(user_deletes(&reqs, &base(Some(&is))), 1, "{reqs:?}");
