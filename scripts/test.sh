@@ -59,4 +59,4 @@ export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
 
 cargo build --locked --all-targets
-cargo test --locked --all-targets -- --test-threads 4
+cargo test --locked --all-targets --no-fail-fast -- --test-threads 4

@@ -656,7 +656,7 @@ async fn full_surface_through_the_proxy(lib: Lib, mode: FaultMode) {
                 || (r.method == "POST" && r.path.ends_with("/Participants"))),
         "{log:#?}"
     );
-    let user_deletes = count(&log, "DELETE", "/Users/ivy");
+    let user_deletes = count(&log, "DELETE", "/Users/US");
     match mode {
         FaultMode::Block => assert_eq!(user_deletes, 1, "{log:#?}"),
         _ => assert_eq!(user_deletes, 0, "{log:#?}"),

@@ -198,6 +198,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Before a journal write: the path must still name the file opened at
+    /// start-up. A write into a deleted file would succeed and be lost at
+    /// the next start; failing it lets the repair say so (and go on from
+    /// memory).
+    fn writable(&self) -> Result<(), StoreError> {
+        match &self.file {
+            Some(f) => f.still_in_place(),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
@@ -208,9 +221,7 @@ impl Store for SqliteStore {
 
     fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            if let Some(f) = &self.file {
-                f.still_in_place()?;
-            }
+            self.writable()?;
             sqlx::query("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?)")
                 .bind(now_rfc3339())
                 .execute(&self.pool)
@@ -241,6 +252,7 @@ impl Store for SqliteStore {
 
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
+            self.writable()?;
             let now = now_rfc3339();
             let snapshot = serde_json::to_string(&r.snapshot).unwrap_or_default();
             let id = sqlx::query(
@@ -273,6 +285,7 @@ impl Store for SqliteStore {
         note: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            self.writable()?;
             sqlx::query("UPDATE repairs SET state = ?, updated_at = ?, note = COALESCE(?, note) WHERE id = ?")
                 .bind(state.as_str())
                 .bind(now_rfc3339())
@@ -327,6 +340,7 @@ impl Store for SqliteStore {
 
     fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
+            self.writable()?;
             let steps = serde_json::to_string(&i.steps).unwrap_or_else(|_| "[]".into());
             let id = sqlx::query(
                 "INSERT INTO incidents (at, account_sid, service_sid, conversation_sid, identity,

@@ -193,7 +193,8 @@ pub async fn start_proxy_unready(proxy: TcpListener, config: Config) -> Proxy {
 /// Poll a URL until it answers 200 (start-up is asynchronous).
 pub async fn wait_ready(url: &str) {
     let c = reqwest::Client::new();
-    for _ in 0..200 {
+    // 20 s: a bound on "it never came up", generous for a loaded CI machine.
+    for _ in 0..800 {
         if let Ok(r) = c.get(url).send().await {
             if r.status() == 200 {
                 return;
