@@ -950,8 +950,25 @@ async fn a_fault_at_every_step_keeps_the_invariant() {
 // 3. A slow DELETE landing after the proxy died.
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_delete_landing_after_the_proxy_died_is_recovered() {
+/// Who finishes the repair after the restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// The operator credential, at start-up; nobody calls again.
+    Operator,
+    /// No operator credential: the caller re-sends its create at once,
+    /// while the late delete is still pending in Twilio.
+    CallerResends,
+}
+
+/// How long Twilio takes to process the first User DELETE.
+const SLOW_DELETE_MS: u64 = 2_500;
+
+/// kill -9 while the User DELETE is in Twilio (which processes it
+/// [`SLOW_DELETE_MS`] after it was sent, whether the proxy is alive or
+/// not), restart on the same journal, let `recovery` finish, and assert
+/// the invariant once the late delete has landed: it must not have
+/// removed the User put back meanwhile.
+async fn slow_delete_after_a_kill(recovery: Recovery) {
     let emu = invariant_emulator().await;
     let b = Scene::new(&emu)
         .user("kim")
@@ -961,11 +978,9 @@ async fn a_slow_delete_landing_after_the_proxy_died_is_recovered() {
         .armed(FaultMode::Block)
         .build()
         .await;
-    // Twilio takes 1.5 s to process the first User delete, and processes
-    // it even though the proxy is gone by then.
     emu.add_rule(
         json!({"method": "DELETE", "path": format!("^{}/Users/", b.base), "times": 1,
-        "action": {"kind": "delay_then_process", "ms": 1500}}),
+        "action": {"kind": "delay_then_process", "ms": SLOW_DELETE_MS}}),
     )
     .await;
     let env = [
@@ -1014,7 +1029,7 @@ async fn a_slow_delete_landing_after_the_proxy_died_is_recovered() {
     );
     first.signal("KILL");
     let _ = caller.await;
-    let (s, _) = emu.get(&b.user_path()).await;
+    let (s, _) = probe(&emu, &b.user_path()).await;
     assert_eq!(
         s, 200,
         "the delete must still be in flight when the proxy dies"
@@ -1023,32 +1038,62 @@ async fn a_slow_delete_landing_after_the_proxy_died_is_recovered() {
     let dir = first.store_dir.clone();
     drop(first);
     let mut env2 = env.to_vec();
-    env2.push(("TRP_REPAIR_API_KEY_SID", ACCOUNT));
-    env2.push(("TRP_REPAIR_API_KEY_SECRET", TOKEN));
+    if recovery == Recovery::Operator {
+        env2.push(("TRP_REPAIR_API_KEY_SID", ACCOUNT));
+        env2.push(("TRP_REPAIR_API_KEY_SECRET", TOKEN));
+    }
     let second = spawn_proxy_in(&dir, &emu.origin(), &env2).await;
-    // The late delete lands 1.5 s after it was sent; wait for it.
-    let mut landed = false;
-    for _ in 0..300 {
-        if user_deletes(&emu, &b)
+    let answers = match recovery {
+        // The first caller never got an answer; nobody asks again.
+        Recovery::Operator => vec![Answer::hung_up(&b.targets[0], false)],
+        // It asks again at once (its first try got no answer).
+        Recovery::CallerResends => {
+            vec![create(&emu, &b, second.addr.parse().unwrap(), &b.targets[0]).await]
+        }
+    };
+    // Wait for the late delete to land.
+    let mut late = None;
+    for _ in 0..400 {
+        late = user_deletes(&emu, &b)
             .await
-            .iter()
-            .any(|d| d["outcome"] == "delay_then_process")
-        {
-            landed = true;
+            .into_iter()
+            .find(|d| d["outcome"] == "delay_then_process");
+        if late.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(landed, "the delayed delete never landed");
-    // The caller re-sends its create (no answer came before the crash).
-    let again = create(&emu, &b, second.addr.parse().unwrap(), &b.targets[0]).await;
-    assert_invariant(&emu, &b, &[again], Deletes::AtMostOneLanded).await;
+    let late = late.expect("the late delete never landed");
+    assert_invariant(&emu, &b, &answers, Deletes::AtMostOneLanded).await;
+    // It landed after the User was put back (else this test proved less).
+    let recreated = emu.log_json().await.into_iter().find(|r| {
+        r["method"] == "POST"
+            && r["path"] == format!("{}/Users", b.base).as_str()
+            && r["status"] == 201
+            && r["headers"][PROBE].is_null()
+    });
+    let recreated = recreated.expect("the User was put back by a create");
+    assert!(
+        recreated["seq"].as_u64() < late["seq"].as_u64(),
+        "the late delete landed before the User was put back: restart too slow? {}",
+        summarize_log(&emu, &b).await
+    );
     let pending = admin_json(&second.admin, "/repairs?state=pending").await;
     assert_eq!(
         pending["repairs"].as_array().map(Vec::len),
         Some(0),
         "{pending}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_delete_landing_after_the_proxy_died_is_recovered() {
+    slow_delete_after_a_kill(Recovery::Operator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_delete_landing_after_the_proxy_died_is_recovered_by_the_callers_retry() {
+    slow_delete_after_a_kill(Recovery::CallerResends).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1191,8 +1236,20 @@ async fn a_client_that_hangs_up_after_the_delete_does_not_cancel_the_repair() {
 // 5. A bare User made in the gap.
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bare_user_made_in_the_gap_is_put_back_in_place() {
+/// Where the other app server adds the identity while its User is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    /// A conversation the User was never in.
+    NewConversation,
+    /// One of the conversations the repair must restore (the participant
+    /// there now has default attributes and role: updated in place).
+    OtherMembership,
+}
+
+/// While the repair is held between delete and recreate, another app
+/// server (or the console) adds the identity straight to Twilio, which
+/// makes a bare User; then the recreate is released (and answers 409).
+async fn bare_user_made_in_the_gap(gap: Gap) {
     let emu = invariant_emulator().await;
     let proxy = start_proxy(invariant_config(&emu)).await;
     let b = Scene::new(&emu)
@@ -1210,39 +1267,48 @@ async fn a_bare_user_made_in_the_gap_is_put_back_in_place() {
         )
         .await;
     let caller = create(&emu, &b, proxy.addr, &b.targets[0]);
-    let gap = async {
+    let in_the_gap = async {
         emu.wait_held(1).await;
-        // Another app server (or the console) adds kim somewhere, straight
-        // to Twilio: Twilio makes a bare User for it.
-        let elsewhere = emu
-            .conversation(Some(&b.base["/v1/Services/".len()..]))
-            .await;
+        let ch = match gap {
+            Gap::NewConversation => {
+                emu.conversation(Some(&b.base["/v1/Services/".len()..]))
+                    .await
+            }
+            Gap::OtherMembership => b.others[1].0.clone(),
+        };
         let (s, v) = emu
-            .post(
-                &b.participants(&elsewhere),
-                &[("Identity", b.identity.as_str())],
-            )
+            .post(&b.participants(&ch), &[("Identity", b.identity.as_str())])
             .await;
         assert_eq!(s, 201, "{v}");
-        let (s, bare) = emu.get(&b.user_path()).await;
+        let (s, bare) = probe(&emu, &b.user_path()).await;
         assert_eq!(s, 200);
         assert_eq!(bare["attributes"], "{}", "a bare User: {bare}");
         assert_eq!(emu.release_rule(hold).await, 1);
-        (elsewhere, bare["sid"].as_str().unwrap().to_string())
+        (ch, bare["sid"].as_str().unwrap().to_string())
     };
-    let (answer, (elsewhere, bare_sid)) = tokio::join!(caller, gap);
+    let (answer, (ch, bare_sid)) = tokio::join!(caller, in_the_gap);
     assert_eq!(answer.status, 201, "{answer:?}");
     assert_invariant(&emu, &b, std::slice::from_ref(&answer), Deletes::ExactlyOne).await;
-    let (_, user) = emu.get(&b.user_path()).await;
+    let (_, user) = probe(&emu, &b.user_path()).await;
     assert_eq!(
         user["sid"],
         bare_sid.as_str(),
         "the bare User was updated in place"
     );
     assert_eq!(
-        emu.get(&b.participant(&elsewhere)).await.0,
+        probe(&emu, &b.participant(&ch)).await.0,
         200,
         "the participant added in the gap is kept"
     );
     proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_user_made_in_the_gap_is_put_back_in_place() {
+    bare_user_made_in_the_gap(Gap::NewConversation).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_user_made_in_the_gap_in_a_conversation_to_restore_is_put_back_in_place() {
+    bare_user_made_in_the_gap(Gap::OtherMembership).await;
 }
