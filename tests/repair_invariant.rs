@@ -21,9 +21,12 @@
 //! `repair.recovery_interval_ms`, so the state is polled (bounded) until
 //! it converges before the first four points are asserted.
 //!
-//! Scenes are built with [`Scene`], one service each, so that many run at
-//! once against one emulator and one proxy: fault rules are scoped to the
-//! scene's service by their path regex.
+//! Scenes are built with [`Scene`], each in a service of its own, and fault
+//! rules are scoped to that service by their path regex. The fault matrix
+//! gives each cell its own emulator and in-process proxy (an emulator's
+//! request log grows with every cell, and reading it whole gets slow) and
+//! runs 16 cells at a time. Without `TRP_TEST_PG_URL` (set by
+//! `scripts/test.sh`) the PostgreSQL variant says so and returns.
 
 mod common;
 
