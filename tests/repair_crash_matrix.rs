@@ -149,7 +149,8 @@ fn hold_rule(step: Step, p: &Person, process_on_release: bool) -> Value {
     let (method, path, after) = match step {
         // The snapshot's first read: the User by identity.
         Step::SnapshotRead => ("GET", format!("^{b}/Users/{id}$"), None),
-        Step::DeleteUser => ("DELETE", format!("^{b}/Users/US"), None),
+        // By SID or by identity: any delete of a User of this service.
+        Step::DeleteUser => ("DELETE", format!("^{b}/Users/[^/]+$"), None),
         Step::CreateUser => ("POST", format!("^{b}/Users$"), None),
         Step::CheckMembership => (
             "GET",
@@ -515,6 +516,58 @@ async fn a_loop_of_thirty_kills_across_steps_keeps_the_invariant() {
     );
 }
 
+/// Issue 9, item 4: the proxy dies while Twilio is slow to process the
+/// User delete, and the delete lands only after the restarted proxy's
+/// recovery has looked at the User. Recovery must not close the record on
+/// "the User is still there"; the caller's create afterwards must not make
+/// a bare User.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_delete_landing_after_the_restart_is_recovered() {
+    let emu = stale_emulator().await;
+    let p = stale_person(&emu, "stale-slo").await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let first = spawn_proxy_in(&dir, &emu.origin(), &env(&[])).await;
+    let rule = emu.add_rule_id(hold_rule(Step::DeleteUser, &p, true)).await;
+    let (addr, person) = (first.addr.clone(), p.clone());
+    let caller = tokio::spawn(async move { create_via(&addr, &person).await });
+    let held = wait_held_by(&emu, rule).await;
+    first.signal("KILL");
+    drop(first);
+    let _ = caller.await;
+    // Restart with the operator credential: start-up recovery runs while
+    // the first delete is still parked in Twilio.
+    let second = spawn_proxy_in(&dir, &emu.origin(), &env(&[OPERATOR])).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pending = admin_json(&second.admin, "/repairs?state=pending").await;
+        if pending["repairs"].as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recovery never closed the record: {pending}\n{}",
+            second.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Now the slow delete lands.
+    assert_eq!(emu.release(Some(json!({"seq": held["seq"]}))).await, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !emu
+        .log_json()
+        .await
+        .iter()
+        .any(|r| r["held_seq"] == held["seq"])
+    {
+        assert!(Instant::now() < deadline, "the released delete never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The caller re-sends.
+    let r = create_via(&second.addr, &p).await;
+    assert_resend_ok(&r, "after the late delete");
+    converged(&emu, &p, Want::ExactlyOnce, &second).await;
+}
+
 /// Wait (bounded) for a child to exit; its status.
 async fn wait_exit(proxy: &mut Running, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
@@ -535,9 +588,18 @@ async fn sigterm_with_four_workers_during_48_repairs() {
     for i in 0..N {
         people.push(stale_person(&emu, &format!("stale-{i}")).await);
     }
-    // Every Twilio call takes ~100 ms.
-    emu.add_rule(json!({"path": "^/v1/", "action": {"kind": "latency", "ms": 100}}))
+    // Every Twilio call takes ~100 ms on average: 30 ms for every fourth
+    // identity, 130 ms for the others. Connections are handed to the
+    // workers in turn and the creates are sent in order, so one worker
+    // gets the quick repairs and finishes draining long before the others:
+    // whatever it pooled or ran must not take their repairs down with it.
+    for (i, p) in people.iter().enumerate() {
+        let ms = if i % 4 == 0 { 30 } else { 130 };
+        emu.add_rule(
+            json!({"path": format!("^{}/", p.b), "action": {"kind": "latency", "ms": ms}}),
+        )
         .await;
+    }
     let dir = tempfile::tempdir().unwrap().keep();
     let mut proxy = spawn_proxy_in(
         &dir,
@@ -552,6 +614,7 @@ async fn sigterm_with_four_workers_during_48_repairs() {
     for p in &people {
         let (addr, p) = (proxy.addr.clone(), p.clone());
         callers.push(tokio::spawn(async move { create_via(&addr, &p).await }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // SIGTERM once some Users are deleted and others not yet.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -566,8 +629,8 @@ async fn sigterm_with_four_workers_during_48_repairs() {
                     && r["path"].as_str().is_some_and(|x| x.contains("/Users/"))
             })
             .count();
-        if deleted >= 8 {
-            assert!(deleted < N, "SIGTERM came too late to mean anything");
+        if deleted >= 4 {
+            assert!(deleted < N / 2, "SIGTERM came too late to mean anything");
             break;
         }
         assert!(Instant::now() < deadline, "the repairs never started");
