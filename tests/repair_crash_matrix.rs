@@ -317,12 +317,12 @@ async fn log_summary(emu: &Emu) -> String {
 
 /// Poll (bounded) until the invariant holds and the journal has no open
 /// record; then assert it, with the evidence on failure.
-async fn converged(emu: &Emu, p: &Person, want: Want, proxy: &Running) {
+async fn converged(emu: &Emu, p: &Person, want: Want, proxy: &impl ProxyProcess) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last;
     loop {
         last = invariant(emu, p, want).await;
-        let pending = admin_json(&proxy.admin, "/repairs?state=pending").await;
+        let pending = admin_json(proxy.admin_addr(), "/repairs?state=pending").await;
         let open = pending["repairs"]
             .as_array()
             .map(|a| a.len())
@@ -342,8 +342,82 @@ async fn converged(emu: &Emu, p: &Person, want: Want, proxy: &Running) {
         "did not converge: {}\n--- emulator log ---\n{}\n--- proxy log ---\n{}",
         last.unwrap_err(),
         log_summary(emu).await,
-        proxy.stderr()
+        proxy.log()
     );
+}
+
+/// What [`converged`] needs of a proxy process.
+trait ProxyProcess {
+    fn admin_addr(&self) -> &str;
+    fn log(&self) -> String;
+}
+
+impl ProxyProcess for Running {
+    fn admin_addr(&self) -> &str {
+        &self.admin
+    }
+    fn log(&self) -> String {
+        self.stderr()
+    }
+}
+
+/// The binary restarted the way a sidecar's app meets it: the caller's
+/// retry is sent as soon as the proxy's port accepts a connection, not
+/// after `/readyz` (nothing gates an app's own retries on readiness).
+struct Early {
+    child: std::process::Child,
+    addr: String,
+    admin: String,
+    log: PathBuf,
+}
+
+impl ProxyProcess for Early {
+    fn admin_addr(&self) -> &str {
+        &self.admin
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_early(dir: &Path, upstream: &str, env: &[(&str, &str)]) -> Early {
+    let (port, admin) = (free_port(), free_port());
+    let log = dir.join(format!("stderr-early-{port}.log"));
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin}"))
+        .arg("--upstream")
+        .arg(upstream)
+        .arg("--store")
+        .arg(format!("sqlite://{}/journal.db", dir.display()))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let early = Early {
+        child: cmd.spawn().unwrap(),
+        addr: format!("127.0.0.1:{port}"),
+        admin: format!("127.0.0.1:{admin}"),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&early.addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the proxy never listened");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    early
 }
 
 /// Kill the proxy inside `step` of a repair of `p`: the step's request is
@@ -461,8 +535,9 @@ async fn kill_at_every_step_then_the_caller_resends_at_once() {
         let first = spawn_proxy_in(&dir, &emu.origin(), &env(&[])).await;
         let dir = kill_inside(&emu, first, &p, step, true).await;
         assert_left_broken(&emu, &p, step).await;
-        // No operator credential: only the caller's own re-sent create.
-        let second = spawn_proxy_in(&dir, &emu.origin(), &env(&[])).await;
+        // No operator credential: only the caller's own create, re-sent
+        // as soon as the proxy listens again.
+        let second = spawn_early(&dir, &emu.origin(), &env(&[])).await;
         let r = create_via(&second.addr, &p).await;
         assert_resend_ok(&r, &format!("{step:?}"));
         converged(&emu, &p, Want::ExactlyOnce, &second).await;
