@@ -898,15 +898,17 @@ async fn assert_restored_from_memory(
     // Out of rotation before anything else needs the journal.
     wait_ready_status(proxy, 503).await;
     let stderr = proxy.stderr();
+    let failures = journal_failures(proxy).await;
     assert!(
         stderr.contains("journal write failed"),
-        "the log must say the journal write failed:\n{stderr}"
+        "the log must say the journal write failed \
+         (trp_journal_write_failures_total = {failures}):\n{stderr}"
     );
     assert!(
         !stderr.contains("the User was not touched"),
         "the log must not claim the User was untouched:\n{stderr}"
     );
-    assert!(journal_failures(proxy).await >= 1);
+    assert!(failures >= 1, "the failed journal writes are counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
