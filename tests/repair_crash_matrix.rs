@@ -668,12 +668,25 @@ async fn sigterm_with_four_workers_during_48_repairs() {
     // workers in turn and the creates are sent in order, so one worker
     // gets the quick repairs and finishes draining long before the others:
     // whatever it pooled or ran must not take their repairs down with it.
+    // The others' replayed create is slower still (600 ms; processed even
+    // if the proxy's connection goes away): at SIGTERM many repairs are in
+    // their last step.
     for (i, p) in people.iter().enumerate() {
         let ms = if i % 4 == 0 { 30 } else { 130 };
         emu.add_rule(
             json!({"path": format!("^{}/", p.b), "action": {"kind": "latency", "ms": ms}}),
         )
         .await;
+        if i % 4 != 0 {
+            emu.add_rule(json!({
+                "method": "POST",
+                "path": format!("^{}/Conversations/{}/Participants$", p.b, p.armed),
+                "after": 2,
+                "times": 1,
+                "action": {"kind": "delay_then_process", "ms": 600},
+            }))
+            .await;
+        }
     }
     let dir = tempfile::tempdir().unwrap().keep();
     let mut proxy = spawn_proxy_in(
@@ -691,26 +704,28 @@ async fn sigterm_with_four_workers_during_48_repairs() {
         callers.push(tokio::spawn(async move { create_via(&addr, &p).await }));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // SIGTERM once some Users are deleted and others not yet.
+    // SIGTERM once the quick repairs are done and many others are past
+    // their User recreate.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let deleted = emu
+        let recreated = emu
             .log_json()
             .await
             .iter()
             .filter(|r| {
-                r["method"] == "DELETE"
-                    && r["status"] == 204
-                    && r["path"].as_str().is_some_and(|x| x.contains("/Users/"))
+                r["method"] == "POST"
+                    && r["status"] == 201
+                    && r["path"].as_str().is_some_and(|x| x.ends_with("/Users"))
             })
             .count();
-        if deleted >= 4 {
-            assert!(deleted < N / 2, "SIGTERM came too late to mean anything");
+        if recreated >= 24 {
             break;
         }
-        assert!(Instant::now() < deadline, "the repairs never started");
+        assert!(Instant::now() < deadline, "the repairs never got going");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let answered = callers.iter().filter(|c| c.is_finished()).count();
+    assert!(answered < N, "SIGTERM came too late to mean anything");
     proxy.signal("TERM");
     let status = wait_exit(&mut proxy, Duration::from_secs(40)).await;
     let stderr = proxy.stderr();
