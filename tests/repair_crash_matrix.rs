@@ -575,6 +575,16 @@ async fn a_loop_of_thirty_kills_across_steps_keeps_the_invariant() {
         } else {
             Want::AtMostOnce
         };
+        eprintln!(
+            "round {i}: killed in {step:?} (held request {}), {} ({:?} elapsed)",
+            if processed { "processed" } else { "dropped" },
+            if resend {
+                "the caller re-sent"
+            } else {
+                "recovery alone"
+            },
+            started.elapsed()
+        );
         converged(&emu, &p, want, &proxy).await;
         people.push((p, want));
     }
