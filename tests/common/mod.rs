@@ -687,35 +687,59 @@ pub async fn spawn_proxy_with_store(
     extra_env: &[(&str, &str)],
 ) -> Running {
     let dir = dir.to_path_buf();
-    let port = free_port();
-    let admin = free_port();
-    let stderr_path = dir.join(format!("stderr-{port}.log"));
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin}"))
-        .arg("--upstream")
-        .arg(upstream)
-        .arg("--store")
-        .arg(store)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
+    // A port picked by `free_port` may be taken by another test before the
+    // child binds it: such a start is retried on new ports.
+    for _ in 0..5 {
+        let port = free_port();
+        let admin = free_port();
+        let stderr_path = dir.join(format!("stderr-{port}.log"));
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin}"))
+            .arg("--upstream")
+            .arg(upstream)
+            .arg("--store")
+            .arg(store)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut r = Running {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            admin: format!("127.0.0.1:{admin}"),
+            stderr_path,
+            store_dir: dir.clone(),
+        };
+        let url = format!("http://{}/readyz", r.admin);
+        let c = reqwest::Client::new();
+        // 20 s: a bound on "it never came up", generous for a loaded machine.
+        for _ in 0..800 {
+            if let Ok(resp) = c.get(&url).send().await {
+                if resp.status() == 200 {
+                    return r;
+                }
+            }
+            if let Ok(Some(status)) = r.child.try_wait() {
+                let err = r.stderr();
+                if err.contains("cannot listen") {
+                    break; // a port race: try new ports
+                }
+                panic!("the proxy exited ({status}) before it was ready:\n{err}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if r.child.try_wait().ok().flatten().is_none() {
+            panic!("{url} never became ready:\n{}", r.stderr());
+        }
     }
-    let child = cmd.spawn().unwrap();
-    let r = Running {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-        admin: format!("127.0.0.1:{admin}"),
-        stderr_path,
-        store_dir: dir.clone(),
-    };
-    wait_ready(&format!("http://{}/readyz", r.admin)).await;
-    r
+    panic!("no free ports for the proxy after 5 attempts");
 }
 
 /// Which journal store a test runs on.
