@@ -11,7 +11,7 @@ use crate::config::RepairMode;
 use crate::emulator::{self, EmulatorConfig, FaultMode};
 use crate::repair::RepairCredential;
 use crate::repair::step::{Api, StepKind};
-use crate::repair::user::{self, Journal, RepairTarget, snapshot};
+use crate::repair::user::{self, RepairTarget, snapshot};
 use crate::routing::Origin;
 use crate::store::{NewRepair, RepairState};
 use crate::twilio_api::{RetryPolicy, TwilioApi};
@@ -324,30 +324,21 @@ pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    let record = NewRepair {
+        account_sid: target.account_sid.clone(),
+        credential_user: credential.user.clone(),
+        upstream: origin_s,
+        service_base: target.service_base.clone(),
+        service_sid: target.service_sid.clone(),
+        identity: target.identity.clone(),
+        snapshot: snap.clone(),
+        webhook: Some("false".into()),
+    };
     let metrics = crate::metrics::Metrics::default();
-    let repair_id = store
-        .insert_repair(&NewRepair {
-            account_sid: target.account_sid.clone(),
-            credential_user: credential.user.clone(),
-            upstream: origin_s,
-            service_base: target.service_base.clone(),
-            service_sid: target.service_sid.clone(),
-            identity: target.identity.clone(),
-            snapshot: snap.clone(),
-            webhook: Some("false".into()),
-        })
-        .await?;
-    let mut journal = Journal::new(store.as_ref(), &metrics, repair_id);
     let until = api.deadline();
-    let result = user::converge(
-        &mut api,
-        &target,
-        &snap,
-        RepairState::Deleting,
-        &mut journal,
-        until,
-    )
-    .await;
+    let (mut journal, result) =
+        user::journaled(&mut api, store.as_ref(), &metrics, &record, &target, until).await?;
+    let repair_id = journal.id;
     if result.is_ok() {
         journal
             .set(RepairState::Done, Some("repaired by the operator command"))

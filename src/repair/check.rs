@@ -8,8 +8,8 @@
 //! with a 200 is a failed step, never a made-up 201.
 
 use bytes::Bytes;
-use http::StatusCode;
 use http::header::HeaderValue;
+use http::{HeaderMap, StatusCode};
 
 use super::request::{CreatePath, Who};
 use super::step::{Api, StepError, StepKind};
@@ -165,4 +165,56 @@ pub async fn conversation(
         account_sid,
         service_sid,
     }))
+}
+
+/// What posting the caller's create came to.
+pub enum Posted {
+    /// Twilio answered 201: its participant JSON.
+    Created(ApiResponse),
+    /// The answer left it open (409, 20404, 5xx, reset) and the read-back
+    /// found the participant.
+    Found(ApiResponse),
+    /// Still 20404, and the read-back found nothing.
+    Missing,
+}
+
+/// POST the caller's create (its own body and end-to-end headers), and read
+/// back whether it landed whenever the answer leaves that open: a create
+/// that may have reached Twilio is never posted again before a read says
+/// it did not land. Bounded by the workflow deadline.
+pub async fn create(
+    api: &mut Api,
+    kind: StepKind,
+    path: &CreatePath,
+    headers: &HeaderMap,
+    body: &Bytes,
+    who: &Who,
+) -> Result<Posted, CheckError> {
+    let participants = path.participants_path();
+    loop {
+        let unsure = match api.replay(kind, &participants, headers, body.clone()).await {
+            Ok(x) if x.status == StatusCode::CREATED => return Ok(Posted::Created(x)),
+            Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() != Some(20404) => {
+                return Err(StepError::Refused {
+                    step: kind,
+                    status: x.status,
+                    code: x.code(),
+                }
+                .into());
+            }
+            // 409 or 20404: look once.
+            Ok(_) => false,
+            // 5xx or no answer: look, and post again only if it is not there.
+            Err(StepError::Unsure { .. }) => true,
+            Err(e) => return Err(e.into()),
+        };
+        match participant(api, path, who).await? {
+            Landed::Found(p) => return Ok(Posted::Found(p)),
+            Landed::Missing if !unsure => return Ok(Posted::Missing),
+            Landed::Missing => {
+                let wait = api.policy().initial_backoff;
+                api.pause(kind, wait).await?;
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //!   fault's 20404, run the workflow as a task, answer its [`Verdict`].
 //! - [`request`]: parsers of what we act on (path, form, 20404 signature).
 //! - [`workflow`]: the decision, as named steps; [`Verdict`] is its one exit.
+//! - [`verdict`]: the verdict and the intercepted create, shared by both.
 //! - [`check`]: did the create land; is the 404 genuine.
 //! - [`policy`]: modes, service lists, the loop guard.
 //! - [`lock`]: the per-identity repair lock and the fence.
@@ -34,6 +35,7 @@ pub mod recovery;
 pub mod request;
 pub mod step;
 pub mod user;
+pub mod verdict;
 pub mod workflow;
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use super::request::user_path;
 use super::step::{Api, StepError, StepKind};
 use crate::metrics::Metrics;
-use crate::store::{Membership, RepairState, Store, UserSnapshot};
+use crate::store::{Membership, NewRepair, RepairState, Store, StoreError, UserSnapshot};
 use crate::twilio_api::{encode_segment, form};
 
 /// Most pages of User Conversations read for the snapshot.
@@ -343,6 +343,46 @@ pub async fn converge(
         }
     }
     Ok(())
+}
+
+/// Journal the snapshot (when that fails, nothing was touched), then
+/// converge from `deleting`. A delete Twilio refused left the User as it
+/// was: that record is closed at once. The journal is returned for the
+/// caller's last state changes.
+pub async fn journaled<'a>(
+    api: &mut Api,
+    store: &'a dyn Store,
+    metrics: &'a Metrics,
+    record: &NewRepair,
+    target: &RepairTarget,
+    memberships_until: Instant,
+) -> Result<(Journal<'a>, Result<(), ConvergeError>), StoreError> {
+    let id = store.insert_repair(record).await?;
+    tracing::info!(
+        repair_id = id,
+        memberships = record.snapshot.memberships.len(),
+        credential_user = %record.credential_user,
+        "journaled User snapshot; deleting the User"
+    );
+    let mut journal = Journal::new(store, metrics, id);
+    let result = converge(
+        api,
+        target,
+        &record.snapshot,
+        RepairState::Deleting,
+        &mut journal,
+        memberships_until,
+    )
+    .await;
+    if let Err(ConvergeError::Delete(StepError::Refused { .. })) = &result {
+        journal
+            .set(
+                RepairState::Done,
+                Some("the delete was refused; the User was left as it was"),
+            )
+            .await;
+    }
+    Ok((journal, result))
 }
 
 /// Make sure the User with the snapshot's SID is gone.

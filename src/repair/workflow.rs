@@ -12,60 +12,16 @@
 //! 7. [`Workflow::repair_user`]: snapshot, journal, converge ([`super::user`]).
 //! 8. [`Workflow::replay`]: the caller's create again; the final verdict.
 
-use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
-
-use super::check::{self, CheckError, Conversation, Landed};
+use super::check::{self, Conversation, Landed, Posted};
 use super::credential::{self, Acting};
 use super::lock::{KeyLock, LockError, RepairKey};
-use super::request::{CreatePath, Who};
+use super::request::Who;
 use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal, RepairTarget};
+pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
-use crate::routing::Origin;
 use crate::store::{Incident, NewRepair, Outcome, RepairState, StepRecord, now_rfc3339};
 use crate::twilio_api::ApiResponse;
-
-/// What the caller is answered.
-pub enum Answer {
-    /// Twilio's participant JSON, answered as 201.
-    Created(Box<ApiResponse>),
-    /// Twilio's 409 "participant already exists".
-    AlreadyExists,
-    /// The original 404, untouched.
-    Original,
-}
-
-/// The workflow's one way out: the answer, the outcome and why.
-pub struct Verdict {
-    pub answer: Answer,
-    pub outcome: Outcome,
-    pub detail: Option<String>,
-    pub repair_id: Option<i64>,
-}
-
-impl Verdict {
-    pub fn original(outcome: Outcome, detail: impl Into<Option<String>>) -> Verdict {
-        Verdict {
-            answer: Answer::Original,
-            outcome,
-            detail: detail.into(),
-            repair_id: None,
-        }
-    }
-    fn failed(e: impl std::fmt::Display) -> Verdict {
-        Verdict::original(Outcome::Failed, Some(e.to_string()))
-    }
-}
-
-/// One intercepted create: what it asked and where.
-pub struct CreateRequest {
-    pub path: CreatePath,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub origin: Origin,
-    pub requested_at: time::OffsetDateTime,
-}
 
 /// The User is back (and, when `complete`, every membership too).
 struct Repaired {
@@ -260,38 +216,20 @@ impl Workflow<'_> {
             service_base: target.service_base.clone(),
             service_sid: target.service_sid.clone(),
             identity: target.identity.clone(),
-            snapshot: snap.clone(),
-            webhook: self
-                .req
-                .headers
-                .get("x-twilio-webhook-enabled")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            snapshot: snap,
+            webhook: self.req.webhook(),
         };
-        let repair_id = self.rep.store.insert_repair(&record).await.map_err(|e| {
+        let until = self.rep.memberships_until(api.deadline());
+        let (store, metrics) = (self.rep.store.as_ref(), self.rep.metrics.as_ref());
+        let journaled = user::journaled(&mut api, store, metrics, &record, &target, until).await;
+        let (mut journal, result) = journaled.map_err(|e| {
             tracing::warn!(error = %e, "cannot journal the snapshot: not repairing");
             Verdict::original(
                 Outcome::Disabled,
                 Some("journal unavailable: the User was not touched".into()),
             )
         })?;
-        tracing::info!(
-            repair_id,
-            memberships = snap.memberships.len(),
-            credential = acting.source.describe(),
-            "journaled User snapshot; deleting the User"
-        );
-        let mut journal = Journal::new(self.rep.store.as_ref(), &self.rep.metrics, repair_id);
-        let until = self.rep.memberships_until(api.deadline());
-        let result = user::converge(
-            &mut api,
-            &target,
-            &snap,
-            RepairState::Deleting,
-            &mut journal,
-            until,
-        )
-        .await;
+        let repair_id = journal.id;
         self.steps.append(&mut api.steps);
         let lost = journal
             .lost
@@ -307,12 +245,6 @@ impl Workflow<'_> {
                 detail: lost.map(str::to_string),
             }),
             Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
-                journal
-                    .set(
-                        RepairState::Done,
-                        Some("the delete was refused; the User was left as it was"),
-                    )
-                    .await;
                 Err(with_id(Verdict::failed(e)))
             }
             Err(e @ ConvergeError::Memberships { .. }) => {
@@ -375,40 +307,21 @@ impl Workflow<'_> {
         }
     }
 
-    /// POST the caller's create, and read back whether it landed whenever
-    /// the answer leaves that open. `Ok(None)`: still 20404, not there.
-    async fn create(&mut self, kind: StepKind, who: &Who) -> Result<Option<Answer>, CheckError> {
-        let path = self.req.path.participants_path();
-        let (headers, body) = (self.req.headers.clone(), self.req.body.clone());
-        loop {
-            let r = self.api().replay(kind, &path, &headers, body.clone()).await;
-            match r {
-                Ok(x) if x.status == StatusCode::CREATED => {
-                    return Ok(Some(Answer::Created(Box::new(x))));
-                }
-                Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() != Some(20404) => {
-                    return Err(StepError::Refused {
-                        step: kind,
-                        status: x.status,
-                        code: x.code(),
-                    }
-                    .into());
-                }
-                // 409, 20404, or unsure: look.
-                Ok(_) | Err(StepError::Unsure { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let unsure = r.is_err();
-            let rpath = self.req.path.clone();
-            match check::participant(self.api(), &rpath, who).await? {
-                Landed::Found(p) => return Ok(Some(self.created_or_exists(p))),
-                Landed::Missing if !unsure => return Ok(None),
-                Landed::Missing => {
-                    let wait = self.api().policy().initial_backoff;
-                    self.api().pause(kind, wait).await?;
-                }
-            }
-        }
+    /// POST the caller's create, read back when the answer leaves it
+    /// open. `Ok(None)`: still 20404, and not there.
+    async fn create(
+        &mut self,
+        kind: StepKind,
+        who: &Who,
+    ) -> Result<Option<Answer>, check::CheckError> {
+        let req = self.req;
+        let posted =
+            check::create(self.api(), kind, &req.path, &req.headers, &req.body, who).await?;
+        Ok(match posted {
+            Posted::Created(p) => Some(Answer::Created(Box::new(p))),
+            Posted::Found(p) => Some(self.created_or_exists(p)),
+            Posted::Missing => None,
+        })
     }
 
     fn created_or_exists(&self, p: ApiResponse) -> Answer {

@@ -1,0 +1,64 @@
+//! What the workflow decides and what it is asked: the one early exit
+//! ([`Verdict`]) and the intercepted create ([`CreateRequest`]), shared by
+//! [`super::intercept`] (which turns a verdict into the response) and
+//! [`super::workflow`] (which reaches it).
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use super::request::CreatePath;
+use crate::routing::Origin;
+use crate::store::Outcome;
+use crate::twilio_api::ApiResponse;
+
+/// What the caller is answered.
+pub enum Answer {
+    /// Twilio's participant JSON, answered as 201.
+    Created(Box<ApiResponse>),
+    /// Twilio's 409 "participant already exists".
+    AlreadyExists,
+    /// The original 404, untouched.
+    Original,
+}
+
+/// The workflow's one way out: the answer, the outcome and why.
+pub struct Verdict {
+    pub answer: Answer,
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub repair_id: Option<i64>,
+}
+
+impl Verdict {
+    pub fn original(outcome: Outcome, detail: impl Into<Option<String>>) -> Verdict {
+        Verdict {
+            answer: Answer::Original,
+            outcome,
+            detail: detail.into(),
+            repair_id: None,
+        }
+    }
+    pub fn failed(e: impl std::fmt::Display) -> Verdict {
+        Verdict::original(Outcome::Failed, Some(e.to_string()))
+    }
+}
+
+/// One intercepted create: what it asked and where.
+pub struct CreateRequest {
+    pub path: CreatePath,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub origin: Origin,
+    pub requested_at: time::OffsetDateTime,
+}
+
+impl CreateRequest {
+    /// The caller's `X-Twilio-Webhook-Enabled` choice, journaled so that
+    /// recovery's calls carry it too.
+    pub fn webhook(&self) -> Option<String> {
+        self.headers
+            .get("x-twilio-webhook-enabled")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
