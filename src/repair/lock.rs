@@ -137,11 +137,15 @@ pub struct Fence {
     /// Identities of open journal records (reloaded from the journal).
     journaled: Mutex<std::collections::HashSet<String>>,
     changed: tokio::sync::Notify,
+    /// Live raises plus journaled identities: the pass-through fast path
+    /// reads this one atomic, never the maps.
+    size: std::sync::atomic::AtomicUsize,
 }
 
 impl Fence {
     /// Fence an identity until the guard drops.
     pub fn raise(self: &Arc<Self>, identity: &str) -> FenceGuard {
+        self.size.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self
             .raised
             .lock()
@@ -157,8 +161,15 @@ impl Fence {
     /// Replace the set of identities that open journal records name.
     pub fn set_journaled(&self, identities: impl IntoIterator<Item = String>) {
         let mut j = self.journaled.lock().unwrap_or_else(|p| p.into_inner());
+        let before = j.len();
         j.clear();
         j.extend(identities);
+        // Under the lock, add before subtracting: the count never dips
+        // below what is fenced.
+        self.size
+            .fetch_add(j.len(), std::sync::atomic::Ordering::SeqCst);
+        self.size
+            .fetch_sub(before, std::sync::atomic::Ordering::SeqCst);
         drop(j);
         self.changed.notify_waiters();
     }
@@ -181,17 +192,10 @@ impl Fence {
                 .contains(identity)
     }
 
-    /// Nothing is fenced at all: the pass-through fast path.
+    /// Nothing is fenced at all: the pass-through fast path (one atomic
+    /// load).
     pub fn is_empty(&self) -> bool {
-        self.raised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-            && self
-                .journaled
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
+        self.size.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     /// Wait until no live repair in this process holds the identity, or
@@ -229,6 +233,9 @@ impl Drop for FenceGuard {
             }
         }
         drop(raised);
+        self.fence
+            .size
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.fence.changed.notify_waiters();
     }
 }
