@@ -328,16 +328,21 @@ impl Privacy {
     }
 
     /// A free text (incident detail, journal note) with every
-    /// `/Users/<identity>` path segment hashed when hashing.
+    /// `/Users/<identity>` and `/Participants/<identity>` path segment
+    /// hashed when hashing (SIDs, `US…`/`MB…`, are left as they are).
     pub fn text(&self, text: &str) -> String {
-        const MARK: &str = "/Users/";
+        const MARKS: [&str; 2] = ["/Users/", "/Participants/"];
         if !self.hashing() {
             return text.to_string();
         }
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
-        while let Some(i) = rest.find(MARK) {
-            let (head, tail) = rest.split_at(i + MARK.len());
+        while let Some((i, mark)) = MARKS
+            .iter()
+            .filter_map(|m| rest.find(m).map(|i| (i, *m)))
+            .min_by_key(|(i, _)| *i)
+        {
+            let (head, tail) = rest.split_at(i + mark.len());
             out.push_str(head);
             // A segment the workflow built: unreserved characters and %XX.
             let end = tail
@@ -346,9 +351,12 @@ impl Privacy {
                 })
                 .unwrap_or(tail.len());
             let segment = &tail[..end];
-            if !segment.is_empty() {
+            let is_sid = crate::sid::is_sid(segment, "US") || crate::sid::is_sid(segment, "MB");
+            if !segment.is_empty() && !is_sid {
                 let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
                 out.push_str(&self.identity(&decoded));
+            } else {
+                out.push_str(segment);
             }
             rest = &tail[end..];
         }

@@ -121,7 +121,9 @@ pub async fn run(
             runtime: None,
             exchange: None,
         });
-        // Finish what an earlier run left unfinished, then sweep.
+        // Fence what an earlier run left open before the first request is
+        // accepted, then finish it and sweep in the background.
+        r.refresh().await;
         r.spawn_sweeper();
         Some(r)
     };

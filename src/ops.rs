@@ -312,6 +312,34 @@ pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
         identity: args.identity.clone(),
         exclude_conversation: None,
     };
+    // Beside a fleet: never over a live repair (its lock) or an unfinished
+    // record of the same identity.
+    let mut _held = None;
+    if let Some(store) = &store {
+        let key = crate::repair::lock::RepairKey {
+            account_sid: target.account_sid.clone(),
+            service_sid: target.service_sid.clone(),
+            identity: target.identity.clone(),
+        };
+        _held = Some(store.try_lock(&key.to_string()).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "a repair of this identity is running right now (its lock is held): try again later"
+            )
+        })?);
+        if let Some(open) = store
+            .pending_repairs()
+            .await?
+            .into_iter()
+            .find(|r| r.identity == target.identity && r.service_sid == target.service_sid)
+        {
+            anyhow::bail!(
+                "journal record {} of this identity is unfinished ({}): let recovery finish it, or abandon it (POST /repairs/{}/abandon) first",
+                open.id,
+                open.state,
+                open.id
+            );
+        }
+    }
     let snap = snapshot(&mut api, &target).await?;
     let Some(store) = store else {
         println!(

@@ -172,28 +172,38 @@ pub fn for_repair(
     }
 }
 
-/// The tenancy rule for recovering a journal record: the operator's
-/// credential for its own account, else a caller whose Basic user name ran
-/// the record or is its account.
+/// The tenancy rule for recovering a journal record. Without a caller (the
+/// start-up recovery and the sweep): the operator's credential, for its own
+/// account only. With a caller: only a caller whose Basic user name ran the
+/// record or is its account may set it off (another tenant never causes a
+/// call for this record); it then runs with the operator's credential when
+/// that acts for the account, else with the caller's own.
 pub fn for_record(
     operator: Option<&RepairCredential>,
     caller: Option<&HeaderValue>,
     record_account: &str,
     record_user: &str,
 ) -> Option<Acting> {
-    if let Some(op) = operator.filter(|op| op.acts_for(record_account)) {
-        return Some(Acting {
-            authorization: op.authorization.clone(),
-            user: op.user.clone(),
-            source: Source::Operator,
-        });
-    }
-    let caller = caller?;
+    let operator = operator.filter(|op| op.acts_for(record_account));
+    let by_operator = |op: &RepairCredential| Acting {
+        authorization: op.authorization.clone(),
+        user: op.user.clone(),
+        source: Source::Operator,
+    };
+    let Some(caller) = caller else {
+        return operator.map(by_operator);
+    };
     let user = basic_user(caller)?;
-    (user == record_user || user == record_account).then(|| Acting {
-        authorization: caller.clone(),
-        user,
-        source: Source::Caller,
+    if user != record_user && user != record_account {
+        return None;
+    }
+    Some(match operator {
+        Some(op) => by_operator(op),
+        None => Acting {
+            authorization: caller.clone(),
+            user,
+            source: Source::Caller,
+        },
     })
 }
 
@@ -236,6 +246,13 @@ mod tests {
     fn a_record_is_recovered_only_by_its_account_or_its_key() {
         let op = RepairCredential::new("SKop", "secret", Some("ACa".into())).unwrap();
         assert!(for_record(Some(&op), None, "ACb", "ACb").is_none());
+        assert_eq!(
+            for_record(Some(&op), None, "ACa", "SKx").unwrap().source,
+            Source::Operator
+        );
+        // Another tenant's request never sets off a record of account A,
+        // not even with A's operator credential.
+        assert!(for_record(Some(&op), Some(&basic("ACb")), "ACa", "SKx").is_none());
         assert!(for_record(None, Some(&basic("ACb")), "ACa", "SKx").is_none());
         assert!(for_record(None, Some(&basic("SKx")), "ACa", "SKx").is_some());
         assert!(for_record(None, Some(&basic("ACa")), "ACa", "SKx").is_some());

@@ -145,6 +145,7 @@ impl Repairer {
             ))
         };
         if let Interception::UserWrite(UserWrite::Existing(identity)) = &what {
+            // By identity only: a write naming a User SID is not fenced.
             self.hold_back(identity, parts.headers.get(header::AUTHORIZATION))
                 .await;
             let req = Request::from_parts(parts, stream(body));
@@ -240,17 +241,29 @@ impl Repairer {
     /// While an identity is fenced, wait for its live repair to end and
     /// finish its open journal records (when this caller may), bounded by
     /// the workflow deadline. Returns whether it was fenced.
-    async fn hold_back(&self, identity: &str, auth: Option<&HeaderValue>) -> bool {
-        let fence = self.locks.fence();
-        let fenced = fence.is_raised(identity)
-            || (self.store.shared() && self.store.has_open_repair(identity).await.unwrap_or(false));
+    async fn hold_back(self: &Arc<Self>, identity: &str, auth: Option<&HeaderValue>) -> bool {
+        // A store that cannot say counts as "fenced": the wait then costs
+        // one failed query, a slipped write could cost a User.
+        let fenced = self.locks.fence().is_raised(identity)
+            || (self.store.shared() && self.store.has_open_repair(identity).await.unwrap_or(true));
         if !fenced {
             return false;
         }
         self.metrics.repair_fence_wait();
         let deadline = Instant::now() + Duration::from_millis(self.config.workflow_deadline_ms);
-        fence.wait_live(identity, deadline).await;
-        self.recover_identity(identity, auth, deadline).await;
+        // On the repair runtime: a recovery set off here must not be cut
+        // short by the client hanging up or the worker draining.
+        let me = self.clone();
+        let (identity, auth) = (identity.to_string(), auth.cloned());
+        let wait = self.tasks.spawn_on(
+            async move {
+                me.locks.fence().wait_live(&identity, deadline).await;
+                me.recover_identity(&identity, auth.as_ref(), deadline)
+                    .await;
+            },
+            &self.rt,
+        );
+        let _ = wait.await;
         true
     }
 
@@ -333,7 +346,15 @@ impl Repairer {
             return Ok(resp.map(Body::new)).into();
         };
         let mut api = self.api(&req.origin, auth.clone(), &req.headers);
-        match check::participant(&mut api, &req.path, &who).await {
+        let path = req.path.clone();
+        let look = self.tasks.spawn_on(
+            async move { check::participant(&mut api, &path, &who).await },
+            &self.rt,
+        );
+        let Ok(looked) = look.await else {
+            return Ok(resp.map(Body::new)).into();
+        };
+        match looked {
             Ok(Landed::Found(p))
                 if !super::existed_before(&p, req.requested_at, self.config.clock_skew_ms) =>
             {

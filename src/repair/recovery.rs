@@ -31,21 +31,41 @@ use tokio::time::Instant;
 use super::Repairer;
 use super::credential::{self, Acting, basic_user};
 use super::lock::RepairKey;
+use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal, RepairTarget};
 use crate::routing::Origin;
-use crate::store::{RepairRecord, RepairState};
+use crate::store::{NewRepair, RepairRecord, RepairState};
 
 /// How many rounds (one per `repair.recovery_interval_ms`) a live repair's
 /// background completion tries before leaving the record to the sweep and
 /// the next request.
 pub const BACKGROUND_ROUNDS: u32 = 30;
 
-/// Fast-path state: which credential user names have pending repairs.
+/// Least time between two recovery passes set off by requests.
+pub const MIN_CALLER_PASS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Fast-path state: which credential user names have pending repairs, and
+/// which records this process verified closed although the journal did not
+/// take the news.
 #[derive(Default)]
 pub struct Recovery {
     waiting: std::sync::RwLock<HashSet<String>>,
     any: AtomicBool,
     running: tokio::sync::Mutex<()>,
+    /// Verified closed here; the journal write is retried in the
+    /// background. Recovery in this process never converges them again
+    /// (that would revert whatever the app changed since).
+    closed: std::sync::Mutex<HashSet<i64>>,
+    last_caller_pass: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Recovery {
+    fn is_closed(&self, id: i64) -> bool {
+        self.closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
 }
 
 impl Recovery {
@@ -81,7 +101,7 @@ impl Repairer {
                 self.locks.fence().set_journaled(
                     pending
                         .iter()
-                        .filter(|r| r.state.is_open())
+                        .filter(|r| r.state.is_open() && !self.recovery.is_closed(r.id))
                         .map(|r| r.identity.clone()),
                 );
                 let mut set = self
@@ -131,6 +151,17 @@ impl Repairer {
         if !self.recovery.matches(auth) {
             return;
         }
+        {
+            let mut last = self
+                .recovery
+                .last_caller_pass
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < MIN_CALLER_PASS_INTERVAL) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let me = self.clone();
         let auth = auth.clone();
         // Not tracked for shutdown: the record is journaled, and the next
@@ -156,6 +187,11 @@ impl Repairer {
             };
             let mut done = 0;
             for record in pending {
+                // `needs-operator` waits for an operator; a record verified
+                // closed here is not converged again.
+                if !record.state.is_open() || self.recovery.is_closed(record.id) {
+                    continue;
+                }
                 let Some(acting) = self.acting_for(&record, caller) else {
                     tracing::warn!(
                         repair_id = record.id,
@@ -171,7 +207,10 @@ impl Repairer {
                 else {
                     continue; // a live repair or another replica has it
                 };
-                if self.recover_locked(record.id, acting).await {
+                if self
+                    .recover_locked(record.id, acting, self.deadline())
+                    .await
+                {
                     done += 1;
                 }
             }
@@ -191,7 +230,10 @@ impl Repairer {
 
     /// Re-read a record (its lock held) and, if still pending, converge it.
     /// Returns whether it is closed now.
-    async fn recover_locked(&self, id: i64, acting: Acting) -> bool {
+    async fn recover_locked(&self, id: i64, acting: Acting, deadline: Instant) -> bool {
+        if self.recovery.is_closed(id) {
+            return true;
+        }
         let record = match self.store.get_repair(id).await {
             Ok(Some(r)) if !r.state.is_final() => r,
             Ok(_) => return true, // finished meanwhile
@@ -200,7 +242,7 @@ impl Repairer {
                 return false;
             }
         };
-        match self.converge_record(&record, &acting).await {
+        match self.converge_record(&record, &acting, deadline).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(repair_id = id, error = %e, "unfinished repair not completed yet");
@@ -209,24 +251,35 @@ impl Repairer {
         }
     }
 
-    /// Converge a record from its state and close it `recovered`.
+    /// Converge a record from its state and close it `recovered`, within
+    /// `deadline`.
+    ///
+    /// A record still in `deleting` whose original User is alive (the
+    /// delete never landed) is re-snapshotted first: that User is the
+    /// truth now, and a stale snapshot would undo what changed since. The
+    /// new snapshot goes into a new record, which this one points to.
     async fn converge_record(
         &self,
         record: &RepairRecord,
         acting: &Acting,
+        deadline: Instant,
     ) -> Result<(), ConvergeError> {
         let Some(origin) = Origin::parse(&record.upstream) else {
             tracing::error!(
                 repair_id = record.id,
                 "journal record names an invalid upstream"
             );
-            return Ok(());
+            return Err(ConvergeError::Delete(StepError::Deadline {
+                step: StepKind::DeleteUser,
+            }));
         };
         let webhook = record
             .webhook
             .as_deref()
             .and_then(|w| HeaderValue::from_str(w).ok());
-        let mut api = self.api_with(&origin, acting.authorization.clone(), webhook);
+        let mut api = self
+            .api_with(&origin, acting.authorization.clone(), webhook)
+            .limit_deadline(deadline);
         let target = RepairTarget {
             account_sid: record.account_sid.clone(),
             service_base: record.service_base.clone(),
@@ -234,27 +287,30 @@ impl Repairer {
             identity: record.identity.clone(),
             exclude_conversation: None,
         };
-        // A refused record is retried from the start: every phase is
-        // verified, and the delete names the original SID only.
-        let from = match record.state {
-            RepairState::NeedsOperator => RepairState::Deleting,
-            s => s,
-        };
+        let mut record = record.clone();
+        if record.state == RepairState::Deleting {
+            if let Some(fresh) = self.resnapshot(&mut api, &target, &record).await? {
+                record = fresh;
+            }
+        }
         let mut journal = Journal::new(self.store.as_ref(), &self.metrics, record.id);
         let until = api.deadline();
-        match user::converge(
+        let result = user::converge(
             &mut api,
             &target,
             &record.snapshot,
-            from,
+            record.state,
             &mut journal,
             until,
         )
-        .await
-        {
+        .await;
+        match result {
             Ok(()) => {
                 let note = format!("recovered with {}", acting.source.describe());
                 journal.set(RepairState::Recovered, Some(&note)).await;
+                if journal.lost {
+                    self.closed_despite_journal(record.id, RepairState::Recovered);
+                }
                 tracing::info!(
                     repair_id = record.id,
                     credential = acting.source.describe(),
@@ -273,6 +329,87 @@ impl Repairer {
         }
     }
 
+    /// If the record's original User is still there, snapshot it afresh
+    /// into a new record (the old one is closed, pointing to it).
+    async fn resnapshot(
+        &self,
+        api: &mut Api,
+        target: &RepairTarget,
+        record: &RepairRecord,
+    ) -> Result<Option<RepairRecord>, ConvergeError> {
+        let Some(sid) = &record.snapshot.user_sid else {
+            return Ok(None);
+        };
+        let path = super::request::user_path(&record.service_base, sid);
+        let alive = api
+            .step(StepKind::FetchUser, &path, None)
+            .await
+            .map_err(ConvergeError::Delete)?;
+        if alive.status != http::StatusCode::OK {
+            return Ok(None);
+        }
+        let snapshot = user::snapshot(api, target).await.map_err(|e| {
+            ConvergeError::Delete(StepError::Unsure {
+                step: StepKind::FetchUser,
+                detail: e.to_string(),
+            })
+        })?;
+        let new = NewRepair {
+            account_sid: record.account_sid.clone(),
+            credential_user: record.credential_user.clone(),
+            upstream: record.upstream.clone(),
+            service_base: record.service_base.clone(),
+            service_sid: record.service_sid.clone(),
+            identity: record.identity.clone(),
+            snapshot,
+            webhook: record.webhook.clone(),
+        };
+        let unsure = |e: crate::store::StoreError| {
+            ConvergeError::Delete(StepError::Unsure {
+                step: StepKind::DeleteUser,
+                detail: format!("cannot journal a fresh snapshot: {e}"),
+            })
+        };
+        let id = self.store.insert_repair(&new).await.map_err(unsure)?;
+        let note = format!("the User was never deleted; re-snapshotted as record {id}");
+        self.store
+            .set_repair_state(record.id, RepairState::Recovered, Some(&note))
+            .await
+            .map_err(unsure)?;
+        tracing::info!(
+            old = record.id,
+            new = id,
+            "original User still there: re-snapshotted before the delete"
+        );
+        let mut fresh = record.clone();
+        fresh.id = id;
+        fresh.snapshot = new.snapshot;
+        Ok(Some(fresh))
+    }
+
+    /// A repair verified complete whose journal write did not land: never
+    /// converge it again in this process, and keep retrying the write.
+    pub(super) fn closed_despite_journal(&self, id: i64, state: RepairState) {
+        self.recovery
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        let Some(me) = self.me.upgrade() else { return };
+        let interval = Duration::from_millis(self.config.recovery_interval_ms);
+        self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let note = "verified complete; written once the journal took writes again";
+                if me.store.set_repair_state(id, state, Some(note)).await.is_ok() {
+                    tracing::info!(repair_id = id, state = %state, "journal caught up with a repair finished from memory");
+                    me.refresh().await;
+                    return;
+                }
+            }
+        });
+    }
+
     /// Under the lock of `key` (held by the caller): finish every open
     /// record of that key before a new repair snapshots the User. Returns
     /// false when one is left open (a new repair must not start over it).
@@ -280,7 +417,7 @@ impl Repairer {
         &self,
         key: &RepairKey,
         caller: Option<&HeaderValue>,
-        _deadline: Instant,
+        deadline: Instant,
     ) -> bool {
         let pending = match self.store.pending_repairs().await {
             Ok(p) => p,
@@ -290,14 +427,21 @@ impl Repairer {
             }
         };
         let mut all = true;
-        for record in pending.iter().filter(|r| key_of(r) == *key) {
-            let closed = match self.acting_for(record, caller) {
-                Some(acting) => self.recover_locked(record.id, acting).await,
-                None => false,
+        let mine = pending
+            .iter()
+            .filter(|r| key_of(r) == *key && !self.recovery.is_closed(r.id));
+        let mut any = false;
+        for record in mine {
+            any = true;
+            // A record waiting for an operator blocks new repairs of the
+            // identity: repairing over it could lose what it holds.
+            let closed = match (record.state.is_open(), self.acting_for(record, caller)) {
+                (true, Some(acting)) => self.recover_locked(record.id, acting, deadline).await,
+                _ => false,
             };
             all &= closed;
         }
-        if pending.iter().any(|r| key_of(r) == *key) {
+        if any {
             self.refresh().await;
         }
         all
@@ -316,21 +460,22 @@ impl Repairer {
             return;
         };
         let mut any = false;
-        for record in pending
-            .iter()
-            .filter(|r| r.identity == identity && r.state.is_open())
-        {
+        let open = pending.iter().filter(|r| {
+            r.identity == identity && r.state.is_open() && !self.recovery.is_closed(r.id)
+        });
+        for record in open {
             any = true;
-            let Some(acting) = self.acting_for(record, caller) else {
-                continue;
-            };
+            // Wait for the record's lock in any case: a live repair (of
+            // this or another replica) holds it until it is done.
             match self
                 .locks
                 .acquire(self.store.as_ref(), &key_of(record), deadline)
                 .await
             {
                 Ok(_lock) => {
-                    self.recover_locked(record.id, acting).await;
+                    if let Some(acting) = self.acting_for(record, caller) {
+                        self.recover_locked(record.id, acting, deadline).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(repair_id = record.id, error = %e, "cannot lock for recovery")
@@ -378,7 +523,7 @@ impl Repairer {
                 else {
                     continue;
                 };
-                if me.recover_locked(id, acting.clone()).await {
+                if me.recover_locked(id, acting.clone(), me.deadline()).await {
                     break;
                 }
             }

@@ -198,9 +198,10 @@ impl Api {
         }
     }
 
-    /// Time left before the deadline.
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+    /// The same `Api` with a deadline no later than `deadline`.
+    pub fn limit_deadline(mut self, deadline: Instant) -> Api {
+        self.deadline = self.deadline.min(deadline);
+        self
     }
 
     /// Wait `d` (the first backoff of a read-back loop), unless that would

@@ -550,6 +550,16 @@ struct Bench {
 }
 
 fn bench(fake: FakeTwilio) -> Bench {
+    bench_with(fake, None)
+}
+
+/// With the operator repair credential for ACCOUNT.
+fn bench_operator(fake: FakeTwilio) -> Bench {
+    let op = super::RepairCredential::new("SKop", "secret", Some(ACCOUNT.into())).unwrap();
+    bench_with(fake, Some(op))
+}
+
+fn bench_with(fake: FakeTwilio, credential: Option<super::RepairCredential>) -> Bench {
     let mut config = Config::defaults().repair;
     config.retry_initial_backoff_ms = 100;
     config.retry_max_backoff_ms = 2_000;
@@ -562,7 +572,7 @@ fn bench(fake: FakeTwilio) -> Bench {
         client: crate::forward::build_client(&Config::defaults().limits),
         store: store.clone(),
         metrics: metrics.clone(),
-        credential: None,
+        credential,
         mark_forwarded: false,
         runtime: None,
         exchange: Some(Arc::new(move |_, _, _| {
@@ -768,4 +778,109 @@ async fn an_ambiguous_body_touches_nobody() {
     let v = workflow::run(&b.rep, &req).await;
     assert_eq!(v.outcome, Outcome::Disabled);
     assert!(b.fake.0.lock().unwrap().calls.is_empty(), "no call at all");
+}
+
+/// A journal record as a crash in `deleting` leaves it, with the snapshot
+/// taken then.
+async fn journal_stale_record(b: &Bench, friendly: &str, state: RepairState) -> i64 {
+    let snapshot = crate::store::UserSnapshot {
+        user_sid: Some("USkim".into()),
+        identity: "kim".into(),
+        friendly_name: Some(friendly.into()),
+        attributes: Some(r#"{"vip":true}"#.into()),
+        role_sid: Some("RLadmin".into()),
+        memberships: vec![],
+    };
+    let id = b
+        .store
+        .insert_repair(&NewRepair {
+            account_sid: ACCOUNT.into(),
+            credential_user: ACCOUNT.into(),
+            upstream: "http://127.0.0.1:9".into(),
+            service_base: format!("/v1/Services/{IS}"),
+            service_sid: IS.into(),
+            identity: "kim".into(),
+            snapshot,
+            webhook: None,
+        })
+        .await
+        .unwrap();
+    b.store.set_repair_state(id, state, None).await.unwrap();
+    id
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_never_landed_is_resnapshotted_not_reverted_to_the_old_snapshot() {
+    // Crash in `deleting` before the DELETE reached Twilio; since then the
+    // app renamed Kim. Recovery must not put the old name back.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    let old = journal_stale_record(&b, "Old Name", RepairState::Deleting).await;
+    let done = b.rep.recover_pending(None).await;
+    assert_eq!(done, 1);
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(
+        u.friendly_name.as_deref(),
+        Some("Kim K"),
+        "the current name, not the stale one"
+    );
+    assert_ne!(u.sid, "USkim", "the workaround did run: a new User");
+    let p = m
+        .participants
+        .get(&(OTHER.to_string(), "kim".to_string()))
+        .expect("membership kept");
+    assert_eq!(p.attributes, r#"{"seat":0}"#);
+    drop(m);
+    let repairs = b.store.repairs.lock().unwrap();
+    assert_eq!(repairs.len(), 2, "a new record holds the fresh snapshot");
+    assert!(
+        repairs.iter().all(|r| r.state == RepairState::Recovered),
+        "{old}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_waiting_for_an_operator_is_never_retried_by_the_sweep() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    journal_stale_record(&b, "Kim K", RepairState::NeedsOperator).await;
+    assert_eq!(b.rep.recover_pending(None).await, 0);
+    assert!(b.fake.0.lock().unwrap().calls.is_empty(), "no call at all");
+    // And a new repair of the identity does not start over it.
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Failed, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_finished_from_memory_is_not_converged_again_while_the_journal_is_down() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.store.fail_after_insert.store(true, Ordering::SeqCst);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    // The app renames Kim; the journal still says `deleting`.
+    b.fake
+        .0
+        .lock()
+        .unwrap()
+        .users
+        .get_mut("kim")
+        .unwrap()
+        .friendly_name = Some("Kimberly".into());
+    let calls = b.fake.0.lock().unwrap().calls.len();
+    assert_eq!(b.rep.recover_pending(None).await, 0);
+    assert_eq!(
+        b.fake.0.lock().unwrap().calls.len(),
+        calls,
+        "recovery left it alone"
+    );
+    assert_eq!(
+        b.fake.0.lock().unwrap().users["kim"]
+            .friendly_name
+            .as_deref(),
+        Some("Kimberly")
+    );
+    // Once the journal takes writes again, the record is closed.
+    b.store.fail_writes.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(b.store.repairs.lock().unwrap()[0].state.is_final());
 }

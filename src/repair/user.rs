@@ -82,22 +82,16 @@ pub enum ConvergeError {
 }
 
 impl ConvergeError {
-    /// Twilio refused a step for good: trying again will not help.
+    /// Twilio refused a step for good: trying again will not help. A 401
+    /// or 403 is not: it says the *credential* may not act (a caller's
+    /// wrong password, a restricted key), and another credential may.
     pub fn is_refusal(&self) -> bool {
         let e = match self {
             ConvergeError::Delete(e) | ConvergeError::Recreate(e) => e,
             ConvergeError::Memberships { last, .. } => last,
         };
-        matches!(e, StepError::Refused { .. })
-    }
-
-    /// The state the record stays in.
-    pub fn state(&self) -> RepairState {
-        match self {
-            ConvergeError::Delete(_) => RepairState::Deleting,
-            ConvergeError::Recreate(_) => RepairState::Recreating,
-            ConvergeError::Memberships { .. } => RepairState::Restoring,
-        }
+        matches!(e, StepError::Refused { status, .. }
+            if *status != StatusCode::UNAUTHORIZED && *status != StatusCode::FORBIDDEN)
     }
 }
 
@@ -490,7 +484,18 @@ pub async fn ensure_user(
                     }
                     // Read it back and put the fields right.
                 }
-                Ok(_) => {} // 409: someone made one meanwhile; read it.
+                // 409: someone made one meanwhile; read it (after a pause,
+                // so a 409-then-404 flip-flop cannot spin).
+                Ok(_) => {
+                    backoff
+                        .wait(
+                            deadline,
+                            StepError::Deadline {
+                                step: StepKind::CreateUser,
+                            },
+                        )
+                        .await?
+                }
                 Err(e) if e.is_transient() => {
                     backoff
                         .wait(
@@ -646,7 +651,11 @@ pub async fn ensure_membership(
                         return Ok(());
                     }
                     // 409, or a 201 whose fields differ: read it back.
-                    Ok(_) => {}
+                    Ok(_) => {
+                        backoff
+                            .wait(until, wait_err(StepKind::RestoreMembership))
+                            .await?
+                    }
                     Err(StepError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
                         // The conversation may be gone: nothing to restore.
                         let conv = format!(

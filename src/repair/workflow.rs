@@ -28,6 +28,8 @@ struct Repaired {
     repair_id: i64,
     complete: bool,
     detail: Option<String>,
+    /// A state change did not reach the journal.
+    journal_lost: bool,
 }
 
 /// Run the workflow for one intercepted 20404 and record its incident.
@@ -243,6 +245,7 @@ impl Workflow<'_> {
                 repair_id,
                 complete: true,
                 detail: lost.map(str::to_string),
+                journal_lost: journal.lost,
             }),
             Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
                 Err(with_id(Verdict::failed(e)))
@@ -254,6 +257,7 @@ impl Workflow<'_> {
                 Ok(Repaired {
                     repair_id,
                     complete: false,
+                    journal_lost: journal.lost,
                     detail: Some(format!(
                         "{e}; journal record {repair_id} stays open and is completed in the background"
                     )),
@@ -283,6 +287,10 @@ impl Workflow<'_> {
         let created = self.create(StepKind::ReplayCreate, who).await;
         if repaired.complete {
             journal.set(RepairState::Done, None).await;
+            if journal.lost || repaired.journal_lost {
+                self.rep
+                    .closed_despite_journal(repaired.repair_id, RepairState::Done);
+            }
         }
         let (answer, mut detail) = match created {
             Ok(Some(answer)) => (answer, repaired.detail.clone()),
