@@ -24,7 +24,8 @@
 //! exists with its original friendly name, attributes and role, its other
 //! memberships are back with their attributes and role, the requested
 //! participant exists exactly once, no User is deleted twice for one
-//! repair, and an intercepted create never gets a 5xx.
+//! repair, and an intercepted create never gets a 5xx once Twilio has
+//! answered it.
 
 pub mod check;
 pub mod credential;
@@ -233,9 +234,40 @@ fn existed_before(p: &ApiResponse, requested_at: time::OffsetDateTime, skew_ms: 
         .and_then(|d| {
             time::OffsetDateTime::parse(&d, &time::format_description::well_known::Rfc3339).ok()
         });
+    // Twilio's `date_created` has whole seconds: compare with the second
+    // the request arrived in, or a participant created in that same second
+    // would look older than the request.
+    let arrived = requested_at.replace_nanosecond(0).unwrap_or(requested_at);
     let skew = time::Duration::milliseconds(i64::try_from(skew_ms).unwrap_or(i64::MAX));
-    match (created, requested_at.checked_sub(skew)) {
+    match (created, arrived.checked_sub(skew)) {
         (Some(c), Some(earliest)) => c < earliest,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod existed_before_tests {
+    use super::*;
+
+    fn participant(created: &str) -> ApiResponse {
+        ApiResponse {
+            status: http::StatusCode::OK,
+            content_type: None,
+            body: bytes::Bytes::from(format!(r#"{{"date_created":"{created}"}}"#)),
+            request_id: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_participant_created_in_the_requests_own_second_is_new_even_without_skew() {
+        let at = time::macros::datetime!(2026-01-01 10:00:00.900 UTC);
+        assert!(!existed_before(&participant("2026-01-01T10:00:00Z"), at, 0));
+        assert!(existed_before(&participant("2026-01-01T09:59:59Z"), at, 0));
+        assert!(!existed_before(
+            &participant("2026-01-01T09:59:59Z"),
+            at,
+            2000
+        ));
     }
 }
