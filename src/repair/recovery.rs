@@ -410,8 +410,9 @@ impl Repairer {
         });
     }
 
-    /// Under the lock of `key` (held by the caller): finish every open
-    /// record of that key before a new repair snapshots the User. Returns
+    /// Under the lock of `key` (held by the caller, whose account Twilio
+    /// confirmed is the key's): finish every open record of that key before
+    /// a new repair snapshots the User. Returns
     /// false when one is left open (a new repair must not start over it).
     pub(super) async fn finish_open_records(
         &self,
@@ -434,8 +435,23 @@ impl Repairer {
         for record in mine {
             any = true;
             // A record waiting for an operator blocks new repairs of the
-            // identity: repairing over it could lose what it holds.
-            let closed = match (record.state.is_open(), self.acting_for(record, caller)) {
+            // identity: repairing over it could lose what it holds. The
+            // caller's account is proven here (Twilio showed it the
+            // conversation of this key's account), so any key of it may act.
+            let acting = credential::for_record(
+                self.credential.as_ref(),
+                None,
+                &record.account_sid,
+                &record.credential_user,
+            )
+            .or_else(|| {
+                caller.map(|c| Acting {
+                    authorization: c.clone(),
+                    user: basic_user(c).unwrap_or_default(),
+                    source: credential::Source::Caller,
+                })
+            });
+            let closed = match (record.state.is_open(), acting) {
                 (true, Some(acting)) => self.recover_locked(record.id, acting, deadline).await,
                 _ => false,
             };
