@@ -18,13 +18,7 @@ use crate::metrics::{InFlightGuard, Metrics};
 use crate::repair::Repairer;
 use crate::routing::{RouteClass, Routes};
 use crate::server::PeerAddr;
-use crate::twilio_error;
-
-/// Response header naming why the proxy itself answered with an error.
-pub const ERROR_HEADER: &str = "x-repair-proxy-error";
-/// Where proxy-generated error codes are documented.
-pub const ERRORS_DOC: &str =
-    "https://github.com/twilio-repair-proxy/twilio-repair-proxy/blob/main/docs/errors.md";
+use crate::twilio_error::proxy_error;
 
 /// Everything a request handler needs.
 pub struct ProxyState {
@@ -70,17 +64,6 @@ pub fn service(
         });
     // Concrete, not boxed: cloning it per request is an `Arc` increment.
     svc
-}
-
-/// A Twilio-shaped error answered by the proxy itself, with
-/// `X-Repair-Proxy-Error: <token>`. Codes are `20000 + status`.
-pub fn proxy_error(status: StatusCode, token: &'static str, message: &str) -> Response<Body> {
-    let code = 20000 + u32::from(status.as_u16());
-    let more_info = format!("{ERRORS_DOC}#{code}");
-    let mut resp: Response<Body> = twilio_error::error_response(status, code, message, &more_info);
-    resp.headers_mut()
-        .insert(ERROR_HEADER, HeaderValue::from_static(token));
-    resp
 }
 
 /// Target of the access log events.

@@ -36,6 +36,7 @@ use crate::body::decode_body;
 use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody};
 use crate::routing::Origin;
 use crate::store::Outcome;
+use crate::twilio_error::proxy_error;
 
 /// Response header carrying the outcome of an intercepted create.
 pub const OUTCOME_HEADER: &str = "x-repair-outcome";
@@ -180,7 +181,7 @@ impl Repairer {
                     .into();
             }
             Err(ReadCapped::Unreadable) => {
-                return Ok(crate::proxy::proxy_error(
+                return Ok(proxy_error(
                     StatusCode::BAD_REQUEST,
                     "request-body-unreadable",
                     "twilio-repair-proxy could not read the request body",
@@ -188,7 +189,7 @@ impl Repairer {
                 .into();
             }
             Err(ReadCapped::Stalled) => {
-                return Ok(crate::proxy::proxy_error(
+                return Ok(proxy_error(
                     StatusCode::REQUEST_TIMEOUT,
                     "request-body-timeout",
                     "the request body stalled for longer than limits.idle_timeout_ms",
@@ -277,7 +278,7 @@ impl Repairer {
                     }
                 }
                 Some(Err(_)) => {
-                    return Ok(crate::proxy::proxy_error(
+                    return Ok(proxy_error(
                         StatusCode::BAD_GATEWAY,
                         "upstream-failed",
                         "twilio-repair-proxy could not read Twilio's answer",
