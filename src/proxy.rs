@@ -13,7 +13,8 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::map_response_body::MapResponseBodyLayer;
 
-use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody, SendProgress};
+use crate::body::{Direction, MeteredBody, SendProgress};
+use crate::forward::{ForwardError, Forwarder};
 use crate::metrics::{InFlightGuard, Metrics};
 use crate::repair::Repairer;
 use crate::routing::{RouteClass, Routes};

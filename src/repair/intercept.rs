@@ -21,7 +21,6 @@ use std::time::{Duration, Instant as StdInstant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -32,8 +31,8 @@ use super::Repairer;
 use super::check::{self, Landed};
 use super::request::{CreatePath, UserWrite, Who, form_identity};
 use super::workflow::{self, Answer, CreateRequest, Verdict};
-use crate::body::decode_body;
-use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody};
+use crate::body::{Direction, MeteredBody, ReadCapped, decode_body, prefixed, read_capped};
+use crate::forward::{ForwardError, Forwarder};
 use crate::routing::Origin;
 use crate::store::Outcome;
 use crate::twilio_error::proxy_error;
@@ -65,48 +64,6 @@ impl From<Result<Response<Body>, ForwardError>> for Intercepted {
             outcome: None,
         }
     }
-}
-
-enum ReadCapped {
-    /// Over the cap: what was read, and the rest of the body.
-    TooLarge(Vec<Bytes>, Incoming),
-    Unreadable,
-    Stalled,
-}
-
-/// Read a body up to `cap` bytes, each frame within `idle`.
-async fn read_capped(mut body: Incoming, cap: usize, idle: Duration) -> Result<Bytes, ReadCapped> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0usize;
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ReadCapped::Stalled),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(ReadCapped::Unreadable),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            len += data.len();
-            chunks.push(data);
-            if len > cap {
-                return Err(ReadCapped::TooLarge(chunks, body));
-            }
-        }
-    }
-    let mut out = bytes::BytesMut::with_capacity(len);
-    for c in chunks {
-        out.extend_from_slice(&c);
-    }
-    Ok(out.freeze())
-}
-
-fn prefixed(
-    prefix: Vec<Bytes>,
-    rest: impl http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static,
-) -> Body {
-    let stream = futures_util::stream::iter(prefix.into_iter().map(Ok::<_, axum::Error>))
-        .chain(http_body_util::BodyDataStream::new(Body::new(rest)));
-    Body::from_stream(stream)
 }
 
 impl Repairer {
