@@ -15,9 +15,9 @@ use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::body::{Direction, MeteredBody, SendProgress};
 use crate::forward::{ForwardError, Forwarder};
-use crate::metrics::{InFlightGuard, Metrics};
+use crate::metrics::{InFlightGuard, Metrics, RouteClass};
 use crate::repair::Repairer;
-use crate::routing::{RouteClass, Routes};
+use crate::routing::Routes;
 use crate::server::PeerAddr;
 use crate::twilio_error::proxy_error;
 
