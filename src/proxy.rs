@@ -21,14 +21,33 @@ use crate::routing::Routes;
 use crate::server::PeerAddr;
 use crate::twilio_error::proxy_error;
 
-/// Everything a request handler needs.
+/// Everything a request handler needs; one per worker, built by
+/// [`ProxyState::new`] and never changed.
 pub struct ProxyState {
-    pub routes: Routes,
-    pub forwarder: Forwarder,
-    pub metrics: Arc<Metrics>,
-    pub repair: Option<Arc<Repairer>>,
+    routes: Routes,
+    forwarder: Forwarder,
+    metrics: Arc<Metrics>,
+    repair: Option<Arc<Repairer>>,
     /// Link rewriting target (`public_base_url`), when enabled.
-    pub public_base_url: Option<String>,
+    public_base_url: Option<String>,
+}
+
+impl ProxyState {
+    pub fn new(
+        routes: Routes,
+        forwarder: Forwarder,
+        metrics: Arc<Metrics>,
+        repair: Option<Arc<Repairer>>,
+        public_base_url: Option<String>,
+    ) -> ProxyState {
+        ProxyState {
+            routes,
+            forwarder,
+            metrics,
+            repair,
+            public_base_url,
+        }
+    }
 }
 
 /// Assemble the middleware stack around the handler: the one place where
