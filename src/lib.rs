@@ -37,13 +37,13 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod egress;
 pub mod emulator;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
-pub mod ops;
 pub mod proxy;
 pub mod repair;
 pub mod rewrite;
@@ -68,26 +68,4 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     App::build(config, listeners).await?.serve(shutdown).await
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
