@@ -5,32 +5,51 @@
 //! Participant create after that identity's participant was deleted.
 //! Everything else passes through unchanged.
 //!
-//! Components, one module each:
-//! - [`config`]: the typed configuration and its four layers (defaults in
-//!   `config/default.toml`, file, `TRP_*` environment, flags).
-//! - [`cli`]: the command line (`serve`, `check-config`, `emulator`,
-//!   `healthcheck`).
-//! - [`routing`]: which upstream a request goes to; SSRF refusals.
-//! - [`headers`]: hop-by-hop header hygiene.
-//! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
-//! - [`forward`]: the pooled rustls upstream client and streaming bodies.
-//! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
+//! # Layout
+//!
+//! One concern a module, listed top-down. Modules point one way: a module
+//! uses only modules below it in this list (the spine is `main → commands
+//! → app → proxy → repair → twilio_api → forward`; the modules after
+//! `server` are leaves, using nothing above them).
+//!
+//! - `main.rs`: parse the command line and run one subcommand; the only
+//!   place errors become text, and the only user of `anyhow`.
+//! - [`commands`]: one file per subcommand (`serve`, `check-config`,
+//!   `healthcheck`, `emulator`, `demo`, `incidents`, `repair`), each with a
+//!   `run` function, and their error type.
+//! - [`cli`]: the command line as clap types, nothing else.
+//! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
+//!   the fault, for tests and demos.
+//! - [`app`]: one proxy instance: [`App::build`] opens the journal and
+//!   builds every shared part once, [`App::serve`] runs the listeners and
+//!   worker runtimes and drains on shutdown.
+//! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
+//!   and what it may show to whom.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
 //! - [`repair`]: the check-and-repair workflow for Participant creates.
+//! - [`twilio_api`]: the small Twilio client the workflow uses.
+//! - [`forward`]: the pooled rustls upstream client; one request to one
+//!   upstream, and why it failed.
+//! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
+//! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
+//! - [`routing`]: which upstream a request goes to; SSRF refusals.
+//! - [`headers`]: hop-by-hop header hygiene.
+//! - [`server`]: the accept loop with connection bounds and graceful drain.
+//! - [`telemetry`]: logging, pretty or JSON.
+//! - [`body`]: streamed, metered bodies, and the bounded reading and
+//!   decoding of the bodies the proxy looks into.
+//! - [`metrics`]: Prometheus metrics and their label sets.
 //! - [`store`]: the repair journal and incidents (SQLite, or PostgreSQL
 //!   for fleets).
 //! - [`vocabulary`]: the repair's outcomes, journal states and step kinds.
-//! - [`body`]: bounded decoding of bodies the proxy looks into.
-//! - [`admin`], [`metrics`], [`telemetry`]: the admin listener, Prometheus
-//!   metrics, logging.
-//! - [`server`]: the accept loop with connection bounds and graceful drain.
-//! - [`ops`]: operator commands (`demo`, `incidents export`, `repair`).
-//! - [`twilio_api`]: the small Twilio client the workflow uses.
-//! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
-//!   the fault, for tests and demos.
+//! - [`twilio_error`]: Twilio's error body, and the proxy's own errors in
+//!   that shape.
+//! - [`config`]: the typed configuration and its four layers (defaults in
+//!   `config/default.toml`, file, `TRP_*` environment, flags).
+//! - [`sid`]: Twilio SID shapes.
 //!
-//! [`run`] starts a proxy on listeners it is given; `main` and the tests both
-//! call it.
+//! [`run`] builds an [`App`] on listeners it is given and serves it (the
+//! integration tests' in-process proxy).
 #![forbid(unsafe_code)]
 
 pub mod admin;
