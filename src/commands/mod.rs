@@ -57,7 +57,7 @@ pub enum CommandError {
     RepairOpen {
         repair_id: i64,
         #[source]
-        source: crate::repair::user::ConvergeError,
+        source: Box<crate::repair::user::ConvergeError>,
     },
     #[error(transparent)]
     Emulator(Box<dyn std::error::Error + Send + Sync>),

@@ -138,7 +138,10 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
         }))?
     )?;
     if let Err(source) = result {
-        return Err(CommandError::RepairOpen { repair_id, source });
+        return Err(CommandError::RepairOpen {
+            repair_id,
+            source: Box::new(source),
+        });
     }
     Ok(())
 }
