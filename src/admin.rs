@@ -43,18 +43,20 @@ use crate::config::{AdminToken, Config, IdentityRecord};
 use crate::metrics::Metrics;
 use crate::store::{Incident, RepairRecord, Store, UserSnapshot};
 
-/// Shared state of the admin plane.
+/// Shared state of the admin plane. Built once by [`AdminState::new`];
+/// the proxy's lifecycle is reported through [`AdminState::set_listening`]
+/// and [`AdminState::set_draining`], nothing else changes.
 pub struct AdminState {
-    pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
     /// Set once the proxy listener accepts connections.
-    pub listening: AtomicBool,
+    listening: AtomicBool,
     /// Set when shutdown begins.
-    pub draining: AtomicBool,
+    draining: AtomicBool,
     /// When set, required on every path but the probes.
-    pub token: Option<AdminToken>,
+    token: Option<AdminToken>,
     /// How identities are shown.
-    pub privacy: Privacy,
+    privacy: Privacy,
 }
 
 impl AdminState {
@@ -67,6 +69,16 @@ impl AdminState {
             token: config.admin.token.clone(),
             privacy: Privacy::new(config.repair.incident_identity),
         }
+    }
+
+    /// The proxy listener accepts connections: `/readyz` may say ready.
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutdown has begun: `/readyz` says `draining` from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 }
 

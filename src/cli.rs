@@ -1,4 +1,5 @@
-//! The command line. `serve` is the default subcommand, so
+//! The command line, as clap types and nothing else (what each subcommand
+//! does is in [`crate::commands`]). `serve` is the default subcommand, so
 //! `twilio-repair-proxy --listen ...` and `twilio-repair-proxy serve --listen ...`
 //! are the same. The flags `--listen --admin-listen --upstream --store
 //! --config` are a fixed interface.
@@ -35,12 +36,12 @@ pub enum Command {
     /// Exit 0 if the admin listener's /healthz answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
     /// Run the emulator with the fault armed and the proxy in front of it: no Twilio account needed.
-    Demo(crate::ops::DemoArgs),
+    Demo(DemoArgs),
     /// Read recorded incidents.
     #[command(subcommand)]
-    Incidents(crate::ops::IncidentsCommand),
+    Incidents(IncidentsCommand),
     /// Run Twilio's workaround for one identity now (journaled), with the operator repair credential.
-    Repair(crate::ops::RepairArgs),
+    Repair(RepairArgs),
 }
 
 /// Flags of `serve` and `check-config`.
@@ -86,18 +87,57 @@ pub struct HealthcheckArgs {
     pub timeout: u64,
 }
 
-/// `GET /healthz` over a plain TCP connection; true on a 200.
-pub async fn healthcheck(addr: SocketAddr, timeout: std::time::Duration) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = [0u8; 32];
-        let n = s.read(&mut buf).await.ok()?;
-        let head = std::str::from_utf8(&buf[..n]).ok()?;
-        Some(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
-    };
-    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listen address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Emulator listen address.
+    #[arg(long, default_value = "127.0.0.1:4010")]
+    pub emulator_listen: SocketAddr,
+    /// Journal store.
+    #[arg(long, default_value = "sqlite://data/demo.db")]
+    pub store: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IncidentsCommand {
+    /// Print every recorded incident, for Twilio Support (identities hashed
+    /// when `repair.incident_identity = "hash"`).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ExportFormat,
+    /// Most incidents to export, newest first.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    /// The Conversation Service (IS...).
+    #[arg(long)]
+    pub service: String,
+    /// The User identity to repair.
+    #[arg(long)]
+    pub identity: String,
+    /// Show the snapshot and the planned steps; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }

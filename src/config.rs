@@ -94,8 +94,12 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    /// Text, not the parser's error as a source: `toml::de::Error` quotes
+    /// the offending line, which may hold a secret; `message` is built by
+    /// `syntax_message` without the value.
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("unknown key `{0}`")]

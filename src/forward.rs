@@ -15,24 +15,20 @@
 //! handed over for that long while the client has data) is a 504; a body
 //! the client stops sending is bounded by the body's idle timeout (408).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Notify;
-use tokio::time::Sleep;
 
+use crate::body::{ClientFault, Direction, MeteredBody, SendProgress};
 use crate::config::Limits;
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, UpstreamErrorKind};
@@ -356,224 +352,5 @@ impl Forwarder {
                 }
             }
         }
-    }
-}
-
-/// How a request body failed on the client's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFault {
-    /// No data for the idle timeout.
-    Stalled,
-    /// Malformed framing (an invalid chunk size) or a connection cut short.
-    Invalid,
-}
-
-/// How far a request body has gone upstream, shared between the body
-/// (inside the upstream client) and the forwarding future.
-#[derive(Debug, Default)]
-pub struct SendProgress {
-    /// Frames handed to the upstream connection.
-    frames: AtomicU64,
-    /// The body's last poll waited for the client.
-    waiting_on_client: AtomicBool,
-    /// 0: none, else a [`ClientFault`] + 1.
-    fault: AtomicU8,
-    /// Notified once the body has been handed over whole.
-    sent: Notify,
-}
-
-impl SendProgress {
-    /// Why the body failed on the client's side, if it did.
-    pub fn fault(&self) -> Option<ClientFault> {
-        match self.fault.load(Relaxed) {
-            1 => Some(ClientFault::Stalled),
-            2 => Some(ClientFault::Invalid),
-            _ => None,
-        }
-    }
-    fn set_fault(&self, f: ClientFault) {
-        let v = match f {
-            ClientFault::Stalled => 1,
-            ClientFault::Invalid => 2,
-        };
-        self.fault.store(v, Relaxed);
-    }
-}
-
-/// Which way a [`MeteredBody`] flows, for the byte counters.
-#[derive(Debug, Clone, Copy)]
-pub enum Direction {
-    /// Client → upstream.
-    Request,
-    /// Upstream → client.
-    Response,
-}
-
-/// Error of a [`MeteredBody`].
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("no body data for {0:?}")]
-    Idle(Duration),
-    #[error("body stream failed: {0}")]
-    Inner(#[from] Box<dyn std::error::Error + Send + Sync>),
-}
-
-pin_project_lite::pin_project! {
-    /// A streaming body that counts its bytes, aborts after `idle` without a
-    /// frame, and runs `on_end` exactly once when it ends or is dropped.
-    pub struct MeteredBody<B> {
-        #[pin]
-        inner: B,
-        #[pin]
-        sleep: Sleep,
-        idle: Duration,
-        direction: Direction,
-        metrics: Arc<Metrics>,
-        bytes: u64,
-        // A frame arrived since the idle timer was last armed.
-        active: bool,
-        on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
-        guard: Option<crate::metrics::InFlightGuard>,
-        // Byte counters updated (false: the caller counts).
-        counted: bool,
-        progress: Option<Arc<SendProgress>>,
-    }
-
-    impl<B> PinnedDrop for MeteredBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(f) = this.on_end.take() {
-                f(*this.bytes);
-            }
-        }
-    }
-}
-
-impl<B> MeteredBody<B> {
-    pub fn new(inner: B, idle: Duration, direction: Direction, metrics: Arc<Metrics>) -> Self {
-        MeteredBody {
-            inner,
-            sleep: tokio::time::sleep(idle),
-            idle,
-            direction,
-            metrics,
-            bytes: 0,
-            active: false,
-            on_end: None,
-            guard: None,
-            counted: true,
-            progress: None,
-        }
-    }
-
-    /// Leave the byte counters alone (the caller counted the body).
-    pub fn uncounted(mut self) -> Self {
-        self.counted = false;
-        self
-    }
-
-    /// Report a request body's progress to its forwarder (see
-    /// [`Forwarder::forward_tracked`]).
-    pub fn with_progress(mut self, progress: Arc<SendProgress>) -> Self {
-        self.progress = Some(progress);
-        self
-    }
-
-    /// Keep `guard` alive until the body ends or is dropped.
-    pub fn with_guard(mut self, guard: crate::metrics::InFlightGuard) -> Self {
-        self.guard = Some(guard);
-        self
-    }
-
-    /// Run `f(bytes)` once the body has ended or been dropped.
-    pub fn on_end(mut self, f: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
-        self.on_end = Some(Box::new(f));
-        self
-    }
-}
-
-impl<B> HttpBody for MeteredBody<B>
-where
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    *this.bytes += n;
-                    if *this.counted {
-                        match this.direction {
-                            Direction::Request => this.metrics.add_request_bytes(n),
-                            Direction::Response => this.metrics.add_response_bytes(n),
-                        }
-                    }
-                }
-                if let Some(p) = this.progress {
-                    p.frames.fetch_add(1, Relaxed);
-                    p.waiting_on_client.store(false, Relaxed);
-                    // The upstream client may stop polling once the body
-                    // says it has ended: this frame was the last one.
-                    if this.inner.is_end_stream() {
-                        p.sent.notify_one();
-                    }
-                }
-                // The timer is re-armed lazily, on the next Pending: no
-                // clock read or timer-wheel update per frame.
-                *this.active = true;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(p) = this.progress {
-                    p.set_fault(ClientFault::Invalid);
-                }
-                Poll::Ready(Some(Err(BodyError::Inner(e.into()))))
-            }
-            Poll::Ready(None) => {
-                if let Some(f) = this.on_end.take() {
-                    f(*this.bytes);
-                }
-                this.guard.take();
-                if let Some(p) = this.progress {
-                    p.waiting_on_client.store(false, Relaxed);
-                    p.sent.notify_one();
-                }
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if std::mem::take(this.active) {
-                    let deadline = tokio::time::Instant::now() + *this.idle;
-                    this.sleep.as_mut().reset(deadline);
-                }
-                if let Some(p) = this.progress {
-                    p.waiting_on_client.store(true, Relaxed);
-                }
-                match this.sleep.poll(cx) {
-                    Poll::Ready(()) => {
-                        if let Some(p) = this.progress {
-                            p.set_fault(ClientFault::Stalled);
-                        }
-                        Poll::Ready(Some(Err(BodyError::Idle(*this.idle))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

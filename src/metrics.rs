@@ -26,8 +26,38 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::routing::RouteClass;
 use crate::vocabulary::Outcome;
+
+/// The coarse class of a request, the `route` label of `trp_requests_total`
+/// (never a SID). Routing decides it (`crate::routing::Target::class`); it
+/// lives here so that the metrics need nothing from routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Conversations,
+    Api,
+    Other,
+    Rejected,
+}
+
+impl RouteClass {
+    pub const ALL: [RouteClass; 4] = [
+        RouteClass::Conversations,
+        RouteClass::Api,
+        RouteClass::Other,
+        RouteClass::Rejected,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Conversations => "conversations",
+            RouteClass::Api => "api",
+            RouteClass::Other => "other",
+            RouteClass::Rejected => "rejected",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER",

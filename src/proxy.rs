@@ -13,27 +13,41 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::map_response_body::MapResponseBodyLayer;
 
-use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody, SendProgress};
-use crate::metrics::{InFlightGuard, Metrics};
+use crate::body::{Direction, MeteredBody, SendProgress};
+use crate::forward::{ForwardError, Forwarder};
+use crate::metrics::{InFlightGuard, Metrics, RouteClass};
 use crate::repair::Repairer;
-use crate::routing::{RouteClass, Routes};
+use crate::routing::Routes;
 use crate::server::PeerAddr;
-use crate::twilio_error;
+use crate::twilio_error::proxy_error;
 
-/// Response header naming why the proxy itself answered with an error.
-pub const ERROR_HEADER: &str = "x-repair-proxy-error";
-/// Where proxy-generated error codes are documented.
-pub const ERRORS_DOC: &str =
-    "https://github.com/twilio-repair-proxy/twilio-repair-proxy/blob/main/docs/errors.md";
-
-/// Everything a request handler needs.
+/// Everything a request handler needs; one per worker, built by
+/// [`ProxyState::new`] and never changed.
 pub struct ProxyState {
-    pub routes: Routes,
-    pub forwarder: Forwarder,
-    pub metrics: Arc<Metrics>,
-    pub repair: Option<Arc<Repairer>>,
+    routes: Routes,
+    forwarder: Forwarder,
+    metrics: Arc<Metrics>,
+    repair: Option<Arc<Repairer>>,
     /// Link rewriting target (`public_base_url`), when enabled.
-    pub public_base_url: Option<String>,
+    public_base_url: Option<String>,
+}
+
+impl ProxyState {
+    pub fn new(
+        routes: Routes,
+        forwarder: Forwarder,
+        metrics: Arc<Metrics>,
+        repair: Option<Arc<Repairer>>,
+        public_base_url: Option<String>,
+    ) -> ProxyState {
+        ProxyState {
+            routes,
+            forwarder,
+            metrics,
+            repair,
+            public_base_url,
+        }
+    }
 }
 
 /// Assemble the middleware stack around the handler: the one place where
@@ -70,17 +84,6 @@ pub fn service(
         });
     // Concrete, not boxed: cloning it per request is an `Arc` increment.
     svc
-}
-
-/// A Twilio-shaped error answered by the proxy itself, with
-/// `X-Repair-Proxy-Error: <token>`. Codes are `20000 + status`.
-pub fn proxy_error(status: StatusCode, token: &'static str, message: &str) -> Response<Body> {
-    let code = 20000 + u32::from(status.as_u16());
-    let more_info = format!("{ERRORS_DOC}#{code}");
-    let mut resp: Response<Body> = twilio_error::error_response(status, code, message, &more_info);
-    resp.headers_mut()
-        .insert(ERROR_HEADER, HeaderValue::from_static(token));
-    resp
 }
 
 /// Target of the access log events.

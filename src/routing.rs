@@ -27,6 +27,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Uri, Version, header};
 
 use crate::config::Config;
+use crate::metrics::RouteClass;
 
 /// Path prefix reserved for the emulator's control API.
 pub const RESERVED_PREFIX: &str = "/__emulator";
@@ -76,35 +77,6 @@ impl Origin {
 
     pub fn as_string(&self) -> String {
         format!("{}://{}", self.scheme, self.authority)
-    }
-}
-
-/// The coarse class of a request, used as a metrics label (never a SID).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteClass {
-    Conversations,
-    Api,
-    Other,
-    Rejected,
-}
-
-impl RouteClass {
-    pub const ALL: [RouteClass; 4] = [
-        RouteClass::Conversations,
-        RouteClass::Api,
-        RouteClass::Other,
-        RouteClass::Rejected,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteClass::Conversations => "conversations",
-            RouteClass::Api => "api",
-            RouteClass::Other => "other",
-            RouteClass::Rejected => "rejected",
-        }
-    }
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 

@@ -69,16 +69,37 @@ impl ApiResponse {
 pub enum ApiError {
     #[error("{method} {path}: no answer within the step timeout")]
     Timeout { method: Method, path: String },
-    #[error("{method} {path}: transport failure: {message}")]
+    #[error("{method} {path}: transport failure: {source}")]
     Transport {
         method: Method,
         path: String,
-        message: String,
+        #[source]
+        source: TransportError,
     },
     #[error("{method} {path}: response body over {MAX_API_BODY_BYTES} bytes or unreadable")]
-    Body { method: Method, path: String },
+    Body {
+        method: Method,
+        path: String,
+        #[source]
+        source: axum::BoxError,
+    },
     #[error("the workflow deadline passed")]
     Deadline,
+}
+
+/// What failed underneath an [`ApiError::Transport`].
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The request could not be built (a path that is no URI).
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    /// The connection failed (connect, TLS, reset, protocol).
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+    /// An I/O failure reported by an exchange that is not hyper's (the
+    /// workflow's unit tests script a connection reset with it).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Retry policy of one workflow.
@@ -195,7 +216,7 @@ impl TwilioApi {
         let uri = self.origin.join(path).map_err(|e| ApiError::Transport {
             method: method.clone(),
             path: path.to_string(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         if let Ok(host) = HeaderValue::from_str(self.origin.authority.as_str()) {
             headers.insert(header::HOST, host);
@@ -214,7 +235,7 @@ impl TwilioApi {
             .map_err(|e| ApiError::Transport {
                 method: method.clone(),
                 path: path.to_string(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         *req.headers_mut() = headers;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -230,15 +251,16 @@ impl TwilioApi {
                 .map_err(|e| ApiError::Transport {
                     method: method.clone(),
                     path: path.to_string(),
-                    message: e.to_string(),
+                    source: e.into(),
                 })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_API_BODY_BYTES)
                 .collect()
                 .await
-                .map_err(|_| ApiError::Body {
+                .map_err(|source| ApiError::Body {
                     method: method.clone(),
                     path: path.to_string(),
+                    source,
                 })?
                 .to_bytes();
             Ok(ApiResponse {

@@ -3,10 +3,19 @@
 //! Every error this crate produces itself (the proxy's 4xx/502/504, the
 //! emulator's errors) uses this one shape, so that every helper library maps it
 //! onto its usual exception type (`TwilioRestException`, `RestException`, ...).
+//! [`proxy_error`] is that shape for an answer the proxy gives itself,
+//! marked with [`ERROR_HEADER`]. A leaf: it knows nothing of the proxy.
 
+use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
+
+/// Response header naming why the proxy itself answered with an error.
+pub const ERROR_HEADER: &str = "x-repair-proxy-error";
+/// Where proxy-generated error codes are documented.
+pub const ERRORS_DOC: &str =
+    "https://github.com/twilio-repair-proxy/twilio-repair-proxy/blob/main/docs/errors.md";
 
 /// The JSON body Twilio sends with a 4xx/5xx.
 #[derive(Debug, Clone, Serialize)]
@@ -48,5 +57,16 @@ pub fn error_response<B: From<Bytes>>(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp
+}
+
+/// A Twilio-shaped error answered by the proxy itself, with
+/// `X-Repair-Proxy-Error: <token>`. Codes are `20000 + status`.
+pub fn proxy_error(status: StatusCode, token: &'static str, message: &str) -> Response<Body> {
+    let code = 20000 + u32::from(status.as_u16());
+    let more_info = format!("{ERRORS_DOC}#{code}");
+    let mut resp: Response<Body> = error_response(status, code, message, &more_info);
+    resp.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(token));
     resp
 }

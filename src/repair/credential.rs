@@ -31,10 +31,13 @@ pub enum CredentialError {
         #[source]
         source: std::io::Error,
     },
+    /// Text, not the parser's error as a source: `toml::de::Error` quotes
+    /// the offending line, which may be the secret; `message` is the
+    /// parser's message alone.
     #[error("invalid repair.credentials_file {path}: {message}")]
     Invalid { path: String, message: String },
     #[error("the repair credential contains characters not allowed in a header")]
-    Header,
+    Header(#[source] http::header::InvalidHeaderValue),
 }
 
 /// An operator-provided credential for repair and recovery calls.
@@ -64,8 +67,8 @@ impl RepairCredential {
         account_sid: Option<String>,
     ) -> Result<Self, CredentialError> {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
-        let mut authorization = HeaderValue::from_str(&format!("Basic {token}"))
-            .map_err(|_| CredentialError::Header)?;
+        let mut authorization =
+            HeaderValue::from_str(&format!("Basic {token}")).map_err(CredentialError::Header)?;
         authorization.set_sensitive(true);
         let account_sid = account_sid.or_else(|| user.starts_with("AC").then(|| user.to_string()));
         Ok(RepairCredential {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant as StdInstant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -32,10 +31,11 @@ use super::Repairer;
 use super::check::{self, Landed};
 use super::request::{CreatePath, UserWrite, Who, form_identity};
 use super::workflow::{self, Answer, CreateRequest, Verdict};
-use crate::body::decode_body;
-use crate::forward::{Direction, ForwardError, Forwarder, MeteredBody};
+use crate::body::{Direction, MeteredBody, ReadCapped, decode_body, prefixed, read_capped};
+use crate::forward::{ForwardError, Forwarder};
 use crate::routing::Origin;
 use crate::store::Outcome;
+use crate::twilio_error::proxy_error;
 
 /// Response header carrying the outcome of an intercepted create.
 pub const OUTCOME_HEADER: &str = "x-repair-outcome";
@@ -64,48 +64,6 @@ impl From<Result<Response<Body>, ForwardError>> for Intercepted {
             outcome: None,
         }
     }
-}
-
-enum ReadCapped {
-    /// Over the cap: what was read, and the rest of the body.
-    TooLarge(Vec<Bytes>, Incoming),
-    Unreadable,
-    Stalled,
-}
-
-/// Read a body up to `cap` bytes, each frame within `idle`.
-async fn read_capped(mut body: Incoming, cap: usize, idle: Duration) -> Result<Bytes, ReadCapped> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0usize;
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ReadCapped::Stalled),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(ReadCapped::Unreadable),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            len += data.len();
-            chunks.push(data);
-            if len > cap {
-                return Err(ReadCapped::TooLarge(chunks, body));
-            }
-        }
-    }
-    let mut out = bytes::BytesMut::with_capacity(len);
-    for c in chunks {
-        out.extend_from_slice(&c);
-    }
-    Ok(out.freeze())
-}
-
-fn prefixed(
-    prefix: Vec<Bytes>,
-    rest: impl http_body::Body<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static,
-) -> Body {
-    let stream = futures_util::stream::iter(prefix.into_iter().map(Ok::<_, axum::Error>))
-        .chain(http_body_util::BodyDataStream::new(Body::new(rest)));
-    Body::from_stream(stream)
 }
 
 impl Repairer {
@@ -181,7 +139,7 @@ impl Repairer {
                     .into();
             }
             Err(ReadCapped::Unreadable) => {
-                return Ok(crate::proxy::proxy_error(
+                return Ok(proxy_error(
                     StatusCode::BAD_REQUEST,
                     "request-body-unreadable",
                     "twilio-repair-proxy could not read the request body",
@@ -189,7 +147,7 @@ impl Repairer {
                 .into();
             }
             Err(ReadCapped::Stalled) => {
-                return Ok(crate::proxy::proxy_error(
+                return Ok(proxy_error(
                     StatusCode::REQUEST_TIMEOUT,
                     "request-body-timeout",
                     "the request body stalled for longer than limits.idle_timeout_ms",
@@ -290,7 +248,7 @@ impl Repairer {
                     }
                 }
                 Some(Err(_)) => {
-                    return Ok(crate::proxy::proxy_error(
+                    return Ok(proxy_error(
                         StatusCode::BAD_GATEWAY,
                         "upstream-failed",
                         "twilio-repair-proxy could not read Twilio's answer",

@@ -348,12 +348,9 @@ impl Repairer {
         if alive.status != http::StatusCode::OK {
             return Ok(None);
         }
-        let snapshot = user::snapshot(api, target).await.map_err(|e| {
-            ConvergeError::Delete(StepError::Unsure {
-                step: StepKind::FetchUser,
-                detail: e.to_string(),
-            })
-        })?;
+        let snapshot = user::snapshot(api, target)
+            .await
+            .map_err(ConvergeError::Resnapshot)?;
         let new = NewRepair {
             account_sid: record.account_sid.clone(),
             credential_user: record.credential_user.clone(),
@@ -364,18 +361,16 @@ impl Repairer {
             snapshot,
             webhook: record.webhook.clone(),
         };
-        let unsure = |e: crate::store::StoreError| {
-            ConvergeError::Delete(StepError::Unsure {
-                step: StepKind::DeleteUser,
-                detail: format!("cannot journal a fresh snapshot: {e}"),
-            })
-        };
-        let id = self.store.insert_repair(&new).await.map_err(unsure)?;
+        let id = self
+            .store
+            .insert_repair(&new)
+            .await
+            .map_err(ConvergeError::Journal)?;
         let note = format!("the User was never deleted; re-snapshotted as record {id}");
         self.store
             .set_repair_state(record.id, RepairState::Recovered, Some(&note))
             .await
-            .map_err(unsure)?;
+            .map_err(ConvergeError::Journal)?;
         tracing::info!(
             old = record.id,
             new = id,

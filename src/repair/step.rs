@@ -93,18 +93,33 @@ pub enum StepError {
         code: Option<u64>,
     },
     /// A POST got a 5xx or no answer: it may or may not have landed.
-    #[error("{step}: unsure whether it landed: {detail}")]
-    Unsure { step: StepKind, detail: String },
+    #[error("{step}: unsure whether it landed: {last}")]
+    Unsure {
+        step: StepKind,
+        #[source]
+        last: AttemptError,
+    },
     /// Still failing after the attempts allowed for one call.
-    #[error("{step}: still failing after {attempts} attempts: {detail}")]
+    #[error("{step}: still failing after {attempts} attempts: {last}")]
     Exhausted {
         step: StepKind,
         attempts: u32,
-        detail: String,
+        #[source]
+        last: AttemptError,
     },
     /// The workflow deadline passed.
     #[error("{step}: the workflow deadline passed")]
     Deadline { step: StepKind },
+}
+
+/// How one attempt failed in a way worth another try (or, for a POST,
+/// a check): a 429/5xx answer, or no usable answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("status {}", .0.as_u16())]
+    Status(StatusCode),
+    #[error(transparent)]
+    Api(#[from] ApiError),
 }
 
 impl StepError {
@@ -256,17 +271,17 @@ impl Api {
                 .send(method.clone(), path, &sent, self.deadline)
                 .await;
             self.record(kind, &result);
-            let (retry, hint, detail) = match result {
+            let (retry, hint, last) = match result {
                 Ok(r) if kind.is_answer(r.status) => return Ok(r),
                 Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => {
-                    (true, r.retry_after, format!("status {}", r.status.as_u16()))
+                    (true, r.retry_after, AttemptError::Status(r.status))
                 }
                 Ok(r) if r.status.is_server_error() => {
-                    let detail = format!("status {}", r.status.as_u16());
+                    let last = AttemptError::Status(r.status);
                     if !idempotent {
-                        return Err(StepError::Unsure { step: kind, detail });
+                        return Err(StepError::Unsure { step: kind, last });
                     }
-                    (true, None, detail)
+                    (true, None, last)
                 }
                 Ok(r) => {
                     return Err(StepError::Refused {
@@ -280,10 +295,10 @@ impl Api {
                     if !idempotent {
                         return Err(StepError::Unsure {
                             step: kind,
-                            detail: e.to_string(),
+                            last: e.into(),
                         });
                     }
-                    (true, None, e.to_string())
+                    (true, None, e.into())
                 }
             };
             debug_assert!(retry);
@@ -291,7 +306,7 @@ impl Api {
                 return Err(StepError::Exhausted {
                     step: kind,
                     attempts: attempt,
-                    detail,
+                    last,
                 });
             }
             let wait = hint.unwrap_or(backoff).min(self.policy.max_backoff);

@@ -307,7 +307,11 @@ impl Exchange for FakeTwilio {
                     Reply::Reset => Err(ApiError::Transport {
                         method,
                         path: path.to_string(),
-                        message: "connection reset".into(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "connection reset",
+                        )
+                        .into(),
                     }),
                 };
             }

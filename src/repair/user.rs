@@ -73,6 +73,10 @@ pub enum ConvergeError {
     Delete(#[source] StepError),
     #[error("putting the User back: {0}")]
     Recreate(#[source] StepError),
+    #[error("the original User is still there, and it could not be snapshotted afresh: {0}")]
+    Resnapshot(#[source] SnapshotError),
+    #[error("the fresh snapshot could not be journaled: {0}")]
+    Journal(#[source] StoreError),
     #[error("memberships not restored ({}): {last}", conversations.join(", "))]
     Memberships {
         conversations: Vec<String>,
@@ -89,6 +93,7 @@ impl ConvergeError {
         let e = match self {
             ConvergeError::Delete(e) | ConvergeError::Recreate(e) => e,
             ConvergeError::Memberships { last, .. } => last,
+            ConvergeError::Resnapshot(_) | ConvergeError::Journal(_) => return false,
         };
         matches!(e, StepError::Refused { status, .. }
             if *status != StatusCode::UNAUTHORIZED && *status != StatusCode::FORBIDDEN)

@@ -25,10 +25,24 @@ pub use crate::vocabulary::{Outcome, RepairState, StepKind};
 pub enum StoreError {
     #[error("store database error: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("invalid store URL: {0}")]
-    Url(String),
-    #[error("corrupt journal record {0}")]
-    Corrupt(i64),
+    /// The URL names no store this proxy knows (shown with its password
+    /// masked).
+    #[error("invalid store URL: {url}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB")]
+    UnknownScheme { url: String },
+    #[error("invalid store URL: {url}: {source}")]
+    Directory {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt journal record {id}")]
+    Corrupt {
+        id: i64,
+        /// Why a JSON column did not parse (`None`: an unknown state or
+        /// outcome name).
+        #[source]
+        source: Option<serde_json::Error>,
+    },
     #[error("the store's schema is not in place yet (database unreachable since start-up)")]
     NotReady,
     #[error(
@@ -185,10 +199,9 @@ pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, Stor
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(postgres::PgStore::open(url, opts).await?)
     } else {
-        Err(StoreError::Url(format!(
-            "{}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
-            crate::config::mask_url_password(url)
-        )))
+        Err(StoreError::UnknownScheme {
+            url: crate::config::mask_url_password(url),
+        })
     }
 }
 
@@ -262,9 +275,14 @@ pub(crate) fn repair_from_row(row: &impl RowExt) -> Result<RepairRecord, StoreEr
         service_base: row.text("service_base")?,
         service_sid: row.text("service_sid")?,
         identity: row.text("identity")?,
-        state: RepairState::parse(&row.text("state")?).ok_or(StoreError::Corrupt(id))?,
-        snapshot: serde_json::from_str(&row.text("snapshot")?)
-            .map_err(|_| StoreError::Corrupt(id))?,
+        state: RepairState::parse(&row.text("state")?)
+            .ok_or(StoreError::Corrupt { id, source: None })?,
+        snapshot: serde_json::from_str(&row.text("snapshot")?).map_err(|e| {
+            StoreError::Corrupt {
+                id,
+                source: Some(e),
+            }
+        })?,
         webhook: row.opt_text("webhook")?,
         note: row.opt_text("note")?,
     })
@@ -280,9 +298,13 @@ pub(crate) fn incident_from_row(row: &impl RowExt) -> Result<Incident, StoreErro
         service_sid: row.opt_text("service_sid")?,
         conversation_sid: row.text("conversation_sid")?,
         identity: row.opt_text("identity")?,
-        outcome: Outcome::parse(&row.text("outcome")?).ok_or(StoreError::Corrupt(id))?,
+        outcome: Outcome::parse(&row.text("outcome")?)
+            .ok_or(StoreError::Corrupt { id, source: None })?,
         detail: row.opt_text("detail")?,
         repair_id: row.opt_int("repair_id")?,
-        steps: serde_json::from_str(&row.text("steps")?).map_err(|_| StoreError::Corrupt(id))?,
+        steps: serde_json::from_str(&row.text("steps")?).map_err(|e| StoreError::Corrupt {
+            id,
+            source: Some(e),
+        })?,
     })
 }

@@ -147,13 +147,17 @@ impl SqliteStore {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Url(url.to_string()))?;
+            .ok_or_else(|| StoreError::UnknownScheme {
+                url: url.to_string(),
+            })?;
         let mut file = None;
         if path != ":memory:" && access == Access::Owner {
             if let Some(parent) = std::path::Path::new(path).parent() {
                 if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
+                    std::fs::create_dir_all(parent).map_err(|source| StoreError::Directory {
+                        url: url.to_string(),
+                        source,
+                    })?;
                 }
             }
             file = Some(JournalFile::open(path)?);

@@ -1,0 +1,267 @@
+//! One proxy instance: everything [`crate::run`] used to do, in two steps.
+//!
+//! [`App::build`] opens what can fail at start-up (routing table, journal,
+//! repair credential) and builds every shared part once: the metrics, the
+//! [`Repairer`], the admin plane's state. [`App::serve`] starts the
+//! recovery sweeper, the admin listener and one single-threaded runtime
+//! per worker, accepts connections until `shutdown` completes, then drains
+//! in-flight requests and repairs within `limits.shutdown_grace_ms`.
+//!
+//! Nothing is patched after construction: a worker's
+//! [`ProxyState`] is built whole from the parts here.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminState};
+use crate::config::{self, Config};
+use crate::forward;
+use crate::metrics::Metrics;
+use crate::proxy::{self, ProxyState};
+use crate::repair::{self, Repairer};
+use crate::routing::Routes;
+use crate::server::{self, Drain, ServeOptions};
+use crate::store;
+
+/// The two listeners of a proxy instance, bound by the caller (so tests can
+/// bind port 0 and read the address).
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Credential(#[from] repair::credential::CredentialError),
+    #[error("proxy listener: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// A proxy instance, built and not yet serving.
+pub struct App {
+    config: Config,
+    listeners: Listeners,
+    metrics: Arc<Metrics>,
+    routes: Routes,
+    repair: Option<Arc<Repairer>>,
+    admin: Arc<AdminState>,
+}
+
+impl App {
+    /// Open the journal, check the routing table and the repair
+    /// credential, and build the shared parts.
+    pub async fn build(config: Config, listeners: Listeners) -> Result<App, AppError> {
+        let metrics = Arc::new(Metrics::default());
+        let routes = Routes::from_config(&config)?;
+        let store = store::open(&config.store, &config.store_options).await?;
+        let repair = if config.repair.mode == config::RepairMode::Off {
+            None
+        } else {
+            let credential = repair::RepairCredential::from_env_or_file(
+                config.repair.credentials_file.as_deref(),
+            )?;
+            if let Some(c) = &credential {
+                match &c.account_sid {
+                    Some(account) => {
+                        tracing::info!(key = %c.user, %account, "repair calls for this account use the operator repair credential")
+                    }
+                    None => {
+                        tracing::warn!(key = %c.user, "the operator repair credential names no account (set TRP_REPAIR_ACCOUNT_SID): it is never used")
+                    }
+                }
+            }
+            // Repairs run on this (the main) runtime, with a client pooled
+            // here: they outlive every worker's runtime and its connections.
+            Some(Repairer::new(repair::RepairerParts {
+                config: config.repair.clone(),
+                client: forward::build_client(&config.limits),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                credential,
+                mark_forwarded: config.add_forwarded_headers,
+                runtime: None,
+                exchange: None,
+            }))
+        };
+        let admin = Arc::new(AdminState::new(&config, metrics.clone(), store));
+        Ok(App {
+            config,
+            listeners,
+            metrics,
+            routes,
+            repair,
+            admin,
+        })
+    }
+
+    /// Serve until `shutdown` completes, then drain in-flight requests for
+    /// at most `limits.shutdown_grace_ms` and return.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let App {
+            config,
+            listeners,
+            metrics,
+            routes,
+            repair,
+            admin,
+        } = self;
+        if let Some(r) = &repair {
+            // Fence what an earlier run left open before the first request
+            // is accepted, then finish it and sweep in the background.
+            r.refresh().await;
+            r.spawn_sweeper();
+        }
+        let config = &config;
+        if let Ok(addr) = listeners.admin.local_addr() {
+            admin::warn_if_exposed(addr, config.admin.token.is_some());
+        }
+        let opts = ServeOptions {
+            max_connections: config.limits.max_connections,
+            header_read_timeout: config.limits.header_read_timeout(),
+            keepalive_timeout: config.limits.keepalive_timeout(),
+            http2_keepalive_interval: config.limits.http2_keepalive_interval(),
+            http2_keepalive_timeout: config.limits.http2_keepalive_timeout(),
+            shutdown_grace: config.limits.shutdown_grace(),
+            max_request_head_bytes: config.limits.max_request_head_bytes,
+        };
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_svc = admin::router(admin.clone());
+        // The admin listener has its own slots (probes never queue behind
+        // proxy clients) and the same connection timeouts (idle sockets are
+        // reaped).
+        let admin_opts = ServeOptions {
+            max_connections: config.admin.max_connections,
+            ..opts
+        };
+        let Listeners {
+            proxy: proxy_listener,
+            admin: admin_listener,
+        } = listeners;
+        let admin_task = tokio::spawn(server::serve(
+            admin_listener,
+            admin_svc,
+            admin_opts,
+            async move {
+                let _ = admin_stop_rx.await;
+            },
+        ));
+
+        tracing::info!(
+            listen = %proxy_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            upstream = config.upstream.as_deref().unwrap_or("routing table"),
+            store = %config::mask_url_password(&config.store),
+            "proxy listening"
+        );
+        // One single-threaded runtime per worker thread, each with its own
+        // upstream pool: a request and its upstream exchange stay on one
+        // thread, with no cross-thread wake-ups. One accept loop hands
+        // connections to the workers in turn.
+        let workers = match config.limits.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut senders = Vec::with_capacity(workers);
+        let mut done = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            let state = worker_state(config, &routes, &metrics, &repair);
+            let mut stop = stop_rx.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
+            std::thread::Builder::new()
+                .name(format!("trp-proxy-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a proxy worker runtime");
+                            return;
+                        }
+                    };
+                    let drain = rt.block_on(server::serve_accepted(
+                        rx,
+                        proxy::service(state),
+                        opts,
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    ));
+                    let _ = done_tx.send(drain);
+                })
+                .map_err(AppError::Io)?;
+            done.push(done_rx);
+        }
+        admin.set_listening();
+        server::accept_loop(proxy_listener, opts.max_connections, senders, shutdown).await;
+        // The listener is closed: no new connections. Drain the workers.
+        admin.set_draining();
+        let drain_started = std::time::Instant::now();
+        tracing::info!("shutdown requested: draining in-flight requests");
+        let _ = stop_tx.send(true);
+        let mut drain = Drain::Complete;
+        for d in done {
+            if d.await.unwrap_or(Drain::Complete) == Drain::GraceElapsed {
+                drain = Drain::GraceElapsed;
+            }
+        }
+        match drain {
+            Drain::Complete => tracing::info!("drained; exiting"),
+            Drain::GraceElapsed => {
+                tracing::warn!("grace period elapsed with requests still in flight")
+            }
+        }
+        // Repairs (and their background completions) outlive their callers:
+        // give them what is left of the grace period.
+        if let Some(r) = &repair {
+            if r.in_flight() > 0 {
+                tracing::info!(repairs = r.in_flight(), "waiting for in-flight repairs");
+            }
+            let left = config
+                .limits
+                .shutdown_grace()
+                .saturating_sub(drain_started.elapsed());
+            if !r.drain(left).await {
+                tracing::warn!(
+                    repairs = r.in_flight(),
+                    "grace period elapsed with repairs in flight; their journal records are completed at the next start"
+                );
+            }
+        }
+        let _ = admin_stop_tx.send(());
+        let _ = admin_task.await;
+        Ok(())
+    }
+}
+
+/// The state of one worker: its own upstream pool, everything else shared.
+fn worker_state(
+    config: &Config,
+    routes: &Routes,
+    metrics: &Arc<Metrics>,
+    repair: &Option<Arc<Repairer>>,
+) -> Arc<ProxyState> {
+    Arc::new(ProxyState::new(
+        routes.clone(),
+        forward::Forwarder::new(
+            forward::build_client(&config.limits),
+            metrics.clone(),
+            &config.limits,
+            config.add_forwarded_headers,
+        ),
+        metrics.clone(),
+        repair.clone(),
+        config.public_base_url.clone(),
+    ))
+}

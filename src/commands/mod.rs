@@ -1,0 +1,102 @@
+//! The subcommands, one file each; each has a `run` function that takes
+//! its parsed arguments (and, where it prints, the writer to print to), so
+//! a test can call it without a process.
+//!
+//! The command line itself (clap types only) is [`crate::cli`]; `main.rs`
+//! is one `match` from a [`crate::cli::Command`] to a `run` here, and the
+//! only place errors become text. Errors here are [`CommandError`]s.
+
+pub mod check_config;
+pub mod demo;
+pub mod emulator;
+pub mod healthcheck;
+pub mod incidents;
+pub mod repair;
+pub mod serve;
+
+use std::net::SocketAddr;
+
+/// Why a subcommand failed. `main` prints it with its chain of sources.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Credential(#[from] crate::repair::credential::CredentialError),
+    #[error(transparent)]
+    Api(#[from] crate::twilio_api::ApiError),
+    #[error(transparent)]
+    Step(#[from] crate::repair::step::StepError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::repair::user::SnapshotError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Arguments that parse but cannot be used; the text says what to do.
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("invalid {what} {origin}")]
+    Origin { what: &'static str, origin: String },
+    #[error("cannot read service {service}: status {status}")]
+    ServiceUnreadable {
+        service: String,
+        status: http::StatusCode,
+    },
+    #[error("journal record {repair_id} stays open for recovery")]
+    RepairOpen {
+        repair_id: i64,
+        #[source]
+        source: Box<crate::repair::user::ConvergeError>,
+    },
+    #[error("a repair of this identity is running right now (its lock is held): try again later")]
+    RepairRunning,
+    #[error(
+        "journal record {repair_id} of this identity is unfinished ({state}): let recovery finish it, or abandon it (POST /repairs/{repair_id}/abandon) first"
+    )]
+    RepairUnfinished {
+        repair_id: i64,
+        state: crate::store::RepairState,
+    },
+    #[error(transparent)]
+    Emulator(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Bind a listener, naming the address when it cannot be.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, CommandError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CommandError::Listen { addr, source })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

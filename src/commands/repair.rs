@@ -1,0 +1,174 @@
+//! `repair`: Twilio's workaround for one identity, now, journaled, with the
+//! operator repair credential (`--dry-run`: the snapshot and the plan).
+
+use std::io::Write;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+
+use super::CommandError;
+use crate::cli::RepairArgs;
+use crate::config::Config;
+use crate::forward;
+use crate::metrics::Metrics;
+use crate::repair::RepairCredential;
+use crate::repair::step::{Api, StepKind};
+use crate::repair::user::{self, RepairTarget, snapshot};
+use crate::routing::Origin;
+use crate::sid;
+use crate::store::{self, NewRepair, RepairState};
+use crate::telemetry;
+use crate::twilio_api::{RetryPolicy, TwilioApi};
+
+/// Upstream used by `repair` when neither `--upstream` nor the
+/// configuration pins one.
+const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
+
+/// Run Twilio's workaround for one identity, journaled, with the operator
+/// repair credential (`TRP_REPAIR_API_KEY_SID`/`_SECRET`).
+pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    let _log = telemetry::init(&Config::defaults().log);
+    let config = args.serve.load()?;
+    if !sid::is_sid(&args.service, "IS") {
+        return Err(CommandError::Usage(
+            "--service must be a Conversation Service SID (IS + 32 hex)",
+        ));
+    }
+    let credential = RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())?
+        .ok_or_else(|| {
+            CommandError::Usage(
+                "set TRP_REPAIR_API_KEY_SID and TRP_REPAIR_API_KEY_SECRET (or repair.credentials_file)",
+            )
+        })?;
+    // The journal first: a repair is never started without it (and an
+    // SQLite journal a running proxy owns is refused here, before any call).
+    let store = match args.dry_run {
+        true => None,
+        false => Some(store::open(&config.store, &config.store_options).await?),
+    };
+    let origin_s = config
+        .upstream
+        .clone()
+        .unwrap_or_else(|| CONVERSATIONS_ORIGIN.to_string());
+    let origin = Origin::parse(&origin_s).ok_or_else(|| CommandError::Origin {
+        what: "upstream",
+        origin: origin_s.clone(),
+    })?;
+    let policy = RetryPolicy {
+        initial_backoff: Duration::from_millis(config.repair.retry_initial_backoff_ms),
+        max_backoff: Duration::from_millis(config.repair.retry_max_backoff_ms),
+        max_attempts: config.repair.retry_max_attempts,
+        step_timeout: Duration::from_millis(config.repair.step_timeout_ms),
+    };
+    let mut api = Api::new(
+        TwilioApi::new(
+            forward::build_client(&config.limits),
+            origin,
+            credential.authorization.clone(),
+            Some(HeaderValue::from_static("false")),
+            policy.step_timeout,
+        ),
+        policy,
+        tokio::time::Instant::now() + Duration::from_millis(config.repair.workflow_deadline_ms),
+    );
+    // The service, read with the credential: proves it may act there.
+    let svc_path = format!("/v1/Services/{}", args.service);
+    let svc = api
+        .step(StepKind::FetchConversation, &svc_path, None)
+        .await?;
+    if svc.status != StatusCode::OK {
+        return Err(CommandError::ServiceUnreadable {
+            service: args.service,
+            status: svc.status,
+        });
+    }
+    let account_sid = svc
+        .json()
+        .and_then(|v| v["account_sid"].as_str().map(str::to_string))
+        .or(credential.account_sid.clone())
+        .unwrap_or_default();
+    let target = RepairTarget {
+        account_sid,
+        service_base: svc_path,
+        service_sid: args.service.clone(),
+        identity: args.identity.clone(),
+        exclude_conversation: None,
+    };
+    // Beside a fleet: never over a live repair (its lock) or an unfinished
+    // record of the same identity.
+    let mut _held = None;
+    if let Some(store) = &store {
+        let key = crate::repair::lock::RepairKey {
+            account_sid: target.account_sid.clone(),
+            service_sid: target.service_sid.clone(),
+            identity: target.identity.clone(),
+        };
+        _held = Some(
+            store
+                .try_lock(&key.to_string())
+                .await?
+                .ok_or(CommandError::RepairRunning)?,
+        );
+        if let Some(open) = store
+            .pending_repairs()
+            .await?
+            .into_iter()
+            .find(|r| r.identity == target.identity && r.service_sid == target.service_sid)
+        {
+            return Err(CommandError::RepairUnfinished {
+                repair_id: open.id,
+                state: open.state,
+            });
+        }
+    }
+    let snap = snapshot(&mut api, &target).await?;
+    let Some(store) = store else {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": true,
+                "snapshot": snap,
+                "plan": ["journal the snapshot", "DELETE the User (by its SID)", "recreate it with the same fields, read back", "restore every membership the delete removed, read back"],
+            }))?
+        )?;
+        return Ok(());
+    };
+    let record = NewRepair {
+        account_sid: target.account_sid.clone(),
+        credential_user: credential.user.clone(),
+        upstream: origin_s,
+        service_base: target.service_base.clone(),
+        service_sid: target.service_sid.clone(),
+        identity: target.identity.clone(),
+        snapshot: snap.clone(),
+        webhook: Some("false".into()),
+    };
+    let metrics = Metrics::default();
+    let until = api.deadline();
+    let (mut journal, result) =
+        user::journaled(&mut api, store.as_ref(), &metrics, &record, &target, until).await?;
+    let repair_id = journal.id;
+    if result.is_ok() {
+        journal
+            .set(RepairState::Done, Some("repaired by the operator command"))
+            .await;
+    }
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "repair_id": repair_id,
+            "snapshot": snap,
+            "steps": api.steps,
+            "error": result.as_ref().err().map(|e| e.to_string()),
+        }))?
+    )?;
+    if let Err(source) = result {
+        return Err(CommandError::RepairOpen {
+            repair_id,
+            source: Box::new(source),
+        });
+    }
+    Ok(())
+}
