@@ -21,7 +21,7 @@
 
 mod migrations;
 pub mod postgres;
-mod sql;
+pub mod sql;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
