@@ -150,13 +150,14 @@ impl SqlStore<PgBackend> {
                 .execute(&mut conn)
                 .await?;
             // The migrations run on the pool; the lock session serialises
-            // replicas (sqlx's migrator adds an advisory lock of its own),
-            // and each migration lands with its `_sqlx_migrations` row in
-            // one transaction.
-            migrations::migrator(migrations::POSTGRES)
-                .await?
-                .run(&self.pool)
-                .await?;
+            // replicas. sqlx's own advisory lock is off: taken on a pooled
+            // connection, it would outlive a failed migration there and
+            // block every retry, while this session's lock goes when the
+            // session does. Each migration lands with its
+            // `_sqlx_migrations` row in one transaction.
+            let mut migrator = migrations::migrator(migrations::POSTGRES).await?;
+            migrator.set_locking(false);
+            migrator.run(&self.pool).await?;
             // Closing the session releases the migration lock.
             conn.close().await?;
             Ok(())

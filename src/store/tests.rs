@@ -256,3 +256,42 @@ async fn a_postgres_journal_from_before_the_migrator_keeps_its_records() {
         .await
         .unwrap();
 }
+
+/// Replicas starting together on an empty database: every one opens, and
+/// each migration is applied once (the migration lock serialises them).
+#[tokio::test]
+async fn postgres_replicas_starting_together_migrate_once() {
+    let Ok(admin) = std::env::var("TRP_TEST_PG_URL") else {
+        eprintln!("skipped: TRP_TEST_PG_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let name = format!("trp_together_{}", rand::random::<u64>());
+    let mut admin_conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    admin_conn
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let opts = Config::defaults().store_options;
+    let opens = (0..4).map(|_| super::postgres::PgStore::open(&url, &opts));
+    let stores = futures_util::future::join_all(opens).await;
+    let stores: Vec<_> = stores.into_iter().map(Result::unwrap).collect();
+    for s in &stores {
+        s.ping()
+            .await
+            .expect("every replica has its schema in place");
+    }
+    let applied =
+        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&stores[0].pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![1, 2]);
+    for s in stores {
+        s.pool.close().await;
+    }
+    admin_conn
+        .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+}
