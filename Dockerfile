@@ -33,6 +33,7 @@ RUN mkdir -p src config \
  && rm -rf src config
 
 COPY config ./config
+COPY migrations ./migrations
 COPY src ./src
 # touch: the real sources may be older than the placeholder build's
 # fingerprints; without it cargo could keep the placeholder binary (which

@@ -3,14 +3,14 @@
 //! `Result<T, Verdict>`: a [`Verdict`] is the one early exit, and the
 //! incident is recorded once, in [`run`], whatever the exit.
 //!
-//! 1. [`Workflow::who`]: whom the create names (ambiguous → `disabled`).
-//! 2. [`Workflow::landed`]: did the create land after all? (`existing`)
-//! 3. [`Workflow::genuine`]: does the conversation exist? (`genuine`)
-//! 4. [`Workflow::allowed`]: mode, service lists, loop guard (`disabled`).
-//! 5. [`Workflow::lock`]: the identity's repair lock (and fence).
-//! 6. [`Workflow::retry_create`]: repaired meanwhile? (`repaired`)
-//! 7. [`Workflow::repair_user`]: snapshot, journal, converge ([`super::user`]).
-//! 8. [`Workflow::replay`]: the caller's create again; the final verdict.
+//! 1. `Workflow::who`: whom the create names (ambiguous → `disabled`).
+//! 2. `Workflow::landed`: did the create land after all? (`existing`)
+//! 3. `Workflow::genuine`: does the conversation exist? (`genuine`)
+//! 4. `Workflow::allowed`: mode, service lists, loop guard (`disabled`).
+//! 5. `Workflow::lock`: the identity's repair lock (and fence).
+//! 6. `Workflow::retry_create`: repaired meanwhile? (`repaired`)
+//! 7. `Workflow::repair_user`: snapshot, journal, converge ([`super::user`]).
+//! 8. `Workflow::replay`: the caller's create again; the final verdict.
 
 use super::check::{self, Conversation, Landed, Posted};
 use super::credential::{self, Acting};

@@ -9,9 +9,22 @@
 //! completes them. No secret is ever stored: only the Basic-auth *user name*
 //! (an `AC`/`SK` SID) that ran the repair, so that a later request with
 //! credentials for the same account can finish it.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the [`Store`] trait, the records, and row decoding.
+//! - `sql.rs`: every query, written once for both backends (`SqlStore`).
+//! - `sqlite.rs`, `postgres.rs`: what only one backend does (the locked
+//!   journal file; the lazy start, `ready()` gate and advisory locks).
+//! - `migrations.rs`: the schema files under `migrations/<backend>/`,
+//!   embedded and applied with sqlx's migrator.
 
+mod migrations;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -25,6 +38,8 @@ pub use crate::vocabulary::{Outcome, RepairState, StepKind};
 pub enum StoreError {
     #[error("store database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("store schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// The URL names no store this proxy knows (shown with its password
     /// masked).
     #[error("invalid store URL: {url}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB")]
