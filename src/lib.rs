@@ -38,7 +38,6 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod egress;
-pub mod emulator;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
@@ -54,6 +53,11 @@ pub mod telemetry;
 pub mod twilio_api;
 pub mod twilio_error;
 pub mod vocabulary;
+
+/// The emulator (its own crate, `crates/twilio-emulator`), under its old path.
+pub use twilio_emulator as emulator;
+/// Completes on SIGINT or SIGTERM (shared with the emulator).
+pub use twilio_wire::shutdown_signal;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -256,26 +260,4 @@ pub async fn run(
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

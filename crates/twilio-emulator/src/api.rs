@@ -5,13 +5,13 @@ use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::EmulatorConfig;
-use super::faults::{CompiledParticipantFault, FaultMode};
-use super::model::{
+use crate::EmulatorConfig;
+use crate::faults::{CompiledParticipantFault, FaultMode};
+use crate::model::{
     self, Binding, Conversation, MAX_ITEMS_PER_COLLECTION, MAX_PARTICIPANTS_PER_CONVERSATION,
-    Participant, Scope, Shared, Store, User, is_sid, parse_date,
+    Participant, Scope, Shared, Store, User, parse_date,
 };
-use crate::twilio_error::{error_response, twilio_more_info};
+use twilio_wire::{error_response, is_sid, twilio_more_info};
 
 /// Longest identity accepted (Twilio: "Limited to 256 characters").
 const MAX_IDENTITY_CHARS: usize = 256;

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::model::{Shared, Store, is_sid};
+use crate::model::{Shared, Store};
+use twilio_wire::is_sid;
 
 /// Most accounts the emulator holds at once (configured and added at run
 /// time together); each starts with one default service.

@@ -155,6 +155,8 @@
 //! * `is_online`/`is_notifiable` are `false` on fetch and `null` elsewhere.
 //! * Creating a participant with a new `Identity` creates the User.
 
+#![forbid(unsafe_code)]
+
 mod accounts;
 mod api;
 mod control;
@@ -361,7 +363,7 @@ impl EmulatorConfig {
 
     /// Check every setting ([`router`] skips invalid fault settings instead).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !model::is_sid(&self.account_sid, "AC") {
+        if !twilio_wire::is_sid(&self.account_sid, "AC") {
             return Err(ConfigError::AccountSid);
         }
         if self.auth_token.is_empty() || !self.auth_token.chars().all(|c| c.is_ascii_alphanumeric())
@@ -558,30 +560,7 @@ pub async fn main(args: EmulatorArgs) -> anyhow::Result<()> {
         fault_mode = ?config.fault_mode,
         "Twilio Conversations emulator listening (control API under /__emulator/)"
     );
-    serve(listener, config, shutdown_signal()).await?;
+    serve(listener, config, twilio_wire::shutdown_signal()).await?;
     tracing::info!("emulator stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::EmulatorConfig;
-use super::accounts::Account;
-use super::faults::{CompiledParticipantFault, CompiledRule};
-use super::traffic::Traffic;
+use crate::EmulatorConfig;
+use crate::accounts::Account;
+use crate::faults::{CompiledParticipantFault, CompiledRule};
+use crate::traffic::Traffic;
 
 /// Most services, conversations per service and users per service.
 pub(crate) const MAX_ITEMS_PER_COLLECTION: usize = 100_000;
@@ -340,13 +340,6 @@ pub(crate) fn parse_date(value: &str) -> Option<OffsetDateTime> {
         .ok()
         .map(|t| t.to_offset(time::UtcOffset::UTC))
         .map(|t| t.replace_nanosecond(0).unwrap_or(t))
-}
-
-/// `prefix` followed by exactly 32 hex digits.
-pub(crate) fn is_sid(value: &str, prefix: &str) -> bool {
-    value.len() == prefix.len() + 32
-        && value.starts_with(prefix)
-        && value[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// How a resource is addressed: through `/v1/Services/{IS}` or `/v1`.

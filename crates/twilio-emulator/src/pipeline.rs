@@ -20,13 +20,13 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use super::accounts;
-use super::api::{self, ApiError, Params, Req};
-use super::faults::{self, Chosen, FaultAction, Incoming};
-use super::model::Shared;
-use super::traffic::{InFlight, Release, Traffic};
-use super::{DropConnection, MAX_BODY_BYTES};
-use crate::twilio_error::twilio_more_info;
+use crate::accounts;
+use crate::api::{self, ApiError, Params, Req};
+use crate::faults::{self, Chosen, FaultAction, Incoming};
+use crate::model::Shared;
+use crate::traffic::{InFlight, Release, Traffic};
+use crate::{DropConnection, MAX_BODY_BYTES};
+use twilio_wire::twilio_more_info;
 
 /// Name of the request-id header on every response.
 const REQUEST_ID_HEADER: &str = "twilio-request-id";
