@@ -36,7 +36,7 @@
 //! settings and the injection rules apply to every account (a rule's
 //! optional `account_sid` narrows it to one).
 //!
-//! # Control API (no auth; the proxy never forwards `/__emulator/`)
+//! # Control API (no auth; the proxy's default `reserved_prefixes` keeps `/__emulator/` from being forwarded)
 //!
 //! | method + path | body | effect |
 //! |---|---|---|
