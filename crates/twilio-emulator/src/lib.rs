@@ -305,7 +305,7 @@ impl Default for EmulatorConfig {
 
 /// Invalid emulator configuration.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum EmulatorConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -337,13 +337,16 @@ impl EmulatorConfig {
     pub fn from_args(args: &EmulatorArgs) -> anyhow::Result<Self> {
         let mut config = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<EmulatorConfig>(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| EmulatorConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str::<EmulatorConfig>(&text).map_err(|source| {
+                    EmulatorConfigError::Parse {
+                        path: path.clone(),
+                        source,
+                    }
                 })?
             }
             None => EmulatorConfig::default(),
@@ -362,37 +365,37 @@ impl EmulatorConfig {
     }
 
     /// Check every setting ([`router`] skips invalid fault settings instead).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), EmulatorConfigError> {
         if !twilio_wire::is_sid(&self.account_sid, "AC") {
-            return Err(ConfigError::AccountSid);
+            return Err(EmulatorConfigError::AccountSid);
         }
         if self.auth_token.is_empty() || !self.auth_token.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(ConfigError::AuthToken);
+            return Err(EmulatorConfigError::AuthToken);
         }
         match (&self.api_key_sid, &self.api_key_secret) {
             (None, None) => {}
             (Some(sid), Some(secret)) if sid.starts_with("SK") && !secret.is_empty() => {}
-            _ => return Err(ConfigError::ApiKey),
+            _ => return Err(EmulatorConfigError::ApiKey),
         }
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
-            return Err(ConfigError::PublicUrl);
+            return Err(EmulatorConfigError::PublicUrl);
         }
         if !(1..=MAX_HELD_REQUESTS_LIMIT).contains(&self.max_held_requests) {
-            return Err(ConfigError::MaxHeldRequests);
+            return Err(EmulatorConfigError::MaxHeldRequests);
         }
         let all = self.accounts();
         for (index, creds) in self.extra_accounts.iter().enumerate() {
             // Index 0 of `all` is the configured account, checked above.
             creds
                 .check_joins(all[..=index].iter(), index + 1)
-                .map_err(|source| ConfigError::ExtraAccount { index, source })?;
+                .map_err(|source| EmulatorConfigError::ExtraAccount { index, source })?;
         }
         self.participant_fault()
             .compile()
-            .map_err(ConfigError::Fault)?;
+            .map_err(EmulatorConfigError::Fault)?;
         for rule in &self.faults {
-            rule.compile().map_err(ConfigError::Fault)?;
+            rule.compile().map_err(EmulatorConfigError::Fault)?;
         }
         Ok(())
     }

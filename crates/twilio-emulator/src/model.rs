@@ -107,7 +107,7 @@ fn configured_accounts(config: &EmulatorConfig, kept: &[(String, String)]) -> Ve
             .find(|(sid, _)| *sid == creds.account_sid)
             .map(|(_, is)| is.clone());
         accounts.push(Account {
-            store: Store::new(config, default_sid),
+            store: EmulatorStore::new(config, default_sid),
             creds,
             configured: true,
         });
@@ -160,7 +160,7 @@ impl State {
     }
 }
 
-pub(crate) struct Store {
+pub(crate) struct EmulatorStore {
     pub(crate) default_service_sid: String,
     pub(crate) default_messaging_service_sid: String,
     pub(crate) services: Vec<Service>,
@@ -238,9 +238,9 @@ impl State {
     }
 }
 
-impl Store {
+impl EmulatorStore {
     pub(crate) fn new(config: &EmulatorConfig, default_sid: Option<String>) -> Self {
-        let mut store = Store {
+        let mut store = EmulatorStore {
             default_service_sid: String::new(),
             default_messaging_service_sid: String::new(),
             services: Vec::new(),
@@ -508,7 +508,7 @@ pub(crate) fn render_user_conversation(
     })
 }
 
-pub(crate) fn render_configuration(base: &str, account_sid: &str, store: &Store) -> Value {
+pub(crate) fn render_configuration(base: &str, account_sid: &str, store: &EmulatorStore) -> Value {
     json!({
         "account_sid": account_sid,
         "default_chat_service_sid": store.default_service_sid,

@@ -45,9 +45,7 @@ impl Drop for Emu {
     }
 }
 
-pub async fn start_emulator(
-    tweak: impl FnOnce(&mut twilio_emulator::EmulatorConfig),
-) -> Emu {
+pub async fn start_emulator(tweak: impl FnOnce(&mut twilio_emulator::EmulatorConfig)) -> Emu {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut cfg = twilio_emulator::EmulatorConfig {
@@ -56,13 +54,9 @@ pub async fn start_emulator(
     };
     tweak(&mut cfg);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(twilio_emulator::serve(
-        listener,
-        cfg,
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    tokio::spawn(twilio_emulator::serve(listener, cfg, async move {
+        let _ = rx.await;
+    }));
     let emu = Emu {
         addr,
         http: reqwest::Client::new(),
@@ -337,4 +331,3 @@ pub fn base(is: Option<&str>) -> String {
         None => "/v1".to_string(),
     }
 }
-
