@@ -58,5 +58,5 @@ export TRP_TEST_PG_CTL="$PG_DIR/ctl.sh"
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
 
-cargo build --locked --all-targets
-cargo test --locked --all-targets --no-fail-fast -- --test-threads 4
+cargo build --locked --workspace --all-targets
+cargo test --locked --workspace --all-targets --no-fail-fast -- --test-threads 4

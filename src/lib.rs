@@ -27,7 +27,9 @@
 //! - [`ops`]: operator commands (`demo`, `incidents export`, `repair`).
 //! - [`twilio_api`]: the small Twilio client the workflow uses.
 //! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
-//!   the fault, for tests and demos.
+//!   the fault, for tests and demos: its own crate (`crates/twilio-emulator`),
+//!   re-exported here. The Twilio error body and SIDs it shares with the
+//!   proxy ([`twilio_error`], [`sid`]) are written once in `crates/twilio-wire`.
 //!
 //! [`run`] starts a proxy on listeners it is given; `main` and the tests both
 //! call it.

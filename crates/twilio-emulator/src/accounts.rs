@@ -1,7 +1,7 @@
 //! Accounts: credentials, resolving a request's credentials to the account
 //! that owns it, and the `/__emulator/accounts` control API.
 //!
-//! Every account owns its own resources (a [`EmulatorStore`]: services, default
+//! Every account owns its own resources (an [`EmulatorStore`]: services, default
 //! service, conversations, users, participants); a request only ever sees
 //! the store of the account its credentials resolve to. An API key (`SK...`)
 //! belongs to exactly one account. Kept apart from `api.rs` so that the

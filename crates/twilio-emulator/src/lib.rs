@@ -478,6 +478,12 @@ fn app(shared: Arc<model::Shared>) -> Router {
 }
 
 /// Serve the emulator on `listener` until `shutdown` resolves.
+///
+/// Its own accept loop, not the proxy's (`twilio_repair_proxy::server`): an
+/// injected fault must be able to close a connection without any answer
+/// ([`DropConnection`]), which the proxy's loop, built for bounded,
+/// never-failing services, does not allow; and the emulator wants none of its
+/// connection limits and watchdogs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: EmulatorConfig,
@@ -543,6 +549,8 @@ pub async fn serve(
 /// `twilio-repair-proxy emulator`: bind, log, serve until Ctrl-C or SIGTERM.
 pub async fn main(args: EmulatorArgs) -> anyhow::Result<()> {
     // Logging to stderr unless the caller already installed a subscriber.
+    // Not the proxy's `telemetry::init`: that one is driven by the proxy's
+    // configuration (`log.format`, `log.level`), which the emulator has not.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
