@@ -551,7 +551,7 @@ fn check_host_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
 /// white space; a lone `/` (which would refuse every request) is refused.
 fn check_reserved_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
     let ok = prefix.starts_with('/')
-        && prefix.trim_end_matches('/') != ""
+        && !prefix.trim_end_matches('/').is_empty()
         && !prefix
             .chars()
             .any(|c| c == '?' || c == '#' || c.is_whitespace() || c.is_control());
