@@ -22,23 +22,30 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when
-# Cargo.toml or Cargo.lock change. The placeholder crate is removed again.
+# Dependencies first, in their own layer: it is rebuilt only when a
+# manifest or Cargo.lock changes. The workspace's crates (the proxy at the
+# root, crates/twilio-emulator, crates/twilio-wire) are placeholders here,
+# removed again.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src config \
+COPY crates/twilio-emulator/Cargo.toml crates/twilio-emulator/
+COPY crates/twilio-wire/Cargo.toml crates/twilio-wire/
+RUN mkdir -p src config crates/twilio-emulator/src crates/twilio-wire/src \
  && printf 'fn main() {}\n' > src/main.rs \
  && : > src/lib.rs \
+ && : > crates/twilio-emulator/src/lib.rs \
+ && : > crates/twilio-wire/src/lib.rs \
  && : > config/default.toml \
  && cargo build --release --locked \
- && rm -rf src config
+ && rm -rf src config crates/twilio-emulator/src crates/twilio-wire/src
 
 COPY config ./config
 COPY migrations ./migrations
+COPY crates ./crates
 COPY src ./src
 # touch: the real sources may be older than the placeholder build's
 # fingerprints; without it cargo could keep the placeholder binary (which
 # prints nothing for --version, hence the grep).
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/twilio-emulator/src/lib.rs crates/twilio-wire/src/lib.rs \
  && cargo build --release --locked \
  && mkdir -p out/usr/local/bin out/var/lib/twilio-repair-proxy \
  && cp target/release/twilio-repair-proxy out/usr/local/bin/ \

@@ -148,10 +148,12 @@ PY
 log "build context: $(find "$CTX" -type f | wc -l) files, $(du -sh "$CTX" | cut -f1) ($(cd "$CTX" && ls -A | tr '\n' ' '))"
 [ -f "$CTX/Cargo.lock" ] && [ -d "$CTX/src" ] && [ -f "$CTX/config/default.toml" ] \
   && [ -d "$CTX/migrations/sqlite" ] && [ -d "$CTX/migrations/postgres" ] \
+  && [ -f "$CTX/crates/twilio-emulator/src/lib.rs" ] && [ -f "$CTX/crates/twilio-wire/Cargo.toml" ] \
   || die ".dockerignore leaves out something the build needs"
 [ ! -e "$CTX/target" ] && [ ! -e "$CTX/.git" ] && [ ! -e "$CTX/tests" ] \
+  && [ ! -e "$CTX/crates/twilio-emulator/tests" ] \
   || die ".dockerignore lets target/, .git or tests/ into the context"
-ok ".dockerignore: context has Cargo.toml, Cargo.lock, src/, config/, migrations/ and nothing heavy"
+ok ".dockerignore: context has Cargo.toml, Cargo.lock, src/, crates/*/{Cargo.toml,src}, config/, migrations/ and nothing heavy"
 
 # ---------------------------------------------------------------- step 1
 # Replay the build stage. The stage's filesystem root is $FS; WORKDIR maps

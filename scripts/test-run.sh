@@ -17,5 +17,5 @@ done
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
 
-cargo build --locked --all-targets
-cargo test --locked --all-targets --no-fail-fast -- --test-threads 4 "$@"
+cargo build --locked --workspace --all-targets
+cargo test --locked --workspace --all-targets --no-fail-fast -- --test-threads 4 "$@"

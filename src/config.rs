@@ -133,6 +133,8 @@ pub struct Config {
     pub default_upstream: String,
     pub allowed_hosts: Vec<String>,
     pub proxy_hosts: Vec<String>,
+    /// Path prefixes never forwarded (404 `reserved-path`), whole segments.
+    pub reserved_prefixes: Vec<String>,
     pub add_forwarded_headers: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_base_url: Option<String>,
@@ -400,6 +402,9 @@ impl Config {
                 check_host_pattern(key, pattern)?;
             }
         }
+        for prefix in &self.reserved_prefixes {
+            check_reserved_prefix("reserved_prefixes", prefix)?;
+        }
         check_store("store", &self.store)?;
         if let Some(token) = &self.admin.token {
             check_admin_token("admin.token", token.expose())?;
@@ -541,6 +546,25 @@ fn check_host_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
             format!(
                 "`{pattern}` is not a host pattern (HOST or *.SUFFIX, without scheme, port or path)"
             ),
+        ))
+    }
+}
+
+/// A `reserved_prefixes` entry: a path of at least one segment (`/x`),
+/// matched against request paths, so never with a query, a fragment or
+/// white space; a lone `/` (which would refuse every request) is refused.
+fn check_reserved_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    let ok = prefix.starts_with('/')
+        && !prefix.trim_end_matches('/').is_empty()
+        && !prefix
+            .chars()
+            .any(|c| c == '?' || c == '#' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{prefix}` is not a path prefix (/SEGMENT..., without query or white space)"),
         ))
     }
 }
@@ -848,6 +872,29 @@ mod tests {
         };
         let c = Config::load(Some(&f), env(&[("TRP_LISTEN", "127.0.0.1:2000")]), &o).unwrap();
         assert_eq!(c.listen.port(), 3000);
+    }
+
+    #[test]
+    fn reserved_prefixes_are_paths_from_the_environment_too() {
+        let c = Config::defaults();
+        assert_eq!(c.reserved_prefixes, vec!["/__emulator".to_string()]);
+        let load = |v: &str| {
+            Config::load(
+                None,
+                env(&[("TRP_RESERVED_PREFIXES", v)]),
+                &Overrides::default(),
+            )
+        };
+        let c = load("/internal, /__emulator/").unwrap();
+        assert_eq!(c.reserved_prefixes, vec!["/internal", "/__emulator/"]);
+        assert!(load("").unwrap().reserved_prefixes.is_empty());
+        for bad in ["/", "//", "internal", "/a?b", "/a b", "/a#b"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid value for `reserved_prefixes`"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!   `run` function, and their error type.
 //! - [`cli`]: the command line as clap types, nothing else.
 //! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
-//!   the fault, for tests and demos.
+//!   the fault, for tests and demos: its own crate (`crates/twilio-emulator`),
+//!   re-exported here.
 //! - [`app`]: one proxy instance: [`App::build`] opens the journal and
 //!   builds every shared part once, [`App::serve`] runs the listeners and
 //!   worker runtimes and drains on shutdown.
@@ -48,6 +49,9 @@
 //!   `config/default.toml`, file, `TRP_*` environment, flags).
 //! - [`sid`]: Twilio SID shapes.
 //!
+//! The Twilio error body and the SID shapes the emulator shares with the
+//! proxy ([`twilio_error`], [`sid`]) are written once, in `crates/twilio-wire`.
+//!
 //! [`run`] builds an [`App`] on listeners it is given and serves it (the
 //! integration tests' in-process proxy).
 #![forbid(unsafe_code)]
@@ -59,7 +63,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod egress;
-pub mod emulator;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
@@ -74,6 +77,11 @@ pub mod telemetry;
 pub mod twilio_api;
 pub mod twilio_error;
 pub mod vocabulary;
+
+/// The emulator (its own crate, `crates/twilio-emulator`), under its old path.
+pub use twilio_emulator as emulator;
+/// Completes on SIGINT or SIGTERM (shared with the emulator).
+pub use twilio_wire::shutdown_signal;
 
 use std::future::Future;
 

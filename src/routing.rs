@@ -11,7 +11,8 @@
 //!    transfer coding other than `chunked` (501), an HTTP/1.1 request
 //!    without `Host`, or any request with two `Host` lines (400, RFC 9112
 //!    §3.2: which one would the upstream believe?).
-//! 3. The reserved emulator prefix `/__emulator/` is never forwarded.
+//! 3. A path at or below one of the configured `reserved_prefixes` (whole
+//!    segments) is never forwarded (404).
 //! 4. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
 //!    goes to `https://` that host, unless `--upstream` pins one origin.
 //! 5. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
@@ -28,9 +29,6 @@ use http::{HeaderMap, Method, Uri, Version, header};
 
 use crate::config::Config;
 use crate::metrics::RouteClass;
-
-/// Path prefix reserved for the emulator's control API.
-pub const RESERVED_PREFIX: &str = "/__emulator";
 
 /// A scheme + authority to send requests to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +98,7 @@ pub enum Refusal {
     HostNotAllowed,
     #[error("the Host header is malformed")]
     BadHost,
-    #[error("this path is reserved for the emulator's control API and is never forwarded")]
+    #[error("this path is reserved and is never forwarded")]
     Reserved,
     #[error("TRACE is not supported")]
     Trace,
@@ -177,6 +175,8 @@ pub struct Routes {
     default: Origin,
     allowed_hosts: Vec<HostPattern>,
     proxy_hosts: Vec<HostPattern>,
+    /// `reserved_prefixes`, without a trailing `/`.
+    reserved: Vec<String>,
     listen: SocketAddr,
 }
 
@@ -222,6 +222,11 @@ impl Routes {
                 .proxy_hosts
                 .iter()
                 .map(|s| HostPattern::parse(s))
+                .collect(),
+            reserved: config
+                .reserved_prefixes
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_string())
                 .collect(),
             listen: config.listen,
         })
@@ -284,7 +289,7 @@ impl Routes {
         if crate::headers::has_unsupported_transfer_coding(headers) {
             return Err(Refusal::TransferCoding);
         }
-        if path == RESERVED_PREFIX || path.starts_with("/__emulator/") {
+        if self.reserved.iter().any(|p| path_has_prefix(path, p)) {
             return Err(Refusal::Reserved);
         }
         let host = match host_header {
@@ -547,6 +552,22 @@ mod tests {
                 .unwrap_err(),
             Refusal::Trace
         );
+    }
+
+    #[test]
+    fn reserved_prefixes_come_from_the_configuration() {
+        let mut c = Config::defaults();
+        c.reserved_prefixes = vec!["/internal/".into()];
+        let r = Routes::from_config(&c).unwrap();
+        let local = Some("localhost");
+        assert_eq!(go(&r, "/internal", local), Err(Refusal::Reserved));
+        assert_eq!(go(&r, "/internal/x/y", local), Err(Refusal::Reserved));
+        assert!(go(&r, "/internalX", local).is_ok());
+        // Not reserved any more: routed like any path.
+        assert!(go(&r, "/__emulator/fault", local).is_ok());
+        c.reserved_prefixes.clear();
+        let r = Routes::from_config(&c).unwrap();
+        assert!(go(&r, "/internal/x", local).is_ok());
     }
 
     #[test]

@@ -79,24 +79,5 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Co
         .map_err(|source| CommandError::Listen { addr, source })
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
+/// Completes on SIGINT or SIGTERM (one handler, shared with the emulator).
+pub use twilio_wire::shutdown_signal;

@@ -1,7 +1,7 @@
 //! Accounts: credentials, resolving a request's credentials to the account
 //! that owns it, and the `/__emulator/accounts` control API.
 //!
-//! Every account owns its own resources (a [`Store`]: services, default
+//! Every account owns its own resources (an [`EmulatorStore`]: services, default
 //! service, conversations, users, participants); a request only ever sees
 //! the store of the account its credentials resolve to. An API key (`SK...`)
 //! belongs to exactly one account. Kept apart from `api.rs` so that the
@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::model::{Shared, Store, is_sid};
+use crate::model::{EmulatorStore, Shared};
+use twilio_wire::is_sid;
 
 /// Most accounts the emulator holds at once (configured and added at run
 /// time together); each starts with one default service.
@@ -128,7 +129,7 @@ impl AccountConfig {
     }
 
     /// The public part, for control-API answers.
-    fn public(&self, store: &Store, configured: bool) -> Value {
+    fn public(&self, store: &EmulatorStore, configured: bool) -> Value {
         json!({
             "account_sid": self.account_sid,
             "api_key_sid": self.api_key_sid,
@@ -141,7 +142,7 @@ impl AccountConfig {
 /// An account and everything it owns.
 pub(crate) struct Account {
     pub(crate) creds: AccountConfig,
-    pub(crate) store: Store,
+    pub(crate) store: EmulatorStore,
     /// From the configuration (kept by `reset`) rather than added at run time.
     pub(crate) configured: bool,
 }
@@ -189,7 +190,7 @@ pub(crate) async fn add(State(shared): AppState, Json(creds): Json<AccountConfig
         };
         return (status, Json(json!({"error": e.to_string()}))).into_response();
     }
-    let store = Store::new(&shared.config, None);
+    let store = EmulatorStore::new(&shared.config, None);
     let body = creds.public(&store, false);
     state.accounts.push(Account {
         creds,

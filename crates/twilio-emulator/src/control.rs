@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::faults::{FaultRule, MAX_FAULT_RULES, ParticipantFault};
-use super::model::Shared;
+use crate::faults::{FaultRule, MAX_FAULT_RULES, ParticipantFault};
+use crate::model::Shared;
 
 type AppState = State<Arc<Shared>>;
 
@@ -109,7 +109,7 @@ pub(crate) async fn set_user_date_created(
     State(shared): AppState,
     Json(body): Json<UserDate>,
 ) -> Response {
-    match super::api::set_user_date_created(
+    match crate::api::set_user_date_created(
         &shared,
         body.account_sid.as_deref(),
         body.service_sid.as_deref(),

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
-use twilio_repair_proxy::emulator::{self, EmulatorConfig};
+use twilio_emulator::{self as emulator, EmulatorConfig};
 
 const SPEC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

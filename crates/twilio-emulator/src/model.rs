@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::EmulatorConfig;
-use super::accounts::Account;
-use super::faults::{CompiledParticipantFault, CompiledRule};
-use super::traffic::Traffic;
+use crate::EmulatorConfig;
+use crate::accounts::Account;
+use crate::faults::{CompiledParticipantFault, CompiledRule};
+use crate::traffic::Traffic;
 
 /// Most services, conversations per service and users per service.
 pub(crate) const MAX_ITEMS_PER_COLLECTION: usize = 100_000;
@@ -107,7 +107,7 @@ fn configured_accounts(config: &EmulatorConfig, kept: &[(String, String)]) -> Ve
             .find(|(sid, _)| *sid == creds.account_sid)
             .map(|(_, is)| is.clone());
         accounts.push(Account {
-            store: Store::new(config, default_sid),
+            store: EmulatorStore::new(config, default_sid),
             creds,
             configured: true,
         });
@@ -160,7 +160,7 @@ impl State {
     }
 }
 
-pub(crate) struct Store {
+pub(crate) struct EmulatorStore {
     pub(crate) default_service_sid: String,
     pub(crate) default_messaging_service_sid: String,
     pub(crate) services: Vec<Service>,
@@ -238,9 +238,9 @@ impl State {
     }
 }
 
-impl Store {
+impl EmulatorStore {
     pub(crate) fn new(config: &EmulatorConfig, default_sid: Option<String>) -> Self {
-        let mut store = Store {
+        let mut store = EmulatorStore {
             default_service_sid: String::new(),
             default_messaging_service_sid: String::new(),
             services: Vec::new(),
@@ -340,13 +340,6 @@ pub(crate) fn parse_date(value: &str) -> Option<OffsetDateTime> {
         .ok()
         .map(|t| t.to_offset(time::UtcOffset::UTC))
         .map(|t| t.replace_nanosecond(0).unwrap_or(t))
-}
-
-/// `prefix` followed by exactly 32 hex digits.
-pub(crate) fn is_sid(value: &str, prefix: &str) -> bool {
-    value.len() == prefix.len() + 32
-        && value.starts_with(prefix)
-        && value[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// How a resource is addressed: through `/v1/Services/{IS}` or `/v1`.
@@ -515,7 +508,7 @@ pub(crate) fn render_user_conversation(
     })
 }
 
-pub(crate) fn render_configuration(base: &str, account_sid: &str, store: &Store) -> Value {
+pub(crate) fn render_configuration(base: &str, account_sid: &str, store: &EmulatorStore) -> Value {
     json!({
         "account_sid": account_sid,
         "default_chat_service_sid": store.default_service_sid,

@@ -20,13 +20,13 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use super::accounts;
-use super::api::{self, ApiError, Params, Req};
-use super::faults::{self, Chosen, FaultAction, Incoming};
-use super::model::Shared;
-use super::traffic::{InFlight, Release, Traffic};
-use super::{DropConnection, MAX_BODY_BYTES};
-use crate::twilio_error::twilio_more_info;
+use crate::accounts;
+use crate::api::{self, EmulatorError, Params, Req};
+use crate::faults::{self, Chosen, FaultAction, Incoming};
+use crate::model::Shared;
+use crate::traffic::{InFlight, Release, Traffic};
+use crate::{DropConnection, MAX_BODY_BYTES};
+use twilio_wire::twilio_more_info;
 
 /// Name of the request-id header on every response.
 const REQUEST_ID_HEADER: &str = "twilio-request-id";
@@ -122,7 +122,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     let mut response =
         if parts.uri.path() == "/__emulator" || parts.uri.path().starts_with("/__emulator/") {
             // Unknown control path: not logged, no auth.
-            ApiError::not_found(parts.uri.path()).into_response()
+            EmulatorError::not_found(parts.uri.path()).into_response()
         } else {
             api_request(shared, &request_id, parts, body).await
         };
@@ -209,7 +209,7 @@ async fn api_request(
     let body: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            let e = ApiError::new(
+            let e = EmulatorError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 20001,
                 format!("Request body larger than {MAX_BODY_BYTES} bytes or unreadable"),
@@ -276,7 +276,7 @@ async fn api_request(
         let _ = tx.send(response);
     });
     rx.await.unwrap_or_else(|_| {
-        ApiError::new(
+        EmulatorError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             20500,
             "Emulator task failed",
@@ -324,7 +324,7 @@ async fn apply(shared: &Shared, job: &Job, entry: &mut Value) -> (Response, Outc
                     .unwrap_or("Injected error")
                     .to_owned()
             });
-            let e = ApiError::new(status, code, message);
+            let e = EmulatorError::new(status, code, message);
             return (
                 e.into_response(),
                 Outcome::new(Some(status.as_u16()), "injected_status"),
@@ -332,7 +332,7 @@ async fn apply(shared: &Shared, job: &Job, entry: &mut Value) -> (Response, Outc
         }
         Some(FaultAction::TooManyRequests { retry_after }) => {
             let mut response =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests")
+                EmulatorError::new(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests")
                     .into_response();
             if let Some(secs) = retry_after {
                 if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -368,7 +368,11 @@ async fn apply(shared: &Shared, job: &Job, entry: &mut Value) -> (Response, Outc
             ) {
                 Ok(t) => t,
                 Err(full) => {
-                    let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, 20503, full.to_string());
+                    let e = EmulatorError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        20503,
+                        full.to_string(),
+                    );
                     return (e.into_response(), Outcome::new(Some(503), "hold_full"));
                 }
             };

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use twilio_repair_proxy::emulator::{self, EmulatorConfig};
+use twilio_emulator::{self as emulator, EmulatorConfig};
 
 const SID: &str = emulator::DEFAULT_ACCOUNT_SID;
 const TOKEN: &str = emulator::DEFAULT_AUTH_TOKEN;

@@ -219,7 +219,7 @@ impl FaultRule {
             }
         }
         if let Some(sid) = &self.account_sid {
-            if !super::model::is_sid(sid, "AC") {
+            if !twilio_wire::is_sid(sid, "AC") {
                 return Err(format!(
                     "account_sid {sid:?} is not AC followed by 32 hex digits"
                 ));

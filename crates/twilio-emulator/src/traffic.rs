@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::model::Shared;
+use crate::model::Shared;
 
 /// Default bound of the requests held at once (`max_held_requests`).
 pub const DEFAULT_MAX_HELD_REQUESTS: usize = 256;

@@ -36,7 +36,7 @@
 //! settings and the injection rules apply to every account (a rule's
 //! optional `account_sid` narrows it to one).
 //!
-//! # Control API (no auth; the proxy never forwards `/__emulator/`)
+//! # Control API (no auth; the proxy's default `reserved_prefixes` keeps `/__emulator/` from being forwarded)
 //!
 //! | method + path | body | effect |
 //! |---|---|---|
@@ -154,6 +154,8 @@
 //! * Deleting the default service answers 409/20409.
 //! * `is_online`/`is_notifiable` are `false` on fetch and `null` elsewhere.
 //! * Creating a participant with a new `Identity` creates the User.
+
+#![forbid(unsafe_code)]
 
 mod accounts;
 mod api;
@@ -303,7 +305,7 @@ impl Default for EmulatorConfig {
 
 /// Invalid emulator configuration.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum EmulatorConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -335,13 +337,16 @@ impl EmulatorConfig {
     pub fn from_args(args: &EmulatorArgs) -> anyhow::Result<Self> {
         let mut config = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<EmulatorConfig>(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| EmulatorConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str::<EmulatorConfig>(&text).map_err(|source| {
+                    EmulatorConfigError::Parse {
+                        path: path.clone(),
+                        source,
+                    }
                 })?
             }
             None => EmulatorConfig::default(),
@@ -360,37 +365,37 @@ impl EmulatorConfig {
     }
 
     /// Check every setting ([`router`] skips invalid fault settings instead).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !model::is_sid(&self.account_sid, "AC") {
-            return Err(ConfigError::AccountSid);
+    pub fn validate(&self) -> Result<(), EmulatorConfigError> {
+        if !twilio_wire::is_sid(&self.account_sid, "AC") {
+            return Err(EmulatorConfigError::AccountSid);
         }
         if self.auth_token.is_empty() || !self.auth_token.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(ConfigError::AuthToken);
+            return Err(EmulatorConfigError::AuthToken);
         }
         match (&self.api_key_sid, &self.api_key_secret) {
             (None, None) => {}
             (Some(sid), Some(secret)) if sid.starts_with("SK") && !secret.is_empty() => {}
-            _ => return Err(ConfigError::ApiKey),
+            _ => return Err(EmulatorConfigError::ApiKey),
         }
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
-            return Err(ConfigError::PublicUrl);
+            return Err(EmulatorConfigError::PublicUrl);
         }
         if !(1..=MAX_HELD_REQUESTS_LIMIT).contains(&self.max_held_requests) {
-            return Err(ConfigError::MaxHeldRequests);
+            return Err(EmulatorConfigError::MaxHeldRequests);
         }
         let all = self.accounts();
         for (index, creds) in self.extra_accounts.iter().enumerate() {
             // Index 0 of `all` is the configured account, checked above.
             creds
                 .check_joins(all[..=index].iter(), index + 1)
-                .map_err(|source| ConfigError::ExtraAccount { index, source })?;
+                .map_err(|source| EmulatorConfigError::ExtraAccount { index, source })?;
         }
         self.participant_fault()
             .compile()
-            .map_err(ConfigError::Fault)?;
+            .map_err(EmulatorConfigError::Fault)?;
         for rule in &self.faults {
-            rule.compile().map_err(ConfigError::Fault)?;
+            rule.compile().map_err(EmulatorConfigError::Fault)?;
         }
         Ok(())
     }
@@ -473,6 +478,12 @@ fn app(shared: Arc<model::Shared>) -> Router {
 }
 
 /// Serve the emulator on `listener` until `shutdown` resolves.
+///
+/// Its own accept loop, not the proxy's (`twilio_repair_proxy::server`): an
+/// injected fault must be able to close a connection without any answer
+/// ([`DropConnection`]), which the proxy's loop, built for bounded,
+/// never-failing services, does not allow; and the emulator wants none of its
+/// connection limits and watchdogs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: EmulatorConfig,
@@ -538,6 +549,8 @@ pub async fn serve(
 /// `twilio-repair-proxy emulator`: bind, log, serve until Ctrl-C or SIGTERM.
 pub async fn main(args: EmulatorArgs) -> anyhow::Result<()> {
     // Logging to stderr unless the caller already installed a subscriber.
+    // Not the proxy's `telemetry::init`: that one is driven by the proxy's
+    // configuration (`log.format`, `log.level`), which the emulator has not.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -558,30 +571,7 @@ pub async fn main(args: EmulatorArgs) -> anyhow::Result<()> {
         fault_mode = ?config.fault_mode,
         "Twilio Conversations emulator listening (control API under /__emulator/)"
     );
-    serve(listener, config, shutdown_signal()).await?;
+    serve(listener, config, twilio_wire::shutdown_signal()).await?;
     tracing::info!("emulator stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
