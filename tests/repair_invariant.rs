@@ -1315,3 +1315,77 @@ async fn a_bare_user_made_in_the_gap_is_put_back_in_place() {
 async fn a_bare_user_made_in_the_gap_in_a_conversation_to_restore_is_put_back_in_place() {
     bare_user_made_in_the_gap(Gap::OtherMembership).await;
 }
+
+// ---------------------------------------------------------------------------
+// 6. The fence across replicas while the snapshot is taken.
+// ---------------------------------------------------------------------------
+
+/// Replica A holds the identity's lock and is reading the snapshot (its
+/// journal record does not exist yet). A User update for the identity on
+/// replica B must wait for A's repair: forwarded at once, it would land
+/// before A's delete and be lost to A's recreate from the older snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repair() {
+    if std::env::var("TRP_TEST_PG_URL").is_err() {
+        eprintln!("skipped: TRP_TEST_PG_URL is unset (run under scripts/test.sh)");
+        return;
+    }
+    let emu = invariant_emulator().await;
+    let b = Scene::new(&emu)
+        .user("kim")
+        .friendly("Kim K")
+        .attributes(r#"{"vip":true}"#)
+        .member_of_others(1)
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let store = fresh_pg_database().await;
+    let mut c1 = invariant_config(&emu);
+    c1.store = store.clone();
+    let mut c2 = invariant_config(&emu);
+    c2.store = store;
+    let a = start_proxy(c1).await;
+    let other = start_proxy(c2).await;
+    // Park A's snapshot after it has read the User, before its journal
+    // record exists.
+    let hold = emu
+        .add_rule_id(
+            json!({"method": "GET", "path": "/Users/kim/Conversations", "times": 1,
+            "action": {"kind": "hold"}}),
+        )
+        .await;
+    let caller = create(&emu, &b, a.addr, &b.targets[0]);
+    let rename = async {
+        emu.wait_held(1).await;
+        let update = reqwest::Client::new()
+            .post(format!("http://{}{}", other.addr, b.user_path()))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&[("FriendlyName", "Kim Renamed")])
+            .send();
+        let release = async {
+            // Let the update reach replica B before A goes on.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            emu.release_rule(hold).await
+        };
+        let (update, released) = tokio::join!(update, release);
+        assert_eq!(released, 1);
+        update.unwrap().status().as_u16()
+    };
+    let (answer, renamed) = tokio::join!(caller, rename);
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(renamed, 200);
+    let (s, user) = probe(&emu, &b.user_path()).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        user["friendly_name"], "Kim Renamed",
+        "the update made during the repair was kept: {user}"
+    );
+    assert_eq!(user["attributes"], r#"{"vip":true}"#, "{user}");
+    for (ch, attributes) in &b.others {
+        let (s, p) = probe(&emu, &b.participant(ch)).await;
+        assert_eq!(s, 200, "membership {ch} back");
+        assert_eq!(p["attributes"], attributes.as_str());
+    }
+    a.stop().await;
+    other.stop().await;
+}

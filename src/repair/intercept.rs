@@ -215,9 +215,22 @@ impl Repairer {
         let (identity, auth) = (identity.to_string(), auth.cloned());
         let wait = self.tasks.spawn_on(
             async move {
-                me.locks.fence().wait_live(&identity, deadline).await;
-                me.recover_identity(&identity, auth.as_ref(), deadline)
-                    .await;
+                loop {
+                    me.locks.fence().wait_live(&identity, deadline).await;
+                    me.recover_identity(&identity, auth.as_ref(), deadline)
+                        .await;
+                    // Another replica's repair may still hold its fence row
+                    // (it has not journaled its snapshot yet), or keep a
+                    // record open this caller may not finish: poll until it
+                    // lets go, within the deadline.
+                    if !me.store.shared()
+                        || matches!(me.store.has_open_repair(&identity).await, Ok(false))
+                        || Instant::now() + super::lock::LOCK_POLL_INTERVAL >= deadline
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(super::lock::LOCK_POLL_INTERVAL).await;
+                }
             },
             &self.rt,
         );

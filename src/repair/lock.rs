@@ -129,6 +129,60 @@ impl Locks {
     }
 }
 
+/// The cross-replica half of a live repair's fence: a row in the shared
+/// journal naming the identity, raised as soon as the repair holds the
+/// lock (before its journal record exists, while it reads the snapshot),
+/// and lowered when this guard drops. A holder that dies leaves a row that
+/// stops counting at its `until` (the workflow deadline).
+pub struct SharedFence {
+    store: Arc<dyn Store>,
+    id: i64,
+}
+
+impl SharedFence {
+    /// Raise the fence if the store is shared; `None` otherwise (this
+    /// process's own fence is all the exclusion an unshared store needs).
+    pub async fn raise(
+        store: &Arc<dyn Store>,
+        identity: &str,
+        deadline: Instant,
+    ) -> Option<SharedFence> {
+        if !store.shared() {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let until = time::OffsetDateTime::now_utc()
+            + time::Duration::try_from(left).unwrap_or(time::Duration::ZERO)
+            + time::Duration::seconds(1);
+        match store
+            .raise_fence(identity, &crate::store::rfc3339(until))
+            .await
+        {
+            Ok(id) => Some(SharedFence {
+                store: store.clone(),
+                id,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot raise the shared fence; other replicas see the repair once it is journaled");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SharedFence {
+    fn drop(&mut self) {
+        let (store, id) = (self.store.clone(), self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.lower_fence(id).await {
+                    tracing::warn!(error = %e, "cannot lower the shared fence; it lapses at its deadline");
+                }
+            });
+        }
+    }
+}
+
 /// Identities under repair in this process (by live repairs and by open
 /// journal records), with a signal when one is let go.
 #[derive(Default)]

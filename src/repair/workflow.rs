@@ -14,7 +14,7 @@
 
 use super::check::{self, Conversation, Landed, Posted};
 use super::credential::{self, Acting};
-use super::lock::{KeyLock, LockError, RepairKey};
+use super::lock::{KeyLock, LockError, RepairKey, SharedFence};
 use super::request::Who;
 use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal, RepairTarget};
@@ -68,6 +68,7 @@ impl Workflow<'_> {
         })?;
         self.allowed(&conv, identity).await?;
         let _lock = self.lock(&conv, identity).await?;
+        let _fence = SharedFence::raise(&self.rep.store, identity, self.api().deadline()).await;
         self.retry_create(who).await?;
         let repaired = self.repair_user(&conv, identity).await?;
         Ok(self.replay(who, repaired).await)

@@ -38,6 +38,11 @@ pub(crate) const SQLITE: &[File] = &[
         "health",
         include_str!("../../migrations/sqlite/0002_health.sql"),
     ),
+    (
+        3,
+        "fences",
+        include_str!("../../migrations/sqlite/0003_fences.sql"),
+    ),
 ];
 
 /// The PostgreSQL journal's migrations, in order.
@@ -51,6 +56,11 @@ pub(crate) const POSTGRES: &[File] = &[
         2,
         "health",
         include_str!("../../migrations/postgres/0002_health.sql"),
+    ),
+    (
+        3,
+        "fences",
+        include_str!("../../migrations/postgres/0003_fences.sql"),
     ),
 ];
 

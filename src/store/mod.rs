@@ -170,8 +170,9 @@ pub trait Store: Send + Sync {
     /// a write to its `health` row and, for SQLite, the file still being
     /// the one opened at start-up.
     fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Whether an open repair record (see [`RepairState::is_open`]) names
-    /// this identity: the cross-replica half of the repair fence.
+    /// Whether an open repair record (see [`RepairState::is_open`]) or a
+    /// live fence row names this identity: the cross-replica half of the
+    /// repair fence.
     fn has_open_repair<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Whether several proxy processes share this store (a fleet).
     fn shared(&self) -> bool {
@@ -184,6 +185,18 @@ pub trait Store: Send + Sync {
         _key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Box<dyn StoreLock>>, StoreError>> {
         Box::pin(async { Ok(Some(Box::new(LocalLock) as Box<dyn StoreLock>)) })
+    }
+    /// Fence an identity for other replicas until `until` (RFC 3339) or
+    /// until [`Store::lower_fence`]; only called when [`Store::shared`].
+    fn raise_fence<'a>(
+        &'a self,
+        _identity: &'a str,
+        _until: &'a str,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
+    fn lower_fence(&self, _id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
     }
     fn get_repair(&self, id: i64) -> BoxFuture<'_, Result<Option<RepairRecord>, StoreError>>;
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>>;

@@ -122,8 +122,51 @@ where
             for s in states {
                 q = q.bind(s);
             }
-            let n = q.fetch_one(&self.pool).await?;
-            Ok(n > 0)
+            if q.fetch_one(&self.pool).await? > 0 {
+                return Ok(true);
+            }
+            let fenced: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM fences WHERE identity = $1 AND until > $2",
+            )
+            .bind(identity)
+            .bind(now_rfc3339())
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(fenced > 0)
+        })
+    }
+
+    fn raise_fence<'a>(
+        &'a self,
+        identity: &'a str,
+        until: &'a str,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            self.write()?;
+            // Rows whose holder died are only clutter past their `until`.
+            sqlx::query("DELETE FROM fences WHERE until <= $1")
+                .bind(now_rfc3339())
+                .execute(&self.pool)
+                .await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO fences (identity, until) VALUES ($1, $2) RETURNING id",
+            )
+            .bind(identity)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(id)
+        })
+    }
+
+    fn lower_fence(&self, id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write()?;
+            sqlx::query("DELETE FROM fences WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
         })
     }
 
