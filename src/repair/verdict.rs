@@ -6,9 +6,10 @@
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::lock::LockError;
 use super::request::CreatePath;
 use crate::routing::Origin;
-use crate::store::Outcome;
+use crate::store::{Incident, Outcome, StepRecord, now_rfc3339};
 use crate::twilio_api::ApiResponse;
 
 /// What the caller is answered.
@@ -60,5 +61,52 @@ impl CreateRequest {
             .get("x-twilio-webhook-enabled")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
+    }
+}
+
+impl From<LockError> for Verdict {
+    /// A lock that cannot be had: a timeout fails the create; a store that
+    /// cannot lock makes the workflow check-only.
+    fn from(e: LockError) -> Verdict {
+        match e {
+            LockError::Timeout => Verdict::failed(e),
+            LockError::Store(e) => {
+                tracing::warn!(error = %e, "store unavailable: running check-only");
+                Verdict::original(
+                    Outcome::Disabled,
+                    Some("store unavailable: check-only, the User was not touched".into()),
+                )
+            }
+        }
+    }
+}
+
+impl CreateRequest {
+    /// The incident of this create: what the verdict says, the identity as
+    /// it may be recorded, the conversation's (account, service) once read,
+    /// and every step's record.
+    pub fn incident(
+        &self,
+        verdict: &Verdict,
+        identity: Option<String>,
+        conversation: Option<(String, String)>,
+        steps: Vec<StepRecord>,
+    ) -> Incident {
+        let (account_sid, service_sid) = match conversation {
+            Some((account, service)) => (Some(account), Some(service)),
+            None => (None, self.path.service_sid.clone()),
+        };
+        Incident {
+            id: 0,
+            at: now_rfc3339(),
+            account_sid,
+            service_sid,
+            conversation_sid: self.path.conversation.clone(),
+            identity,
+            outcome: verdict.outcome,
+            detail: verdict.detail.clone(),
+            repair_id: verdict.repair_id,
+            steps,
+        }
     }
 }

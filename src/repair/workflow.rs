@@ -14,13 +14,13 @@
 
 use super::check::{self, Conversation, Landed, Posted};
 use super::credential::{self, Acting};
-use super::lock::{KeyLock, LockError, RepairKey, SharedFence};
+use super::lock::{KeyLock, RepairKey, SharedFence};
 use super::request::Who;
 use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal, RepairTarget};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
-use crate::store::{Incident, NewRepair, Outcome, RepairState, StepRecord, now_rfc3339};
+use crate::store::{NewRepair, Outcome, RepairState, StepRecord};
 use crate::twilio_api::ApiResponse;
 
 /// The User is back (and, when `complete`, every membership too).
@@ -144,22 +144,8 @@ impl Workflow<'_> {
             identity: identity.to_string(),
         };
         let deadline = self.api().deadline();
-        let lock = match self
-            .rep
-            .locks
-            .acquire(self.rep.store.as_ref(), &key, deadline)
-            .await
-        {
-            Ok(l) => l,
-            Err(LockError::Timeout) => return Err(Verdict::failed(LockError::Timeout)),
-            Err(LockError::Store(e)) => {
-                tracing::warn!(error = %e, "store unavailable: running check-only");
-                return Err(Verdict::original(
-                    Outcome::Disabled,
-                    Some("store unavailable: check-only, the User was not touched".into()),
-                ));
-            }
-        };
+        let store = self.rep.store.as_ref();
+        let lock = self.rep.locks.acquire(store, &key, deadline).await?;
         let caller = self.req.headers.get(http::header::AUTHORIZATION).cloned();
         if !self
             .rep
@@ -251,26 +237,23 @@ impl Workflow<'_> {
             Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
                 Err(with_id(Verdict::failed(e)))
             }
-            Err(e @ ConvergeError::Memberships { .. }) => {
-                self.rep
-                    .after_unfinished(repair_id, &e, acting, &mut journal)
-                    .await;
-                Ok(Repaired {
-                    repair_id,
-                    complete: false,
-                    journal_lost: journal.lost,
-                    detail: Some(format!(
-                        "{e}; journal record {repair_id} stays open and is completed in the background"
-                    )),
-                })
-            }
             Err(e) => {
                 self.rep
                     .after_unfinished(repair_id, &e, acting, &mut journal)
                     .await;
-                Err(with_id(Verdict::failed(format!(
+                let detail = format!(
                     "{e}; journal record {repair_id} stays open and is completed in the background"
-                ))))
+                );
+                match e {
+                    // The User is back: the caller's create may go ahead.
+                    ConvergeError::Memberships { .. } => Ok(Repaired {
+                        repair_id,
+                        complete: false,
+                        journal_lost: journal.lost,
+                        detail: Some(detail),
+                    }),
+                    _ => Err(with_id(Verdict::failed(detail))),
+                }
             }
         }
     }
@@ -351,21 +334,11 @@ impl Workflow<'_> {
         if let Some(api) = self.api.as_mut() {
             self.steps.append(&mut api.steps);
         }
-        let incident = Incident {
-            id: 0,
-            at: now_rfc3339(),
-            account_sid: self.conversation.as_ref().map(|c| c.0.clone()),
-            service_sid: match &self.conversation {
-                Some((_, service)) => Some(service.clone()),
-                None => self.req.path.service_sid.clone(),
-            },
-            conversation_sid: self.req.path.conversation.clone(),
-            identity: who.map(|w| self.rep.record_identity(w.label())),
-            outcome: verdict.outcome,
-            detail: verdict.detail.clone(),
-            repair_id: verdict.repair_id,
-            steps: std::mem::take(&mut self.steps),
-        };
+        let identity = who.map(|w| self.rep.record_identity(w.label()));
+        let steps = std::mem::take(&mut self.steps);
+        let incident = self
+            .req
+            .incident(&verdict, identity, self.conversation.take(), steps);
         self.rep.record_incident(incident).await;
         verdict
     }
