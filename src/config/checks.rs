@@ -239,7 +239,7 @@ pub(super) fn check_ranges(v: &Value, path: &str, key: &str) -> Result<(), Confi
             let Some((min, max)) = range_of(key) else {
                 return Err(invalid(
                     path,
-                    "has no allowed range (add it to RANGES in src/config.rs and document it in config/default.toml)",
+                    "has no allowed range (add it to RANGES in src/config/checks.rs and document it in config/default.toml)",
                 ));
             };
             if !(min..=max).contains(n) {
