@@ -14,7 +14,9 @@
 //! - [`policy`]: modes, service lists, the loop guard.
 //! - [`lock`]: the per-identity repair lock and the fence.
 //! - [`credential`]: whose credential acts, and the tenancy rule.
-//! - [`user`]: snapshot, and the convergent delete / recreate / restore.
+//! - [`user`]: the convergent delete / recreate / restore.
+//! - [`snapshot`]: reading the User and its memberships before anything is
+//!   touched; [`journal`]: a repair's write-ahead state changes.
 //! - [`step`]: one Twilio call with its success and retry rules.
 //! - [`recovery`]: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
@@ -30,10 +32,12 @@
 pub mod check;
 pub mod credential;
 pub mod intercept;
+pub mod journal;
 pub mod lock;
 pub mod policy;
 pub mod recovery;
 pub mod request;
+pub mod snapshot;
 pub mod step;
 pub mod user;
 pub mod verdict;

@@ -35,8 +35,8 @@ use crate::metrics::Metrics;
 use crate::store::{Membership, NewRepair, RepairState, Store, StoreError, UserSnapshot};
 use crate::twilio_api::{encode_segment, form};
 
-/// Most pages of User Conversations read for the snapshot.
-pub const MAX_MEMBERSHIP_PAGES: usize = 20;
+pub use super::journal::Journal;
+pub use super::snapshot::{MAX_MEMBERSHIP_PAGES, SnapshotError, snapshot};
 
 /// Which User to repair, and where.
 #[derive(Debug, Clone)]
@@ -49,21 +49,6 @@ pub struct RepairTarget {
     /// The conversation whose create is being repaired (not restored here:
     /// the replayed create puts the participant there).
     pub exclude_conversation: Option<String>,
-}
-
-/// Why the snapshot could not be taken (nothing was touched).
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("cannot read the User before repairing: {0}")]
-    Step(#[from] StepError),
-    #[error(
-        "cannot read the User before repairing: {0} answered a body that is not the expected JSON"
-    )]
-    Body(StepKind),
-    #[error(
-        "cannot read the User before repairing: more than {MAX_MEMBERSHIP_PAGES} pages of User Conversations"
-    )]
-    TooManyPages,
 }
 
 /// Why a repair did not converge (yet).
@@ -100,7 +85,7 @@ impl ConvergeError {
     }
 }
 
-fn str_field(v: &serde_json::Value, k: &str) -> Option<String> {
+pub(super) fn str_field(v: &serde_json::Value, k: &str) -> Option<String> {
     v.get(k).and_then(|x| x.as_str()).map(str::to_string)
 }
 
@@ -143,133 +128,6 @@ fn membership_matches(identity: &str, m: &Membership, v: &serde_json::Value) -> 
     str_field(v, "identity").as_deref() == Some(identity)
         && field_matches(&m.attributes, str_field(v, "attributes"), true)
         && field_matches(&m.role_sid, str_field(v, "role_sid"), false)
-}
-
-/// Read the User and its memberships.
-pub async fn snapshot(api: &mut Api, target: &RepairTarget) -> Result<UserSnapshot, SnapshotError> {
-    let user_path = user_path(&target.service_base, &target.identity);
-    let r = api.step(StepKind::FetchUser, &user_path, None).await?;
-    if r.status == StatusCode::NOT_FOUND {
-        return Ok(UserSnapshot {
-            user_sid: None,
-            identity: target.identity.clone(),
-            friendly_name: None,
-            attributes: None,
-            role_sid: None,
-            memberships: Vec::new(),
-        });
-    }
-    let user = r
-        .json()
-        .filter(|v| str_field(v, "identity").as_deref() == Some(target.identity.as_str()))
-        .ok_or(SnapshotError::Body(StepKind::FetchUser))?;
-    let mut memberships = Vec::new();
-    let mut next = Some(format!("{user_path}/Conversations?PageSize=50"));
-    let mut pages = 0;
-    while let Some(path) = next.take() {
-        pages += 1;
-        if pages > MAX_MEMBERSHIP_PAGES {
-            return Err(SnapshotError::TooManyPages);
-        }
-        let r = api
-            .step(StepKind::ListUserConversations, &path, None)
-            .await?;
-        let page = r
-            .json()
-            .ok_or(SnapshotError::Body(StepKind::ListUserConversations))?;
-        for c in page
-            .get("conversations")
-            .and_then(|l| l.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let Some(conversation_sid) = str_field(c, "conversation_sid") else {
-                continue;
-            };
-            if target.exclude_conversation.as_deref() == Some(conversation_sid.as_str()) {
-                continue;
-            }
-            let participant_sid = str_field(c, "participant_sid");
-            let mut m = Membership {
-                conversation_sid: conversation_sid.clone(),
-                participant_sid: participant_sid.clone(),
-                attributes: None,
-                role_sid: None,
-                date_created: None,
-            };
-            if let Some(mb) = &participant_sid {
-                let p = api
-                    .step(
-                        StepKind::FetchMembership,
-                        &format!(
-                            "{}/Conversations/{}/Participants/{}",
-                            target.service_base,
-                            encode_segment(&conversation_sid),
-                            encode_segment(mb)
-                        ),
-                        None,
-                    )
-                    .await?;
-                let v = p
-                    .json()
-                    .ok_or(SnapshotError::Body(StepKind::FetchMembership))?;
-                m.attributes = str_field(&v, "attributes");
-                m.role_sid = str_field(&v, "role_sid");
-                m.date_created = str_field(&v, "date_created");
-            }
-            memberships.push(m);
-        }
-        next = page
-            .pointer("/meta/next_page_url")
-            .and_then(|u| u.as_str())
-            .and_then(|u| u.parse::<http::Uri>().ok())
-            .and_then(|u| u.path_and_query().map(|pq| pq.as_str().to_string()));
-    }
-    Ok(UserSnapshot {
-        user_sid: str_field(&user, "sid"),
-        identity: target.identity.clone(),
-        friendly_name: str_field(&user, "friendly_name"),
-        attributes: str_field(&user, "attributes"),
-        role_sid: str_field(&user, "role_sid"),
-        memberships,
-    })
-}
-
-/// The journal of one repair: write-ahead state changes that never stop
-/// the repair. With the snapshot in memory, a journal that fails after
-/// the delete (disk full, file gone, database down) must not leave the
-/// User deleted: the write is logged as lost, counted, and the repair goes
-/// on; readiness reports the journal down through its own write probe.
-pub struct Journal<'a> {
-    store: &'a dyn Store,
-    metrics: &'a Metrics,
-    pub id: i64,
-    /// A state change did not reach the journal.
-    pub lost: bool,
-}
-
-impl<'a> Journal<'a> {
-    pub fn new(store: &'a dyn Store, metrics: &'a Metrics, id: i64) -> Self {
-        Journal {
-            store,
-            metrics,
-            id,
-            lost: false,
-        }
-    }
-
-    pub async fn set(&mut self, state: RepairState, note: Option<&str>) {
-        if let Err(e) = self.store.set_repair_state(self.id, state, note).await {
-            self.lost = true;
-            self.metrics.journal_write_failed();
-            tracing::error!(
-                repair_id = self.id,
-                state = %state,
-                error = %e,
-                "journal write failed; the repair goes on from the snapshot in memory"
-            );
-        }
-    }
 }
 
 /// Capped exponential waits between read-back rounds, bounded by a limit.
