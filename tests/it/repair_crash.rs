@@ -2,11 +2,9 @@
 //! journal brings the User back once the proxy runs again, with the
 //! operator's repair credential at start-up, or with the first caller's.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use twilio_repair_proxy::emulator::FaultMode;
 
 struct Scene {
