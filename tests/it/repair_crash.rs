@@ -197,7 +197,7 @@ async fn kill_between_delete_and_recreate_then_first_caller_restores() {
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 1, "{pending}");
     assert_eq!(pending["repairs"][0]["identity"], "kim");
     // The snapshot (friendly name, attributes) is journaled but not shown
-    // without an operator's token and `?include=snapshot` (tests/admin.rs).
+    // without an operator's token and `?include=snapshot` (tests/it/admin.rs).
     assert!(pending["repairs"][0].get("snapshot").is_none(), "{pending}");
     let journal = serde_json::to_string(&pending).unwrap();
     assert!(!journal.contains(TOKEN), "the journal holds a secret");
