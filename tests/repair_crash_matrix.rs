@@ -18,6 +18,10 @@
 //! that step's request: the request is parked, the proxy is killed, then the
 //! request is released and processed (or, in some loop rounds, dropped
 //! unprocessed) as a request already on the wire would be.
+//!
+//! Its own test binary, not a module of `tests/it`: one scenario
+//! (`postgres_stopped_mid_repair_...`) stops the shared PostgreSQL test
+//! cluster, which no other test may use meanwhile.
 
 mod common;
 

@@ -1,13 +1,11 @@
 //! The transparent proxy core, over real sockets on 127.0.0.1: what the
 //! upstream receives, what the client gets back, and how failures look.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::Full;
 use hyper::Response;
 

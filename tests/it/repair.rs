@@ -2,9 +2,7 @@
 //! Every test counts the exact upstream calls in the emulator's request log.
 //! The whole suite runs once per journal store (SQLite and PostgreSQL).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use twilio_repair_proxy::config::RepairMode;
 use twilio_repair_proxy::emulator::FaultMode;
 

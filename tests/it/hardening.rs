@@ -4,14 +4,12 @@
 //! timeout is configured short and every wall-clock assertion is a generous
 //! "it did not hang" bound.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use twilio_repair_proxy::config::Config;

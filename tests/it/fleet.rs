@@ -1,11 +1,9 @@
 //! A fleet: three proxy processes sharing one PostgreSQL journal and one
 //! emulator (the sidecar-per-pod deployment).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use twilio_repair_proxy::emulator::FaultMode;
 
 fn count(log: &[serde_json::Value], method: &str, suffix: &str, status: Option<u64>) -> usize {

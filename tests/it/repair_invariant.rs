@@ -28,12 +28,10 @@
 //! runs 16 cells at a time. Without `TRP_TEST_PG_URL` (set by
 //! `scripts/test.sh`) the PostgreSQL variant says so and returns.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use twilio_repair_proxy::config::Config;

@@ -4,11 +4,9 @@
 //! (friendly names, attributes) shown only to an authenticated operator who
 //! asks for them.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use sha2::Digest;
 use twilio_repair_proxy::config::{Config, Overrides};
 use twilio_repair_proxy::store::{

@@ -15,13 +15,11 @@
 //! proxy, `meta.next_page_url` still names the emulator (no link rewriting
 //! yet), so page 2 onward would bypass the proxy.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use twilio_repair_proxy::emulator::{EmulatorConfig, FaultMode};
 

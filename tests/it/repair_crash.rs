@@ -2,11 +2,9 @@
 //! journal brings the User back once the proxy runs again, with the
 //! operator's repair credential at start-up, or with the first caller's.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use twilio_repair_proxy::emulator::FaultMode;
 
 struct Scene {
@@ -199,7 +197,7 @@ async fn kill_between_delete_and_recreate_then_first_caller_restores() {
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 1, "{pending}");
     assert_eq!(pending["repairs"][0]["identity"], "kim");
     // The snapshot (friendly name, attributes) is journaled but not shown
-    // without an operator's token and `?include=snapshot` (tests/admin.rs).
+    // without an operator's token and `?include=snapshot` (tests/it/admin.rs).
     assert!(pending["repairs"][0].get("snapshot").is_none(), "{pending}");
     let journal = serde_json::to_string(&pending).unwrap();
     assert!(!journal.contains(TOKEN), "the journal holds a secret");

@@ -6,12 +6,10 @@
 //! emulator's own request log or from a recording fake Twilio: which
 //! requests were made, with which account, and what the caller got back.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use twilio_repair_proxy::emulator::{AccountConfig, FaultMode};
