@@ -67,7 +67,9 @@ exec $AS_PG "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -o "-p $PG_PO
 CTL
 chmod +x "$PG_DIR/ctl.sh"
 $AS_PG "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >/dev/null
-"$PG_DIR/ctl.sh" start >/dev/null
+# No fd of ours (fd 3 is the caller's stdout) stays open in the server, so
+# `eval "$(bash scripts/test-setup.sh)"` returns.
+"$PG_DIR/ctl.sh" start >/dev/null 2>&1 </dev/null 3>&-
 trap - ERR
 env_line TRP_TEST_PG_URL "postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 env_line TRP_TEST_PG_CTL "$PG_DIR/ctl.sh"
