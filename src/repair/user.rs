@@ -144,10 +144,11 @@ impl Backoff {
             max: p.max_backoff,
         }
     }
-    /// Wait, or fail with `err` when the wait would pass `limit`.
-    async fn wait(&mut self, limit: Instant, err: StepError) -> Result<(), StepError> {
+    /// Wait before `step` is tried again, or fail with the deadline when
+    /// the wait would pass `limit`.
+    async fn wait(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
         if Instant::now() + self.next >= limit {
-            return Err(err);
+            return Err(StepError::Deadline { step });
         }
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(self.max);
@@ -258,14 +259,7 @@ pub async fn ensure_deleted(
             // 204: deleted now; 404: that SID is gone already.
             Ok(_) => return Ok(()),
             Err(e) if e.is_transient() => {
-                backoff
-                    .wait(
-                        api.deadline(),
-                        StepError::Deadline {
-                            step: StepKind::DeleteUser,
-                        },
-                    )
-                    .await?
+                backoff.wait(api.deadline(), StepKind::DeleteUser).await?
             }
             Err(e) => return Err(e),
         }
@@ -310,26 +304,12 @@ pub async fn ensure_user(
                 Ok(r) => match r.json().filter(|v| str_field(v, "sid").is_some()) {
                     Some(v) => Some(v),
                     None => {
-                        backoff
-                            .wait(
-                                deadline,
-                                StepError::Deadline {
-                                    step: StepKind::FetchUser,
-                                },
-                            )
-                            .await?;
+                        backoff.wait(deadline, StepKind::FetchUser).await?;
                         continue;
                     }
                 },
                 Err(e) if e.is_transient() => {
-                    backoff
-                        .wait(
-                            deadline,
-                            StepError::Deadline {
-                                step: StepKind::FetchUser,
-                            },
-                        )
-                        .await?;
+                    backoff.wait(deadline, StepKind::FetchUser).await?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -347,41 +327,15 @@ pub async fn ensure_user(
                     }
                     // Read it back and put the fields right.
                 }
-                // 409: someone made one meanwhile; read it (after a pause,
-                // so a 409-then-404 flip-flop cannot spin).
-                Ok(_) => {
-                    backoff
-                        .wait(
-                            deadline,
-                            StepError::Deadline {
-                                step: StepKind::CreateUser,
-                            },
-                        )
-                        .await?
-                }
-                Err(e) if e.is_transient() => {
-                    backoff
-                        .wait(
-                            deadline,
-                            StepError::Deadline {
-                                step: StepKind::CreateUser,
-                            },
-                        )
-                        .await?
-                }
-                Err(e) => return Err(e),
+                Err(e) if !e.is_transient() => return Err(e),
+                // 409 (someone made one meanwhile) or unsure: read it after
+                // a pause, so a 409-then-404 flip-flop cannot spin.
+                _ => backoff.wait(deadline, StepKind::CreateUser).await?,
             },
             Some(v) if str_field(&v, "sid") == snap.user_sid => {
                 // The original User: our delete has not landed.
                 ensure_deleted(api, target, snap).await?;
-                backoff
-                    .wait(
-                        deadline,
-                        StepError::Deadline {
-                            step: StepKind::DeleteUser,
-                        },
-                    )
-                    .await?;
+                backoff.wait(deadline, StepKind::DeleteUser).await?;
             }
             Some(v) if user_matches(snap, &v) => return Ok(()),
             Some(v) => {
@@ -395,27 +349,9 @@ pub async fn ensure_user(
                     .await
                 {
                     Ok(r) if r.json().is_some_and(|v| user_matches(snap, &v)) => return Ok(()),
-                    Ok(_) => {
-                        backoff
-                            .wait(
-                                deadline,
-                                StepError::Deadline {
-                                    step: StepKind::UpdateUser,
-                                },
-                            )
-                            .await?
-                    }
-                    Err(e) if e.is_transient() => {
-                        backoff
-                            .wait(
-                                deadline,
-                                StepError::Deadline {
-                                    step: StepKind::UpdateUser,
-                                },
-                            )
-                            .await?
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) if !e.is_transient() => return Err(e),
+                    // Not read back equal, or unsure: look again after a pause.
+                    _ => backoff.wait(deadline, StepKind::UpdateUser).await?,
                 }
             }
         }
@@ -439,13 +375,10 @@ pub async fn ensure_membership(
     let own = format!("{participants}/{}", encode_segment(&snap.identity));
     let mut backoff = Backoff::new(api);
     loop {
-        let wait_err = |step| StepError::Deadline { step };
         match api.step(StepKind::CheckMembership, &own, None).await {
             Ok(r) if r.status == StatusCode::OK => {
                 let Some(v) = r.json() else {
-                    backoff
-                        .wait(until, wait_err(StepKind::CheckMembership))
-                        .await?;
+                    backoff.wait(until, StepKind::CheckMembership).await?;
                     continue;
                 };
                 if membership_matches(&snap.identity, m, &v) {
@@ -473,17 +406,9 @@ pub async fn ensure_membership(
                     {
                         return Ok(());
                     }
-                    Ok(_) => {
-                        backoff
-                            .wait(until, wait_err(StepKind::UpdateMembership))
-                            .await?
-                    }
-                    Err(e) if e.is_transient() => {
-                        backoff
-                            .wait(until, wait_err(StepKind::UpdateMembership))
-                            .await?
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) if !e.is_transient() => return Err(e),
+                    // Not read back equal, or unsure: look again after a pause.
+                    _ => backoff.wait(until, StepKind::UpdateMembership).await?,
                 }
             }
             Ok(_) => {
@@ -514,11 +439,7 @@ pub async fn ensure_membership(
                         return Ok(());
                     }
                     // 409, or a 201 whose fields differ: read it back.
-                    Ok(_) => {
-                        backoff
-                            .wait(until, wait_err(StepKind::RestoreMembership))
-                            .await?
-                    }
+                    Ok(_) => backoff.wait(until, StepKind::RestoreMembership).await?,
                     Err(StepError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
                         // The conversation may be gone: nothing to restore.
                         let conv = format!(
@@ -532,23 +453,15 @@ pub async fn ensure_membership(
                                 return Ok(());
                             }
                         }
-                        backoff
-                            .wait(until, wait_err(StepKind::RestoreMembership))
-                            .await?
+                        backoff.wait(until, StepKind::RestoreMembership).await?
                     }
                     Err(e) if e.is_transient() => {
-                        backoff
-                            .wait(until, wait_err(StepKind::RestoreMembership))
-                            .await?
+                        backoff.wait(until, StepKind::RestoreMembership).await?
                     }
                     Err(e) => return Err(e),
                 }
             }
-            Err(e) if e.is_transient() => {
-                backoff
-                    .wait(until, wait_err(StepKind::CheckMembership))
-                    .await?
-            }
+            Err(e) if e.is_transient() => backoff.wait(until, StepKind::CheckMembership).await?,
             Err(e) => return Err(e),
         }
     }
