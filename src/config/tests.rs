@@ -1,4 +1,5 @@
-//! Tests of loading, layering (file, then `TRP_*` environment) and range checks of the settings.
+//! Tests of loading, layering (file, then `TRP_*` environment) and range checks
+//! of the settings.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Tests of the route table: every Conversations path class, the reserved prefixes, and property tests that no path panics or escapes its class.
+//! Tests of the route table: every Conversations path class, the reserved
+//! prefixes, and property tests that no path panics or escapes its class.
 
 use super::*;
 use http::HeaderValue;
