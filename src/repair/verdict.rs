@@ -4,12 +4,14 @@
 //! [`super::workflow`] (which reaches it).
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
+use super::check::Conversation;
 use super::lock::LockError;
 use super::request::CreatePath;
+use super::user::RepairTarget;
 use crate::routing::Origin;
-use crate::store::{Incident, Outcome, StepRecord, now_rfc3339};
+use crate::store::{Incident, NewRepair, Outcome, StepRecord, UserSnapshot, now_rfc3339};
 use crate::twilio_api::ApiResponse;
 
 /// What the caller is answered.
@@ -42,6 +44,20 @@ impl Verdict {
     pub fn failed(e: impl std::fmt::Display) -> Verdict {
         Verdict::original(Outcome::Failed, Some(e.to_string()))
     }
+    /// Twilio's answer after all (a participant found or created).
+    pub fn answered(answer: Answer, outcome: Outcome) -> Verdict {
+        Verdict {
+            answer,
+            outcome,
+            detail: None,
+            repair_id: None,
+        }
+    }
+    /// The same verdict, naming the journal record it left.
+    pub fn of_repair(mut self, repair_id: i64) -> Verdict {
+        self.repair_id = Some(repair_id);
+        self
+    }
 }
 
 /// One intercepted create: what it asked and where.
@@ -54,6 +70,41 @@ pub struct CreateRequest {
 }
 
 impl CreateRequest {
+    /// The caller's `Authorization` header, as sent.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.headers.get(http::header::AUTHORIZATION)
+    }
+
+    /// What a repair of `identity` in the conversation `conv` touches.
+    pub fn repair_target(&self, conv: &Conversation, identity: &str) -> RepairTarget {
+        RepairTarget {
+            account_sid: conv.account_sid.clone(),
+            service_base: self.path.service_base(),
+            service_sid: conv.service_sid.clone(),
+            identity: identity.to_string(),
+            exclude_conversation: Some(self.path.conversation.clone()),
+        }
+    }
+
+    /// The journal record of a repair of `target` by `credential_user`.
+    pub fn new_repair(
+        &self,
+        target: &RepairTarget,
+        credential_user: String,
+        snapshot: UserSnapshot,
+    ) -> NewRepair {
+        NewRepair {
+            account_sid: target.account_sid.clone(),
+            credential_user,
+            upstream: self.origin.as_string(),
+            service_base: target.service_base.clone(),
+            service_sid: target.service_sid.clone(),
+            identity: target.identity.clone(),
+            snapshot,
+            webhook: self.webhook(),
+        }
+    }
+
     /// The caller's `X-Twilio-Webhook-Enabled` choice, journaled so that
     /// recovery's calls carry it too.
     pub fn webhook(&self) -> Option<String> {

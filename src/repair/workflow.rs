@@ -17,10 +17,10 @@ use super::credential::{self, Acting};
 use super::lock::{KeyLock, RepairKey, SharedFence};
 use super::request::Who;
 use super::step::{Api, StepError, StepKind};
-use super::user::{self, ConvergeError, Journal, RepairTarget};
+use super::user::{self, ConvergeError, Journal};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
-use crate::store::{NewRepair, Outcome, RepairState, StepRecord};
+use crate::store::{Outcome, RepairState, StepRecord};
 use crate::twilio_api::ApiResponse;
 
 /// The User is back (and, when `complete`, every membership too).
@@ -89,10 +89,7 @@ impl Workflow<'_> {
     }
 
     fn caller_api(&self) -> Result<Api, Verdict> {
-        let auth = self
-            .req
-            .headers
-            .get(http::header::AUTHORIZATION)
+        let auth = (self.req.authorization())
             .ok_or_else(|| Verdict::failed("no credentials to check with"))?;
         Ok(self
             .rep
@@ -103,12 +100,7 @@ impl Workflow<'_> {
     async fn landed(&mut self, who: &Who, outcome: Outcome) -> Result<(), Verdict> {
         let path = self.req.path.clone();
         match check::participant(self.api(), &path, who).await {
-            Ok(Landed::Found(p)) => Err(Verdict {
-                answer: self.created_or_exists(p),
-                outcome,
-                detail: None,
-                repair_id: None,
-            }),
+            Ok(Landed::Found(p)) => Err(Verdict::answered(self.created_or_exists(p), outcome)),
             Ok(Landed::Missing) => Ok(()),
             Err(e) => Err(self.step_failed(e)),
         }
@@ -146,11 +138,11 @@ impl Workflow<'_> {
         let deadline = self.api().deadline();
         let store = self.rep.store.as_ref();
         let lock = self.rep.locks.acquire(store, &key, deadline).await?;
-        let caller = self.req.headers.get(http::header::AUTHORIZATION).cloned();
-        if !self
+        let caller = self.req.authorization().cloned();
+        if !(self
             .rep
-            .finish_open_records(&key, caller.as_ref(), deadline)
-            .await
+            .finish_open_records(&key, caller.as_ref(), deadline))
+        .await
         {
             return Err(Verdict::failed(
                 "an earlier repair of this identity is unfinished and could not be completed now",
@@ -162,12 +154,7 @@ impl Workflow<'_> {
     /// 6. Another request may have repaired meanwhile: create once more.
     async fn retry_create(&mut self, who: &Who) -> Result<(), Verdict> {
         match self.create(StepKind::RetryCreate, who).await {
-            Ok(Some(answer)) => Err(Verdict {
-                answer,
-                outcome: Outcome::Repaired,
-                detail: None,
-                repair_id: None,
-            }),
+            Ok(Some(answer)) => Err(Verdict::answered(answer, Outcome::Repaired)),
             Ok(None) => Ok(()),
             Err(e) => Err(self.step_failed(e)),
         }
@@ -179,35 +166,16 @@ impl Workflow<'_> {
         conv: &Conversation,
         identity: &str,
     ) -> Result<Repaired, Verdict> {
-        let caller = self
-            .req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .cloned()
-            .unwrap_or(http::HeaderValue::from_static(""));
+        let none = http::HeaderValue::from_static("");
+        let caller = self.req.authorization().unwrap_or(&none);
         let acting: Acting =
-            credential::for_repair(self.rep.credential.as_ref(), &caller, &conv.account_sid);
+            credential::for_repair(self.rep.credential.as_ref(), caller, &conv.account_sid);
         let mut api = self.api().with_authorization(acting.authorization.clone());
-        let target = RepairTarget {
-            account_sid: conv.account_sid.clone(),
-            service_base: self.req.path.service_base(),
-            service_sid: conv.service_sid.clone(),
-            identity: identity.to_string(),
-            exclude_conversation: Some(self.req.path.conversation.clone()),
-        };
+        let target = self.req.repair_target(conv, identity);
         let snap = user::snapshot(&mut api, &target).await;
         self.steps.append(&mut api.steps);
         let snap = snap.map_err(|e| Verdict::failed(format!("{e}; nothing was touched")))?;
-        let record = NewRepair {
-            account_sid: target.account_sid.clone(),
-            credential_user: acting.user.clone(),
-            upstream: self.req.origin.as_string(),
-            service_base: target.service_base.clone(),
-            service_sid: target.service_sid.clone(),
-            identity: target.identity.clone(),
-            snapshot: snap,
-            webhook: self.req.webhook(),
-        };
+        let record = self.req.new_repair(&target, acting.user.clone(), snap);
         let until = self.rep.memberships_until(api.deadline());
         let (store, metrics) = (self.rep.store.as_ref(), self.rep.metrics.as_ref());
         let journaled = user::journaled(&mut api, store, metrics, &record, &target, until).await;
@@ -220,22 +188,17 @@ impl Workflow<'_> {
         })?;
         let repair_id = journal.id;
         self.steps.append(&mut api.steps);
-        let lost = journal
-            .lost
-            .then_some("the journal lost a state change; the repair went on from memory");
-        let with_id = |mut v: Verdict| {
-            v.repair_id = Some(repair_id);
-            v
-        };
         match result {
             Ok(()) => Ok(Repaired {
                 repair_id,
                 complete: true,
-                detail: lost.map(str::to_string),
+                detail: (journal.lost).then(|| {
+                    "the journal lost a state change; the repair went on from memory".into()
+                }),
                 journal_lost: journal.lost,
             }),
             Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
-                Err(with_id(Verdict::failed(e)))
+                Err(Verdict::failed(e).of_repair(repair_id))
             }
             Err(e) => {
                 self.rep
@@ -252,7 +215,7 @@ impl Workflow<'_> {
                         journal_lost: journal.lost,
                         detail: Some(detail),
                     }),
-                    _ => Err(with_id(Verdict::failed(detail))),
+                    _ => Err(Verdict::failed(detail).of_repair(repair_id)),
                 }
             }
         }
