@@ -1,0 +1,367 @@
+//! Paused-time unit tests of the workflow's decisions and retries, against
+//! a scripted Twilio ([`FakeTwilio`]: a small model of Users, participants
+//! and the fault, plus one-shot faults per call) and an in-memory journal
+//! that can refuse writes on command ([`MemStore`]). They run in well under
+//! a second; the same behaviours over real sockets are in `tests/`.
+
+mod fake;
+
+use fake::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use tokio::time::Instant;
+
+use super::step::Exchange;
+use super::workflow::{self, Answer, CreateRequest};
+use super::{Repairer, RepairerParts};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routing::Origin;
+use crate::store::{NewRepair, Outcome, RepairState, Store};
+
+struct Bench {
+    fake: FakeTwilio,
+    store: Arc<MemStore>,
+    metrics: Arc<Metrics>,
+    rep: Arc<Repairer>,
+}
+
+fn bench(fake: FakeTwilio) -> Bench {
+    bench_with(fake, None)
+}
+
+/// With the operator repair credential for ACCOUNT.
+fn bench_operator(fake: FakeTwilio) -> Bench {
+    let op = super::RepairCredential::new("SKop", "secret", Some(ACCOUNT.into())).unwrap();
+    bench_with(fake, Some(op))
+}
+
+fn bench_with(fake: FakeTwilio, credential: Option<super::RepairCredential>) -> Bench {
+    let mut config = Config::defaults().repair;
+    config.retry_initial_backoff_ms = 100;
+    config.retry_max_backoff_ms = 2_000;
+    config.workflow_deadline_ms = 30_000;
+    let store = Arc::new(MemStore::default());
+    let metrics = Arc::new(Metrics::default());
+    let f = fake.clone();
+    let rep = Repairer::new(RepairerParts {
+        config,
+        client: crate::forward::build_client(&Config::defaults().limits),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        credential,
+        mark_forwarded: false,
+        runtime: None,
+        exchange: Some(Arc::new(move |_, _, _| {
+            Arc::new(f.clone()) as Arc<dyn Exchange>
+        })),
+    });
+    Bench {
+        fake,
+        store,
+        metrics,
+        rep,
+    }
+}
+
+fn kim_create() -> CreateRequest {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Basic QUMwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMTp0b2tlbg=="),
+    );
+    CreateRequest {
+        path: super::request::CreatePath::parse(&format!(
+            "/v1/Services/{IS}/Conversations/{CH}/Participants"
+        ))
+        .unwrap(),
+        headers,
+        body: Bytes::from_static(b"Identity=kim"),
+        origin: Origin::parse("http://127.0.0.1:9").unwrap(),
+        requested_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+fn is_created(a: &Answer) -> bool {
+    matches!(a, Answer::Created(_))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_repair_reads_back_everything_it_puts_back() {
+    let b = bench(FakeTwilio::with_kim(3));
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert!(is_created(&v.answer));
+    b.fake.assert_kim_back(3);
+    assert_eq!(
+        b.fake.count(Method::DELETE, "/Users/USkim"),
+        1,
+        "deleted by SID, once"
+    );
+    let repairs = b.store.repairs.lock().unwrap();
+    assert_eq!(repairs[0].state, RepairState::Done);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_is_retried_after_its_retry_after_and_nothing_else_changes() {
+    let b = bench(FakeTwilio::with_kim(1));
+    b.fake.fault(
+        Method::GET,
+        &format!("/Conversations/{CH}"),
+        0,
+        Reply::TooMany(2),
+        false,
+    );
+    let started = Instant::now();
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    // Retry-After (2 s) honoured, capped by retry_max_backoff_ms (2 s).
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(
+        b.fake
+            .count_ending(Method::GET, &format!("/Conversations/{CH}")),
+        2,
+        "one 429, one retry"
+    );
+    b.fake.assert_kim_back(1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_5xx_after_the_replayed_post_is_read_back_never_posted_twice() {
+    let b = bench(FakeTwilio::with_kim(0));
+    // The first create (retry under the lock) gets the fault's 20404; the
+    // replay lands at Twilio but its answer is a 500.
+    b.fake
+        .fault(Method::POST, "/Participants", 1, Reply::Status(500), true);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert!(is_created(&v.answer));
+    assert_eq!(
+        b.fake
+            .count(Method::POST, &format!("/Conversations/{CH}/Participants")),
+        2,
+        "retry + one replay, no blind second replay"
+    );
+    b.fake.assert_kim_back(0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recreate_reset_after_it_landed_is_read_back_not_created_twice() {
+    let b = bench(FakeTwilio::with_kim(1));
+    b.fake.fault(Method::POST, "/Users", 0, Reply::Reset, true);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::POST, &format!("{IS}/Users")), 1);
+    b.fake.assert_kim_back(1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_a_workflow_that_never_gets_an_answer() {
+    let b = bench(FakeTwilio::with_kim(0));
+    for _ in 0..1000 {
+        b.fake.fault(
+            Method::GET,
+            "/Participants/kim",
+            0,
+            Reply::Status(503),
+            false,
+        );
+    }
+    let started = Instant::now();
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Failed);
+    assert!(
+        matches!(v.answer, Answer::Original),
+        "never a 5xx or a made-up 201"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(31));
+    assert_eq!(
+        b.fake.count(Method::DELETE, "/Users/"),
+        0,
+        "nothing touched"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bare_user_made_in_the_gap_is_updated_in_place_never_deleted() {
+    let b = bench(FakeTwilio::with_kim(1));
+    b.fake.0.lock().unwrap().bare_after_delete = true;
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1);
+    assert!(
+        b.fake.count(Method::POST, "/Users/US") >= 1,
+        "updated in place"
+    );
+    b.fake.assert_kim_back(1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_journal_lost_after_the_delete_does_not_abandon_the_user() {
+    let b = bench(FakeTwilio::with_kim(1));
+    b.store.fail_after_insert.store(true, Ordering::SeqCst);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    b.fake.assert_kim_back(1);
+    // Recreating, Restoring, Replaying and Done did not land; the record
+    // stays `deleting` for recovery to verify again later.
+    let m = b.metrics.render();
+    assert!(m.contains("trp_journal_write_failures_total 4"), "{m}");
+    assert_eq!(
+        b.store.repairs.lock().unwrap()[0].state,
+        RepairState::Deleting
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_membership_not_restored_in_time_is_never_reported_repaired() {
+    let b = bench(FakeTwilio::with_kim(1));
+    for _ in 0..1000 {
+        b.fake.fault(
+            Method::POST,
+            &format!("/Conversations/{OTHER}/Participants"),
+            0,
+            Reply::Status(500),
+            false,
+        );
+    }
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Failed, "{:?}", v.detail);
+    assert!(
+        is_created(&v.answer),
+        "the caller's participant exists: 201, not 404"
+    );
+    assert!(
+        v.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("memberships not restored"),
+        "{:?}",
+        v.detail
+    );
+    let repairs = b.store.repairs.lock().unwrap();
+    assert_eq!(
+        repairs[0].state,
+        RepairState::Restoring,
+        "left open for recovery"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ambiguous_body_touches_nobody() {
+    let b = bench(FakeTwilio::with_kim(0));
+    let mut req = kim_create();
+    req.body = Bytes::from_static(b"Identity=kim&Identity=bystander");
+    let v = workflow::run(&b.rep, &req).await;
+    assert_eq!(v.outcome, Outcome::Disabled);
+    assert!(b.fake.0.lock().unwrap().calls.is_empty(), "no call at all");
+}
+
+/// A journal record as a crash in `deleting` leaves it, with the snapshot
+/// taken then.
+async fn journal_stale_record(b: &Bench, friendly: &str, state: RepairState) -> i64 {
+    let snapshot = crate::store::UserSnapshot {
+        user_sid: Some("USkim".into()),
+        identity: "kim".into(),
+        friendly_name: Some(friendly.into()),
+        attributes: Some(r#"{"vip":true}"#.into()),
+        role_sid: Some("RLadmin".into()),
+        memberships: vec![],
+    };
+    let id = b
+        .store
+        .insert_repair(&NewRepair {
+            account_sid: ACCOUNT.into(),
+            credential_user: ACCOUNT.into(),
+            upstream: "http://127.0.0.1:9".into(),
+            service_base: format!("/v1/Services/{IS}"),
+            service_sid: IS.into(),
+            identity: "kim".into(),
+            snapshot,
+            webhook: None,
+        })
+        .await
+        .unwrap();
+    b.store.set_repair_state(id, state, None).await.unwrap();
+    id
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_never_landed_is_resnapshotted_not_reverted_to_the_old_snapshot() {
+    // Crash in `deleting` before the DELETE reached Twilio; since then the
+    // app renamed Kim. Recovery must not put the old name back.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    let old = journal_stale_record(&b, "Old Name", RepairState::Deleting).await;
+    let done = b.rep.recover_pending(None).await;
+    assert_eq!(done, 1);
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(
+        u.friendly_name.as_deref(),
+        Some("Kim K"),
+        "the current name, not the stale one"
+    );
+    assert_ne!(u.sid, "USkim", "the workaround did run: a new User");
+    let p = m
+        .participants
+        .get(&(OTHER.to_string(), "kim".to_string()))
+        .expect("membership kept");
+    assert_eq!(p.attributes, r#"{"seat":0}"#);
+    drop(m);
+    let repairs = b.store.repairs.lock().unwrap();
+    assert_eq!(repairs.len(), 2, "a new record holds the fresh snapshot");
+    assert!(
+        repairs.iter().all(|r| r.state == RepairState::Recovered),
+        "{old}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_waiting_for_an_operator_is_never_retried_by_the_sweep() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    journal_stale_record(&b, "Kim K", RepairState::NeedsOperator).await;
+    assert_eq!(b.rep.recover_pending(None).await, 0);
+    assert!(b.fake.0.lock().unwrap().calls.is_empty(), "no call at all");
+    // And a new repair of the identity does not start over it.
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Failed, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_finished_from_memory_is_not_converged_again_while_the_journal_is_down() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.store.fail_after_insert.store(true, Ordering::SeqCst);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    // The app renames Kim; the journal still says `deleting`.
+    b.fake
+        .0
+        .lock()
+        .unwrap()
+        .users
+        .get_mut("kim")
+        .unwrap()
+        .friendly_name = Some("Kimberly".into());
+    let calls = b.fake.0.lock().unwrap().calls.len();
+    assert_eq!(b.rep.recover_pending(None).await, 0);
+    assert_eq!(
+        b.fake.0.lock().unwrap().calls.len(),
+        calls,
+        "recovery left it alone"
+    );
+    assert_eq!(
+        b.fake.0.lock().unwrap().users["kim"]
+            .friendly_name
+            .as_deref(),
+        Some("Kimberly")
+    );
+    // Once the journal takes writes again, the record is closed.
+    b.store.fail_writes.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(b.store.repairs.lock().unwrap()[0].state.is_final());
+}
