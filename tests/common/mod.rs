@@ -160,6 +160,14 @@ pub fn test_config(upstream: &str) -> Config {
     c
 }
 
+/// [`test_config`] with short repair backoffs (10 ms, at most 50 ms).
+pub fn fast_config(upstream: &str) -> Config {
+    let mut c = test_config(upstream);
+    c.repair.retry_initial_backoff_ms = 10;
+    c.repair.retry_max_backoff_ms = 50;
+    c
+}
+
 pub async fn start_proxy(config: Config) -> Proxy {
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     start_proxy_on(proxy, config).await

@@ -196,7 +196,7 @@ impl Scene {
         self
     }
     /// Made with this account's credentials (the emulator's own by default).
-    pub fn as_account(mut self, sid: &str, token: &str) -> Self {
+    pub fn of_account(mut self, sid: &str, token: &str) -> Self {
         self.auth = (sid.into(), token.into());
         self
     }
@@ -405,10 +405,8 @@ impl Scene {
 
     async fn proxy_in_front_of(self, emu: Emu) -> Stack {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut config = test_config(&emu.origin());
+        let mut config = fast_config(&emu.origin());
         config.store = store_url(self.store).await;
-        config.repair.retry_initial_backoff_ms = 10;
-        config.repair.retry_max_backoff_ms = 50;
         if self.rewriting {
             config.public_base_url = Some(format!("http://{}", listener.local_addr().unwrap()));
             config.add_forwarded_headers = true;
