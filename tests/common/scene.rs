@@ -278,15 +278,7 @@ impl Scene {
     /// (when armed, its mode must be the one said).
     pub async fn build_in(self, emu: &Emu) -> Built {
         if let (Some(mode), true) = (self.fault, self.stale) {
-            let fault: serde_json::Value = emu
-                .http
-                .get(emu.url("/__emulator/fault"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let fault = emu.control_json("/__emulator/fault").await;
             assert_eq!(
                 fault["mode"],
                 serde_json::json!(mode),
@@ -420,6 +412,20 @@ impl Scene {
             proxy,
             http: reqwest::Client::new(),
         }
+    }
+}
+
+impl Emu {
+    /// GET a control-API document (`/__emulator/...`) as JSON.
+    pub async fn control_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 

@@ -724,15 +724,7 @@ async fn fault_cell(step: Step, fault: Fault, others: usize) -> Result<(), Strin
             answer.status, answer.outcome
         ));
     }
-    let rules: Value = emu
-        .http
-        .get(emu.url("/__emulator/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = emu.control_json("/__emulator/faults").await;
     let pending = rules["faults"]
         .as_array()
         .unwrap()
