@@ -30,21 +30,17 @@ async fn wait_ready_status(st: &Stack, want: u16) {
 
 #[tokio::test]
 async fn pass_through_survives_a_database_outage_and_readiness_follows_it() {
-    let st = stack_on(
-        StoreKind::Postgres,
-        |c| {
-            c.fault_mode = FaultMode::Block;
-            c.fault_identities = vec!["nora".into()];
-        },
-        |c| {
+    let (st, nora) = Scene::new()
+        .user("nora")
+        .armed(FaultMode::Block)
+        .on(StoreKind::Postgres)
+        .proxy(|c| {
             c.store_options.connect_timeout_ms = 500;
             c.store_options.statement_timeout_ms = 500;
-        },
-    )
-    .await;
-    let is = st.emu.service().await;
-    let ch = st.emu.conversation(Some(&is)).await;
-    st.emu.add_and_remove(Some(&is), &ch, "nora").await;
+        })
+        .start()
+        .await;
+    let (is, ch) = (nora.is().unwrap(), nora.target());
     assert_eq!(ready_status(&st).await, 200);
 
     pg_ctl("stop");
@@ -61,7 +57,7 @@ async fn pass_through_survives_a_database_outage_and_readiness_follows_it() {
         }
         wait_ready_status(&st, 503).await;
         // A repair needs the journal: without it the proxy only checks.
-        let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "nora")]).await;
+        let (status, outcome, body) = st.create(Some(is), ch, &[("Identity", "nora")]).await;
         assert_eq!(status, 404, "{body}");
         assert_eq!(outcome.as_deref(), Some("disabled"));
         let deletes = st
@@ -83,7 +79,7 @@ async fn pass_through_survives_a_database_outage_and_readiness_follows_it() {
     }
     wait_ready_status(&st, 200).await;
     // And repairs work again.
-    let (status, outcome, _) = st.create(Some(&is), &ch, &[("Identity", "nora")]).await;
+    let (status, outcome, _) = st.create(Some(is), ch, &[("Identity", "nora")]).await;
     assert_eq!((status, outcome.as_deref()), (201, Some("repaired")));
     st.proxy.stop().await;
 

@@ -32,11 +32,6 @@ use common::*;
 use serde_json::{Value, json};
 use twilio_repair_proxy::emulator::FaultMode;
 
-/// The User's own role and the membership's role: not the service
-/// defaults, so a bare User or a membership re-made with defaults shows.
-const USER_ROLE: &str = "RL11111111111111111111111111111111";
-const MEMBER_ROLE: &str = "RL22222222222222222222222222222222";
-
 /// Short timeouts and a quick sweep, so each scenario converges fast.
 const FAST: &[(&str, &str)] = &[
     ("TRP_REPAIR_RETRY_INITIAL_BACKOFF_MS", "10"),
@@ -64,59 +59,21 @@ fn env(extra: &[&[(&'static str, &'static str)]]) -> Vec<(&'static str, &'static
 /// A stale identity: its User (own friendly name, attributes, role), one
 /// other membership (own attributes, role), and a conversation where the
 /// next create answers 20404. Each person has a service of its own, so
-/// deletes are counted per person.
-#[derive(Debug, Clone)]
-struct Person {
-    b: String,
-    identity: String,
-    friendly: String,
-    attributes: String,
-    other: String,
-    member_attributes: String,
-    armed: String,
-}
+/// deletes are counted per person. The roles ([`USER_ROLE`],
+/// [`MEMBER_ROLE`]) are not the service defaults, so a bare User or a
+/// membership re-made with defaults shows.
+type Person = Built;
 
 async fn stale_person(emu: &Emu, identity: &str) -> Person {
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let friendly = format!("{identity} the original");
-    let attributes = json!({"tier": "gold", "who": identity, "phone": "+15550100"}).to_string();
-    let (s, u) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[
-                ("Identity", identity),
-                ("FriendlyName", &friendly),
-                ("Attributes", &attributes),
-                ("RoleSid", USER_ROLE),
-            ],
-        )
-        .await;
-    assert_eq!(s, 201, "{u}");
-    let other = emu.conversation(Some(&is)).await;
-    let member_attributes = json!({"seat": 7, "muted": false}).to_string();
-    let (s, v) = emu
-        .post(
-            &format!("{b}/Conversations/{other}/Participants"),
-            &[
-                ("Identity", identity),
-                ("Attributes", &member_attributes),
-                ("RoleSid", MEMBER_ROLE),
-            ],
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let armed = emu.conversation(Some(&is)).await;
-    emu.add_and_remove(Some(&is), &armed, identity).await;
-    Person {
-        b,
-        identity: identity.to_string(),
-        friendly,
-        attributes,
-        other,
-        member_attributes,
-        armed,
-    }
+    Scene::new()
+        .user(identity)
+        .friendly(&format!("{identity} the original"))
+        .attributes(&json!({"tier": "gold", "who": identity, "phone": "+15550100"}).to_string())
+        .role(USER_ROLE)
+        .member_of_another_as(&json!({"seat": 7, "muted": false}).to_string(), MEMBER_ROLE)
+        .armed(FaultMode::Block)
+        .build_in(emu)
+        .await
 }
 
 async fn stale_emulator() -> Emu {
@@ -149,7 +106,7 @@ const STEPS: [Step; 6] = [
 
 /// A `hold` rule on exactly the request of `step` for `p`, firing once.
 fn hold_rule(step: Step, p: &Person, process_on_release: bool) -> Value {
-    let (b, id, other, armed) = (&p.b, &p.identity, &p.other, &p.armed);
+    let (b, id, other, armed) = (&p.base, &p.identity, p.other(), p.target());
     let (method, path, after) = match step {
         // The snapshot's first read: the User by identity.
         Step::SnapshotRead => ("GET", format!("^{b}/Users/{id}$"), None),
@@ -191,7 +148,8 @@ async fn create_via(addr: &str, p: &Person) -> Result<(u16, Option<String>, Stri
         .unwrap()
         .post(format!(
             "http://{addr}{}/Conversations/{}/Participants",
-            p.b, p.armed
+            p.base,
+            p.target()
         ))
         .basic_auth(ACCOUNT, Some(TOKEN))
         .form(&[("Identity", p.identity.as_str())])
@@ -214,16 +172,6 @@ fn assert_resend_ok(r: &Result<(u16, Option<String>, String), String>, what: &st
     }
 }
 
-fn same_json(a: &str, b: &str) -> bool {
-    match (
-        serde_json::from_str::<Value>(a),
-        serde_json::from_str::<Value>(b),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
     ExactlyOnce,
@@ -232,32 +180,40 @@ enum Want {
 
 /// THE INVARIANT for one person, read from the emulator.
 async fn invariant(emu: &Emu, p: &Person, want: Want) -> Result<(), String> {
-    let (b, id) = (&p.b, &p.identity);
+    let (b, id) = (&p.base, &p.identity);
     let (s, u) = emu.get(&format!("{b}/Users/{id}")).await;
     if s != 200 {
         return Err(format!("{id}: no User ({s})"));
     }
-    if u["friendly_name"] != p.friendly.as_str()
-        || !same_json(u["attributes"].as_str().unwrap_or(""), &p.attributes)
+    if u["friendly_name"] != p.friendly.as_deref().unwrap()
+        || !same_json(
+            u["attributes"].as_str().unwrap_or(""),
+            p.attributes.as_deref().unwrap(),
+        )
         || u["role_sid"] != USER_ROLE
     {
         return Err(format!("{id}: the User lost its fields: {u}"));
     }
     let (s, m) = emu
-        .get(&format!("{b}/Conversations/{}/Participants/{id}", p.other))
+        .get(&format!(
+            "{b}/Conversations/{}/Participants/{id}",
+            p.other()
+        ))
         .await;
     if s != 200 {
         return Err(format!("{id}: the other membership is missing ({s})"));
     }
-    if !same_json(m["attributes"].as_str().unwrap_or(""), &p.member_attributes)
-        || m["role_sid"] != MEMBER_ROLE
+    if !same_json(
+        m["attributes"].as_str().unwrap_or(""),
+        p.others[0].attributes.as_deref().unwrap(),
+    ) || m["role_sid"] != MEMBER_ROLE
     {
         return Err(format!("{id}: the other membership lost its fields: {m}"));
     }
     let (s, list) = emu
         .get(&format!(
             "{b}/Conversations/{}/Participants?PageSize=100",
-            p.armed
+            p.target()
         ))
         .await;
     if s != 200 {
@@ -289,7 +245,7 @@ async fn invariant(emu: &Emu, p: &Person, want: Want) -> Result<(), String> {
 
 /// `DELETE {base}/Users/...` of this person's service answered 204.
 async fn user_deletes(emu: &Emu, p: &Person) -> usize {
-    let prefix = format!("{}/Users/", p.b);
+    let prefix = format!("{}/Users/", p.base);
     emu.log_json()
         .await
         .iter()
@@ -688,13 +644,13 @@ async fn sigterm_with_four_workers_during_48_repairs() {
     for (i, p) in people.iter().enumerate() {
         let ms = if i % 4 == 0 { 30 } else { 130 };
         emu.add_rule(
-            json!({"path": format!("^{}/", p.b), "action": {"kind": "latency", "ms": ms}}),
+            json!({"path": format!("^{}/", p.base), "action": {"kind": "latency", "ms": ms}}),
         )
         .await;
         if i % 4 != 0 {
             emu.add_rule(json!({
                 "method": "POST",
-                "path": format!("^{}/Conversations/{}/Participants$", p.b, p.armed),
+                "path": format!("^{}/Conversations/{}/Participants$", p.base, p.target()),
                 "after": 2,
                 "times": 1,
                 "action": {"kind": "delay_then_process", "ms": 600},
@@ -761,7 +717,9 @@ async fn sigterm_with_four_workers_during_48_repairs() {
                 let (s, _) = emu
                     .get(&format!(
                         "{}/Conversations/{}/Participants/{}",
-                        p.b, p.armed, p.identity
+                        p.base,
+                        p.target(),
+                        p.identity
                     ))
                     .await;
                 assert_ne!(

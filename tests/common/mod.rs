@@ -1,12 +1,16 @@
 //! Test harness shared by the integration tests: an in-process proxy on
-//! 127.0.0.1 port 0, a recording upstream, a proxy as a child process. The
-//! emulator's test client (`Emu`, `start_emulator`, `wait_ready`, ...) is the
-//! emulator crate's own, included from there.
+//! 127.0.0.1 port 0, a recording upstream, a proxy as a child process, and
+//! the scene builder every repair test sets up its Twilio with
+//! ([`scene::Scene`]). The emulator's test client (`Emu`, `start_emulator`,
+//! `wait_ready`, ...) is the emulator crate's own, included from there.
 #![allow(dead_code)]
 
 #[path = "../../crates/twilio-emulator/tests/common/mod.rs"]
 mod emulator_client;
 pub use emulator_client::*;
+
+mod scene;
+pub use scene::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -156,6 +160,14 @@ pub fn test_config(upstream: &str) -> Config {
     c
 }
 
+/// [`test_config`] with short repair backoffs (10 ms, at most 50 ms).
+pub fn fast_config(upstream: &str) -> Config {
+    let mut c = test_config(upstream);
+    c.repair.retry_initial_backoff_ms = 10;
+    c.repair.retry_max_backoff_ms = 50;
+    c
+}
+
 pub async fn start_proxy(config: Config) -> Proxy {
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     start_proxy_on(proxy, config).await
@@ -233,41 +245,6 @@ pub struct Stack {
     pub emu: Emu,
     pub proxy: Proxy,
     pub http: reqwest::Client,
-}
-
-pub async fn stack(
-    tweak_emu: impl FnOnce(&mut twilio_emulator::EmulatorConfig),
-    tweak_proxy: impl FnOnce(&mut Config),
-) -> Stack {
-    let emu = start_emulator(tweak_emu).await;
-    let mut config = test_config(&emu.origin());
-    config.repair.retry_initial_backoff_ms = 10;
-    config.repair.retry_max_backoff_ms = 50;
-    tweak_proxy(&mut config);
-    let proxy = start_proxy(config).await;
-    Stack {
-        emu,
-        proxy,
-        http: reqwest::Client::new(),
-    }
-}
-
-/// A [`stack`] whose proxy rewrites Twilio's links to its own address
-/// (`public_base_url`) and marks what it forwards (`Via`).
-pub async fn stack_rewriting(
-    tweak_emu: impl FnOnce(&mut twilio_emulator::EmulatorConfig),
-) -> Stack {
-    let emu = start_emulator(tweak_emu).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = test_config(&emu.origin());
-    config.public_base_url = Some(format!("http://{}", listener.local_addr().unwrap()));
-    config.add_forwarded_headers = true;
-    let proxy = start_proxy_on(listener, config).await;
-    Stack {
-        emu,
-        proxy,
-        http: reqwest::Client::new(),
-    }
 }
 
 impl Stack {
@@ -460,20 +437,6 @@ pub async fn store_url(kind: StoreKind) -> String {
     }
 }
 
-/// [`stack`] on a chosen store.
-pub async fn stack_on(
-    kind: StoreKind,
-    tweak_emu: impl FnOnce(&mut twilio_emulator::EmulatorConfig),
-    tweak_proxy: impl FnOnce(&mut Config),
-) -> Stack {
-    let url = store_url(kind).await;
-    stack(tweak_emu, move |c| {
-        c.store = url;
-        tweak_proxy(c);
-    })
-    .await
-}
-
 /// Stop or start the test PostgreSQL cluster.
 pub fn pg_ctl(action: &str) {
     let script = std::env::var("TRP_TEST_PG_CTL")
@@ -485,38 +448,6 @@ pub fn pg_ctl(action: &str) {
     }
     let ok = cmd.stdout(Stdio::null()).status().unwrap().success();
     assert!(ok, "pg_ctl {action} failed");
-}
-
-/// A block-mode emulator whose affected User `identity` (friendly name
-/// `friendly`) is also a participant of another conversation, with the fault
-/// armed on a third one. Returns (emulator, IS, other CH, armed CH).
-pub async fn armed_user_scene(identity: &str, friendly: &str) -> (Emu, String, String, String) {
-    let id = identity.to_string();
-    let emu = start_emulator(move |c| {
-        c.fault_mode = twilio_emulator::FaultMode::Block;
-        c.fault_identities = vec![id];
-    })
-    .await;
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let (s, v) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[("Identity", identity), ("FriendlyName", friendly)],
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let other = emu.conversation(Some(&is)).await;
-    let (s, v) = emu
-        .post(
-            &format!("{b}/Conversations/{other}/Participants"),
-            &[("Identity", identity)],
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let armed = emu.conversation(Some(&is)).await;
-    emu.add_and_remove(Some(&is), &armed, identity).await;
-    (emu, is, other, armed)
 }
 
 /// GET a JSON document from an admin listener (`host:port`), e.g.

@@ -292,16 +292,17 @@ async fn hash_mode_hides_identities_in_every_admin_answer() {
 async fn hash_mode_admin_shows_the_workflows_hash_unchanged() {
     // An incident the workflow itself recorded hashed is shown as recorded
     // (not hashed twice), and matches the documented form.
-    let (emu, is, _other, ch) = armed_user_scene("olga", "Olga O").await;
-    let mut config = test_config(&emu.origin());
-    config.repair.incident_identity = twilio_repair_proxy::config::IdentityRecord::Hash;
-    config.repair.retry_initial_backoff_ms = 10;
-    config.repair.retry_max_backoff_ms = 50;
-    let proxy = start_proxy(config).await;
+    let (st, olga) = Scene::new()
+        .user("olga")
+        .friendly("Olga O")
+        .member_of_another()
+        .armed(twilio_repair_proxy::emulator::FaultMode::Block)
+        .proxy(|c| c.repair.incident_identity = twilio_repair_proxy::config::IdentityRecord::Hash)
+        .start()
+        .await;
+    let proxy = &st.proxy;
     let r = reqwest::Client::new()
-        .post(proxy.url(&format!(
-            "/v1/Services/{is}/Conversations/{ch}/Participants"
-        )))
+        .post(proxy.url(&olga.participants(olga.target())))
         .basic_auth(ACCOUNT, Some(TOKEN))
         .form(&[("Identity", "olga")])
         .send()
@@ -316,7 +317,7 @@ async fn hash_mode_admin_shows_the_workflows_hash_unchanged() {
         "{v}"
     );
     assert!(!v.to_string().contains("olga") && !v.to_string().contains("Olga O"));
-    proxy.stop().await;
+    st.proxy.stop().await;
 }
 
 /// `incidents export` as an operator runs it: (stdout, stderr).

@@ -27,30 +27,17 @@ async fn fleet(emu: &Emu, store: &str, env: &[(&str, &str)]) -> Vec<Running> {
 
 #[tokio::test]
 async fn thirty_concurrent_creates_over_three_replicas_cause_one_user_delete() {
-    let emu = start_emulator(|c| {
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec!["lena".into()];
-    })
-    .await;
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let (s, _) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[
-                ("Identity", "lena"),
-                ("FriendlyName", "Lena L"),
-                ("Attributes", r#"{"team":"ops"}"#),
-            ],
-        )
+    // Stale in the first conversation; the creates go to the 30 others.
+    let (emu, lena) = Scene::new()
+        .user("lena")
+        .friendly("Lena L")
+        .attributes(r#"{"team":"ops"}"#)
+        .creating_into(31)
+        .armed(FaultMode::Block)
+        .build()
         .await;
-    assert_eq!(s, 201);
-    let first = emu.conversation(Some(&is)).await;
-    emu.add_and_remove(Some(&is), &first, "lena").await;
-    let mut convs = Vec::new();
-    for _ in 0..30 {
-        convs.push(emu.conversation(Some(&is)).await);
-    }
+    let (is, b) = (lena.is().unwrap(), &lena.base);
+    let convs = &lena.targets[1..];
     let store = fresh_pg_database().await;
     let replicas = fleet(&emu, &store, &[]).await;
     emu.clear_requests().await;
@@ -91,7 +78,7 @@ async fn thirty_concurrent_creates_over_three_replicas_cause_one_user_delete() {
     assert_eq!(s, 200);
     assert_eq!(user["friendly_name"], "Lena L");
     assert_eq!(user["attributes"], r#"{"team":"ops"}"#);
-    for ch in &convs {
+    for ch in convs {
         assert_eq!(
             emu.get(&format!("{b}/Conversations/{ch}/Participants/lena"))
                 .await
@@ -119,8 +106,14 @@ async fn thirty_concurrent_creates_over_three_replicas_cause_one_user_delete() {
 
 #[tokio::test]
 async fn a_replica_killed_mid_repair_is_finished_by_another_exactly_once() {
-    let (emu, is, other, ch) = armed_user_scene("mona", "Mona M").await;
-    let b = base(Some(&is));
+    let (emu, mona) = Scene::new()
+        .user("mona")
+        .friendly("Mona M")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let (b, other) = (&mona.base, mona.other());
     // The first recreate hangs: the replica doing it gets killed meanwhile.
     emu.add_rule(
         serde_json::json!({"method":"POST","path":"/Users$","times":1,
@@ -136,8 +129,9 @@ async fn a_replica_killed_mid_repair_is_finished_by_another_exactly_once() {
     let mut replicas = fleet(&emu, &store, &env).await;
     emu.clear_requests().await;
     let url = format!(
-        "http://{}/v1/Services/{is}/Conversations/{ch}/Participants",
-        replicas[0].addr
+        "http://{}{}",
+        replicas[0].addr,
+        mona.participants(mona.target())
     );
     tokio::spawn(async move {
         let _ = reqwest::Client::new()

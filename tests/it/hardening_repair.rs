@@ -95,8 +95,7 @@ async fn another_account_can_never_act_through_the_operator_key() {
             api_key_sid: None,
             api_key_secret: None,
         }];
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec!["bea".into(), "ada".into()];
+        affected(FaultMode::Block, &["bea", "ada"])(c);
     })
     .await;
     let b_auth = (B, B_TOKEN);
@@ -108,75 +107,37 @@ async fn another_account_can_never_act_through_the_operator_key() {
         }
     };
     // A's conversation with its member amy.
-    let a_conv = emu.conversation(None).await;
-    let (s, v) = emu
-        .post(
-            &format!("/v1/Conversations/{a_conv}/Participants"),
-            &[("Identity", "amy")],
-        )
+    let amy = Scene::new()
+        .user("amy")
+        .in_default_service()
+        .member_of_another()
+        .creating_into(0)
+        .build_in(&emu)
         .await;
-    assert_eq!(s, 201, "{v}");
+    let a_conv = amy.other();
     // B's stale identity bea: a User with fields, another membership, and
     // a conversation where her next create answers 20404.
-    let (s, v) = call_b(
-        reqwest::Method::POST,
-        "/v1/Users".into(),
-        vec![
-            ("Identity", "bea".into()),
-            ("FriendlyName", "Bea B".into()),
-            ("Attributes", r#"{"tenant":"b"}"#.into()),
-        ],
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let mut convs = Vec::new();
-    for _ in 0..2 {
-        let (s, v) = call_b(
-            reqwest::Method::POST,
-            "/v1/Conversations".into(),
-            vec![("FriendlyName", "b".into())],
-        )
+    let bea = Scene::new()
+        .of_account(B, B_TOKEN)
+        .in_default_service()
+        .user("bea")
+        .friendly("Bea B")
+        .attributes(r#"{"tenant":"b"}"#)
+        .member_of_another_with(r#"{"seat":2}"#)
+        .armed(FaultMode::Block)
+        .build_in(&emu)
         .await;
-        assert_eq!(s, 201, "{v}");
-        convs.push(v["sid"].as_str().unwrap().to_string());
-    }
-    let (b_other, b_armed) = (convs[0].clone(), convs[1].clone());
-    let (s, v) = call_b(
-        reqwest::Method::POST,
-        format!("/v1/Conversations/{b_other}/Participants"),
-        vec![
-            ("Identity", "bea".into()),
-            ("Attributes", r#"{"seat":2}"#.into()),
-        ],
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call_b(
-        reqwest::Method::POST,
-        format!("/v1/Conversations/{b_armed}/Participants"),
-        vec![("Identity", "bea".into())],
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let mb = v["sid"].as_str().unwrap().to_string();
-    let (s, _) = call_b(
-        reqwest::Method::DELETE,
-        format!("/v1/Conversations/{b_armed}/Participants/{mb}"),
-        vec![],
-    )
-    .await;
-    assert_eq!(s, 204);
+    let (b_other, b_armed) = (bea.other(), bea.target());
 
     // A's own stale identity ada, to show the operator key is live.
-    let (s, v) = emu
-        .post(
-            "/v1/Users",
-            &[("Identity", "ada"), ("FriendlyName", "Ada A")],
-        )
+    let ada = Scene::new()
+        .in_default_service()
+        .user("ada")
+        .friendly("Ada A")
+        .armed(FaultMode::Block)
+        .build_in(&emu)
         .await;
-    assert_eq!(s, 201, "{v}");
-    let a_armed = emu.conversation(None).await;
-    emu.add_and_remove(None, &a_armed, "ada").await;
+    let a_armed = ada.target();
 
     let dir = tempfile::tempdir().unwrap().keep();
     let mut env = FAST.to_vec();
@@ -283,50 +244,27 @@ async fn another_account_can_never_act_through_the_operator_key() {
 // Items 2 and 3: ambiguous bodies and dot segments.
 // ---------------------------------------------------------------------------
 
-/// Make `identity` a User with a friendly name and stale in a fresh
-/// conversation; returns (User SID, that conversation).
-async fn stale_user(emu: &Emu, is: &str, identity: &str) -> (String, String) {
-    let b = base(Some(is));
-    let (s, u) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[("Identity", identity), ("FriendlyName", "Keep Me")],
-        )
-        .await;
-    assert_eq!(s, 201, "{u}");
-    let ch = emu.conversation(Some(is)).await;
-    emu.add_and_remove(Some(is), &ch, identity).await;
-    (u["sid"].as_str().unwrap().to_string(), ch)
-}
-
-async fn proxy_for(emu: &Emu) -> Proxy {
-    let mut config = test_config(&emu.origin());
-    config.repair.retry_initial_backoff_ms = 10;
-    config.repair.retry_max_backoff_ms = 50;
-    start_proxy(config).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_identity_keys_disable_the_repair() {
-    let emu = start_emulator(|c| {
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec!["victim".into(), "bystander".into()];
-    })
-    .await;
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let (victim_sid, ch) = stale_user(&emu, &is, "victim").await;
-    let (s, v) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[("Identity", "bystander"), ("FriendlyName", "Innocent")],
-        )
+    let emu = start_emulator(affected(FaultMode::Block, &["victim", "bystander"])).await;
+    let victim = Scene::new()
+        .user("victim")
+        .friendly("Keep Me")
+        .armed(FaultMode::Block)
+        .build_in(&emu)
         .await;
-    assert_eq!(s, 201, "{v}");
-    let bystander_sid = v["sid"].as_str().unwrap().to_string();
     // bystander is stale too, so whichever value Twilio uses, the fault fires.
-    emu.add_and_remove(Some(&is), &ch, "bystander").await;
-    let proxy = proxy_for(&emu).await;
+    let bystander = Scene::new()
+        .user("bystander")
+        .friendly("Innocent")
+        .armed(FaultMode::Block)
+        .next_to(&victim)
+        .build_in(&emu)
+        .await;
+    let (b, ch) = (&victim.base, victim.target());
+    let victim_sid = victim.user_sid.clone().unwrap();
+    let bystander_sid = bystander.user_sid.unwrap();
+    let proxy = start_proxy(fast_config(&emu.origin())).await;
     emu.clear_requests().await;
 
     let path = format!("{b}/Conversations/{ch}/Participants");
@@ -375,30 +313,23 @@ fn has_dot_segment(path: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segment_identities_are_never_put_in_a_path() {
-    let emu = start_emulator(|c| {
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec![".".into(), "..".into()];
-    })
-    .await;
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let mut chs = Vec::new();
+    let emu = start_emulator(affected(FaultMode::Block, &[".", ".."])).await;
+    // The participant create makes the User; removing it arms the fault.
+    let mut scenes = Vec::new();
     for identity in [".", ".."] {
-        let ch = emu.conversation(Some(&is)).await;
-        // The participant create makes the User; removing it arms the fault.
-        emu.add_and_remove(Some(&is), &ch, identity).await;
-        chs.push(ch);
+        let scene = Scene::new().user(identity).armed(FaultMode::Block);
+        scenes.push(scene.build_in(&emu).await);
     }
-    let proxy = proxy_for(&emu).await;
+    let proxy = start_proxy(fast_config(&emu.origin())).await;
     emu.clear_requests().await;
     let addr = proxy.addr.to_string();
-    for (ch, body) in [
-        (&chs[0], "Identity=."),
-        (&chs[0], "Identity=%2E"),
-        (&chs[1], "Identity=.."),
-        (&chs[1], "Identity=%2e%2E"),
+    for (scene, body) in [
+        (&scenes[0], "Identity=."),
+        (&scenes[0], "Identity=%2E"),
+        (&scenes[1], "Identity=.."),
+        (&scenes[1], "Identity=%2e%2E"),
     ] {
-        let path = format!("{b}/Conversations/{ch}/Participants");
+        let path = scene.participants(scene.target());
         let (s, outcome, resp) = create_raw(&addr, (ACCOUNT, TOKEN), &path, body).await;
         assert_eq!(s, 404, "{body}: {}", String::from_utf8_lossy(&resp));
         assert_eq!(as_json(&resp)["code"], 20404, "{body}: the original 404");
@@ -426,25 +357,13 @@ async fn dot_segment_identities_are_never_put_in_a_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20404_naming_another_resource_is_passed_through() {
-    let emu = start_emulator(|_| {}).await;
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let (s, u) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[("Identity", "rita"), ("FriendlyName", "Rita R")],
-        )
+    let (Stack { emu, proxy, .. }, rita) = Scene::new()
+        .user("rita")
+        .friendly("Rita R")
+        .member_of_another()
+        .start()
         .await;
-    assert_eq!(s, 201, "{u}");
-    let other = emu.conversation(Some(&is)).await;
-    let (s, _) = emu
-        .post(
-            &format!("{b}/Conversations/{other}/Participants"),
-            &[("Identity", "rita")],
-        )
-        .await;
-    assert_eq!(s, 201);
-    let ch = emu.conversation(Some(&is)).await;
+    let (b, other, ch) = (&rita.base, rita.other(), rita.target());
     let message =
         "The requested resource /v1/Roles/RL33333333333333333333333333333333 was not found";
     emu.add_rule(json!({
@@ -454,7 +373,6 @@ async fn a_20404_naming_another_resource_is_passed_through() {
         "action": {"kind": "status", "status": 404, "code": 20404, "message": message},
     }))
     .await;
-    let proxy = proxy_for(&emu).await;
     emu.clear_requests().await;
     let (s, outcome, resp) = create_raw(
         &proxy.addr.to_string(),
@@ -530,10 +448,7 @@ async fn a_200_html_check_is_not_a_201() {
         )
     }))
     .await;
-    let mut config = test_config(&up.url());
-    config.repair.retry_initial_backoff_ms = 10;
-    config.repair.retry_max_backoff_ms = 50;
-    let proxy = start_proxy(config).await;
+    let proxy = start_proxy(fast_config(&up.url())).await;
     let (s, outcome, resp) = create_raw(
         &proxy.addr.to_string(),
         (ACCOUNT, TOKEN),
@@ -610,12 +525,11 @@ async fn a_404_body_over_64_kib_passes_through_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_create_body_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let emu = start_emulator(|_| {}).await;
-    let is = emu.service().await;
-    let ch = emu.conversation(Some(&is)).await;
-    let mut config = test_config(&emu.origin());
-    config.limits.idle_timeout_ms = 300;
-    let proxy = start_proxy(config).await;
+    let (Stack { emu, proxy, .. }, scene) = Scene::new()
+        .proxy(|c| c.limits.idle_timeout_ms = 300)
+        .start()
+        .await;
+    let (is, ch) = (scene.is().unwrap(), scene.target());
     emu.clear_requests().await;
     let auth = {
         use base64::Engine;

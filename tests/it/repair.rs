@@ -6,17 +6,6 @@ use crate::common::*;
 use twilio_repair_proxy::config::RepairMode;
 use twilio_repair_proxy::emulator::FaultMode;
 
-fn affected(
-    mode: FaultMode,
-    ids: &[&str],
-) -> impl FnOnce(&mut twilio_repair_proxy::emulator::EmulatorConfig) {
-    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    move |c| {
-        c.fault_mode = mode;
-        c.fault_identities = ids;
-    }
-}
-
 /// The fault's 20404 message: it names the create's own Participants path.
 fn fault_message(is: Option<&str>, ch: &str) -> String {
     format!(
@@ -39,10 +28,13 @@ fn count(reqs: &[(String, String)], method: &str, needle: &str) -> usize {
 }
 
 async fn ghost_mode_costs_one_extra_call_and_touches_no_user(store: StoreKind) {
-    let st = stack_on(store, affected(FaultMode::Ghost, &["alice"]), |_| {}).await;
-    let is = st.emu.service().await;
-    let ch = st.emu.conversation(Some(&is)).await;
-    st.emu.add_and_remove(Some(&is), &ch, "alice").await;
+    let (st, alice) = Scene::new()
+        .user("alice")
+        .armed(FaultMode::Ghost)
+        .on(store)
+        .start()
+        .await;
+    let (is, ch) = (alice.is.clone().unwrap(), alice.target().to_string());
     st.emu.clear_requests().await;
 
     let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "alice")]).await;
@@ -68,48 +60,22 @@ async fn ghost_mode_costs_one_extra_call_and_touches_no_user(store: StoreKind) {
 }
 
 async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(store: StoreKind) {
-    let st = stack_on(
-        store,
-        affected(FaultMode::Block, &["bob@example.com"]),
-        |_| {},
-    )
-    .await;
-    let is = st.emu.service().await;
-    let b = base(Some(&is));
-    let (s, v) = st
-        .emu
-        .post(
-            &format!("{b}/Users"),
-            &[
-                ("Identity", "bob@example.com"),
-                ("FriendlyName", "Bob B"),
-                ("Attributes", r#"{"tier":"gold"}"#),
-            ],
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let old_user_sid = v["sid"].as_str().unwrap().to_string();
     // Bob is also in another conversation, with attributes of his own there.
-    let other = st.emu.conversation(Some(&is)).await;
-    let (s, _) = st
-        .emu
-        .post(
-            &format!("{b}/Conversations/{other}/Participants"),
-            &[
-                ("Identity", "bob@example.com"),
-                ("Attributes", r#"{"seat":7}"#),
-            ],
-        )
+    let (st, bob) = Scene::new()
+        .user("bob@example.com")
+        .friendly("Bob B")
+        .attributes(r#"{"tier":"gold"}"#)
+        .member_of_another_with(r#"{"seat":7}"#)
+        .armed(FaultMode::Block)
+        .on(store)
+        .start()
         .await;
-    assert_eq!(s, 201);
-    let ch = st.emu.conversation(Some(&is)).await;
-    st.emu
-        .add_and_remove(Some(&is), &ch, "bob@example.com")
-        .await;
+    let (is, b, other, ch) = (bob.is().unwrap(), &bob.base, bob.other(), bob.target());
+    let old_user_sid = bob.user_sid.clone().unwrap();
     st.emu.clear_requests().await;
 
     let (status, outcome, body) = st
-        .create(Some(&is), &ch, &[("Identity", "bob@example.com")])
+        .create(Some(is), ch, &[("Identity", "bob@example.com")])
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(outcome.as_deref(), Some("repaired"));
@@ -159,7 +125,7 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(s
     // Visible to operators.
     let inc: serde_json::Value = admin_json(&st.proxy.admin, "/incidents").await;
     assert_eq!(inc["incidents"][0]["outcome"], "repaired");
-    assert_eq!(inc["incidents"][0]["conversation_sid"], ch.as_str());
+    assert_eq!(inc["incidents"][0]["conversation_sid"], ch);
     let pending: serde_json::Value = admin_json(&st.proxy.admin, "/repairs?state=pending").await;
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 0);
     let m = st
@@ -180,11 +146,16 @@ async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(s
 }
 
 async fn default_service_path_repairs_through_v1_users(store: StoreKind) {
-    let st = stack_on(store, affected(FaultMode::Block, &["carol"]), |_| {}).await;
-    let ch = st.emu.conversation(None).await;
-    st.emu.add_and_remove(None, &ch, "carol").await;
+    let (st, carol) = Scene::new()
+        .user("carol")
+        .in_default_service()
+        .armed(FaultMode::Block)
+        .on(store)
+        .start()
+        .await;
+    let ch = carol.target();
     st.emu.clear_requests().await;
-    let (status, outcome, body) = st.create(None, &ch, &[("Identity", "carol")]).await;
+    let (status, outcome, body) = st.create(None, ch, &[("Identity", "carol")]).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(outcome.as_deref(), Some("repaired"));
     assert!(
@@ -204,8 +175,14 @@ async fn default_service_path_repairs_through_v1_users(store: StoreKind) {
 }
 
 async fn genuine_404s_are_returned_untouched(store: StoreKind) {
-    let st = stack_on(store, affected(FaultMode::Block, &["dave"]), |_| {}).await;
-    let is = st.emu.service().await;
+    let (st, dave) = Scene::new()
+        .user("dave")
+        .faulty(FaultMode::Block)
+        .creating_into(0)
+        .on(store)
+        .start()
+        .await;
+    let is = dave.is.unwrap();
     // Missing conversation.
     st.emu.clear_requests().await;
     let missing_ch = "CH00000000000000000000000000000000";
@@ -237,9 +214,13 @@ async fn genuine_404s_are_returned_untouched(store: StoreKind) {
 }
 
 async fn participant_that_existed_before_the_request_answers_twilios_409(store: StoreKind) {
-    let st = stack_on(store, |_| {}, |c| c.repair.clock_skew_ms = 0).await;
-    let is = st.emu.service().await;
-    let ch = st.emu.conversation(Some(&is)).await;
+    let (st, erin) = Scene::new()
+        .user("erin")
+        .on(store)
+        .proxy(|c| c.repair.clock_skew_ms = 0)
+        .start()
+        .await;
+    let (is, ch) = (erin.is.clone().unwrap(), erin.target().to_string());
     let (s, _) = st
         .emu
         .post(
@@ -265,9 +246,8 @@ async fn participant_that_existed_before_the_request_answers_twilios_409(store: 
 }
 
 async fn messaging_binding_participants_are_found_in_the_list_and_never_repaired(store: StoreKind) {
-    let st = stack_on(store, |_| {}, |_| {}).await;
-    let is = st.emu.service().await;
-    let ch = st.emu.conversation(Some(&is)).await;
+    let (st, scene) = Scene::new().on(store).start().await;
+    let (is, ch) = (scene.is.clone().unwrap(), scene.target().to_string());
     let binding = [
         ("MessagingBinding.Address", "+15550001111"),
         ("MessagingBinding.ProxyAddress", "+15550002222"),
@@ -332,15 +312,17 @@ async fn check_only_and_off_modes_never_delete(store: StoreKind) {
         (RepairMode::CheckOnly, Some("disabled")),
         (RepairMode::Off, None),
     ] {
-        let st = stack_on(store, affected(FaultMode::Block, &["frank"]), |c| {
-            c.repair.mode = mode
-        })
-        .await;
-        let is = st.emu.service().await;
-        let ch = st.emu.conversation(Some(&is)).await;
-        st.emu.add_and_remove(Some(&is), &ch, "frank").await;
+        let (st, frank) = Scene::new()
+            .user("frank")
+            .armed(FaultMode::Block)
+            .on(store)
+            .proxy(move |c| c.repair.mode = mode)
+            .start()
+            .await;
         st.emu.clear_requests().await;
-        let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "frank")]).await;
+        let (status, outcome, body) = st
+            .create(frank.is(), frank.target(), &[("Identity", "frank")])
+            .await;
         assert_eq!(status, 404);
         assert_eq!(body["code"], 20404);
         assert_eq!(outcome.as_deref(), expected_outcome, "{mode:?}");
@@ -354,14 +336,16 @@ async fn check_only_and_off_modes_never_delete(store: StoreKind) {
 }
 
 async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete(store: StoreKind) {
-    let st = stack_on(store, affected(FaultMode::Block, &["gina"]), |_| {}).await;
-    let is = st.emu.service().await;
-    let first = st.emu.conversation(Some(&is)).await;
-    st.emu.add_and_remove(Some(&is), &first, "gina").await;
-    let mut convs = Vec::new();
-    for _ in 0..20 {
-        convs.push(st.emu.conversation(Some(&is)).await);
-    }
+    // Stale in the first conversation; the creates go to the 20 others.
+    let (st, gina) = Scene::new()
+        .user("gina")
+        .creating_into(21)
+        .armed(FaultMode::Block)
+        .on(store)
+        .start()
+        .await;
+    let is = gina.is.clone().unwrap();
+    let convs = gina.targets[1..].to_vec();
     st.emu.clear_requests().await;
     let st = std::sync::Arc::new(st);
     let tasks: Vec<_> = convs
@@ -414,17 +398,14 @@ async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
         ("POST", "/Participants$", false),
     ];
     for (method, path, idempotent) in steps {
-        let st = stack_on(store, affected(FaultMode::Block, &["henry"]), |_| {}).await;
-        let is = st.emu.service().await;
-        let b = base(Some(&is));
-        st.emu
-            .post(
-                &format!("{b}/Users"),
-                &[("Identity", "henry"), ("FriendlyName", "H")],
-            )
+        let (st, henry) = Scene::new()
+            .user("henry")
+            .friendly("H")
+            .armed(FaultMode::Block)
+            .on(store)
+            .start()
             .await;
-        let ch = st.emu.conversation(Some(&is)).await;
-        st.emu.add_and_remove(Some(&is), &ch, "henry").await;
+        let (is, b, ch) = (henry.is().unwrap(), &henry.base, henry.target());
         let skip_first_post = *path == "/Participants$";
         st.emu
             .add_rule(serde_json::json!({"method":method,"path":path,"times":1,
@@ -436,7 +417,7 @@ async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
                 "action":{"kind":"status","status":503}}))
                 .await;
         }
-        let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "henry")]).await;
+        let (status, outcome, body) = st.create(Some(is), ch, &[("Identity", "henry")]).await;
         if skip_first_post {
             // The forwarded create got the 429 itself and passes it back
             // untouched: Twilio never processed it, the client may retry.
@@ -446,8 +427,7 @@ async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
             );
             if status == 429 {
                 assert_eq!(outcome, None);
-                let (status, outcome, _) =
-                    st.create(Some(&is), &ch, &[("Identity", "henry")]).await;
+                let (status, outcome, _) = st.create(Some(is), ch, &[("Identity", "henry")]).await;
                 assert_eq!((status, outcome.as_deref()), (201, Some("repaired")));
             }
         } else {
@@ -462,13 +442,14 @@ async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
 }
 
 async fn a_permanently_broken_identity_is_reported_not_deleted_in_a_loop(store: StoreKind) {
-    let st = stack_on(store, affected(FaultMode::Block, &["ivan"]), |c| {
-        c.repair.max_repairs_per_window = 1
-    })
-    .await;
-    let is = st.emu.service().await;
-    let ch = st.emu.conversation(Some(&is)).await;
-    st.emu.add_and_remove(Some(&is), &ch, "ivan").await;
+    let (st, ivan) = Scene::new()
+        .user("ivan")
+        .armed(FaultMode::Block)
+        .on(store)
+        .proxy(|c| c.repair.max_repairs_per_window = 1)
+        .start()
+        .await;
+    let (is, ch) = (ivan.is.clone().unwrap(), ivan.target().to_string());
     let (status, outcome, _) = st.create(Some(&is), &ch, &[("Identity", "ivan")]).await;
     assert_eq!((status, outcome.as_deref()), (201, Some("repaired")));
     // The fault comes back (a new stale mapping), the limit holds.

@@ -7,45 +7,25 @@ use std::time::Duration;
 use crate::common::*;
 use twilio_repair_proxy::emulator::FaultMode;
 
-struct Scene {
+/// A repair cut short by `kill -9`.
+struct Crashed {
     emu: Emu,
-    is: String,
-    other: String,
+    kim: Built,
     create: tokio::task::JoinHandle<()>,
     first: Running,
 }
 
 /// Run a block-mode repair through a proxy process and kill it while the
 /// User is deleted and its recreate hangs.
-async fn crash_mid_repair() -> Scene {
-    let emu = start_emulator(|c| {
-        c.fault_mode = FaultMode::Block;
-        c.fault_identities = vec!["kim".into()];
-    })
-    .await;
-    let is = emu.service().await;
-    let b = base(Some(&is));
-    let (s, _) = emu
-        .post(
-            &format!("{b}/Users"),
-            &[
-                ("Identity", "kim"),
-                ("FriendlyName", "Kim K"),
-                ("Attributes", r#"{"vip":true}"#),
-            ],
-        )
+async fn crash_mid_repair() -> Crashed {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .attributes(r#"{"vip":true}"#)
+        .member_of_another_with(r#"{"seat":1}"#)
+        .armed(FaultMode::Block)
+        .build()
         .await;
-    assert_eq!(s, 201);
-    let other = emu.conversation(Some(&is)).await;
-    let (s, _) = emu
-        .post(
-            &format!("{b}/Conversations/{other}/Participants"),
-            &[("Identity", "kim"), ("Attributes", r#"{"seat":1}"#)],
-        )
-        .await;
-    assert_eq!(s, 201);
-    let ch = emu.conversation(Some(&is)).await;
-    emu.add_and_remove(Some(&is), &ch, "kim").await;
     // The recreate hangs (unprocessed), so the proxy can be killed while
     // the User is gone.
     emu.add_rule(serde_json::json!({"method":"POST","path":"/Users$",
@@ -54,10 +34,7 @@ async fn crash_mid_repair() -> Scene {
     emu.clear_requests().await;
 
     let first = spawn_proxy(&emu.origin(), &[]).await;
-    let url = format!(
-        "http://{}/v1/Services/{is}/Conversations/{ch}/Participants",
-        first.addr
-    );
+    let url = format!("http://{}{}", first.addr, kim.participants(kim.target()));
     let create = tokio::spawn(async move {
         let _ = reqwest::Client::new()
             .post(url)
@@ -88,17 +65,16 @@ async fn crash_mid_repair() -> Scene {
         emu.requests().await
     );
     first.signal("KILL");
-    Scene {
+    Crashed {
         emu,
-        is,
-        other,
+        kim,
         create,
         first,
     }
 }
 
-async fn assert_restored(emu: &Emu, is: &str, other: &str) {
-    let b = base(Some(is));
+async fn assert_restored(emu: &Emu, kim: &Built) {
+    let (b, other) = (&kim.base, kim.other());
     let mut user = serde_json::Value::Null;
     for _ in 0..200 {
         let (s, v) = emu.get(&format!("{b}/Users/kim")).await;
@@ -130,10 +106,7 @@ async fn assert_restored(emu: &Emu, is: &str, other: &str) {
 async fn kill_between_delete_and_recreate_then_operator_credential_restores_at_start_up() {
     let scene = crash_mid_repair().await;
     let _ = scene.create.await;
-    let (s, _) = scene
-        .emu
-        .get(&format!("/v1/Services/{}/Users/kim", scene.is))
-        .await;
+    let (s, _) = scene.emu.get(&scene.kim.user_path()).await;
     assert_eq!(
         s, 404,
         "the crash must have left the User deleted for this test to mean anything"
@@ -157,7 +130,7 @@ async fn kill_between_delete_and_recreate_then_operator_credential_restores_at_s
         ],
     )
     .await;
-    assert_restored(&scene.emu, &scene.is, &scene.other).await;
+    assert_restored(&scene.emu, &scene.kim).await;
     // The journal record is closed right after the memberships are back.
     let mut pending = serde_json::Value::Null;
     for _ in 0..100 {
@@ -201,27 +174,30 @@ async fn kill_between_delete_and_recreate_then_first_caller_restores() {
     assert!(pending["repairs"][0].get("snapshot").is_none(), "{pending}");
     let journal = serde_json::to_string(&pending).unwrap();
     assert!(!journal.contains(TOKEN), "the journal holds a secret");
-    let (s, _) = scene
-        .emu
-        .get(&format!("/v1/Services/{}/Users/kim", scene.is))
-        .await;
+    let (s, _) = scene.emu.get(&scene.kim.user_path()).await;
     assert_eq!(s, 404);
     // Any request with credentials for that account finishes it.
     let r = reqwest::Client::new()
-        .get(format!("http://{}/v1/Services/{}", second.addr, scene.is))
+        .get(format!("http://{}{}", second.addr, scene.kim.base))
         .basic_auth(ACCOUNT, Some(TOKEN))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_restored(&scene.emu, &scene.is, &scene.other).await;
+    assert_restored(&scene.emu, &scene.kim).await;
 }
 
 /// `incidents export` and `repair` as an operator runs them.
 #[tokio::test]
 async fn operator_commands_export_incidents_and_repair_on_demand() {
-    let (emu, is, other, ch) = armed_user_scene("olga", "Olga O").await;
-    let b = base(Some(&is));
+    let (emu, olga) = Scene::new()
+        .user("olga")
+        .friendly("Olga O")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let (is, b, other, ch) = (olga.is().unwrap(), &olga.base, olga.other(), olga.target());
     let proxy = spawn_proxy(&emu.origin(), &[]).await;
     let r = reqwest::Client::new()
         .post(format!(
@@ -283,7 +259,7 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     let repair = [
         "repair",
         "--service",
-        is.as_str(),
+        is,
         "--identity",
         "olga",
         "--upstream",

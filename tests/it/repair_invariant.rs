@@ -37,15 +37,11 @@ use serde_json::{Value, json};
 use twilio_repair_proxy::config::Config;
 use twilio_repair_proxy::emulator::FaultMode;
 
-/// The User's role (not the service's default user role).
-const USER_ROLE: &str = "RL0123456789abcdef0123456789abcdef";
-/// The role of each of the User's other memberships (not the default).
-const MEMBER_ROLE: &str = "RLfedcba9876543210fedcba9876543210";
 /// How long the state may take to converge (background completion).
 const CONVERGE_WITHIN: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------
-// The emulator, the proxy configuration, the scene builder.
+// The emulator and the proxy configuration (scenes: `common::Scene`).
 // ---------------------------------------------------------------------------
 
 /// An emulator where every identity suffers the participant fault (block
@@ -60,171 +56,12 @@ async fn invariant_emulator() -> Emu {
 }
 
 /// Short timeouts and backoffs, a fast background completion.
-fn fast_repairs(c: &mut Config) {
-    c.repair.retry_initial_backoff_ms = 10;
-    c.repair.retry_max_backoff_ms = 50;
+fn invariant_config(emu: &Emu) -> Config {
+    let mut c = fast_config(&emu.origin());
     c.repair.step_timeout_ms = 1_000;
     c.repair.workflow_deadline_ms = 8_000;
     c.repair.recovery_interval_ms = 100;
-}
-
-fn invariant_config(emu: &Emu) -> Config {
-    let mut c = test_config(&emu.origin());
-    fast_repairs(&mut c);
     c
-}
-
-/// A stale identity with a User and memberships worth losing, built like a
-/// sentence: `Scene::new(&emu).user("kim").friendly("Kim K")
-/// .attributes(r#"{"vip":true}"#).member_of_others(3)
-/// .armed(FaultMode::Block).build().await`.
-struct Scene<'e> {
-    emu: &'e Emu,
-    identity: String,
-    friendly: String,
-    attributes: String,
-    role: String,
-    others: usize,
-    targets: usize,
-    mode: FaultMode,
-}
-
-/// What [`Scene::build`] made.
-#[derive(Debug, Clone)]
-struct Built {
-    /// `/v1/Services/IS...`
-    base: String,
-    identity: String,
-    user_sid: String,
-    friendly: String,
-    attributes: String,
-    role: String,
-    /// The identity's other memberships: (conversation, attributes).
-    others: Vec<(String, String)>,
-    /// Conversations the creates go to; the identity was just removed from
-    /// the first one (which makes its User stale).
-    targets: Vec<String>,
-}
-
-impl<'e> Scene<'e> {
-    fn new(emu: &'e Emu) -> Self {
-        Scene {
-            emu,
-            identity: "kim".into(),
-            friendly: "Kim K".into(),
-            attributes: r#"{"vip":true}"#.into(),
-            role: USER_ROLE.into(),
-            others: 0,
-            targets: 1,
-            mode: FaultMode::Block,
-        }
-    }
-    fn user(mut self, identity: &str) -> Self {
-        self.identity = identity.into();
-        self
-    }
-    fn friendly(mut self, name: &str) -> Self {
-        self.friendly = name.into();
-        self
-    }
-    fn attributes(mut self, json: &str) -> Self {
-        self.attributes = json.into();
-        self
-    }
-    /// Member of `n` other conversations, each with its own attributes and
-    /// a non-default role.
-    fn member_of_others(mut self, n: usize) -> Self {
-        self.others = n;
-        self
-    }
-    /// The creates go to `n` conversations.
-    fn creating_into(mut self, n: usize) -> Self {
-        self.targets = n;
-        self
-    }
-    fn armed(mut self, mode: FaultMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    async fn build(self) -> Built {
-        let emu = self.emu;
-        let r = emu
-            .http
-            .put(emu.url("/__emulator/fault"))
-            .json(&json!({"mode": self.mode, "identity_pattern": "."}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-        let is = emu.service().await;
-        let base = base(Some(&is));
-        let (s, v) = emu
-            .post(
-                &format!("{base}/Users"),
-                &[
-                    ("Identity", self.identity.as_str()),
-                    ("FriendlyName", self.friendly.as_str()),
-                    ("Attributes", self.attributes.as_str()),
-                    ("RoleSid", self.role.as_str()),
-                ],
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        let user_sid = v["sid"].as_str().unwrap().to_string();
-        let mut others = Vec::new();
-        for i in 0..self.others {
-            let ch = emu.conversation(Some(&is)).await;
-            let attributes = format!(r#"{{"seat":{i},"note":"other {i}"}}"#);
-            let (s, v) = emu
-                .post(
-                    &format!("{base}/Conversations/{ch}/Participants"),
-                    &[
-                        ("Identity", self.identity.as_str()),
-                        ("Attributes", attributes.as_str()),
-                        ("RoleSid", MEMBER_ROLE),
-                    ],
-                )
-                .await;
-            assert_eq!(s, 201, "{v}");
-            others.push((ch, attributes));
-        }
-        let mut targets = Vec::new();
-        for _ in 0..self.targets {
-            targets.push(emu.conversation(Some(&is)).await);
-        }
-        emu.add_and_remove(Some(&is), &targets[0], &self.identity)
-            .await;
-        Built {
-            base,
-            identity: self.identity,
-            user_sid,
-            friendly: self.friendly,
-            attributes: self.attributes,
-            role: self.role,
-            others,
-            targets,
-        }
-    }
-}
-
-impl Built {
-    fn participants(&self, ch: &str) -> String {
-        format!("{}/Conversations/{ch}/Participants", self.base)
-    }
-    fn participant(&self, ch: &str) -> String {
-        format!("{}/{}", self.participants(ch), self.identity)
-    }
-    fn user_path(&self) -> String {
-        format!("{}/Users/{}", self.base, self.identity)
-    }
-    fn other_sids(&self) -> String {
-        self.others
-            .iter()
-            .map(|(ch, _)| ch.as_str())
-            .collect::<Vec<_>>()
-            .join("|")
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -376,16 +213,6 @@ async fn probe(emu: &Emu, path: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-fn same_json(a: &str, b: &str) -> bool {
-    match (
-        serde_json::from_str::<Value>(a),
-        serde_json::from_str::<Value>(b),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 /// What differs from the snapshot now: the User, the other memberships,
 /// and how often the identity is in each requested conversation
 /// (`Some(n)`: must be there exactly n times).
@@ -399,26 +226,32 @@ async fn state_problems(
     if s != 200 {
         out.push(format!("no User {} ({s})", b.identity));
     } else {
-        if u["friendly_name"] != b.friendly.as_str() {
+        let (friendly, attributes, role) = (
+            b.friendly.as_deref().unwrap(),
+            b.attributes.as_deref().unwrap(),
+            b.role.as_deref().unwrap(),
+        );
+        if u["friendly_name"] != friendly {
             out.push(format!(
-                "User friendly_name {} (want {:?})",
-                u["friendly_name"], b.friendly
+                "User friendly_name {} (want {friendly:?})",
+                u["friendly_name"]
             ));
         }
         if !u["attributes"]
             .as_str()
-            .is_some_and(|a| same_json(a, &b.attributes))
+            .is_some_and(|a| same_json(a, attributes))
         {
             out.push(format!(
-                "User attributes {} (want {})",
-                u["attributes"], b.attributes
+                "User attributes {} (want {attributes})",
+                u["attributes"]
             ));
         }
-        if u["role_sid"] != b.role.as_str() {
-            out.push(format!("User role_sid {} (want {})", u["role_sid"], b.role));
+        if u["role_sid"] != role {
+            out.push(format!("User role_sid {} (want {role})", u["role_sid"]));
         }
     }
-    for (ch, attributes) in &b.others {
+    for Membership { ch, attributes, .. } in &b.others {
+        let attributes = attributes.as_deref().unwrap();
         let (s, p) = probe(emu, &b.participant(ch)).await;
         if s != 200 {
             out.push(format!("membership in {ch} missing ({s})"));
@@ -557,7 +390,7 @@ async fn check_invariant(
     );
 
     let dels = user_deletes(emu, b).await;
-    let original = format!("{}/Users/{}", b.base, b.user_sid);
+    let original = format!("{}/Users/{}", b.base, b.user_sid.as_deref().unwrap());
     for d in &dels {
         if d["path"] != original.as_str() {
             problems.push(format!(
@@ -642,14 +475,15 @@ async fn slow_twilio(emu: &Emu) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_staggered_creates_one_delete_all_201() {
     let emu = invariant_emulator().await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true,"tier":"gold"}"#)
         .member_of_others(3)
         .creating_into(50)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     let proxy = start_proxy(invariant_config(&emu)).await;
     slow_twilio(&emu).await;
@@ -670,14 +504,15 @@ async fn fifty_staggered_creates_one_delete_all_201() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_staggered_creates_into_five_conversations_one_delete_one_participant_each() {
     let emu = invariant_emulator().await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true}"#)
         .member_of_others(3)
         .creating_into(5)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     let proxy = start_proxy(invariant_config(&emu)).await;
     slow_twilio(&emu).await;
@@ -707,14 +542,15 @@ async fn fifty_staggered_creates_across_two_proxies_on_postgres_one_delete_all_2
         return;
     }
     let emu = invariant_emulator().await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true}"#)
         .member_of_others(3)
         .creating_into(50)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     let store = fresh_pg_database().await;
     let mut c1 = invariant_config(&emu);
@@ -866,13 +702,14 @@ async fn fault_cell(step: Step, fault: Fault, others: usize) -> Result<(), Strin
     let name = format!("{step:?} × {fault:?} × {others} other memberships");
     let emu = &invariant_emulator().await;
     let proxy = start_proxy(invariant_config(emu)).await;
-    let b = Scene::new(emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true}"#)
         .member_of_others(others)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(emu)
         .await;
     let mut rule = step.rule(&b);
     rule["action"] = fault.action();
@@ -887,15 +724,7 @@ async fn fault_cell(step: Step, fault: Fault, others: usize) -> Result<(), Strin
             answer.status, answer.outcome
         ));
     }
-    let rules: Value = emu
-        .http
-        .get(emu.url("/__emulator/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = emu.control_json("/__emulator/faults").await;
     let pending = rules["faults"]
         .as_array()
         .unwrap()
@@ -971,13 +800,14 @@ const SLOW_DELETE_MS: u64 = 2_500;
 /// removed the User put back meanwhile.
 async fn slow_delete_after_a_kill(recovery: Recovery) {
     let emu = invariant_emulator().await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true}"#)
         .member_of_others(2)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     emu.add_rule(
         json!({"method": "DELETE", "path": format!("^{}/Users/", b.base), "times": 1,
@@ -1115,13 +945,14 @@ async fn a_client_that_hangs_up_does_not_cancel_the_repair() {
         let emu = &emu;
         let proxy = proxy.addr;
         async move {
-            let b = Scene::new(emu)
+            let b = Scene::new()
                 .user("kim")
                 .friendly("Kim K")
+                .role(USER_ROLE)
                 .attributes(r#"{"vip":true}"#)
                 .member_of_others(3)
                 .armed(FaultMode::Block)
-                .build()
+                .build_in(emu)
                 .await;
             // Each call takes a little while, so that the hang-up lands
             // while the repair is under way.
@@ -1188,13 +1019,14 @@ async fn a_client_that_hangs_up_does_not_cancel_the_repair() {
 async fn a_client_that_hangs_up_after_the_delete_does_not_cancel_the_repair() {
     let emu = invariant_emulator().await;
     let proxy = start_proxy(invariant_config(&emu)).await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true}"#)
         .member_of_others(3)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     let hold = emu
         .add_rule_id(
@@ -1253,13 +1085,14 @@ enum Gap {
 async fn bare_user_made_in_the_gap(gap: Gap) {
     let emu = invariant_emulator().await;
     let proxy = start_proxy(invariant_config(&emu)).await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true,"tier":"gold"}"#)
         .member_of_others(3)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     let hold = emu
         .add_rule_id(
@@ -1271,11 +1104,8 @@ async fn bare_user_made_in_the_gap(gap: Gap) {
     let in_the_gap = async {
         emu.wait_held(1).await;
         let ch = match gap {
-            Gap::NewConversation => {
-                emu.conversation(Some(&b.base["/v1/Services/".len()..]))
-                    .await
-            }
-            Gap::OtherMembership => b.others[1].0.clone(),
+            Gap::NewConversation => emu.conversation(b.is()).await,
+            Gap::OtherMembership => b.others[1].ch.clone(),
         };
         let (s, v) = emu
             .post(&b.participants(&ch), &[("Identity", b.identity.as_str())])
@@ -1329,13 +1159,14 @@ async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repa
         return;
     }
     let emu = invariant_emulator().await;
-    let b = Scene::new(&emu)
+    let b = Scene::new()
         .user("kim")
         .friendly("Kim K")
+        .role(USER_ROLE)
         .attributes(r#"{"vip":true}"#)
         .member_of_others(1)
         .armed(FaultMode::Block)
-        .build()
+        .build_in(&emu)
         .await;
     let store = fresh_pg_database().await;
     let mut c1 = invariant_config(&emu);
@@ -1379,10 +1210,10 @@ async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repa
         "the update made during the repair was kept: {user}"
     );
     assert_eq!(user["attributes"], r#"{"vip":true}"#, "{user}");
-    for (ch, attributes) in &b.others {
+    for Membership { ch, attributes, .. } in &b.others {
         let (s, p) = probe(&emu, &b.participant(ch)).await;
         assert_eq!(s, 200, "membership {ch} back");
-        assert_eq!(p["attributes"], attributes.as_str());
+        assert_eq!(p["attributes"], attributes.as_deref().unwrap());
     }
     a.stop().await;
     other.stop().await;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::Value;
-use twilio_repair_proxy::emulator::{EmulatorConfig, FaultMode};
+use twilio_repair_proxy::emulator::FaultMode;
 
 const PYTHON_VERSION: &str = "9.13.0";
 const NODE_VERSION: &str = "6.2.0";
@@ -200,11 +200,9 @@ fn sids(out: &Value) -> (String, String) {
     )
 }
 
-fn faulted(mode: FaultMode, identity: &'static str) -> impl FnOnce(&mut EmulatorConfig) {
-    move |c| {
-        c.fault_mode = mode;
-        c.fault_identities = vec![identity.to_string()];
-    }
+/// The identity suffers the fault; the library makes everything else.
+fn faulted(mode: FaultMode, identity: &str) -> Scene {
+    Scene::new().user(identity).faulty(mode)
 }
 
 /// One entry of the emulator's request log.
@@ -252,7 +250,7 @@ fn count(log: &[Logged], method: &str, needle: &str) -> usize {
 // ---------------------------------------------------------------------------
 
 async fn direct_block_scenario(lib: Lib) {
-    let emu = start_emulator(faulted(FaultMode::Block, "alice")).await;
+    let emu = faulted(FaultMode::Block, "alice").emulator().await;
     let out = run(
         lib,
         &emu.origin(),
@@ -342,7 +340,7 @@ async fn node_direct_block_fault_raises_20404_and_lists_all_pages() {
 
 #[tokio::test]
 async fn python_direct_ghost_fault_raises_20404_but_creates() {
-    let emu = start_emulator(faulted(FaultMode::Ghost, "alice")).await;
+    let emu = faulted(FaultMode::Ghost, "alice").emulator().await;
     let out = run(Lib::Python, &emu.origin(), &["--identity", "alice"]).await;
     let (is, ch) = sids(&out);
     assert_create_20404(Lib::Python, &out, "readd", &is, &ch);
@@ -357,8 +355,11 @@ async fn python_direct_ghost_fault_raises_20404_but_creates() {
 // Through the proxy: the same library calls succeed.
 // ---------------------------------------------------------------------------
 
-async fn proxied(mode: FaultMode, identity: &'static str) -> Stack {
-    stack(faulted(mode, identity), |c| c.add_forwarded_headers = true).await
+async fn proxied(mode: FaultMode, identity: &str) -> Stack {
+    faulted(mode, identity)
+        .proxy(|c| c.add_forwarded_headers = true)
+        .stack()
+        .await
 }
 
 /// Every request the library made reached the emulator through the proxy:
@@ -472,10 +473,12 @@ async fn python_through_proxy_ghost_mode_readd_returns_the_participant() {
 
 #[tokio::test]
 async fn node_through_proxy_block_mode_readd_returns_the_participant() {
-    let st = proxied(FaultMode::Block, "alice").await;
     // Service and conversation made directly; the library gets their SIDs.
-    let is = st.emu.service().await;
-    let ch = st.emu.conversation(Some(&is)).await;
+    let (st, alice) = faulted(FaultMode::Block, "alice")
+        .proxy(|c| c.add_forwarded_headers = true)
+        .start()
+        .await;
+    let (is, ch) = (alice.is.clone().unwrap(), alice.target().to_string());
     st.emu.clear_requests().await;
     let out = run(
         Lib::Node,
@@ -513,7 +516,10 @@ async fn node_through_proxy_block_mode_readd_returns_the_participant() {
 // ---------------------------------------------------------------------------
 
 async fn pagination_stays_on_the_proxy(lib: Lib) {
-    let st = stack_rewriting(faulted(FaultMode::Ghost, "nobody-affected")).await;
+    let st = faulted(FaultMode::Ghost, "nobody-affected")
+        .rewriting_links()
+        .stack()
+        .await;
     let out = run(
         lib,
         &format!("http://{}", st.proxy.addr),
@@ -592,7 +598,7 @@ async fn node_pagination_stays_on_the_proxy_with_link_rewriting() {
 // ---------------------------------------------------------------------------
 
 async fn full_surface_through_the_proxy(lib: Lib, mode: FaultMode) {
-    let st = stack_rewriting(faulted(mode, "ivy")).await;
+    let st = faulted(mode, "ivy").rewriting_links().stack().await;
     let out = run(
         lib,
         &format!("http://{}", st.proxy.addr),
