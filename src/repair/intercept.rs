@@ -188,6 +188,11 @@ impl Repairer {
             body: buffered,
             origin: origin.clone(),
             requested_at,
+            original_request_id: resp
+                .headers()
+                .get("twilio-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         };
         match resp.status() {
             StatusCode::NOT_FOUND => self.after_404(resp, req).await,

@@ -186,6 +186,9 @@ impl Repairer {
     }
 
     async fn record_incident(&self, incident: Incident) {
+        // With "hash", no identity is stored in plain text: not in a step's
+        // path or message either (the identity itself already is hashed).
+        let incident = crate::admin::Privacy::new(self.config.incident_identity).incident(incident);
         tracing::info!(
             outcome = %incident.outcome,
             conversation = %incident.conversation_sid,

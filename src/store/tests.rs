@@ -150,12 +150,8 @@ async fn assert_adopted(store: &dyn Store, applied: Vec<i64>) {
         outcome: super::Outcome::Repaired,
         detail: None,
         repair_id: Some(2),
-        steps: vec![StepRecord {
-            step: StepKind::DeleteUser,
-            status: Some(204),
-            ok: true,
-            twilio_request_id: None,
-        }],
+        steps: vec![StepRecord::bare(StepKind::DeleteUser, Some(204), true)],
+        request_id: None,
     };
     assert_eq!(store.insert_incident(&incident).await.unwrap(), 2);
     assert_eq!(
