@@ -43,8 +43,15 @@ use crate::config::{AdminToken, Config};
 use crate::metrics::Metrics;
 use crate::store::{Incident, Store};
 
+pub mod bundle;
 mod privacy;
+pub mod ui;
+mod views;
 pub use privacy::{Privacy, hash_identity};
+
+/// The incidents page's session cookie: a browser that signed in with the
+/// admin token (`POST /ui/login`) sends it instead of a bearer header.
+pub const SESSION_COOKIE: &str = "trp_admin_session";
 
 /// Shared state of the admin plane. Built once by [`AdminState::new`];
 /// the proxy's lifecycle is reported through [`AdminState::set_listening`]
@@ -104,10 +111,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/incidents", get(incidents))
         .route("/repairs", get(repairs))
         .route("/repairs/{id}/abandon", axum::routing::post(abandon))
+        .route("/ui", get(ui::list))
+        .route("/ui/incidents/{id}", get(ui::detail))
+        .route("/ui/incidents/{id}/bundle", get(ui::bundle))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .route("/ui/login", get(ui::login_form).post(ui::login))
+        .route("/ui/logout", axum::routing::post(ui::logout))
         .merge(guarded)
         .with_state(state)
 }
@@ -124,12 +137,19 @@ async fn require_token(State(s): State<Arc<AdminState>>, mut req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer_credentials(v.as_bytes()));
-    match presented {
-        Some(p) if token_matches(token.expose().as_bytes(), p) => {
+    let authenticated = match presented {
+        Some(p) => token_matches(token.expose().as_bytes(), p),
+        None => session_from(req.headers()).is_some_and(|c| {
+            token_matches(session_cookie(token.expose().as_bytes()).as_bytes(), c)
+        }),
+    };
+    match authenticated {
+        true => {
             req.extensions_mut().insert(Operator);
             next.run(req).await
         }
-        _ => {
+        false if req.uri().path().starts_with("/ui") => ui::unauthorized(),
+        false => {
             let mut resp = admin_error(
                 StatusCode::UNAUTHORIZED,
                 "this admin path needs the admin token: send `Authorization: Bearer <admin.token>`",
@@ -156,6 +176,29 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     Some(&rest[start..end])
 }
 
+/// The session cookie's value for a token: a SHA-256 of it under a fixed
+/// label (hex), so the browser never holds the token itself, and a new
+/// token ends every session.
+fn session_cookie(token: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(b"twilio-repair-proxy admin session\0");
+    h.update(token);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of the session cookie in a request's `Cookie` headers.
+fn session_from(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            (name == SESSION_COOKIE.as_bytes()).then_some(&value[1..])
+        })
+}
+
 /// Constant-time comparison: both sides are hashed first (equal lengths
 /// whatever was presented), then every byte of the digests is compared.
 fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
@@ -177,33 +220,53 @@ fn admin_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+/// Why the replica is not ready, or `Ok` (what `/readyz` answers).
+async fn readiness(s: &AdminState) -> Result<(), &'static str> {
     if s.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+        return Err("draining");
     }
     if !s.listening.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "proxy listener not up\n").into_response();
+        return Err("proxy listener not up");
     }
     // A real write, not `SELECT 1`: a full disk, a read-only or deleted
     // journal file, or a database that refuses writes must take the
     // replica out of rotation before a repair needs the journal.
     if let Err(e) = s.store.probe_write().await {
         tracing::warn!(error = %e, "journal does not accept writes");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "journal does not accept writes\n",
-        )
-            .into_response();
+        return Err("journal does not accept writes");
     }
-    (StatusCode::OK, "ready\n").into_response()
+    Ok(())
 }
 
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    match readiness(&s).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+/// The counters, and two gauges read at scrape time: whether the journal
+/// accepts a write now (`trp_store_ready`) and whether `/readyz` would say
+/// ready (`trp_ready`), so that an alert sees a store outage and a replica
+/// out of rotation in the metrics it already scrapes.
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    let mut text = s.metrics.render();
+    let ready = readiness(&s).await;
+    let store_ok = match ready {
+        Err("draining") | Err("proxy listener not up") => s.store.probe_write().await.is_ok(),
+        other => other.is_ok(),
+    };
+    use std::fmt::Write;
+    let _ = write!(
+        text,
+        "# HELP trp_store_ready Whether the journal accepted a write when this scrape was served.\n\
+         # TYPE trp_store_ready gauge\ntrp_store_ready {}\n\
+         # HELP trp_ready Whether /readyz answers ready (listening, not draining, journal writable).\n\
+         # TYPE trp_ready gauge\ntrp_ready {}\n",
+        u8::from(store_ok),
+        u8::from(ready.is_ok()),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -328,6 +391,24 @@ mod tests {
         assert_eq!(bearer_credentials(b"Bearer"), None);
         assert_eq!(bearer_credentials(b"Basic abc"), None);
         assert_eq!(bearer_credentials(b"Bearerabc"), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; trp_admin_session=abc ; b=2"),
+        );
+        assert_eq!(session_from(&h), Some(&b"abc"[..]));
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("trp_admin_sessionx=abc"),
+        );
+        assert_eq!(session_from(&h), None);
+        assert_ne!(session_cookie(b"t1"), session_cookie(b"t2"));
+        assert_eq!(session_cookie(b"t1").len(), 64);
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub fn hash_identity(identity: &str) -> String {
     format!("sha256:{}", &hex[..16])
 }
 
-fn is_hashed(s: &str) -> bool {
+pub(crate) fn is_hashed(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
         h.len() == 16
             && h.bytes()

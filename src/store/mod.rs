@@ -299,19 +299,61 @@ pub trait Store: Send + Sync {
     fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>>;
     /// Most recent first.
     fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>>;
-    /// One incident by id.
-    fn incident(&self, id: i64) -> BoxFuture<'_, Result<Option<Incident>, StoreError>>;
+    /// One incident by id. (The default scans [`Store::incidents`]; the
+    /// SQL stores answer it with one query, as the next two.)
+    fn incident(&self, id: i64) -> BoxFuture<'_, Result<Option<Incident>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .incidents(i64::MAX)
+                .await?
+                .into_iter()
+                .find(|i| i.id == id))
+        })
+    }
     /// Incidents matching a filter, most recent first.
     fn find_incidents<'a>(
         &'a self,
-        filter: &'a IncidentFilter,
-    ) -> BoxFuture<'a, Result<Vec<Incident>, StoreError>>;
+        f: &'a IncidentFilter,
+    ) -> BoxFuture<'a, Result<Vec<Incident>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .incidents(i64::MAX)
+                .await?
+                .into_iter()
+                .filter(|i| f.outcome.is_none_or(|o| i.outcome == o))
+                .filter(|i| f.service_sid.is_none() || i.service_sid == f.service_sid)
+                .filter(|i| {
+                    f.identities.is_empty()
+                        || i.identity
+                            .as_ref()
+                            .is_some_and(|v| f.identities.contains(v))
+                })
+                .skip(usize::try_from(f.offset).unwrap_or(0))
+                .take(usize::try_from(f.limit).unwrap_or(0))
+                .collect())
+        })
+    }
     /// How many incidents of each outcome were recorded at or after
     /// `since` (RFC 3339); outcomes with none are left out.
     fn outcome_counts<'a>(
         &'a self,
         since: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<(Outcome, i64)>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<(Outcome, i64)>, StoreError>> {
+        Box::pin(async move {
+            let list = self.incidents(i64::MAX).await?;
+            Ok(Outcome::ALL
+                .into_iter()
+                .map(|o| {
+                    let n = list
+                        .iter()
+                        .filter(|i| i.outcome == o && i.at.as_str() >= since)
+                        .count();
+                    (o, n as i64)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect())
+        })
+    }
 }
 
 /// Open the store named by a `--store` URL.
