@@ -28,7 +28,8 @@ h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
 table{border-collapse:collapse;width:100%;margin:.5rem 0}
 caption{text-align:left;font-weight:600;padding:.25rem 0}
 th,td{border-bottom:1px solid var(--line);padding:.4rem .5rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th{background:#f0f0f0}
+th{background:#f0f0f0;white-space:nowrap}
+.nowrap{white-space:nowrap}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 .outcome-failed,.status-bad{color:var(--bad);font-weight:600}
 .outcome-repaired,.status-ok{color:var(--good);font-weight:600}
@@ -280,7 +281,7 @@ pub fn list(
                             @for i in incidents {
                                 tr.incident data-id=(i.id) data-outcome=(i.outcome.as_str()) {
                                     td data-label="#" { a href={ "/ui/incidents/" (i.id) } { "incident " (i.id) } }
-                                    td data-label="at" { (i.at) }
+                                    td.nowrap data-label="at" { (i.at) }
                                     td data-label="outcome" class=(outcome_class(i.outcome)) { (i.outcome.as_str()) }
                                     td data-label="service" { (i.service_sid.as_deref().unwrap_or("-")) }
                                     td data-label="conversation" { (i.conversation_sid) }
@@ -365,10 +366,10 @@ pub fn detail(i: &Incident, snapshot: SnapshotView<'_>, signed_in: bool) -> Mark
                                 td.num data-label="#" { (n + 1) }
                                 td data-label="step" { (s.step) }
                                 td data-label="call" { code { (s.method.as_deref().unwrap_or("")) " " (s.path.as_deref().unwrap_or("")) } }
-                                td data-label="status" class=(if s.ok { "status-ok" } else { "status-bad" }) {
+                                td data-label="status" class=(if s.ok { "nowrap status-ok" } else { "nowrap status-bad" }) {
                                     @match s.status { Some(c) => (c), None => "no answer" }
                                 }
-                                td.num data-label="duration" {
+                                td.num.nowrap data-label="duration" {
                                     @if let Some(d) = s.duration_ms { (d) " ms" } @else { "-" }
                                 }
                                 td data-label="request id" { code { (s.twilio_request_id.as_deref().unwrap_or("-")) } }

@@ -25,7 +25,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::store::{MAX_STEP_MESSAGE_CHARS, StepRecord, now_rfc3339};
+use crate::store::{MAX_STEP_MESSAGE_CHARS, StepRecord};
 use crate::twilio_api::{ApiError, ApiResponse, RetryPolicy, TwilioApi};
 pub use crate::vocabulary::StepKind;
 
@@ -266,7 +266,7 @@ impl Api {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (at, started) = (now_rfc3339(), Instant::now());
+            let (at, started) = (step_time(), Instant::now());
             let result = self
                 .inner
                 .send(method.clone(), path, &sent, self.deadline)
@@ -362,6 +362,17 @@ impl Api {
             date_created: if success { field("date_created") } else { None },
         });
     }
+}
+
+/// When a step's call is sent: RFC 3339 UTC with microseconds, so that
+/// the steps of one incident sort into the order they were made in.
+fn step_time() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{}.{:06}Z",
+        crate::store::rfc3339(t).trim_end_matches('Z'),
+        t.microsecond()
+    )
 }
 
 #[cfg(test)]
