@@ -31,8 +31,11 @@ struct Scene {
 }
 
 async fn scene(tweak: impl FnOnce(&mut Config)) -> Scene {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let store = format!("sqlite://{}/journal.db", dir.display());
+    scene_on(StoreKind::Sqlite, tweak).await
+}
+
+async fn scene_on(kind: StoreKind, tweak: impl FnOnce(&mut Config)) -> Scene {
+    let store = store_url(kind).await;
     let store2 = store.clone();
     let st = stack(
         |c| {
@@ -631,4 +634,107 @@ fn field_is(text: &str, name: &str, value: &str) -> bool {
 fn base64_basic() -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TOKEN}"))
+}
+
+/// The page's queries (filters, pages, counts) on the shared store too.
+#[tokio::test]
+async fn the_page_and_the_bundle_read_a_postgres_store() {
+    let sc = scene_on(StoreKind::Postgres, |_| {}).await;
+    let (s, list, _) = sc.get("/ui?outcome=failed", Auth::None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list.matches(r#"<tr class="incident""#).count(), 1, "{list}");
+    assert!(list.contains(">bob<"), "{list}");
+    assert!(
+        list.contains(r#"outcome-repaired">repaired</th><td class="num">2</td>"#),
+        "{list}"
+    );
+    let (s, list, _) = sc
+        .get(&format!("/ui?service={}&identity=alice", sc.is), Auth::None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(list.matches(r#"<tr class="incident""#).count(), 1, "{list}");
+    let (s, list, _) = sc.get("/ui?page=2", Auth::None).await;
+    assert_eq!(s, 200);
+    assert!(list.contains("No incident matches."), "{list}");
+    let id = sc.incidents(None).await[1]["id"].as_i64().unwrap();
+    let text = bundle_cli(&sc.store, id);
+    assert!(field_is(&text, "outcome", "failed"), "{text}");
+    sc.st.proxy.stop().await;
+}
+
+/// `demo`, the README's first command: every link it prints goes through
+/// the proxy or its admin listener, the last one is the incidents page,
+/// and the answers' own links point at the proxy (link rewriting).
+#[tokio::test]
+async fn the_demo_prints_links_through_the_proxy_ending_with_the_incidents_page() {
+    use tokio::io::AsyncBufReadExt;
+    let (p, a, e) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(bin())
+        .arg("demo")
+        .args(["--listen", &format!("127.0.0.1:{p}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{a}")])
+        .args(["--emulator-listen", &format!("127.0.0.1:{e}")])
+        .args([
+            "--store",
+            &format!("sqlite://{}/demo.db", dir.path().display()),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    // 30 s: a bound on "the demo never printed its steps".
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            printed.push_str(&l);
+            printed.push('\n');
+            if l.contains("Ctrl-C") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the demo printed no steps");
+    let (proxy, admin) = (
+        format!("http://127.0.0.1:{p}"),
+        format!("http://127.0.0.1:{a}"),
+    );
+    let links: Vec<&str> = printed
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches([',', '.']))
+        .collect();
+    assert!(links.len() >= 5, "{printed}");
+    for l in &links {
+        assert!(
+            l.starts_with(&proxy) || l.starts_with(&admin),
+            "{l} in:\n{printed}"
+        );
+    }
+    assert_eq!(links.last().unwrap(), &format!("{admin}/ui"), "{printed}");
+    // Step 1 as printed: the repair, and links in the answer on the proxy.
+    let create = *links.iter().find(|l| l.ends_with("/Participants")).unwrap();
+    wait_ready(&format!("{admin}/readyz")).await;
+    let r = reqwest::Client::new()
+        .post(create)
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .form(&[("Identity", "demo-alice")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-repair-outcome"], "repaired");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["url"].as_str().unwrap().starts_with(&proxy), "{body}");
+    let (s, page, _) = {
+        let r = reqwest::get(format!("{admin}/ui")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap(), ())
+    };
+    assert_eq!(s, 200);
+    assert!(page.contains(">demo-alice<"), "{page}");
+    child.kill().await.unwrap();
 }
