@@ -9,13 +9,22 @@
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
+//! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
+//!
+//! The files: this one (routes, the token check, the JSON answers),
+//! `privacy.rs` ([`Privacy`]), `ui.rs` (the page's handlers), `views.rs`
+//! (its templates) and `bundle.rs` (the support bundle, shared with
+//! `incidents bundle`).
 //!
 //! Privacy, in one place (here), for every admin answer and for
 //! `incidents export` ([`Privacy`]):
 //! - With `admin.token` set, every path but the probes (`/healthz`,
 //!   `/readyz`, which the kubelet calls without credentials) needs
-//!   `Authorization: Bearer <token>`, compared in constant time; otherwise
-//!   401 with a JSON body and `WWW-Authenticate: Bearer`.
+//!   `Authorization: Bearer <token>` or the session cookie a browser gets
+//!   from `POST /ui/login` (`trp_admin_session`: a SHA-256 of the token
+//!   under a fixed label, `HttpOnly; SameSite=Strict`), each compared in
+//!   constant time; otherwise 401 with a JSON body and
+//!   `WWW-Authenticate: Bearer` (under `/ui`, the sign-in form).
 //! - With `repair.incident_identity = "hash"`, no identity leaves in plain
 //!   text: not in incidents (even those recorded before the switch), not in
 //!   journal records (which keep the plain identity, needed to recover),

@@ -282,7 +282,7 @@ async fn postgres_replicas_starting_together_migrate_once() {
             .fetch_all(&stores[0].pool)
             .await
             .unwrap();
-    assert_eq!(applied, vec![1, 2, 3]);
+    assert_eq!(applied, vec![1, 2, 3, 4]);
     for s in stores {
         s.pool.close().await;
     }
