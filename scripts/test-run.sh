@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for var in TRP_TEST_PYTHON TRP_TEST_PG_URL TRP_TEST_PG_CTL; do
+for var in TRP_TEST_PYTHON TRP_TEST_PG_URL TRP_TEST_PG_CTL TRP_TEST_CHROMIUM TRP_TEST_PROMTOOL; do
   if [ -z "${!var:-}" ]; then
     echo "$var is not set: run \`eval \"\$(bash scripts/test-setup.sh)\"\` first, or bash scripts/test.sh" >&2
     exit 2

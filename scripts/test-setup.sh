@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Everything the test suite needs besides the Rust toolchain, on a fresh
 # Debian machine: the official Twilio helper libraries for Python and Node
-# (pinned versions, installed inside the tree) and a throwaway PostgreSQL
+# (pinned versions, installed inside the tree), Debian's chromium (the
+# incidents page's browser test) and prometheus (its promtool checks and
+# unit-tests deploy/prometheus/alerts.yaml), each installed if missing
+# (about 20 s together on a fresh machine), and a throwaway PostgreSQL
 # cluster on 127.0.0.1 (Debian's postgresql package is installed if the
 # machine has no server).
 #
@@ -41,11 +44,24 @@ if [ -f tests/sdk/node/package.json ]; then
   env_line TRP_TEST_NODE_DIR "$PWD/tests/sdk/node"
 fi
 
+# Debian packages the tests run: headless Chromium and promtool.
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  # The prometheus package's service is never started here (no init system
+  # runs in CI); only its promtool binary is used.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+env_line TRP_TEST_CHROMIUM "$(command -v chromium)"
+env_line TRP_TEST_PROMTOOL "$(command -v promtool)"
+
 # PostgreSQL: a throwaway cluster on 127.0.0.1 in a temporary directory,
 # for the shared-store (fleet) tests.
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi

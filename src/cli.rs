@@ -108,12 +108,30 @@ pub enum IncidentsCommand {
     /// Print every recorded incident, for Twilio Support (identities hashed
     /// when `repair.incident_identity = "hash"`).
     Export(ExportArgs),
+    /// Write one incident's support bundle (a text file for a Twilio Support
+    /// ticket: SIDs, timestamps, every call with its Twilio-Request-Id,
+    /// the User's date_created; never a credential or attributes).
+    Bundle(BundleArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
     Json,
     Csv,
+    /// Affected identities grouped by the day their User was created (CSV).
+    Clusters,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    /// The incident's number (as on /incidents and the incidents page).
+    #[arg(long)]
+    pub id: i64,
+    /// Write the bundle to this file instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -91,21 +91,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let admin = bind(config.admin_listen).await?;
     let proxy_url = format!("http://{}", proxy.local_addr()?);
     let admin_url = format!("http://{}", admin.local_addr()?);
-    println!(
-        "\ntwilio-repair-proxy demo: proxy {proxy_url} -> emulator {emu_origin} (no Twilio account needed)\n\
-         The identity demo-alice was added to conversation {ch} and removed again,\n\
-         so Twilio's fault is armed for it (block mode: the re-add fails until the User is recreated).\n\n\
-         1. The fault, straight from the emulator (what your app sees without the proxy):\n\
-         \x20  curl -s -u {account}:{token} {emu_origin}{parts} -d Identity=demo-alice\n\n\
-         2. The same call through the proxy: 201 and X-Repair-Outcome: repaired\n\
-         \x20  curl -si -u {account}:{token} {proxy_url}{parts} -d Identity=demo-alice\n\n\
-         3. Re-arm: remove the participant again, then repeat step 2:\n\
-         \x20  curl -s -u {account}:{token} -X DELETE {proxy_url}{parts}/demo-alice\n\n\
-         4. What the proxy recorded:\n\
-         \x20  curl -s {admin_url}/incidents\n\
-         \x20  curl -s {admin_url}/metrics | grep trp_repair\n\n\
-         Ctrl-C stops the demo.\n"
-    );
+    // Link rewriting: the `url`, `links` and `meta.*_url` fields of every
+    // answer point at the proxy, so that what the demo shows (and a helper
+    // library's pagination) goes through the product, not the emulator.
+    config.public_base_url = Some(proxy_url.clone());
+    println!("{}", steps(&proxy_url, &admin_url, &parts, &ch));
     App::build(config, Listeners { proxy, admin })
         .await?
         .serve(shutdown_signal())
@@ -113,6 +103,29 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let _ = emu_stop_tx.send(());
     let _ = emu_task.await;
     Ok(())
+}
+
+/// What the demo prints: every link goes through the proxy (the API) or
+/// its admin listener, and the last one is the incidents page.
+pub fn steps(proxy_url: &str, admin_url: &str, parts: &str, ch: &str) -> String {
+    let (account, token) = (emulator::DEFAULT_ACCOUNT_SID, emulator::DEFAULT_AUTH_TOKEN);
+    format!(
+        "\ntwilio-repair-proxy demo: the proxy at {proxy_url}, in front of a local Twilio emulator\n\
+         (no Twilio account needed). The identity demo-alice was added to conversation {ch} and\n\
+         removed again, so Twilio's fault is armed for it: without the proxy, adding demo-alice\n\
+         back answers 404 with error 20404 until her User is deleted and recreated.\n\n\
+         1. Add demo-alice through the proxy: 201 and X-Repair-Outcome: repaired\n\
+         \x20  curl -si -u {account}:{token} {proxy_url}{parts} -d Identity=demo-alice\n\n\
+         2. The participants, with links that point at the proxy:\n\
+         \x20  curl -s -u {account}:{token} {proxy_url}{parts}\n\n\
+         3. Re-arm: remove the participant again, then repeat step 1:\n\
+         \x20  curl -s -u {account}:{token} -X DELETE {proxy_url}{parts}/demo-alice\n\n\
+         4. The metrics:\n\
+         \x20  curl -s {admin_url}/metrics | grep trp_repair\n\n\
+         5. What the proxy recorded, step by step, with a support bundle for Twilio (open in a browser):\n\
+         \x20  {admin_url}/ui\n\n\
+         Ctrl-C stops the demo.\n"
+    )
 }
 
 fn direct_api(origin: &str, user: &str, secret: &str) -> Result<TwilioApi, CommandError> {

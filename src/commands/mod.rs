@@ -68,6 +68,8 @@ pub enum CommandError {
         repair_id: i64,
         state: crate::store::RepairState,
     },
+    #[error("no incident {id} in this store (see `incidents export` or the incidents page)")]
+    NoIncident { id: i64 },
     #[error(transparent)]
     Emulator(Box<dyn std::error::Error + Send + Sync>),
 }

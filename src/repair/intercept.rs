@@ -188,6 +188,11 @@ impl Repairer {
             body: buffered,
             origin: origin.clone(),
             requested_at,
+            original_request_id: resp
+                .headers()
+                .get("twilio-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         };
         match resp.status() {
             StatusCode::NOT_FOUND => self.after_404(resp, req).await,
@@ -352,9 +357,13 @@ fn respond(verdict: Verdict, original: Response<Body>) -> Response<Body> {
     match verdict.answer {
         Answer::Created(p) => {
             let p = *p;
+            // A declared length: link rewriting (`public_base_url`) only
+            // buffers bodies whose length is known.
+            let len = HeaderValue::from(p.body.len());
             let mut r = Response::new(Body::from(p.body));
             *r.status_mut() = StatusCode::CREATED;
             let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, len);
             h.insert(
                 header::CONTENT_TYPE,
                 p.content_type

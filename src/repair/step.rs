@@ -25,7 +25,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::store::StepRecord;
+use crate::store::{MAX_STEP_MESSAGE_CHARS, StepRecord};
 use crate::twilio_api::{ApiError, ApiResponse, RetryPolicy, TwilioApi};
 pub use crate::vocabulary::StepKind;
 
@@ -266,11 +266,12 @@ impl Api {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let (at, started) = (step_time(), Instant::now());
             let result = self
                 .inner
                 .send(method.clone(), path, &sent, self.deadline)
                 .await;
-            self.record(kind, &result);
+            self.record(kind, path, at, started.elapsed(), &result);
             let (retry, hint, last) = match result {
                 Ok(r) if kind.is_answer(r.status) => return Ok(r),
                 Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => {
@@ -319,14 +320,59 @@ impl Api {
         }
     }
 
-    fn record(&mut self, kind: StepKind, r: &Result<ApiResponse, ApiError>) {
+    fn record(
+        &mut self,
+        kind: StepKind,
+        path: &str,
+        at: String,
+        took: Duration,
+        r: &Result<ApiResponse, ApiError>,
+    ) {
+        let json = r.as_ref().ok().and_then(ApiResponse::json);
+        let field = |name: &str| {
+            json.as_ref()
+                .and_then(|v| v.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let success = matches!(r, Ok(x) if x.status.is_success());
+        let error_message = match r {
+            Ok(_) if success => None,
+            Ok(_) => field("message"),
+            Err(e) => Some(e.to_string()),
+        }
+        .map(|m| m.chars().take(MAX_STEP_MESSAGE_CHARS).collect());
         self.steps.push(StepRecord {
             step: kind,
             status: r.as_ref().ok().map(|r| r.status.as_u16()),
             ok: matches!(r, Ok(x) if kind.is_answer(x.status)),
             twilio_request_id: r.as_ref().ok().and_then(|r| r.request_id.clone()),
+            method: Some(kind.method().to_string()),
+            path: Some(path.to_string()),
+            at: Some(at),
+            duration_ms: Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX)),
+            error_code: if success {
+                None
+            } else {
+                json.as_ref()
+                    .and_then(|v| v.get("code"))
+                    .and_then(|c| c.as_u64())
+            },
+            error_message,
+            date_created: if success { field("date_created") } else { None },
         });
     }
+}
+
+/// When a step's call is sent: RFC 3339 UTC with microseconds, so that
+/// the steps of one incident sort into the order they were made in.
+fn step_time() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{}.{:06}Z",
+        crate::store::rfc3339(t).trim_end_matches('Z'),
+        t.microsecond()
+    )
 }
 
 #[cfg(test)]

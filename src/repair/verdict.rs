@@ -67,6 +67,8 @@ pub struct CreateRequest {
     pub body: Bytes,
     pub origin: Origin,
     pub requested_at: time::OffsetDateTime,
+    /// The `Twilio-Request-Id` of the 404/20404 the create got.
+    pub original_request_id: Option<String>,
 }
 
 impl CreateRequest {
@@ -158,6 +160,7 @@ impl CreateRequest {
             detail: verdict.detail.clone(),
             repair_id: verdict.repair_id,
             steps,
+            request_id: self.original_request_id.clone(),
         }
     }
 }

@@ -43,6 +43,11 @@ pub(crate) const SQLITE: &[File] = &[
         "fences",
         include_str!("../../migrations/sqlite/0003_fences.sql"),
     ),
+    (
+        4,
+        "incident request id",
+        include_str!("../../migrations/sqlite/0004_incident_request_id.sql"),
+    ),
 ];
 
 /// The PostgreSQL journal's migrations, in order.
@@ -61,6 +66,11 @@ pub(crate) const POSTGRES: &[File] = &[
         3,
         "fences",
         include_str!("../../migrations/postgres/0003_fences.sql"),
+    ),
+    (
+        4,
+        "incident request id",
+        include_str!("../../migrations/postgres/0004_incident_request_id.sql"),
     ),
 ];
 

@@ -130,13 +130,66 @@ pub struct NewRepair {
     pub webhook: Option<String>,
 }
 
-/// One workflow step as shown in an incident.
+/// One workflow step (one attempt at one Twilio call) as shown in an
+/// incident and in a support bundle. Incidents are stored with their steps
+/// as JSON: the fields after `twilio_request_id` came later and are absent
+/// (`None`) on steps recorded before them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: StepKind,
+    /// Twilio's status, or `None` when no answer came (timeout, transport).
     pub status: Option<u16>,
     pub ok: bool,
     pub twilio_request_id: Option<String>,
+    /// `GET`, `POST`, `DELETE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path and query of the call (an identity in it is hashed in the
+    /// record with `repair.incident_identity = "hash"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// When the call was sent (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// From sending the call to having its whole answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Twilio's error `code` of a non-2xx JSON answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<u64>,
+    /// Twilio's error `message` (or why no answer came), at most
+    /// [`MAX_STEP_MESSAGE_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// The `date_created` of the resource a 2xx answer returned (for
+    /// `fetch-user`, the affected User's creation date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_created: Option<String>,
+}
+
+/// Longest error message kept in a [`StepRecord`] (longer ones are cut):
+/// Twilio's messages are one sentence; the bound keeps a misbehaving
+/// upstream from filling the incident table.
+pub const MAX_STEP_MESSAGE_CHARS: usize = 500;
+
+impl StepRecord {
+    /// A step with only its kind, status and outcome known (the rest
+    /// `None`), as recorded before the fuller records.
+    pub fn bare(step: StepKind, status: Option<u16>, ok: bool) -> StepRecord {
+        StepRecord {
+            step,
+            status,
+            ok,
+            twilio_request_id: None,
+            method: None,
+            path: None,
+            at: None,
+            duration_ms: None,
+            error_code: None,
+            error_message: None,
+            date_created: None,
+        }
+    }
 }
 
 /// An intercepted 20404 and what came of it.
@@ -153,6 +206,34 @@ pub struct Incident {
     pub detail: Option<String>,
     pub repair_id: Option<i64>,
     pub steps: Vec<StepRecord>,
+    /// The `Twilio-Request-Id` of the intercepted 404/20404 itself (the
+    /// caller's create, forwarded by the proxy). `None` on incidents
+    /// recorded before migration 0004.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+impl Incident {
+    /// The affected User's `date_created` as read before the repair (the
+    /// first `fetch-user` step that returned it), when the workflow read it.
+    pub fn user_date_created(&self) -> Option<&str> {
+        self.steps
+            .iter()
+            .find(|s| s.step == StepKind::FetchUser && s.date_created.is_some())
+            .and_then(|s| s.date_created.as_deref())
+    }
+}
+
+/// Which incidents a page lists: newest first, every given filter applied.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub outcome: Option<Outcome>,
+    pub service_sid: Option<String>,
+    /// Any of these identity values (the plain value and its hash, so
+    /// that records made before a switch to "hash" are found too).
+    pub identities: Vec<String>,
+    pub limit: i64,
+    pub offset: i64,
 }
 
 /// A held cross-replica repair lock; dropping it releases the lock.
@@ -218,6 +299,61 @@ pub trait Store: Send + Sync {
     fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>>;
     /// Most recent first.
     fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>>;
+    /// One incident by id. (The default scans [`Store::incidents`]; the
+    /// SQL stores answer it with one query, as the next two.)
+    fn incident(&self, id: i64) -> BoxFuture<'_, Result<Option<Incident>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .incidents(i64::MAX)
+                .await?
+                .into_iter()
+                .find(|i| i.id == id))
+        })
+    }
+    /// Incidents matching a filter, most recent first.
+    fn find_incidents<'a>(
+        &'a self,
+        f: &'a IncidentFilter,
+    ) -> BoxFuture<'a, Result<Vec<Incident>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .incidents(i64::MAX)
+                .await?
+                .into_iter()
+                .filter(|i| f.outcome.is_none_or(|o| i.outcome == o))
+                .filter(|i| f.service_sid.is_none() || i.service_sid == f.service_sid)
+                .filter(|i| {
+                    f.identities.is_empty()
+                        || i.identity
+                            .as_ref()
+                            .is_some_and(|v| f.identities.contains(v))
+                })
+                .skip(usize::try_from(f.offset).unwrap_or(0))
+                .take(usize::try_from(f.limit).unwrap_or(0))
+                .collect())
+        })
+    }
+    /// How many incidents of each outcome were recorded at or after
+    /// `since` (RFC 3339); outcomes with none are left out.
+    fn outcome_counts<'a>(
+        &'a self,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(Outcome, i64)>, StoreError>> {
+        Box::pin(async move {
+            let list = self.incidents(i64::MAX).await?;
+            Ok(Outcome::ALL
+                .into_iter()
+                .map(|o| {
+                    let n = list
+                        .iter()
+                        .filter(|i| i.outcome == o && i.at.as_str() >= since)
+                        .count();
+                    (o, n as i64)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect())
+        })
+    }
 }
 
 /// Open the store named by a `--store` URL.
@@ -334,5 +470,6 @@ pub(crate) fn incident_from_row(row: &impl RowExt) -> Result<Incident, StoreErro
             id,
             source: Some(e),
         })?,
+        request_id: row.opt_text("request_id")?,
     })
 }

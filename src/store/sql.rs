@@ -12,8 +12,8 @@ use futures_util::future::BoxFuture;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
 use super::{
-    Incident, LocalLock, NewRepair, RepairRecord, RepairState, Store, StoreError, StoreLock,
-    incident_from_row, now_rfc3339, repair_from_row,
+    Incident, IncidentFilter, LocalLock, NewRepair, Outcome, RepairRecord, RepairState, RowExt,
+    Store, StoreError, StoreLock, incident_from_row, now_rfc3339, repair_from_row,
 };
 
 /// What one backend adds around the shared queries.
@@ -285,7 +285,8 @@ where
             let steps = serde_json::to_string(&i.steps).unwrap_or_else(|_| "[]".into());
             let id = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO incidents (at, account_sid, service_sid, conversation_sid, identity,
-                   outcome, detail, repair_id, steps) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   outcome, detail, repair_id, steps, request_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  RETURNING id",
             )
             .bind(i.at.as_str())
@@ -297,6 +298,7 @@ where
             .bind(i.detail.as_deref())
             .bind(i.repair_id)
             .bind(steps)
+            .bind(i.request_id.as_deref())
             .fetch_one(&self.pool)
             .await?;
             Ok(id)
@@ -311,6 +313,88 @@ where
                 .fetch_all(&self.pool)
                 .await?;
             rows.iter().map(incident_from_row).collect()
+        })
+    }
+
+    fn incident(&self, id: i64) -> BoxFuture<'_, Result<Option<Incident>, StoreError>> {
+        Box::pin(async move {
+            self.read()?;
+            let row = sqlx::query("SELECT * FROM incidents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(incident_from_row).transpose()
+        })
+    }
+
+    fn find_incidents<'a>(
+        &'a self,
+        f: &'a IncidentFilter,
+    ) -> BoxFuture<'a, Result<Vec<Incident>, StoreError>> {
+        Box::pin(async move {
+            self.read()?;
+            // Built from fixed fragments only; every value is bound.
+            let mut clauses = Vec::new();
+            let mut n = 0;
+            let mut next = || {
+                n += 1;
+                format!("${n}")
+            };
+            if f.outcome.is_some() {
+                clauses.push(format!("outcome = {}", next()));
+            }
+            if f.service_sid.is_some() {
+                clauses.push(format!("service_sid = {}", next()));
+            }
+            if !f.identities.is_empty() {
+                let list: Vec<String> = f.identities.iter().map(|_| next()).collect();
+                clauses.push(format!("identity IN ({})", list.join(", ")));
+            }
+            let filter = if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            };
+            let (limit, offset) = (next(), next());
+            let sql = format!(
+                "SELECT * FROM incidents {filter} ORDER BY id DESC LIMIT {limit} OFFSET {offset}"
+            );
+            let mut q = sqlx::query(&sql);
+            if let Some(o) = f.outcome {
+                q = q.bind(o.as_str());
+            }
+            if let Some(s) = &f.service_sid {
+                q = q.bind(s.as_str());
+            }
+            for i in &f.identities {
+                q = q.bind(i.as_str());
+            }
+            let rows = q.bind(f.limit).bind(f.offset).fetch_all(&self.pool).await?;
+            rows.iter().map(incident_from_row).collect()
+        })
+    }
+
+    fn outcome_counts<'a>(
+        &'a self,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(Outcome, i64)>, StoreError>> {
+        Box::pin(async move {
+            self.read()?;
+            let rows = sqlx::query(
+                "SELECT outcome, COUNT(*) AS n FROM incidents WHERE at >= $1 GROUP BY outcome",
+            )
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out = Vec::new();
+            for row in &rows {
+                let name = row.text("outcome")?;
+                // An outcome this build does not know is left out of the sum.
+                if let Some(o) = Outcome::parse(&name) {
+                    out.push((o, row.int("n")?));
+                }
+            }
+            Ok(out)
         })
     }
 }

@@ -78,12 +78,8 @@ async fn seeded_store() -> String {
                 "recreate user: POST /v1/Services/{SERVICE}/Users/kim: no answer within the step timeout"
             )),
             repair_id: Some(repair_id),
-            steps: vec![StepRecord {
-                step: StepKind::CreateUser,
-                status: None,
-                ok: false,
-                twilio_request_id: None,
-            }],
+            steps: vec![StepRecord::bare(StepKind::CreateUser, None, false)],
+            request_id: None,
         })
         .await
         .unwrap();

@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod deploy;
 mod fleet;
 mod hardening;
 mod hardening_repair;
@@ -17,3 +18,4 @@ mod repair;
 mod repair_crash;
 mod repair_invariant;
 mod sdk;
+mod ui;

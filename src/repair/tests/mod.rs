@@ -83,6 +83,7 @@ fn kim_create() -> CreateRequest {
         body: Bytes::from_static(b"Identity=kim"),
         origin: Origin::parse("http://127.0.0.1:9").unwrap(),
         requested_at: time::OffsetDateTime::now_utc(),
+        original_request_id: None,
     }
 }
 

@@ -9,13 +9,22 @@
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
+//! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
+//!
+//! The files: this one (routes, the token check, the JSON answers),
+//! `privacy.rs` ([`Privacy`]), `ui.rs` (the page's handlers), `views.rs`
+//! (its templates) and `bundle.rs` (the support bundle, shared with
+//! `incidents bundle`).
 //!
 //! Privacy, in one place (here), for every admin answer and for
 //! `incidents export` ([`Privacy`]):
 //! - With `admin.token` set, every path but the probes (`/healthz`,
 //!   `/readyz`, which the kubelet calls without credentials) needs
-//!   `Authorization: Bearer <token>`, compared in constant time; otherwise
-//!   401 with a JSON body and `WWW-Authenticate: Bearer`.
+//!   `Authorization: Bearer <token>` or the session cookie a browser gets
+//!   from `POST /ui/login` (`trp_admin_session`: a SHA-256 of the token
+//!   under a fixed label, `HttpOnly; SameSite=Strict`), each compared in
+//!   constant time; otherwise 401 with a JSON body and
+//!   `WWW-Authenticate: Bearer` (under `/ui`, the sign-in form).
 //! - With `repair.incident_identity = "hash"`, no identity leaves in plain
 //!   text: not in incidents (even those recorded before the switch), not in
 //!   journal records (which keep the plain identity, needed to recover),
@@ -39,9 +48,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::Digest;
 
-use crate::config::{AdminToken, Config, IdentityRecord};
+use crate::config::{AdminToken, Config};
 use crate::metrics::Metrics;
-use crate::store::{Incident, RepairRecord, Store, UserSnapshot};
+use crate::store::{Incident, Store};
+
+pub mod bundle;
+mod privacy;
+pub mod ui;
+mod views;
+pub use privacy::{Privacy, hash_identity};
+
+/// The incidents page's session cookie: a browser that signed in with the
+/// admin token (`POST /ui/login`) sends it instead of a bearer header.
+pub const SESSION_COOKIE: &str = "trp_admin_session";
 
 /// Shared state of the admin plane. Built once by [`AdminState::new`];
 /// the proxy's lifecycle is reported through [`AdminState::set_listening`]
@@ -101,10 +120,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/incidents", get(incidents))
         .route("/repairs", get(repairs))
         .route("/repairs/{id}/abandon", axum::routing::post(abandon))
+        .route("/ui", get(ui::list))
+        .route("/ui/incidents/{id}", get(ui::detail))
+        .route("/ui/incidents/{id}/bundle", get(ui::bundle))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
+        .route("/ui/login", get(ui::login_form).post(ui::login))
+        .route("/ui/logout", axum::routing::post(ui::logout))
         .merge(guarded)
         .with_state(state)
 }
@@ -121,12 +146,19 @@ async fn require_token(State(s): State<Arc<AdminState>>, mut req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer_credentials(v.as_bytes()));
-    match presented {
-        Some(p) if token_matches(token.expose().as_bytes(), p) => {
+    let authenticated = match presented {
+        Some(p) => token_matches(token.expose().as_bytes(), p),
+        None => session_from(req.headers()).is_some_and(|c| {
+            token_matches(session_cookie(token.expose().as_bytes()).as_bytes(), c)
+        }),
+    };
+    match authenticated {
+        true => {
             req.extensions_mut().insert(Operator);
             next.run(req).await
         }
-        _ => {
+        false if req.uri().path().starts_with("/ui") => ui::unauthorized(),
+        false => {
             let mut resp = admin_error(
                 StatusCode::UNAUTHORIZED,
                 "this admin path needs the admin token: send `Authorization: Bearer <admin.token>`",
@@ -153,6 +185,29 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     Some(&rest[start..end])
 }
 
+/// The session cookie's value for a token: a SHA-256 of it under a fixed
+/// label (hex), so the browser never holds the token itself, and a new
+/// token ends every session.
+fn session_cookie(token: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(b"twilio-repair-proxy admin session\0");
+    h.update(token);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of the session cookie in a request's `Cookie` headers.
+fn session_from(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            (name == SESSION_COOKIE.as_bytes()).then_some(&value[1..])
+        })
+}
+
 /// Constant-time comparison: both sides are hashed first (equal lengths
 /// whatever was presented), then every byte of the digests is compared.
 fn token_matches(expected: &[u8], presented: &[u8]) -> bool {
@@ -174,33 +229,53 @@ fn admin_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+/// Why the replica is not ready, or `Ok` (what `/readyz` answers).
+async fn readiness(s: &AdminState) -> Result<(), &'static str> {
     if s.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+        return Err("draining");
     }
     if !s.listening.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "proxy listener not up\n").into_response();
+        return Err("proxy listener not up");
     }
     // A real write, not `SELECT 1`: a full disk, a read-only or deleted
     // journal file, or a database that refuses writes must take the
     // replica out of rotation before a repair needs the journal.
     if let Err(e) = s.store.probe_write().await {
         tracing::warn!(error = %e, "journal does not accept writes");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "journal does not accept writes\n",
-        )
-            .into_response();
+        return Err("journal does not accept writes");
     }
-    (StatusCode::OK, "ready\n").into_response()
+    Ok(())
 }
 
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    match readiness(&s).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+/// The counters, and two gauges read at scrape time: whether the journal
+/// accepts a write now (`trp_store_ready`) and whether `/readyz` would say
+/// ready (`trp_ready`), so that an alert sees a store outage and a replica
+/// out of rotation in the metrics it already scrapes.
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    let mut text = s.metrics.render();
+    let ready = readiness(&s).await;
+    let store_ok = match ready {
+        Err("draining") | Err("proxy listener not up") => s.store.probe_write().await.is_ok(),
+        other => other.is_ok(),
+    };
+    use std::fmt::Write;
+    let _ = write!(
+        text,
+        "# HELP trp_store_ready Whether the journal accepted a write when this scrape was served.\n\
+         # TYPE trp_store_ready gauge\ntrp_store_ready {}\n\
+         # HELP trp_ready Whether /readyz answers ready (listening, not draining, journal writable).\n\
+         # TYPE trp_ready gauge\ntrp_ready {}\n",
+        u8::from(store_ok),
+        u8::from(ready.is_ok()),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -313,144 +388,6 @@ async fn abandon(
     }
 }
 
-/// How identities and journal records are shown outside the proxy: admin
-/// answers and `incidents export` (`repair.incident_identity`).
-#[derive(Debug, Clone, Copy)]
-pub struct Privacy {
-    identity: IdentityRecord,
-}
-
-impl Privacy {
-    pub fn new(identity: IdentityRecord) -> Privacy {
-        Privacy { identity }
-    }
-
-    fn hashing(&self) -> bool {
-        self.identity == IdentityRecord::Hash
-    }
-
-    /// An identity as it may be shown: itself, or its hash. One already in
-    /// the hashed form (recorded by the workflow in "hash" mode) is kept.
-    pub fn identity(&self, identity: &str) -> String {
-        if !self.hashing() || is_hashed(identity) {
-            identity.to_string()
-        } else {
-            hash_identity(identity)
-        }
-    }
-
-    /// A free text (incident detail, journal note) with every
-    /// `/Users/<identity>` and `/Participants/<identity>` path segment
-    /// hashed when hashing (SIDs, `US…`/`MB…`, are left as they are).
-    pub fn text(&self, text: &str) -> String {
-        const MARKS: [&str; 2] = ["/Users/", "/Participants/"];
-        if !self.hashing() {
-            return text.to_string();
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some((i, mark)) = MARKS
-            .iter()
-            .filter_map(|m| rest.find(m).map(|i| (i, *m)))
-            .min_by_key(|(i, _)| *i)
-        {
-            let (head, tail) = rest.split_at(i + mark.len());
-            out.push_str(head);
-            // A segment the workflow built: unreserved characters and %XX.
-            let end = tail
-                .find(|c: char| {
-                    !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%'))
-                })
-                .unwrap_or(tail.len());
-            let segment = &tail[..end];
-            let is_sid = crate::sid::is_sid(segment, "US") || crate::sid::is_sid(segment, "MB");
-            if !segment.is_empty() && !is_sid {
-                let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-                out.push_str(&self.identity(&decoded));
-            } else {
-                out.push_str(segment);
-            }
-            rest = &tail[end..];
-        }
-        out.push_str(rest);
-        out
-    }
-
-    /// An incident as it may be shown.
-    pub fn incident(&self, mut i: Incident) -> Incident {
-        i.identity = i.identity.as_deref().map(|v| self.identity(v));
-        i.detail = i.detail.as_deref().map(|v| self.text(v));
-        i
-    }
-
-    /// A journal record as it may be shown: an allow-list of fields, the
-    /// snapshot only when asked for (the caller checks who asks).
-    pub fn repair(&self, r: &RepairRecord, with_snapshot: bool) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "id": r.id,
-            "created_at": r.created_at,
-            "updated_at": r.updated_at,
-            "account_sid": r.account_sid,
-            "credential_user": r.credential_user,
-            "upstream": r.upstream,
-            "service_base": r.service_base,
-            "service_sid": r.service_sid,
-            "identity": self.identity(&r.identity),
-            "state": r.state,
-            "webhook": r.webhook,
-            "note": r.note.as_deref().map(|n| self.text(n)),
-        });
-        if with_snapshot {
-            v["snapshot"] = self.snapshot(&r.snapshot);
-        }
-        v
-    }
-
-    /// A snapshot as it may be shown to an operator: whole, or with
-    /// hashing, what is needed to act on it (SIDs) without who the person
-    /// is (identity hashed; friendly name and attributes left out).
-    fn snapshot(&self, s: &UserSnapshot) -> serde_json::Value {
-        if !self.hashing() {
-            return serde_json::to_value(s).unwrap_or_default();
-        }
-        let memberships: Vec<serde_json::Value> = s
-            .memberships
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "conversation_sid": m.conversation_sid,
-                    "participant_sid": m.participant_sid,
-                    "role_sid": m.role_sid,
-                    "date_created": m.date_created,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "user_sid": s.user_sid,
-            "identity": self.identity(&s.identity),
-            "role_sid": s.role_sid,
-            "memberships": memberships,
-            "redacted": ["friendly_name", "attributes"],
-        })
-    }
-}
-
-/// `sha256:` + the first 16 hex characters of the identity's SHA-256: the
-/// form the workflow records with `repair.incident_identity = "hash"`.
-pub fn hash_identity(identity: &str) -> String {
-    let digest = sha2::Sha256::digest(identity.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{}", &hex[..16])
-}
-
-fn is_hashed(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 16
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,26 +403,28 @@ mod tests {
     }
 
     #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; trp_admin_session=abc ; b=2"),
+        );
+        assert_eq!(session_from(&h), Some(&b"abc"[..]));
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("trp_admin_sessionx=abc"),
+        );
+        assert_eq!(session_from(&h), None);
+        assert_ne!(session_cookie(b"t1"), session_cookie(b"t2"));
+        assert_eq!(session_cookie(b"t1").len(), 64);
+    }
+
+    #[test]
     fn token_comparison() {
         assert!(token_matches(b"0123456789abcdef", b"0123456789abcdef"));
         assert!(!token_matches(b"0123456789abcdef", b"0123456789abcdeg"));
         assert!(!token_matches(b"0123456789abcdef", b"0123456789abcdef0"));
         assert!(!token_matches(b"0123456789abcdef", b""));
-    }
-
-    #[test]
-    fn hashing_covers_identities_and_user_paths() {
-        let p = Privacy::new(IdentityRecord::Hash);
-        let h = hash_identity("kim k");
-        assert_eq!(p.identity("kim k"), h);
-        assert_eq!(p.identity(&h), h, "never hashed twice");
-        assert_eq!(
-            p.text("GET /v1/Services/IS1/Users/kim%20k/Conversations: timeout"),
-            format!("GET /v1/Services/IS1/Users/{h}/Conversations: timeout")
-        );
-        assert_eq!(p.text("no user path"), "no user path");
-        let plain = Privacy::new(IdentityRecord::Plain);
-        assert_eq!(plain.identity("kim"), "kim");
-        assert_eq!(plain.text("/Users/kim"), "/Users/kim");
     }
 }

@@ -1,0 +1,300 @@
+//! The support bundle: one plain-text file about one incident that an
+//! operator attaches to a Twilio Support ticket (`incidents bundle --id N`
+//! and the incidents page's download link write the same text), and the
+//! clustering of affected identities by their User's creation date that
+//! the bundle, the page and `incidents export --format clusters` show.
+//!
+//! What a bundle holds is an allow-list, written out field by field below:
+//! account, service, conversation, identity (or its hash, the setting
+//! named), timestamps, every call's method, path, status,
+//! `Twilio-Request-Id`, error code and message, the proxy version and the
+//! User's `date_created`. Never a credential (not even the acting
+//! credential's SID), never a friendly name or attributes: the journal's
+//! snapshot is not read here beyond its SIDs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use super::Privacy;
+use crate::store::{
+    Incident, IncidentFilter, Outcome, RepairRecord, Store, StoreError, now_rfc3339,
+};
+
+/// Identities affected on one User creation day.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Cluster {
+    /// `YYYY-MM-DD` of the User's `date_created`, or `unknown` when the
+    /// workflow did not read the User (it stopped before its snapshot).
+    pub user_created_on: String,
+    /// Distinct identities (as shown: hashed with "hash").
+    pub identities: usize,
+    pub incidents: usize,
+}
+
+/// The label of incidents whose User's creation date was not read.
+pub const UNKNOWN_DAY: &str = "unknown";
+
+/// Group the incidents of the fault (every outcome but `genuine`, whose
+/// 404 was true) by the day their User was created, most identities first.
+pub fn clusters(incidents: &[Incident]) -> Vec<Cluster> {
+    let mut days: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
+    for i in incidents.iter().filter(|i| i.outcome != Outcome::Genuine) {
+        let day = i
+            .user_date_created()
+            .and_then(|d| d.get(..10))
+            .unwrap_or(UNKNOWN_DAY)
+            .to_string();
+        let e = days.entry(day).or_default();
+        e.0.insert(i.identity.clone().unwrap_or_default());
+        e.1 += 1;
+    }
+    let mut out: Vec<Cluster> = days
+        .into_iter()
+        .map(|(day, (ids, n))| Cluster {
+            user_created_on: day,
+            identities: ids.len(),
+            incidents: n,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (b.identities, b.incidents)
+            .cmp(&(a.identities, a.incidents))
+            .then_with(|| a.user_created_on.cmp(&b.user_created_on))
+    });
+    out
+}
+
+/// The bundle of incident `id` as [`render`] writes it, with the
+/// clusters of the newest incidents of its service; `None`: no such
+/// incident.
+pub async fn build(
+    store: &dyn Store,
+    privacy: &Privacy,
+    id: i64,
+) -> Result<Option<String>, StoreError> {
+    let Some(incident) = store.incident(id).await? else {
+        return Ok(None);
+    };
+    let incident = privacy.incident(incident);
+    let repair = match incident.repair_id {
+        Some(r) => store.get_repair(r).await?,
+        None => None,
+    };
+    let recent = store
+        .find_incidents(&IncidentFilter {
+            service_sid: incident.service_sid.clone(),
+            limit: super::ui::CLUSTER_WINDOW,
+            ..IncidentFilter::default()
+        })
+        .await?;
+    let recent: Vec<Incident> = recent.into_iter().map(|i| privacy.incident(i)).collect();
+    Ok(Some(render(
+        &incident,
+        repair.as_ref(),
+        privacy,
+        &clusters(&recent),
+        &now_rfc3339(),
+    )))
+}
+
+/// The file name a bundle is downloaded as.
+pub fn file_name(id: i64) -> String {
+    format!("twilio-repair-proxy-incident-{id}.txt")
+}
+
+/// The bundle of one incident (already shown through `privacy`), with its
+/// journal record when it has one and the clusters of recent incidents.
+pub fn render(
+    incident: &Incident,
+    repair: Option<&RepairRecord>,
+    privacy: &Privacy,
+    clusters: &[Cluster],
+    generated_at: &str,
+) -> String {
+    let i = incident;
+    let dash = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
+    let mut o = String::new();
+    let _ = writeln!(o, "twilio-repair-proxy support bundle");
+    let _ = writeln!(
+        o,
+        "About: a Twilio Conversations Participant create answered 404 with error 20404,\n\
+         intercepted by twilio-repair-proxy (a reverse proxy in front of the Twilio REST API)."
+    );
+    let _ = writeln!(o);
+    let field = |o: &mut String, k: &str, v: &str| {
+        let _ = writeln!(o, "{k:<28} {v}");
+    };
+    field(&mut o, "proxy version:", env!("CARGO_PKG_VERSION"));
+    field(&mut o, "bundle generated at:", generated_at);
+    field(&mut o, "incident:", &i.id.to_string());
+    field(&mut o, "intercepted at:", &i.at);
+    field(&mut o, "outcome:", i.outcome.as_str());
+    field(&mut o, "account SID:", &dash(i.account_sid.as_deref()));
+    field(&mut o, "service SID:", &dash(i.service_sid.as_deref()));
+    field(&mut o, "conversation SID:", &i.conversation_sid);
+    let identity_label = if privacy.hashing() {
+        "identity (hashed):"
+    } else {
+        "identity:"
+    };
+    field(&mut o, identity_label, &dash(i.identity.as_deref()));
+    field(&mut o, "identity setting:", privacy.setting());
+    field(
+        &mut o,
+        "20404 Twilio-Request-Id:",
+        &dash(i.request_id.as_deref()),
+    );
+    field(
+        &mut o,
+        "User date_created:",
+        i.user_date_created()
+            .unwrap_or("not read (no fetch-user step)"),
+    );
+    if let Some(d) = &i.detail {
+        field(&mut o, "detail:", d);
+    }
+    if let Some(r) = repair {
+        field(
+            &mut o,
+            "repair journal record:",
+            &format!(
+                "{} ({}; created {}, updated {})",
+                r.id, r.state, r.created_at, r.updated_at
+            ),
+        );
+        field(
+            &mut o,
+            "User SID before repair:",
+            &dash(r.snapshot.user_sid.as_deref()),
+        );
+        field(
+            &mut o,
+            "other memberships restored:",
+            &r.snapshot.memberships.len().to_string(),
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Calls the proxy made to Twilio for this incident ({}):",
+        i.steps.len()
+    );
+    for (n, s) in i.steps.iter().enumerate() {
+        let status = s
+            .status
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "no answer".into());
+        let _ = writeln!(
+            o,
+            "{:>3}. {} {} {}",
+            n + 1,
+            s.step,
+            dash(s.method.as_deref()),
+            dash(s.path.as_deref())
+        );
+        let _ = writeln!(
+            o,
+            "     status {status}  Twilio-Request-Id {}  at {}  took {}",
+            dash(s.twilio_request_id.as_deref()),
+            dash(s.at.as_deref()),
+            s.duration_ms
+                .map(|d| format!("{d} ms"))
+                .unwrap_or_else(|| "-".into()),
+        );
+        if s.error_code.is_some() || s.error_message.is_some() {
+            let _ = writeln!(
+                o,
+                "     error {}: {}",
+                s.error_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                dash(s.error_message.as_deref())
+            );
+        }
+        if let Some(d) = &s.date_created {
+            let _ = writeln!(o, "     date_created {d}");
+        }
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Affected identities by their User's creation date (recent incidents of this service):"
+    );
+    if clusters.is_empty() {
+        let _ = writeln!(o, "  none recorded");
+    }
+    for c in clusters {
+        let _ = writeln!(
+            o,
+            "  {}: {} identit{} ({} incident{})",
+            c.user_created_on,
+            c.identities,
+            if c.identities == 1 { "y" } else { "ies" },
+            c.incidents,
+            if c.incidents == 1 { "" } else { "s" }
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "This file holds no credential and no User or participant attributes or friendly names."
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StepKind, StepRecord};
+
+    fn incident(identity: &str, outcome: Outcome, created: Option<&str>) -> Incident {
+        let mut fetch = StepRecord::bare(StepKind::FetchUser, Some(200), true);
+        fetch.date_created = created.map(str::to_string);
+        Incident {
+            id: 1,
+            at: "2025-01-01T00:00:00Z".into(),
+            account_sid: None,
+            service_sid: None,
+            conversation_sid: "CH1".into(),
+            identity: Some(identity.into()),
+            outcome,
+            detail: None,
+            repair_id: None,
+            steps: vec![fetch],
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn identities_cluster_by_the_day_their_user_was_created() {
+        let list = [
+            incident("a", Outcome::Repaired, Some("2024-05-01T10:00:00Z")),
+            incident("a", Outcome::Repaired, Some("2024-05-01T10:00:00Z")),
+            incident("b", Outcome::Failed, Some("2024-05-01T23:59:59Z")),
+            incident("c", Outcome::Repaired, Some("2024-06-02T00:00:00Z")),
+            incident("d", Outcome::Genuine, Some("2024-06-02T00:00:00Z")),
+            incident("e", Outcome::Existing, None),
+        ];
+        let c = clusters(&list);
+        assert_eq!(
+            c,
+            vec![
+                Cluster {
+                    user_created_on: "2024-05-01".into(),
+                    identities: 2,
+                    incidents: 3
+                },
+                Cluster {
+                    user_created_on: "2024-06-02".into(),
+                    identities: 1,
+                    incidents: 1
+                },
+                Cluster {
+                    user_created_on: UNKNOWN_DAY.into(),
+                    identities: 1,
+                    incidents: 1
+                },
+            ]
+        );
+    }
+}
