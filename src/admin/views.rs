@@ -280,7 +280,7 @@ pub fn list(
                         tbody {
                             @for i in incidents {
                                 tr.incident data-id=(i.id) data-outcome=(i.outcome.as_str()) {
-                                    td data-label="#" { a href={ "/ui/incidents/" (i.id) } { "incident " (i.id) } }
+                                    td.nowrap data-label="#" { a href={ "/ui/incidents/" (i.id) } { "incident " (i.id) } }
                                     td.nowrap data-label="at" { (i.at) }
                                     td data-label="outcome" class=(outcome_class(i.outcome)) { (i.outcome.as_str()) }
                                     td data-label="service" { (i.service_sid.as_deref().unwrap_or("-")) }
