@@ -17,3 +17,4 @@ mod repair;
 mod repair_crash;
 mod repair_invariant;
 mod sdk;
+mod shield;
