@@ -543,3 +543,45 @@ async fn a_repair_under_the_cap_completes_and_keeps_the_account_under_it() {
     );
     proxy.stop().await;
 }
+
+/// The helper libraries, whose first Participant create Twilio answers
+/// 429: straight to the emulator they raise (twilio-python has no retry,
+/// twilio-node's `autoRetry` is off by default); through the shield they
+/// get the participant.
+async fn a_library_sees_success_where_it_would_raise_on_429(lib: crate::sdk::Lib) {
+    use crate::sdk::{ok, run, sids};
+    let first_create_429 = too_many("POST", "/Participants$", Some(1), Some(0));
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(first_create_429.clone()).await;
+    // The scenario stops when its first create raises: `run` fails, with
+    // the library's error on its stderr.
+    let origin = emu.origin();
+    let direct = tokio::spawn(async move { run(lib, &origin, &["--identity", "alice"]).await });
+    let panic = direct.await.unwrap_err().into_panic();
+    let why = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(why.contains("first create failed"), "{why}");
+    assert!(why.contains(lib.error_class()), "{why}");
+    assert!(why.contains("20429"), "{why}");
+
+    let st = stack(|_| {}, retrying).await;
+    st.emu.add_rule(first_create_429).await;
+    let out = run(lib, &st.proxy.url(""), &["--identity", "alice"]).await;
+    let (is, ch) = sids(&out);
+    let p = ok(&out, "create");
+    assert_eq!(p["identity"], "alice", "{p}");
+    assert_eq!(p["conversation_sid"], ch.as_str());
+    assert_eq!(p["chat_service_sid"], is.as_str());
+    let creates = attempts(&st.emu, "POST", "/Participants").await;
+    assert_eq!(creates[..2], [429, 201], "{creates:?}");
+    st.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn python_sees_success_through_the_shield() {
+    a_library_sees_success_where_it_would_raise_on_429(crate::sdk::Lib::Python).await;
+}
+
+#[tokio::test]
+async fn node_sees_success_through_the_shield() {
+    a_library_sees_success_where_it_would_raise_on_429(crate::sdk::Lib::Node).await;
+}
