@@ -9,6 +9,10 @@
 //! - A **User create/update/delete** is held back while its identity is
 //!   fenced, then forwarded untouched.
 //!
+//! Every forward here goes through the 429 shield when it is on
+//! ([`crate::shield::forward_request`]; the buffered create may be re-sent
+//! on a 429), and plainly when it is off.
+//!
 //! The workflow runs as a task on the repair runtime, not inside the
 //! request's future: a client that hangs up, or a worker that drains,
 //! cannot cancel a repair half-way. The caller's answer is the task's
