@@ -23,6 +23,7 @@ use crate::proxy::{self, ProxyState};
 use crate::repair::{self, Repairer};
 use crate::routing::Routes;
 use crate::server::{self, Drain, ServeOptions};
+use crate::shield::Shield;
 use crate::store;
 
 /// The two listeners of a proxy instance, bound by the caller (so tests can
@@ -53,6 +54,7 @@ pub struct App {
     routes: Routes,
     repair: Option<Arc<Repairer>>,
     admin: Arc<AdminState>,
+    shield: Option<Arc<Shield>>,
 }
 
 impl App {
@@ -61,6 +63,7 @@ impl App {
     pub async fn build(config: Config, listeners: Listeners) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::from_config(&config)?;
+        let shield = Shield::new(&config.shield, &config.metrics, metrics.clone());
         let store = store::open(&config.store, &config.store_options).await?;
         let repair = if config.repair.mode == config::RepairMode::Off {
             None
@@ -89,6 +92,7 @@ impl App {
                 mark_forwarded: config.add_forwarded_headers,
                 runtime: None,
                 exchange: None,
+                shield: shield.clone(),
             }))
         };
         let admin = Arc::new(AdminState::new(&config, metrics.clone(), store));
@@ -99,6 +103,7 @@ impl App {
             routes,
             repair,
             admin,
+            shield,
         })
     }
 
@@ -112,6 +117,7 @@ impl App {
             routes,
             repair,
             admin,
+            shield,
         } = self;
         if let Some(r) = &repair {
             // Fence what an earlier run left open before the first request
@@ -174,7 +180,7 @@ impl App {
         for i in 0..workers {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
-            let state = worker_state(config, &routes, &metrics, &repair);
+            let state = worker_state(config, &routes, &metrics, &repair, &shield);
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
             std::thread::Builder::new()
@@ -251,17 +257,21 @@ fn worker_state(
     routes: &Routes,
     metrics: &Arc<Metrics>,
     repair: &Option<Arc<Repairer>>,
+    shield: &Option<Arc<Shield>>,
 ) -> Arc<ProxyState> {
-    Arc::new(ProxyState::new(
-        routes.clone(),
-        forward::Forwarder::new(
-            forward::build_client(&config.limits),
+    Arc::new(
+        ProxyState::new(
+            routes.clone(),
+            forward::Forwarder::new(
+                forward::build_client(&config.limits),
+                metrics.clone(),
+                &config.limits,
+                config.add_forwarded_headers,
+            ),
             metrics.clone(),
-            &config.limits,
-            config.add_forwarded_headers,
-        ),
-        metrics.clone(),
-        repair.clone(),
-        config.public_base_url.clone(),
-    ))
+            repair.clone(),
+            config.public_base_url.clone(),
+        )
+        .with_shield(shield.clone()),
+    )
 }

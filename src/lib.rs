@@ -29,6 +29,10 @@
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
 //! - [`repair`]: the check-and-repair workflow for Participant creates.
 //! - [`twilio_api`]: the small Twilio client the workflow uses.
+//! - [`shield`]: the opt-in 429 shield (retries on 429, a retry budget, a
+//!   per-account concurrency cap) around every forward and every workflow
+//!   call; off, it is not built at all. It reads the Basic user with
+//!   `repair::credential::basic_user`, the one parser of it.
 //! - [`forward`]: the pooled rustls upstream client; one request to one
 //!   upstream, and why it failed.
 //! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
@@ -71,6 +75,7 @@ pub mod repair;
 pub mod rewrite;
 pub mod routing;
 pub mod server;
+pub mod shield;
 pub mod sid;
 pub mod store;
 pub mod telemetry;

@@ -19,8 +19,23 @@
 //! | `trp_repair_pending_journal` | gauge | unfinished journal records |
 //! | `trp_repair_fence_waits_total` | counter | writes held back while their identity was under repair |
 //! | `trp_journal_write_failures_total` | counter | journal state changes that did not land (the repair went on from memory) |
+//! | `trp_shield_retries_total` | counter | `class`: 429s re-sent by the shield |
+//! | `trp_shield_budget_exhausted_total` | counter | `class`: 429s passed through because the retry budget was spent |
+//! | `trp_shield_queue_full_total` | counter | `class`: requests answered `shield-queue-full` |
+//! | `trp_shield_queue_length` | gauge | `class`: requests waiting for a slot of the per-account cap |
+//! | `trp_shield_in_flight` | gauge | `class`: slots of the per-account cap held |
+//! | `trp_shield_queue_wait_seconds` | histogram | `class`: time spent waiting for a slot |
+//! | `trp_shield_account_*` | as above | `account`: only with `metrics.account_labels = true` |
+//!
+//! `class` is the [`AccountClass`] of the request's credential (`account`,
+//! `key`, `unknown`), never a SID. With `metrics.account_labels = true` the
+//! shield also keeps per-account series (retries, budget exhausted, queue
+//! full, queue length) for the first [`MAX_LABELLED_ACCOUNTS`] accounts it
+//! sees; the operator chose to see SIDs.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -59,6 +74,59 @@ impl RouteClass {
     }
 }
 
+/// Whose credential a request carried, the `class` label of the shield's
+/// metrics (never the SID itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountClass {
+    /// An account SID (`AC...`): the Basic user, or named by the path.
+    Account,
+    /// An API key (`SK...`) whose account the request does not name.
+    Key,
+    /// No Basic credential.
+    Unknown,
+}
+
+impl AccountClass {
+    pub const ALL: [AccountClass; 3] = [
+        AccountClass::Account,
+        AccountClass::Key,
+        AccountClass::Unknown,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountClass::Account => "account",
+            AccountClass::Key => "key",
+            AccountClass::Unknown => "unknown",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Most accounts given series of their own with `metrics.account_labels`;
+/// later ones are counted in the `class` series only.
+pub const MAX_LABELLED_ACCOUNTS: usize = 1000;
+
+/// The per-account series of the shield (`metrics.account_labels`).
+#[derive(Debug, Default, Clone, Copy)]
+struct AccountSeries {
+    retries: u64,
+    budget_exhausted: u64,
+    queue_full: u64,
+    queue_length: i64,
+}
+
+/// One per-account counter of [`AccountSeries`].
+#[derive(Debug, Clone, Copy)]
+enum AccountEvent {
+    Retry,
+    BudgetExhausted,
+    QueueFull,
+    QueueEnter,
+    QueueLeave,
+}
+
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER",
 ];
@@ -92,6 +160,26 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// The bucket, sum and count lines of one labelled series (`labels`
+    /// without braces); the caller writes HELP and TYPE once.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -139,6 +227,14 @@ pub struct Metrics {
     repair_step_failures: AtomicU64,
     pub repair_workflow: Histogram,
     repair_pending: AtomicI64,
+    shield_retries: [AtomicU64; AccountClass::ALL.len()],
+    shield_budget_exhausted: [AtomicU64; AccountClass::ALL.len()],
+    shield_queue_full: [AtomicU64; AccountClass::ALL.len()],
+    shield_queue_length: [AtomicI64; AccountClass::ALL.len()],
+    shield_in_flight: [AtomicI64; AccountClass::ALL.len()],
+    shield_queue_wait: [Histogram; AccountClass::ALL.len()],
+    /// Filled only when the shield passes an account (account_labels).
+    shield_accounts: Mutex<BTreeMap<String, AccountSeries>>,
 }
 
 /// Which kind of upstream failure to count.
@@ -189,6 +285,148 @@ impl Metrics {
     }
     pub fn set_repair_pending(&self, n: i64) {
         self.repair_pending.store(n, Relaxed);
+    }
+    /// A 429 re-sent by the shield. `account` is `Some` only with
+    /// `metrics.account_labels`.
+    pub fn shield_retry(&self, class: AccountClass, account: Option<&str>) {
+        self.shield_retries[class.index()].fetch_add(1, Relaxed);
+        self.shield_account(account, AccountEvent::Retry);
+    }
+    pub fn shield_budget_exhausted(&self, class: AccountClass, account: Option<&str>) {
+        self.shield_budget_exhausted[class.index()].fetch_add(1, Relaxed);
+        self.shield_account(account, AccountEvent::BudgetExhausted);
+    }
+    pub fn shield_queue_full(&self, class: AccountClass, account: Option<&str>) {
+        self.shield_queue_full[class.index()].fetch_add(1, Relaxed);
+        self.shield_account(account, AccountEvent::QueueFull);
+    }
+    /// A request starts waiting for a slot of the per-account cap.
+    pub fn shield_queue_enter(&self, class: AccountClass, account: Option<&str>) {
+        self.shield_queue_length[class.index()].fetch_add(1, Relaxed);
+        self.shield_account(account, AccountEvent::QueueEnter);
+    }
+    /// A request stops waiting (with a slot or without), after `waited`.
+    pub fn shield_queue_leave(&self, class: AccountClass, account: Option<&str>, waited: Duration) {
+        self.shield_queue_length[class.index()].fetch_sub(1, Relaxed);
+        self.shield_queue_wait[class.index()].observe(waited);
+        self.shield_account(account, AccountEvent::QueueLeave);
+    }
+    /// Slots of the per-account cap taken (`+1`) or given back (`-1`).
+    pub fn shield_in_flight_add(&self, class: AccountClass, delta: i64) {
+        self.shield_in_flight[class.index()].fetch_add(delta, Relaxed);
+    }
+    fn shield_account(&self, account: Option<&str>, event: AccountEvent) {
+        let Some(account) = account else { return };
+        let Ok(mut map) = self.shield_accounts.lock() else {
+            return;
+        };
+        if !map.contains_key(account) && map.len() >= MAX_LABELLED_ACCOUNTS {
+            return;
+        }
+        let s = map.entry(account.to_string()).or_default();
+        match event {
+            AccountEvent::Retry => s.retries += 1,
+            AccountEvent::BudgetExhausted => s.budget_exhausted += 1,
+            AccountEvent::QueueFull => s.queue_full += 1,
+            AccountEvent::QueueEnter => s.queue_length += 1,
+            AccountEvent::QueueLeave => s.queue_length -= 1,
+        }
+    }
+
+    fn render_shield(&self, out: &mut String) {
+        for (name, help, values) in [
+            (
+                "trp_shield_retries_total",
+                "Requests answered 429 re-sent by the shield.",
+                &self.shield_retries,
+            ),
+            (
+                "trp_shield_budget_exhausted_total",
+                "429s passed through because the shield's retry budget was spent.",
+                &self.shield_budget_exhausted,
+            ),
+            (
+                "trp_shield_queue_full_total",
+                "Requests answered 429 shield-queue-full by the per-account cap.",
+                &self.shield_queue_full,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for c in AccountClass::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{class=\"{}\"}} {}",
+                    c.as_str(),
+                    values[c.index()].load(Relaxed)
+                );
+            }
+        }
+        for (name, help, values) in [
+            (
+                "trp_shield_queue_length",
+                "Requests waiting for a slot of the per-account cap.",
+                &self.shield_queue_length,
+            ),
+            (
+                "trp_shield_in_flight",
+                "Slots of the per-account cap held.",
+                &self.shield_in_flight,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for c in AccountClass::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{class=\"{}\"}} {}",
+                    c.as_str(),
+                    values[c.index()].load(Relaxed)
+                );
+            }
+        }
+        let name = "trp_shield_queue_wait_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time spent waiting for a slot of the per-account cap.\n# TYPE {name} histogram"
+        );
+        for c in AccountClass::ALL {
+            self.shield_queue_wait[c.index()].render_series(
+                out,
+                name,
+                &format!("class=\"{}\"", c.as_str()),
+            );
+        }
+        let Ok(map) = self.shield_accounts.lock() else {
+            return;
+        };
+        if map.is_empty() {
+            return;
+        }
+        type Pick = fn(&AccountSeries) -> i64;
+        let series: [(&str, &str, Pick); 4] = [
+            ("trp_shield_account_retries_total", "counter", |s| {
+                s.retries as i64
+            }),
+            (
+                "trp_shield_account_budget_exhausted_total",
+                "counter",
+                |s| s.budget_exhausted as i64,
+            ),
+            ("trp_shield_account_queue_full_total", "counter", |s| {
+                s.queue_full as i64
+            }),
+            ("trp_shield_account_queue_length", "gauge", |s| {
+                s.queue_length
+            }),
+        ];
+        for (name, kind, pick) in series {
+            let _ = writeln!(
+                out,
+                "# HELP {name} Per-account shield series (metrics.account_labels).\n# TYPE {name} {kind}"
+            );
+            for (account, s) in map.iter() {
+                let _ = writeln!(out, "{name}{{account=\"{account}\"}} {}", pick(s));
+            }
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -275,6 +513,7 @@ impl Metrics {
             "# HELP trp_journal_write_failures_total Journal state changes that did not land; the repair went on from memory.\n# TYPE trp_journal_write_failures_total counter\ntrp_journal_write_failures_total {}",
             self.journal_write_failures.load(Relaxed)
         );
+        self.render_shield(&mut out);
         out
     }
 }

@@ -19,6 +19,7 @@ use crate::metrics::{InFlightGuard, Metrics, RouteClass};
 use crate::repair::Repairer;
 use crate::routing::Routes;
 use crate::server::PeerAddr;
+use crate::shield::Shield;
 use crate::twilio_error::proxy_error;
 
 /// Everything a request handler needs; one per worker, built by
@@ -30,6 +31,8 @@ pub struct ProxyState {
     repair: Option<Arc<Repairer>>,
     /// Link rewriting target (`public_base_url`), when enabled.
     public_base_url: Option<String>,
+    /// The 429 shield, when any part of it is on.
+    shield: Option<Arc<Shield>>,
 }
 
 impl ProxyState {
@@ -46,7 +49,14 @@ impl ProxyState {
             metrics,
             repair,
             public_base_url,
+            shield: None,
         }
+    }
+
+    /// Forward pass-through requests through `shield` (see [`crate::shield`]).
+    pub fn with_shield(mut self, shield: Option<Arc<Shield>>) -> ProxyState {
+        self.shield = shield;
+        self
     }
 }
 
@@ -157,6 +167,15 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
             }
         }
         _ => {
+            if let Some(shield) = &state.shield {
+                return match shield
+                    .forward(&state.forwarder, parts, incoming, &target.origin, peer)
+                    .await
+                {
+                    Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
+                    Err(e) => forward_failure(&state, e, &access),
+                };
+            }
             // A request without a body (GET, DELETE) needs no metering.
             let (body, progress) = if http_body::Body::is_end_stream(&incoming) {
                 (Body::empty(), None)

@@ -55,6 +55,16 @@ pub struct ApiResponse {
 }
 
 impl ApiResponse {
+    /// A bodiless 429 (the shield's cap had no slot in time).
+    pub fn too_many_requests() -> ApiResponse {
+        ApiResponse {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            content_type: None,
+            body: Bytes::new(),
+            request_id: None,
+            retry_after: None,
+        }
+    }
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }

@@ -43,6 +43,16 @@ pub const RANGES: &[(&str, i64, i64)] = &[
     ("store_options.max_connections", 1, 1000),
     ("store_options.connect_timeout_ms", 1, 300_000),
     ("store_options.statement_timeout_ms", 1, 3_600_000),
+    ("shield.max_replay_body_bytes", 0, 16_777_216),
+    ("shield.max_wait_ms", 1, 600_000),
+    ("shield.initial_backoff_ms", 1, 60_000),
+    ("shield.max_backoff_ms", 1, 300_000),
+    ("shield.budget_percent", 0, 1000),
+    ("shield.budget_window_ms", 1000, 3_600_000),
+    ("shield.budget_min_retries_per_second", 0, 100_000),
+    ("shield.max_concurrent_per_account", 0, 100_000),
+    ("shield.max_queue_wait_ms", 0, 600_000),
+    ("shield.max_queue_length_per_account", 0, 1_000_000),
 ];
 
 /// The allowed range of an integer setting (dotted key, arrays unindexed).

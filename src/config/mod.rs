@@ -103,6 +103,8 @@ pub struct Config {
     pub log: LogConfig,
     pub repair: RepairConfig,
     pub store_options: StoreOptions,
+    pub shield: ShieldConfig,
+    pub metrics: MetricsConfig,
     pub route: Vec<Route>,
 }
 
@@ -255,6 +257,38 @@ pub struct StoreOptions {
     pub max_connections: u32,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+}
+
+/// The opt-in 429 shield (`crate::shield`); see `config/default.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShieldConfig {
+    pub retry_429: bool,
+    pub max_replay_body_bytes: usize,
+    pub max_wait_ms: u64,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub budget_percent: u32,
+    pub budget_window_ms: u64,
+    pub budget_min_retries_per_second: u32,
+    /// 0: no cap.
+    pub max_concurrent_per_account: usize,
+    pub max_queue_wait_ms: u64,
+    pub max_queue_length_per_account: usize,
+}
+
+impl ShieldConfig {
+    /// Whether any part of the shield is on (off: pure pass-through).
+    pub fn enabled(&self) -> bool {
+        self.retry_429 || self.max_concurrent_per_account > 0
+    }
+}
+
+/// Metric label choices; see `config/default.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub account_labels: bool,
 }
 
 /// One row of the routing table.

@@ -9,6 +9,10 @@
 //! - A **User create/update/delete** is held back while its identity is
 //!   fenced, then forwarded untouched.
 //!
+//! Every forward here goes through the 429 shield when it is on
+//! ([`crate::shield::forward_request`]; the buffered create may be re-sent
+//! on a 429), and plainly when it is off.
+//!
 //! The workflow runs as a task on the repair runtime, not inside the
 //! request's future: a client that hangs up, or a worker that drains,
 //! cannot cancel a repair half-way. The caller's answer is the task's
@@ -107,10 +111,9 @@ impl Repairer {
             self.hold_back(identity, parts.headers.get(header::AUTHORIZATION))
                 .await;
             let req = Request::from_parts(parts, stream(body));
-            return forwarder
-                .forward(req, origin, peer)
+            return self
+                .forward(forwarder, req, None, origin, peer)
                 .await
-                .map(|r| r.map(Body::new))
                 .into();
         }
         let cap = self.config.max_body_bytes;
@@ -122,20 +125,18 @@ impl Repairer {
         if declared.is_some_and(|n| n > cap as u64) {
             // Too big to replay: plain pass-through.
             let req = Request::from_parts(parts, stream(body));
-            return forwarder
-                .forward(req, origin, peer)
+            return self
+                .forward(forwarder, req, None, origin, peer)
                 .await
-                .map(|r| r.map(Body::new))
                 .into();
         }
         let buffered = match read_capped(body, cap, idle).await {
             Ok(b) => b,
             Err(ReadCapped::TooLarge(prefix, rest)) => {
                 let req = Request::from_parts(parts, prefixed(prefix, rest));
-                return forwarder
-                    .forward(req, origin, peer)
+                return self
+                    .forward(forwarder, req, None, origin, peer)
                     .await
-                    .map(|r| r.map(Body::new))
                     .into();
             }
             Err(ReadCapped::Unreadable) => {
@@ -175,7 +176,8 @@ impl Repairer {
             .body(Body::from(buffered.clone()))
             .unwrap_or_default();
         *head.headers_mut() = parts.headers.clone();
-        let resp = match forwarder.forward(head, origin, peer).await {
+        let replay = Some(buffered.clone());
+        let resp = match self.forward(forwarder, head, replay, origin, peer).await {
             Ok(r) => r,
             Err(e) => return Err(e).into(),
         };
@@ -199,6 +201,20 @@ impl Repairer {
             StatusCode::CONFLICT if fenced => self.after_fenced_conflict(resp, req).await,
             _ => Ok(resp.map(Body::new)).into(),
         }
+    }
+
+    /// Forward through the 429 shield when it is on (`replay`: the
+    /// buffered body, re-sent on a 429), else plainly.
+    async fn forward(
+        &self,
+        forwarder: &Forwarder,
+        req: Request<Body>,
+        replay: Option<Bytes>,
+        origin: &Origin,
+        peer: Option<SocketAddr>,
+    ) -> Result<Response<Body>, ForwardError> {
+        let shield = self.shield.as_deref();
+        crate::shield::forward_request(shield, forwarder, req, replay, origin, peer).await
     }
 
     /// While an identity is fenced, wait for its live repair to end and

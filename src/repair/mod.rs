@@ -86,6 +86,9 @@ pub struct Repairer {
     tasks: TaskTracker,
     me: Weak<Repairer>,
     exchange: Option<ExchangeFactory>,
+    /// The 429 shield: the intercepted create goes through it, and every
+    /// workflow call takes a slot of its per-account cap.
+    shield: Option<Arc<crate::shield::Shield>>,
 }
 
 /// Builds the [`step::Exchange`] of one workflow (origin, credential,
@@ -105,6 +108,8 @@ pub struct RepairerParts {
     pub runtime: Option<tokio::runtime::Handle>,
     /// `None`: the real Twilio client over `client`.
     pub exchange: Option<ExchangeFactory>,
+    /// The 429 shield, when on (`crate::shield`).
+    pub shield: Option<Arc<crate::shield::Shield>>,
 }
 
 impl Repairer {
@@ -123,6 +128,7 @@ impl Repairer {
             tasks: TaskTracker::new(),
             me: me.clone(),
             exchange: p.exchange,
+            shield: p.shield,
         })
     }
 
@@ -156,6 +162,15 @@ impl Repairer {
         webhook: Option<HeaderValue>,
     ) -> step::Api {
         let policy = self.retry_policy();
+        // The operator credential counts against the account it acts for.
+        let account = match &self.credential {
+            Some(op) if op.authorization == auth => op
+                .account_sid
+                .as_deref()
+                .map(crate::shield::AccountKey::account),
+            _ => crate::shield::AccountKey::from_authorization(&auth, ""),
+        };
+        let cap = self.shield.as_ref().and_then(|s| s.cap_for(account));
         let inner: Arc<dyn step::Exchange> = match &self.exchange {
             Some(make) => make(origin, auth, webhook),
             None => Arc::new(
@@ -168,6 +183,10 @@ impl Repairer {
                 )
                 .with_via(self.mark_forwarded),
             ),
+        };
+        let inner = match cap {
+            Some(cap) => Arc::new(step::Capped { inner, cap }),
+            None => inner,
         };
         step::Api::over(inner, policy, self.deadline())
     }

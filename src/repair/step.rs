@@ -174,6 +174,41 @@ impl Exchange for TwilioApi {
     }
 }
 
+/// An [`Exchange`] whose every attempt holds a slot of its account's
+/// concurrency cap (`shield.max_concurrent_per_account`), waiting in line
+/// up to the call's deadline: a repair never pushes an account over the
+/// limit. No slot in time answers like Twilio's own 429 would (retried by
+/// the step's rules, within the deadline).
+pub struct Capped {
+    pub inner: Arc<dyn Exchange>,
+    pub cap: crate::shield::CapHandle,
+}
+
+impl Exchange for Capped {
+    fn send<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        sent: &'a Sent<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<ApiResponse, ApiError>> {
+        Box::pin(async move {
+            let Ok(_slot) = self.cap.acquire_until(deadline).await else {
+                return Ok(ApiResponse::too_many_requests());
+            };
+            self.inner.send(method, path, sent, deadline).await
+        })
+    }
+    /// The same account's cap: another credential acts for the caller's
+    /// own account only (see [`super::credential`]).
+    fn with_authorization(&self, authorization: HeaderValue) -> Arc<dyn Exchange> {
+        Arc::new(Capped {
+            inner: self.inner.with_authorization(authorization),
+            cap: self.cap.clone(),
+        })
+    }
+}
+
 /// The workflow's view of Twilio: one origin, one credential, one
 /// deadline, and the record of every call made.
 pub struct Api {

@@ -18,4 +18,5 @@ mod repair;
 mod repair_crash;
 mod repair_invariant;
 mod sdk;
+mod shield;
 mod ui;

@@ -29,7 +29,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const MISSING_CONVERSATION: &str = "CH00000000000000000000000000000000";
 
 #[derive(Clone, Copy, Debug)]
-enum Lib {
+pub(crate) enum Lib {
     Python,
     Node,
 }
@@ -43,7 +43,7 @@ impl Lib {
         }
     }
     /// Class name of the library's REST error.
-    fn error_class(self) -> &'static str {
+    pub(crate) fn error_class(self) -> &'static str {
         match self {
             Lib::Python => "TwilioRestException",
             Lib::Node => "RestException",
@@ -86,7 +86,7 @@ fn node_dir() -> PathBuf {
 }
 
 /// Run a scenario script against `base_url`; its stdout as JSON.
-async fn run(lib: Lib, base_url: &str, args: &[&str]) -> Value {
+pub(crate) async fn run(lib: Lib, base_url: &str, args: &[&str]) -> Value {
     let mut cmd = match lib {
         Lib::Python => {
             let mut c = tokio::process::Command::new(python());
@@ -153,14 +153,14 @@ fn step<'a>(out: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The participant a step returned; panics with the step if it raised.
-fn ok<'a>(out: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn ok<'a>(out: &'a Value, name: &str) -> &'a Value {
     let s = step(out, name);
     assert!(s.get("ok").is_some(), "step {name} raised: {s}");
     &s["ok"]
 }
 
 /// The error a step raised; panics if it returned normally.
-fn err<'a>(out: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn err<'a>(out: &'a Value, name: &str) -> &'a Value {
     let s = step(out, name);
     assert!(s.get("error").is_some(), "step {name} did not raise: {s}");
     &s["error"]
@@ -193,7 +193,7 @@ fn assert_participant(p: &Value, identity: &str, is: &str, ch: &str) {
     assert_eq!(p["account_sid"], ACCOUNT, "{p}");
 }
 
-fn sids(out: &Value) -> (String, String) {
+pub(crate) fn sids(out: &Value) -> (String, String) {
     (
         out["service_sid"].as_str().unwrap().to_string(),
         out["conversation_sid"].as_str().unwrap().to_string(),

@@ -15,6 +15,11 @@
 //! * `GET|POST .../Users`, `GET|POST|DELETE .../Users/{US or identity}`
 //! * `GET .../Users/{US or identity}/Conversations[/{CH or UniqueName}]`
 //!
+//! and one call outside Conversations, a message send:
+//! `POST /2010-04-01/Accounts/{AC}/Messages.json` (`To`, `From` or
+//! `MessagingServiceSid`, `Body`) answers 201 with a `queued` message; it is
+//! not kept (no fetch, no list) and another account's path answers 404.
+//!
 //! HTTP Basic auth with an account SID + auth token (or API key SID +
 //! secret) is required on every `/v1/...` path. Every response carries
 //! `Twilio-Request-Id: RQ<32 hex>`.

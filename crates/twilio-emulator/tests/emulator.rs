@@ -1612,3 +1612,50 @@ async fn rules_fire_from_the_nth_match_and_per_account() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn a_message_send_is_accepted_for_the_callers_own_account_only() {
+    use reqwest::Method;
+    let emu = two_accounts().await;
+    let path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+    let send = [
+        ("To", "+15005550006"),
+        ("From", "+15005550001"),
+        ("Body", "hi"),
+    ];
+    let (s, m) = emu.post(&path, &send).await;
+    assert_eq!(s, 201, "{m}");
+    assert!(m["sid"].as_str().unwrap().starts_with("SM"), "{m}");
+    assert_eq!(m["account_sid"], SID);
+    assert_eq!(
+        (m["to"].as_str(), m["body"].as_str()),
+        (Some("+15005550006"), Some("hi"))
+    );
+    assert_eq!(m["status"], "queued");
+    // No To, no From: Twilio's 400s.
+    let (s, e) = emu
+        .post(&path, &[("From", "+15005550001"), ("Body", "hi")])
+        .await;
+    assert_eq!((s, e["code"].as_u64()), (400, Some(21604)));
+    let (s, e) = emu
+        .post(&path, &[("To", "+15005550006"), ("Body", "hi")])
+        .await;
+    assert_eq!((s, e["code"].as_u64()), (400, Some(21603)));
+    // Another account's path: not found, by key or by token.
+    let (s, _) = emu
+        .call_as((B_SID, B_TOKEN), Method::POST, &path, &send)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = emu
+        .call_as((B_KEY, B_SECRET), Method::POST, &path, &send)
+        .await;
+    assert_eq!(s, 404);
+    let own = format!("/2010-04-01/Accounts/{B_SID}/Messages.json");
+    let (s, m) = emu
+        .call_as((B_KEY, B_SECRET), Method::POST, &own, &send)
+        .await;
+    assert_eq!((s, m["account_sid"].as_str()), (201, Some(B_SID)));
+    // Not kept: no list.
+    let (s, _) = emu.get(&path).await;
+    assert_eq!(s, 405);
+}

@@ -59,6 +59,7 @@ fn bench_with(fake: FakeTwilio, credential: Option<super::RepairCredential>) -> 
         exchange: Some(Arc::new(move |_, _, _| {
             Arc::new(f.clone()) as Arc<dyn Exchange>
         })),
+        shield: None,
     });
     Bench {
         fake,

@@ -6,9 +6,12 @@
 //! - [`conversations`], [`participants`], [`users`]: the service-scoped
 //!   resources (under `/v1/Services/{IS}/...` or the default service's
 //!   `/v1/...`);
+//! - [`messages`]: `POST /2010-04-01/Accounts/{AC}/Messages.json`, a
+//!   message send outside Conversations (accepted, not kept);
 //! - [`params`]: form and query parameters, pagination.
 
 mod conversations;
+mod messages;
 mod params;
 mod participants;
 mod services;
@@ -193,6 +196,12 @@ pub(crate) fn dispatch(shared: &Shared, req: &Req<'_>, account_sid: &str) -> Api
                 .service_index(&store.default_service_sid.clone())
                 .ok_or_else(|| EmulatorError::not_found(req.path))?;
             scoped(&ctx, store, idx, false, tail)
+        }
+        ["2010-04-01", "Accounts", ac, "Messages.json"] if *ac == account_sid => {
+            match *req.method {
+                Method::POST => messages::create_message(&ctx),
+                _ => Err(EmulatorError::method_not_allowed()),
+            }
         }
         _ => Err(EmulatorError::not_found(req.path)),
     }

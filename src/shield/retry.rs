@@ -1,0 +1,174 @@
+//! When, and after how long, the shield re-sends a request: pure decisions,
+//! no I/O, so that paused-time unit tests can pin each one.
+//!
+//! - Only a `429` is retried, for every method: Twilio answers it before
+//!   processing anything. A `5xx` is never retried here (a `POST` may have
+//!   landed; a client that knows its call is idempotent retries it itself).
+//! - The wait is the answer's `Retry-After` (delta-seconds or an HTTP date),
+//!   honoured as sent; without one, a capped exponential backoff with
+//!   "equal jitter" (half the step fixed, half random).
+//! - A wait that would end past the request's deadline
+//!   (`shield.max_wait_ms` from its first attempt) is not taken: the 429
+//!   goes back to the client, whose own `Retry-After` handling then applies.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
+
+/// Whether an answer may be re-sent at all (the budget and the deadline
+/// decide whether it is).
+pub fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// `Retry-After` as a wait from `now`: delta-seconds, or an IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`; a date in the past is no wait).
+/// Anything else is ignored (the backoff applies).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Beyond u64 seconds: no sensible wait; treated as absent.
+        return v.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(v, &format)
+        .ok()?
+        .assume_utc();
+    let at = SystemTime::from(at);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Capped exponential backoff: `initial`, `2 x initial`, ... up to `max`,
+/// each step with equal jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    step: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            step: 0,
+        }
+    }
+
+    /// The next wait, with a random jitter.
+    pub fn next_wait(&mut self) -> Duration {
+        self.next_with(rand::random::<f64>())
+    }
+
+    /// The next wait with jitter `j` in `[0, 1)`: `base/2 + j * base/2`,
+    /// `base` doubling from `initial` up to `max`.
+    pub fn next_with(&mut self, j: f64) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << self.step.min(20))
+            .min(self.max);
+        self.step = self.step.saturating_add(1);
+        let half = base / 2;
+        half + half.mul_f64(j.clamp(0.0, 1.0))
+    }
+}
+
+/// How long to wait before re-sending, or `None` when the wait would end
+/// past `deadline` (the 429 is then passed through).
+pub fn plan(
+    retry_after: Option<Duration>,
+    backoff: &mut Backoff,
+    now: Instant,
+    deadline: Instant,
+) -> Option<Duration> {
+    let wait = retry_after.unwrap_or_else(|| backoff.next_wait());
+    (now.checked_add(wait)? <= deadline).then_some(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn only_429_is_retried_never_a_5xx() {
+        assert!(is_retryable(StatusCode::TOO_MANY_REQUESTS));
+        for s in [500, 502, 503, 504] {
+            assert!(!is_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        assert!(!is_retryable(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_770);
+        assert_eq!(retry_after(&with("2"), now), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&with(" 0 "), now), Some(Duration::ZERO));
+        // 784111777 = Sun, 06 Nov 1994 08:49:37 GMT.
+        assert_eq!(
+            retry_after(&with("Sun, 06 Nov 1994 08:49:37 GMT"), now),
+            Some(Duration::from_secs(7))
+        );
+        // In the past: no wait.
+        assert_eq!(
+            retry_after(&with("Sun, 06 Nov 1994 08:00:00 GMT"), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&with("soon"), now), None);
+        assert_eq!(retry_after(&with("-1"), now), None);
+        assert_eq!(retry_after(&with("1.5"), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_equal_jitter() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(500));
+        assert_eq!(b.next_with(0.0), ms(50));
+        assert_eq!(b.next_with(0.999_999), ms(200) - Duration::from_nanos(100));
+        assert_eq!(b.next_with(0.5), ms(300));
+        // Capped at 500: between 250 and 500 from here on, forever.
+        for _ in 0..100 {
+            let w = b.next_wait();
+            assert!(w >= ms(250) && w <= ms(500), "{w:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_past_the_deadline_is_not_taken() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(3);
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        // Retry-After wins over the backoff, as sent (not capped).
+        assert_eq!(
+            plan(Some(Duration::from_secs(2)), &mut b, now, deadline),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            plan(Some(Duration::from_secs(3)), &mut b, now, deadline),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            plan(Some(Duration::from_secs(4)), &mut b, now, deadline),
+            None
+        );
+        // The backoff never reaches past the deadline either.
+        let late = deadline - Duration::from_millis(10);
+        assert_eq!(plan(None, &mut b, late, deadline), None);
+        assert!(plan(None, &mut b, now, deadline).is_some());
+    }
+}
