@@ -32,7 +32,7 @@
 //! - [`shield`]: the opt-in 429 shield (retries on 429, a retry budget, a
 //!   per-account concurrency cap) around every forward and every workflow
 //!   call; off, it is not built at all. It reads the Basic user with
-//!   `repair::credential::basic_user`, the one parser of it.
+//!   `sid::basic_user`, the one parser of it.
 //! - [`forward`]: the pooled rustls upstream client; one request to one
 //!   upstream, and why it failed.
 //! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.

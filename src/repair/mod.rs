@@ -62,7 +62,7 @@ use crate::routing::Origin;
 use crate::store::{Incident, Store};
 use crate::twilio_api::{ApiResponse, RetryPolicy, TwilioApi};
 
-pub use credential::{RepairCredential, basic_user};
+pub use credential::RepairCredential;
 pub use intercept::{Intercepted, Interception, OUTCOME_HEADER};
 pub use workflow::Verdict;
 

@@ -29,11 +29,12 @@ use http::header::{self, HeaderMap};
 use tokio::time::Instant;
 
 use super::Repairer;
-use super::credential::{self, Acting, basic_user};
+use super::credential::{self, Acting};
 use super::lock::RepairKey;
 use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal, RepairTarget};
 use crate::routing::Origin;
+use crate::sid::basic_user;
 use crate::store::{NewRepair, RepairRecord, RepairState};
 
 /// How many rounds (one per `repair.recovery_interval_ms`) a live repair's

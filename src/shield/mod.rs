@@ -28,7 +28,7 @@
 //! together, but an account whose apps use k keys on `/v1` paths may have
 //! k x N in flight). A request without Basic credentials is not capped
 //! (Twilio refuses it with 401). The Basic user is read by
-//! [`crate::repair::basic_user`], the proxy's one parser of it.
+//! [`crate::sid::basic_user`], the proxy's one parser of it.
 //!
 //! The cap is per replica: a fleet of R replicas sharing an account keeps at
 //! most R x N in flight (README, "Rate limits").
@@ -88,7 +88,7 @@ impl AccountKey {
     }
 
     pub fn from_authorization(authorization: &HeaderValue, path: &str) -> Option<AccountKey> {
-        let user = crate::repair::basic_user(authorization)?;
+        let user = crate::sid::basic_user(authorization)?;
         Self::from_user(&user, path)
     }
 
