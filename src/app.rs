@@ -53,6 +53,7 @@ pub struct App {
     routes: Routes,
     repair: Option<Arc<Repairer>>,
     admin: Arc<AdminState>,
+    tls: forward::UpstreamTls,
 }
 
 impl App {
@@ -61,6 +62,7 @@ impl App {
     pub async fn build(config: Config, listeners: Listeners) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::from_config(&config)?;
+        let tls = forward::UpstreamTls::from_config(&config)?;
         let store = store::open(&config.store, &config.store_options).await?;
         let repair = if config.repair.mode == config::RepairMode::Off {
             None
@@ -82,7 +84,7 @@ impl App {
             // here: they outlive every worker's runtime and its connections.
             Some(Repairer::new(repair::RepairerParts {
                 config: config.repair.clone(),
-                client: forward::build_client(&config.limits),
+                client: forward::build_client_with(&config.limits, &tls),
                 store: store.clone(),
                 metrics: metrics.clone(),
                 credential,
@@ -99,6 +101,7 @@ impl App {
             routes,
             repair,
             admin,
+            tls,
         })
     }
 
@@ -112,6 +115,7 @@ impl App {
             routes,
             repair,
             admin,
+            tls,
         } = self;
         if let Some(r) = &repair {
             // Fence what an earlier run left open before the first request
@@ -174,7 +178,7 @@ impl App {
         for i in 0..workers {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
-            let state = worker_state(config, &routes, &metrics, &repair);
+            let state = worker_state(config, &tls, &routes, &metrics, &repair);
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
             std::thread::Builder::new()
@@ -248,6 +252,7 @@ impl App {
 /// The state of one worker: its own upstream pool, everything else shared.
 fn worker_state(
     config: &Config,
+    tls: &forward::UpstreamTls,
     routes: &Routes,
     metrics: &Arc<Metrics>,
     repair: &Option<Arc<Repairer>>,
@@ -255,7 +260,7 @@ fn worker_state(
     Arc::new(ProxyState::new(
         routes.clone(),
         forward::Forwarder::new(
-            forward::build_client(&config.limits),
+            forward::build_client_with(&config.limits, tls),
             metrics.clone(),
             &config.limits,
             config.add_forwarded_headers,
