@@ -329,9 +329,9 @@ parse_wrk() {
 perf_top() {
   local strip='/^#/d; /^$/d; s/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//; s/  +/  /g'
   echo "# by binary"
-  perf report -i "$1" --no-children --stdio -g none --sort dso 2>/dev/null | sed -E "$strip" | head -n 8
+  perf report -i "$1" --no-children --stdio -g none --sort dso 2>/dev/null | sed -E "$strip" | head -n 8 || true
   echo "# top symbols"
-  perf report -i "$1" --no-children --stdio -g none --sort dso,symbol 2>/dev/null | sed -E "$strip" | head -n 30
+  perf report -i "$1" --no-children --stdio -g none --sort dso,symbol 2>/dev/null | sed -E "$strip" | head -n 30 || true
 }
 
 busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|ld.lld|cargo|clang' 2>/dev/null || true; }
@@ -378,7 +378,7 @@ for mode in $LOGS; do
           kill -INT "$perf_pid" 2>/dev/null || true
           wait "$perf_pid" 2>/dev/null || true
           pf="$OUT_DIR/perf-proxy-logs$mode-c$conns.txt"
-          perf_top "$TMP/proxy.perf.data" >"$pf"
+          perf_top "$TMP/proxy.perf.data" >"$pf" || true
           PERF_FILES+=("$pf")
         fi
         RESULTS[$key,$t,$r]="$(parse_wrk "$out" $((after - before)))"
