@@ -257,6 +257,9 @@ start_proxies() {
   done
   if [ "$mode" = on ]; then
     grep -q "$REQ_PATH" "$TMP/nginx.access.log" || die "nginx wrote no access log line"
+    # The proxy writes its log in batches, up to 10 ms late.
+    local i
+    for ((i = 0; i < 50; i++)); do grep -q 'request' "$TMP/trp/stderr.log" && break; sleep 0.1; done
     grep -q 'request' "$TMP/trp/stderr.log" || die "the proxy wrote no access log line"
   fi
 }
