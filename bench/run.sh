@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
 # Pass-through benchmark: the upstream directly vs nginx proxy_pass vs
-# twilio-repair-proxy, all on 127.0.0.1, in one run. See bench/README.md.
+# twilio-repair-proxy, all on 127.0.0.1, side by side. See bench/README.md.
+#
+# One invocation runs the whole matrix: access logs off for both proxies and
+# on for both, each at 32 and at 256 connections. For every target it prints
+# req/s, latency percentiles and the CPU time spent per request (user+sys of
+# the target's processes, read from /proc before and after the load, divided
+# by the requests wrk saw answered), then the proxy/nginx ratios.
 #
 # Environment knobs (all optional):
-#   DURATION=10s       wrk duration per measured run
-#   WARMUP=2s          wrk warm-up per target before measuring (0 to skip)
-#   CONNECTIONS=32     wrk connections
-#   THREADS=2          wrk threads
-#   ROUNDS=1           measured rounds; targets are interleaved per round and
-#                      the round with the median req/s is reported per target
-#   NGINX_WORKERS=auto worker_processes of the nginx *proxy* under test
-#   UPSTREAM_WORKERS=1 worker_processes of the nginx upstream
-#   TRP_BIN=...        proxy binary (default: target/release/twilio-repair-proxy,
-#                      built with `cargo build --release --locked` if missing)
-#   BASE_PORT=18080    ports used: BASE+1 upstream, BASE+2 nginx, BASE+3 proxy,
-#                      BASE+13 proxy admin
-#   OUT_DIR=bench/out  where results.md (and raw wrk output) are written
-#   STRICT=0           1: exit 1 when a target (req/s, p99, RSS) is missed
-#   PERF=0             1: `perf record` the proxy during its last measured
-#                      run (skews that run a little); report in OUT_DIR/proxy.perf.txt
+#   DURATION=10s        wrk duration per measured run
+#   WARMUP=2s           wrk warm-up per target before measuring (0 to skip)
+#   CONNECTIONS="32 256" wrk connection counts (a list: one run set each)
+#   LOGS="off on"       access-log modes (a list):
+#                         off: nginx `access_log off`, proxy TRP_LOG_LEVEL=warn
+#                         on:  nginx `access_log FILE` (combined), proxy with its
+#                              shipped logging defaults (info, pretty) to a file
+#   THREADS=2           wrk threads
+#   ROUNDS=1            measured rounds; targets are interleaved per round and
+#                       the round with the median req/s is reported per target
+#   NGINX_WORKERS=auto  worker_processes of the nginx *proxy* under test
+#   UPSTREAM_WORKERS=1  worker_processes of the nginx upstream
+#   TRP_BIN=...         proxy binary (default: target/release/twilio-repair-proxy,
+#                       built with `cargo build --release --locked` if missing)
+#   BASE_PORT=18080     ports used: BASE+1 upstream, BASE+2 nginx, BASE+3 proxy,
+#                       BASE+13 proxy admin
+#   OUT_DIR=bench/out   where results.md (and raw wrk output) are written
+#   STRICT=0            1: exit 1 when a target (req/s, p99, CPU, RSS) is missed
+#   PERF=0              1: `perf record` the proxy during the last measured run
+#                       of every configuration (skews that run a little);
+#                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,7 +37,8 @@ ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
-CONNECTIONS="${CONNECTIONS:-32}"
+CONNECTIONS="${CONNECTIONS:-32 256}"
+LOGS="${LOGS:-off on}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-1}"
 NGINX_WORKERS="${NGINX_WORKERS:-auto}"
@@ -51,6 +63,9 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+for l in $LOGS; do case "$l" in on | off) ;; *) die "LOGS entries are 'on' or 'off', not '$l'" ;; esac; done
+for c in $CONNECTIONS; do case "$c" in '' | *[!0-9]*) die "CONNECTIONS entries are numbers, not '$c'" ;; esac; done
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -147,11 +162,14 @@ EOF
 } >"$TMP/upstream.conf"
 
 # The reference reverse proxy: nginx proxy_pass with a keep-alive pool.
-{
+# $1 = access log mode (on: the default "combined" format to a file).
+nginx_conf() {
+  local access="access_log off;"
+  [ "$1" = on ] && access="access_log $TMP/nginx.access.log;"
   common_nginx nginx "$NGINX_WORKERS"
   cat <<EOF
 http {
-  access_log off;
+  $access
 $(temp_paths nginx)
   keepalive_requests 1000000;
   keepalive_timeout 120s;
@@ -173,10 +191,13 @@ $(temp_paths nginx)
   }
 }
 EOF
-} >"$TMP/nginx.conf"
+}
 
 "$NGINX" -t -q -c "$TMP/upstream.conf" -p "$TMP" 2>"$TMP/upstream.t" || { cat "$TMP/upstream.t" >&2; die "upstream nginx config invalid"; }
-"$NGINX" -t -q -c "$TMP/nginx.conf" -p "$TMP" 2>"$TMP/nginx.t" || { cat "$TMP/nginx.t" >&2; die "nginx proxy config invalid"; }
+for l in $LOGS; do
+  nginx_conf "$l" >"$TMP/nginx-$l.conf"
+  "$NGINX" -t -q -c "$TMP/nginx-$l.conf" -p "$TMP" 2>"$TMP/nginx.t" || { cat "$TMP/nginx.t" >&2; die "nginx proxy config invalid"; }
+done
 
 wait_http() { # url, tries
   local i
@@ -187,46 +208,94 @@ wait_http() { # url, tries
   return 1
 }
 
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
 log "starting upstream nginx on 127.0.0.1:$UP_PORT (worker_processes $UPSTREAM_WORKERS)"
 "$NGINX" -c "$TMP/upstream.conf" -p "$TMP" &
-PIDS+=($!)
-log "starting nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $NGINX_WORKERS)"
-"$NGINX" -c "$TMP/nginx.conf" -p "$TMP" &
-NGX_MASTER=$!
-PIDS+=($NGX_MASTER)
-
-log "starting twilio-repair-proxy on 127.0.0.1:$TRP_PORT (admin $TRP_ADMIN_PORT)"
-mkdir -p "$TMP/trp"
-env -i PATH="$PATH" HOME="$TMP/trp" \
-  TRP_LOG_LEVEL="${PROXY_LOG_LEVEL:-warn}" TRP_LOG_FORMAT=json \
-  "$TRP_BIN" serve \
-  --listen "127.0.0.1:$TRP_PORT" \
-  --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
-  --upstream "http://127.0.0.1:$UP_PORT" \
-  --store "sqlite://$TMP/trp/journal.db" \
-  >"$TMP/trp/stdout.log" 2>"$TMP/trp/stderr.log" &
-TRP_PID=$!
-PIDS+=($TRP_PID)
-
+UP_MASTER=$!
+PIDS+=($UP_MASTER)
 wait_http "http://127.0.0.1:$UP_PORT/" || die "upstream did not start"
-wait_http "http://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
-wait_http "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" "$TMP/trp/stdout.log" >&2; die "proxy not ready"; }
 
-# ---------------------------------------------------------------- sanity
-# Every target must return the exact participant body.
-for target in "direct:$UP_PORT" "nginx:$NGX_PORT" "proxy:$TRP_PORT"; do
-  name="${target%%:*}"; port="${target##*:}"
-  code="$(curl -sS -o "$TMP/check-$name.json" -w '%{http_code}' \
-    -H "Authorization: $AUTH" -H 'Accept: application/json' \
-    "http://127.0.0.1:$port$REQ_PATH")"
-  [ "$code" = 200 ] || die "$name answered $code"
-  cmp -s "$BODY_FILE" "$TMP/check-$name.json" || die "$name returned a different body"
-done
-log "all targets return the $(wc -c <"$BODY_FILE")-byte participant body"
+# Start the nginx proxy and twilio-repair-proxy with access logs $1.
+NGX_MASTER="" TRP_PID=""
+start_proxies() {
+  local mode="$1"
+  : >"$TMP/nginx.access.log"
+  log "starting nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $NGINX_WORKERS, access log $mode)"
+  "$NGINX" -c "$TMP/nginx-$mode.conf" -p "$TMP" &
+  NGX_MASTER=$!
+  PIDS+=($NGX_MASTER)
 
-# ---------------------------------------------------------------- runs
+  log "starting twilio-repair-proxy on 127.0.0.1:$TRP_PORT (admin $TRP_ADMIN_PORT, access log $mode)"
+  rm -rf "$TMP/trp"
+  mkdir -p "$TMP/trp"
+  local level=()
+  [ "$mode" = off ] && level=(TRP_LOG_LEVEL=warn)
+  # Appending (O_APPEND), so the log can be truncated between runs.
+  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" \
+    "$TRP_BIN" serve \
+    --listen "127.0.0.1:$TRP_PORT" \
+    --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
+    --upstream "http://127.0.0.1:$UP_PORT" \
+    --store "sqlite://$TMP/trp/journal.db" \
+    >>"$TMP/trp/stdout.log" 2>>"$TMP/trp/stderr.log" &
+  TRP_PID=$!
+  PIDS+=($TRP_PID)
+
+  wait_http "http://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
+  wait_http "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" "$TMP/trp/stdout.log" >&2; die "proxy not ready"; }
+
+  # Every target must return the exact participant body.
+  local target name port code
+  for target in "direct:$UP_PORT" "nginx:$NGX_PORT" "proxy:$TRP_PORT"; do
+    name="${target%%:*}"; port="${target##*:}"
+    code="$(curl -sS -o "$TMP/check-$name.json" -w '%{http_code}' \
+      -H "Authorization: $AUTH" -H 'Accept: application/json' \
+      "http://127.0.0.1:$port$REQ_PATH")"
+    [ "$code" = 200 ] || die "$name answered $code"
+    cmp -s "$BODY_FILE" "$TMP/check-$name.json" || die "$name returned a different body"
+  done
+  if [ "$mode" = on ]; then
+    grep -q "$REQ_PATH" "$TMP/nginx.access.log" || die "nginx wrote no access log line"
+    # The proxy writes its log in batches, up to 10 ms late.
+    local i
+    for ((i = 0; i < 50; i++)); do grep -q 'request' "$TMP/trp/stderr.log" && break; sleep 0.1; done
+    grep -q 'request' "$TMP/trp/stderr.log" || die "the proxy wrote no access log line"
+  fi
+}
+stop_proxies() {
+  stop_pid "$NGX_MASTER"
+  stop_pid "$TRP_PID"
+  if [ -s "$TMP/trp/stderr.log" ] && grep -qE 'WARN|ERROR|"level":"(WARN|ERROR)"' "$TMP/trp/stderr.log"; then
+    log "proxy warnings/errors (last lines):"
+    grep -E 'WARN|ERROR' "$TMP/trp/stderr.log" | tail -n 5 >&2 || true
+  fi
+}
+
+# ---------------------------------------------------------------- measuring
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-TRP_RSS_IDLE_KIB="$(status_kib "$TRP_PID" VmRSS)"
+CLK_TCK="$(getconf CLK_TCK)"
+
+# CPU clock ticks (user + system) of processes: each process's own line in
+# /proc/PID/stat, which is the sum over /proc/PID/task/*/stat plus every
+# thread that already exited (so a short-lived thread is not missed).
+cpu_ticks() {
+  local p total=0 t
+  for p in "$@"; do
+    t="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)"
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+# The processes that serve a target: nginx's master and workers (the
+# master only waits), the proxy's single process.
+target_pids() {
+  case "$1" in
+    direct) echo "$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')" ;;
+    nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')" ;;
+    proxy) echo "$TRP_PID" ;;
+  esac
+}
 
 # wrk latency to milliseconds: 812.00us / 1.23ms / 1.01s / 2.00m
 to_ms() {
@@ -236,16 +305,16 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-run_wrk() { # name port duration outfile
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" --latency --timeout 5s \
+run_wrk() { # port duration connections outfile
+  wrk -t"$THREADS" -c"$3" -d"$2" --latency --timeout 5s \
     -H "Authorization: $AUTH" -H 'Accept: application/json' \
     -H 'User-Agent: twilio-python/9.0.0 (Linux x86_64) Python/3.11' \
-    "http://127.0.0.1:$2$REQ_PATH" >"$4" 2>&1
+    "http://127.0.0.1:$1$REQ_PATH" >"$4" 2>&1
 }
 
-# Parse one wrk output into "rps p50 p75 p90 p99 errors non2xx"
+# One wrk output + CPU ticks into "rps p50 p75 p90 p99 errors non2xx requests cpu_us_per_request"
 parse_wrk() {
-  local f="$1" rps p50 p75 p90 p99 err non2xx
+  local f="$1" ticks="$2" rps p50 p75 p90 p99 err non2xx reqs cpu
   rps="$(awk '/^Requests\/sec:/ { print $2 }' "$f")"
   p50="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$f")")"
   p75="$(to_ms "$(awk '$1 == "75%" { print $2 }' "$f")")"
@@ -253,119 +322,173 @@ parse_wrk() {
   p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$f")")"
   err="$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$f")"
   non2xx="$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$f")"
-  echo "${rps:-0} ${p50:-0} ${p75:-0} ${p90:-0} ${p99:-0} ${err:-0} ${non2xx:-0}"
+  reqs="$(awk '/ requests in / { print $1 }' "$f")"
+  cpu="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print 0 }')"
+  echo "${rps:-0} ${p50:-0} ${p75:-0} ${p90:-0} ${p99:-0} ${err:-0} ${non2xx:-0} ${reqs:-0} $cpu"
 }
 
-busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|cargo' 2>/dev/null || true; }
+# Where the proxy's CPU went: share per binary (kernel, the proxy, libc),
+# then the top symbols, without perf's padding.
+perf_top() {
+  local strip='/^#/d; /^$/d; s/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//; s/  +/  /g'
+  echo "# by binary"
+  perf report -i "$1" --no-children --stdio -g none --sort dso 2>/dev/null | sed -E "$strip" | head -n 8 || true
+  echo "# top symbols"
+  perf report -i "$1" --no-children --stdio -g none --sort dso,symbol 2>/dev/null | sed -E "$strip" | head -n 30 || true
+}
 
-LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-BUSY_BEFORE="$(busy_compilers)"
-declare -A RESULTS
+busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|ld.lld|cargo|clang' 2>/dev/null || true; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+declare -A RESULTS PICK LOAD_AT BUSY_AT HWM_AT NGX_HWM_AT
 TARGETS=(direct nginx proxy)
 declare -A PORT=([direct]=$UP_PORT [nginx]=$NGX_PORT [proxy]=$TRP_PORT)
+LOAD_START="$(loadavg)"
+BUSY_START="$(busy_compilers)"
+PERF_FILES=()
 
-if [ "$WARMUP" != 0 ]; then
-  for t in "${TARGETS[@]}"; do
-    log "warm-up $t ($WARMUP)"
-    run_wrk "$t" "${PORT[$t]}" "$WARMUP" "$TMP/warmup-$t.txt"
-  done
-fi
-
-BUSY_DURING=0
-for ((r = 1; r <= ROUNDS; r++)); do
-  for t in "${TARGETS[@]}"; do
-    log "round $r/$ROUNDS: $t ($DURATION, $CONNECTIONS connections, $THREADS threads)"
-    perf_pid=""
-    if [ "$PERF" = 1 ] && [ "$t" = proxy ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
-      perf record -q -F 499 -g -p "$TRP_PID" -o "$OUT_DIR/proxy.perf.data" >/dev/null 2>&1 &
-      perf_pid=$!
+for mode in $LOGS; do
+  start_proxies "$mode"
+  for conns in $CONNECTIONS; do
+    key="$mode,$conns"
+    load_before="$(loadavg)"
+    busy=0
+    if [ "$WARMUP" != 0 ]; then
+      for t in "${TARGETS[@]}"; do
+        log "logs $mode, $conns connections: warm-up $t ($WARMUP)"
+        run_wrk "${PORT[$t]}" "$WARMUP" "$conns" "$TMP/warmup-$t.txt"
+      done
     fi
-    run_wrk "$t" "${PORT[$t]}" "$DURATION" "$OUT_DIR/wrk-$t-$r.txt"
-    if [ -n "$perf_pid" ]; then
-      kill -INT "$perf_pid" 2>/dev/null || true
-      wait "$perf_pid" 2>/dev/null || true
-      perf report -i "$OUT_DIR/proxy.perf.data" --no-children --percent-limit 0.5 --stdio \
-        -g none --sort dso,symbol >"$OUT_DIR/proxy.perf.txt" 2>/dev/null || true
-      log "perf profile of the proxy: $OUT_DIR/proxy.perf.txt"
-    fi
-    RESULTS[$t,$r]="$(parse_wrk "$OUT_DIR/wrk-$t-$r.txt")"
-    b="$(busy_compilers)"; [ "${b:-0}" -gt "$BUSY_DURING" ] && BUSY_DURING="$b"
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for t in "${TARGETS[@]}"; do
+        log "logs $mode, $conns connections, round $r/$ROUNDS: $t ($DURATION, $THREADS threads)"
+        # Keep the log files small between runs (both are opened O_APPEND).
+        : >"$TMP/nginx.access.log"
+        : >"$TMP/trp/stderr.log"
+        perf_pid=""
+        if [ "$PERF" = 1 ] && [ "$t" = proxy ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
+          perf record -q -F 499 -g -p "$TRP_PID" -o "$TMP/proxy.perf.data" >/dev/null 2>&1 &
+          perf_pid=$!
+        fi
+        pids="$(target_pids "$t")"
+        # shellcheck disable=SC2086
+        before="$(cpu_ticks $pids)"
+        out="$OUT_DIR/wrk-logs$mode-c$conns-$t-$r.txt"
+        run_wrk "${PORT[$t]}" "$DURATION" "$conns" "$out"
+        # shellcheck disable=SC2086
+        after="$(cpu_ticks $pids)"
+        if [ -n "$perf_pid" ]; then
+          kill -INT "$perf_pid" 2>/dev/null || true
+          wait "$perf_pid" 2>/dev/null || true
+          pf="$OUT_DIR/perf-proxy-logs$mode-c$conns.txt"
+          perf_top "$TMP/proxy.perf.data" >"$pf" || true
+          PERF_FILES+=("$pf")
+        fi
+        RESULTS[$key,$t,$r]="$(parse_wrk "$out" $((after - before)))"
+        b="$(busy_compilers)"; [ "${b:-0}" -gt "$busy" ] && busy="$b"
+      done
+    done
+    LOAD_AT[$key]="$load_before → $(loadavg)"
+    BUSY_AT[$key]="$busy"
+    HWM_AT[$key]="$(status_kib "$TRP_PID" VmHWM)"
+    ngx=0
+    for p in $(target_pids nginx); do ngx=$((ngx + $(status_kib "$p" VmHWM))); done
+    NGX_HWM_AT[$key]="$ngx"
+    kill -0 "$TRP_PID" 2>/dev/null || die "the proxy died during the run (see its log)"
+    # Median round (by req/s) per target.
+    for t in "${TARGETS[@]}"; do
+      PICK[$key,$t]="$(for ((r = 1; r <= ROUNDS; r++)); do echo "${RESULTS[$key,$t,$r]}"; done |
+        sort -n -k1,1 | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')"
+    done
   done
+  stop_proxies
 done
-LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+LOAD_END="$(loadavg)"
 
-TRP_HWM_KIB="$(status_kib "$TRP_PID" VmHWM)"
-TRP_RSS_AFTER_KIB="$(status_kib "$TRP_PID" VmRSS)"
-NGX_HWM_KIB=0
-for p in "$NGX_MASTER" $(pgrep -P "$NGX_MASTER" 2>/dev/null); do
-  NGX_HWM_KIB=$((NGX_HWM_KIB + $(status_kib "$p" VmHWM)))
-done
-kill -0 "$TRP_PID" 2>/dev/null || die "the proxy died during the run (see its log)"
-
-# Median round (by req/s) per target.
-declare -A PICK
-for t in "${TARGETS[@]}"; do
-  PICK[$t]="$(for ((r = 1; r <= ROUNDS; r++)); do echo "${RESULTS[$t,$r]}"; done |
-    sort -n -k1,1 | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')"
-done
-
-field() { echo "${PICK[$1]}" | awk -v i="$2" '{ print $i }'; }
+# ---------------------------------------------------------------- report
+field() { echo "${PICK[$1,$2]}" | awk -v i="$3" '{ print $i }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-
-p_rps="$(field proxy 1)"; n_rps="$(field nginx 1)"; d_rps="$(field direct 1)"
-p_p99="$(field proxy 5)"; n_p99="$(field nginx 5)"; d_p99="$(field direct 5)"
-p_p50="$(field proxy 2)"; n_p50="$(field nginx 2)"; d_p50="$(field direct 2)"
-
 verdict() { [ "$1" = 1 ] && echo PASS || echo FAIL; }
-ok_rps="$(awk -v a="$p_rps" -v b="$n_rps" 'BEGIN { print (a >= b) ? 1 : 0 }')"
-ok_p99="$(awk -v a="$p_p99" -v b="$n_p99" 'BEGIN { print (a <= b) ? 1 : 0 }')"
-ok_rss="$(awk -v k="$TRP_HWM_KIB" 'BEGIN { print (k < 30 * 1024) ? 1 : 0 }')"
+FAILED=0
+cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
 
 {
   echo "# twilio-repair-proxy pass-through benchmark"
   echo
-  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ), host: $(nproc) CPUs, $(uname -r)"
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- machine: $(nproc) CPUs (${cpu_model:-unknown}), $mem_total, Linux $(uname -r)"
   echo "- proxy: \`$TRP_BIN\` ($("$TRP_BIN" --version 2>/dev/null || echo unknown version)), binary built $(date -u -r "$TRP_BIN" +%Y-%m-%dT%H:%M:%SZ); work tree now at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes')"
   echo "- $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //')"
-  echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, warm-up $WARMUP per target, $ROUNDS round(s) (median by req/s reported)"
+  echo "- load: wrk -t$THREADS -c{$CONNECTIONS} -d$DURATION --latency, warm-up $WARMUP per target, $ROUNDS round(s) (median by req/s reported)"
   echo "- request: GET participant (Authorization: Basic ...), response 200 with a $(wc -c <"$BODY_FILE")-byte JSON body + Twilio-like headers"
-  echo "- upstream: nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
-  echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS, access_log off"
-  echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, TRP_LOG_LEVEL=${PROXY_LOG_LEVEL:-warn}"
-  echo "- machine load: loadavg before $LOAD_BEFORE, after $LOAD_AFTER; compiler processes seen: ${BUSY_BEFORE:-0} before, up to $BUSY_DURING during"
-  echo
-  echo "| target | req/s | p50 ms | p75 ms | p90 ms | p99 ms | socket errors | non-2xx |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  for t in "${TARGETS[@]}"; do
-    read -r rps p50 p75 p90 p99 err non <<<"${PICK[$t]}"
-    printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$t" "$rps" "$p50" "$p75" "$p90" "$p99" "$err" "$non"
+  echo "- upstream (direct): nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
+  echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS; logs off: \`access_log off\`, logs on: \`access_log FILE\` (combined)"
+  echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db; logs off: TRP_LOG_LEVEL=warn, logs on: the shipped defaults (level info, format pretty) to a file"
+  echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, proxy = its one process (all threads)"
+  echo "- machine load: loadavg at start $LOAD_START, at end $LOAD_END; compiler processes (rustc, cc1, ld, cargo) at start: ${BUSY_START:-0}"
+  for mode in $LOGS; do
+    for conns in $CONNECTIONS; do
+      key="$mode,$conns"
+      echo
+      echo "## access logs $mode, $conns connections"
+      echo
+      echo "loadavg ${LOAD_AT[$key]}; compiler processes seen: up to ${BUSY_AT[$key]}"
+      echo
+      echo "| target | req/s | p50 ms | p90 ms | p99 ms | CPU µs/req | socket errors | non-2xx |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+      for t in "${TARGETS[@]}"; do
+        read -r rps p50 _p75 p90 p99 err non _reqs cpu <<<"${PICK[$key,$t]}"
+        printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$t" "$rps" "$p50" "$p90" "$p99" "$cpu" "$err" "$non"
+      done
+      echo
+      echo "proxy peak RSS (VmHWM) $(mib "${HWM_AT[$key]}") MiB; nginx master + workers $(mib "${NGX_HWM_AT[$key]}") MiB"
+    done
   done
   echo
-  echo "| ratio | req/s | p50 | p99 |"
-  echo "|---|---:|---:|---:|"
-  echo "| proxy / direct | $(ratio "$p_rps" "$d_rps") | $(ratio "$p_p50" "$d_p50") | $(ratio "$p_p99" "$d_p99") |"
-  echo "| proxy / nginx | $(ratio "$p_rps" "$n_rps") | $(ratio "$p_p50" "$n_p50") | $(ratio "$p_p99" "$n_p99") |"
+  echo "## proxy / nginx"
   echo
-  echo "| memory | KiB | MiB |"
-  echo "|---|---:|---:|"
-  echo "| proxy VmRSS idle (before load) | $TRP_RSS_IDLE_KIB | $(mib "$TRP_RSS_IDLE_KIB") |"
-  echo "| proxy VmHWM (peak, after load) | $TRP_HWM_KIB | $(mib "$TRP_HWM_KIB") |"
-  echo "| proxy VmRSS after load | $TRP_RSS_AFTER_KIB | $(mib "$TRP_RSS_AFTER_KIB") |"
-  echo "| nginx proxy VmHWM, master + workers | $NGX_HWM_KIB | $(mib "$NGX_HWM_KIB") |"
+  echo "| logs | conns | req/s | p99 | CPU/req | proxy CPU µs/req | nginx CPU µs/req | proxy peak RSS MiB | loadavg during |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  for mode in $LOGS; do
+    for conns in $CONNECTIONS; do
+      key="$mode,$conns"
+      echo "| $mode | $conns | $(ratio "$(field "$key" proxy 1)" "$(field "$key" nginx 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" nginx 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" nginx 9)") | $(field "$key" proxy 9) | $(field "$key" nginx 9) | $(mib "${HWM_AT[$key]}") | ${LOAD_AT[$key]} |"
+    done
+  done
   echo
-  echo "| target | goal | result |"
-  echo "|---|---|---|"
-  echo "| throughput | proxy req/s >= nginx req/s | $(verdict "$ok_rps") ($(ratio "$p_rps" "$n_rps")x) |"
-  echo "| tail latency | proxy p99 <= nginx p99 | $(verdict "$ok_p99") ($p_p99 ms vs $n_p99 ms) |"
-  echo "| memory | proxy peak RSS < 30 MiB at $CONNECTIONS connections | $(verdict "$ok_rss") ($(mib "$TRP_HWM_KIB") MiB) |"
+  echo "## targets"
+  echo
+  echo "| logs | conns | goal | result |"
+  echo "|---|---:|---|---|"
+  for mode in $LOGS; do
+    for conns in $CONNECTIONS; do
+      key="$mode,$conns"
+      p_rps="$(field "$key" proxy 1)"; n_rps="$(field "$key" nginx 1)"
+      p_p99="$(field "$key" proxy 5)"; n_p99="$(field "$key" nginx 5)"
+      p_cpu="$(field "$key" proxy 9)"; n_cpu="$(field "$key" nginx 9)"
+      ok_rps="$(awk -v a="$p_rps" -v b="$n_rps" 'BEGIN { print (a >= b) ? 1 : 0 }')"
+      ok_p99="$(awk -v a="$p_p99" -v b="$n_p99" 'BEGIN { print (a <= b) ? 1 : 0 }')"
+      ok_cpu="$(awk -v a="$p_cpu" -v b="$n_cpu" 'BEGIN { print (a <= b) ? 1 : 0 }')"
+      echo "| $mode | $conns | CPU/req <= nginx | $(verdict "$ok_cpu") ($p_cpu vs $n_cpu µs, $(ratio "$p_cpu" "$n_cpu")x) |"
+      echo "| $mode | $conns | req/s >= nginx | $(verdict "$ok_rps") ($(ratio "$p_rps" "$n_rps")x) |"
+      echo "| $mode | $conns | p99 <= nginx | $(verdict "$ok_p99") ($p_p99 vs $n_p99 ms) |"
+      [ "$ok_rps$ok_p99$ok_cpu" = 111 ] || FAILED=1
+      if [ "$conns" -le 32 ]; then
+        ok_rss="$(awk -v k="${HWM_AT[$key]}" 'BEGIN { print (k < 30 * 1024) ? 1 : 0 }')"
+        echo "| $mode | $conns | peak RSS < 30 MiB | $(verdict "$ok_rss") ($(mib "${HWM_AT[$key]}") MiB) |"
+        [ "$ok_rss" = 1 ] || FAILED=1
+      fi
+    done
+  done
+  if [ "${#PERF_FILES[@]}" -gt 0 ]; then
+    echo
+    echo "perf profiles of the proxy (top symbols): ${PERF_FILES[*]}"
+  fi
 } >"$OUT_DIR/results.md"
 
 cat "$OUT_DIR/results.md"
-if [ -s "$TMP/trp/stderr.log" ] || [ -s "$TMP/trp/stdout.log" ]; then
-  log "proxy log (warn and above), last lines:"
-  tail -n 5 "$TMP/trp/stdout.log" "$TMP/trp/stderr.log" >&2 || true
-fi
 log "results written to $OUT_DIR/results.md"
 
-if [ "$STRICT" = 1 ] && [ "$ok_rps$ok_p99$ok_rss" != 111 ]; then exit 1; fi
+if [ "$STRICT" = 1 ] && [ "$FAILED" = 1 ]; then exit 1; fi

@@ -55,6 +55,7 @@ pub struct App {
     repair: Option<Arc<Repairer>>,
     admin: Arc<AdminState>,
     shield: Option<Arc<Shield>>,
+    tls: forward::UpstreamTls,
 }
 
 impl App {
@@ -64,6 +65,7 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let routes = Routes::from_config(&config)?;
         let shield = Shield::new(&config.shield, &config.metrics, metrics.clone());
+        let tls = forward::UpstreamTls::from_config(&config)?;
         let store = store::open(&config.store, &config.store_options).await?;
         let repair = if config.repair.mode == config::RepairMode::Off {
             None
@@ -85,7 +87,7 @@ impl App {
             // here: they outlive every worker's runtime and its connections.
             Some(Repairer::new(repair::RepairerParts {
                 config: config.repair.clone(),
-                client: forward::build_client(&config.limits),
+                client: forward::build_client_with(&config.limits, &tls),
                 store: store.clone(),
                 metrics: metrics.clone(),
                 credential,
@@ -104,6 +106,7 @@ impl App {
             repair,
             admin,
             shield,
+            tls,
         })
     }
 
@@ -118,6 +121,7 @@ impl App {
             repair,
             admin,
             shield,
+            tls,
         } = self;
         if let Some(r) = &repair {
             // Fence what an earlier run left open before the first request
@@ -180,7 +184,7 @@ impl App {
         for i in 0..workers {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
-            let state = worker_state(config, &routes, &metrics, &repair, &shield);
+            let state = worker_state(config, &tls, &routes, &metrics, &repair, &shield);
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
             std::thread::Builder::new()
@@ -254,6 +258,7 @@ impl App {
 /// The state of one worker: its own upstream pool, everything else shared.
 fn worker_state(
     config: &Config,
+    tls: &forward::UpstreamTls,
     routes: &Routes,
     metrics: &Arc<Metrics>,
     repair: &Option<Arc<Repairer>>,
@@ -263,7 +268,7 @@ fn worker_state(
         ProxyState::new(
             routes.clone(),
             forward::Forwarder::new(
-                forward::build_client(&config.limits),
+                forward::build_client_with(&config.limits, tls),
                 metrics.clone(),
                 &config.limits,
                 config.add_forwarded_headers,

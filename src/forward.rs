@@ -1,7 +1,8 @@
 //! Forwarding: one request to one upstream origin, streamed both ways.
 //!
 //! The upstream client is hyper's pooled client over rustls (webpki and
-//! system roots, certificate and host name checks always on, HTTP/2 or
+//! system roots plus the `upstream_ca_file` certificates, see
+//! [`UpstreamTls`]; certificate and host name checks always on; HTTP/2 or
 //! HTTP/1.1 by ALPN). The request line's path and query are forwarded byte
 //! for byte, end-to-end headers in their order, and bodies as frames (never
 //! buffered whole). Failures become [`ForwardError`]s that the proxy turns
@@ -139,35 +140,66 @@ impl ForwardError {
     }
 }
 
-/// Build the upstream client from the configured bounds.
+/// The TLS settings of upstream connections: the built-in (webpki) and
+/// system roots, plus the `upstream_ca_file` certificates when set.
+/// Certificate and host name checks are always on. Built once and shared by
+/// every client (the system roots are read from disk once).
+#[derive(Clone)]
+pub struct UpstreamTls(Arc<rustls::ClientConfig>);
+
+impl UpstreamTls {
+    /// The built-in and system roots plus `extra_roots` (already checked by
+    /// [`crate::config::Config::upstream_ca_certs`]).
+    pub fn new(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> UpstreamTls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        for cert in extra_roots {
+            let _ = roots.add(cert);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            .unwrap_or_else(|_| {
+                // The ring provider supports the safe defaults; unreachable in practice.
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+        UpstreamTls(Arc::new(tls))
+    }
+
+    /// The configuration's upstream TLS: `upstream_ca_file` read and checked.
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<UpstreamTls, crate::config::ConfigError> {
+        Ok(UpstreamTls::new(config.upstream_ca_certs()?))
+    }
+}
+
+/// Build the upstream client from the configured bounds, trusting the
+/// built-in and system roots only.
+pub fn build_client(limits: &Limits) -> UpstreamClient {
+    build_client_with(limits, &UpstreamTls::new(Vec::new()))
+}
+
+/// Build the upstream client from the configured bounds and TLS settings.
 #[expect(
     clippy::disallowed_methods,
     reason = "the one place that makes the upstream connector"
 )]
-pub fn build_client(limits: &Limits) -> UpstreamClient {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|_| {
-            // The ring provider supports the safe defaults; unreachable in practice.
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        });
+pub fn build_client_with(limits: &Limits, tls: &UpstreamTls) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(limits.connect_timeout()));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config((*tls.0).clone())
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(crate::egress::EgressConnector::from_env(http));

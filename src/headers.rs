@@ -33,6 +33,13 @@ const PROXY_CONNECTION: &str = "proxy-connection";
 /// `Proxy-Authorization`/`Proxy-Authenticate` are consumed by a proxy hop too
 /// (RFC 9110 §11.7) and are never passed on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry no hop-by-hop
+    // field, and then nothing is looked up or removed. (The check is by
+    // name, so it also covers every field a `Connection` header could list:
+    // there is nothing to list without a `Connection` header.)
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // A message with both Transfer-Encoding and Content-Length is framed by
     // Transfer-Encoding (RFC 9112 §6.3); forwarding the stale Content-Length
     // without it would let the two sides disagree on where the body ends.
@@ -54,6 +61,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
+}
+
+/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection`
+/// lists.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str() == KEEP_ALIVE || name.as_str() == PROXY_CONNECTION
 }
 
 /// Whether a request's `Transfer-Encoding` names anything but a single

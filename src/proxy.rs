@@ -131,9 +131,18 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
             return answer;
         }
     }
-    // Only what the access log needs, and only when it is on.
-    let path = tracing::enabled!(target: ACCESS, tracing::Level::INFO)
-        .then(|| req.uri().path().to_string());
+    // Only what the access log needs, and only when it is on: the path is a
+    // reference-counted clone of the request's, not a copy.
+    let path = if tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
+        Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        )
+    } else {
+        None
+    };
 
     let idle = state.forwarder.idle_timeout();
     let (parts, incoming) = req.into_parts();
@@ -203,8 +212,8 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
 struct Access<'a> {
     started: Instant,
     method: http::Method,
-    /// `Some` only when the access log is enabled.
-    path: Option<String>,
+    /// `Some` only when the access log is enabled (the query is never logged).
+    path: Option<http::uri::PathAndQuery>,
     target: &'a crate::routing::Target,
 }
 
@@ -217,7 +226,10 @@ fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> 
     state
         .metrics
         .record_request(access.target.class, &access.method, status.as_u16());
-    let (method, path) = (&access.method, access.path.as_deref().unwrap_or(""));
+    let (method, path) = (
+        &access.method,
+        access.path.as_ref().map_or("", |p| p.path()),
+    );
     let latency_ms = access.started.elapsed().as_millis() as u64;
     if e.is_client_fault() {
         tracing::info!(
@@ -229,7 +241,7 @@ fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> 
         tracing::warn!(
             target: ACCESS,
             %method, path, status = status.as_u16(),
-            upstream = %access.target.origin.as_string(), latency_ms,
+            upstream = %Upstream(&access.target.origin), latency_ms,
             error = e.token(), "upstream failure"
         );
     }
@@ -316,26 +328,34 @@ where
     let mut body = MeteredBody::new(body, idle, Direction::Response, state.metrics.clone())
         .with_guard(in_flight);
     if let Some(path) = access.path {
-        let request_id = parts
-            .headers
-            .get("twilio-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let upstream = access.target.origin.as_string();
+        // Reference-counted clones (no copy of the text); formatted only
+        // when the line is written.
+        let request_id = parts.headers.get("twilio-request-id").cloned();
+        let upstream = access.target.origin.clone();
         let (method, started) = (access.method, access.started);
         body = body.on_end(move |bytes| {
+            let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
             tracing::info!(
                 target: ACCESS,
-                %method, path = %path, status, upstream = %upstream,
+                %method, path = %path.path(), status, upstream = %Upstream(&upstream),
                 latency_ms = started.elapsed().as_millis() as u64,
-                bytes, twilio_request_id = %request_id,
+                bytes, twilio_request_id = %request_id.unwrap_or(""),
                 repair_outcome = outcome.unwrap_or(""),
                 "request"
             );
         });
     }
     Response::from_parts(parts, Body::new(body))
+}
+
+/// An origin as the access log shows it (`https://host`), formatted in
+/// place.
+struct Upstream<'a>(&'a crate::routing::Origin);
+
+impl std::fmt::Display for Upstream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.0.scheme, self.0.authority)
+    }
 }
 
 fn forward_failure_log(e: &ForwardError) {

@@ -62,7 +62,10 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
     };
     let mut api = Api::new(
         TwilioApi::new(
-            forward::build_client(&config.limits),
+            forward::build_client_with(
+                &config.limits,
+                &forward::UpstreamTls::from_config(&config)?,
+            ),
             origin,
             credential.authorization.clone(),
             Some(HeaderValue::from_static("false")),

@@ -2,7 +2,7 @@
 //! one-line error that names the key: the integer ranges ([`RANGES`], the
 //! `# Allowed:` lines of `config/default.toml`), URL settings (scheme, host,
 //! no credentials, a port in 1..=65535), host patterns, reserved path
-//! prefixes, the store URL and the admin token. Loading and layering live
+//! prefixes, the store URL, the admin token and the upstream CA bundle. Loading and layering live
 //! in the parent module; this one only says yes or no.
 
 use toml::Value;
@@ -301,4 +301,57 @@ pub(super) fn syntax_message(text: &str, e: &toml::de::Error) -> String {
 
 pub(super) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Largest `upstream_ca_file` read (a whole system bundle is ~220 KB).
+pub const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Read a PEM bundle of trust anchors: every `CERTIFICATE` block must parse
+/// as an X.509 certificate usable as a root; other blocks (a key left in the
+/// file) are ignored; a file with no certificate is refused.
+pub fn load_ca_file(
+    key: &str,
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::io::Read;
+    let shown = path.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| invalid(key, format!("cannot read {shown}: {e}")))?;
+    if bytes.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(invalid(
+            key,
+            format!("{shown} is larger than {MAX_CA_FILE_BYTES} bytes"),
+        ));
+    }
+    let mut certs = Vec::new();
+    for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+        let cert = cert.map_err(|e| {
+            invalid(
+                key,
+                format!("{shown}: PEM block {} is malformed: {e}", i + 1),
+            )
+        })?;
+        let mut probe = rustls::RootCertStore::empty();
+        probe.add(cert.clone()).map_err(|e| {
+            invalid(
+                key,
+                format!(
+                    "{shown}: certificate {} is not a usable CA certificate: {e}",
+                    i + 1
+                ),
+            )
+        })?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ));
+    }
+    Ok(certs)
 }

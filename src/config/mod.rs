@@ -35,6 +35,7 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 const OPTIONAL_KEYS: &[&str] = &[
     "upstream",
     "public_base_url",
+    "upstream_ca_file",
     "repair.credentials_file",
     "admin.token",
 ];
@@ -98,6 +99,10 @@ pub struct Config {
     pub add_forwarded_headers: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_base_url: Option<String>,
+    /// Extra trusted CA certificates (PEM) for upstream TLS, added to the
+    /// built-in and system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca_file: Option<PathBuf>,
     pub admin: AdminConfig,
     pub limits: Limits,
     pub log: LogConfig,
@@ -400,6 +405,7 @@ impl Config {
             check_reserved_prefix("reserved_prefixes", prefix)?;
         }
         check_store("store", &self.store)?;
+        self.upstream_ca_certs()?;
         if let Some(token) = &self.admin.token {
             check_admin_token("admin.token", token.expose())?;
         }
@@ -420,6 +426,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The certificates of `upstream_ca_file` (none when unset), each
+    /// checked to be usable as a trust anchor: a file that cannot be read,
+    /// holds no PEM certificate or a malformed one is an error naming the key.
+    pub fn upstream_ca_certs(
+        &self,
+    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+        match &self.upstream_ca_file {
+            None => Ok(Vec::new()),
+            Some(path) => checks::load_ca_file("upstream_ca_file", path),
+        }
     }
 
     /// The effective configuration as TOML, with secrets masked.

@@ -170,3 +170,41 @@ fn masks_store_password() {
     assert!(!shown.contains("s3cret"));
     assert!(shown.contains("****"));
 }
+
+#[test]
+fn upstream_ca_file_is_read_and_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |path: &std::path::Path| {
+        Config::load(
+            None,
+            env(&[("TRP_UPSTREAM_CA_FILE", path.to_str().unwrap())]),
+            &Overrides::default(),
+        )
+    };
+    let missing = dir.path().join("missing.pem");
+    let e = load(&missing).unwrap_err().to_string();
+    assert!(
+        e.contains("`upstream_ca_file`") && e.contains("cannot read"),
+        "{e}"
+    );
+    let no_pem = dir.path().join("no.pem");
+    std::fs::write(&no_pem, "not a certificate\n").unwrap();
+    let e = load(&no_pem).unwrap_err().to_string();
+    assert!(
+        e.contains("`upstream_ca_file`") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(
+        &bad,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = load(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("`upstream_ca_file`") && e.contains("certificate 1"),
+        "{e}"
+    );
+    // Unset by default.
+    assert!(Config::defaults().upstream_ca_file.is_none());
+}

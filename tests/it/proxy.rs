@@ -411,3 +411,107 @@ async fn oversized_heads_and_ambiguous_framing_are_handled() {
     assert_ne!(seen[0].header_values("content-length"), vec!["5"]);
     proxy.stop().await;
 }
+
+/// A TLS upstream on 127.0.0.1 whose certificate is signed by a CA made
+/// here: answers `json(200, {"tls":true})`. Returns its port and the CA in
+/// PEM.
+async fn tls_upstream_with_private_ca() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "trp test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that does not trust the CA fails the handshake.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(json(200, r#"{"tls":true}"#))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[tokio::test]
+async fn upstream_ca_file_adds_a_trusted_ca_and_without_it_tls_fails_as_502() {
+    let (port, ca_pem) = tls_upstream_with_private_ca().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let upstream = format!("https://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+
+    // With the CA: the request goes through, over TLS, checked.
+    let mut config = test_config(&upstream);
+    config.upstream_ca_file = Some(ca_file);
+    let proxy = start_proxy(config).await;
+    let resp = client
+        .get(proxy.url("/v1/Conversations"))
+        .header("authorization", "Basic QUMxMjM6dG9rZW4=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), r#"{"tls":true}"#);
+    proxy.stop().await;
+
+    // Without it: the certificate is not trusted, and the client gets the
+    // proxy's Twilio-shaped 502, never the upstream's answer.
+    let proxy = start_proxy(test_config(&upstream)).await;
+    let resp = client
+        .get(proxy.url("/v1/Conversations"))
+        .header("authorization", "Basic QUMxMjM6dG9rZW4=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.headers()["x-repair-proxy-error"],
+        "upstream-unreachable"
+    );
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], 502);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not reach Twilio")
+    );
+    proxy.stop().await;
+}

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# What the proxy costs a real Twilio call: a TLS upstream on 127.0.0.1 with
+# a test CA and a fixed think time per answer (Twilio answers in tens to
+# hundreds of ms), reached by curl straight over TLS or through the proxy
+# (plain HTTP to the proxy, the proxy's pooled TLS connection upstream,
+# trusting the test CA through `upstream_ca_file`). See bench/README.md.
+#
+#   (a) keep-alive client: one curl process, N requests on one connection
+#   (b) new connection per request: one curl process per request (as PHP,
+#       shell and serverless apps do), so a direct client pays the TCP and
+#       TLS handshake every time
+#
+# curl's own `time_total` of every request is the sample (the process start
+# is not in it). Prints p50/p90/p99 and the proxy's added latency.
+#
+# Environment knobs (all optional):
+#   N_KEEPALIVE=400   requests per keep-alive run
+#   N_NEWCONN=150     requests per new-connection run
+#   ROUNDS=2          runs per target and mode, interleaved (direct, proxy, ...)
+#   THINK_MS=20       the upstream's think time per answer
+#   PROXY_LOG=on      on: the proxy's shipped logging defaults (info) to a
+#                     file; off: TRP_LOG_LEVEL=warn
+#   TRP_BIN=...       proxy binary (default target/release/twilio-repair-proxy)
+#   BASE_PORT=18280   BASE+1 TLS upstream, BASE+3 proxy, BASE+13 proxy admin
+#   OUT_DIR=bench/out results in OUT_DIR/tls.md
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+N_KEEPALIVE="${N_KEEPALIVE:-400}"
+N_NEWCONN="${N_NEWCONN:-150}"
+ROUNDS="${ROUNDS:-2}"
+THINK_MS="${THINK_MS:-20}"
+PROXY_LOG="${PROXY_LOG:-on}"
+BASE_PORT="${BASE_PORT:-18280}"
+OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
+TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
+UP_PORT=$((BASE_PORT + 1))
+TRP_PORT=$((BASE_PORT + 3))
+TRP_ADMIN_PORT=$((BASE_PORT + 13))
+
+REQ_PATH="/v1/Services/ISaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Conversations/CHaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Participants/MBaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+AUTH="Basic $(printf '%s' 'ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:not-a-real-auth-token' | base64 -w0)"
+BODY_FILE="$BENCH_DIR/participant.json"
+
+log() { printf '[tls-bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_pkgs=()
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  as_root apt-get update -q >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null
+fi
+if [ ! -x "$TRP_BIN" ]; then
+  log "building $TRP_BIN (cargo build --release --locked)"
+  (cd "$ROOT" && cargo build --release --locked)
+fi
+
+TMP="$(mktemp -d /tmp/trp-tls-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+mkdir -p "$OUT_DIR"
+for port in "$UP_PORT" "$TRP_PORT" "$TRP_ADMIN_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then die "port $port is in use (set BASE_PORT)"; fi
+done
+
+# ---------------------------------------------------------------- test CA
+log "generating a test CA and a server certificate for 127.0.0.1"
+(
+  cd "$TMP"
+  openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+  openssl req -x509 -new -key ca.key -subj "/CN=trp bench test CA" -days 2 \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem 2>/dev/null
+  openssl ecparam -name prime256v1 -genkey -noout -out server.key 2>/dev/null
+  openssl req -new -key server.key -subj "/CN=127.0.0.1" -out server.csr 2>/dev/null
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" >server.ext
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+    -days 2 -extfile server.ext -out server.pem 2>/dev/null
+) || die "openssl could not make the test certificates"
+
+# ---------------------------------------------------------------- processes
+wait_ready() { # url tries [curl args]
+  local i url="$1" tries="$2"; shift 2
+  for ((i = 0; i < tries; i++)); do
+    curl -fsS -o /dev/null "$@" "$url" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+log "starting the TLS upstream on 127.0.0.1:$UP_PORT (think time $THINK_MS ms)"
+python3 "$BENCH_DIR/tls_upstream.py" "$UP_PORT" "$BODY_FILE" \
+  --cert "$TMP/server.pem" --key "$TMP/server.key" --think-ms "$THINK_MS" \
+  >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_ready "https://127.0.0.1:$UP_PORT/" 100 --cacert "$TMP/ca.pem" || { cat "$TMP/upstream.log" >&2; die "TLS upstream did not start"; }
+
+level=()
+[ "$PROXY_LOG" = off ] && level=(TRP_LOG_LEVEL=warn)
+log "starting the proxy on 127.0.0.1:$TRP_PORT (upstream https://127.0.0.1:$UP_PORT, upstream_ca_file = the test CA, logs $PROXY_LOG)"
+mkdir -p "$TMP/trp"
+env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_UPSTREAM_CA_FILE="$TMP/ca.pem" \
+  "$TRP_BIN" serve \
+  --listen "127.0.0.1:$TRP_PORT" --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
+  --upstream "https://127.0.0.1:$UP_PORT" --store "sqlite://$TMP/trp/journal.db" \
+  >"$TMP/trp/stdout.log" 2>"$TMP/trp/stderr.log" &
+TRP_PID=$!
+PIDS+=($TRP_PID)
+wait_ready "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" >&2; die "proxy not ready"; }
+
+DIRECT_URL="https://127.0.0.1:$UP_PORT$REQ_PATH"
+PROXY_URL="http://127.0.0.1:$TRP_PORT$REQ_PATH"
+for url in "$DIRECT_URL" "$PROXY_URL"; do
+  curl -fsS --cacert "$TMP/ca.pem" -H "Authorization: $AUTH" -o "$TMP/check.json" "$url" ||
+    { tail -5 "$TMP/trp/stderr.log" >&2; die "$url failed"; }
+  cmp -s "$BODY_FILE" "$TMP/check.json" || die "$url returned a different body"
+done
+log "both paths return the participant body"
+
+# ---------------------------------------------------------------- runs
+busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|ld.lld|cargo|clang' 2>/dev/null || true; }
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+BUSY_MAX="$(busy_compilers)"
+
+# (a) N requests on one keep-alive connection; the first 5 (connection
+# set-up, the proxy's first upstream handshake) are dropped.
+keepalive_run() { # url out
+  local cfg="$TMP/keepalive.cfg" i
+  : >"$cfg"
+  for ((i = 0; i < N_KEEPALIVE + 5; i++)); do
+    printf 'url = "%s"\noutput = "/dev/null"\n' "$1" >>"$cfg"
+  done
+  curl -sS --cacert "$TMP/ca.pem" -H "Authorization: $AUTH" -H 'Accept: application/json' \
+    -w '%{time_total}\n' --config "$cfg" | tail -n +6 >>"$2"
+}
+# (b) one curl process (so one TCP connection, and one TLS handshake when
+# direct) per request.
+newconn_run() { # url out
+  local i
+  for ((i = 0; i < N_NEWCONN; i++)); do
+    curl -sS --cacert "$TMP/ca.pem" -H "Authorization: $AUTH" -H 'Accept: application/json' \
+      -o /dev/null -w '%{time_total}\n' "$1" >>"$2"
+  done
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  for target in direct proxy; do
+    url="$DIRECT_URL"; [ "$target" = proxy ] && url="$PROXY_URL"
+    log "round $r/$ROUNDS: keep-alive $target ($N_KEEPALIVE requests)"
+    keepalive_run "$url" "$TMP/keepalive-$target.txt"
+    log "round $r/$ROUNDS: new connection per request $target ($N_NEWCONN requests)"
+    newconn_run "$url" "$TMP/newconn-$target.txt"
+    b="$(busy_compilers)"; [ "${b:-0}" -gt "${BUSY_MAX:-0}" ] && BUSY_MAX="$b"
+  done
+done
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+kill -0 "$TRP_PID" 2>/dev/null || die "the proxy died during the run"
+
+# ---------------------------------------------------------------- report
+stats() { # file -> "n p50 p90 p99 mean" in ms
+  python3 - "$1" <<'EOF'
+import sys
+v = sorted(float(x) * 1000 for x in open(sys.argv[1]) if x.strip())
+def pct(p):
+    return v[min(len(v) - 1, max(0, int(round(p / 100 * len(v) + 0.5)) - 1))]
+print(len(v), *("%.3f" % pct(p) for p in (50, 90, 99)), "%.3f" % (sum(v) / len(v)))
+EOF
+}
+diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
+
+{
+  echo "# twilio-repair-proxy: what the proxy costs a TLS call"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r)"
+  echo "- proxy: \`$TRP_BIN\` ($("$TRP_BIN" --version 2>/dev/null || echo '?')), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), logs $PROXY_LOG"
+  echo "- upstream: bench/tls_upstream.py (Python asyncio + ssl, TLS 1.3, ALPN http/1.1) on 127.0.0.1, certificate from a test CA, $THINK_MS ms think time per answer"
+  echo "- client: $(curl --version | head -1 | cut -d' ' -f1-2 ), time_total per request; direct = HTTPS to the upstream (test CA via --cacert), proxy = HTTP to the proxy, whose pooled TLS connection (upstream_ca_file = the test CA) goes upstream"
+  echo "- (a) keep-alive: $ROUNDS x $N_KEEPALIVE requests on one connection per target; (b) new connection per request: $ROUNDS x $N_NEWCONN curl processes per target"
+  echo "- machine load: loadavg before $LOAD_BEFORE, after $LOAD_AFTER; compiler processes seen: up to ${BUSY_MAX:-0}"
+  echo
+  echo "| client | path | n | p50 ms | p90 ms | p99 ms | mean ms |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+  for mode in keepalive newconn; do
+    for target in direct proxy; do
+      read -r n p50 p90 p99 mean <<<"$(stats "$TMP/$mode-$target.txt")"
+      printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$target" "$n" "$p50" "$p90" "$p99" "$mean"
+      eval "${mode}_${target}=\"\$p50 \$p99 \$mean\""
+    done
+  done
+  echo
+  echo "| client | added by the proxy at p50 | at p99 | mean |"
+  echo "|---|---:|---:|---:|"
+  for mode in keepalive newconn; do
+    eval "read -r dp50 dp99 dmean <<<\"\$${mode}_direct\""
+    eval "read -r pp50 pp99 pmean <<<\"\$${mode}_proxy\""
+    echo "| $mode | $(diff_ms "$pp50" "$dp50") ms | $(diff_ms "$pp99" "$dp99") ms | $(diff_ms "$pmean" "$dmean") ms |"
+  done
+  echo
+  echo "(negative: the proxy path is faster, e.g. no TLS handshake per request)"
+} >"$OUT_DIR/tls.md"
+cat "$OUT_DIR/tls.md"
+log "results written to $OUT_DIR/tls.md"
