@@ -29,7 +29,8 @@
 #   STRICT=0            1: exit 1 when a target (req/s, p99, CPU, RSS) is missed
 #   PERF=0              1: `perf record` the proxy during the last measured run
 #                       of every configuration (skews that run a little);
-#                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt
+#                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt, the
+#                       recording (for `perf report -g`) beside it as .data
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -367,7 +368,7 @@ for mode in $LOGS; do
         : >"$TMP/trp/stderr.log"
         perf_pid=""
         if [ "$PERF" = 1 ] && [ "$t" = proxy ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
-          perf record -q -F 499 -g -p "$TRP_PID" -o "$TMP/proxy.perf.data" >/dev/null 2>&1 &
+          perf record -q -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$TRP_PID" -o "$TMP/proxy.perf.data" >/dev/null 2>&1 &
           perf_pid=$!
         fi
         pids="$(target_pids "$t")"
@@ -382,6 +383,7 @@ for mode in $LOGS; do
           wait "$perf_pid" 2>/dev/null || true
           pf="$OUT_DIR/perf-proxy-logs$mode-c$conns.txt"
           perf_top "$TMP/proxy.perf.data" >"$pf" || true
+          cp "$TMP/proxy.perf.data" "$OUT_DIR/perf-proxy-logs$mode-c$conns.data" 2>/dev/null || true
           PERF_FILES+=("$pf")
         fi
         RESULTS[$key,$t,$r]="$(parse_wrk "$out" $((after - before)))"
