@@ -150,7 +150,11 @@ fn method_index(m: &Method) -> usize {
     }
 }
 
-/// A fixed-bucket histogram.
+/// A fixed-bucket histogram. Each bucket counts only the observations that
+/// fall in it (one atomic add per observation, not one per bucket: the
+/// latency histograms are updated by every request on every worker, and a
+/// shared cache line bounced between cores costs more than the add); the
+/// cumulative `le` series Prometheus expects is summed when rendered.
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -160,54 +164,48 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// The bucket, sum and count lines of one labelled series (`labels`
-    /// without braces); the caller writes HELP and TYPE once.
-    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
-                self.buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
         self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    /// The bucket, sum and count lines of one series; `labels` without
+    /// braces, with a trailing comma when not empty.
+    fn write_lines(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cumulative}");
+        }
+        // Never below the last bucket, even if an observation landed
+        // between the reads.
+        let count = self.count.load(Relaxed).max(cumulative);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let bare = labels.trim_end_matches(',');
+        if bare.is_empty() {
+            let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        } else {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                self.buckets[i].load(Relaxed)
+                "{name}_sum{{{bare}}} {sum}\n{name}_count{{{bare}}} {count}"
             );
         }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
+    }
+
+    /// The bucket, sum and count lines of one labelled series (`labels`
+    /// without braces); the caller writes HELP and TYPE once.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        self.write_lines(out, name, &format!("{labels},"));
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.write_lines(out, name, "");
     }
 }
 
@@ -532,5 +530,38 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.in_flight_dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_render_cumulative() {
+        let h = Histogram::default();
+        for ms in [0.5, 3.0, 3.0, 20_000.0] {
+            h.observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "t", "help");
+        for line in [
+            "t_bucket{le=\"0.001\"} 1",
+            "t_bucket{le=\"0.0025\"} 1",
+            "t_bucket{le=\"0.005\"} 3",
+            "t_bucket{le=\"10\"} 3",
+            "t_bucket{le=\"+Inf\"} 4",
+            "t_count 4",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
+        let mut out = String::new();
+        h.render_series(&mut out, "t", "class=\"x\"");
+        assert!(
+            out.contains("t_bucket{class=\"x\",le=\"0.005\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("t_count{class=\"x\"} 4\n"), "{out}");
+        assert!(out.contains("t_sum{class=\"x\"} 20.0065\n"), "{out}");
     }
 }

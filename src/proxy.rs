@@ -9,9 +9,6 @@ use std::time::Instant;
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::map_response_body::MapResponseBodyLayer;
 
 use crate::body::{Direction, MeteredBody, SendProgress};
 use crate::forward::{ForwardError, Forwarder};
@@ -60,12 +57,12 @@ impl ProxyState {
     }
 }
 
-/// Assemble the middleware stack around the handler: the one place where
-/// layers are added. Outermost first:
-/// 1. `MapResponseBodyLayer`: one body type for every answer.
-/// 2. `CatchPanicLayer`: a bug answers a Twilio-shaped 500, never a dropped
+/// Assemble the service around the handler: the one place where the request
+/// path is wrapped. No tower layers: each would box the response body or the
+/// future on every request. Outermost first:
+/// 1. [`answer_panics`]: a bug answers a Twilio-shaped 500, never a dropped
 ///    connection (and the panic message never reaches the client).
-/// 3. the handler: routing, repair interception, forwarding, access log.
+/// 2. the handler: routing, repair interception, forwarding, access log.
 pub fn service(
     state: Arc<ProxyState>,
 ) -> impl tower::Service<
@@ -76,24 +73,27 @@ pub fn service(
 > + Clone
 + Send
 + 'static {
-    let svc = ServiceBuilder::new()
-        .layer(MapResponseBodyLayer::new(Body::new))
-        .layer(CatchPanicLayer::custom(
-            |_panic: Box<dyn std::any::Any + Send>| {
-                tracing::error!("request handler panicked");
-                proxy_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal-error",
-                    "twilio-repair-proxy failed while handling this request",
-                )
-            },
-        ))
-        .service_fn(move |req: Request<Incoming>| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
-        });
     // Concrete, not boxed: cloning it per request is an `Arc` increment.
-    svc
+    tower::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(answer_panics(handle(state, req)).await) }
+    })
+}
+
+/// Run the handler; a panic in it becomes the proxy's Twilio-shaped 500.
+async fn answer_panics(handler: impl Future<Output = Response<Body>>) -> Response<Body> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(response) => response,
+        Err(_panic) => {
+            tracing::error!("request handler panicked");
+            proxy_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "twilio-repair-proxy failed while handling this request",
+            )
+        }
+    }
 }
 
 /// Target of the access log events.
@@ -409,5 +409,31 @@ async fn rewrite_links(
             Response::from_parts(parts, Body::from(new))
         }
         None => Response::from_parts(parts, Body::from(raw)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_twilio_shaped_500_without_its_message() {
+        let resp = answer_panics(async {
+            if true {
+                panic!("secret detail of a bug");
+            }
+            Response::new(Body::empty())
+        })
+        .await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()[crate::twilio_error::ERROR_HEADER],
+            "internal-error"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 500, "{v}");
+        assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
     }
 }
