@@ -44,6 +44,9 @@
 //! - [`body`]: streamed, metered bodies, and the bounded reading and
 //!   decoding of the bodies the proxy looks into.
 //! - [`metrics`]: Prometheus metrics and their label sets.
+//! - [`privacy`]: how identities and journal records are shown outside
+//!   the proxy (`repair.incident_identity`), for the admin plane, exports
+//!   and the incidents the workflow records.
 //! - [`store`]: the repair journal and incidents (SQLite, or PostgreSQL
 //!   for fleets).
 //! - [`vocabulary`]: the repair's outcomes, journal states and step kinds.
@@ -70,6 +73,7 @@ pub mod egress;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod privacy;
 pub mod proxy;
 pub mod repair;
 pub mod rewrite;

@@ -60,7 +60,7 @@ impl ProxyState {
 /// Assemble the service around the handler: the one place where the request
 /// path is wrapped. No tower layers: each would box the response body or the
 /// future on every request. Outermost first:
-/// 1. [`answer_panics`]: a bug answers a Twilio-shaped 500, never a dropped
+/// 1. `answer_panics`: a bug answers a Twilio-shaped 500, never a dropped
 ///    connection (and the panic message never reaches the client).
 /// 2. the handler: routing, repair interception, forwarding, access log.
 pub fn service(

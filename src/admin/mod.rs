@@ -53,10 +53,10 @@ use crate::metrics::Metrics;
 use crate::store::{Incident, Store};
 
 pub mod bundle;
-mod privacy;
 pub mod ui;
 mod views;
-pub use privacy::{Privacy, hash_identity};
+
+pub use crate::privacy::{Privacy, hash_identity};
 
 /// The incidents page's session cookie: a browser that signed in with the
 /// admin token (`POST /ui/login`) sends it instead of a bearer header.

@@ -1,6 +1,6 @@
 //! The incidents page's handlers: sign-in, the list, one incident, its
 //! support bundle. They read the store, put everything through the admin
-//! plane's [`Privacy`] and hand the result to [`super::views`].
+//! plane's [`Privacy`] and hand the result to `views`.
 //!
 //! | path | answer |
 //! |---|---|
@@ -155,7 +155,7 @@ fn store_filter(f: &Filter, limit: i64, offset: i64) -> IncidentFilter {
     let identities = match &f.identity {
         Some(i) => {
             let hashed = super::hash_identity(i);
-            if super::privacy::is_hashed(i) {
+            if crate::privacy::is_hashed(i) {
                 vec![i.clone()]
             } else {
                 vec![i.clone(), hashed]

@@ -208,7 +208,7 @@ impl Repairer {
         // With "hash", no identity is stored in plain text: not in a step's
         // path or message either (the identity itself already is hashed).
         let mut incident =
-            crate::admin::Privacy::new(self.config.incident_identity).incident(incident);
+            crate::privacy::Privacy::new(self.config.incident_identity).incident(incident);
         // The workflow gathers the steps of its two credentials separately:
         // the record lists them in the order they were made.
         incident.steps.sort_by(|a, b| a.at.cmp(&b.at));
