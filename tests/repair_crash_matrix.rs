@@ -884,7 +884,7 @@ async fn assert_restored_from_memory(
     }
     // Out of rotation before anything else needs the journal.
     wait_ready_status(proxy, 503).await;
-    let stderr = proxy.stderr();
+    let stderr = proxy.log_with("journal write failed").await;
     let failures = journal_failures(proxy).await;
     assert!(
         stderr.contains("journal write failed"),

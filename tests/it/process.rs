@@ -183,7 +183,12 @@ async fn secrets_and_bodies_never_reach_the_logs() {
             "auth header named in logs"
         );
     }
-    assert!(proxy.stderr().contains("\"path\":\"/v1/Conversations\""));
+    assert!(
+        proxy
+            .log_with("\"path\":\"/v1/Conversations\"")
+            .await
+            .contains("\"path\":\"/v1/Conversations\"")
+    );
 }
 
 #[test]
@@ -284,7 +289,12 @@ async fn egress_honours_http_proxy_and_no_proxy() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "{\"received\":14}");
     assert_eq!(*tunnels.lock().unwrap(), vec![up_authority.clone()]);
-    assert!(via_proxy.stderr().contains("egress through an HTTP proxy"));
+    assert!(
+        via_proxy
+            .log_with("egress through an HTTP proxy")
+            .await
+            .contains("egress through an HTTP proxy")
+    );
 
     // NO_PROXY bypasses the egress proxy.
     let direct = spawn_proxy(

@@ -142,7 +142,7 @@ async fn kill_between_delete_and_recreate_then_operator_credential_restores_at_s
     }
     assert_eq!(pending["repairs"].as_array().unwrap().len(), 0, "{pending}");
     assert!(
-        second.stderr().contains("operator"),
+        second.log_with("operator").await.contains("operator"),
         "recovery must say which credential it used"
     );
     assert!(
