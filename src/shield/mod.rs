@@ -26,9 +26,12 @@
 //! account of a `/2010-04-01/Accounts/AC…/` path; otherwise the key
 //! itself (a key belongs to one account, so its requests are still capped
 //! together, but an account whose apps use k keys on `/v1` paths may have
-//! k x N in flight). A request without Basic credentials is not capped
-//! (Twilio refuses it with 401). The Basic user is read by
-//! [`crate::sid::basic_user`], the proxy's one parser of it.
+//! (k + 1) x N in flight). A request without Basic credentials is not
+//! capped (Twilio refuses it with 401). The Basic user is read by
+//! [`crate::sid::basic_user`], the proxy's one parser of it. Credentials
+//! are not checked here (Twilio checks them): whoever reaches the proxy
+//! can queue in any account's line by naming it, so the cap protects
+//! Twilio's limit, not one caller from another.
 //!
 //! The cap is per replica: a fleet of R replicas sharing an account keeps at
 //! most R x N in flight (README, "Rate limits").

@@ -895,3 +895,44 @@ async fn retry_after_dates_and_waits_too_long_to_take() {
         proxy.stop().await;
     }
 }
+
+/// The budget is one per replica (README, "Rate limits"): one account's
+/// 429 storm spends it, and another account's 429 on the same replica is
+/// then passed through, as it would be without the shield.
+#[tokio::test]
+async fn one_accounts_storm_spends_the_shared_budget() {
+    let st = shielded(|c| {
+        retrying(c);
+        c.shield.budget_percent = 20;
+        c.shield.budget_window_ms = 600_000;
+        c.shield.budget_min_retries_per_second = 0;
+    })
+    .await;
+    st.emu.add_account(ACCOUNT_B, TOKEN_B, None).await;
+    st.emu
+        .add_rule(
+            json!({"account_sid": ACCOUNT, "path": "^/v1/Conversations$",
+            "action": {"kind": "too_many_requests", "retry_after": 0}}),
+        )
+        .await;
+    for _ in 0..10 {
+        let r = get_as(&st, (ACCOUNT, TOKEN), "/v1/Conversations").await;
+        assert_eq!(r.status(), 429);
+    }
+    // 10 requests, 2 retries (20 %): the budget is spent.
+    assert_eq!(
+        attempts(&st.emu, "GET", "/v1/Conversations").await.len(),
+        12
+    );
+    st.emu
+        .add_rule(
+            json!({"account_sid": ACCOUNT_B, "path": "^/v1/Services$", "times": 1,
+            "action": {"kind": "too_many_requests", "retry_after": 0}}),
+        )
+        .await;
+    let r = get_as(&st, (ACCOUNT_B, TOKEN_B), "/v1/Services").await;
+    let (status, retries, _) = answer(r).await;
+    assert_eq!((status, retries), (429, None));
+    assert_eq!(attempts(&st.emu, "GET", "/v1/Services").await, [429]);
+    st.proxy.stop().await;
+}
