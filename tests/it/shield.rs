@@ -936,3 +936,65 @@ async fn one_accounts_storm_spends_the_shared_budget() {
     assert_eq!(attempts(&st.emu, "GET", "/v1/Services").await, [429]);
     st.proxy.stop().await;
 }
+
+/// `max_wait_ms` bounds a retried request's wait in line too: after a
+/// 429, a re-send that finds the account's slots taken waits for one no
+/// longer than the request's deadline (then the proxy's own 429), not a
+/// whole `max_queue_wait_ms` more.
+#[tokio::test]
+async fn a_retry_waits_in_line_no_longer_than_the_deadline() {
+    let st = shielded(|c| {
+        retrying(c);
+        c.shield.max_wait_ms = 1500;
+        c.shield.max_concurrent_per_account = 1;
+        c.shield.max_queue_wait_ms = 600_000;
+    })
+    .await;
+    st.emu
+        .add_rule(too_many("GET", "^/v1/Conversations$", Some(1), Some(1)))
+        .await;
+    let hold = st
+        .emu
+        .add_rule_id(json!({"path": "^/v1/Services$", "times": 1, "action": {"kind": "hold"}}))
+        .await;
+    let retried = {
+        let http = st.http.clone();
+        let url = st.proxy.url("/v1/Conversations");
+        tokio::spawn(async move {
+            http.get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    eventually("the first attempt was answered 429", || async {
+        attempts(&st.emu, "GET", "/v1/Conversations").await == [429]
+    })
+    .await;
+    // While it sleeps out its Retry-After, another request takes the slot.
+    let holder = {
+        let http = st.http.clone();
+        let url = st.proxy.url("/v1/Services");
+        tokio::spawn(async move {
+            http.get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    st.emu.wait_held(1).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), retried)
+        .await
+        .expect("the retry gave up in line at its deadline")
+        .unwrap();
+    let (status, retries, body) = answer(r).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retries.as_deref(), Some("1"));
+    assert_eq!(attempts(&st.emu, "GET", "/v1/Conversations").await, [429]);
+    st.emu.release_rule(hold).await;
+    assert_eq!(holder.await.unwrap(), 200);
+    st.proxy.stop().await;
+}
