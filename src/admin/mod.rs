@@ -168,7 +168,13 @@ async fn require_token(State(s): State<Arc<AdminState>>, mut req: Request, next:
     match authenticated {
         true => {
             req.extensions_mut().insert(Operator);
-            next.run(req).await
+            let mut resp = next.run(req).await;
+            // Identities, journal records, snapshots: never kept by a
+            // browser (or any cache) that read them with the credentials.
+            resp.headers_mut()
+                .entry(header::CACHE_CONTROL)
+                .or_insert(HeaderValue::from_static("no-store"));
+            resp
         }
         false if req.uri().path().starts_with("/ui") => ui::unauthorized(),
         false => {

@@ -769,6 +769,8 @@ async fn the_session_cookie_reads_but_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the cookie reads");
+    // What a browser reads with it (identities, snapshots) is never cached.
+    assert_eq!(r.headers()["cache-control"], "no-store");
     // A form post from a page of the same site carries the cookie, and
     // nothing else.
     let r = no_redirects()
