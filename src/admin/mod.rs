@@ -23,7 +23,10 @@
 //!   `Authorization: Bearer <token>` or the session cookie a browser gets
 //!   from `POST /ui/login` (`trp_admin_session`: a SHA-256 of the token
 //!   under a fixed label, `HttpOnly; SameSite=Strict`), each compared in
-//!   constant time; otherwise 401 with a JSON body and
+//!   constant time. The cookie only reads (GET, HEAD): a change such as
+//!   `POST /repairs/{id}/abandon` needs the bearer header (403 otherwise),
+//!   so that no page of the same site can make a signed-in browser act.
+//!   Without valid credentials: 401 with a JSON body and
 //!   `WWW-Authenticate: Bearer` (under `/ui`, the sign-in form).
 //! - With `repair.incident_identity = "hash"`, no identity leaves in plain
 //!   text: not in incidents (even those recorded before the switch), not in
@@ -146,16 +149,32 @@ async fn require_token(State(s): State<Arc<AdminState>>, mut req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer_credentials(v.as_bytes()));
+    let by_cookie = presented.is_none();
     let authenticated = match presented {
         Some(p) => token_matches(token.expose().as_bytes(), p),
         None => session_from(req.headers()).is_some_and(|c| {
             token_matches(session_cookie(token.expose().as_bytes()).as_bytes(), c)
         }),
     };
+    // The cookie only reads. A browser attaches it to any request from the
+    // same site (SameSite=Strict stops cross-site ones only), so a change
+    // needs the bearer header, which no other page can make it send.
+    if authenticated && by_cookie && !req.method().is_safe() {
+        return admin_error(
+            StatusCode::FORBIDDEN,
+            "the session cookie only reads: a change needs `Authorization: Bearer <admin.token>`",
+        );
+    }
     match authenticated {
         true => {
             req.extensions_mut().insert(Operator);
-            next.run(req).await
+            let mut resp = next.run(req).await;
+            // Identities, journal records, snapshots: never kept by a
+            // browser (or any cache) that read them with the credentials.
+            resp.headers_mut()
+                .entry(header::CACHE_CONTROL)
+                .or_insert(HeaderValue::from_static("no-store"));
+            resp
         }
         false if req.uri().path().starts_with("/ui") => ui::unauthorized(),
         false => {

@@ -336,6 +336,12 @@ pub(super) async fn bundle(
                             .unwrap_or(HeaderValue::from_static("attachment")),
                     ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                    // Its texts are Twilio's messages and the client's
+                    // identifiers: a browser must never sniff them as markup.
+                    (
+                        header::X_CONTENT_TYPE_OPTIONS,
+                        HeaderValue::from_static("nosniff"),
+                    ),
                 ],
                 text,
             )

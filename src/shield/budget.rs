@@ -7,7 +7,10 @@
 //! the load), the shield must not multiply the load it sends.
 //!
 //! One budget per replica, shared by every account: it bounds what this
-//! replica adds to Twilio's load as a whole. The window is kept in
+//! replica adds to Twilio's load as a whole, not what each account gets
+//! (one account's 429 storm can spend it, and another account's 429 is
+//! then passed through, as without the shield; README, "Rate limits").
+//! The window is kept in
 //! [`BUCKETS`] time slices (counts of the slice that fell out of the window
 //! are forgotten at once), on tokio's clock so paused-time tests drive it.
 

@@ -10,7 +10,7 @@
 //! - [`retry`]: a 429 is re-sent, for every method (Twilio answers 429
 //!   before processing anything), after its `Retry-After` or a capped
 //!   exponential backoff with jitter, until `shield.max_wait_ms` from the
-//!   first attempt; a body over `shield.max_replay_body_bytes` is streamed
+//!   first attempt (a re-send's wait in the cap's line included); a body over `shield.max_replay_body_bytes` is streamed
 //!   and its 429 passed through. A `5xx` is never retried here. A retried
 //!   answer carries `X-Repair-Proxy-Retries: N`.
 //! - [`budget`]: retries may add at most `shield.budget_percent` % to the
@@ -26,9 +26,12 @@
 //! account of a `/2010-04-01/Accounts/AC…/` path; otherwise the key
 //! itself (a key belongs to one account, so its requests are still capped
 //! together, but an account whose apps use k keys on `/v1` paths may have
-//! k x N in flight). A request without Basic credentials is not capped
-//! (Twilio refuses it with 401). The Basic user is read by
-//! [`crate::sid::basic_user`], the proxy's one parser of it.
+//! (k + 1) x N in flight). A request without Basic credentials is not
+//! capped (Twilio refuses it with 401). The Basic user is read by
+//! [`crate::sid::basic_user`], the proxy's one parser of it. Credentials
+//! are not checked here (Twilio checks them): whoever reaches the proxy
+//! can queue in any account's line by naming it, so the cap protects
+//! Twilio's limit, not one caller from another.
 //!
 //! The cap is per replica: a fleet of R replicas sharing an account keeps at
 //! most R x N in flight (README, "Rate limits").
@@ -260,8 +263,13 @@ impl Shield {
         let mut retries = 0u32;
         let mut once = Some(payload);
         loop {
+            // A re-send waits in line no longer than the request's deadline.
+            let mut wait = self.queue_wait();
+            if retries > 0 {
+                wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+            }
             let slot = match (&self.cap, &key) {
-                (Some(cap), Some(k)) => match cap.acquire(k, self.queue_wait()).await {
+                (Some(cap), Some(k)) => match cap.acquire(k, wait).await {
                     Ok(s) => Some(s),
                     Err(_) => return Ok(with_retries(queue_full(), retries)),
                 },

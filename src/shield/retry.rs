@@ -24,7 +24,9 @@ pub fn is_retryable(status: StatusCode) -> bool {
 
 /// `Retry-After` as a wait from `now`: delta-seconds, or an IMF-fixdate
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`; a date in the past is no wait).
-/// Anything else is ignored (the backoff applies).
+/// Delta-seconds too large for any clock are the longest wait there is
+/// (never within a deadline: the 429 is passed through). Anything else is
+/// ignored (the backoff applies).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let v = headers
         .get(http::header::RETRY_AFTER)?
@@ -32,8 +34,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .ok()?
         .trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        // Beyond u64 seconds: no sensible wait; treated as absent.
-        return v.parse::<u64>().ok().map(Duration::from_secs);
+        // Beyond u64 seconds: still "not before a very long time", never
+        // "whenever" (the backoff would re-send within milliseconds).
+        return Some(v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs));
     }
     let format = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
@@ -128,6 +131,10 @@ mod tests {
             retry_after(&with("Sun, 06 Nov 1994 08:00:00 GMT"), now),
             Some(Duration::ZERO)
         );
+        assert_eq!(
+            retry_after(&with("99999999999999999999999999"), now),
+            Some(Duration::MAX)
+        );
         assert_eq!(retry_after(&with("soon"), now), None);
         assert_eq!(retry_after(&with("-1"), now), None);
         assert_eq!(retry_after(&with("1.5"), now), None);
@@ -166,6 +173,7 @@ mod tests {
             plan(Some(Duration::from_secs(4)), &mut b, now, deadline),
             None
         );
+        assert_eq!(plan(Some(Duration::MAX), &mut b, now, deadline), None);
         // The backoff never reaches past the deadline either.
         let late = deadline - Duration::from_millis(10);
         assert_eq!(plan(None, &mut b, late, deadline), None);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::common::*;
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use twilio_repair_proxy::config::Config;
 
@@ -570,4 +571,430 @@ async fn python_sees_success_through_the_shield() {
 #[tokio::test]
 async fn node_sees_success_through_the_shield() {
     a_library_sees_success_where_it_would_raise_on_429(crate::sdk::Lib::Node).await;
+}
+
+/// The value of a `trp_shield_*{class="account"}` series.
+async fn account_gauge(st: &Stack, name: &str) -> i64 {
+    let text = reqwest::get(st.proxy.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{class=\"account\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Poll `f` until it holds (bounded: "it did not hang forever").
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// A raw request of `ACCOUNT` on a socket the test then drops.
+async fn send_and_hang_up(st: &Stack, method: &str, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(st.proxy.addr).await.unwrap();
+    let auth = base64_user(ACCOUNT, TOKEN);
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+fn base64_user(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// A client that hangs up while its request waits in line gives its place
+/// back: the line empties, no slot is lost, and the next request of the
+/// account goes through at once when the slot is freed.
+#[tokio::test]
+async fn a_client_that_hangs_up_in_line_loses_no_slot() {
+    let st = shielded(|c| {
+        c.shield.max_concurrent_per_account = 1;
+        c.shield.max_queue_wait_ms = 60_000;
+    })
+    .await;
+    let hold = st
+        .emu
+        .add_rule_id(json!({"path": "^/v1/Conversations$", "times": 1,
+            "action": {"kind": "hold"}}))
+        .await;
+    let first = {
+        let http = st.http.clone();
+        let url = st.proxy.url("/v1/Conversations");
+        tokio::spawn(async move {
+            http.get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    st.emu.wait_held(1).await;
+    let gone = send_and_hang_up(&st, "GET", "/v1/Conversations").await;
+    eventually("the second request waits in line", || {
+        account_gauge(&st, "trp_shield_queue_length").map(|n| n == 1)
+    })
+    .await;
+    drop(gone);
+    eventually("the line is empty once its client left", || {
+        account_gauge(&st, "trp_shield_queue_length").map(|n| n == 0)
+    })
+    .await;
+    assert_eq!(account_gauge(&st, "trp_shield_in_flight").await, 1);
+    st.emu.release_rule(hold).await;
+    assert_eq!(first.await.unwrap(), 200);
+    eventually("no slot is held", || {
+        account_gauge(&st, "trp_shield_in_flight").map(|n| n == 0)
+    })
+    .await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_as(&st, (ACCOUNT, TOKEN), "/v1/Conversations"),
+    )
+    .await
+    .expect("the next request found a free slot");
+    assert_eq!(r.status(), 200);
+    // The request whose client left never reached Twilio.
+    assert_eq!(
+        attempts(&st.emu, "GET", "/v1/Conversations").await,
+        [200, 200]
+    );
+    st.proxy.stop().await;
+}
+
+/// A client that hangs up while the shield sleeps out a `Retry-After` is
+/// not re-sent for: a POST nobody waits for any more must not reach
+/// Twilio (the client may well send it again itself).
+#[tokio::test]
+async fn a_client_that_hangs_up_during_retry_after_is_not_re_sent() {
+    let st = shielded(|c| {
+        retrying(c);
+        c.shield.max_concurrent_per_account = 1;
+    })
+    .await;
+    st.emu
+        .add_rule(too_many("GET", "^/v1/Conversations$", Some(1), Some(1)))
+        .await;
+    let gone = send_and_hang_up(&st, "GET", "/v1/Conversations").await;
+    eventually("the first attempt was answered 429", || async {
+        attempts(&st.emu, "GET", "/v1/Conversations").await == [429]
+    })
+    .await;
+    drop(gone);
+    // Past the Retry-After (1 s): a re-send would have been logged by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(attempts(&st.emu, "GET", "/v1/Conversations").await, [429]);
+    assert_eq!(account_gauge(&st, "trp_shield_in_flight").await, 0);
+    st.proxy.stop().await;
+}
+
+/// An upstream that answers `first()` to the first request of each
+/// (method, target, body) and 200 `{"len": <body length>}` to the next.
+async fn first_429(
+    first: impl Fn() -> http::Response<http_body_util::Full<bytes::Bytes>> + Send + Sync + 'static,
+) -> Upstream {
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    upstream(std::sync::Arc::new(move |s: &Seen| {
+        let key = (s.method.clone(), s.target.clone(), s.body.clone());
+        if seen.lock().unwrap().insert(key) {
+            first()
+        } else {
+            json(200, &format!("{{\"len\":{}}}", s.body.len()))
+        }
+    }))
+    .await
+}
+
+fn plain_429(
+    retry_after: Option<&'static str>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut r = json(
+        429,
+        r#"{"code":20429,"message":"Too Many Requests","status":429}"#,
+    );
+    if let Some(v) = retry_after {
+        r.headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static(v));
+    }
+    r
+}
+
+async fn shield_before(up: &Upstream, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut c = test_config(&up.url());
+    retrying(&mut c);
+    tweak(&mut c);
+    start_proxy(c).await
+}
+
+fn raw(method: &str, path: &str, extra: &str, body: &str) -> String {
+    let auth = base64_user(ACCOUNT, TOKEN);
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n\
+         {extra}Connection: close\r\n\r\n{body}"
+    )
+}
+
+fn chunked(body: &str) -> String {
+    let half = body.len() / 2;
+    format!(
+        "{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        half,
+        &body[..half],
+        body.len() - half,
+        &body[half..]
+    )
+}
+
+/// The replay bound is inclusive: a body of exactly
+/// `max_replay_body_bytes` is re-sent, one byte more passes its 429
+/// through, with a `Content-Length` or chunked alike; a chunked body is
+/// re-sent whole.
+#[tokio::test]
+async fn the_replay_bound_is_exact_with_a_length_or_chunked() {
+    const BOUND: usize = 100;
+    let up = first_429(|| plain_429(Some("0"))).await;
+    let proxy = shield_before(&up, |c| c.shield.max_replay_body_bytes = BOUND).await;
+    let wait = Duration::from_secs(10);
+    let path = messages_path(ACCOUNT);
+    for (n, retried) in [(BOUND, true), (BOUND + 1, false)] {
+        for (i, te) in [false, true].into_iter().enumerate() {
+            // A distinct body per case (the upstream's 429 is per body).
+            let body = format!("{}{}", i, "x".repeat(n - 1));
+            let req = if te {
+                raw(
+                    "POST",
+                    &path,
+                    "Transfer-Encoding: chunked\r\n",
+                    &chunked(&body),
+                )
+            } else {
+                raw("POST", &path, &format!("Content-Length: {n}\r\n"), &body)
+            };
+            let got = raw_exchange(proxy.addr, req.as_bytes(), wait).await;
+            let lower = got.to_ascii_lowercase();
+            if retried {
+                assert!(got.starts_with("HTTP/1.1 200 "), "{n} chunked={te}: {got}");
+                assert!(lower.contains("x-repair-proxy-retries: 1"), "{got}");
+                assert!(got.ends_with(&format!("{{\"len\":{n}}}")), "{got}");
+            } else {
+                assert!(got.starts_with("HTTP/1.1 429 "), "{n} chunked={te}: {got}");
+                assert!(!lower.contains("x-repair-proxy-retries"), "{got}");
+            }
+        }
+    }
+    let sent: Vec<usize> = up.requests().iter().map(|s| s.body.len()).collect();
+    assert_eq!(sent, [BOUND, BOUND, BOUND, BOUND, BOUND + 1, BOUND + 1]);
+    proxy.stop().await;
+}
+
+/// HEAD and OPTIONS are retried like any method, and their answers keep
+/// their framing (a HEAD's 200 has no body).
+#[tokio::test]
+async fn head_and_options_are_retried() {
+    let up = first_429(|| plain_429(Some("0"))).await;
+    let proxy = shield_before(&up, |_| {}).await;
+    let wait = Duration::from_secs(10);
+    for m in ["HEAD", "OPTIONS"] {
+        let got = raw_exchange(proxy.addr, raw(m, "/v1/Services", "", "").as_bytes(), wait).await;
+        assert!(got.starts_with("HTTP/1.1 200 "), "{m}: {got}");
+        assert!(
+            got.to_ascii_lowercase()
+                .contains("x-repair-proxy-retries: 1"),
+            "{got}"
+        );
+        if m == "HEAD" {
+            assert!(
+                got.ends_with("\r\n\r\n"),
+                "no body after a HEAD's head: {got}"
+            );
+        }
+    }
+    assert_eq!(up.requests().len(), 4);
+    proxy.stop().await;
+}
+
+/// A 429 whose body is large, or not JSON at all, is read (bounded) and
+/// dropped before the re-send; the client gets the success.
+#[tokio::test]
+async fn a_429_with_a_large_or_non_json_body_is_retried() {
+    for size in [10, 1024 * 1024] {
+        let up = first_429(move || {
+            http::Response::builder()
+                .status(429)
+                .header("content-type", "text/html")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    "<html>slow down</html>".repeat(size / 10),
+                )))
+                .unwrap()
+        })
+        .await;
+        let proxy = shield_before(&up, |_| {}).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            reqwest::Client::new()
+                .get(proxy.url("/v1/Services"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send(),
+        )
+        .await
+        .expect("did not hang")
+        .unwrap();
+        let (status, retries, _) = answer(r).await;
+        assert_eq!((status, retries.as_deref()), (200, Some("1")), "{size}");
+        proxy.stop().await;
+    }
+}
+
+/// `Retry-After` as an HTTP date (past: re-sent at once), and one too far
+/// away to wait for within `max_wait_ms` (as a date, as seconds, and as a
+/// number of seconds beyond any clock): the 429 goes back untouched.
+#[tokio::test]
+async fn retry_after_dates_and_waits_too_long_to_take() {
+    for (v, retried) in [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", true),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", false),
+        ("86400", false),
+        ("99999999999999999999999999", false),
+    ] {
+        let up = first_429(move || plain_429(Some(v))).await;
+        let proxy = shield_before(&up, |c| c.shield.max_wait_ms = 60_000).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            reqwest::Client::new()
+                .get(proxy.url("/v1/Services"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send(),
+        )
+        .await
+        .expect("did not hang")
+        .unwrap();
+        let (status, retries, _) = answer(r).await;
+        if retried {
+            assert_eq!((status, retries.as_deref()), (200, Some("1")), "{v}");
+        } else {
+            assert_eq!((status, retries.as_deref()), (429, None), "{v}");
+            assert_eq!(up.requests().len(), 1, "{v}");
+        }
+        proxy.stop().await;
+    }
+}
+
+/// The budget is one per replica (README, "Rate limits"): one account's
+/// 429 storm spends it, and another account's 429 on the same replica is
+/// then passed through, as it would be without the shield.
+#[tokio::test]
+async fn one_accounts_storm_spends_the_shared_budget() {
+    let st = shielded(|c| {
+        retrying(c);
+        c.shield.budget_percent = 20;
+        c.shield.budget_window_ms = 600_000;
+        c.shield.budget_min_retries_per_second = 0;
+    })
+    .await;
+    st.emu.add_account(ACCOUNT_B, TOKEN_B, None).await;
+    st.emu
+        .add_rule(
+            json!({"account_sid": ACCOUNT, "path": "^/v1/Conversations$",
+            "action": {"kind": "too_many_requests", "retry_after": 0}}),
+        )
+        .await;
+    for _ in 0..10 {
+        let r = get_as(&st, (ACCOUNT, TOKEN), "/v1/Conversations").await;
+        assert_eq!(r.status(), 429);
+    }
+    // 10 requests, 2 retries (20 %): the budget is spent.
+    assert_eq!(
+        attempts(&st.emu, "GET", "/v1/Conversations").await.len(),
+        12
+    );
+    st.emu
+        .add_rule(
+            json!({"account_sid": ACCOUNT_B, "path": "^/v1/Services$", "times": 1,
+            "action": {"kind": "too_many_requests", "retry_after": 0}}),
+        )
+        .await;
+    let r = get_as(&st, (ACCOUNT_B, TOKEN_B), "/v1/Services").await;
+    let (status, retries, _) = answer(r).await;
+    assert_eq!((status, retries), (429, None));
+    assert_eq!(attempts(&st.emu, "GET", "/v1/Services").await, [429]);
+    st.proxy.stop().await;
+}
+
+/// `max_wait_ms` bounds a retried request's wait in line too: after a
+/// 429, a re-send that finds the account's slots taken waits for one no
+/// longer than the request's deadline (then the proxy's own 429), not a
+/// whole `max_queue_wait_ms` more.
+#[tokio::test]
+async fn a_retry_waits_in_line_no_longer_than_the_deadline() {
+    let st = shielded(|c| {
+        retrying(c);
+        c.shield.max_wait_ms = 1500;
+        c.shield.max_concurrent_per_account = 1;
+        c.shield.max_queue_wait_ms = 600_000;
+    })
+    .await;
+    st.emu
+        .add_rule(too_many("GET", "^/v1/Conversations$", Some(1), Some(1)))
+        .await;
+    let hold = st
+        .emu
+        .add_rule_id(json!({"path": "^/v1/Services$", "times": 1, "action": {"kind": "hold"}}))
+        .await;
+    let retried = {
+        let http = st.http.clone();
+        let url = st.proxy.url("/v1/Conversations");
+        tokio::spawn(async move {
+            http.get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    eventually("the first attempt was answered 429", || async {
+        attempts(&st.emu, "GET", "/v1/Conversations").await == [429]
+    })
+    .await;
+    // While it sleeps out its Retry-After, another request takes the slot.
+    let holder = {
+        let http = st.http.clone();
+        let url = st.proxy.url("/v1/Services");
+        tokio::spawn(async move {
+            http.get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    st.emu.wait_held(1).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), retried)
+        .await
+        .expect("the retry gave up in line at its deadline")
+        .unwrap();
+    let (status, retries, body) = answer(r).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retries.as_deref(), Some("1"));
+    assert_eq!(attempts(&st.emu, "GET", "/v1/Conversations").await, [429]);
+    st.emu.release_rule(hold).await;
+    assert_eq!(holder.await.unwrap(), 200);
+    st.proxy.stop().await;
 }

@@ -561,6 +561,9 @@ async fn a_support_bundle_names_every_twilio_call_and_holds_no_secret() {
                 .unwrap()
                 .contains("attachment")
         );
+        // Its texts are Twilio's and the client's: never sniffed as markup.
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["cache-control"], "no-store");
         let no_stamp = |t: &str| {
             t.lines()
                 .filter(|l| !l.starts_with("bundle generated at:"))
@@ -737,4 +740,60 @@ async fn the_demo_prints_links_through_the_proxy_ending_with_the_incidents_page(
     assert_eq!(s, 200);
     assert!(page.contains(">demo-alice<"), "{page}");
     child.kill().await.unwrap();
+}
+
+/// The session cookie only reads: a change (`POST /repairs/{id}/abandon`)
+/// needs the bearer token. `SameSite=Strict` keeps the cookie off
+/// cross-site requests only; another origin of the same site (another port
+/// of the admin host, a sibling host name) could otherwise make a signed-in
+/// browser abandon a repair with a plain form post.
+#[tokio::test]
+async fn the_session_cookie_reads_but_changes_nothing() {
+    let up = upstream(std::sync::Arc::new(|_| json(200, "{}"))).await;
+    let mut c = test_config(&up.url());
+    c.admin.token = Some(twilio_repair_proxy::config::AdminToken::new(ADMIN_TOKEN));
+    let proxy = start_proxy(c).await;
+    let r = no_redirects()
+        .post(proxy.admin_url("/ui/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let r = no_redirects()
+        .get(proxy.admin_url("/repairs?state=pending"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the cookie reads");
+    // What a browser reads with it (identities, snapshots) is never cached.
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    // A form post from a page of the same site carries the cookie, and
+    // nothing else.
+    let r = no_redirects()
+        .post(proxy.admin_url("/repairs/999/abandon"))
+        .header("cookie", &cookie)
+        .header("origin", "http://127.0.0.1:1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "the cookie alone changes nothing");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("Bearer"),
+        "{body}"
+    );
+    // The bearer token reaches the handler (no such repair here).
+    let r = no_redirects()
+        .post(proxy.admin_url("/repairs/999/abandon"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    proxy.stop().await;
 }
