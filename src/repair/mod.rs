@@ -78,7 +78,7 @@ pub struct Repairer {
     /// `add_forwarded_headers`: the workflow's calls carry `Via` too.
     mark_forwarded: bool,
     locks: lock::Locks,
-    recovery: recovery::Recovery,
+    pub(super) recovery: recovery::Recovery,
     /// The runtime repairs run on (the process's main runtime, which
     /// outlives every worker's).
     rt: tokio::runtime::Handle,

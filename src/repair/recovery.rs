@@ -52,7 +52,7 @@ pub const MIN_CALLER_PASS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Recovery {
     waiting: std::sync::RwLock<HashSet<String>>,
     any: AtomicBool,
-    running: tokio::sync::Mutex<()>,
+    pub(super) running: tokio::sync::Mutex<()>,
     /// Verified closed here; the journal write is retried in the
     /// background. Recovery in this process never converges them again
     /// (that would revert whatever the app changed since).
@@ -176,8 +176,16 @@ impl Repairer {
     /// may act on. Returns how many were completed.
     pub fn recover_pending<'a>(&'a self, caller: Option<&'a HeaderValue>) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let Ok(_running) = self.recovery.running.try_lock() else {
-                return 0;
+            // One pass at a time. A periodic pass finding one under way
+            // skips (the next tick comes); a pass a caller set off waits for
+            // it, or that caller's credential would never be used: the
+            // caller passes are rate-limited, so no second one may come.
+            let _running = match caller {
+                Some(_) => self.recovery.running.lock().await,
+                None => match self.recovery.running.try_lock() {
+                    Ok(running) => running,
+                    Err(_) => return 0,
+                },
             };
             let pending = match self.store.pending_repairs().await {
                 Ok(p) => p,

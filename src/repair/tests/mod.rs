@@ -367,3 +367,25 @@ async fn a_repair_finished_from_memory_is_not_converged_again_while_the_journal_
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(b.store.repairs.lock().unwrap()[0].state.is_final());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_recovery_pass_waits_for_a_pass_under_way_instead_of_being_lost() {
+    // No operator credential: only a caller's can finish the record, and
+    // caller passes are rate-limited, so the one set off must not be
+    // dropped because the sweep happens to be reading the journal.
+    let b = bench(FakeTwilio::with_kim(1));
+    journal_stale_record(&b, "Kim K", RepairState::Deleting).await;
+    let sweep = b.rep.recovery.running.lock().await;
+    let caller = kim_create().authorization().unwrap().clone();
+    let rep = b.rep.clone();
+    let pass = tokio::spawn(async move { rep.recover_pending(Some(&caller)).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!pass.is_finished(), "the caller's pass waits for the sweep");
+    drop(sweep);
+    assert_eq!(
+        pass.await.unwrap(),
+        1,
+        "the caller's pass finished the record"
+    );
+    assert!(b.fake.0.lock().unwrap().users.contains_key("kim"));
+}
