@@ -21,6 +21,15 @@ async fn shielded(tweak: impl FnOnce(&mut Config) + Send + 'static) -> Stack {
     Scene::new().proxy(tweak).stack().await
 }
 
+/// A GET as [`ACCOUNT`] through the proxy, in the background: its status.
+fn spawn_get(st: &Stack, path: &str) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+    let request = st
+        .http
+        .get(st.proxy.url(path))
+        .basic_auth(ACCOUNT, Some(TOKEN));
+    tokio::spawn(async move { request.send().await.unwrap().status() })
+}
+
 fn retrying(c: &mut Config) {
     c.shield.retry_429 = true;
     c.shield.initial_backoff_ms = 5;
@@ -439,18 +448,7 @@ async fn a_full_line_gets_the_proxys_own_twilio_shaped_429() {
         .add_rule_id(json!({"path": "^/v1/Conversations$", "times": 1,
             "action": {"kind": "hold"}}))
         .await;
-    let first = {
-        let http = st.http.clone();
-        let url = st.proxy.url("/v1/Conversations");
-        tokio::spawn(async move {
-            http.get(url)
-                .basic_auth(ACCOUNT, Some(TOKEN))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let first = spawn_get(&st, "/v1/Conversations");
     st.emu.wait_held(1).await;
     let r = get_as(&st, (ACCOUNT, TOKEN), "/v1/Conversations").await;
     assert_eq!(r.status(), 429);
@@ -634,18 +632,7 @@ async fn a_client_that_hangs_up_in_line_loses_no_slot() {
         .add_rule_id(json!({"path": "^/v1/Conversations$", "times": 1,
             "action": {"kind": "hold"}}))
         .await;
-    let first = {
-        let http = st.http.clone();
-        let url = st.proxy.url("/v1/Conversations");
-        tokio::spawn(async move {
-            http.get(url)
-                .basic_auth(ACCOUNT, Some(TOKEN))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let first = spawn_get(&st, "/v1/Conversations");
     st.emu.wait_held(1).await;
     let gone = send_and_hang_up(&st, "GET", "/v1/Conversations").await;
     eventually("the second request waits in line", || {
@@ -973,18 +960,7 @@ async fn a_retry_waits_in_line_no_longer_than_the_deadline() {
     })
     .await;
     // While it sleeps out its Retry-After, another request takes the slot.
-    let holder = {
-        let http = st.http.clone();
-        let url = st.proxy.url("/v1/Services");
-        tokio::spawn(async move {
-            http.get(url)
-                .basic_auth(ACCOUNT, Some(TOKEN))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let holder = spawn_get(&st, "/v1/Services");
     st.emu.wait_held(1).await;
     let r = tokio::time::timeout(Duration::from_secs(10), retried)
         .await
