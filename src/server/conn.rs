@@ -149,6 +149,10 @@ where
             }
             Err(_) => break,
         };
+        // Taken apart field by field: a field left in `parts` would live
+        // (and the read buffer's ~16 KiB with it) until the end of this
+        // iteration, across the parked wait.
+        let read_buf = parts.read_buf;
         io = parts.io.into_inner();
         svc = parts.service;
         if life.activity.io_calls.load(Relaxed) != before {
@@ -157,11 +161,11 @@ where
             let _ = io.inner.shutdown().await;
             break;
         }
-        if !parts.read_buf.is_empty() {
+        if !read_buf.is_empty() {
             // Copied: the frozen buffer would keep hyper's whole
             // allocation alive.
-            let mut prefix = BytesMut::with_capacity(parts.read_buf.len() + io.prefix.len());
-            prefix.extend_from_slice(&parts.read_buf);
+            let mut prefix = BytesMut::with_capacity(read_buf.len() + io.prefix.len());
+            prefix.extend_from_slice(&read_buf);
             prefix.extend_from_slice(&io.prefix);
             io.prefix = prefix.freeze();
             // Bytes of a next head: counted as a read, so the connection
@@ -169,6 +173,7 @@ where
             // watchdog bounds the head by header_read_timeout.
             life.activity.reads.fetch_add(1, Relaxed);
         }
+        drop(read_buf);
         if io.prefix.is_empty() && !life.wait_readable(&io.inner).await {
             break;
         }
