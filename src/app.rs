@@ -141,6 +141,7 @@ impl App {
             http2_keepalive_timeout: config.limits.http2_keepalive_timeout(),
             shutdown_grace: config.limits.shutdown_grace(),
             max_request_head_bytes: config.limits.max_request_head_bytes,
+            idle_park: config.limits.idle_park(),
         };
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_svc = admin::router(admin.clone());

@@ -168,6 +168,7 @@ pub struct Limits {
     pub worker_threads: usize,
     pub max_request_head_bytes: usize,
     pub keepalive_timeout_ms: u64,
+    pub idle_park_ms: u64,
     pub http2_keepalive_interval_ms: u64,
     pub http2_keepalive_timeout_ms: u64,
 }
@@ -193,6 +194,9 @@ impl Limits {
     }
     pub fn keepalive_timeout(&self) -> Duration {
         Duration::from_millis(self.keepalive_timeout_ms)
+    }
+    pub fn idle_park(&self) -> Duration {
+        Duration::from_millis(self.idle_park_ms)
     }
     pub fn http2_keepalive_interval(&self) -> Duration {
         Duration::from_millis(self.http2_keepalive_interval_ms)

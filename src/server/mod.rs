@@ -31,15 +31,26 @@
 //! relaxed atomic operations per request and per socket read: no allocation,
 //! no clock read on the request path.
 //!
+//! An HTTP/1 keep-alive connection idle for `idle_park` is parked: its
+//! hyper connection (~16 KiB of buffers) is dropped and only the bare socket
+//! is watched until the next request, which a fresh hyper connection serves
+//! (nginx frees idle keep-alive buffers the same way). A parked connection
+//! is an idle one for every rule above.
+//!
 //! # Layout
 //! - this file: the listener entry points ([`serve`], [`accept_loop`],
-//!   [`serve_accepted`]) and the per-runtime connection set that builds
-//!   hyper's connection and drains it on shutdown;
+//!   [`serve_accepted`]) and the per-runtime connection set (hyper builders,
+//!   drain on shutdown);
+//! - `conn`: one connection's task: protocol detection, the hyper
+//!   connection driven under the watchdog, parking and resuming HTTP/1;
+//! - `park`: when an idle HTTP/1 connection is parked;
 //! - `slots`: the connection limit and the eviction of idle connections when
 //!   a new client waits;
 //! - `watchdog`: per-connection activity counters and the rules that decide
 //!   when an idle connection is closed.
 
+mod conn;
+mod park;
 mod slots;
 mod watchdog;
 
@@ -52,16 +63,15 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
-use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
+use conn::Protocols;
 pub use slots::EVICTION_MIN_AGE;
 use slots::{Conn, Slots};
-use watchdog::{Activity, ConnBody, RequestGuard, Watchdog, Watched};
 
 /// The peer address of the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +96,10 @@ pub struct ServeOptions {
     /// Largest HTTP/1 request head (request line and headers); a larger one
     /// is answered 431.
     pub max_request_head_bytes: usize,
+    /// How long an HTTP/1 keep-alive connection stays idle before its hyper
+    /// state is dropped and its bare socket parked (zero: as soon as the
+    /// response is sent).
+    pub idle_park: Duration,
 }
 
 impl Default for ServeOptions {
@@ -98,6 +112,7 @@ impl Default for ServeOptions {
             http2_keepalive_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(30),
             max_request_head_bytes: 64 * 1024,
+            idle_park: Duration::from_secs(1),
         }
     }
 }
@@ -226,11 +241,10 @@ where
     conns.drain().await
 }
 
-/// The connections of one runtime: protocol settings, watchdogs and
-/// graceful drain.
+/// The connections of one runtime: protocol settings, and the graceful
+/// drain.
 struct Connections {
-    builder: auto::Builder<TokioExecutor>,
-    opts: ServeOptions,
+    protocols: Arc<Protocols>,
     /// `true` once shutdown begins; every connection task holds a receiver,
     /// so `closed()` completes when the last connection ends.
     shutdown: watch::Sender<bool>,
@@ -238,9 +252,8 @@ struct Connections {
 
 impl Connections {
     fn new(opts: ServeOptions) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // The watchdog bounds request heads: hyper's own timer would
             // also run between keep-alive requests and cut them at
@@ -249,14 +262,13 @@ impl Connections {
             // hyper's minimum buffer is 8 KiB.
             .max_buf_size(opts.max_request_head_bytes.max(8192))
             .keep_alive(true);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(opts.http2_keepalive_interval))
             .keep_alive_timeout(opts.http2_keepalive_timeout);
         Connections {
-            builder,
-            opts,
+            protocols: Arc::new(Protocols { http1, http2, opts }),
             shutdown: watch::Sender::new(false),
         }
     }
@@ -269,93 +281,21 @@ impl Connections {
             + 'static,
         S::Future: Send + 'static,
     {
-        let _ = c.stream.set_nodelay(true);
-        let peer = c.peer;
-        let activity = Arc::new(Activity::default());
-        let io = Watched {
-            inner: c.stream,
-            activity: activity.clone(),
-        };
-        let seen = activity.clone();
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            let guard = RequestGuard::new(&seen, req.version());
-            let answer = service.clone().oneshot(req);
-            async move {
-                let resp = answer.await?;
-                Ok::<_, Infallible>(resp.map(|inner| ConnBody {
-                    inner,
-                    guard: Some(guard),
-                }))
-            }
-        });
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(io), hyper_svc)
-            .into_owned();
-        let mut shutdown = self.shutdown.subscribe();
-        let mut pressure = c.pressure;
-        let permit = c.permit;
-        let tick = Watchdog::tick(&self.opts);
-        let mut dog = Watchdog::new(&self.opts, Instant::now());
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            let sleep = tokio::time::sleep(tick);
-            tokio::pin!(sleep);
-            let mut stopping = false;
-            let mut closing = false;
-            let mut listening = true;
-            loop {
-                tokio::select! {
-                    ended = conn.as_mut() => {
-                        if let Err(e) = ended {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    changed = pressure.changed(), if listening => {
-                        // Err: the listener is gone, nobody will wait again.
-                        listening = changed.is_ok();
-                        if listening && dog.evictable(&activity, Instant::now()) {
-                            tracing::debug!("closing an idle connection for a waiting client");
-                            break;
-                        }
-                    }
-                    _ = shutdown.changed(), if !stopping => {
-                        stopping = true;
-                        if !closing {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                    () = &mut sleep => {
-                        let now = Instant::now();
-                        sleep.as_mut().reset(now + tick);
-                        if dog.expired(&activity, now) {
-                            if closing {
-                                // Still open a tick after a graceful close
-                                // with nothing in flight (a peer that never
-                                // answers a GOAWAY, a head never finished).
-                                tracing::debug!("closing an idle connection");
-                                break;
-                            }
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-            }
-            drop(permit);
-        });
+        tokio::spawn(conn::run(
+            self.protocols.clone(),
+            c,
+            service,
+            self.shutdown.subscribe(),
+        ));
     }
 
-    /// Let in-flight requests finish (idle keep-alive connections close at
-    /// once), for at most the grace period.
+    /// Let in-flight requests finish (idle keep-alive connections, parked or
+    /// not, close at once), for at most the grace period.
     async fn drain(self) -> Drain {
         self.shutdown.send_replace(true);
         tokio::select! {
             _ = self.shutdown.closed() => Drain::Complete,
-            _ = tokio::time::sleep(self.opts.shutdown_grace) => Drain::GraceElapsed,
+            _ = tokio::time::sleep(self.protocols.opts.shutdown_grace) => Drain::GraceElapsed,
         }
     }
 }

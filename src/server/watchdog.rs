@@ -37,6 +37,26 @@ pub(super) struct Activity {
     pub(super) reads_when_idle: AtomicU64,
     /// The connection speaks HTTP/2 (known from its first request).
     pub(super) http2: AtomicBool,
+    /// Socket read and write calls (ready or not): a parked HTTP/1
+    /// connection checks that hyper made none while it closed its state,
+    /// i.e. that hyper was idle (see `park`). Written by the connection's
+    /// own task only, so a plain load and store.
+    pub(super) io_calls: AtomicU64,
+    /// The last socket write returned `Pending`: hyper holds unsent bytes,
+    /// the connection is not parked.
+    pub(super) write_blocked: AtomicBool,
+}
+
+impl Activity {
+    fn io_call(&self) {
+        self.io_calls
+            .store(self.io_calls.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    fn wrote<T>(&self, polled: &Poll<T>) {
+        self.io_call();
+        self.write_blocked.store(polled.is_pending(), Relaxed);
+    }
 }
 
 /// Counts one request in flight until dropped (with its response body).
@@ -97,8 +117,11 @@ impl http_body::Body for ConnBody {
     }
 }
 
-/// The client socket, counting reads that return data.
+/// The client socket, counting reads that return data, with the bytes read
+/// before hyper took the socket (`prefix`: the protocol detection's, or the
+/// unparsed bytes a parked hyper connection handed back) replayed first.
 pub(super) struct Watched {
+    pub(super) prefix: Bytes,
     pub(super) inner: TcpStream,
     pub(super) activity: Arc<Activity>,
 }
@@ -110,8 +133,15 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            // Already counted in `reads` when it came off the socket.
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.activity.io_call();
         if buf.filled().len() > before {
             this.activity.reads.fetch_add(1, Relaxed);
         }
@@ -125,14 +155,20 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.activity.wrote(&polled);
+        polled
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.activity.wrote(&polled);
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -12,6 +12,7 @@ mod deploy;
 mod fleet;
 mod hardening;
 mod hardening_repair;
+mod parking;
 mod process;
 mod proxy;
 mod repair;

@@ -1,0 +1,310 @@
+//! Parked HTTP/1 keep-alive connections (issue 12): an idle connection's
+//! hyper state is dropped after `limits.idle_park_ms` and a fresh one serves
+//! the client's next request on the same socket. Each test lets connections
+//! park (it waits well past the park period) and checks what the client
+//! sees: every answer byte-exact and in order, none lost or doubled, split
+//! and pipelined heads served, `Connection: close` honoured, and the
+//! watchdog, eviction and shutdown applying to parked sockets. Real sockets
+//! on 127.0.0.1; wall-clock assertions are generous "it did not hang"
+//! bounds only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use twilio_repair_proxy::config::Config;
+
+/// The park periods tried: at once after each response, and after an idle
+/// period.
+const PARK_MS: [u64; 2] = [0, 20];
+/// Upper bound on anything that should happen at once.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// An upstream answering each request with its own target, so that every
+/// answer says which request it belongs to.
+fn echo_target() -> Responder {
+    Arc::new(|s: &Seen| json(200, &format!(r#"{{"target":"{}"}}"#, s.target)))
+}
+
+fn expected_body(n: u32) -> String {
+    format!(r#"{{"target":"/v1/Conversations?n={n}"}}"#)
+}
+
+fn get(n: u32) -> String {
+    format!("GET /v1/Conversations?n={n} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+}
+
+async fn parking_proxy(upstream: &str, park_ms: u64, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut c = test_config(upstream);
+    c.limits.idle_park_ms = park_ms;
+    tweak(&mut c);
+    start_proxy(c).await
+}
+
+/// Long enough for an idle connection to be parked (at most two periods).
+async fn let_it_park(park_ms: u64) {
+    tokio::time::sleep(Duration::from_millis(2 * park_ms + 150)).await;
+}
+
+/// Read one answer (head and Content-Length body) from `s`, keeping bytes
+/// beyond it in `buf` for the next call.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+            if buf.len() >= end + 4 + len {
+                let body = buf[end + 4..end + 4 + len].to_vec();
+                buf.drain(..end + 4 + len);
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(BOUND, s.read(&mut chunk))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before a whole answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The answer to `get(n)`, checked byte for byte.
+async fn expect_answer(s: &mut TcpStream, buf: &mut Vec<u8>, n: u32) {
+    let (head, body) = read_answer(s, buf).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(String::from_utf8(body).unwrap(), expected_body(n));
+}
+
+/// Nothing more arrives on `s` for a while (no doubled answer).
+async fn expect_silence(s: &mut TcpStream, buf: &[u8]) {
+    assert!(buf.is_empty(), "stray bytes: {buf:?}");
+    let mut chunk = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await;
+    assert!(r.is_err(), "unexpected bytes or close: {r:?}");
+}
+
+fn targets(up: &Upstream) -> Vec<String> {
+    up.requests().into_iter().map(|s| s.target).collect()
+}
+
+fn expected_targets(ns: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    ns.map(|n| format!("/v1/Conversations?n={n}")).collect()
+}
+
+/// Read until the peer closes; `true` when it closed within `bound`.
+async fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A connection that got one answer and was left to park.
+async fn parked(proxy: &Proxy, park_ms: u64) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(get(1).as_bytes()).await.unwrap();
+    expect_answer(&mut s, &mut buf, 1).await;
+    let_it_park(park_ms).await;
+    s
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_its_next_requests_byte_exact() {
+    for park_ms in PARK_MS {
+        let up = upstream(echo_target()).await;
+        let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
+        let mut s = parked(&proxy, park_ms).await;
+        let mut buf = Vec::new();
+        for n in 2..=3 {
+            s.write_all(get(n).as_bytes()).await.unwrap();
+            expect_answer(&mut s, &mut buf, n).await;
+            let_it_park(park_ms).await;
+        }
+        expect_silence(&mut s, &buf).await;
+        assert_eq!(targets(&up), expected_targets(1..=3), "park {park_ms} ms");
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_split_around_the_park_is_served() {
+    for park_ms in PARK_MS {
+        let up = upstream(echo_target()).await;
+        let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
+        let mut s = parked(&proxy, park_ms).await;
+        let mut buf = Vec::new();
+        // The first half wakes the parked socket; the second comes after
+        // what would have been another park period.
+        let head = get(2);
+        let (a, b) = head.split_at(20);
+        s.write_all(a.as_bytes()).await.unwrap();
+        let_it_park(park_ms).await;
+        s.write_all(b.as_bytes()).await.unwrap();
+        expect_answer(&mut s, &mut buf, 2).await;
+        // Split in the middle of the line ending, on a connection parked
+        // again.
+        let_it_park(park_ms).await;
+        let head = get(3);
+        let (a, b) = head.split_at(head.len() - 3);
+        s.write_all(a.as_bytes()).await.unwrap();
+        let_it_park(park_ms).await;
+        s.write_all(b.as_bytes()).await.unwrap();
+        expect_answer(&mut s, &mut buf, 3).await;
+        expect_silence(&mut s, &buf).await;
+        assert_eq!(targets(&up), expected_targets(1..=3), "park {park_ms} ms");
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_around_the_park_are_each_answered_once_in_order() {
+    for park_ms in PARK_MS {
+        let up = upstream(echo_target()).await;
+        let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut buf = Vec::new();
+        // Two at once on a fresh connection, then parked.
+        s.write_all(format!("{}{}", get(1), get(2)).as_bytes())
+            .await
+            .unwrap();
+        expect_answer(&mut s, &mut buf, 1).await;
+        expect_answer(&mut s, &mut buf, 2).await;
+        let_it_park(park_ms).await;
+        // Three at once on the parked socket.
+        s.write_all(format!("{}{}{}", get(3), get(4), get(5)).as_bytes())
+            .await
+            .unwrap();
+        for n in 3..=5 {
+            expect_answer(&mut s, &mut buf, n).await;
+        }
+        let_it_park(park_ms).await;
+        // A whole request and the start of the next, the rest later.
+        let next = get(7);
+        let (a, b) = next.split_at(10);
+        s.write_all(format!("{}{a}", get(6)).as_bytes())
+            .await
+            .unwrap();
+        expect_answer(&mut s, &mut buf, 6).await;
+        let_it_park(park_ms).await;
+        s.write_all(b.as_bytes()).await.unwrap();
+        expect_answer(&mut s, &mut buf, 7).await;
+        expect_silence(&mut s, &buf).await;
+        assert_eq!(targets(&up), expected_targets(1..=7), "park {park_ms} ms");
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn connection_close_on_a_parked_connection_still_closes() {
+    for park_ms in PARK_MS {
+        let up = upstream(echo_target()).await;
+        let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
+        let mut s = parked(&proxy, park_ms).await;
+        let mut buf = Vec::new();
+        s.write_all(
+            b"GET /v1/Conversations?n=2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (head, body) = read_answer(&mut s, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(String::from_utf8(body).unwrap(), expected_body(2));
+        assert!(buf.is_empty(), "stray bytes: {buf:?}");
+        assert!(
+            closed_within(&mut s, BOUND).await,
+            "Connection: close left the connection open (park {park_ms} ms)"
+        );
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_parked_connection_closes_after_keepalive_timeout_or_an_unfinished_head() {
+    let up = upstream(echo_target()).await;
+    let proxy = parking_proxy(&up.url(), 0, |c| {
+        c.limits.header_read_timeout_ms = 60_000;
+        c.limits.keepalive_timeout_ms = 300;
+    })
+    .await;
+    let mut s = parked(&proxy, 0).await;
+    assert!(
+        closed_within(&mut s, BOUND).await,
+        "a parked connection was kept past keepalive_timeout"
+    );
+    proxy.stop().await;
+    // A head started on a parked socket is bounded by header_read_timeout.
+    let proxy = parking_proxy(&up.url(), 0, |c| {
+        c.limits.header_read_timeout_ms = 300;
+        c.limits.keepalive_timeout_ms = 60_000;
+    })
+    .await;
+    let mut s = parked(&proxy, 0).await;
+    s.write_all(b"GET /v1/Conversations HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut s, BOUND).await,
+        "a partial head on a parked connection was kept past header_read_timeout"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn parked_connections_give_up_their_slots_to_a_waiting_client() {
+    const SLOTS: usize = 8;
+    let up = upstream(echo_target()).await;
+    let proxy = parking_proxy(&up.url(), 0, |c| c.limits.max_connections = SLOTS).await;
+    let mut held = Vec::new();
+    for _ in 0..SLOTS {
+        held.push(parked(&proxy, 0).await);
+    }
+    let r = reqwest::Client::builder()
+        .timeout(BOUND)
+        .build()
+        .unwrap()
+        .get(proxy.url("/v1/Conversations?n=9"))
+        .send()
+        .await
+        .expect("parked sockets locked a waiting client out");
+    assert_eq!(r.status(), 200);
+    drop(held);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections_at_once() {
+    // A long grace period: only parked (idle) connections are open, so the
+    // drain must end as soon as they are closed, not when the grace ends.
+    let up = upstream(echo_target()).await;
+    let proxy = parking_proxy(&up.url(), 0, |c| {
+        c.limits.shutdown_grace_ms = 600_000;
+        c.limits.keepalive_timeout_ms = 600_000;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(parked(&proxy, 0).await);
+    }
+    tokio::time::timeout(BOUND, proxy.stop())
+        .await
+        .expect("shutdown waited for parked connections");
+    for s in &mut held {
+        assert!(closed_within(s, BOUND).await, "a parked socket stayed open");
+    }
+}
