@@ -39,7 +39,8 @@
 //! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
 //! - [`routing`]: which upstream a request goes to; SSRF refusals.
 //! - [`headers`]: hop-by-hop header hygiene.
-//! - [`server`]: the accept loop with connection bounds and graceful drain.
+//! - [`server`]: the accept loop with connection bounds, idle-connection
+//!   watchdog and parking, and graceful drain.
 //! - [`telemetry`]: logging, pretty or JSON.
 //! - [`body`]: streamed, metered bodies, and the bounded reading and
 //!   decoding of the bodies the proxy looks into.
