@@ -261,6 +261,11 @@ impl Connections {
             .header_read_timeout(None)
             // hyper's minimum buffer is 8 KiB.
             .max_buf_size(opts.max_request_head_bytes.max(8192))
+            // A client may shut down its write side once its request is
+            // sent (`shutdown(SHUT_WR)`): it still gets its answer. Without
+            // this hyper took the end of stream mid-request for an abort and
+            // closed without answering.
+            .half_close(true)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

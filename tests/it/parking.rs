@@ -308,3 +308,250 @@ async fn shutdown_closes_parked_connections_at_once() {
         assert!(closed_within(s, BOUND).await, "a parked socket stayed open");
     }
 }
+
+/// An upstream for the tests below: `?s=204` / `?s=304` answer that status without a body,
+/// `?big=N` answers N bytes, else echo target and body length.
+fn probe_responder() -> Responder {
+    Arc::new(|s: &Seen| {
+        if s.target.ends_with("s=204") || s.target.ends_with("s=304") {
+            let code: u16 = s.target[s.target.len() - 3..].parse().unwrap();
+            return http::Response::builder()
+                .status(code)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+        }
+        if let Some(n) = s.target.split("big=").nth(1) {
+            let n: usize = n.parse().unwrap();
+            return json(200, &"x".repeat(n));
+        }
+        if s.body.is_empty() {
+            return json(200, &format!(r#"{{"target":"{}"}}"#, s.target));
+        }
+        json(
+            200,
+            &format!(r#"{{"target":"{}","len":{}}}"#, s.target, s.body.len()),
+        )
+    })
+}
+
+/// Read until `needle` is in `buf`.
+async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout(BOUND, s.read(&mut chunk))
+            .await
+            .expect("hang")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+/// Bodies arriving slowly after their head (Content-Length, chunked),
+/// `Expect: 100-continue`, and bodyless answers (HEAD, 204, 304) followed
+/// by another request, all on a connection parked between them.
+async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
+    let up = upstream(probe_responder()).await;
+    let proxy = parking_proxy(&up.url(), 0, |_| {}).await;
+    let mut s = parked(&proxy, 0).await;
+    let mut buf = Vec::new();
+    // CL body slow.
+    s.write_all(b"POST /v1/Conversations?n=2 HTTP/1.1\r\nHost: l\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"a=b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"&c=d").await.unwrap();
+    let (h, b) = read_answer(&mut s, &mut buf).await;
+    assert!(
+        h.starts_with("HTTP/1.1 200"),
+        "{h} {}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(
+        String::from_utf8_lossy(&b).contains(r#""len":7"#),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let_it_park(0).await;
+    // chunked slow
+    s.write_all(b"POST /v1/Conversations?n=3 HTTP/1.1\r\nHost: l\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"3\r\na=b\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"\r\n").await.unwrap();
+    let (h, b) = read_answer(&mut s, &mut buf).await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(
+        String::from_utf8_lossy(&b).contains(r#""len":3"#),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let_it_park(0).await;
+    // Expect 100-continue
+    s.write_all(b"POST /v1/Conversations?n=4 HTTP/1.1\r\nHost: l\r\nContent-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").await.unwrap();
+    read_until(&mut s, &mut buf, b"100 Continue\r\n\r\n").await;
+    buf.clear();
+    s.write_all(b"a=b").await.unwrap();
+    let (h, b) = read_answer(&mut s, &mut buf).await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(String::from_utf8_lossy(&b).contains(r#""len":3"#));
+    let_it_park(0).await;
+    // HEAD then GET
+    s.write_all(b"HEAD /v1/Conversations?n=5 HTTP/1.1\r\nHost: l\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    buf.drain(..end + 4);
+    s.write_all(get(6).as_bytes()).await.unwrap();
+    let (h, b) = read_answer(&mut s, &mut buf).await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(String::from_utf8_lossy(&b).contains("n=6"));
+    for code in ["204", "304"] {
+        let_it_park(0).await;
+        s.write_all(
+            format!(
+                "GET /v1/Conversations?s={code} HTTP/1.1\r\nHost: l\r\n\r\n{}",
+                get(7)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+        assert!(
+            buf.starts_with(format!("HTTP/1.1 {code}").as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        buf.drain(..end + 4);
+        let (h, b) = read_answer(&mut s, &mut buf).await;
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert!(String::from_utf8_lossy(&b).contains("n=7"));
+    }
+    expect_silence(&mut s, &buf).await;
+    proxy.stop().await;
+}
+
+/// A client that half-closes (shutdown(Write)) right after its request,
+/// on a fresh and on a parked connection, still gets its answer, then the
+/// close.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    for park_ms in PARK_MS {
+        let up = upstream(echo_target()).await;
+        let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
+        // Fresh connection.
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(get(1).as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        expect_answer(&mut s, &mut buf, 1).await;
+        assert!(closed_within(&mut s, BOUND).await, "park {park_ms} ms");
+        // Parked connection.
+        let mut s = parked(&proxy, park_ms).await;
+        s.write_all(get(2).as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        expect_answer(&mut s, &mut buf, 2).await;
+        assert!(buf.is_empty(), "stray bytes: {buf:?}");
+        assert!(closed_within(&mut s, BOUND).await, "park {park_ms} ms");
+        // `parked` sent its own n=1.
+        let want = [expected_targets(1..=1), expected_targets(1..=2)].concat();
+        assert_eq!(targets(&up), want, "park {park_ms} ms");
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+/// A 4 MiB answer read slowly while the client pipelines its next request.
+async fn a_big_answer_to_a_slow_reader_then_a_pipelined_request() {
+    let up = upstream(probe_responder()).await;
+    let proxy = parking_proxy(&up.url(), 0, |_| {}).await;
+    let mut s = parked(&proxy, 0).await;
+    let n = 4 * 1024 * 1024;
+    s.write_all(format!("GET /v1/Conversations?big={n} HTTP/1.1\r\nHost: l\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let mut got = 0;
+    let mut sent_next = false;
+    let mut s2 = s;
+    // read slowly
+    loop {
+        let r = tokio::time::timeout(BOUND, s2.read(&mut chunk))
+            .await
+            .expect("hang")
+            .unwrap();
+        assert!(r > 0, "closed after {got}");
+        buf.extend_from_slice(&chunk[..r]);
+        got += r;
+        if got > 1_000_000 && !sent_next {
+            s2.write_all(get(9).as_bytes()).await.unwrap();
+            sent_next = true;
+        }
+        if got % (512 * 1024) < 65536 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        if buf.windows(3).any(|w| w == b"n=9") {
+            break;
+        }
+    }
+    let (h, b) = read_answer(&mut s2, &mut buf).await;
+    assert!(h.starts_with("HTTP/1.1 200"));
+    assert_eq!(b.len(), n);
+    let (h, b) = read_answer(&mut s2, &mut buf).await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(String::from_utf8_lossy(&b).contains("n=9"));
+    proxy.stop().await;
+}
+
+/// Open file descriptors of this process.
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test]
+/// 1000 park/unpark cycles and 200 parked-then-closed connections leave
+/// no file descriptor behind.
+async fn park_cycles_leak_no_file_descriptors() {
+    let up = upstream(probe_responder()).await;
+    let proxy = parking_proxy(&up.url(), 0, |c| c.limits.max_connections = 4).await;
+    // warm
+    let mut s = parked(&proxy, 0).await;
+    let mut buf = Vec::new();
+    let before = fd_count();
+    for n in 0..1000u32 {
+        s.write_all(get(n).as_bytes()).await.unwrap();
+        let (h, _) = read_answer(&mut s, &mut buf).await;
+        assert!(h.starts_with("HTTP/1.1 200"));
+        if n % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(s);
+    // many connections open/park/close
+    for _ in 0..200 {
+        let s = parked(&proxy, 0).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = fd_count();
+    eprintln!("fds before {before} after {after}");
+    assert!(
+        after <= before + 200,
+        "fd leak (other tests run alongside: a generous bound) {before} -> {after}"
+    );
+    proxy.stop().await;
+}
