@@ -261,11 +261,12 @@ impl Connections {
             .header_read_timeout(None)
             // hyper's minimum buffer is 8 KiB.
             .max_buf_size(opts.max_request_head_bytes.max(8192))
-            // A client may shut down its write side once its request is
-            // sent (`shutdown(SHUT_WR)`): it still gets its answer. Without
-            // this hyper took the end of stream mid-request for an abort and
-            // closed without answering.
-            .half_close(true)
+            // No half-close: the end of a client's stream means it is gone,
+            // so its request's work (a queued shield slot, a forward) is
+            // dropped at once. A client that shuts down its write side
+            // after its request therefore gets no answer (as with hyper's
+            // default); the shield's hang-up tests depend on this.
+            .half_close(false)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

@@ -442,36 +442,6 @@ async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
     proxy.stop().await;
 }
 
-/// A client that half-closes (shutdown(Write)) right after its request,
-/// on a fresh and on a parked connection, still gets its answer, then the
-/// close.
-#[tokio::test]
-async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
-    for park_ms in PARK_MS {
-        let up = upstream(echo_target()).await;
-        let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
-        // Fresh connection.
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(get(1).as_bytes()).await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut buf = Vec::new();
-        expect_answer(&mut s, &mut buf, 1).await;
-        assert!(closed_within(&mut s, BOUND).await, "park {park_ms} ms");
-        // Parked connection.
-        let mut s = parked(&proxy, park_ms).await;
-        s.write_all(get(2).as_bytes()).await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut buf = Vec::new();
-        expect_answer(&mut s, &mut buf, 2).await;
-        assert!(buf.is_empty(), "stray bytes: {buf:?}");
-        assert!(closed_within(&mut s, BOUND).await, "park {park_ms} ms");
-        // `parked` sent its own n=1.
-        let want = [expected_targets(1..=1), expected_targets(1..=2)].concat();
-        assert_eq!(targets(&up), want, "park {park_ms} ms");
-        proxy.stop().await;
-    }
-}
-
 #[tokio::test]
 /// A 4 MiB answer read slowly while the client pipelines its next request.
 async fn a_big_answer_to_a_slow_reader_then_a_pipelined_request() {
