@@ -24,7 +24,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,10 +32,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
-use axum::body::Body;
-
+use super::ConnService;
 use super::park::{Parker, parkable};
 use super::slots::Conn;
 use super::watchdog::{Activity, ConnBody, RequestGuard, Watchdog, Watched};
@@ -78,11 +77,7 @@ struct Life {
 /// Serve one accepted connection until it closes.
 pub(super) async fn run<S>(p: Arc<Protocols>, c: Conn, service: S, shutdown: watch::Receiver<bool>)
 where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let _ = c.stream.set_nodelay(true);
     let permit = c.permit;

@@ -73,6 +73,33 @@ use conn::Protocols;
 pub use slots::EVICTION_MIN_AGE;
 use slots::{Conn, Slots};
 
+/// What a listener serves: a cloneable service answering every request,
+/// whose futures may move between tasks (written once for every function
+/// that takes one).
+pub trait ConnService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// The peer address of the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
@@ -132,11 +159,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()>,
 ) -> Drain
 where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let slots = Slots::new(opts.max_connections);
     let conns = Connections::new(opts);
@@ -208,11 +231,7 @@ pub async fn serve_accepted<S>(
     stop: impl Future<Output = ()>,
 ) -> Drain
 where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let conns = Connections::new(opts);
     tokio::pin!(stop);
@@ -281,11 +300,7 @@ impl Connections {
 
     fn spawn<S>(&self, c: Conn, service: S)
     where
-        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnService,
     {
         tokio::spawn(conn::run(
             self.protocols.clone(),
