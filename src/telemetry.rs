@@ -73,6 +73,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                closed: false,
+            }),
+            data: Condvar::new(),
+            space: Condvar::new(),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves only bytes behind: go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -94,14 +105,7 @@ impl BatchWriter {
     /// A writer to stderr and the guard of its thread. Without a thread
     /// (it could not be started), lines are written to stderr at once.
     pub fn stderr() -> (BatchWriter, LogGuard) {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                buf: Vec::new(),
-                closed: false,
-            }),
-            data: Condvar::new(),
-            space: Condvar::new(),
-        });
+        let shared = Shared::new();
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("trp-log-writer".into())
@@ -221,14 +225,7 @@ mod tests {
 
     #[test]
     fn every_line_is_written_whole_and_in_order_from_many_threads() {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                buf: Vec::new(),
-                closed: false,
-            }),
-            data: Condvar::new(),
-            space: Condvar::new(),
-        });
+        let shared = Shared::new();
         let sink = Sink::default();
         let (worker, mut out) = (shared.clone(), sink.clone());
         let thread = std::thread::spawn(move || write_batches(&worker, &mut out));
