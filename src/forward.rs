@@ -24,10 +24,7 @@ use axum::body::Body;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body::Body as HttpBody;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{ClientFault, Direction, MeteredBody, SendProgress};
 use crate::config::Limits;
@@ -35,26 +32,18 @@ use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::routing::Origin;
 
-/// The pooled upstream client.
-pub type UpstreamClient =
-    Client<hyper_rustls::HttpsConnector<crate::egress::EgressConnector>, Body>;
+pub use crate::pool::{ClientError, UpstreamBody, UpstreamClient};
 
 /// Why a request could not be forwarded. The `Display` text is for logs;
 /// clients get [`ForwardError::client_message`] only.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("cannot connect to upstream {origin}: {source}")]
-    Connect {
-        origin: String,
-        source: hyper_util::client::legacy::Error,
-    },
+    Connect { origin: String, source: ClientError },
     #[error("upstream {origin} sent no response headers within {timeout:?}")]
     Timeout { origin: String, timeout: Duration },
     #[error("upstream {origin} failed: {source}")]
-    Upstream {
-        origin: String,
-        source: hyper_util::client::legacy::Error,
-    },
+    Upstream { origin: String, source: ClientError },
     #[error(
         "upstream {origin} answered 101 Switching Protocols to a request that asked for no upgrade"
     )]
@@ -203,12 +192,13 @@ pub fn build_client_with(limits: &Limits, tls: &UpstreamTls) -> UpstreamClient {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(crate::egress::EgressConnector::from_env(http));
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(limits.pool_idle_timeout())
-        .pool_max_idle_per_host(limits.pool_max_idle_per_host)
-        .build(https)
+    UpstreamClient::new(
+        https,
+        crate::pool::PoolBounds {
+            idle_timeout: limits.pool_idle_timeout(),
+            max_idle_per_host: limits.pool_max_idle_per_host,
+        },
+    )
 }
 
 /// Sends requests upstream and accounts for them.
@@ -250,7 +240,7 @@ impl Forwarder {
         req: Request<Body>,
         origin: &Origin,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         if req.body().is_end_stream() {
             return self.forward_tracked(req, origin, peer, None).await;
         }
@@ -278,7 +268,7 @@ impl Forwarder {
         origin: &Origin,
         peer: Option<std::net::SocketAddr>,
         progress: Option<Arc<SendProgress>>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = origin.rebase(uri)?;
         // The client speaks HTTP/1.1 or h2 upstream as ALPN decides.

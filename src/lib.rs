@@ -33,8 +33,10 @@
 //!   per-account concurrency cap) around every forward and every workflow
 //!   call; off, it is not built at all. It reads the Basic user with
 //!   `sid::basic_user`, the one parser of it.
-//! - [`forward`]: the pooled rustls upstream client; one request to one
-//!   upstream, and why it failed.
+//! - [`forward`]: one request to one upstream over the rustls client, and
+//!   why it failed.
+//! - [`pool`]: the upstream connections, one pool per worker, HTTP/1.1
+//!   and HTTP/2.
 //! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
 //! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
 //! - [`routing`]: which upstream a request goes to; SSRF refusals.
@@ -74,6 +76,7 @@ pub mod egress;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod pool;
 pub mod privacy;
 pub mod proxy;
 pub mod repair;

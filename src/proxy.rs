@@ -3,12 +3,16 @@
 //! [`service`] and nowhere else.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::future::Ready;
 
 use crate::body::{Direction, MeteredBody, SendProgress};
 use crate::forward::{ForwardError, Forwarder};
@@ -75,25 +79,31 @@ pub fn service(
 + 'static {
     // Concrete, not boxed: cloning it per request is an `Arc` increment.
     tower::service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(answer_panics(handle(state, req)).await) }
+        answer_panics(handle(state.clone(), req)).map(Ok::<_, Infallible>)
     })
 }
 
 /// Run the handler; a panic in it becomes the proxy's Twilio-shaped 500.
-async fn answer_panics(handler: impl Future<Output = Response<Body>>) -> Response<Body> {
-    use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(response) => response,
-        Err(_panic) => {
-            tracing::error!("request handler panicked");
-            proxy_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal-error",
-                "twilio-repair-proxy failed while handling this request",
-            )
-        }
-    }
+///
+/// A combinator, not an `async fn`: an `async fn` keeps its argument and
+/// the future it awaits as two copies of the handler's state, and this
+/// future is moved (copied) on every request.
+fn answer_panics(
+    handler: impl Future<Output = Response<Body>>,
+) -> impl Future<Output = Response<Body>> {
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .map(|answer| match answer {
+            Ok(response) => response,
+            Err(_panic) => {
+                tracing::error!("request handler panicked");
+                proxy_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal-error",
+                    "twilio-repair-proxy failed while handling this request",
+                )
+            }
+        })
 }
 
 /// Target of the access log events.
@@ -156,36 +166,32 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
         r.intercepts(&parts.method, parts.uri.path())
             .map(|what| (r, what))
     });
-    match intercepted {
-        Some((repair, what)) => {
-            // Boxed: the workflow's future is large and rare; the
-            // pass-through future stays small.
-            let r = Box::pin(repair.handle(
+    // Every upstream exchange below is awaited in a statement of its own,
+    // boxed when it is large and rare: a future awaited inside a `match`
+    // scrutinee would keep its storage beside the `respond` that follows,
+    // and this future is moved on every request.
+    let (answer, outcome) = match (intercepted, &state.shield) {
+        (Some((repair, what)), _) => {
+            let workflow = Box::pin(repair.handle(
                 what,
                 parts,
                 incoming,
                 &target.origin,
                 peer,
                 &state.forwarder,
-            ))
-            .await;
-            let outcome = r.outcome.map(|o| o.as_str());
-            match r.response {
-                Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
-                Err(e) => forward_failure(&state, e, &access),
-            }
+            ));
+            let r = workflow.await;
+            (r.response, r.outcome.map(|o| o.as_str()))
         }
-        _ => {
-            if let Some(shield) = &state.shield {
-                return match shield
-                    .forward(&state.forwarder, parts, incoming, &target.origin, peer)
-                    .await
-                {
-                    Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
-                    Err(e) => forward_failure(&state, e, &access),
-                };
-            }
-            // A request without a body (GET, DELETE) needs no metering.
+        (None, Some(shield)) => {
+            let shielded =
+                Box::pin(shield.forward(&state.forwarder, parts, incoming, &target.origin, peer));
+            (shielded.await, None)
+        }
+        (None, None) => {
+            // The pass-through: the upstream's body type is kept (boxed
+            // once, in `respond`). A request without a body (GET, DELETE)
+            // needs no metering.
             let (body, progress) = if http_body::Body::is_end_stream(&incoming) {
                 (Body::empty(), None)
             } else {
@@ -196,15 +202,19 @@ async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<
                 (Body::new(body), Some(progress))
             };
             let req = Request::from_parts(parts, body);
-            match state
+            let forwarded = state
                 .forwarder
-                .forward_tracked(req, &target.origin, peer, progress)
-                .await
-            {
+                .forward_tracked(req, &target.origin, peer, progress);
+            let answer = forwarded.await;
+            return match answer {
                 Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
                 Err(e) => forward_failure(&state, e, &access),
-            }
+            };
         }
+    };
+    match answer {
+        Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
+        Err(e) => forward_failure(&state, e, &access),
     }
 }
 
@@ -281,30 +291,39 @@ fn options_locally(state: &ProxyState, req: &mut Request<Incoming>) -> Option<Re
 
 /// Turn an upstream answer into the client's: optional link rewriting,
 /// metrics, and a streaming body that closes the access log when it ends.
-async fn respond<B>(
-    state: &ProxyState,
+///
+/// Not an `async fn`: without link rewriting (the common case) nothing is
+/// awaited and the answer is ready at once, while an `async fn` would keep
+/// two copies of its arguments in every request's future. The rewrite,
+/// which buffers and parses, is boxed.
+fn respond<'a, B>(
+    state: &'a ProxyState,
     resp: Response<B>,
-    access: Access<'_>,
+    access: Access<'a>,
     in_flight: InFlightGuard,
     outcome: Option<&'static str>,
     idle: std::time::Duration,
-) -> Response<Body>
+) -> Either<Ready<Response<Body>>, BoxFuture<'a, Response<Body>>>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match &state.public_base_url {
         Some(public) if crate::rewrite::is_json(resp.headers()) => {
-            let resp = rewrite_links(
-                resp.map(Body::new),
-                public,
-                &access.target.origin,
-                &state.routes,
-            )
-            .await;
-            respond_body(state, resp, access, in_flight, outcome, idle)
+            Either::Right(Box::pin(async move {
+                let resp = rewrite_links(
+                    resp.map(Body::new),
+                    public,
+                    &access.target.origin,
+                    &state.routes,
+                )
+                .await;
+                respond_body(state, resp, access, in_flight, outcome, idle)
+            }))
         }
-        _ => respond_body(state, resp, access, in_flight, outcome, idle),
+        _ => Either::Left(std::future::ready(respond_body(
+            state, resp, access, in_flight, outcome, idle,
+        ))),
     }
 }
 

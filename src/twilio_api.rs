@@ -105,7 +105,7 @@ pub enum TransportError {
     Request(#[from] http::Error),
     /// The connection failed (connect, TLS, reset, protocol).
     #[error(transparent)]
-    Client(#[from] hyper_util::client::legacy::Error),
+    Client(#[from] crate::forward::ClientError),
     /// An I/O failure reported by an exchange that is not hyper's (the
     /// workflow's unit tests script a connection reset with it).
     #[error(transparent)]

@@ -408,7 +408,7 @@ fn with_retries(mut resp: Response<Body>, retries: u32) -> Response<Body> {
 }
 
 /// Read and drop a 429's body (bounded), so its connection can be reused.
-async fn drain(body: Incoming, idle: Duration) {
+async fn drain(body: crate::forward::UpstreamBody, idle: Duration) {
     let limited = http_body_util::Limited::new(body, MAX_DRAINED_BODY_BYTES);
     let _ = tokio::time::timeout(idle, limited.collect()).await;
 }

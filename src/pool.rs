@@ -1,0 +1,475 @@
+//! The upstream connection pool: hyper's connection-level client
+//! (`hyper::client::conn::http1` and `http2`) over the rustls connector,
+//! with the pooling kept here, small and on the request's own task.
+//!
+//! What belongs here is how a request gets a connection and how the
+//! connection comes back; what the request carries, its deadlines and what
+//! its failures mean to a client stay in [`crate::forward`].
+//!
+//! - **One pool per worker.** Every proxy worker runtime builds its own
+//!   [`UpstreamClient`] (see [`crate::app`]), so a request and its upstream
+//!   connection stay on one thread. The pool's lock is only ever taken by
+//!   that worker (and never held across an `.await`).
+//! - **HTTP/1.1 connections** are taken out of the pool for one exchange
+//!   and put back when the response body has ended ([`UpstreamBody`]),
+//!   newest first; a body dropped before its end takes its connection with
+//!   it (hyper closes a connection with an unread answer on it). Nothing
+//!   is spawned per request: one task per connection drives it.
+//! - **HTTP/2 connections** (when ALPN picks `h2`) are shared: one per
+//!   origin, taken by every request until it closes.
+//! - **A request is retried on another connection** only when hyper hands
+//!   it back unsent because a reused connection was closed under it (an
+//!   upstream closing an idle keep-alive connection as the request left):
+//!   nothing of it reached the upstream, so nothing can be applied twice.
+//! - **Idle connections** are closed after `limits.pool_idle_timeout_ms`
+//!   (checked when one is taken, and by one sweeping task per pool); at
+//!   most `limits.pool_max_idle_per_host` are kept per origin, the oldest
+//!   closed first.
+//!
+//! Connection errors (DNS, TCP connect and its timeout, an egress proxy's
+//! refusal, TLS) are [`ClientError::Connect`]; everything after the
+//! connection is up is [`ClientError::Send`].
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+/// The connector every pool connects with: direct or through an egress
+/// `CONNECT` tunnel, then TLS (or plain HTTP for an `http://` upstream).
+pub type Connector = hyper_rustls::HttpsConnector<crate::egress::EgressConnector>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be set up: DNS, TCP connect (or its timeout),
+    /// an egress proxy's refusal, TLS, or the HTTP/2 handshake.
+    #[error("connect: {0}")]
+    Connect(#[source] BoxError),
+    /// The connection failed during the exchange (reset, protocol error,
+    /// cut short).
+    #[error(transparent)]
+    Send(hyper::Error),
+    /// The request has no scheme and authority to connect to.
+    #[error("the upstream request has no absolute URI")]
+    NoOrigin,
+}
+
+impl ClientError {
+    /// Whether no connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Connect(_) | ClientError::NoOrigin)
+    }
+}
+
+/// The pool bounds, from `limits`.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolBounds {
+    /// `limits.pool_idle_timeout_ms`: an idle connection older than this is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// `limits.pool_max_idle_per_host`: idle connections kept per origin.
+    pub max_idle_per_host: usize,
+}
+
+/// A pooled upstream client; cheap to clone (clones share the pool).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    connector: Connector,
+    bounds: PoolBounds,
+    origins: Mutex<Vec<OriginConns>>,
+    /// Whether the sweeping task has been started.
+    sweeping: AtomicBool,
+}
+
+/// The connections of one origin.
+struct OriginConns {
+    key: Key,
+    /// Idle HTTP/1.1 connections, oldest first.
+    idle: Vec<Idle>,
+    /// The shared HTTP/2 connection, when ALPN chose it.
+    h2: Option<http2::SendRequest<Body>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// An origin: scheme and authority.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl Key {
+    fn of(uri: &Uri) -> Option<Key> {
+        Some(Key {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+    fn uri(&self) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        Uri::from_parts(parts).unwrap_or_default()
+    }
+}
+
+/// A connection ready for one request.
+enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl UpstreamClient {
+    /// A pool connecting with `connector`.
+    pub fn new(connector: Connector, bounds: PoolBounds) -> UpstreamClient {
+        UpstreamClient {
+            pool: Arc::new(Pool {
+                connector,
+                bounds,
+                origins: Mutex::new(Vec::new()),
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Send `req` (its URI absolute: the origin is its scheme and
+    /// authority) on a pooled connection, or a new one.
+    pub async fn request(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, ClientError> {
+        let key = Key::of(req.uri()).ok_or(ClientError::NoOrigin)?;
+        let mut req = req;
+        loop {
+            let (sender, reused) = match self.pool.take(&key) {
+                Some(s) => (s, true),
+                None => (self.connect(&key).await?, false),
+            };
+            let refused = match sender {
+                Sender::H1(mut s) => {
+                    if s.ready().await.is_err() {
+                        // Closed while idle: nothing was sent on it.
+                        if reused {
+                            continue;
+                        }
+                        return Err(ClientError::Connect("the new connection closed".into()));
+                    }
+                    let full = std::mem::replace(req.uri_mut(), Uri::from_static("/"));
+                    *req.uri_mut() = origin_form(&full);
+                    match s.try_send_request(req).await {
+                        Ok(resp) => {
+                            let back = Some(Back {
+                                pool: self.pool.clone(),
+                                key,
+                                sender: s,
+                            });
+                            return Ok(resp.map(|inner| UpstreamBody::new(inner, back)));
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(mut r) => {
+                                *r.uri_mut() = full;
+                                (r, e.into_error())
+                            }
+                            None => return Err(ClientError::Send(e.into_error())),
+                        },
+                    }
+                }
+                Sender::H2(mut s) => {
+                    if s.ready().await.is_err() {
+                        self.pool.forget_h2(&key);
+                        if reused {
+                            continue;
+                        }
+                        return Err(ClientError::Connect("the new connection closed".into()));
+                    }
+                    match s.try_send_request(req).await {
+                        Ok(resp) => return Ok(resp.map(|inner| UpstreamBody::new(inner, None))),
+                        Err(mut e) => match e.take_message() {
+                            Some(r) => {
+                                self.pool.forget_h2(&key);
+                                (r, e.into_error())
+                            }
+                            None => return Err(ClientError::Send(e.into_error())),
+                        },
+                    }
+                }
+            };
+            // Handed back unsent: retried on another connection only if
+            // this one had served before (a fresh one failing is the
+            // upstream's answer).
+            let (r, error) = refused;
+            if !reused {
+                return Err(ClientError::Send(error));
+            }
+            tracing::debug!(%error, "pooled connection closed before the request was sent; retrying on another");
+            req = r;
+        }
+    }
+
+    /// Open a connection to `key` and start its task.
+    async fn connect(&self, key: &Key) -> Result<Sender, ClientError> {
+        let mut connector = self.pool.connector.clone();
+        let io = connector
+            .call(key.uri())
+            .await
+            .map_err(ClientError::Connect)?;
+        let h2 = io.connected().is_negotiated_h2();
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| ClientError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            self.pool.share_h2(key, sender.clone());
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ClientError::Connect(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            self.start_sweeping();
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    /// Start the task that closes idle connections past the idle timeout,
+    /// once per pool; it ends with the pool.
+    fn start_sweeping(&self) {
+        if self.pool.sweeping.swap(true, Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(&self.pool);
+        let every = self
+            .pool
+            .bounds
+            .idle_timeout
+            .max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep(Instant::now());
+            }
+        });
+    }
+
+    /// Idle HTTP/1.1 connections in the pool now (tests and metrics).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.lock().iter().map(|o| o.idle.len()).sum()
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OriginConns>> {
+        // A panic while holding it leaves plain data behind: still usable.
+        self.origins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection to `key`: the shared HTTP/2 one, else the newest idle
+    /// HTTP/1.1 one still open and younger than the idle timeout.
+    fn take(&self, key: &Key) -> Option<Sender> {
+        let mut origins = self.lock();
+        let conns = origins.iter_mut().find(|o| o.key == *key)?;
+        if let Some(h2) = &conns.h2 {
+            if !h2.is_closed() {
+                return Some(Sender::H2(h2.clone()));
+            }
+            conns.h2 = None;
+        }
+        let now = Instant::now();
+        while let Some(idle) = conns.idle.pop() {
+            if idle.sender.is_closed() || now.duration_since(idle.since) > self.bounds.idle_timeout
+            {
+                continue;
+            }
+            return Some(Sender::H1(idle.sender));
+        }
+        None
+    }
+
+    /// Put an HTTP/1.1 connection back after its exchange ended.
+    fn put(&self, key: Key, sender: http1::SendRequest<Body>) {
+        if self.bounds.max_idle_per_host == 0 || sender.is_closed() {
+            return;
+        }
+        let idle = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        let mut origins = self.lock();
+        let conns = match origins.iter().position(|o| o.key == key) {
+            Some(i) => &mut origins[i],
+            None => {
+                origins.push(OriginConns {
+                    key,
+                    idle: Vec::new(),
+                    h2: None,
+                });
+                let last = origins.len() - 1;
+                &mut origins[last]
+            }
+        };
+        if conns.idle.len() >= self.bounds.max_idle_per_host {
+            // The oldest goes (closed when dropped, after the lock).
+            let oldest = conns.idle.remove(0);
+            conns.idle.push(idle);
+            drop(origins);
+            drop(oldest);
+        } else {
+            conns.idle.push(idle);
+        }
+    }
+
+    fn share_h2(&self, key: &Key, sender: http2::SendRequest<Body>) {
+        let mut origins = self.lock();
+        match origins.iter_mut().find(|o| o.key == *key) {
+            Some(o) => o.h2 = Some(sender),
+            None => origins.push(OriginConns {
+                key: key.clone(),
+                idle: Vec::new(),
+                h2: Some(sender),
+            }),
+        }
+    }
+
+    /// Forget `key`'s shared HTTP/2 connection if it has closed (another
+    /// request may have replaced it already).
+    fn forget_h2(&self, key: &Key) {
+        let mut origins = self.lock();
+        if let Some(o) = origins.iter_mut().find(|o| o.key == *key) {
+            if o.h2.as_ref().is_some_and(|h| h.is_closed()) {
+                o.h2 = None;
+            }
+        }
+    }
+
+    /// Close the idle connections past the idle timeout.
+    fn sweep(&self, now: Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut origins = self.lock();
+            for o in origins.iter_mut() {
+                let timeout = self.bounds.idle_timeout;
+                let keep = o
+                    .idle
+                    .iter()
+                    .position(|i| now.duration_since(i.since) <= timeout && !i.sender.is_closed())
+                    .unwrap_or(o.idle.len());
+                expired.extend(o.idle.drain(..keep));
+                o.idle.retain(|i| !i.sender.is_closed());
+            }
+        }
+        drop(expired);
+    }
+}
+
+/// Where an HTTP/1.1 connection goes back when its answer has been read.
+struct Back {
+    pool: Arc<Pool>,
+    key: Key,
+    sender: http1::SendRequest<Body>,
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body: hyper's, which puts its HTTP/1.1
+    /// connection back in the pool when it ends.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        back: Option<Back>,
+    }
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, back: Option<Back>) -> UpstreamBody {
+        let mut body = UpstreamBody { inner, back };
+        if hyper::body::Body::is_end_stream(&body.inner) {
+            // No body (HEAD, 204, 304, an empty answer): free at once.
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(b) = self.back.take() {
+            b.pool.put(b.key, b.sender);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            None => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => {
+                // The connection failed: it is not put back.
+                this.back.take();
+                false
+            }
+        };
+        if ended {
+            if let Some(b) = this.back.take() {
+                b.pool.put(b.key, b.sender);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request target an HTTP/1.1 upstream gets: path and query only.
+fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
