@@ -158,7 +158,7 @@ impl App {
         } = listeners;
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
-            admin_svc,
+            server::Tower(admin_svc),
             admin_opts,
             async move {
                 let _ = admin_stop_rx.await;

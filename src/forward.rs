@@ -262,13 +262,86 @@ impl Forwarder {
     /// [`Forwarder::forward`] for a body the caller already wrapped in a
     /// [`MeteredBody`] with [`MeteredBody::with_progress`] (`progress`), or
     /// an empty body (`None`): no second wrapper.
-    pub async fn forward_tracked(
+    ///
+    /// Returns an `async move` block, not an `async fn`'s future: an `async
+    /// fn` keeps each argument twice, and this future is part of every
+    /// request's.
+    pub fn forward_tracked<'a>(
+        &'a self,
+        req: Request<Body>,
+        origin: &'a Origin,
+        peer: Option<std::net::SocketAddr>,
+        progress: Option<Arc<SendProgress>>,
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ForwardError>> + Send + 'a
+    {
+        let prepared = self.upstream_request(req, origin, peer);
+        async move {
+            let req = prepared?;
+            let started = Instant::now();
+            // Pinned where it is made: moved into the timeout (or passed by
+            // value) it would be stored twice in this future.
+            let mut send = std::pin::pin!(self.client.request(req));
+            let result = match &progress {
+                None => tokio::time::timeout(self.response_header_timeout, send.as_mut())
+                    .await
+                    .ok(),
+                Some(p) => self.await_answer(send.as_mut(), p).await,
+            };
+            let outcome = match result {
+                None => Err(ForwardError::Timeout {
+                    origin: origin.as_string(),
+                    timeout: self.response_header_timeout,
+                }),
+                Some(Err(e)) => Err(match progress.as_deref().and_then(SendProgress::fault) {
+                    // The body failed on the client's side: the upstream error
+                    // is only its consequence.
+                    Some(ClientFault::Stalled) => {
+                        ForwardError::ClientBodyTimeout(self.idle_timeout)
+                    }
+                    Some(ClientFault::Invalid) => ForwardError::ClientBodyInvalid,
+                    None if e.is_connect() => ForwardError::Connect {
+                        origin: origin.as_string(),
+                        source: e,
+                    },
+                    None => ForwardError::Upstream {
+                        origin: origin.as_string(),
+                        source: e,
+                    },
+                }),
+                Some(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    // We never ask for an upgrade (Upgrade is hop-by-hop and
+                    // stripped): relaying a 101 would leave the client with a
+                    // connection in an unknown protocol.
+                    Err(ForwardError::UnsolicitedUpgrade {
+                        origin: origin.as_string(),
+                    })
+                }
+                Some(Ok(mut resp)) => {
+                    strip_hop_by_hop(resp.headers_mut());
+                    Ok(resp)
+                }
+            };
+            match &outcome {
+                Err(e) if e.is_client_fault() => {}
+                Err(e) => {
+                    self.metrics.upstream_latency.observe(started.elapsed());
+                    self.metrics.upstream_error(e.metric_kind());
+                }
+                Ok(_) => self.metrics.upstream_latency.observe(started.elapsed()),
+            }
+            outcome
+        }
+    }
+
+    /// The request as the upstream gets it: absolute URI on `origin`,
+    /// hop-by-hop headers stripped, `Host` set, and the forwarding headers
+    /// when configured.
+    fn upstream_request(
         &self,
         mut req: Request<Body>,
         origin: &Origin,
         peer: Option<std::net::SocketAddr>,
-        progress: Option<Arc<SendProgress>>,
-    ) -> Result<Response<UpstreamBody>, ForwardError> {
+    ) -> Result<Request<Body>, ForwardError> {
         let uri = std::mem::take(req.uri_mut());
         *req.uri_mut() = origin.rebase(uri)?;
         // The client speaks HTTP/1.1 or h2 upstream as ALPN decides.
@@ -288,55 +361,7 @@ impl Forwarder {
                 HeaderValue::from_static("1.1 twilio-repair-proxy"),
             );
         }
-        let started = Instant::now();
-        let send = self.client.request(req);
-        let result = match &progress {
-            None => tokio::time::timeout(self.response_header_timeout, send)
-                .await
-                .ok(),
-            Some(p) => self.await_answer(send, p).await,
-        };
-        let outcome = match result {
-            None => Err(ForwardError::Timeout {
-                origin: origin.as_string(),
-                timeout: self.response_header_timeout,
-            }),
-            Some(Err(e)) => Err(match progress.as_deref().and_then(SendProgress::fault) {
-                // The body failed on the client's side: the upstream error
-                // is only its consequence.
-                Some(ClientFault::Stalled) => ForwardError::ClientBodyTimeout(self.idle_timeout),
-                Some(ClientFault::Invalid) => ForwardError::ClientBodyInvalid,
-                None if e.is_connect() => ForwardError::Connect {
-                    origin: origin.as_string(),
-                    source: e,
-                },
-                None => ForwardError::Upstream {
-                    origin: origin.as_string(),
-                    source: e,
-                },
-            }),
-            Some(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                // We never ask for an upgrade (Upgrade is hop-by-hop and
-                // stripped): relaying a 101 would leave the client with a
-                // connection in an unknown protocol.
-                Err(ForwardError::UnsolicitedUpgrade {
-                    origin: origin.as_string(),
-                })
-            }
-            Some(Ok(mut resp)) => {
-                strip_hop_by_hop(resp.headers_mut());
-                Ok(resp)
-            }
-        };
-        match &outcome {
-            Err(e) if e.is_client_fault() => {}
-            Err(e) => {
-                self.metrics.upstream_latency.observe(started.elapsed());
-                self.metrics.upstream_error(e.metric_kind());
-            }
-            Ok(_) => self.metrics.upstream_latency.observe(started.elapsed()),
-        }
-        outcome
+        Ok(req)
     }
 
     /// Wait for the upstream's answer to a request whose body is still
@@ -345,11 +370,10 @@ impl Forwarder {
     /// while the client had one ready.
     async fn await_answer<F: std::future::Future>(
         &self,
-        send: F,
+        mut send: std::pin::Pin<&mut F>,
         progress: &SendProgress,
     ) -> Option<F::Output> {
         let timeout = self.response_header_timeout;
-        tokio::pin!(send);
         let timer = tokio::time::sleep(timeout);
         tokio::pin!(timer);
         let mut frames = progress.frames.load(Relaxed);
@@ -357,7 +381,7 @@ impl Forwarder {
         loop {
             tokio::select! {
                 biased;
-                out = &mut send => return Some(out),
+                out = send.as_mut() => return Some(out),
                 () = progress.sent.notified(), if !sent => {
                     sent = true;
                     timer.as_mut().reset(tokio::time::Instant::now() + timeout);

@@ -30,6 +30,7 @@
 //! refusal, TLS) are [`ClientError::Connect`]; everything after the
 //! connection is up is [`ClientError::Send`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -157,72 +158,87 @@ impl UpstreamClient {
 
     /// Send `req` (its URI absolute: the origin is its scheme and
     /// authority) on a pooled connection, or a new one.
-    pub async fn request(&self, req: Request<Body>) -> Result<Response<UpstreamBody>, ClientError> {
-        let key = Key::of(req.uri()).ok_or(ClientError::NoOrigin)?;
-        let mut req = req;
-        loop {
-            let (sender, reused) = match self.pool.take(&key) {
-                Some(s) => (s, true),
-                None => (self.connect(&key).await?, false),
-            };
-            let refused = match sender {
-                Sender::H1(mut s) => {
-                    if s.ready().await.is_err() {
-                        // Closed while idle: nothing was sent on it.
-                        if reused {
-                            continue;
-                        }
-                        return Err(ClientError::Connect("the new connection closed".into()));
+    ///
+    /// An `async move` block, not an `async fn`: an `async fn` keeps each
+    /// argument twice, and this future is part of every request's.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice in its future"
+    )]
+    pub fn request(
+        &self,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ClientError>> + Send + '_ {
+        async move {
+            let key = Key::of(req.uri()).ok_or(ClientError::NoOrigin)?;
+            loop {
+                let (sender, reused) = match self.pool.take(&key) {
+                    Some(s) => (s, true),
+                    None => {
+                        // Boxed (DNS, TCP, TLS, the handshake: a large future),
+                        // so that the request's own future stays small.
+                        let connecting = Box::pin(self.connect(&key));
+                        (connecting.await?, false)
                     }
-                    let full = std::mem::replace(req.uri_mut(), Uri::from_static("/"));
-                    *req.uri_mut() = origin_form(&full);
-                    match s.try_send_request(req).await {
-                        Ok(resp) => {
-                            let back = Some(Back {
-                                pool: self.pool.clone(),
-                                key,
-                                sender: s,
-                            });
-                            return Ok(resp.map(|inner| UpstreamBody::new(inner, back)));
-                        }
-                        Err(mut e) => match e.take_message() {
-                            Some(mut r) => {
-                                *r.uri_mut() = full;
-                                (r, e.into_error())
+                };
+                // A request hyper hands back unsent (the connection closed
+                // under it) is retried on another connection only if this
+                // one had served before: a fresh one failing is the
+                // upstream's answer.
+                let error = match sender {
+                    Sender::H1(mut s) => {
+                        if s.ready().await.is_err() {
+                            // Closed while idle: nothing was sent on it.
+                            if reused {
+                                continue;
                             }
-                            None => return Err(ClientError::Send(e.into_error())),
-                        },
-                    }
-                }
-                Sender::H2(mut s) => {
-                    if s.ready().await.is_err() {
-                        self.pool.forget_h2(&key);
-                        if reused {
-                            continue;
+                            return Err(ClientError::Connect("the new connection closed".into()));
                         }
-                        return Err(ClientError::Connect("the new connection closed".into()));
+                        origin_form(req.uri_mut());
+                        match s.try_send_request(req).await {
+                            Ok(resp) => {
+                                let back = Some(Back {
+                                    pool: self.pool.clone(),
+                                    key,
+                                    sender: s,
+                                });
+                                return Ok(resp.map(|inner| UpstreamBody::new(inner, back)));
+                            }
+                            Err(mut e) => match e.take_message() {
+                                Some(mut unsent) if reused => {
+                                    absolute_form(unsent.uri_mut(), &key);
+                                    req = unsent;
+                                    e.into_error()
+                                }
+                                _ => return Err(ClientError::Send(e.into_error())),
+                            },
+                        }
                     }
-                    match s.try_send_request(req).await {
-                        Ok(resp) => return Ok(resp.map(|inner| UpstreamBody::new(inner, None))),
-                        Err(mut e) => match e.take_message() {
-                            Some(r) => {
+                    Sender::H2(mut s) => {
+                        if s.ready().await.is_err() {
+                            self.pool.forget_h2(&key);
+                            if reused {
+                                continue;
+                            }
+                            return Err(ClientError::Connect("the new connection closed".into()));
+                        }
+                        match s.try_send_request(req).await {
+                            Ok(resp) => return Ok(resp.map(|inner| UpstreamBody::new(inner, None))),
+                            Err(mut e) => {
                                 self.pool.forget_h2(&key);
-                                (r, e.into_error())
+                                match e.take_message() {
+                                    Some(unsent) if reused => {
+                                        req = unsent;
+                                        e.into_error()
+                                    }
+                                    _ => return Err(ClientError::Send(e.into_error())),
+                                }
                             }
-                            None => return Err(ClientError::Send(e.into_error())),
-                        },
+                        }
                     }
-                }
-            };
-            // Handed back unsent: retried on another connection only if
-            // this one had served before (a fresh one failing is the
-            // upstream's answer).
-            let (r, error) = refused;
-            if !reused {
-                return Err(ClientError::Send(error));
+                };
+                tracing::debug!(%error, "pooled connection closed before the request was sent; retrying on another");
             }
-            tracing::debug!(%error, "pooled connection closed before the request was sent; retrying on another");
-            req = r;
         }
     }
 
@@ -463,13 +479,25 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-/// The request target an HTTP/1.1 upstream gets: path and query only.
-fn origin_form(uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+/// The request target an HTTP/1.1 upstream gets: path and query only
+/// (the parts are moved, not copied).
+fn origin_form(uri: &mut Uri) {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+}
+
+/// Back to the absolute form on `key` (an unsent request, to be retried).
+fn absolute_form(uri: &mut Uri, key: &Key) {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(key.scheme.clone());
+    parts.authority = Some(key.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
 }

@@ -2,8 +2,8 @@
 //! access logging, and the tower middleware stack, assembled in
 //! [`service`] and nowhere else.
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use crate::forward::{ForwardError, Forwarder};
 use crate::metrics::{InFlightGuard, Metrics, RouteClass};
 use crate::repair::Repairer;
 use crate::routing::Routes;
-use crate::server::PeerAddr;
+use crate::server::ConnService;
 use crate::shield::Shield;
 use crate::twilio_error::proxy_error;
 
@@ -61,26 +61,32 @@ impl ProxyState {
     }
 }
 
-/// Assemble the service around the handler: the one place where the request
+/// The proxy's answer to every request: the one place where the request
 /// path is wrapped. No tower layers: each would box the response body or the
 /// future on every request. Outermost first:
 /// 1. `answer_panics`: a bug answers a Twilio-shaped 500, never a dropped
 ///    connection (and the panic message never reaches the client).
 /// 2. the handler: routing, repair interception, forwarding, access log.
-pub fn service(
+///
+/// Concrete, not boxed: cloning it is an `Arc` increment.
+#[derive(Clone)]
+pub struct ProxyService {
     state: Arc<ProxyState>,
-) -> impl tower::Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    // Concrete, not boxed: cloning it per request is an `Arc` increment.
-    tower::service_fn(move |req: Request<Incoming>| {
-        answer_panics(handle(state.clone(), req)).map(Ok::<_, Infallible>)
-    })
+}
+
+/// The proxy service of one worker.
+pub fn service(state: Arc<ProxyState>) -> ProxyService {
+    ProxyService { state }
+}
+
+impl ConnService for ProxyService {
+    fn answer(
+        self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        answer_panics(handle(self.state, req, Some(peer)))
+    }
 }
 
 /// Run the handler; a panic in it becomes the proxy's Twilio-shaped 500.
@@ -109,112 +115,131 @@ fn answer_panics(
 /// Target of the access log events.
 const ACCESS: &str = "twilio_repair_proxy::access";
 
-async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let in_flight = InFlightGuard::new(&state.metrics);
-    let method = req.method().clone();
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-    if let Some(repair) = &state.repair {
-        repair.maybe_recover(req.headers());
-    }
+// A function returning an `async move` block, not an `async fn`: an
+// `async fn` keeps each argument twice (as passed, and rebound), and this
+// future is moved on every request.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future"
+)]
+fn handle(
+    state: Arc<ProxyState>,
+    mut req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+) -> impl Future<Output = Response<Body>> + Send {
+    async move {
+        let started = Instant::now();
+        let in_flight = InFlightGuard::new(&state.metrics);
+        let method = req.method().clone();
+        if let Some(repair) = &state.repair {
+            repair.maybe_recover(req.headers());
+        }
 
-    let target = match state
-        .routes
-        .route(req.method(), req.uri(), req.version(), req.headers())
-    {
-        Ok(t) => t,
-        Err(refusal) => {
-            let status = refusal.status();
-            state
-                .metrics
-                .record_request(RouteClass::Rejected, &method, status.as_u16());
-            tracing::warn!(
-                target: ACCESS,
-                %method, path = %req.uri().path(), status = status.as_u16(),
-                refused = refusal.token(), "request refused"
-            );
-            return proxy_error(status, refusal.token(), &refusal.to_string());
+        let target = match state
+            .routes
+            .route(req.method(), req.uri(), req.version(), req.headers())
+        {
+            Ok(t) => t,
+            Err(refusal) => {
+                let status = refusal.status();
+                state
+                    .metrics
+                    .record_request(RouteClass::Rejected, &method, status.as_u16());
+                tracing::warn!(
+                    target: ACCESS,
+                    %method, path = %req.uri().path(), status = status.as_u16(),
+                    refused = refusal.token(), "request refused"
+                );
+                return proxy_error(status, refusal.token(), &refusal.to_string());
+            }
+        };
+        if req.method() == http::Method::OPTIONS {
+            if let Some(answer) = options_locally(&state, &mut req) {
+                return answer;
+            }
         }
-    };
-    if req.method() == http::Method::OPTIONS {
-        if let Some(answer) = options_locally(&state, &mut req) {
-            return answer;
-        }
-    }
-    // Only what the access log needs, and only when it is on: the path is a
-    // reference-counted clone of the request's, not a copy.
-    let path = if tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
-        Some(
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        )
-    } else {
-        None
-    };
+        // Only what the access log needs, and only when it is on: the path is a
+        // reference-counted clone of the request's, not a copy.
+        let path = if tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
+            Some(
+                req.uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            )
+        } else {
+            None
+        };
 
-    let idle = state.forwarder.idle_timeout();
-    let (parts, incoming) = req.into_parts();
-    let access = Access {
-        started,
-        method,
-        path,
-        target: &target,
-    };
-    let intercepted = state.repair.as_ref().and_then(|r| {
-        r.intercepts(&parts.method, parts.uri.path())
-            .map(|what| (r, what))
-    });
-    // Every upstream exchange below is awaited in a statement of its own,
-    // boxed when it is large and rare: a future awaited inside a `match`
-    // scrutinee would keep its storage beside the `respond` that follows,
-    // and this future is moved on every request.
-    let (answer, outcome) = match (intercepted, &state.shield) {
-        (Some((repair, what)), _) => {
-            let workflow = Box::pin(repair.handle(
-                what,
-                parts,
-                incoming,
-                &target.origin,
-                peer,
-                &state.forwarder,
-            ));
-            let r = workflow.await;
-            (r.response, r.outcome.map(|o| o.as_str()))
+        let idle = state.forwarder.idle_timeout();
+        let (parts, incoming) = req.into_parts();
+        let access = Access {
+            started,
+            method,
+            path,
+            target: &target,
+        };
+        let intercepted = state.repair.as_ref().and_then(|r| {
+            r.intercepts(&parts.method, parts.uri.path())
+                .map(|what| (r, what))
+        });
+        // Every upstream exchange below is awaited in a statement of its own,
+        // boxed when it is large and rare: a future awaited inside a `match`
+        // scrutinee would keep its storage beside the `respond` that follows,
+        // and this future is moved on every request.
+        let (answer, outcome) = match (intercepted, &state.shield) {
+            (Some((repair, what)), _) => {
+                let r = Box::pin(repair.handle(
+                    what,
+                    parts,
+                    incoming,
+                    &target.origin,
+                    peer,
+                    &state.forwarder,
+                ))
+                .await;
+                (r.response, r.outcome.map(|o| o.as_str()))
+            }
+            (None, Some(shield)) => {
+                let shielded = Box::pin(shield.forward(
+                    &state.forwarder,
+                    parts,
+                    incoming,
+                    &target.origin,
+                    peer,
+                ));
+                (shielded.await, None)
+            }
+            (None, None) => {
+                // The pass-through: the upstream's body type is kept (boxed
+                // once, in `respond`). A request without a body (GET, DELETE)
+                // needs no metering.
+                let (body, progress) = if http_body::Body::is_end_stream(&incoming) {
+                    (Body::empty(), None)
+                } else {
+                    let progress = Arc::new(SendProgress::default());
+                    let body =
+                        MeteredBody::new(incoming, idle, Direction::Request, state.metrics.clone())
+                            .with_progress(progress.clone());
+                    (Body::new(body), Some(progress))
+                };
+                let req = Request::from_parts(parts, body);
+                // Awaited where it is made: a future bound to a variable
+                // first would be stored twice in this one.
+                let answer = state
+                    .forwarder
+                    .forward_tracked(req, &target.origin, peer, progress)
+                    .await;
+                return match answer {
+                    Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
+                    Err(e) => forward_failure(&state, e, &access),
+                };
+            }
+        };
+        match answer {
+            Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
+            Err(e) => forward_failure(&state, e, &access),
         }
-        (None, Some(shield)) => {
-            let shielded =
-                Box::pin(shield.forward(&state.forwarder, parts, incoming, &target.origin, peer));
-            (shielded.await, None)
-        }
-        (None, None) => {
-            // The pass-through: the upstream's body type is kept (boxed
-            // once, in `respond`). A request without a body (GET, DELETE)
-            // needs no metering.
-            let (body, progress) = if http_body::Body::is_end_stream(&incoming) {
-                (Body::empty(), None)
-            } else {
-                let progress = Arc::new(SendProgress::default());
-                let body =
-                    MeteredBody::new(incoming, idle, Direction::Request, state.metrics.clone())
-                        .with_progress(progress.clone());
-                (Body::new(body), Some(progress))
-            };
-            let req = Request::from_parts(parts, body);
-            let forwarded = state
-                .forwarder
-                .forward_tracked(req, &target.origin, peer, progress);
-            let answer = forwarded.await;
-            return match answer {
-                Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
-                Err(e) => forward_failure(&state, e, &access),
-            };
-        }
-    };
-    match answer {
-        Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
-        Err(e) => forward_failure(&state, e, &access),
     }
 }
 

@@ -24,6 +24,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -32,13 +33,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use super::ConnService;
+use super::ServeOptions;
 use super::park::{Parker, parkable};
 use super::slots::Conn;
 use super::watchdog::{Activity, ConnBody, RequestGuard, Watchdog, Watched};
-use super::{PeerAddr, ServeOptions};
 
 /// The first bytes of every HTTP/2 (prior knowledge) connection.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -100,17 +100,14 @@ where
         activity: activity.clone(),
     };
     let seen = activity;
-    let mut svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
+    let mut svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = RequestGuard::new(&seen, req.version());
-        let answer = service.clone().oneshot(req);
-        async move {
-            let resp = answer.await?;
+        service.clone().answer(req, peer).map(move |resp| {
             Ok::<_, Infallible>(resp.map(|inner| ConnBody {
                 inner,
                 guard: Some(guard),
             }))
-        }
+        })
     });
     match life.detect(&mut io).await {
         None => return,

@@ -73,36 +73,50 @@ use conn::Protocols;
 pub use slots::EVICTION_MIN_AGE;
 use slots::{Conn, Slots};
 
-/// What a listener serves: a cloneable service answering every request,
-/// whose futures may move between tasks (written once for every function
-/// that takes one).
-pub trait ConnService:
-    Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
+/// What a listener serves: an answer to every request of a connection,
+/// given the connection's peer. Cloned once per connection; its futures
+/// may move between tasks.
+///
+/// Not a tower `Service`: the proxy's answer needs no readiness and no
+/// error channel, and taking the peer as an argument spares every request
+/// an extensions map (two allocations). A tower service (the admin
+/// plane's axum router) is served through [`Tower`].
+pub trait ConnService: Clone + Send + 'static {
+    /// The answer to `req`, which came in on a connection from `peer`
+    /// (called on a clone: one `Arc` increment for the proxy).
+    fn answer(
+        self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static;
 }
 
-impl<S> ConnService for S where
-    S: Service<
-            Request<Incoming>,
-            Response = Response<Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
+/// A tower service (an axum router) served as a [`ConnService`]; the peer
+/// is not passed on.
+#[derive(Clone)]
+pub struct Tower<S>(pub S);
+
+impl<S> ConnService for Tower<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
         + Send
-        + 'static
+        + 'static,
+    S::Future: Send + 'static,
 {
+    fn answer(
+        self,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        use futures_util::FutureExt;
+        use tower::ServiceExt;
+        self.0.oneshot(req).map(|answer| match answer {
+            Ok(response) => response,
+            Err(never) => match never {},
+        })
+    }
 }
-
-/// The peer address of the connection a request came in on.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// Bounds of one listener.
 #[derive(Debug, Clone, Copy)]
