@@ -175,8 +175,10 @@ pin_project_lite::pin_project! {
     pub struct MeteredBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        // The idle timer, made at the body's first wait: a body that is
+        // ready whenever it is polled (a small answer read whole with its
+        // head) never reads the clock or touches the timer wheel.
+        sleep: Option<Pin<Box<Sleep>>>,
         idle: Duration,
         direction: Direction,
         metrics: Arc<Metrics>,
@@ -204,7 +206,7 @@ impl<B> MeteredBody<B> {
     pub fn new(inner: B, idle: Duration, direction: Direction, metrics: Arc<Metrics>) -> Self {
         MeteredBody {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: None,
             idle,
             direction,
             metrics,
@@ -300,14 +302,21 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if std::mem::take(this.active) {
-                    let deadline = tokio::time::Instant::now() + *this.idle;
-                    this.sleep.as_mut().reset(deadline);
-                }
+                let active = std::mem::take(this.active);
+                let sleep = match this.sleep {
+                    Some(sleep) => {
+                        if active {
+                            let deadline = tokio::time::Instant::now() + *this.idle;
+                            sleep.as_mut().reset(deadline);
+                        }
+                        sleep
+                    }
+                    None => this.sleep.insert(Box::pin(tokio::time::sleep(*this.idle))),
+                };
                 if let Some(p) = this.progress {
                     p.waiting_on_client.store(true, Relaxed);
                 }
-                match this.sleep.poll(cx) {
+                match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         if let Some(p) = this.progress {
                             p.set_fault(ClientFault::Stalled);

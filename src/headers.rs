@@ -14,16 +14,6 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-/// The fixed hop-by-hop names.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
 const KEEP_ALIVE: &str = "keep-alive";
 const PROXY_CONNECTION: &str = "proxy-connection";
 
@@ -33,40 +23,71 @@ const PROXY_CONNECTION: &str = "proxy-connection";
 /// `Proxy-Authorization`/`Proxy-Authenticate` are consumed by a proxy hop too
 /// (RFC 9110 §11.7) and are never passed on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry no hop-by-hop
-    // field, and then nothing is looked up or removed. (The check is by
-    // name, so it also covers every field a `Connection` header could list:
-    // there is nothing to list without a `Connection` header.)
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names first, noting which hop-by-hop fields are
+    // present: most messages carry none, or only `Connection: keep-alive`,
+    // and then only what is there is looked up and removed. (The check is
+    // by name, so it also covers every field a `Connection` header could
+    // list: there is nothing to list without a `Connection` header.)
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // A message with both Transfer-Encoding and Content-Length is framed by
     // Transfer-Encoding (RFC 9112 §6.3); forwarding the stale Content-Length
     // without it would let the two sides disagree on where the body ends.
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if present & (1 << TRANSFER_ENCODING_INDEX) != 0 {
         headers.remove(header::CONTENT_LENGTH);
     }
+    // Fields `Connection` lists beyond the fixed ones (rare: allocated then
+    // only). A listed fixed name is removed below if present.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && hop_by_hop_index_ignore_case(name).is_none())
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
 }
 
-/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection`
-/// lists.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str() == KEEP_ALIVE || name.as_str() == PROXY_CONNECTION
+/// Every fixed hop-by-hop name, lower case as `HeaderName`s are.
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
+const TRANSFER_ENCODING_INDEX: usize = 3;
+
+/// The index of a (lower-case) name in [`HOP_BY_HOP_NAMES`].
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    HOP_BY_HOP_NAMES.iter().position(|n| *n == name)
+}
+
+/// [`hop_by_hop_index`] for a name as a `Connection` value spells it.
+fn hop_by_hop_index_ignore_case(name: &str) -> Option<usize> {
+    HOP_BY_HOP_NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Whether a request's `Transfer-Encoding` names anything but a single
