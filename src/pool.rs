@@ -15,6 +15,13 @@
 //!   newest first; a body dropped before its end takes its connection with
 //!   it (hyper closes a connection with an unread answer on it). Nothing
 //!   is spawned per request: one task per connection drives it.
+//! - **Only a ready connection is taken**, never waited on: an answer can
+//!   end before its request does (an upstream refusing an upload answers
+//!   before reading it), and that connection is back in the pool while the
+//!   request body is still being sent on it. It stays there, skipped, until
+//!   hyper says it can carry another request (or it closes, or expires),
+//!   and the request that finds no ready one opens a new connection rather
+//!   than wait on another client's upload.
 //! - **HTTP/2 connections** (when ALPN picks `h2`) are shared: one per
 //!   origin, taken by every request until it closes.
 //! - **A request is retried on another connection** only when hyper hands
@@ -167,11 +174,11 @@ impl UpstreamClient {
             };
             let refused = match sender {
                 Sender::H1(mut s) => {
-                    if s.ready().await.is_err() {
-                        // Closed while idle: nothing was sent on it.
-                        if reused {
-                            continue;
-                        }
+                    // A pooled connection was ready when taken (never
+                    // waited on: if it closed since, hyper hands the
+                    // request back below). A new one is ready once its
+                    // task has run, or has failed.
+                    if !reused && s.ready().await.is_err() {
                         return Err(ClientError::Connect("the new connection closed".into()));
                     }
                     let full = std::mem::replace(req.uri_mut(), Uri::from_static("/"));
@@ -296,7 +303,9 @@ impl Pool {
     }
 
     /// A connection to `key`: the shared HTTP/2 one, else the newest idle
-    /// HTTP/1.1 one still open and younger than the idle timeout.
+    /// HTTP/1.1 one younger than the idle timeout and ready for a request.
+    /// Closed and expired ones are dropped; open ones not ready yet (still
+    /// sending the request of an answer that ended first) stay.
     fn take(&self, key: &Key) -> Option<Sender> {
         let mut origins = self.lock();
         let conns = origins.iter_mut().find(|o| o.key == *key)?;
@@ -307,12 +316,20 @@ impl Pool {
             conns.h2 = None;
         }
         let now = Instant::now();
-        while let Some(idle) = conns.idle.pop() {
-            if idle.sender.is_closed() || now.duration_since(idle.since) > self.bounds.idle_timeout
-            {
-                continue;
+        let mut i = conns.idle.len();
+        while i > 0 {
+            i -= 1;
+            let idle = &conns.idle[i];
+            if now.duration_since(idle.since) > self.bounds.idle_timeout {
+                // Oldest first: this one and all before it have expired.
+                conns.idle.drain(..=i);
+                return None;
             }
-            return Some(Sender::H1(idle.sender));
+            if idle.sender.is_closed() {
+                conns.idle.remove(i);
+            } else if idle.sender.is_ready() {
+                return Some(Sender::H1(conns.idle.remove(i).sender));
+            }
         }
         None
     }
