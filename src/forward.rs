@@ -199,6 +199,10 @@ pub fn build_client_with(limits: &Limits, tls: &UpstreamTls) -> UpstreamClient {
             max_idle_per_host: limits.pool_max_idle_per_host,
         },
     )
+    .with_h2_keepalive(crate::pool::H2Keepalive {
+        interval: limits.http2_keepalive_interval(),
+        timeout: limits.http2_keepalive_timeout(),
+    })
 }
 
 /// Sends requests upstream and accounts for them.

@@ -15,16 +15,29 @@
 //!   newest first; a body dropped before its end takes its connection with
 //!   it (hyper closes a connection with an unread answer on it). Nothing
 //!   is spawned per request: one task per connection drives it.
+//! - **Only a ready connection is taken**, never waited on: an answer can
+//!   end before its request does (an upstream refusing an upload answers
+//!   before reading it), and that connection is back in the pool while the
+//!   request body is still being sent on it. It stays there, skipped, until
+//!   hyper says it can carry another request (or it closes, or expires),
+//!   and the request that finds no ready one opens a new connection rather
+//!   than wait on another client's upload.
 //! - **HTTP/2 connections** (when ALPN picks `h2`) are shared: one per
-//!   origin, taken by every request until it closes.
+//!   origin, taken by every request until it closes. They are pinged
+//!   ([`H2Keepalive`]), so one whose peer went silent (a dead path, a
+//!   middlebox that dropped it) is closed and replaced within the ping
+//!   timeout rather than holding every later request until its deadline.
+//!   With `pool_max_idle_per_host = 0` nothing is pooled, HTTP/2 included.
 //! - **A request is retried on another connection** only when hyper hands
 //!   it back unsent because a reused connection was closed under it (an
 //!   upstream closing an idle keep-alive connection as the request left):
 //!   nothing of it reached the upstream, so nothing can be applied twice.
 //! - **Idle connections** are closed after `limits.pool_idle_timeout_ms`
-//!   (checked when one is taken, and by one sweeping task per pool); at
-//!   most `limits.pool_max_idle_per_host` are kept per origin, the oldest
-//!   closed first.
+//!   (checked when one is taken, and by one sweeping task per pool, which
+//!   runs every timeout: an unused connection is closed between one and two
+//!   timeouts after its last use; an HTTP/2 one when no request took it for
+//!   a whole sweep period); at most `limits.pool_max_idle_per_host` HTTP/1.1
+//!   connections are kept per origin, the oldest closed first.
 //!
 //! Connection errors (DNS, TCP connect and its timeout, an egress proxy's
 //! refusal, TLS) are [`ClientError::Connect`]; everything after the
@@ -82,8 +95,29 @@ pub struct PoolBounds {
     /// `limits.pool_idle_timeout_ms`: an idle connection older than this is
     /// closed.
     pub idle_timeout: Duration,
-    /// `limits.pool_max_idle_per_host`: idle connections kept per origin.
+    /// `limits.pool_max_idle_per_host`: idle HTTP/1.1 connections kept per
+    /// origin; 0: nothing is pooled, HTTP/2 connections included.
     pub max_idle_per_host: usize,
+}
+
+/// HTTP/2 keep-alive of upstream connections: a PING every `interval`
+/// (also while no request is open), and a connection whose peer does not
+/// answer one within `timeout` is closed, so the pool replaces it.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl H2Keepalive {
+    /// The defaults of the client side's `limits.http2_keepalive_interval_ms`
+    /// and `limits.http2_keepalive_timeout_ms` (30 s, 20 s): a dead
+    /// connection is replaced within 50 s, at the cost of one PING frame
+    /// per connection every 30 s.
+    pub const DEFAULT: H2Keepalive = H2Keepalive {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(20),
+    };
 }
 
 /// A pooled upstream client; cheap to clone (clones share the pool).
@@ -95,6 +129,7 @@ pub struct UpstreamClient {
 struct Pool {
     connector: Connector,
     bounds: PoolBounds,
+    h2_keepalive: H2Keepalive,
     origins: Mutex<Vec<OriginConns>>,
     /// Whether the sweeping task has been started.
     sweeping: AtomicBool,
@@ -107,6 +142,8 @@ struct OriginConns {
     idle: Vec<Idle>,
     /// The shared HTTP/2 connection, when ALPN chose it.
     h2: Option<http2::SendRequest<Body>>,
+    /// Whether a request took `h2` since the last sweep.
+    h2_used: bool,
 }
 
 struct Idle {
@@ -144,12 +181,29 @@ enum Sender {
 }
 
 impl UpstreamClient {
-    /// A pool connecting with `connector`.
+    /// A pool connecting with `connector`, pinging HTTP/2 connections as
+    /// [`H2Keepalive::DEFAULT`] says (the proxy sets `limits.http2_keepalive_*`
+    /// with [`UpstreamClient::with_h2_keepalive`]).
     pub fn new(connector: Connector, bounds: PoolBounds) -> UpstreamClient {
         UpstreamClient {
             pool: Arc::new(Pool {
                 connector,
                 bounds,
+                h2_keepalive: H2Keepalive::DEFAULT,
+                origins: Mutex::new(Vec::new()),
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A new, empty pool with this one's connector and bounds, pinging
+    /// HTTP/2 connections as `h2_keepalive` says.
+    pub fn with_h2_keepalive(&self, h2_keepalive: H2Keepalive) -> UpstreamClient {
+        UpstreamClient {
+            pool: Arc::new(Pool {
+                connector: self.pool.connector.clone(),
+                bounds: self.pool.bounds,
+                h2_keepalive,
                 origins: Mutex::new(Vec::new()),
                 sweeping: AtomicBool::new(false),
             }),
@@ -187,11 +241,11 @@ impl UpstreamClient {
                 // upstream's answer.
                 let error = match sender {
                     Sender::H1(mut s) => {
-                        if s.ready().await.is_err() {
-                            // Closed while idle: nothing was sent on it.
-                            if reused {
-                                continue;
-                            }
+                        // A pooled connection was ready when taken (never
+                        // waited on: if it closed since, hyper hands the
+                        // request back below). A new one is ready once its
+                        // task has run, or has failed.
+                        if !reused && s.ready().await.is_err() {
                             return Err(ClientError::Connect("the new connection closed".into()));
                         }
                         origin_form(req.uri_mut());
@@ -251,8 +305,12 @@ impl UpstreamClient {
             .map_err(ClientError::Connect)?;
         let h2 = io.connected().is_negotiated_h2();
         if h2 {
+            let ping = self.pool.h2_keepalive;
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(ping.interval)
+                .keep_alive_timeout(ping.timeout)
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
                 .map_err(|e| ClientError::Connect(e.into()))?;
@@ -261,7 +319,8 @@ impl UpstreamClient {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
             });
-            self.pool.share_h2(key, sender.clone());
+            self.pool.share_h2(key, &sender);
+            self.start_sweeping();
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()
@@ -312,23 +371,34 @@ impl Pool {
     }
 
     /// A connection to `key`: the shared HTTP/2 one, else the newest idle
-    /// HTTP/1.1 one still open and younger than the idle timeout.
+    /// HTTP/1.1 one younger than the idle timeout and ready for a request.
+    /// Closed and expired ones are dropped; open ones not ready yet (still
+    /// sending the request of an answer that ended first) stay.
     fn take(&self, key: &Key) -> Option<Sender> {
         let mut origins = self.lock();
         let conns = origins.iter_mut().find(|o| o.key == *key)?;
         if let Some(h2) = &conns.h2 {
             if !h2.is_closed() {
+                conns.h2_used = true;
                 return Some(Sender::H2(h2.clone()));
             }
             conns.h2 = None;
         }
         let now = Instant::now();
-        while let Some(idle) = conns.idle.pop() {
-            if idle.sender.is_closed() || now.duration_since(idle.since) > self.bounds.idle_timeout
-            {
-                continue;
+        let mut i = conns.idle.len();
+        while i > 0 {
+            i -= 1;
+            let idle = &conns.idle[i];
+            if now.duration_since(idle.since) > self.bounds.idle_timeout {
+                // Oldest first: this one and all before it have expired.
+                conns.idle.drain(..=i);
+                return None;
             }
-            return Some(Sender::H1(idle.sender));
+            if idle.sender.is_closed() {
+                conns.idle.remove(i);
+            } else if idle.sender.is_ready() {
+                return Some(Sender::H1(conns.idle.remove(i).sender));
+            }
         }
         None
     }
@@ -338,11 +408,13 @@ impl Pool {
         if self.bounds.max_idle_per_host == 0 || sender.is_closed() {
             return;
         }
+        let mut origins = self.lock();
+        // Read under the lock: the list stays oldest first even when
+        // threads (the main runtime's pool) put back at once.
         let idle = Idle {
             sender,
             since: Instant::now(),
         };
-        let mut origins = self.lock();
         let conns = match origins.iter().position(|o| o.key == key) {
             Some(i) => &mut origins[i],
             None => {
@@ -350,6 +422,7 @@ impl Pool {
                     key,
                     idle: Vec::new(),
                     h2: None,
+                    h2_used: false,
                 });
                 let last = origins.len() - 1;
                 &mut origins[last]
@@ -366,16 +439,30 @@ impl Pool {
         }
     }
 
-    fn share_h2(&self, key: &Key, sender: http2::SendRequest<Body>) {
-        let mut origins = self.lock();
-        match origins.iter_mut().find(|o| o.key == *key) {
-            Some(o) => o.h2 = Some(sender),
-            None => origins.push(OriginConns {
-                key: key.clone(),
-                idle: Vec::new(),
-                h2: Some(sender),
-            }),
+    /// Share a new HTTP/2 connection to `key` (unless nothing is pooled).
+    fn share_h2(&self, key: &Key, sender: &http2::SendRequest<Body>) {
+        if self.bounds.max_idle_per_host == 0 {
+            return;
         }
+        let sender = Some(sender.clone());
+        let mut origins = self.lock();
+        let replaced = match origins.iter_mut().find(|o| o.key == *key) {
+            Some(o) => {
+                o.h2_used = true;
+                std::mem::replace(&mut o.h2, sender)
+            }
+            None => {
+                origins.push(OriginConns {
+                    key: key.clone(),
+                    idle: Vec::new(),
+                    h2: sender,
+                    h2_used: true,
+                });
+                None
+            }
+        };
+        drop(origins);
+        drop(replaced);
     }
 
     /// Forget `key`'s shared HTTP/2 connection if it has closed (another
@@ -389,12 +476,19 @@ impl Pool {
         }
     }
 
-    /// Close the idle connections past the idle timeout.
+    /// Close the idle connections past the idle timeout, and the HTTP/2
+    /// ones no request took since the last sweep.
     fn sweep(&self, now: Instant) {
         let mut expired = Vec::new();
+        let mut expired_h2 = Vec::new();
         {
             let mut origins = self.lock();
             for o in origins.iter_mut() {
+                if std::mem::take(&mut o.h2_used) {
+                    // In use: kept.
+                } else if let Some(h2) = o.h2.take() {
+                    expired_h2.push(h2);
+                }
                 let timeout = self.bounds.idle_timeout;
                 let keep = o
                     .idle
@@ -406,6 +500,7 @@ impl Pool {
             }
         }
         drop(expired);
+        drop(expired_h2);
     }
 }
 
@@ -500,4 +595,196 @@ fn absolute_form(uri: &mut Uri, key: &Key) {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
     *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+}
+
+#[cfg(test)]
+mod tests {
+    //! HTTP/2 through the pool, over TLS on 127.0.0.1 (ALPN only offers
+    //! `h2` over TLS): the integration tests' upstreams speak HTTP/1.1.
+
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use http_body_util::BodyExt;
+    use tokio::sync::watch;
+
+    /// Generous bound on "it did not hang".
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A TLS upstream offering `h2`: answers `ok`. `freeze` stops it serving
+    /// the connections it already has (it keeps them open but reads and
+    /// answers nothing, PINGs included), as a dead path looks; later ones
+    /// are served.
+    struct H2Upstream {
+        port: u16,
+        ca: rustls::pki_types::CertificateDer<'static>,
+        accepts: Arc<AtomicUsize>,
+        /// Connections that ended.
+        ended: Arc<AtomicUsize>,
+        freeze: watch::Sender<bool>,
+    }
+
+    async fn h2_upstream() -> H2Upstream {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca, &ca_key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (freeze, frozen) = watch::channel(false);
+        let up = H2Upstream {
+            port: listener.local_addr().unwrap().port(),
+            ca: ca.der().clone(),
+            accepts: Arc::default(),
+            ended: Arc::default(),
+            freeze,
+        };
+        let (accepts, ended) = (up.accepts.clone(), up.ended.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                accepts.fetch_add(1, SeqCst);
+                let (acceptor, ended, mut frozen) =
+                    (acceptor.clone(), ended.clone(), frozen.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    if *frozen.borrow_and_update() {
+                        // Accepted after the freeze: served.
+                        let _ = conn.await;
+                        ended.fetch_add(1, SeqCst);
+                        return;
+                    }
+                    tokio::select! {
+                        _ = &mut conn => {}
+                        _ = async { frozen.wait_for(|f| *f).await.is_ok() } => {
+                            // Holds the connection, never polls it again.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    ended.fetch_add(1, SeqCst);
+                });
+            }
+        });
+        up
+    }
+
+    fn client(up: &H2Upstream, tune: impl FnOnce(&mut crate::config::Limits)) -> UpstreamClient {
+        let mut limits = crate::config::Config::defaults().limits;
+        tune(&mut limits);
+        let tls = crate::forward::UpstreamTls::new(vec![up.ca.clone()]);
+        crate::forward::build_client_with(&limits, &tls)
+    }
+
+    /// GET through `client`: the body, or why not (an answer is given 2 s).
+    async fn get(client: &UpstreamClient, up: &H2Upstream) -> Result<String, String> {
+        let req = Request::get(format!("https://127.0.0.1:{}/v1/x", up.port))
+            .body(Body::empty())
+            .unwrap();
+        let resp = match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
+            Err(_) => return Err("no answer within 2 s".into()),
+            Ok(Err(e)) => return Err(format!("{e:?}")),
+            Ok(Ok(r)) => r,
+        };
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_http2_connection() {
+        let up = h2_upstream().await;
+        let client = client(&up, |_| {});
+        assert_eq!(get(&client, &up).await.as_deref(), Ok("ok"));
+        let answers = futures_util::future::join_all((0..10).map(|_| get(&client, &up))).await;
+        assert!(
+            answers.iter().all(|a| a.as_deref() == Ok("ok")),
+            "{answers:?}"
+        );
+        assert_eq!(up.accepts.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_http2_connection_is_replaced() {
+        let up = h2_upstream().await;
+        let client = client(&up, |_| {}).with_h2_keepalive(H2Keepalive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        });
+        assert_eq!(get(&client, &up).await.as_deref(), Ok("ok"));
+        up.freeze.send_replace(true);
+        // Requests on the silent connection fail (or time out) until its
+        // unanswered PING closes it; then one goes on a new connection.
+        let until = Instant::now() + PATIENCE;
+        let mut last = get(&client, &up).await;
+        while last.is_err() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            last = get(&client, &up).await;
+        }
+        assert_eq!(
+            last.as_deref(),
+            Ok("ok"),
+            "the silent connection was never replaced"
+        );
+        assert_eq!(up.accepts.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unused_http2_connection_is_closed_after_the_idle_timeout() {
+        let up = h2_upstream().await;
+        let client = client(&up, |l| l.pool_idle_timeout_ms = 300);
+        assert_eq!(get(&client, &up).await.as_deref(), Ok("ok"));
+        let until = Instant::now() + PATIENCE;
+        while up.ended.load(SeqCst) == 0 {
+            assert!(
+                Instant::now() < until,
+                "the idle HTTP/2 connection was never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(&client, &up).await.as_deref(), Ok("ok"));
+        assert_eq!(up.accepts.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn with_max_idle_zero_http2_is_not_pooled_either() {
+        let up = h2_upstream().await;
+        let client = client(&up, |l| l.pool_max_idle_per_host = 0);
+        for _ in 0..3 {
+            assert_eq!(get(&client, &up).await.as_deref(), Ok("ok"));
+        }
+        assert_eq!(up.accepts.load(SeqCst), 3);
+    }
 }

@@ -13,6 +13,7 @@ mod fleet;
 mod hardening;
 mod hardening_repair;
 mod parking;
+mod pool;
 mod process;
 mod proxy;
 mod repair;
