@@ -324,6 +324,9 @@ impl UpstreamClient {
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()
+                // One contiguous write per request, as the server side
+                // (see `crate::server`).
+                .writev(false)
                 .handshake(io)
                 .await
                 .map_err(|e| ClientError::Connect(e.into()))?;

@@ -292,6 +292,11 @@ impl Connections {
             // also run between keep-alive requests and cut them at
             // header_read_timeout instead of keepalive_timeout.
             .header_read_timeout(None)
+            // One contiguous write per answer (head and body copied into
+            // one buffer) instead of a vectored one: cheaper for the kernel
+            // than a two-part `writev` for the small answers Twilio sends
+            // (about 1 µs per request in bench/run.sh).
+            .writev(false)
             // hyper's minimum buffer is 8 KiB.
             .max_buf_size(opts.max_request_head_bytes.max(8192))
             // No half-close: the end of a client's stream means it is gone,
