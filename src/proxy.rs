@@ -21,6 +21,7 @@ use crate::repair::Repairer;
 use crate::routing::Routes;
 use crate::server::ConnService;
 use crate::shield::Shield;
+use crate::telemetry::access::AccessLine;
 use crate::twilio_error::proxy_error;
 
 /// Everything a request handler needs; one per worker, built by
@@ -113,7 +114,7 @@ fn answer_panics(
 }
 
 /// Target of the access log events.
-const ACCESS: &str = "twilio_repair_proxy::access";
+const ACCESS: &str = crate::telemetry::access::TARGET;
 
 // A function returning an `async move` block, not an `async fn`: an
 // `async fn` keeps each argument twice (as passed, and rebound), and this
@@ -379,14 +380,17 @@ where
         let (method, started) = (access.method, access.started);
         body = body.on_end(move |bytes| {
             let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
-            tracing::info!(
-                target: ACCESS,
-                %method, path = %path.path(), status, upstream = %Upstream(&upstream),
-                latency_ms = started.elapsed().as_millis() as u64,
-                bytes, twilio_request_id = %request_id.unwrap_or(""),
-                repair_outcome = outcome.unwrap_or(""),
-                "request"
-            );
+            crate::telemetry::access::write(&AccessLine {
+                method: method.as_str(),
+                path: path.path(),
+                status,
+                upstream_scheme: upstream.scheme.as_str(),
+                upstream_authority: upstream.authority.as_str(),
+                latency_ms: started.elapsed().as_millis() as u64,
+                bytes,
+                twilio_request_id: request_id.unwrap_or(""),
+                repair_outcome: outcome.unwrap_or(""),
+            });
         });
     }
     Response::from_parts(parts, Body::new(body))

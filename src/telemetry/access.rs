@@ -1,0 +1,335 @@
+//! The access log line, written straight to the log output.
+//!
+//! One line per answered request is the one log event on the pass-through
+//! path, and going through `tracing`'s formatter costs about a microsecond
+//! a line (a field visitor per field, `core::fmt` for every value, the
+//! timestamp). Once [`super::init`] has installed the output, [`write`]
+//! formats the line itself into a per-thread buffer, with the bytes
+//! `tracing-subscriber` would have written (pretty or JSON, see the test
+//! that compares the two), and appends it to the same [`BatchWriter`], so
+//! lines stay whole and in order with every other event. Before that (the
+//! in-process tests), or for another output, it is a `tracing` event.
+//!
+//! Whether the line is wanted at all is still `tracing`'s decision: the
+//! caller checks `tracing::enabled!` for [`TARGET`] at `INFO`, so
+//! `TRP_LOG_LEVEL` and `RUST_LOG` directives apply to it as to any event.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::BatchWriter;
+use crate::config::LogFormat;
+
+/// The access log's `tracing` target.
+pub const TARGET: &str = "twilio_repair_proxy::access";
+
+/// What the access log records of one answered request. Never a header
+/// value other than `Twilio-Request-Id`, never the query string or a body.
+pub struct AccessLine<'a> {
+    pub method: &'a str,
+    /// The path, without the query string.
+    pub path: &'a str,
+    pub status: u16,
+    pub upstream_scheme: &'a str,
+    pub upstream_authority: &'a str,
+    pub latency_ms: u64,
+    pub bytes: u64,
+    pub twilio_request_id: &'a str,
+    pub repair_outcome: &'a str,
+}
+
+struct Output {
+    writer: BatchWriter,
+    format: LogFormat,
+}
+
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// Write access lines to `writer` in `format` from now on (by
+/// [`super::init`], once).
+pub(super) fn install(writer: BatchWriter, format: LogFormat) {
+    let _ = OUTPUT.set(Output { writer, format });
+}
+
+thread_local! {
+    /// The line being formatted: its capacity is kept between lines.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+/// Log one access line.
+pub fn write(line: &AccessLine<'_>) {
+    let Some(out) = OUTPUT.get() else {
+        return as_event(line);
+    };
+    LINE.with(|buf| {
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            return as_event(line);
+        };
+        buf.clear();
+        format(&mut buf, line, out.format, SystemTime::now());
+        // The writer never fails short of stderr failing: nowhere to report.
+        let _ = out.writer.append(&buf);
+    });
+}
+
+/// The line as a `tracing` event (no output installed).
+fn as_event(line: &AccessLine<'_>) {
+    tracing::info!(
+        target: TARGET,
+        method = %line.method,
+        path = %line.path,
+        status = line.status,
+        upstream = %format_args!("{}://{}", line.upstream_scheme, line.upstream_authority),
+        latency_ms = line.latency_ms,
+        bytes = line.bytes,
+        twilio_request_id = %line.twilio_request_id,
+        repair_outcome = line.repair_outcome,
+        "request"
+    );
+}
+
+/// The bytes `tracing-subscriber` writes for the event of [`as_event`]
+/// (ANSI off), stamped `now`.
+fn format(buf: &mut Vec<u8>, l: &AccessLine<'_>, format: LogFormat, now: SystemTime) {
+    let mut n = itoa::Buffer::new();
+    match format {
+        LogFormat::Pretty => {
+            timestamp(buf, now);
+            buf.extend_from_slice(b"  INFO ");
+            buf.extend_from_slice(TARGET.as_bytes());
+            buf.extend_from_slice(b": request method=");
+            buf.extend_from_slice(l.method.as_bytes());
+            buf.extend_from_slice(b" path=");
+            buf.extend_from_slice(l.path.as_bytes());
+            buf.extend_from_slice(b" status=");
+            buf.extend_from_slice(n.format(l.status).as_bytes());
+            buf.extend_from_slice(b" upstream=");
+            buf.extend_from_slice(l.upstream_scheme.as_bytes());
+            buf.extend_from_slice(b"://");
+            buf.extend_from_slice(l.upstream_authority.as_bytes());
+            buf.extend_from_slice(b" latency_ms=");
+            buf.extend_from_slice(n.format(l.latency_ms).as_bytes());
+            buf.extend_from_slice(b" bytes=");
+            buf.extend_from_slice(n.format(l.bytes).as_bytes());
+            buf.extend_from_slice(b" twilio_request_id=");
+            buf.extend_from_slice(l.twilio_request_id.as_bytes());
+            buf.extend_from_slice(b" repair_outcome=");
+            // A `&str` field is written with `Debug`: quoted, escaped.
+            let _ = write!(buf, "{:?}", l.repair_outcome);
+            buf.push(b'\n');
+        }
+        LogFormat::Json => {
+            buf.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(buf, now);
+            buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+            json_str(buf, l.method);
+            buf.extend_from_slice(b",\"path\":");
+            json_str(buf, l.path);
+            buf.extend_from_slice(b",\"status\":");
+            buf.extend_from_slice(n.format(l.status).as_bytes());
+            buf.extend_from_slice(b",\"upstream\":\"");
+            // Scheme and authority are URI characters: nothing to escape
+            // but what `json_str` would, checked by the parser that made
+            // them (no `"`, `\` or control character).
+            buf.extend_from_slice(l.upstream_scheme.as_bytes());
+            buf.extend_from_slice(b"://");
+            buf.extend_from_slice(l.upstream_authority.as_bytes());
+            buf.extend_from_slice(b"\",\"latency_ms\":");
+            buf.extend_from_slice(n.format(l.latency_ms).as_bytes());
+            buf.extend_from_slice(b",\"bytes\":");
+            buf.extend_from_slice(n.format(l.bytes).as_bytes());
+            buf.extend_from_slice(b",\"twilio_request_id\":");
+            json_str(buf, l.twilio_request_id);
+            buf.extend_from_slice(b",\"repair_outcome\":");
+            json_str(buf, l.repair_outcome);
+            buf.extend_from_slice(b",\"target\":\"");
+            buf.extend_from_slice(TARGET.as_bytes());
+            buf.extend_from_slice(b"\"}\n");
+        }
+    }
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// `now` as `tracing-subscriber` prints it: RFC 3339, UTC, microseconds
+/// (`2026-11-27T08:46:54.060692Z`).
+fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    let two = |buf: &mut Vec<u8>, v: u64| {
+        buf.push(b'0' + (v / 10) as u8);
+        buf.push(b'0' + (v % 10) as u8);
+    };
+    let mut y = itoa::Buffer::new();
+    buf.extend_from_slice(y.format(year).as_bytes());
+    buf.push(b'-');
+    two(buf, month);
+    buf.push(b'-');
+    two(buf, day);
+    buf.push(b'T');
+    two(buf, rem / 3600);
+    buf.push(b':');
+    two(buf, rem / 60 % 60);
+    buf.push(b':');
+    two(buf, rem % 60);
+    buf.push(b'.');
+    let micros = since.subsec_micros();
+    for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+        buf.push(b'0' + (micros / div % 10) as u8);
+    }
+    buf.push(b'Z');
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u64, u64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// What `tracing-subscriber`, set up as [`super::super::init`] sets it
+    /// up (ANSI off), writes for [`as_event`].
+    fn by_tracing(line: &AccessLine<'_>, format: LogFormat) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone());
+        match format {
+            LogFormat::Json => tracing::subscriber::with_default(
+                builder.json().flatten_event(true).finish(),
+                || as_event(line),
+            ),
+            LogFormat::Pretty => {
+                tracing::subscriber::with_default(builder.finish(), || as_event(line))
+            }
+        }
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn ours(line: &AccessLine<'_>, format: LogFormat, now: SystemTime) -> String {
+        let mut buf = Vec::new();
+        super::format(&mut buf, line, format, now);
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// The line without its timestamp (the two are made at different
+    /// instants), which is checked on its own.
+    fn untimed(s: &str) -> String {
+        let re = regex::Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z").unwrap();
+        assert!(re.is_match(s), "no timestamp in {s}");
+        re.replace(s, "TS").into_owned()
+    }
+
+    #[test]
+    fn the_line_is_the_one_tracing_would_write_in_both_formats() {
+        let lines = [
+            AccessLine {
+                method: "GET",
+                path: "/v1/Services",
+                status: 200,
+                upstream_scheme: "https",
+                upstream_authority: "conversations.twilio.com",
+                latency_ms: 12,
+                bytes: 470,
+                twilio_request_id: "RQ0123456789abcdef0123456789abcdef",
+                repair_outcome: "",
+            },
+            AccessLine {
+                method: "POST",
+                path: "/v1/Conversations/CH00/Participants",
+                status: 201,
+                upstream_scheme: "http",
+                upstream_authority: "127.0.0.1:19001",
+                latency_ms: 0,
+                bytes: 0,
+                twilio_request_id: "",
+                repair_outcome: "repaired",
+            },
+            AccessLine {
+                // Characters JSON and `Debug` escape.
+                method: "PATCH",
+                path: "/v1/a\\b\"c\u{1}d",
+                status: 404,
+                upstream_scheme: "https",
+                upstream_authority: "[::1]:8443",
+                latency_ms: u64::MAX,
+                bytes: 18_446_744_073_709_551_615,
+                twilio_request_id: "RQ\"x\\",
+                repair_outcome: "a\"b\n",
+            },
+        ];
+        for line in &lines {
+            for format in [LogFormat::Pretty, LogFormat::Json] {
+                let theirs = by_tracing(line, format);
+                let mine = ours(line, format, SystemTime::now());
+                assert_eq!(untimed(&mine), untimed(&theirs), "{format:?}");
+                if format == LogFormat::Json {
+                    let v: serde_json::Value = serde_json::from_str(&mine).unwrap();
+                    assert_eq!(v["path"], line.path);
+                    assert_eq!(v["repair_outcome"], line.repair_outcome);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_timestamp_is_rfc3339_utc_with_microseconds() {
+        let at = |secs: u64, micros: u32| {
+            let mut buf = Vec::new();
+            timestamp(
+                &mut buf,
+                UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into()),
+            );
+            String::from_utf8(buf).unwrap()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_795_682_814, 60_692), "2026-11-26T08:46:54.060692Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        // Against the `time` crate, over many days.
+        for day in (0..80_000u64).step_by(37) {
+            let secs = day * 86_400 + 3_723;
+            let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+            let want = format!(
+                "{:04}-{:02}-{:02}T01:02:03.000000Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day()
+            );
+            assert_eq!(at(secs, 0), want);
+        }
+    }
+}
