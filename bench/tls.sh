@@ -10,8 +10,12 @@
 #       shell and serverless apps do), so a direct client pays the TCP and
 #       TLS handshake every time
 #
+# nginx in the same place (plain HTTP in, `proxy_pass https://` with a
+# keep-alive upstream pool and the test CA as trusted certificate) is run
+# the same way, as the reference for what any proxy adds on this machine.
+#
 # curl's own `time_total` of every request is the sample (the process start
-# is not in it). Prints p50/p90/p99 and the proxy's added latency.
+# is not in it). Prints p50/p90/p99 and what the proxy and nginx add.
 #
 # Environment knobs (all optional):
 #   N_KEEPALIVE=400   requests per keep-alive run
@@ -21,7 +25,8 @@
 #   PROXY_LOG=on      on: the proxy's shipped logging defaults (info) to a
 #                     file; off: TRP_LOG_LEVEL=warn
 #   TRP_BIN=...       proxy binary (default target/release/twilio-repair-proxy)
-#   BASE_PORT=18280   BASE+1 TLS upstream, BASE+3 proxy, BASE+13 proxy admin
+#   BASE_PORT=18280   BASE+1 TLS upstream, BASE+2 nginx, BASE+3 proxy,
+#                     BASE+13 proxy admin
 #   OUT_DIR=bench/out results in OUT_DIR/tls.md
 set -euo pipefail
 
@@ -38,6 +43,7 @@ TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
 UP_PORT=$((BASE_PORT + 1))
 TRP_PORT=$((BASE_PORT + 3))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
+NGX_PORT=$((BASE_PORT + 2))
 
 REQ_PATH="/v1/Services/ISaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Conversations/CHaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Participants/MBaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 AUTH="Basic $(printf '%s' 'ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:not-a-real-auth-token' | base64 -w0)"
@@ -51,6 +57,7 @@ need_pkgs=()
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   as_root apt-get update -q >/dev/null
@@ -71,7 +78,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 mkdir -p "$OUT_DIR"
-for port in "$UP_PORT" "$TRP_PORT" "$TRP_ADMIN_PORT"; do
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+for port in "$UP_PORT" "$NGX_PORT" "$TRP_PORT" "$TRP_ADMIN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then die "port $port is in use (set BASE_PORT)"; fi
 done
 
@@ -122,14 +130,52 @@ TRP_PID=$!
 PIDS+=($TRP_PID)
 wait_ready "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" >&2; die "proxy not ready"; }
 
+ngx_log="access_log off;"
+[ "$PROXY_LOG" = off ] || ngx_log="access_log $TMP/nginx/access.log;"
+log "starting nginx on 127.0.0.1:$NGX_PORT (proxy_pass https, keep-alive upstream, test CA trusted, $ngx_log)"
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<NGX
+worker_processes auto;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  $ngx_log
+  client_body_temp_path $TMP/nginx/body;
+  proxy_temp_path $TMP/nginx/proxy;
+  fastcgi_temp_path $TMP/nginx/fastcgi;
+  uwsgi_temp_path $TMP/nginx/uwsgi;
+  scgi_temp_path $TMP/nginx/scgi;
+  upstream tls_up { server 127.0.0.1:$UP_PORT; keepalive 16; }
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / {
+      proxy_pass https://tls_up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_trusted_certificate $TMP/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGX
+"$NGINX" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" >"$TMP/nginx/stdout.log" 2>&1 &
+PIDS+=($!)
+
 DIRECT_URL="https://127.0.0.1:$UP_PORT$REQ_PATH"
 PROXY_URL="http://127.0.0.1:$TRP_PORT$REQ_PATH"
-for url in "$DIRECT_URL" "$PROXY_URL"; do
+NGINX_URL="http://127.0.0.1:$NGX_PORT$REQ_PATH"
+wait_ready "$NGINX_URL" 100 -H "Authorization: $AUTH" || { cat "$TMP/nginx/error.log" >&2; die "nginx did not start"; }
+for url in "$DIRECT_URL" "$PROXY_URL" "$NGINX_URL"; do
   curl -fsS --cacert "$TMP/ca.pem" -H "Authorization: $AUTH" -o "$TMP/check.json" "$url" ||
     { tail -5 "$TMP/trp/stderr.log" >&2; die "$url failed"; }
   cmp -s "$BODY_FILE" "$TMP/check.json" || die "$url returned a different body"
 done
-log "both paths return the participant body"
+log "all three paths return the participant body"
 
 # ---------------------------------------------------------------- runs
 busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|ld.lld|cargo|clang' 2>/dev/null || true; }
@@ -158,8 +204,12 @@ newconn_run() { # url out
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
-  for target in direct proxy; do
-    url="$DIRECT_URL"; [ "$target" = proxy ] && url="$PROXY_URL"
+  for target in direct proxy nginx; do
+    case "$target" in
+      direct) url="$DIRECT_URL" ;;
+      proxy) url="$PROXY_URL" ;;
+      nginx) url="$NGINX_URL" ;;
+    esac
     log "round $r/$ROUNDS: keep-alive $target ($N_KEEPALIVE requests)"
     keepalive_run "$url" "$TMP/keepalive-$target.txt"
     log "round $r/$ROUNDS: new connection per request $target ($N_NEWCONN requests)"
@@ -188,29 +238,31 @@ diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r)"
   echo "- proxy: \`$TRP_BIN\` ($("$TRP_BIN" --version 2>/dev/null || echo '?')), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), logs $PROXY_LOG"
   echo "- upstream: bench/tls_upstream.py (Python asyncio + ssl, TLS 1.3, ALPN http/1.1) on 127.0.0.1, certificate from a test CA, $THINK_MS ms think time per answer"
-  echo "- client: $(curl --version | head -1 | cut -d' ' -f1-2 ), time_total per request; direct = HTTPS to the upstream (test CA via --cacert), proxy = HTTP to the proxy, whose pooled TLS connection (upstream_ca_file = the test CA) goes upstream"
+  echo "- client: $(curl --version | head -1 | cut -d' ' -f1-2 ), time_total per request; direct = HTTPS to the upstream (test CA via --cacert), proxy = HTTP to the proxy, whose pooled TLS connection (upstream_ca_file = the test CA) goes upstream, nginx = HTTP to nginx, whose keep-alive TLS upstream connection (proxy_ssl_trusted_certificate = the test CA, verified) goes upstream"
   echo "- (a) keep-alive: $ROUNDS x $N_KEEPALIVE requests on one connection per target; (b) new connection per request: $ROUNDS x $N_NEWCONN curl processes per target"
   echo "- machine load: loadavg before $LOAD_BEFORE, after $LOAD_AFTER; compiler processes seen: up to ${BUSY_MAX:-0}"
   echo
   echo "| client | path | n | p50 ms | p90 ms | p99 ms | mean ms |"
   echo "|---|---|---:|---:|---:|---:|---:|"
   for mode in keepalive newconn; do
-    for target in direct proxy; do
+    for target in direct proxy nginx; do
       read -r n p50 p90 p99 mean <<<"$(stats "$TMP/$mode-$target.txt")"
       printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$target" "$n" "$p50" "$p90" "$p99" "$mean"
       eval "${mode}_${target}=\"\$p50 \$p99 \$mean\""
     done
   done
   echo
-  echo "| client | added by the proxy at p50 | at p99 | mean |"
-  echo "|---|---:|---:|---:|"
+  echo "| client | added by | at p50 | at p99 | mean |"
+  echo "|---|---|---:|---:|---:|"
   for mode in keepalive newconn; do
     eval "read -r dp50 dp99 dmean <<<\"\$${mode}_direct\""
-    eval "read -r pp50 pp99 pmean <<<\"\$${mode}_proxy\""
-    echo "| $mode | $(diff_ms "$pp50" "$dp50") ms | $(diff_ms "$pp99" "$dp99") ms | $(diff_ms "$pmean" "$dmean") ms |"
+    for target in proxy nginx; do
+      eval "read -r pp50 pp99 pmean <<<\"\$${mode}_${target}\""
+      echo "| $mode | $target | $(diff_ms "$pp50" "$dp50") ms | $(diff_ms "$pp99" "$dp99") ms | $(diff_ms "$pmean" "$dmean") ms |"
+    done
   done
   echo
-  echo "(negative: the proxy path is faster, e.g. no TLS handshake per request)"
+  echo "(negative: that path is faster than direct, e.g. no TLS handshake per request)"
 } >"$OUT_DIR/tls.md"
 cat "$OUT_DIR/tls.md"
 log "results written to $OUT_DIR/tls.md"

@@ -12,13 +12,15 @@
 //!
 //! Output goes through a [`BatchWriter`]: each event's formatted line is
 //! appended to one shared buffer (a copy under a short lock), and a
-//! dedicated thread writes whatever has accumulated to stderr at most
-//! [`LOG_FLUSH_INTERVAL`] after the first line of a batch arrived. At tens
-//! of thousands of requests per second that is one `write` and one thread
-//! wake-up per batch instead of per access-log line, which is what the line
-//! used to cost (a channel message, a wake-up and a `write` each). Nothing
-//! is dropped: when [`LOG_BUFFER_BYTES`] are waiting, logging waits for the
-//! writer. Lines are whole and in order within the buffer.
+//! dedicated thread writes whatever has accumulated to stderr every
+//! [`LOG_FLUSH_INTERVAL`]. At tens of thousands of requests per second that
+//! is one `write` per interval instead of one per access-log line, which is
+//! what the line used to cost (a channel message, a wake-up and a `write`
+//! each). A request never wakes the thread while lines keep coming: only
+//! after a second without a line does the thread stop ticking and wait to
+//! be woken by the next one. Nothing is dropped: when [`LOG_BUFFER_BYTES`]
+//! are waiting, logging waits for the writer. Lines are whole and in order
+//! within the buffer.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -69,7 +71,16 @@ struct State {
     buf: Vec<u8>,
     /// The writer thread has stopped: write straight to stderr.
     closed: bool,
+    /// The writer thread waits for a wake-up (it has been quiet for
+    /// [`QUIET_TICKS`] intervals); otherwise it looks every interval.
+    asleep: bool,
 }
+
+/// Intervals without a line after which the writer thread stops looking
+/// every [`LOG_FLUSH_INTERVAL`] and waits to be woken: while lines keep
+/// coming (one a second is enough) no request wakes the thread, and an idle
+/// proxy's writer does not tick.
+const QUIET_TICKS: u32 = 100;
 
 struct Shared {
     state: Mutex<State>,
@@ -85,6 +96,7 @@ impl Shared {
             state: Mutex::new(State {
                 buf: Vec::new(),
                 closed: false,
+                asleep: false,
             }),
             data: Condvar::new(),
             space: Condvar::new(),
@@ -136,32 +148,43 @@ impl BatchWriter {
             drop(st);
             return std::io::stderr().lock().write_all(line);
         }
-        let was_empty = st.buf.is_empty();
+        let wake = st.asleep && st.buf.is_empty();
         st.buf.extend_from_slice(line);
         drop(st);
-        if was_empty {
-            // One wake-up per batch: the writer lingers for the rest.
+        if wake {
+            // The writer stopped ticking: one wake-up, and it lingers for
+            // the rest of the batch.
             shared.data.notify_one();
         }
         Ok(())
     }
 }
 
-/// The writer thread: wait for a first line, linger [`LOG_FLUSH_INTERVAL`]
-/// for more, write the batch, repeat; on close, write what is left.
+/// The writer thread: every [`LOG_FLUSH_INTERVAL`], write what has
+/// accumulated. After [`QUIET_TICKS`] intervals without a line it waits to
+/// be woken by the next one instead, and then lingers an interval for more
+/// before writing. On close, it writes what is left.
 fn write_batches(shared: &Shared, out: &mut impl Write) {
     let mut batch: Vec<u8> = Vec::new();
+    let mut quiet = 0u32;
     loop {
         let mut st = shared.lock();
-        while st.buf.is_empty() && !st.closed {
-            st = shared.data.wait(st).unwrap_or_else(|e| e.into_inner());
+        if st.buf.is_empty() && !st.closed && quiet >= QUIET_TICKS {
+            st.asleep = true;
+            while st.buf.is_empty() && !st.closed {
+                st = shared.data.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.asleep = false;
         }
         if !st.closed && st.buf.len() < LOG_BUFFER_BYTES / 2 {
+            // One interval: the tick, or the linger after a wake-up (a
+            // full buffer cuts it short).
             st = shared
                 .data
                 .wait_timeout(st, LOG_FLUSH_INTERVAL)
                 .map_or_else(|e| e.into_inner().0, |(st, _)| st);
         }
+        quiet = if st.buf.is_empty() { quiet + 1 } else { 0 };
         std::mem::swap(&mut st.buf, &mut batch);
         let closing = st.closed;
         drop(st);
@@ -228,6 +251,47 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Waits (a generous bound on "it happened") until `cond` holds.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_line_is_written_both_while_the_writer_ticks_and_after_it_fell_asleep() {
+        let shared = Shared::new();
+        let sink = Sink::default();
+        let (worker, mut out) = (shared.clone(), sink.clone());
+        let thread = std::thread::spawn(move || write_batches(&worker, &mut out));
+        let guard = LogGuard {
+            shared: shared.clone(),
+            thread: Some(thread),
+        };
+        let writer = BatchWriter(shared.clone());
+        let written = |line: &str| String::from_utf8_lossy(&sink.0.lock().unwrap()).contains(line);
+        // Ticking: nobody wakes the writer, its next tick writes the line.
+        assert!(!shared.lock().asleep);
+        writer.make_writer().write_all(b"while ticking\n").unwrap();
+        eventually("the ticking writer wrote the line", || {
+            written("while ticking")
+        });
+        // Quiet for a while: it waits to be woken, and the next line does.
+        eventually("the writer fell asleep", || shared.lock().asleep);
+        writer
+            .make_writer()
+            .write_all(b"after a quiet second\n")
+            .unwrap();
+        eventually("the woken writer wrote the line", || {
+            written("after a quiet second")
+        });
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "while ticking\nafter a quiet second\n");
     }
 
     #[test]
