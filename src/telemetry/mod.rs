@@ -254,6 +254,10 @@ mod tests {
     }
 
     /// Waits (a generous bound on "it happened") until `cond` holds.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a plain #[test] thread, no runtime: it polls the writer thread"
+    )]
     fn eventually(what: &str, cond: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !cond() {
