@@ -142,6 +142,7 @@ impl App {
             shutdown_grace: config.limits.shutdown_grace(),
             max_request_head_bytes: config.limits.max_request_head_bytes,
             idle_park: config.limits.idle_park(),
+            park_at_once_above_connections: config.limits.park_at_once_above_connections,
         };
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_svc = admin::router(admin.clone());

@@ -25,6 +25,7 @@ pub const RANGES: &[(&str, i64, i64)] = &[
     ("limits.header_read_timeout_ms", 1, 600_000),
     ("limits.keepalive_timeout_ms", 1, 86_400_000),
     ("limits.idle_park_ms", 0, 86_400_000),
+    ("limits.park_at_once_above_connections", 0, 1_000_000),
     ("limits.http2_keepalive_interval_ms", 1, 86_400_000),
     ("limits.http2_keepalive_timeout_ms", 1, 86_400_000),
     ("admin.max_connections", 1, 1_000_000),

@@ -169,6 +169,7 @@ pub struct Limits {
     pub max_request_head_bytes: usize,
     pub keepalive_timeout_ms: u64,
     pub idle_park_ms: u64,
+    pub park_at_once_above_connections: usize,
     pub http2_keepalive_interval_ms: u64,
     pub http2_keepalive_timeout_ms: u64,
 }

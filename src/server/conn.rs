@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use super::ConnService;
 use super::ServeOptions;
-use super::park::{Parker, parkable};
+use super::park::{Crowd, Parker, parkable};
 use super::slots::Conn;
 use super::watchdog::{Activity, ConnBody, RequestGuard, Watchdog, Watched};
 
@@ -86,7 +86,14 @@ where
     let mut life = Life {
         activity: activity.clone(),
         dog: Watchdog::new(&p.opts, Instant::now()),
-        parker: Parker::new(p.opts.idle_park),
+        parker: Parker::new(
+            p.opts.idle_park,
+            Crowd::new(
+                permit.semaphore().clone(),
+                p.opts.max_connections,
+                p.opts.park_at_once_above_connections,
+            ),
+        ),
         pressure: c.pressure,
         listening: true,
         shutdown,

@@ -141,6 +141,10 @@ pub struct ServeOptions {
     /// state is dropped and its bare socket parked (zero: as soon as the
     /// response is sent).
     pub idle_park: Duration,
+    /// While more client connections than this are open, an idle HTTP/1
+    /// connection is parked as soon as it is idle (0: never, `idle_park`
+    /// only).
+    pub park_at_once_above_connections: usize,
 }
 
 impl Default for ServeOptions {
@@ -154,6 +158,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(30),
             max_request_head_bytes: 64 * 1024,
             idle_park: Duration::from_secs(1),
+            park_at_once_above_connections: 1000,
         }
     }
 }
