@@ -1,9 +1,9 @@
 //! Forwarding: one request to one upstream origin, streamed both ways.
 //!
-//! The upstream client is hyper's pooled client over rustls (webpki and
-//! system roots plus the `upstream_ca_file` certificates, see
-//! [`UpstreamTls`]; certificate and host name checks always on; HTTP/2 or
-//! HTTP/1.1 by ALPN). The request line's path and query are forwarded byte
+//! The upstream client is the worker's own connection pool
+//! ([`crate::pool`]) over rustls (webpki and system roots plus the
+//! `upstream_ca_file` certificates, see [`UpstreamTls`]; certificate and
+//! host name checks always on; HTTP/2 or HTTP/1.1 by ALPN). The request line's path and query are forwarded byte
 //! for byte, end-to-end headers in their order, and bodies as frames (never
 //! buffered whole). Failures become [`ForwardError`]s that the proxy turns
 //! into Twilio-shaped answers: 502/504 when the upstream failed, 400/408
