@@ -3,7 +3,7 @@
 //! One line per answered request is the one log event on the pass-through
 //! path, and going through `tracing`'s formatter costs about a microsecond
 //! a line (a field visitor per field, `core::fmt` for every value, the
-//! timestamp). Once [`super::init`] has installed the output, [`write`]
+//! timestamp). Once [`super::init`] has installed the output, [`write()`]
 //! formats the line itself into a per-thread buffer, with the bytes
 //! `tracing-subscriber` would have written (pretty or JSON, see the test
 //! that compares the two), and appends it to the same [`BatchWriter`], so
