@@ -89,6 +89,11 @@ impl ClientError {
     }
 }
 
+/// Largest read buffer of an upstream HTTP/1.1 connection (hyper's
+/// default is ~400 KiB), so the largest frame of an answer's body, and the
+/// largest response head accepted (Twilio's are under 2 KiB).
+pub const UPSTREAM_READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The pool bounds, from `limits`.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolBounds {
@@ -327,6 +332,11 @@ impl UpstreamClient {
                 // One contiguous write per request, as the server side
                 // (see `crate::server`).
                 .writev(false)
+                // Reads, and so the frames of an answer's body, of at most
+                // this much: the server side copies each frame into its
+                // client connection's write buffer (flattened writes), whose
+                // capacity a keep-alive connection keeps.
+                .max_buf_size(UPSTREAM_READ_BUFFER_BYTES)
                 .handshake(io)
                 .await
                 .map_err(|e| ClientError::Connect(e.into()))?;

@@ -2,12 +2,14 @@
 //! access logging, and the tower middleware stack, assembled in
 //! [`service`] and nowhere else.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Either};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -445,7 +447,7 @@ async fn rewrite_links(
         }
     };
     let Some(plain) = crate::body::decode_body(encoding.as_ref(), &raw) else {
-        return Response::from_parts(parts, Body::from(raw));
+        return Response::from_parts(parts, in_frames(raw));
     };
     match crate::rewrite::rewrite_json(&plain, answered_by, public, routes) {
         Some(new) => {
@@ -454,16 +456,66 @@ async fn rewrite_links(
             if let Ok(v) = HeaderValue::from_str(&new.len().to_string()) {
                 parts.headers.insert(http::header::CONTENT_LENGTH, v);
             }
-            Response::from_parts(parts, Body::from(new))
+            Response::from_parts(parts, in_frames(new))
         }
-        None => Response::from_parts(parts, Body::from(raw)),
+        None => Response::from_parts(parts, in_frames(raw)),
     }
+}
+
+/// Largest frame of a body the proxy buffered (a rewritten answer): HTTP/1
+/// writes are flattened (`writev` off, see `crate::server`), so hyper
+/// copies each frame into the connection's write buffer, whose capacity a
+/// keep-alive connection keeps; frames of this size keep that buffer near
+/// `limits.max_request_head_bytes` instead of growing it to a whole body.
+const BUFFERED_FRAME_BYTES: usize = 16 * 1024;
+
+/// `bytes` as a body of frames of at most [`BUFFERED_FRAME_BYTES`] (slices
+/// of the same buffer, no copy).
+fn in_frames(bytes: Bytes) -> Body {
+    if bytes.len() <= BUFFERED_FRAME_BYTES {
+        return Body::from(bytes);
+    }
+    let frames = (0..bytes.len())
+        .step_by(BUFFERED_FRAME_BYTES)
+        .map(move |at| {
+            let end = (at + BUFFERED_FRAME_BYTES).min(bytes.len());
+            Ok::<_, Infallible>(http_body::Frame::data(bytes.slice(at..end)))
+        });
+    Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_buffered_body_is_sent_in_bounded_frames_whole_and_in_order() {
+        let whole: Vec<u8> = (0..(3 * BUFFERED_FRAME_BYTES + 123))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut body = in_frames(Bytes::from(whole.clone()));
+        assert_eq!(
+            http_body::Body::size_hint(&body).exact(),
+            None,
+            "streamed: the answer keeps its own Content-Length header"
+        );
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.len() <= BUFFERED_FRAME_BYTES);
+            got.extend_from_slice(&data);
+            frames += 1;
+        }
+        assert_eq!(frames, 4);
+        assert_eq!(got, whole);
+        // A small body stays one frame.
+        let small = in_frames(Bytes::from_static(b"{}"));
+        assert_eq!(small.collect().await.unwrap().to_bytes(), "{}");
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_answers_a_twilio_shaped_500_without_its_message() {

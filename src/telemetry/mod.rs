@@ -55,7 +55,11 @@ pub fn init(log: &LogConfig) -> LogGuard {
     // Colour only on a terminal: `docker logs` and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = BatchWriter::stderr();
-    access::install(writer.clone(), log.format);
+    if !ansi {
+        // On a terminal, access lines stay `tracing` events, coloured like
+        // the rest.
+        access::install(writer.clone(), log.format);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
