@@ -300,7 +300,11 @@ impl Connections {
             // One contiguous write per answer (head and body copied into
             // one buffer) instead of a vectored one: cheaper for the kernel
             // than a two-part `writev` for the small answers Twilio sends
-            // (about 1 µs per request in bench/run.sh).
+            // (about 1 µs per request in bench/run.sh). The buffer takes
+            // whole frames and keeps its capacity while the connection
+            // lives, so the proxy's frames are bounded: upstream reads by
+            // `pool::UPSTREAM_READ_BUFFER_BYTES`, buffered answers by the
+            // proxy's `BUFFERED_FRAME_BYTES`.
             .writev(false)
             // hyper's minimum buffer is 8 KiB.
             .max_buf_size(opts.max_request_head_bytes.max(8192))
