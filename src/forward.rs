@@ -192,17 +192,7 @@ pub fn build_client_with(limits: &Limits, tls: &UpstreamTls) -> UpstreamClient {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(crate::egress::EgressConnector::from_env(http));
-    UpstreamClient::new(
-        https,
-        crate::pool::PoolBounds {
-            idle_timeout: limits.pool_idle_timeout(),
-            max_idle_per_host: limits.pool_max_idle_per_host,
-        },
-    )
-    .with_h2_keepalive(crate::pool::H2Keepalive {
-        interval: limits.http2_keepalive_interval(),
-        timeout: limits.http2_keepalive_timeout(),
-    })
+    UpstreamClient::new(https, crate::pool::PoolBounds::from_limits(limits))
 }
 
 /// Sends requests upstream and accounts for them.

@@ -24,7 +24,7 @@
 //!   than wait on another client's upload.
 //! - **HTTP/2 connections** (when ALPN picks `h2`) are shared: one per
 //!   origin, taken by every request until it closes. They are pinged
-//!   ([`H2Keepalive`]), so one whose peer went silent (a dead path, a
+//!   (`limits.http2_keepalive_*`), so one whose peer went silent (a dead path, a
 //!   middlebox that dropped it) is closed and replaced within the ping
 //!   timeout rather than holding every later request until its deadline.
 //!   With `pool_max_idle_per_host = 0` nothing is pooled, HTTP/2 included.
@@ -103,26 +103,24 @@ pub struct PoolBounds {
     /// `limits.pool_max_idle_per_host`: idle HTTP/1.1 connections kept per
     /// origin; 0: nothing is pooled, HTTP/2 connections included.
     pub max_idle_per_host: usize,
+    /// `limits.http2_keepalive_interval_ms`: an HTTP/2 connection is
+    /// pinged this often, also while no request is open.
+    pub h2_ping_interval: Duration,
+    /// `limits.http2_keepalive_timeout_ms`: an HTTP/2 connection whose peer
+    /// does not answer a ping within this is closed, and replaced.
+    pub h2_ping_timeout: Duration,
 }
 
-/// HTTP/2 keep-alive of upstream connections: a PING every `interval`
-/// (also while no request is open), and a connection whose peer does not
-/// answer one within `timeout` is closed, so the pool replaces it.
-#[derive(Debug, Clone, Copy)]
-pub struct H2Keepalive {
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-impl H2Keepalive {
-    /// The defaults of the client side's `limits.http2_keepalive_interval_ms`
-    /// and `limits.http2_keepalive_timeout_ms` (30 s, 20 s): a dead
-    /// connection is replaced within 50 s, at the cost of one PING frame
-    /// per connection every 30 s.
-    pub const DEFAULT: H2Keepalive = H2Keepalive {
-        interval: Duration::from_secs(30),
-        timeout: Duration::from_secs(20),
-    };
+impl PoolBounds {
+    /// The bounds `limits` sets.
+    pub fn from_limits(limits: &crate::config::Limits) -> PoolBounds {
+        PoolBounds {
+            idle_timeout: limits.pool_idle_timeout(),
+            max_idle_per_host: limits.pool_max_idle_per_host,
+            h2_ping_interval: limits.http2_keepalive_interval(),
+            h2_ping_timeout: limits.http2_keepalive_timeout(),
+        }
+    }
 }
 
 /// A pooled upstream client; cheap to clone (clones share the pool).
@@ -134,7 +132,6 @@ pub struct UpstreamClient {
 struct Pool {
     connector: Connector,
     bounds: PoolBounds,
-    h2_keepalive: H2Keepalive,
     origins: Mutex<Vec<OriginConns>>,
     /// Whether the sweeping task has been started.
     sweeping: AtomicBool,
@@ -186,29 +183,12 @@ enum Sender {
 }
 
 impl UpstreamClient {
-    /// A pool connecting with `connector`, pinging HTTP/2 connections as
-    /// [`H2Keepalive::DEFAULT`] says (the proxy sets `limits.http2_keepalive_*`
-    /// with [`UpstreamClient::with_h2_keepalive`]).
+    /// A pool connecting with `connector`, within `bounds`.
     pub fn new(connector: Connector, bounds: PoolBounds) -> UpstreamClient {
         UpstreamClient {
             pool: Arc::new(Pool {
                 connector,
                 bounds,
-                h2_keepalive: H2Keepalive::DEFAULT,
-                origins: Mutex::new(Vec::new()),
-                sweeping: AtomicBool::new(false),
-            }),
-        }
-    }
-
-    /// A new, empty pool with this one's connector and bounds, pinging
-    /// HTTP/2 connections as `h2_keepalive` says.
-    pub fn with_h2_keepalive(&self, h2_keepalive: H2Keepalive) -> UpstreamClient {
-        UpstreamClient {
-            pool: Arc::new(Pool {
-                connector: self.pool.connector.clone(),
-                bounds: self.pool.bounds,
-                h2_keepalive,
                 origins: Mutex::new(Vec::new()),
                 sweeping: AtomicBool::new(false),
             }),
@@ -310,11 +290,11 @@ impl UpstreamClient {
             .map_err(ClientError::Connect)?;
         let h2 = io.connected().is_negotiated_h2();
         if h2 {
-            let ping = self.pool.h2_keepalive;
+            let bounds = &self.pool.bounds;
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .keep_alive_interval(ping.interval)
-                .keep_alive_timeout(ping.timeout)
+                .keep_alive_interval(bounds.h2_ping_interval)
+                .keep_alive_timeout(bounds.h2_ping_timeout)
                 .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
@@ -752,9 +732,9 @@ mod tests {
     #[tokio::test]
     async fn a_silent_http2_connection_is_replaced() {
         let up = h2_upstream().await;
-        let client = client(&up, |_| {}).with_h2_keepalive(H2Keepalive {
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(100),
+        let client = client(&up, |l| {
+            l.http2_keepalive_interval_ms = 100;
+            l.http2_keepalive_timeout_ms = 100;
         });
         assert_eq!(get(&client, &up).await.as_deref(), Ok("ok"));
         up.freeze.send_replace(true);
