@@ -12,6 +12,11 @@ pub use emulator_client::*;
 mod scene;
 pub use scene::*;
 
+mod tls;
+// Only the `it` binary makes TLS upstreams.
+#[allow(unused_imports)]
+pub use tls::*;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -9,15 +9,26 @@
 //! received, connections the proxy closed. Every proxy here runs one worker
 //! (`limits.worker_threads = 1`), so every client connection shares one
 //! pool and "a new upstream connection" means the pool chose to open one.
+//!
+//! HTTP/2, at the end of the file, is driven on the pool directly against a
+//! hyper TLS upstream signed by a test CA (`common::private_ca`): ALPN only
+//! offers `h2` over TLS.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use twilio_repair_proxy::config::Config;
+use twilio_repair_proxy::pool::UpstreamClient;
 
 use crate::common::*;
 
@@ -622,4 +633,166 @@ async fn read_answer(s: &mut TcpStream) -> String {
         assert!(n > 0, "closed before the answer: {text}");
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+// HTTP/2 through the pool, straight (no proxy in front): over TLS on
+// 127.0.0.1, since ALPN only offers `h2` over TLS.
+
+/// A TLS upstream offering `h2`: answers `ok`. `freeze` stops it serving
+/// the connections it already has (it keeps them open but reads and
+/// answers nothing, PINGs included), as a dead path looks; later ones
+/// are served.
+struct H2Upstream {
+    port: u16,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    accepts: Arc<AtomicUsize>,
+    /// Connections that ended.
+    ended: Arc<AtomicUsize>,
+    freeze: watch::Sender<bool>,
+}
+
+async fn h2_upstream() -> H2Upstream {
+    let ca = private_ca(&[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (freeze, frozen) = watch::channel(false);
+    let up = H2Upstream {
+        port: listener.local_addr().unwrap().port(),
+        ca: ca.der.clone(),
+        accepts: Arc::default(),
+        ended: Arc::default(),
+        freeze,
+    };
+    let (accepts, ended) = (up.accepts.clone(), up.ended.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            accepts.fetch_add(1, SeqCst);
+            let (acceptor, ended, mut frozen) = (acceptor.clone(), ended.clone(), frozen.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                if *frozen.borrow_and_update() {
+                    // Accepted after the freeze: served.
+                    let _ = conn.await;
+                    ended.fetch_add(1, SeqCst);
+                    return;
+                }
+                tokio::select! {
+                    _ = &mut conn => {}
+                    _ = async { frozen.wait_for(|f| *f).await.is_ok() } => {
+                        // Holds the connection, never polls it again.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                ended.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    up
+}
+
+fn client(
+    up: &H2Upstream,
+    tune: impl FnOnce(&mut twilio_repair_proxy::config::Limits),
+) -> UpstreamClient {
+    let mut limits = Config::defaults().limits;
+    tune(&mut limits);
+    let tls = twilio_repair_proxy::forward::UpstreamTls::new(vec![up.ca.clone()]);
+    twilio_repair_proxy::forward::build_client_with(&limits, &tls)
+}
+
+/// GET through `client`: the body, or why not (an answer is given 2 s).
+async fn h2_get(client: &UpstreamClient, up: &H2Upstream) -> Result<String, String> {
+    let req = Request::get(format!("https://127.0.0.1:{}/v1/x", up.port))
+        .body(Body::empty())
+        .unwrap();
+    let resp = match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
+        Err(_) => return Err("no answer within 2 s".into()),
+        Ok(Err(e)) => return Err(format!("{e:?}")),
+        Ok(Ok(r)) => r,
+    };
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_http2_connection() {
+    let up = h2_upstream().await;
+    let client = client(&up, |_| {});
+    assert_eq!(h2_get(&client, &up).await.as_deref(), Ok("ok"));
+    let answers = futures_util::future::join_all((0..10).map(|_| h2_get(&client, &up))).await;
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok("ok")),
+        "{answers:?}"
+    );
+    assert_eq!(up.accepts.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_silent_http2_connection_is_replaced() {
+    let up = h2_upstream().await;
+    let client = client(&up, |l| {
+        l.http2_keepalive_interval_ms = 100;
+        l.http2_keepalive_timeout_ms = 100;
+    });
+    assert_eq!(h2_get(&client, &up).await.as_deref(), Ok("ok"));
+    up.freeze.send_replace(true);
+    // Requests on the silent connection fail (or time out) until its
+    // unanswered PING closes it; then one goes on a new connection.
+    let until = Instant::now() + PATIENCE;
+    let mut last = h2_get(&client, &up).await;
+    while last.is_err() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = h2_get(&client, &up).await;
+    }
+    assert_eq!(
+        last.as_deref(),
+        Ok("ok"),
+        "the silent connection was never replaced"
+    );
+    assert_eq!(up.accepts.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_unused_http2_connection_is_closed_after_the_idle_timeout() {
+    let up = h2_upstream().await;
+    let client = client(&up, |l| l.pool_idle_timeout_ms = 300);
+    assert_eq!(h2_get(&client, &up).await.as_deref(), Ok("ok"));
+    let until = Instant::now() + PATIENCE;
+    while up.ended.load(SeqCst) == 0 {
+        assert!(
+            Instant::now() < until,
+            "the idle HTTP/2 connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h2_get(&client, &up).await.as_deref(), Ok("ok"));
+    assert_eq!(up.accepts.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn with_max_idle_zero_http2_is_not_pooled_either() {
+    let up = h2_upstream().await;
+    let client = client(&up, |l| l.pool_max_idle_per_host = 0);
+    for _ in 0..3 {
+        assert_eq!(h2_get(&client, &up).await.as_deref(), Ok("ok"));
+    }
+    assert_eq!(up.accepts.load(SeqCst), 3);
 }
