@@ -55,36 +55,18 @@ NGX_PORT=$((BASE_PORT + 2))
 TRP_PORT=$((BASE_PORT + 3))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
 
-# The request: a participant fetch, as a helper library sends it.
-REQ_PATH="/v1/Services/ISaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Conversations/CHaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Participants/MBaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-AUTH="Basic $(printf '%s' 'ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:not-a-real-auth-token' | base64 -w0)"
-BODY_FILE="$BENCH_DIR/participant.json"
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+LOG_TAG=bench
+# shellcheck source=bench/common.sh
+. "$BENCH_DIR/common.sh"
 
 for l in $LOGS; do case "$l" in on | off) ;; *) die "LOGS entries are 'on' or 'off', not '$l'" ;; esac; done
 for c in $CONNECTIONS; do case "$c" in '' | *[!0-9]*) die "CONNECTIONS entries are numbers, not '$c'" ;; esac; done
 
 # ---------------------------------------------------------------- tools
-need_pkgs=()
-command -v wrk >/dev/null || need_pkgs+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
-command -v curl >/dev/null || need_pkgs+=(curl)
-if [ "${#need_pkgs[@]}" -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  as_root apt-get update -q >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null
-fi
+need wrk:wrk nginx:nginx-light curl:curl
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-if [ ! -x "$TRP_BIN" ]; then
-  log "building $TRP_BIN (cargo build --release --locked)"
-  (cd "$ROOT" && cargo build --release --locked)
-fi
-[ -x "$TRP_BIN" ] || die "proxy binary $TRP_BIN not found"
+need_proxy_binary
 
 # ---------------------------------------------------------------- setup
 TMP="$(mktemp -d /tmp/trp-bench.XXXXXX)"

@@ -45,28 +45,12 @@ TRP_PORT=$((BASE_PORT + 3))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
 NGX_PORT=$((BASE_PORT + 2))
 
-REQ_PATH="/v1/Services/ISaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Conversations/CHaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Participants/MBaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-AUTH="Basic $(printf '%s' 'ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:not-a-real-auth-token' | base64 -w0)"
-BODY_FILE="$BENCH_DIR/participant.json"
+LOG_TAG=tls-bench
+# shellcheck source=bench/common.sh
+. "$BENCH_DIR/common.sh"
 
-log() { printf '[tls-bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-need_pkgs=()
-command -v curl >/dev/null || need_pkgs+=(curl)
-command -v openssl >/dev/null || need_pkgs+=(openssl)
-command -v python3 >/dev/null || need_pkgs+=(python3)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
-if [ "${#need_pkgs[@]}" -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  as_root apt-get update -q >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null
-fi
-if [ ! -x "$TRP_BIN" ]; then
-  log "building $TRP_BIN (cargo build --release --locked)"
-  (cd "$ROOT" && cargo build --release --locked)
-fi
+need curl:curl openssl:openssl python3:python3 nginx:nginx-light
+need_proxy_binary
 
 TMP="$(mktemp -d /tmp/trp-tls-bench.XXXXXX)"
 PIDS=()
