@@ -277,7 +277,7 @@ fn worker_state(
             ),
             metrics.clone(),
             repair.clone(),
-            config.public_base_url.clone(),
+            crate::rewrite::LinkBase::from_config(&config.public_base_url),
         )
         .with_shield(shield.clone()),
     )

@@ -38,7 +38,8 @@
 //! - [`pool`]: the upstream connections, one pool per worker, HTTP/1.1
 //!   and HTTP/2.
 //! - [`egress`]: `HTTPS_PROXY`/`NO_PROXY` egress through `CONNECT` tunnels.
-//! - [`rewrite`]: optional link rewriting of Twilio's absolute URLs.
+//! - [`rewrite`]: link rewriting: the link fields of Twilio's JSON answers
+//!   (found by structure, never by text search) point back at the proxy.
 //! - [`routing`]: which upstream a request goes to; SSRF refusals.
 //! - [`headers`]: hop-by-hop header hygiene.
 //! - [`server`]: the accept loop with connection bounds, idle-connection

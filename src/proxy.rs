@@ -20,6 +20,7 @@ use crate::body::{Direction, MeteredBody, SendProgress};
 use crate::forward::{ForwardError, Forwarder};
 use crate::metrics::{InFlightGuard, Metrics, RouteClass};
 use crate::repair::Repairer;
+use crate::rewrite::{LinkBase, Public};
 use crate::routing::Routes;
 use crate::server::ConnService;
 use crate::shield::Shield;
@@ -33,8 +34,8 @@ pub struct ProxyState {
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
     repair: Option<Arc<Repairer>>,
-    /// Link rewriting target (`public_base_url`), when enabled.
-    public_base_url: Option<String>,
+    /// Link rewriting (`public_base_url`).
+    links: LinkBase,
     /// The 429 shield, when any part of it is on.
     shield: Option<Arc<Shield>>,
 }
@@ -45,14 +46,14 @@ impl ProxyState {
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
         repair: Option<Arc<Repairer>>,
-        public_base_url: Option<String>,
+        links: LinkBase,
     ) -> ProxyState {
         ProxyState {
             routes,
             forwarder,
             metrics,
             repair,
-            public_base_url,
+            links,
             shield: None,
         }
     }
@@ -174,6 +175,7 @@ fn handle(
             None
         };
 
+        let public = state.links.for_request(&target, req.headers(), req.uri());
         let idle = state.forwarder.idle_timeout();
         let (parts, incoming) = req.into_parts();
         let access = Access {
@@ -181,6 +183,7 @@ fn handle(
             method,
             path,
             target: &target,
+            public,
         };
         let intercepted = state.repair.as_ref().and_then(|r| {
             r.intercepts(&parts.method, parts.uri.path())
@@ -253,6 +256,8 @@ struct Access<'a> {
     /// `Some` only when the access log is enabled (the query is never logged).
     path: Option<http::uri::PathAndQuery>,
     target: &'a crate::routing::Target,
+    /// Where this answer's links point (`crate::rewrite`), if anywhere.
+    public: Option<Public>,
 }
 
 /// The answer to a request that could not be forwarded: a 502/504 when the
@@ -327,7 +332,7 @@ fn options_locally(state: &ProxyState, req: &mut Request<Incoming>) -> Option<Re
 fn respond<'a, B>(
     state: &'a ProxyState,
     resp: Response<B>,
-    access: Access<'a>,
+    mut access: Access<'a>,
     in_flight: InFlightGuard,
     outcome: Option<&'static str>,
     idle: std::time::Duration,
@@ -336,16 +341,10 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match &state.public_base_url {
+    match access.public.take() {
         Some(public) if crate::rewrite::is_json(resp.headers()) => {
             Either::Right(Box::pin(async move {
-                let resp = rewrite_links(
-                    resp.map(Body::new),
-                    public,
-                    &access.target.origin,
-                    &state.routes,
-                )
-                .await;
+                let resp = rewrite_links(resp.map(Body::new), &public, &state.routes).await;
                 respond_body(state, resp, access, in_flight, outcome, idle)
             }))
         }
@@ -414,15 +413,11 @@ fn forward_failure_log(e: &ForwardError) {
     tracing::debug!(error = %e, "forwarding failed");
 }
 
-/// Rewrite Twilio's absolute URLs in a JSON answer (see [`crate::rewrite`]).
-/// Bodies over the bound, or with a `Content-Length` over it, pass untouched;
-/// gzip/deflate bodies are decoded and sent uncompressed.
-async fn rewrite_links(
-    resp: Response<Body>,
-    public: &str,
-    answered_by: &crate::routing::Origin,
-    routes: &Routes,
-) -> Response<Body> {
+/// Rewrite the link fields of a JSON answer (see [`crate::rewrite`]).
+/// Bodies without a `Content-Length`, or with one over the bound, pass
+/// untouched; gzip/deflate bodies are decoded and, only when a link changed,
+/// sent uncompressed.
+async fn rewrite_links(resp: Response<Body>, public: &Public, routes: &Routes) -> Response<Body> {
     use http_body_util::BodyExt;
     let cap = crate::rewrite::MAX_REWRITE_BODY_BYTES;
     let declared = resp
@@ -449,7 +444,7 @@ async fn rewrite_links(
     let Some(plain) = crate::body::decode_body(encoding.as_ref(), &raw) else {
         return Response::from_parts(parts, in_frames(raw));
     };
-    match crate::rewrite::rewrite_json(&plain, answered_by, public, routes) {
+    match crate::rewrite::rewrite_json(&plain, public, routes) {
         Some(new) => {
             parts.headers.remove(http::header::CONTENT_LENGTH);
             parts.headers.remove(http::header::CONTENT_ENCODING);

@@ -1,23 +1,121 @@
-//! Link rewriting (`public_base_url`, off by default).
+//! Link rewriting (`public_base_url`, `"request"` by default): the link
+//! fields Twilio writes into its JSON answers point back at the proxy, so
+//! that the helper libraries' pagination (which follows
+//! `meta.next_page_url` verbatim) never leaves it.
 //!
-//! Twilio's JSON carries absolute URLs (`url`, `links`, `meta.*_page_url`)
-//! and the helper libraries follow `meta.next_page_url` verbatim, so from a
-//! sidecar without other egress page 2 onward would bypass the proxy. With
-//! `public_base_url` set, JSON answers have those origins replaced by the
-//! proxy's public base URL, and such URLs route back to the same upstream:
-//! only origins that the routing maps back are rewritten (the origin that
-//! answered, and allowlisted Twilio hosts whose paths the routing table
-//! sends to that same host). The replacement works on the JSON text, so key
-//! order and formatting stay Twilio's; `Content-Length` follows the new
-//! body. Bodies that are not JSON, are compressed with an unknown encoding,
-//! or are larger than [`MAX_REWRITE_BODY_BYTES`] pass untouched.
+//! # What is rewritten, and what never is
+//!
+//! Only the link fields Twilio itself writes, found by the answer's
+//! *structure*, never by searching its text ([`link_spans`]):
+//! - a resource's top-level `url`, and the string values of its top-level
+//!   `links` object;
+//! - the `meta` object's `url`, `first_page_url`, `previous_page_url` and
+//!   `next_page_url`;
+//! - in a list answer, the same `url` and `links` values of each item of the
+//!   array that `meta.key` names (`"key": "participants"`).
+//!
+//! Everything else is never touched, whatever it contains: `attributes`,
+//! `body`, `friendly_name`, `identity`, messaging bindings, an error's
+//! `more_info`, a `url` nested anywhere else. Of a link, only its origin
+//! (`https://conversations.twilio.com`) is replaced ([`rewrite_json`]), and
+//! only when its path routes back to that same upstream; every other byte of
+//! the body, key order, spacing, escapes and numbers included, is Twilio's
+//! (the splice copies the bytes around the origins, nothing is re-serialised).
+//!
+//! # What does not belong here
+//!
+//! Which origin an answer's links get (the client's `Host`, a fixed URL, or
+//! none for a request that named a Twilio host) is [`Public`], decided per
+//! request by [`LinkBase::for_request`]; buffering and `Content-Length` are
+//! the proxy's (`crate::proxy`). Bodies that are not JSON, are compressed
+//! with an unknown encoding, have no declared length, or are larger than
+//! [`MAX_REWRITE_BODY_BYTES`] pass untouched.
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use http::HeaderValue;
 
-use crate::routing::{Origin, Routes};
+use crate::config::PublicBaseUrl;
+use crate::routing::{Origin, Routes, Target};
 
 /// Largest JSON body rewritten (a page of 100 participants is ~70 KiB).
 pub const MAX_REWRITE_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting a skipped value may have; a deeper answer is not
+/// rewritten (Twilio's are four levels deep at most).
+const MAX_SKIP_DEPTH: usize = 256;
+
+/// The link rewriting setting, as the proxy applies it.
+#[derive(Debug, Clone)]
+pub enum LinkBase {
+    /// `public_base_url = "off"`: answers pass untouched.
+    Off,
+    /// `public_base_url = "request"`: the origin the client used.
+    Request,
+    /// An explicit origin (no trailing `/`).
+    Fixed(Arc<str>),
+}
+
+impl LinkBase {
+    pub fn from_config(setting: &PublicBaseUrl) -> LinkBase {
+        match setting {
+            PublicBaseUrl::Off => LinkBase::Off,
+            PublicBaseUrl::Request => LinkBase::Request,
+            PublicBaseUrl::Fixed(url) => LinkBase::Fixed(url.trim_end_matches('/').into()),
+        }
+    }
+
+    /// The origin this request's answer links to, if any.
+    ///
+    /// With `request`: `http://` and the `Host` the client sent (or the
+    /// HTTP/2 `:authority`), which routing already accepted as a name of
+    /// this proxy. A request whose `Host` named a Twilio host (Host-routing)
+    /// gets Twilio's links untouched: it reached Twilio's name, and so will
+    /// its next page.
+    pub fn for_request(
+        &self,
+        target: &Target,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+    ) -> Option<Public> {
+        match self {
+            LinkBase::Off => None,
+            LinkBase::Fixed(origin) => Some(Public::Fixed(origin.clone())),
+            LinkBase::Request if target.host_routed => None,
+            LinkBase::Request => match headers.get(http::header::HOST) {
+                Some(host) => Some(Public::Host(host.clone())),
+                None => uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    .map(Public::Host),
+            },
+        }
+    }
+}
+
+/// The origin one answer's links are rewritten to.
+#[derive(Debug, Clone)]
+pub enum Public {
+    /// `public_base_url` as configured.
+    Fixed(Arc<str>),
+    /// A `Host` value routing accepted (host and port characters only, see
+    /// `routing`), served over plain HTTP.
+    Host(HeaderValue),
+}
+
+impl Public {
+    fn write_origin(&self, out: &mut Vec<u8>) {
+        match self {
+            Public::Fixed(origin) => out.extend_from_slice(origin.as_bytes()),
+            Public::Host(host) => {
+                out.extend_from_slice(b"http://");
+                out.extend_from_slice(host.as_bytes());
+            }
+        }
+    }
+}
 
 /// Whether a response with these headers is a candidate for rewriting.
 pub fn is_json(headers: &http::HeaderMap) -> bool {
@@ -30,113 +128,293 @@ pub fn is_json(headers: &http::HeaderMap) -> bool {
         })
 }
 
-/// Rewrite the origins in a JSON text. Returns `None` when nothing changed.
-pub fn rewrite_json(
-    body: &[u8],
-    answered_by: &Origin,
-    public: &str,
-    routes: &Routes,
-) -> Option<Bytes> {
-    let text = std::str::from_utf8(body).ok()?;
-    let public = public.trim_end_matches('/');
-    let mut out = String::with_capacity(text.len() + 256);
-    let mut changed = false;
-    let mut rest = text;
-    // Every JSON string that starts with http:// or https://.
-    while let Some(pos) = find_url_start(rest) {
-        out.push_str(&rest[..pos]);
-        let url_and_more = &rest[pos..];
-        let end = url_and_more.find('"').unwrap_or(url_and_more.len());
-        let url = &url_and_more[..end];
-        match split_origin(url) {
-            Some((origin, path)) if maps_back(origin, path, answered_by, routes) => {
-                out.push_str(public);
-                out.push_str(path);
-                changed = true;
-            }
-            _ => out.push_str(url),
-        }
-        rest = &url_and_more[end..];
+/// Rewrite the origins of the link fields of a JSON answer (see the module
+/// doc). Returns `None` when nothing changed (or the body is not a JSON
+/// object).
+pub fn rewrite_json(body: &[u8], public: &Public, routes: &Routes) -> Option<Bytes> {
+    let spans = link_spans(body)?;
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for span in spans {
+        let Some(origin_len) = routable_origin(&body[span.clone()], routes) else {
+            continue;
+        };
+        let out = out.get_or_insert_with(|| Vec::with_capacity(body.len() + 256));
+        out.extend_from_slice(&body[copied..span.start]);
+        public.write_origin(out);
+        copied = span.start + origin_len;
     }
-    out.push_str(rest);
-    changed.then(|| Bytes::from(out))
+    let mut out = out?;
+    out.extend_from_slice(&body[copied..]);
+    Some(Bytes::from(out))
 }
 
-fn find_url_start(s: &str) -> Option<usize> {
-    let a = s.find("\"http://").map(|p| p + 1);
-    let b = s.find("\"https://").map(|p| p + 1);
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
-    }
-}
-
-/// `https://host:port/path?q` → (`https://host:port`, `/path?q`).
-fn split_origin(url: &str) -> Option<(&str, &str)> {
-    let after_scheme = url.find("://")? + 3;
-    let path_start = url[after_scheme..]
-        .find('/')
-        .map(|p| p + after_scheme)
-        .unwrap_or(url.len());
-    Some((&url[..path_start], &url[path_start..]))
-}
-
-fn maps_back(origin: &str, path: &str, answered_by: &Origin, routes: &Routes) -> bool {
-    if origin.eq_ignore_ascii_case(&answered_by.as_string()) {
-        return true;
-    }
-    let Some(o) = Origin::parse(origin) else {
-        return false;
+/// The length of the origin at the start of a link's raw (still escaped)
+/// text, when the link routes back to the upstream it names: through the
+/// routing table to that very origin, or, with a fixed `--upstream`, when it
+/// names that upstream or an allowlisted Twilio host over https (the fixed
+/// upstream stands in for all of them).
+fn routable_origin(raw: &[u8], routes: &Routes) -> Option<usize> {
+    let after_scheme = if raw.starts_with(b"https://") {
+        8
+    } else if raw.starts_with(b"http://") {
+        7
+    } else {
+        return None;
     };
-    if !routes.is_allowed_twilio_host(o.authority.host()) || o.scheme != http::uri::Scheme::HTTPS {
-        return false;
+    let origin_len = raw[after_scheme..]
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+        .map_or(raw.len(), |p| p + after_scheme);
+    // An escape ends the origin (`\/`, the path's first slash escaped);
+    // one inside the origin makes it unparsable, and the link is left alone.
+    let rest = &raw[origin_len..];
+    if rest.starts_with(b"\\") && !rest.starts_with(b"\\/") {
+        return None;
     }
-    // A fixed upstream stands in for every Twilio host; otherwise the
-    // table must send this path back to this very host.
-    routes.fixed().is_some() || *routes.table_origin(path.split('?').next().unwrap_or("/")) == o
+    let origin = Origin::parse(std::str::from_utf8(&raw[..origin_len]).ok()?)?;
+    let decoded;
+    let path_and_query = if rest.contains(&b'\\') {
+        decoded = decode_json_string(rest)?;
+        decoded.as_str()
+    } else {
+        std::str::from_utf8(rest).ok()?
+    };
+    let path = path_and_query
+        .split(['?', '#'])
+        .next()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let same = |a: &Origin, b: &Origin| a.scheme == b.scheme && a.authority == b.authority;
+    let routes_back = match routes.fixed() {
+        Some(fixed) => {
+            same(&origin, fixed)
+                || (origin.scheme == http::uri::Scheme::HTTPS
+                    && routes.is_allowed_twilio_host(origin.authority.host()))
+        }
+        None => same(&origin, routes.table_origin(path)),
+    };
+    routes_back.then_some(origin_len)
+}
+
+/// The text of a JSON string's raw content (between its quotes).
+fn decode_json_string(raw: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
+}
+
+/// The byte ranges (inside the quotes, still escaped) of the string values
+/// that are Twilio's link fields, in body order; `None` when the body is not
+/// one JSON object.
+pub fn link_spans(body: &[u8]) -> Option<Vec<Range<usize>>> {
+    let mut s = Scan { b: body, i: 0 };
+    let mut spans = Vec::new();
+    // Links of items of each top-level array, kept until `meta.key` says
+    // which array is the list.
+    let mut items: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::new();
+    let mut list_key: Option<Range<usize>> = None;
+    s.object(|s, key| match &body[key.clone()] {
+        b"url" => s.link(&mut spans),
+        b"links" => s.links(&mut spans),
+        b"meta" if s.peek() == Some(b'{') => s.object(|s, k| match &body[k] {
+            b"url" | b"first_page_url" | b"previous_page_url" | b"next_page_url" => {
+                s.link(&mut spans)
+            }
+            b"key" if s.peek() == Some(b'"') => {
+                list_key = Some(s.string()?);
+                Some(())
+            }
+            _ => s.skip_value(),
+        }),
+        _ if s.peek() == Some(b'[') => {
+            let mut found = Vec::new();
+            s.array(|s| {
+                if s.peek() == Some(b'{') {
+                    s.object(|s, k| match &body[k] {
+                        b"url" => s.link(&mut found),
+                        b"links" => s.links(&mut found),
+                        _ => s.skip_value(),
+                    })
+                } else {
+                    s.skip_value()
+                }
+            })?;
+            items.push((key, found));
+            Some(())
+        }
+        _ => s.skip_value(),
+    })?;
+    s.ws();
+    if s.i != body.len() {
+        return None;
+    }
+    if let Some(list) = list_key {
+        let name = &body[list];
+        for (key, found) in items {
+            if &body[key] == name {
+                spans.extend(found);
+            }
+        }
+        spans.sort_by_key(|r| r.start);
+    }
+    Some(spans)
+}
+
+/// A forward-only JSON scanner over raw bytes: just enough structure to
+/// find link fields, nothing decoded.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Scan<'_> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// A string; returns the range of its raw content.
+    fn string(&mut self) -> Option<Range<usize>> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            let at = self.i + memchr::memchr2(b'"', b'\\', &self.b[self.i..])?;
+            if self.b[at] == b'\\' {
+                self.i = at + 2;
+                if self.i > self.b.len() {
+                    return None;
+                }
+            } else {
+                self.i = at + 1;
+                return Some(start..at);
+            }
+        }
+    }
+
+    /// A link field's value: its span when it is a string.
+    fn link(&mut self, spans: &mut Vec<Range<usize>>) -> Option<()> {
+        if self.peek() == Some(b'"') {
+            spans.push(self.string()?);
+            Some(())
+        } else {
+            self.skip_value()
+        }
+    }
+
+    /// A `links` value: the spans of its string members when an object.
+    fn links(&mut self, spans: &mut Vec<Range<usize>>) -> Option<()> {
+        if self.peek() == Some(b'{') {
+            self.object(|s, _| s.link(spans))
+        } else {
+            self.skip_value()
+        }
+    }
+
+    /// An object, calling `member` with each key's range and the scanner at
+    /// the value, which `member` must consume.
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Range<usize>) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            self.ws();
+            member(self, key)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+            self.ws();
+        }
+    }
+
+    /// An array, calling `item` with the scanner at each element.
+    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            item(self)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Any value, nested ones by counting brackets (no recursion).
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match *self.b.get(self.i)? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => {
+                            depth += 1;
+                            if depth > MAX_SKIP_DEPTH {
+                                return None;
+                            }
+                        }
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            _ => {
+                let start = self.i;
+                while let Some(&c) = self.b.get(self.i) {
+                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn routes(upstream: Option<&str>) -> Routes {
-        let mut c = Config::defaults();
-        c.upstream = upstream.map(str::to_string);
-        Routes::from_config(&c).unwrap()
-    }
-
-    #[test]
-    fn rewrites_twilio_origins_that_route_back_and_nothing_else() {
-        let r = routes(None);
-        let answered = Origin::parse("https://conversations.twilio.com").unwrap();
-        let body = br#"{"url":"https://conversations.twilio.com/v1/Conversations/CH1","links":{"x":"https://verify.twilio.com/v2/Services"},"other":"https://example.com/a","meta":{"next_page_url":"https://conversations.twilio.com/v1/Conversations?PageSize=2&Page=1&PageToken=PTCH1","previous_page_url":null},"text":"see https://conversations.twilio.com/v1"}"#;
-        let out = rewrite_json(body, &answered, "http://proxy:8080/", &r).unwrap();
-        let s = std::str::from_utf8(&out).unwrap();
-        assert!(
-            s.contains(r#""url":"http://proxy:8080/v1/Conversations/CH1""#),
-            "{s}"
-        );
-        assert!(s.contains(r#""next_page_url":"http://proxy:8080/v1/Conversations?PageSize=2&Page=1&PageToken=PTCH1""#));
-        // /v2/Services would not route back to verify.twilio.com: untouched.
-        assert!(s.contains("https://verify.twilio.com/v2/Services"));
-        assert!(s.contains("https://example.com/a"));
-        // Not at the start of a JSON string: untouched.
-        assert!(s.contains("see https://conversations.twilio.com/v1"));
-        serde_json::from_slice::<serde_json::Value>(&out).unwrap();
-    }
-
-    #[test]
-    fn fixed_upstream_rewrites_its_own_origin() {
-        let r = routes(Some("http://127.0.0.1:4010"));
-        let answered = Origin::parse("http://127.0.0.1:4010").unwrap();
-        let body = br#"{"meta":{"url":"http://127.0.0.1:4010/v1/Users?PageSize=50"}}"#;
-        let out = rewrite_json(body, &answered, "http://127.0.0.1:8080", &r).unwrap();
-        assert_eq!(
-            &out[..],
-            br#"{"meta":{"url":"http://127.0.0.1:8080/v1/Users?PageSize=50"}}"#
-        );
-        assert!(rewrite_json(br#"{"a":1}"#, &answered, "http://x", &r).is_none());
-    }
-}
+mod tests;

@@ -83,6 +83,9 @@ impl Origin {
 pub struct Target {
     pub origin: Origin,
     pub class: RouteClass,
+    /// The `Host` named an allowlisted Twilio host (Host-routing), not this
+    /// proxy: the answer's links keep Twilio's names (`crate::rewrite`).
+    pub host_routed: bool,
 }
 
 /// Why a request was refused before choosing an upstream.
@@ -307,6 +310,7 @@ impl Routes {
                     return Ok(Target {
                         origin: f.clone(),
                         class: class_of_path(path),
+                        host_routed: true,
                     });
                 }
                 let authority: Authority = name
@@ -320,7 +324,11 @@ impl Routes {
                     authority,
                 };
                 let class = class_of(&origin);
-                return Ok(Target { origin, class });
+                return Ok(Target {
+                    origin,
+                    class,
+                    host_routed: true,
+                });
             }
             if !self.is_own_name(name) {
                 return Err(Refusal::HostNotAllowed);
@@ -330,6 +338,7 @@ impl Routes {
             return Ok(Target {
                 origin: f.clone(),
                 class: class_of_path(path),
+                host_routed: false,
             });
         }
         for (prefix, origin, class) in &self.routes {
@@ -337,12 +346,14 @@ impl Routes {
                 return Ok(Target {
                     origin: origin.clone(),
                     class: *class,
+                    host_routed: false,
                 });
             }
         }
         Ok(Target {
             origin: self.default.clone(),
             class: class_of(&self.default),
+            host_routed: false,
         })
     }
 

@@ -91,10 +91,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CommandError> {
     let admin = bind(config.admin_listen).await?;
     let proxy_url = format!("http://{}", proxy.local_addr()?);
     let admin_url = format!("http://{}", admin.local_addr()?);
-    // Link rewriting: the `url`, `links` and `meta.*_url` fields of every
-    // answer point at the proxy, so that what the demo shows (and a helper
-    // library's pagination) goes through the product, not the emulator.
-    config.public_base_url = Some(proxy_url.clone());
+    // Link rewriting (`public_base_url = "request"`, the default): the
+    // `url`, `links` and `meta.*_url` fields of every answer point at the
+    // proxy, so that what the demo shows (and a helper library's pagination)
+    // goes through the product, not the emulator.
     println!("{}", steps(&proxy_url, &admin_url, &parts, &ch));
     App::build(config, Listeners { proxy, admin })
         .await?

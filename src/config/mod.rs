@@ -34,7 +34,6 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Keys that are valid but have no default (absent from `default.toml`).
 const OPTIONAL_KEYS: &[&str] = &[
     "upstream",
-    "public_base_url",
     "upstream_ca_file",
     "repair.credentials_file",
     "admin.token",
@@ -97,8 +96,8 @@ pub struct Config {
     /// Path prefixes never forwarded (404 `reserved-path`), whole segments.
     pub reserved_prefixes: Vec<String>,
     pub add_forwarded_headers: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_base_url: Option<String>,
+    /// Link rewriting: `"request"`, `"off"` or an origin.
+    pub public_base_url: PublicBaseUrl,
     /// Extra trusted CA certificates (PEM) for upstream TLS, added to the
     /// built-in and system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +110,49 @@ pub struct Config {
     pub shield: ShieldConfig,
     pub metrics: MetricsConfig,
     pub route: Vec<Route>,
+}
+
+/// `public_base_url`: the origin written into the link fields of Twilio's
+/// JSON answers (see `crate::rewrite`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicBaseUrl {
+    /// `"request"` (the default): the scheme and `Host` the client used to
+    /// reach the proxy; Twilio's links untouched for a request that named a
+    /// Twilio host.
+    Request,
+    /// `"off"`: answers pass untouched.
+    Off,
+    /// An explicit origin, `http(s)://host[:port]`, for every answer.
+    Fixed(String),
+}
+
+impl PublicBaseUrl {
+    pub fn parse(s: &str) -> PublicBaseUrl {
+        match s.trim() {
+            v if v.eq_ignore_ascii_case("request") => PublicBaseUrl::Request,
+            v if v.eq_ignore_ascii_case("off") => PublicBaseUrl::Off,
+            v => PublicBaseUrl::Fixed(v.to_string()),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            PublicBaseUrl::Request => "request",
+            PublicBaseUrl::Off => "off",
+            PublicBaseUrl::Fixed(url) => url,
+        }
+    }
+}
+
+impl Serialize for PublicBaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicBaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| PublicBaseUrl::parse(&s))
+    }
 }
 
 /// The admin plane's settings; see `config/default.toml`.
@@ -389,7 +431,7 @@ impl Config {
             check_origin("upstream", up)?;
         }
         check_origin("default_upstream", &self.default_upstream)?;
-        if let Some(p) = &self.public_base_url {
+        if let PublicBaseUrl::Fixed(p) = &self.public_base_url {
             check_origin("public_base_url", p.trim_end_matches('/'))?;
         }
         for (i, r) in self.route.iter().enumerate() {

@@ -208,3 +208,28 @@ fn upstream_ca_file_is_read_and_checked_at_load() {
     // Unset by default.
     assert!(Config::defaults().upstream_ca_file.is_none());
 }
+
+#[test]
+fn public_base_url_is_request_by_default_and_takes_off_or_an_origin() {
+    assert_eq!(Config::defaults().public_base_url, PublicBaseUrl::Request);
+    let load = |v: &str| {
+        Config::load(
+            None,
+            env(&[("TRP_PUBLIC_BASE_URL", v)]),
+            &Overrides::default(),
+        )
+    };
+    assert_eq!(load("off").unwrap().public_base_url, PublicBaseUrl::Off);
+    assert_eq!(
+        load("Request").unwrap().public_base_url,
+        PublicBaseUrl::Request
+    );
+    assert_eq!(
+        load("https://proxy.example:8443").unwrap().public_base_url,
+        PublicBaseUrl::Fixed("https://proxy.example:8443".into())
+    );
+    for bad in ["of", "http://x/path", "ftp://x", ""] {
+        let e = load(bad).unwrap_err().to_string();
+        assert!(e.contains("`public_base_url`"), "{bad}: {e}");
+    }
+}

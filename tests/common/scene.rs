@@ -400,7 +400,10 @@ impl Scene {
         let mut config = fast_config(&emu.origin());
         config.store = store_url(self.store).await;
         if self.rewriting {
-            config.public_base_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+            config.public_base_url = twilio_repair_proxy::config::PublicBaseUrl::Fixed(format!(
+                "http://{}",
+                listener.local_addr().unwrap()
+            ));
             config.add_forwarded_headers = true;
         }
         for t in self.proxy_tweaks {

@@ -11,9 +11,9 @@
 //! (the venv's python) and `TRP_TEST_NODE_DIR` (`tests/sdk/node`, with its
 //! `node_modules`). Without them these tests fail rather than skip.
 //!
-//! Pagination is only tested against the emulator directly: through the
-//! proxy, `meta.next_page_url` still names the emulator (no link rewriting
-//! yet), so page 2 onward would bypass the proxy.
+//! Pagination is tested against the emulator directly and through the
+//! proxy with its default settings, where link rewriting
+//! (`public_base_url = "request"`) keeps page 2 onward on the proxy.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -511,13 +511,16 @@ async fn node_through_proxy_block_mode_readd_returns_the_participant() {
 }
 
 // ---------------------------------------------------------------------------
-// Link rewriting: with `public_base_url` set, the libraries' pagination
-// (which follows the absolute `meta.next_page_url`) stays on the proxy.
+// Link rewriting with the shipped default (`public_base_url = "request"`,
+// nothing configured): the libraries' pagination (which follows the absolute
+// `meta.next_page_url`) stays on the proxy. `Via` (add_forwarded_headers)
+// marks every request the proxy forwarded, so a request that reached the
+// emulator without it went around the proxy.
 // ---------------------------------------------------------------------------
 
 async fn pagination_stays_on_the_proxy(lib: Lib) {
     let st = faulted(FaultMode::Ghost, "nobody-affected")
-        .rewriting_links()
+        .proxy(|c| c.add_forwarded_headers = true)
         .stack()
         .await;
     let out = run(
@@ -583,12 +586,12 @@ async fn pagination_stays_on_the_proxy(lib: Lib) {
 }
 
 #[tokio::test]
-async fn python_pagination_stays_on_the_proxy_with_link_rewriting() {
+async fn python_pagination_stays_on_the_proxy_with_default_settings() {
     pagination_stays_on_the_proxy(Lib::Python).await;
 }
 
 #[tokio::test]
-async fn node_pagination_stays_on_the_proxy_with_link_rewriting() {
+async fn node_pagination_stays_on_the_proxy_with_default_settings() {
     pagination_stays_on_the_proxy(Lib::Node).await;
 }
 
