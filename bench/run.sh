@@ -27,6 +27,12 @@
 #                       BASE+13 proxy admin
 #   OUT_DIR=bench/out   where results.md (and raw wrk output) are written
 #   STRICT=0            1: exit 1 when a target (req/s, p99, CPU, RSS) is missed
+#   LINKS=off           the proxy's public_base_url: off (the default here: a
+#                       pass-through like nginx's, body compared byte for
+#                       byte) or request (the shipped default: the answer's
+#                       `url` is rewritten to the proxy, so every answer is
+#                       buffered and scanned; body compared with that link
+#                       rewritten)
 #   PERF=0              1: `perf record` the proxy during the last measured run
 #                       of every configuration (skews that run a little);
 #                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt, the
@@ -48,6 +54,8 @@ BASE_PORT="${BASE_PORT:-18080}"
 OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
 STRICT="${STRICT:-0}"
 PERF="${PERF:-0}"
+LINKS="${LINKS:-off}"
+case "$LINKS" in off | request) ;; *) echo "LINKS is 'off' or 'request', not '$LINKS'" >&2; exit 2 ;; esac
 TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
 
 UP_PORT=$((BASE_PORT + 1))
@@ -215,7 +223,7 @@ start_proxies() {
   local level=()
   [ "$mode" = off ] && level=(TRP_LOG_LEVEL=warn)
   # Appending (O_APPEND), so the log can be truncated between runs.
-  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" \
+  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_PUBLIC_BASE_URL="$LINKS" \
     "$TRP_BIN" serve \
     --listen "127.0.0.1:$TRP_PORT" \
     --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
@@ -236,7 +244,13 @@ start_proxies() {
       -H "Authorization: $AUTH" -H 'Accept: application/json' \
       "http://127.0.0.1:$port$REQ_PATH")"
     [ "$code" = 200 ] || die "$name answered $code"
-    cmp -s "$BODY_FILE" "$TMP/check-$name.json" || die "$name returned a different body"
+    local expected="$BODY_FILE"
+    if [ "$name" = proxy ] && [ "$LINKS" = request ]; then
+      expected="$TMP/expected-proxy.json"
+      sed -e "s#\"url\": \"https://conversations.twilio.com/#\"url\": \"http://127.0.0.1:$TRP_PORT/#" "$BODY_FILE" >"$expected"
+      ! cmp -s "$BODY_FILE" "$expected" || die "the bench body has no link to rewrite"
+    fi
+    cmp -s "$expected" "$TMP/check-$name.json" || die "$name returned a different body"
   done
   if [ "$mode" = on ]; then
     grep -q "$REQ_PATH" "$TMP/nginx.access.log" || die "nginx wrote no access log line"
@@ -409,7 +423,7 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   echo "- request: GET participant (Authorization: Basic ...), response 200 with a $(wc -c <"$BODY_FILE")-byte JSON body + Twilio-like headers"
   echo "- upstream (direct): nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
   echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS; logs off: \`access_log off\`, logs on: \`access_log FILE\` (combined)"
-  echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db; logs off: TRP_LOG_LEVEL=warn, logs on: the shipped defaults (level info, format pretty) to a file"
+  echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, public_base_url $LINKS; logs off: TRP_LOG_LEVEL=warn, logs on: the shipped defaults (level info, format pretty) to a file"
   echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, proxy = its one process (all threads)"
   echo "- machine load: loadavg at start $LOAD_START, at end $LOAD_END; compiler processes (rustc, cc1, ld, cargo) at start: ${BUSY_START:-0}"
   for mode in $LOGS; do
