@@ -34,32 +34,46 @@ use crate::metrics::{InFlightGuard, Metrics};
 /// page of JSON is far below this).
 pub const MAX_DECODED_BYTES: u64 = 1024 * 1024;
 
-/// Decode a gzip/deflate body for inspection (bounded by
-/// [`MAX_DECODED_BYTES`]); `None` when the encoding is unknown or the data
-/// is corrupt.
-pub fn decode_body(encoding: Option<&HeaderValue>, raw: &Bytes) -> Option<Vec<u8>> {
+/// Decode a gzip/deflate body for inspection, at most [`MAX_DECODED_BYTES`]
+/// of it; see [`decode_body_capped`].
+pub fn decode_body<'a>(
+    encoding: Option<&HeaderValue>,
+    raw: &'a Bytes,
+) -> Option<std::borrow::Cow<'a, [u8]>> {
+    decode_body_capped(encoding, raw, MAX_DECODED_BYTES)
+}
+
+/// Decode a gzip/deflate body (an identity body is borrowed, not copied);
+/// `None` when the encoding is unknown, the data is corrupt, or it decodes
+/// to more than `cap` bytes (never a truncated body).
+pub fn decode_body_capped<'a>(
+    encoding: Option<&HeaderValue>,
+    raw: &'a Bytes,
+    cap: u64,
+) -> Option<std::borrow::Cow<'a, [u8]>> {
     use std::io::Read;
     let enc = encoding
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_ascii_lowercase());
     let mut out = Vec::new();
+    let limit = cap.saturating_add(1);
     match enc.as_deref() {
-        None | Some("identity") | Some("") => return Some(raw.to_vec()),
+        None | Some("identity") | Some("") => return Some(std::borrow::Cow::Borrowed(&raw[..])),
         Some("gzip") | Some("x-gzip") => {
             flate2::read::GzDecoder::new(&raw[..])
-                .take(MAX_DECODED_BYTES)
+                .take(limit)
                 .read_to_end(&mut out)
                 .ok()?;
         }
         Some("deflate") => {
             flate2::read::ZlibDecoder::new(&raw[..])
-                .take(MAX_DECODED_BYTES)
+                .take(limit)
                 .read_to_end(&mut out)
                 .ok()?;
         }
         _ => return None,
     }
-    Some(out)
+    (out.len() as u64 <= cap).then_some(std::borrow::Cow::Owned(out))
 }
 
 /// Why [`read_capped`] returned no body.

@@ -344,7 +344,7 @@ where
     match access.public.take() {
         Some(public) if crate::rewrite::is_json(resp.headers()) => {
             Either::Right(Box::pin(async move {
-                let resp = rewrite_links(resp.map(Body::new), &public, &state.routes).await;
+                let resp = rewrite_links(resp.map(Body::new), &public, &state.routes, idle).await;
                 respond_body(state, resp, access, in_flight, outcome, idle)
             }))
         }
@@ -416,8 +416,14 @@ fn forward_failure_log(e: &ForwardError) {
 /// Rewrite the link fields of a JSON answer (see [`crate::rewrite`]).
 /// Bodies without a `Content-Length`, or with one over the bound, pass
 /// untouched; gzip/deflate bodies are decoded and, only when a link changed,
-/// sent uncompressed.
-async fn rewrite_links(resp: Response<Body>, public: &Public, routes: &Routes) -> Response<Body> {
+/// sent uncompressed. The body is read with the same `idle` bound as a
+/// streamed one: an upstream that stalls mid-body is a 504, never a hang.
+async fn rewrite_links(
+    resp: Response<Body>,
+    public: &Public,
+    routes: &Routes,
+    idle: std::time::Duration,
+) -> Response<Body> {
     use http_body_util::BodyExt;
     let cap = crate::rewrite::MAX_REWRITE_BODY_BYTES;
     let declared = resp
@@ -430,18 +436,25 @@ async fn rewrite_links(resp: Response<Body>, public: &Public, routes: &Routes) -
         return resp;
     }
     let encoding = resp.headers().get(http::header::CONTENT_ENCODING).cloned();
-    let (mut parts, body) = resp.into_parts();
-    let raw = match http_body_util::Limited::new(body, cap).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return proxy_error(
-                StatusCode::BAD_GATEWAY,
-                "upstream-failed",
-                "twilio-repair-proxy could not read Twilio's answer",
-            );
+    let (mut parts, mut body) = resp.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > cap {
+                        return read_failure(StatusCode::BAD_GATEWAY, "upstream-failed");
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(_))) => return read_failure(StatusCode::BAD_GATEWAY, "upstream-failed"),
+            Err(_) => return read_failure(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
         }
-    };
-    let Some(plain) = crate::body::decode_body(encoding.as_ref(), &raw) else {
+    }
+    let raw = buf.freeze();
+    let Some(plain) = crate::body::decode_body_capped(encoding.as_ref(), &raw, cap as u64) else {
         return Response::from_parts(parts, in_frames(raw));
     };
     match crate::rewrite::rewrite_json(&plain, public, routes) {
@@ -455,6 +468,15 @@ async fn rewrite_links(resp: Response<Body>, public: &Public, routes: &Routes) -
         }
         None => Response::from_parts(parts, in_frames(raw)),
     }
+}
+
+/// The proxy's answer when Twilio's body could not be read whole.
+fn read_failure(status: StatusCode, token: &'static str) -> Response<Body> {
+    proxy_error(
+        status,
+        token,
+        "twilio-repair-proxy could not read Twilio's answer",
+    )
 }
 
 /// Largest frame of a body the proxy buffered (a rewritten answer): HTTP/1

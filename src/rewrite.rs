@@ -43,10 +43,6 @@ use crate::routing::{Origin, Routes, Target};
 /// Largest JSON body rewritten (a page of 100 participants is ~70 KiB).
 pub const MAX_REWRITE_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Deepest nesting a skipped value may have; a deeper answer is not
-/// rewritten (Twilio's are four levels deep at most).
-const MAX_SKIP_DEPTH: usize = 256;
-
 /// The link rewriting setting, as the proxy applies it.
 #[derive(Debug, Clone)]
 pub enum LinkBase {
@@ -69,9 +65,14 @@ impl LinkBase {
 
     /// The origin this request's answer links to, if any.
     ///
-    /// With `request`: `http://` and the `Host` the client sent (or the
-    /// HTTP/2 `:authority`), which routing already accepted as a name of
-    /// this proxy. A request whose `Host` named a Twilio host (Host-routing)
+    /// With `request`: the scheme and host the client used. The host is the
+    /// first `X-Forwarded-Host` (set by an ingress or load balancer in
+    /// front), else the `Host` routing accepted as a name of this proxy,
+    /// else the HTTP/2 `:authority`; the scheme is the first
+    /// `X-Forwarded-Proto` when it is `http` or `https`, else `http` (this
+    /// listener is plain HTTP). Every host value must be a valid
+    /// `host[:port]` (routing's own check), so nothing else ever reaches an
+    /// answer. A request whose `Host` named a Twilio host (Host-routing)
     /// gets Twilio's links untouched: it reached Twilio's name, and so will
     /// its next page.
     pub fn for_request(
@@ -84,13 +85,29 @@ impl LinkBase {
             LinkBase::Off => None,
             LinkBase::Fixed(origin) => Some(Public::Fixed(origin.clone())),
             LinkBase::Request if target.host_routed => None,
-            LinkBase::Request => match headers.get(http::header::HOST) {
-                Some(host) => Some(Public::Host(host.clone())),
-                None => uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    .map(Public::Host),
-            },
+            LinkBase::Request => {
+                let valid = |v: &str| crate::routing::is_host_and_port(v);
+                let first = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split(',').next())
+                        .map(str::trim)
+                };
+                let host = first("x-forwarded-host")
+                    .filter(|h| valid(h))
+                    .and_then(|h| HeaderValue::from_str(h).ok())
+                    .or_else(|| headers.get(http::header::HOST).cloned())
+                    .or_else(|| {
+                        uri.authority()
+                            .map(|a| a.as_str())
+                            .filter(|a| valid(a))
+                            .and_then(|a| HeaderValue::from_str(a).ok())
+                    })?;
+                let https =
+                    first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+                Some(Public::Host { host, https })
+            }
         }
     }
 }
@@ -100,17 +117,17 @@ impl LinkBase {
 pub enum Public {
     /// `public_base_url` as configured.
     Fixed(Arc<str>),
-    /// A `Host` value routing accepted (host and port characters only, see
-    /// `routing`), served over plain HTTP.
-    Host(HeaderValue),
+    /// A host value routing's check accepted (host and port characters
+    /// only), with the scheme the client used.
+    Host { host: HeaderValue, https: bool },
 }
 
 impl Public {
     fn write_origin(&self, out: &mut Vec<u8>) {
         match self {
             Public::Fixed(origin) => out.extend_from_slice(origin.as_bytes()),
-            Public::Host(host) => {
-                out.extend_from_slice(b"http://");
+            Public::Host { host, https } => {
+                out.extend_from_slice(if *https { b"https://" } else { b"http://" });
                 out.extend_from_slice(host.as_bytes());
             }
         }
@@ -151,9 +168,10 @@ pub fn rewrite_json(body: &[u8], public: &Public, routes: &Routes) -> Option<Byt
 
 /// The length of the origin at the start of a link's raw (still escaped)
 /// text, when the link routes back to the upstream it names: through the
-/// routing table to that very origin, or, with a fixed `--upstream`, when it
-/// names that upstream or an allowlisted Twilio host over https (the fixed
-/// upstream stands in for all of them).
+/// routing table to that very origin; with a fixed `--upstream`, when it
+/// names that upstream, or an allowlisted Twilio host over https while the
+/// fixed upstream is no Twilio host itself (an emulator or test double,
+/// which stands in for all of them).
 fn routable_origin(raw: &[u8], routes: &Routes) -> Option<usize> {
     let after_scheme = if raw.starts_with(b"https://") {
         8
@@ -190,7 +208,8 @@ fn routable_origin(raw: &[u8], routes: &Routes) -> Option<usize> {
         Some(fixed) => {
             same(&origin, fixed)
                 || (origin.scheme == http::uri::Scheme::HTTPS
-                    && routes.is_allowed_twilio_host(origin.authority.host()))
+                    && routes.is_allowed_twilio_host(origin.authority.host())
+                    && !routes.is_allowed_twilio_host(fixed.authority.host()))
         }
         None => same(&origin, routes.table_origin(path)),
     };
@@ -372,7 +391,8 @@ impl Scan<'_> {
         }
     }
 
-    /// Any value, nested ones by counting brackets (no recursion).
+    /// Any value, nested ones by counting brackets (no recursion, so no
+    /// depth limit is needed).
     fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
@@ -384,12 +404,7 @@ impl Scan<'_> {
                             self.string()?;
                             continue;
                         }
-                        b'{' | b'[' => {
-                            depth += 1;
-                            if depth > MAX_SKIP_DEPTH {
-                                return None;
-                            }
-                        }
+                        b'{' | b'[' => depth += 1,
                         b'}' | b']' => {
                             depth -= 1;
                             if depth == 0 {

@@ -377,6 +377,12 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
         && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
+/// Whether `value` is a valid `host[:port]` (what routing accepts in
+/// `Host`): host name characters, IP literals, a port of digits.
+pub fn is_host_and_port(value: &str) -> bool {
+    host_name(value).is_some()
+}
+
 /// The host part of a `Host` header value (`name`, `name:port`, `[v6]`,
 /// `[v6]:port`), or `None` when it is not a valid host.
 fn host_name(value: &str) -> Option<&str> {

@@ -13,7 +13,10 @@ fn routes(upstream: Option<&str>) -> Routes {
 }
 
 fn proxy() -> Public {
-    Public::Host(HeaderValue::from_static("127.0.0.1:8080"))
+    Public::Host {
+        host: HeaderValue::from_static("127.0.0.1:8080"),
+        https: false,
+    }
 }
 
 fn rewritten(body: &str, upstream: Option<&str>) -> String {
@@ -151,8 +154,109 @@ fn bodies_that_are_not_one_json_object_are_not_rewritten() {
             "{body}"
         );
     }
-    let deep = format!("{{\"a\":{}{}}}", "[".repeat(300), "]".repeat(300));
-    assert!(link_spans(deep.as_bytes()).is_none());
+    // Deep nesting is skipped by counting, not recursion: no limit, no
+    // stack to overflow.
+    let deep = format!(
+        "{{\"a\":{}1{},\"url\":\"https://conversations.twilio.com/v1/Users\"}}",
+        "[{\"x\":".repeat(100_000),
+        "}]".repeat(100_000)
+    );
+    assert_eq!(link_spans(deep.as_bytes()).unwrap().len(), 1);
+}
+
+#[test]
+fn a_fixed_upstream_that_is_twilio_keeps_other_products_links() {
+    let body = r#"{"url":"https://conversations.twilio.com/v1/Conversations/CH1","links":{"m":"https://media.twilio.com/v1/Avatars/ME1"}}"#;
+    let out = rewritten(body, Some("https://conversations.twilio.com"));
+    assert_eq!(
+        out,
+        body.replacen(
+            "https://conversations.twilio.com",
+            "http://127.0.0.1:8080",
+            1
+        )
+    );
+}
+
+fn target(host_routed: bool) -> Target {
+    Target {
+        origin: crate::routing::Origin::parse("https://conversations.twilio.com").unwrap(),
+        class: crate::metrics::RouteClass::Conversations,
+        host_routed,
+    }
+}
+
+fn origin_for(headers: &[(&str, &str)], uri: &str, host_routed: bool) -> Option<String> {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let public = LinkBase::Request.for_request(&target(host_routed), &h, &uri.parse().unwrap())?;
+    let mut out = Vec::new();
+    public.write_origin(&mut out);
+    Some(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn request_mode_links_to_the_origin_the_client_used() {
+    assert_eq!(
+        origin_for(&[("host", "twilio-proxy:8080")], "/v1/Users", false).as_deref(),
+        Some("http://twilio-proxy:8080")
+    );
+    // Behind a TLS-terminating ingress.
+    assert_eq!(
+        origin_for(
+            &[
+                ("host", "10.0.0.7:8080"),
+                ("x-forwarded-host", "twilio-proxy.corp.example, inner"),
+                ("x-forwarded-proto", "https")
+            ],
+            "/v1/Users",
+            false
+        )
+        .as_deref(),
+        Some("https://twilio-proxy.corp.example")
+    );
+    // A forwarded host that is no host is ignored; an odd proto too.
+    assert_eq!(
+        origin_for(
+            &[
+                ("host", "proxy:8080"),
+                ("x-forwarded-host", "a\"b"),
+                ("x-forwarded-proto", "gopher")
+            ],
+            "/v1/Users",
+            false
+        )
+        .as_deref(),
+        Some("http://proxy:8080")
+    );
+    // HTTP/2 without Host: the :authority, only when a plain host[:port].
+    assert_eq!(
+        origin_for(&[], "http://localhost:8080/v1/Users", false).as_deref(),
+        Some("http://localhost:8080")
+    );
+    assert_eq!(
+        origin_for(&[], "http://user:pw@localhost:8080/v1/Users", false),
+        None
+    );
+    // Host-routing keeps Twilio's links.
+    assert_eq!(
+        origin_for(&[("host", "conversations.twilio.com")], "/v1/Users", true),
+        None
+    );
+    assert!(
+        LinkBase::Off
+            .for_request(
+                &target(false),
+                &http::HeaderMap::new(),
+                &"/".parse().unwrap()
+            )
+            .is_none()
+    );
 }
 
 #[test]
@@ -164,7 +268,10 @@ fn a_fixed_public_url_and_a_request_host_are_written_as_origins() {
         &rewrite_json(body.as_bytes(), &fixed, &r).unwrap()[..],
         br#"{"meta":{"url":"https://proxy.example:8443/v1/Users?PageSize=50"}}"#
     );
-    let host = Public::Host(HeaderValue::from_static("twilio-proxy:8080"));
+    let host = Public::Host {
+        host: HeaderValue::from_static("twilio-proxy:8080"),
+        https: false,
+    };
     assert_eq!(
         &rewrite_json(body.as_bytes(), &host, &r).unwrap()[..],
         br#"{"meta":{"url":"http://twilio-proxy:8080/v1/Users?PageSize=50"}}"#

@@ -243,3 +243,98 @@ async fn only_v1_participant_creates_are_intercepted() {
     assert!(up.requests().len() > before + 1);
     proxy.stop().await;
 }
+
+fn gzip(body: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(body.as_bytes()).unwrap();
+    e.finish().unwrap()
+}
+
+/// A gzip answer with a link is sent decoded with the link rewritten; one
+/// without a link is Twilio's compressed bytes, untouched.
+#[tokio::test]
+async fn a_gzip_answer_is_rewritten_decoded_or_passed_compressed() {
+    const WITH_LINK: &str = r#"{"sid":"USa","attributes":"{\"u\":\"https://conversations.twilio.com/v1/Users\"}","url":"https://conversations.twilio.com/v1/Users/USa"}"#;
+    const WITHOUT: &str = r#"{"code":20404,"message":"not found","more_info":"https://www.twilio.com/docs/errors/20404","status":404}"#;
+    let answer = |s: &Seen| {
+        let body = if s.target.ends_with("/USa") {
+            WITH_LINK
+        } else {
+            WITHOUT
+        };
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(http_body_util::Full::new(bytes::Bytes::from(gzip(body))))
+            .unwrap()
+    };
+    let up = upstream(std::sync::Arc::new(answer)).await;
+    let proxy = start_proxy(fast_config(&up.url())).await;
+    let http = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = http
+        .get(proxy.url("/v1/Users/USa"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    let declared: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert_eq!(declared, body.len());
+    assert_eq!(
+        body,
+        WITH_LINK.replace(
+            r#""url":"https://conversations.twilio.com"#,
+            &format!(r#""url":"http://{}"#, proxy.addr)
+        )
+    );
+    let r = http
+        .get(proxy.url("/v1/Users/other"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), gzip(WITHOUT));
+    proxy.stop().await;
+}
+
+/// A JSON answer whose body stalls is cut after `limits.idle_timeout_ms`
+/// (a 504 from the proxy, the answer was not sent yet), never held open.
+#[tokio::test]
+async fn a_stalled_json_body_is_a_504_not_a_hang() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":")
+                .await;
+            keep.lock().await.push(s);
+        }
+    });
+    let mut config = fast_config(&format!("http://{addr}"));
+    config.limits.idle_timeout_ms = 300;
+    let proxy = start_proxy(config).await;
+    let r = reqwest::Client::new()
+        .get(proxy.url("/v1/Users/USa"))
+        .timeout(std::time::Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-repair-proxy-error"], "upstream-timeout");
+    drop(held);
+    proxy.stop().await;
+}
