@@ -25,7 +25,9 @@ use crate::routing::Routes;
 use crate::server::ConnService;
 use crate::shield::Shield;
 use crate::telemetry::access::AccessLine;
+use crate::telemetry::request_id;
 use crate::twilio_error::proxy_error;
+use tracing::Instrument;
 
 /// Everything a request handler needs; one per worker, built by
 /// [`ProxyState::new`] and never changed.
@@ -86,10 +88,72 @@ pub fn service(state: Arc<ProxyState>) -> ProxyService {
 impl ConnService for ProxyService {
     fn answer(
         self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        answer_panics(handle(self.state, req, Some(peer)))
+        // The id goes on the request first (Twilio, the repair's log lines
+        // and the access line see it) and on whatever answer comes back,
+        // the proxy's own errors and a panic's 500 included.
+        let id = request_id::ensure(req.headers_mut());
+        let tag = move |mut resp: Response<Body>| {
+            request_id::set_on(resp.headers_mut(), id);
+            resp
+        };
+        if crate::telemetry::trace::enabled() {
+            let span = server_span(&req, peer);
+            let on_answer = span.clone();
+            let traced = answer_panics(handle(self.state, req, Some(peer)))
+                .map(move |resp| {
+                    record_answer(&on_answer, &resp);
+                    resp
+                })
+                .instrument(span);
+            Either::Left(traced.map(tag))
+        } else {
+            Either::Right(answer_panics(handle(self.state, req, Some(peer))).map(tag))
+        }
+    }
+}
+
+/// The server span of one request (export on): a child of the caller's
+/// `traceparent`, with the HTTP semantic conventions' attributes.
+fn server_span(req: &Request<Incoming>, peer: SocketAddr) -> tracing::Span {
+    let h = req.headers();
+    let text = |name: &http::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {}", req.method(), req.uri().path()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        client.address = %peer.ip(),
+        user_agent.original = text(&http::header::USER_AGENT),
+        http.request.header.x_request_id = text(&request_id::X_REQUEST_ID),
+        http.response.status_code = tracing::field::Empty,
+        twilio.request_id = tracing::field::Empty,
+        trp.repair_outcome = tracing::field::Empty,
+    );
+    crate::telemetry::trace::set_parent(&span, h);
+    span
+}
+
+/// What the answer says, on the request's span.
+fn record_answer(span: &tracing::Span, resp: &Response<Body>) {
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    let h = resp.headers();
+    if let Some(v) = h.get("twilio-request-id").and_then(|v| v.to_str().ok()) {
+        span.record("twilio.request_id", v);
+    }
+    if let Some(v) = h
+        .get(crate::repair::OUTCOME_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("trp.repair_outcome", v);
     }
 }
 
@@ -162,15 +226,11 @@ fn handle(
                 return answer;
             }
         }
-        // Only what the access log needs, and only when it is on: the path is a
-        // reference-counted clone of the request's, not a copy.
-        let path = if tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
-            Some(
-                req.uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            )
+        // Only what the access log needs, and only when it is on: the path and
+        // header values are reference-counted clones of the request's, not
+        // copies.
+        let logged = if tracing::enabled!(target: ACCESS, tracing::Level::INFO) {
+            Some(Logged::of(&req, peer))
         } else {
             None
         };
@@ -181,7 +241,7 @@ fn handle(
         let access = Access {
             started,
             method,
-            path,
+            logged,
             target: &target,
             public,
         };
@@ -195,14 +255,29 @@ fn handle(
         // and this future is moved on every request.
         let (answer, outcome) = match (intercepted, &state.shield) {
             (Some((repair, what)), _) => {
-                let r = Box::pin(repair.handle(
-                    what,
-                    parts,
-                    incoming,
-                    &target.origin,
-                    peer,
-                    &state.forwarder,
-                ))
+                // The intercepted request's span: every line the repair
+                // logs for it names the request (and, once journaled, the
+                // repair record), and its spans hang below it.
+                let span = tracing::info_span!(
+                    "intercept",
+                    request_id = parts
+                        .headers
+                        .get(&request_id::X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(""),
+                );
+                let r = Box::pin(
+                    repair
+                        .handle(
+                            what,
+                            parts,
+                            incoming,
+                            &target.origin,
+                            peer,
+                            &state.forwarder,
+                        )
+                        .instrument(span),
+                )
                 .await;
                 (r.response, r.outcome.map(|o| o.as_str()))
             }
@@ -253,11 +328,65 @@ fn handle(
 struct Access<'a> {
     started: Instant,
     method: http::Method,
-    /// `Some` only when the access log is enabled (the query is never logged).
-    path: Option<http::uri::PathAndQuery>,
+    /// `Some` only when the access log is enabled.
+    logged: Option<Logged>,
     target: &'a crate::routing::Target,
     /// Where this answer's links point (`crate::rewrite`), if anywhere.
     public: Option<Public>,
+}
+
+/// The request's side of its access line.
+struct Logged {
+    /// The query is never logged.
+    path: http::uri::PathAndQuery,
+    client: Option<std::net::IpAddr>,
+    user_agent: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    /// The trace the request belongs to: its span's (export on) or the
+    /// caller's `traceparent` (export off).
+    trace_id: Option<String>,
+}
+
+impl Logged {
+    fn of<B>(req: &Request<B>, peer: Option<SocketAddr>) -> Logged {
+        let h = req.headers();
+        let trace_id = if crate::telemetry::trace::enabled() {
+            crate::telemetry::trace::trace_id(&tracing::Span::current())
+        } else {
+            crate::telemetry::trace::caller_trace_id(h)
+        };
+        Logged {
+            path: req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            client: peer.map(|p| p.ip()),
+            user_agent: h.get(http::header::USER_AGENT).cloned(),
+            request_id: h.get(&request_id::X_REQUEST_ID).cloned(),
+            trace_id,
+        }
+    }
+
+    fn line<'a>(&'a self, status: u16, upstream: &'a crate::routing::Origin) -> AccessLine<'a> {
+        let text =
+            |v: &'a Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        AccessLine {
+            method: "",
+            path: self.path.path(),
+            status,
+            upstream_scheme: upstream.scheme.as_str(),
+            upstream_authority: upstream.authority.as_str(),
+            latency_us: 0,
+            bytes: 0,
+            client: self.client,
+            user_agent: text(&self.user_agent),
+            request_id: text(&self.request_id),
+            trace_id: self.trace_id.as_deref().unwrap_or(""),
+            twilio_request_id: "",
+            repair_outcome: "",
+        }
+    }
 }
 
 /// The answer to a request that could not be forwarded: a 502/504 when the
@@ -269,22 +398,28 @@ fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> 
     state
         .metrics
         .record_request(access.target.class, &access.method, status.as_u16());
-    let (method, path) = (
-        &access.method,
-        access.path.as_ref().map_or("", |p| p.path()),
-    );
-    let latency_ms = access.started.elapsed().as_millis() as u64;
+    let method = &access.method;
+    let (path, request_id) = access.logged.as_ref().map_or(("", ""), |l| {
+        (
+            l.path.path(),
+            l.request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        )
+    });
+    let latency_ms = access.started.elapsed().as_secs_f64() * 1000.0;
     if e.is_client_fault() {
         tracing::info!(
             target: ACCESS,
-            %method, path, status = status.as_u16(), latency_ms,
+            %method, path, status = status.as_u16(), latency_ms, request_id,
             error = e.token(), "client fault"
         );
     } else {
         tracing::warn!(
             target: ACCESS,
             %method, path, status = status.as_u16(),
-            upstream = %Upstream(&access.target.origin), latency_ms,
+            upstream = %Upstream(&access.target.origin), latency_ms, request_id,
             error = e.token(), "upstream failure"
         );
     }
@@ -373,24 +508,23 @@ where
     let (parts, body) = resp.into_parts();
     let mut body = MeteredBody::new(body, idle, Direction::Response, state.metrics.clone())
         .with_guard(in_flight);
-    if let Some(path) = access.path {
+    if let Some(logged) = access.logged {
         // Reference-counted clones (no copy of the text); formatted only
         // when the line is written.
-        let request_id = parts.headers.get("twilio-request-id").cloned();
+        let twilio_request_id = parts.headers.get("twilio-request-id").cloned();
         let upstream = access.target.origin.clone();
         let (method, started) = (access.method, access.started);
         body = body.on_end(move |bytes| {
-            let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
             crate::telemetry::access::write(&AccessLine {
                 method: method.as_str(),
-                path: path.path(),
-                status,
-                upstream_scheme: upstream.scheme.as_str(),
-                upstream_authority: upstream.authority.as_str(),
-                latency_ms: started.elapsed().as_millis() as u64,
+                latency_us: started.elapsed().as_micros() as u64,
                 bytes,
-                twilio_request_id: request_id.unwrap_or(""),
+                twilio_request_id: twilio_request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
                 repair_outcome: outcome.unwrap_or(""),
+                ..logged.line(status, &upstream)
             });
         });
     }

@@ -232,6 +232,9 @@ impl TwilioApi {
             headers.insert(header::HOST, host);
         }
         headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        // The current span's trace context (a repair step's client span),
+        // replacing a replayed create's own `traceparent`.
+        crate::telemetry::trace::inject(&mut headers);
         if self.via {
             headers.append(
                 header::VIA,

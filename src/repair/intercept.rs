@@ -30,6 +30,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Repairer;
 use super::check::{self, Landed};
@@ -252,7 +253,8 @@ impl Repairer {
                     }
                     tokio::time::sleep(super::lock::LOCK_POLL_INTERVAL).await;
                 }
-            },
+            }
+            .in_current_span(),
             &self.rt,
         );
         let _ = wait.await;
@@ -307,13 +309,24 @@ impl Repairer {
         self.metrics.repair_intercepted();
         let started = StdInstant::now();
         let rep = self.clone();
-        let task = self
-            .tasks
-            .spawn_on(async move { workflow::run(&rep, &req).await }, &self.rt);
+        // The repair's span (a child of the request's): its log lines and
+        // its steps' spans and `traceparent`s belong to it.
+        let span = tracing::info_span!(
+            "repair",
+            otel.name = "repair",
+            repair_id = tracing::field::Empty,
+            trp.outcome = tracing::field::Empty,
+            trp.conversation = %req.path.conversation,
+        );
+        let task = self.tasks.spawn_on(
+            async move { workflow::run(&rep, &req).await }.instrument(span.clone()),
+            &self.rt,
+        );
         let verdict = task.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "the workflow task failed");
             Verdict::original(Outcome::Failed, Some("the workflow task failed".into()))
         });
+        span.record("trp.outcome", verdict.outcome.as_str());
         self.metrics.repair_workflow.observe(started.elapsed());
         let outcome = verdict.outcome;
         self.metrics.repair_outcome(outcome);
@@ -340,7 +353,7 @@ impl Repairer {
         let mut api = self.api(&req.origin, auth.clone(), &req.headers);
         let path = req.path.clone();
         let look = self.tasks.spawn_on(
-            async move { check::participant(&mut api, &path, &who).await },
+            async move { check::participant(&mut api, &path, &who).await }.in_current_span(),
             &self.rt,
         );
         let Ok(looked) = look.await else {

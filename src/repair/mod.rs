@@ -212,7 +212,17 @@ impl Repairer {
         // The workflow gathers the steps of its two credentials separately:
         // the record lists them in the order they were made.
         incident.steps.sort_by(|a, b| a.at.cmp(&b.at));
+        // Logged once recorded, naming the incident: with the request's
+        // span (its `request_id`), the line an app's failure is matched by.
+        let id = match self.store.insert_incident(&incident).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record incident");
+                None
+            }
+        };
         tracing::info!(
+            incident = id,
             outcome = %incident.outcome,
             conversation = %incident.conversation_sid,
             service = incident.service_sid.as_deref().unwrap_or(""),
@@ -220,9 +230,6 @@ impl Repairer {
             detail = incident.detail.as_deref().unwrap_or(""),
             "intercepted 20404 on participant create"
         );
-        if let Err(e) = self.store.insert_incident(&incident).await {
-            tracing::warn!(error = %e, "cannot record incident");
-        }
     }
 
     /// Wait (at most `grace`) for every repair and recovery task to end.

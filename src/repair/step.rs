@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::store::{MAX_STEP_MESSAGE_CHARS, StepRecord};
 use crate::twilio_api::{ApiError, ApiResponse, RetryPolicy, TwilioApi};
@@ -216,6 +217,8 @@ pub struct Api {
     policy: RetryPolicy,
     deadline: Instant,
     pub steps: Vec<StepRecord>,
+    /// Attempts of the step last run (its span's retry count).
+    attempts: u32,
 }
 
 impl Api {
@@ -230,6 +233,7 @@ impl Api {
             policy,
             deadline,
             steps: Vec::new(),
+            attempts: 0,
         }
     }
 
@@ -245,6 +249,7 @@ impl Api {
             policy: self.policy,
             deadline: self.deadline,
             steps: Vec::new(),
+            attempts: 0,
         }
     }
 
@@ -275,7 +280,7 @@ impl Api {
         path: &str,
         form: Option<&str>,
     ) -> Result<ApiResponse, StepError> {
-        self.run(kind, path, Sent::Form(form)).await
+        self.traced(kind, path, Sent::Form(form)).await
     }
 
     /// Replay the caller's create with its own end-to-end headers.
@@ -286,7 +291,40 @@ impl Api {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<ApiResponse, StepError> {
-        self.run(kind, path, Sent::Replay(headers, body)).await
+        self.traced(kind, path, Sent::Replay(headers, body)).await
+    }
+
+    /// One step as a client span named after it (`fetch-user`, ...), a
+    /// child of the repair's: its calls carry the span's `traceparent`
+    /// (`crate::twilio_api`), and it records its status and retries.
+    async fn traced(
+        &mut self,
+        kind: StepKind,
+        path: &str,
+        sent: Sent<'_>,
+    ) -> Result<ApiResponse, StepError> {
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %kind,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            trp.step = %kind,
+            trp.retries = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        self.attempts = 0;
+        let result = self.run(kind, path, sent).instrument(span.clone()).await;
+        span.record("trp.retries", self.attempts.saturating_sub(1));
+        match &result {
+            Ok(r) => {
+                span.record("http.response.status_code", r.status.as_u16());
+                span.record("otel.status_code", "OK");
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
     }
 
     async fn run(
@@ -301,6 +339,7 @@ impl Api {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.attempts = attempt;
             let (at, started) = (step_time(), Instant::now());
             let result = self
                 .inner

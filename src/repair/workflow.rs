@@ -187,6 +187,8 @@ impl Workflow<'_> {
             )
         })?;
         let repair_id = journal.id;
+        // On the repair's span: every later line of it names its record.
+        tracing::Span::current().record("repair_id", repair_id);
         self.steps.append(&mut api.steps);
         match result {
             Ok(()) => Ok(Repaired {

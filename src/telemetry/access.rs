@@ -26,7 +26,8 @@ use crate::config::LogFormat;
 pub const TARGET: &str = "twilio_repair_proxy::access";
 
 /// What the access log records of one answered request. Never a header
-/// value other than `Twilio-Request-Id`, never the query string or a body.
+/// value other than `User-Agent`, `X-Request-Id` and `Twilio-Request-Id`,
+/// never the query string or a body.
 pub struct AccessLine<'a> {
     pub method: &'a str,
     /// The path, without the query string.
@@ -34,10 +35,80 @@ pub struct AccessLine<'a> {
     pub status: u16,
     pub upstream_scheme: &'a str,
     pub upstream_authority: &'a str,
-    pub latency_ms: u64,
+    /// Microseconds; written as fractional milliseconds (`latency_ms=0.412`).
+    pub latency_us: u64,
     pub bytes: u64,
+    /// The client's address (the TCP peer).
+    pub client: Option<std::net::IpAddr>,
+    /// The client's `User-Agent` (visible ASCII: `HeaderValue::to_str`).
+    pub user_agent: &'a str,
+    /// The request's `X-Request-Id` (see `super::request_id`).
+    pub request_id: &'a str,
+    /// The W3C trace id of the request's trace, when it has one.
+    pub trace_id: &'a str,
     pub twilio_request_id: &'a str,
     pub repair_outcome: &'a str,
+}
+
+/// `latency_us` as the fractional milliseconds of the line: the digits of
+/// `f64`'s shortest form (`0.412`, `1.5`, `2.0`).
+fn latency_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// The bytes `{:?}` writes for `latency_ms(us)`, without `core::fmt`: an
+/// integer part, a dot and one to three decimals (trailing zeros dropped,
+/// at least one kept). Exact while the value stays below 2^53 µs.
+fn push_ms(buf: &mut Vec<u8>, us: u64) {
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(n.format(us / 1000).as_bytes());
+    buf.push(b'.');
+    let frac = us % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    let keep = match (digits[1], digits[2]) {
+        (_, d) if d != 0 => 3,
+        (d, _) if d != 0 => 2,
+        _ => 1,
+    };
+    for d in &digits[..keep] {
+        buf.push(b'0' + *d as u8);
+    }
+}
+
+/// An address as `Display` writes it (IPv4 without `core::fmt`).
+fn push_ip(buf: &mut Vec<u8>, ip: Option<std::net::IpAddr>) {
+    match ip {
+        Some(std::net::IpAddr::V4(v4)) => {
+            let mut n = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(n.format(*o).as_bytes());
+            }
+        }
+        Some(ip) => {
+            let _ = write!(buf, "{ip}");
+        }
+        None => {}
+    }
+}
+
+/// A `&str` as `{:?}` writes it: quoted, `"` and `\` escaped (and the
+/// rest by `core::fmt` when there is anything else to escape).
+fn push_debug_str(buf: &mut Vec<u8>, s: &str) {
+    if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        let _ = write!(buf, "{s:?}");
+        return;
+    }
+    buf.push(b'"');
+    for b in s.bytes() {
+        if b == b'"' || b == b'\\' {
+            buf.push(b'\\');
+        }
+        buf.push(b);
+    }
+    buf.push(b'"');
 }
 
 struct Output {
@@ -82,12 +153,28 @@ fn as_event(line: &AccessLine<'_>) {
         path = %line.path,
         status = line.status,
         upstream = %format_args!("{}://{}", line.upstream_scheme, line.upstream_authority),
-        latency_ms = line.latency_ms,
+        latency_ms = latency_ms(line.latency_us),
         bytes = line.bytes,
+        client = %Client(line.client),
+        user_agent = line.user_agent,
+        request_id = %line.request_id,
+        trace_id = %line.trace_id,
         twilio_request_id = %line.twilio_request_id,
         repair_outcome = line.repair_outcome,
         "request"
     );
+}
+
+/// An optional address, `Display`ed as nothing when absent.
+struct Client(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "{ip}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The bytes `tracing-subscriber` writes for the event of [`as_event`]
@@ -110,9 +197,17 @@ fn format(buf: &mut Vec<u8>, l: &AccessLine<'_>, format: LogFormat, now: SystemT
             buf.extend_from_slice(b"://");
             buf.extend_from_slice(l.upstream_authority.as_bytes());
             buf.extend_from_slice(b" latency_ms=");
-            buf.extend_from_slice(n.format(l.latency_ms).as_bytes());
+            push_ms(buf, l.latency_us);
             buf.extend_from_slice(b" bytes=");
             buf.extend_from_slice(n.format(l.bytes).as_bytes());
+            buf.extend_from_slice(b" client=");
+            push_ip(buf, l.client);
+            buf.extend_from_slice(b" user_agent=");
+            push_debug_str(buf, l.user_agent);
+            buf.extend_from_slice(b" request_id=");
+            buf.extend_from_slice(l.request_id.as_bytes());
+            buf.extend_from_slice(b" trace_id=");
+            buf.extend_from_slice(l.trace_id.as_bytes());
             buf.extend_from_slice(b" twilio_request_id=");
             buf.extend_from_slice(l.twilio_request_id.as_bytes());
             buf.extend_from_slice(b" repair_outcome=");
@@ -137,9 +232,17 @@ fn format(buf: &mut Vec<u8>, l: &AccessLine<'_>, format: LogFormat, now: SystemT
             buf.extend_from_slice(b"://");
             buf.extend_from_slice(l.upstream_authority.as_bytes());
             buf.extend_from_slice(b"\",\"latency_ms\":");
-            buf.extend_from_slice(n.format(l.latency_ms).as_bytes());
+            push_ms(buf, l.latency_us);
             buf.extend_from_slice(b",\"bytes\":");
             buf.extend_from_slice(n.format(l.bytes).as_bytes());
+            buf.extend_from_slice(b",\"client\":\"");
+            push_ip(buf, l.client);
+            buf.extend_from_slice(b"\",\"user_agent\":");
+            json_str(buf, l.user_agent);
+            buf.extend_from_slice(b",\"request_id\":");
+            json_str(buf, l.request_id);
+            buf.extend_from_slice(b",\"trace_id\":");
+            json_str(buf, l.trace_id);
             buf.extend_from_slice(b",\"twilio_request_id\":");
             json_str(buf, l.twilio_request_id);
             buf.extend_from_slice(b",\"repair_outcome\":");
@@ -262,8 +365,12 @@ mod tests {
                 status: 200,
                 upstream_scheme: "https",
                 upstream_authority: "conversations.twilio.com",
-                latency_ms: 12,
+                latency_us: 12_345,
                 bytes: 470,
+                client: Some("203.0.113.9".parse().unwrap()),
+                user_agent: "twilio-python/9.13.0 (Linux x86_64) Python/3.11",
+                request_id: "0193f8a2-b7c4-7d2e-9a1b-3c4d5e6f7a8b",
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
                 twilio_request_id: "RQ0123456789abcdef0123456789abcdef",
                 repair_outcome: "",
             },
@@ -273,8 +380,12 @@ mod tests {
                 status: 201,
                 upstream_scheme: "http",
                 upstream_authority: "127.0.0.1:19001",
-                latency_ms: 0,
+                latency_us: 0,
                 bytes: 0,
+                client: Some("::1".parse().unwrap()),
+                user_agent: "",
+                request_id: "app-1",
+                trace_id: "",
                 twilio_request_id: "",
                 repair_outcome: "repaired",
             },
@@ -285,8 +396,12 @@ mod tests {
                 status: 404,
                 upstream_scheme: "https",
                 upstream_authority: "[::1]:8443",
-                latency_ms: u64::MAX,
+                latency_us: 2_000,
                 bytes: 18_446_744_073_709_551_615,
+                client: None,
+                user_agent: "ua \"quoted\" \\ back\tslash",
+                request_id: "x",
+                trace_id: "",
                 twilio_request_id: "RQ\"x\\",
                 repair_outcome: "a\"b\n",
             },
@@ -302,6 +417,32 @@ mod tests {
                     assert_eq!(v["repair_outcome"], line.repair_outcome);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn latency_is_written_as_f64_writes_it() {
+        for us in [
+            0,
+            1,
+            10,
+            100,
+            999,
+            1_000,
+            1_500,
+            1_050,
+            1_005,
+            412,
+            60_000_123,
+            1 << 40,
+        ] {
+            let mut buf = Vec::new();
+            push_ms(&mut buf, us);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                format!("{:?}", latency_ms(us)),
+                "{us}"
+            );
         }
     }
 

@@ -32,6 +32,8 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::config::{LogConfig, LogFormat};
 
 pub mod access;
+pub mod request_id;
+pub mod trace;
 
 /// Bytes of log output held for the writer thread. When that much is
 /// waiting, logging waits for the thread (no line is dropped).
@@ -46,7 +48,11 @@ pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// dedicated thread, so a request never waits on a write to stderr; keep
 /// the returned guard alive until exit, dropping it flushes what is left.
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init(log: &LogConfig) -> LogGuard {
+pub fn init(log: &LogConfig) -> Guards {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
@@ -60,15 +66,46 @@ pub fn init(log: &LogConfig) -> LogGuard {
         // the rest.
         access::install(writer.clone(), log.format);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
-    let _ = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let fmt = match log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Pretty => fmt.with_filter(filter).boxed(),
     };
-    guard
+    // Spans for OTLP have their own filter: the log level never hides a
+    // span, and the access line (written by `access` itself) is no event
+    // of a span.
+    let (otel, trace_guard, trace_error) = match trace::init() {
+        Ok(Some((layer, guard))) => {
+            let targets = tracing_subscriber::filter::Targets::new()
+                .with_target("twilio_repair_proxy", tracing::Level::INFO)
+                .with_target(access::TARGET, tracing::level_filters::LevelFilter::OFF);
+            (Some(layer.with_filter(targets)), Some(guard), None)
+        }
+        Ok(None) => (None, None, None),
+        Err(e) => (None, None, Some(e)),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    if let Some(e) = trace_error {
+        tracing::warn!(error = %e, "tracing export is off");
+    } else if trace::enabled() {
+        tracing::info!("tracing: spans exported over OTLP/HTTP (OTEL_EXPORTER_OTLP_* settings)");
+    }
+    Guards {
+        _trace: trace_guard,
+        _log: guard,
+    }
+}
+
+/// What [`init`] started; dropping it flushes the spans still queued, then
+/// the log lines.
+pub struct Guards {
+    _trace: Option<trace::TraceGuard>,
+    _log: LogGuard,
 }
 
 struct State {
