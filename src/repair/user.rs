@@ -24,13 +24,11 @@
 //! run until the workflow deadline (memberships until a budget that leaves
 //! the caller's replayed create its turn).
 
-use std::time::Duration;
-
 use http::StatusCode;
 use tokio::time::Instant;
 
 use super::request::user_path;
-use super::step::{Api, StepError, StepKind};
+use super::step::{Api, Backoff, StepError, StepKind};
 use crate::metrics::Metrics;
 use crate::store::{Membership, NewRepair, RepairState, Store, StoreError, UserSnapshot};
 use crate::twilio_api::{encode_segment, form};
@@ -128,32 +126,6 @@ fn membership_matches(identity: &str, m: &Membership, v: &serde_json::Value) -> 
     str_field(v, "identity").as_deref() == Some(identity)
         && field_matches(&m.attributes, str_field(v, "attributes"), true)
         && field_matches(&m.role_sid, str_field(v, "role_sid"), false)
-}
-
-/// Capped exponential waits between read-back rounds, bounded by a limit.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(api: &Api) -> Self {
-        let p = api.policy();
-        Backoff {
-            next: p.initial_backoff,
-            max: p.max_backoff,
-        }
-    }
-    /// Wait before `step` is tried again, or fail with the deadline when
-    /// the wait would pass `limit`.
-    async fn wait(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
-        if Instant::now() + self.next >= limit {
-            return Err(StepError::Deadline { step });
-        }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
-        Ok(())
-    }
 }
 
 /// Run the repair from `from` until the User and its memberships equal

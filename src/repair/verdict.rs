@@ -18,8 +18,12 @@ use crate::twilio_api::ApiResponse;
 pub enum Answer {
     /// Twilio's participant JSON, answered as 201.
     Created(Box<ApiResponse>),
-    /// Twilio's 409 "participant already exists".
+    /// Twilio's 409 "participant already exists" (the participant existed
+    /// before the request).
     AlreadyExists,
+    /// Twilio's own 409 answer to the create, unchanged: the participant
+    /// exists, but no read showed it within `repair.read_lag_grace_ms`.
+    Conflict(Box<ApiResponse>),
     /// The original 404, untouched.
     Original,
 }

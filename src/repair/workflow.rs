@@ -23,6 +23,9 @@ use super::{Repairer, policy};
 use crate::store::{Outcome, RepairState, StepRecord};
 use crate::twilio_api::ApiResponse;
 
+/// The incident's detail when Twilio's 409 is answered unchanged.
+const CONFLICT_UNSEEN: &str = "Twilio answered 409 (the participant exists) but no read showed it within repair.read_lag_grace_ms: its 409 was answered, and no User was deleted for it";
+
 /// The User is back (and, when `complete`, every membership too).
 struct Repaired {
     repair_id: i64,
@@ -152,12 +155,24 @@ impl Workflow<'_> {
     }
 
     /// 6. Another request may have repaired meanwhile: create once more.
+    ///
+    /// Twilio's 409 says the participant exists: never a repair.
     async fn retry_create(&mut self, who: &Who) -> Result<(), Verdict> {
-        match self.create(StepKind::RetryCreate, who).await {
-            Ok(Some(answer)) => Err(Verdict::answered(answer, Outcome::Repaired)),
-            Ok(None) => Ok(()),
-            Err(e) => Err(self.step_failed(e)),
-        }
+        let posted = match self.create(StepKind::RetryCreate, who).await {
+            Ok(posted) => posted,
+            Err(e) => return Err(self.step_failed(e)),
+        };
+        let outcome = match posted {
+            Posted::Missing => return Ok(()),
+            Posted::Created(_) => Outcome::Repaired,
+            Posted::Found(_) | Posted::Exists(_) | Posted::Conflict(_) => Outcome::Existing,
+        };
+        let detail = matches!(posted, Posted::Conflict(_)).then(|| CONFLICT_UNSEEN.to_string());
+        let answer = self.answer(posted).unwrap_or(Answer::Original);
+        Err(Verdict {
+            detail,
+            ..Verdict::answered(answer, outcome)
+        })
     }
 
     /// 7. Twilio's workaround: snapshot, journal, then converge.
@@ -240,11 +255,17 @@ impl Workflow<'_> {
             }
         }
         let (answer, mut detail) = match created {
-            Ok(Some(answer)) => (answer, repaired.detail.clone()),
-            Ok(None) => (
-                Answer::Original,
-                Some("the create still answers 20404 after the User was recreated".into()),
+            Ok(Posted::Conflict(r)) => (
+                Answer::Conflict(Box::new(r)),
+                Some(CONFLICT_UNSEEN.to_string()),
             ),
+            Ok(posted) => match self.answer(posted) {
+                Some(answer) => (answer, repaired.detail.clone()),
+                None => (
+                    Answer::Original,
+                    Some("the create still answers 20404 after the User was recreated".into()),
+                ),
+            },
             Err(e) => (Answer::Original, Some(e.to_string())),
         };
         let outcome = match (&answer, repaired.complete) {
@@ -263,20 +284,31 @@ impl Workflow<'_> {
     }
 
     /// POST the caller's create, read back when the answer leaves it
-    /// open. `Ok(None)`: still 20404, and not there.
-    async fn create(
-        &mut self,
-        kind: StepKind,
-        who: &Who,
-    ) -> Result<Option<Answer>, check::CheckError> {
+    /// open, and read again within the read-lag grace after a 409.
+    async fn create(&mut self, kind: StepKind, who: &Who) -> Result<Posted, check::CheckError> {
         let req = self.req;
-        let posted =
-            check::create(self.api(), kind, &req.path, &req.headers, &req.body, who).await?;
-        Ok(match posted {
+        let grace = std::time::Duration::from_millis(self.rep.config.read_lag_grace_ms);
+        check::create(
+            self.api(),
+            kind,
+            &req.path,
+            &req.headers,
+            &req.body,
+            who,
+            grace,
+        )
+        .await
+    }
+
+    /// What the caller is answered for a create's result; `None`: still
+    /// 20404, and not there.
+    fn answer(&self, posted: Posted) -> Option<Answer> {
+        match posted {
             Posted::Created(p) => Some(Answer::Created(Box::new(p))),
-            Posted::Found(p) => Some(self.created_or_exists(p)),
+            Posted::Found(p) | Posted::Exists(p) => Some(self.created_or_exists(p)),
+            Posted::Conflict(r) => Some(Answer::Conflict(Box::new(r))),
             Posted::Missing => None,
-        })
+        }
     }
 
     fn created_or_exists(&self, p: ApiResponse) -> Answer {

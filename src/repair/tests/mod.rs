@@ -41,10 +41,19 @@ fn bench_operator(fake: FakeTwilio) -> Bench {
 }
 
 fn bench_with(fake: FakeTwilio, credential: Option<super::RepairCredential>) -> Bench {
+    bench_config(fake, credential, |_| {})
+}
+
+fn bench_config(
+    fake: FakeTwilio,
+    credential: Option<super::RepairCredential>,
+    set: impl FnOnce(&mut crate::config::RepairConfig),
+) -> Bench {
     let mut config = Config::defaults().repair;
     config.retry_initial_backoff_ms = 100;
     config.retry_max_backoff_ms = 2_000;
     config.workflow_deadline_ms = 30_000;
+    set(&mut config);
     let store = Arc::new(MemStore::default());
     let metrics = Arc::new(Metrics::default());
     let f = fake.clone();
@@ -388,4 +397,85 @@ async fn a_callers_recovery_pass_waits_for_a_pass_under_way_instead_of_being_los
         "the caller's pass finished the record"
     );
     assert!(b.fake.0.lock().unwrap().users.contains_key("kim"));
+}
+
+/// Kim's create lands ("ghost") but answers 20404, and Twilio's reads of the
+/// participant lag the write by `lag`: what the workflow then sees.
+fn ghost_with_read_lag(lag: Duration, grace_ms: u64) -> Bench {
+    let fake = FakeTwilio::with_kim(1);
+    {
+        let mut m = fake.0.lock().unwrap();
+        m.ghost = true;
+        m.read_lag = lag;
+        // The caller's own create, which the proxy intercepted.
+        let form = [("Identity".to_string(), "kim".to_string())].into();
+        let r = m.handle(
+            &Method::POST,
+            &format!("/v1/Services/{IS}/Conversations/{CH}/Participants"),
+            &form,
+        );
+        assert_eq!(r.unwrap().status, 404, "the fault's 20404");
+    }
+    bench_config(fake, None, |c| c.read_lag_grace_ms = grace_ms)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_409_is_proof_of_existence_read_again_within_the_grace_never_a_delete() {
+    for (lag, grace) in [(1_000, 2_000), (3_000, 5_000)] {
+        let b = ghost_with_read_lag(Duration::from_millis(lag), grace);
+        let started = Instant::now();
+        let v = workflow::run(&b.rep, &kim_create()).await;
+        assert_eq!(v.outcome, Outcome::Existing, "lag {lag}: {:?}", v.detail);
+        assert!(is_created(&v.answer), "lag {lag}: 201 with the participant");
+        assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0, "lag {lag}");
+        assert!(b.store.repairs.lock().unwrap().is_empty(), "lag {lag}");
+        assert!(
+            started.elapsed() <= Duration::from_millis(grace),
+            "lag {lag}: within the grace"
+        );
+        // landed (404), conversation, retry (409), then at most two reads.
+        let calls = b.fake.0.lock().unwrap().calls.len();
+        assert!((4..=5).contains(&calls), "lag {lag}: {calls} calls");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_409_never_readable_within_the_grace_is_answered_unchanged() {
+    let b = ghost_with_read_lag(Duration::from_secs(10), 2_000);
+    let started = Instant::now();
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    let Answer::Conflict(r) = &v.answer else {
+        panic!("Twilio's 409, not {:?}", v.outcome);
+    };
+    assert_eq!(r.status, http::StatusCode::CONFLICT);
+    assert_eq!(r.code(), Some(50433), "Twilio's own body");
+    assert_eq!(v.outcome, Outcome::Existing);
+    assert!(
+        v.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("read_lag_grace_ms"),
+        "{:?}",
+        v.detail
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the grace bounds it"
+    );
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+    let incidents = b.store.incidents.lock().unwrap();
+    assert_eq!(incidents[0].outcome, Outcome::Existing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_grace_answers_the_409_at_once_and_still_never_deletes() {
+    let b = ghost_with_read_lag(Duration::from_secs(1), 0);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert!(matches!(v.answer, Answer::Conflict(_)));
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+    assert_eq!(
+        b.fake.count(Method::GET, "/Participants/kim"),
+        1,
+        "only the landed check read it"
+    );
 }
