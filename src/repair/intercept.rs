@@ -357,6 +357,7 @@ impl Repairer {
                     outcome: Outcome::Existing,
                     detail: None,
                     repair_id: None,
+                    aliases: Vec::new(),
                 };
                 Intercepted {
                     response: Ok(respond(v, Response::new(Body::empty()))),
@@ -368,10 +369,17 @@ impl Repairer {
     }
 }
 
-/// Turn a verdict into the caller's response.
+/// Turn a verdict into the caller's response, telling the SIDs its repair
+/// changed.
 fn respond(verdict: Verdict, original: Response<Body>) -> Response<Body> {
-    let outcome = HeaderValue::from_static(verdict.outcome.as_str());
-    match verdict.answer {
+    let mut r = answer(verdict.answer, verdict.outcome, original);
+    super::alias::tell(r.headers_mut(), &verdict.aliases);
+    r
+}
+
+fn answer(answer: Answer, outcome: Outcome, original: Response<Body>) -> Response<Body> {
+    let outcome = HeaderValue::from_static(outcome.as_str());
+    match answer {
         Answer::Created(p) => twilio_answer(StatusCode::CREATED, *p, outcome),
         Answer::Conflict(r) => twilio_answer(StatusCode::CONFLICT, *r, outcome),
         Answer::AlreadyExists => {

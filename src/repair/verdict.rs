@@ -11,7 +11,7 @@ use super::lock::LockError;
 use super::request::CreatePath;
 use super::user::RepairTarget;
 use crate::routing::Origin;
-use crate::store::{Incident, NewRepair, Outcome, StepRecord, UserSnapshot, now_rfc3339};
+use crate::store::{Incident, NewRepair, Outcome, SidAlias, StepRecord, UserSnapshot, now_rfc3339};
 use crate::twilio_api::ApiResponse;
 
 /// What the caller is answered.
@@ -34,6 +34,9 @@ pub struct Verdict {
     pub outcome: Outcome,
     pub detail: Option<String>,
     pub repair_id: Option<i64>,
+    /// The SIDs this repair changed, told to the caller in the answer's
+    /// `X-Repair-User-Sid` and `X-Repair-Sid-Alias` headers.
+    pub aliases: Vec<SidAlias>,
 }
 
 impl Verdict {
@@ -43,6 +46,7 @@ impl Verdict {
             outcome,
             detail: detail.into(),
             repair_id: None,
+            aliases: Vec::new(),
         }
     }
     pub fn failed(e: impl std::fmt::Display) -> Verdict {
@@ -55,6 +59,7 @@ impl Verdict {
             outcome,
             detail: None,
             repair_id: None,
+            aliases: Vec::new(),
         }
     }
     /// The same verdict, naming the journal record it left.

@@ -20,7 +20,7 @@ use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
-use crate::store::{Outcome, RepairState, StepRecord};
+use crate::store::{Outcome, RepairState, SidAlias, StepRecord};
 use crate::twilio_api::ApiResponse;
 
 /// The incident's detail when Twilio's 409 is answered unchanged.
@@ -33,6 +33,8 @@ struct Repaired {
     detail: Option<String>,
     /// A state change did not reach the journal.
     journal_lost: bool,
+    /// The SIDs the repair changed (User, restored memberships).
+    aliases: Vec<SidAlias>,
 }
 
 /// Run the workflow for one intercepted 20404 and record its incident.
@@ -211,6 +213,7 @@ impl Workflow<'_> {
                     "the journal lost a state change; the repair went on from memory".into()
                 }),
                 journal_lost: journal.lost,
+                aliases: std::mem::take(&mut journal.aliases),
             }),
             Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
                 Err(Verdict::failed(e).of_repair(repair_id))
@@ -228,6 +231,7 @@ impl Workflow<'_> {
                         repair_id,
                         complete: false,
                         journal_lost: journal.lost,
+                        aliases: std::mem::take(&mut journal.aliases),
                         detail: Some(detail),
                     }),
                     _ => Err(Verdict::failed(detail).of_repair(repair_id)),
@@ -280,6 +284,7 @@ impl Workflow<'_> {
             outcome,
             detail,
             repair_id: Some(repaired.repair_id),
+            aliases: repaired.aliases,
         }
     }
 

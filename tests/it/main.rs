@@ -21,4 +21,5 @@ mod repair_crash;
 mod repair_invariant;
 mod sdk;
 mod shield;
+mod sid_alias;
 mod ui;

@@ -13,7 +13,7 @@ use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::super::step::{Exchange, Sent};
-use crate::store::{Incident, NewRepair, RepairRecord, RepairState, Store, StoreError};
+use crate::store::{Incident, NewRepair, RepairRecord, RepairState, SidAlias, Store, StoreError};
 use crate::twilio_api::{ApiError, ApiResponse};
 
 pub(super) const IS: &str = "IS00000000000000000000000000000001";
@@ -456,6 +456,7 @@ impl FakeTwilio {
 pub(super) struct MemStore {
     pub(super) repairs: Mutex<Vec<RepairRecord>>,
     pub(super) incidents: Mutex<Vec<Incident>>,
+    pub(super) aliases: Mutex<Vec<SidAlias>>,
     pub(super) fail_writes: AtomicBool,
     /// Refuse every write once a repair record exists (the disk filled up
     /// right after the snapshot was journaled).
@@ -564,6 +565,51 @@ impl Store for MemStore {
         Box::pin(async move {
             self.incidents.lock().unwrap().push(i.clone());
             Ok(1)
+        })
+    }
+    fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut list = self.aliases.lock().unwrap();
+            if !list.iter().any(|x| {
+                (&x.account_sid, &x.old_sid, &x.new_sid) == (&a.account_sid, &a.old_sid, &a.new_sid)
+            }) {
+                list.push(a.clone());
+            }
+            Ok(())
+        })
+    }
+    fn find_alias<'a>(
+        &'a self,
+        account_sid: &'a str,
+        old_sid: &'a str,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SidAlias>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .aliases
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|a| {
+                    a.account_sid == account_sid
+                        && a.old_sid == old_sid
+                        && a.created_at.as_str() >= since
+                })
+                .cloned())
+        })
+    }
+    fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .aliases
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.repair_id == repair_id)
+                .cloned()
+                .collect())
         })
     }
     fn incidents(&self, _limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>> {

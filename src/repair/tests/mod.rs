@@ -218,10 +218,11 @@ async fn a_journal_lost_after_the_delete_does_not_abandon_the_user() {
     let v = workflow::run(&b.rep, &kim_create()).await;
     assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
     b.fake.assert_kim_back(1);
-    // Recreating, Restoring, Replaying and Done did not land; the record
-    // stays `deleting` for recovery to verify again later.
+    // Recreating, Restoring, Replaying and Done did not land, nor the two
+    // SID aliases (User, membership); the record stays `deleting` for
+    // recovery to verify again later.
     let m = b.metrics.render();
-    assert!(m.contains("trp_journal_write_failures_total 4"), "{m}");
+    assert!(m.contains("trp_journal_write_failures_total 6"), "{m}");
     assert_eq!(
         b.store.repairs.lock().unwrap()[0].state,
         RepairState::Deleting
@@ -478,4 +479,47 @@ async fn a_zero_grace_answers_the_409_at_once_and_still_never_deletes() {
         1,
         "only the landed check read it"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_journals_and_tells_every_sid_it_changed() {
+    let b = bench(FakeTwilio::with_kim(2));
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    let m = b.fake.0.lock().unwrap();
+    let mut want = vec![(None, "USkim".to_string(), m.users["kim"].sid.clone())];
+    for i in 0..2 {
+        let conv = if i == 0 {
+            OTHER.to_string()
+        } else {
+            format!("CH{:032}", 100 + i)
+        };
+        let new = m.participants[&(conv.clone(), "kim".to_string())]
+            .sid
+            .clone();
+        want.push((Some(conv), format!("MBkim{i}"), new));
+    }
+    drop(m);
+    let mut told: Vec<_> = (v.aliases.iter())
+        .map(|a| {
+            (
+                a.conversation_sid.clone(),
+                a.old_sid.clone(),
+                a.new_sid.clone(),
+            )
+        })
+        .collect();
+    told.sort();
+    want.sort();
+    assert_eq!(told, want);
+    let journaled = b.store.aliases.lock().unwrap().clone();
+    assert_eq!(journaled, v.aliases, "journaled as told");
+    assert!(journaled.iter().all(|a| a.account_sid == ACCOUNT
+        && a.service_sid == IS
+        && a.repair_id == v.repair_id.unwrap()));
+    // The caller's answer says so.
+    let mut h = http::HeaderMap::new();
+    super::alias::tell(&mut h, &v.aliases);
+    assert_eq!(h.get_all(super::alias::USER_SID_HEADER).iter().count(), 1);
+    assert_eq!(h.get_all(super::alias::SID_ALIAS_HEADER).iter().count(), 2);
 }
