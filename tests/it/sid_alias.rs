@@ -148,6 +148,22 @@ async fn the_repaired_create_tells_the_app_which_sids_changed(store: StoreKind) 
         .collect();
     want.sort();
     assert_eq!(told, want, "one alias per restored membership");
+
+    // Listed on the incident page and in its support bundle.
+    let inc = admin_json(&st.proxy.admin, "/incidents").await;
+    let id = inc["incidents"][0]["id"].as_i64().unwrap();
+    for path in [
+        format!("/ui/incidents/{id}"),
+        format!("/ui/incidents/{id}/bundle"),
+    ] {
+        let r = st.http.get(st.proxy.admin_url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let text = r.text().await.unwrap();
+        for ((_, old), (_, new)) in before.members.iter().zip(&after.members) {
+            assert!(text.contains(old) && text.contains(new), "{path}: {text}");
+        }
+        assert!(text.contains(&after.user), "{path}: {text}");
+    }
     st.proxy.stop().await;
 }
 
