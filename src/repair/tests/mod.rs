@@ -523,3 +523,112 @@ async fn a_repair_journals_and_tells_every_sid_it_changed() {
     assert_eq!(h.get_all(super::alias::USER_SID_HEADER).iter().count(), 1);
     assert_eq!(h.get_all(super::alias::SID_ALIAS_HEADER).iter().count(), 2);
 }
+
+/// An alias as a repair records it, `age` ago.
+fn alias(
+    old: &str,
+    new: &str,
+    conversation: Option<&str>,
+    age: Duration,
+) -> crate::store::SidAlias {
+    let at = time::OffsetDateTime::now_utc() - age;
+    crate::store::SidAlias {
+        created_at: crate::store::rfc3339(at),
+        repair_id: 1,
+        account_sid: ACCOUNT.into(),
+        service_sid: IS.into(),
+        service_base: format!("/v1/Services/{IS}"),
+        conversation_sid: conversation.map(str::to_string),
+        old_sid: old.into(),
+        new_sid: new.into(),
+    }
+}
+
+#[tokio::test]
+async fn an_alias_applies_in_its_account_service_and_conversation_within_the_retention() {
+    use super::alias::Named;
+    let b = bench_config(FakeTwilio::default(), None, |c| {
+        c.sid_alias_retention_secs = 3600
+    });
+    let us = |n: u32| format!("US{n:032}");
+    let mb = |n: u32| format!("MB{n:032}");
+    let hour = Duration::from_secs(3600);
+    {
+        let mut list = b.store.aliases.lock().unwrap();
+        // A chain: 1 -> 2 (old, still within) -> 3.
+        list.push(alias(&us(1), &us(2), None, hour / 2));
+        list.push(alias(&us(2), &us(3), None, Duration::ZERO));
+        // Past the retention.
+        list.push(alias(&us(7), &us(8), None, hour * 2));
+        list.push(alias(&mb(1), &mb(2), Some(OTHER), Duration::ZERO));
+    }
+    let resolve = |path: String, account: &'static str| {
+        let rep = b.rep.clone();
+        async move {
+            let named = Named::parse(&path).expect("a candidate path");
+            rep.resolve_alias(account, &named).await
+        }
+    };
+    let base = format!("/v1/Services/{IS}");
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(1)), ACCOUNT).await,
+        Some(us(3)),
+        "the newest of the chain"
+    );
+    assert_eq!(
+        resolve(format!("{base}/Users/{}/Conversations", us(2)), ACCOUNT).await,
+        Some(us(3))
+    );
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(3)), ACCOUNT).await,
+        None
+    );
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(7)), ACCOUNT).await,
+        None,
+        "past the retention"
+    );
+    let other_account = "AC00000000000000000000000000000009";
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(1)), other_account).await,
+        None
+    );
+    let other_service = "IS00000000000000000000000000000009";
+    assert_eq!(
+        resolve(
+            format!("/v1/Services/{other_service}/Users/{}", us(1)),
+            ACCOUNT
+        )
+        .await,
+        None
+    );
+    assert_eq!(
+        resolve(format!("/v1/Users/{}", us(1)), ACCOUNT).await,
+        None,
+        "recorded through the service path: not the default service's"
+    );
+    assert_eq!(
+        resolve(
+            format!("{base}/Conversations/{OTHER}/Participants/{}", mb(1)),
+            ACCOUNT
+        )
+        .await,
+        Some(mb(2))
+    );
+    assert_eq!(
+        resolve(
+            format!("{base}/Conversations/{CH}/Participants/{}", mb(1)),
+            ACCOUNT
+        )
+        .await,
+        None,
+        "another conversation"
+    );
+    // Retention 0: nothing is even a candidate.
+    let off = bench_config(FakeTwilio::default(), None, |c| {
+        c.sid_alias_retention_secs = 0
+    });
+    assert!(!off.rep.may_alias(&format!("{base}/Users/{}", us(1))));
+    assert!(b.rep.may_alias(&format!("{base}/Users/{}", us(1))));
+    assert!(!b.rep.may_alias(&format!("{base}/Users/kim")));
+}
