@@ -27,7 +27,9 @@
 //! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
 //!   and what it may show to whom.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
-//! - [`repair`]: the check-and-repair workflow for Participant creates.
+//! - [`repair`]: the check-and-repair workflow for Participant creates,
+//!   and SID continuity after it (requests naming a SID a repair changed
+//!   are sent with the new one).
 //! - [`twilio_api`]: the small Twilio client the workflow uses.
 //! - [`shield`]: the opt-in 429 shield (retries on 429, a retry budget, a
 //!   per-account concurrency cap) around every forward and every workflow

@@ -237,7 +237,14 @@ fn handle(
 
         let public = state.links.for_request(&target, req.headers(), req.uri());
         let idle = state.forwarder.idle_timeout();
-        let (parts, incoming) = req.into_parts();
+        let (mut parts, incoming) = req.into_parts();
+        // SID continuity (`crate::repair::alias`): a path that names a SID
+        // a repair changed goes with the new one. A shape check first: no
+        // other request touches the store.
+        let alias = match &state.repair {
+            Some(r) if r.may_alias(parts.uri.path()) => Box::pin(r.alias_request(&mut parts)).await,
+            _ => None,
+        };
         let access = Access {
             started,
             method,
@@ -312,13 +319,19 @@ fn handle(
                     .forward_tracked(req, &target.origin, peer, progress)
                     .await;
                 return match answer {
-                    Ok(resp) => respond(&state, resp, access, in_flight, None, idle).await,
+                    Ok(mut resp) => {
+                        crate::repair::alias::mark(resp.headers_mut(), alias);
+                        respond(&state, resp, access, in_flight, None, idle).await
+                    }
                     Err(e) => forward_failure(&state, e, &access),
                 };
             }
         };
         match answer {
-            Ok(resp) => respond(&state, resp, access, in_flight, outcome, idle).await,
+            Ok(mut resp) => {
+                crate::repair::alias::mark(resp.headers_mut(), alias);
+                respond(&state, resp, access, in_flight, outcome, idle).await
+            }
             Err(e) => forward_failure(&state, e, &access),
         }
     }

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// The create had landed after all (the "ghost" case): Twilio's own
-    /// participant, answered 201.
+    /// participant, answered 201; or Twilio's own 409 when it says the
+    /// participant exists but no read showed it within the read-lag grace.
     Existing,
     /// The User was repaired and the create replayed.
     Repaired,

@@ -7,8 +7,8 @@
 //! What a bundle holds is an allow-list, written out field by field below:
 //! account, service, conversation, identity (or its hash, the setting
 //! named), timestamps, every call's method, path, status,
-//! `Twilio-Request-Id`, error code and message, the proxy version and the
-//! User's `date_created`. Never a credential (not even the acting
+//! `Twilio-Request-Id`, error code and message, the proxy version, the
+//! User's `date_created` and the SIDs the repair changed (old -> new). Never a credential (not even the acting
 //! credential's SID), never a friendly name or attributes: the journal's
 //! snapshot is not read here beyond its SIDs.
 
@@ -17,7 +17,7 @@ use std::fmt::Write;
 
 use super::Privacy;
 use crate::store::{
-    Incident, IncidentFilter, Outcome, RepairRecord, Store, StoreError, now_rfc3339,
+    Incident, IncidentFilter, Outcome, RepairRecord, SidAlias, Store, StoreError, now_rfc3339,
 };
 
 /// Identities affected on one User creation day.
@@ -80,6 +80,10 @@ pub async fn build(
         Some(r) => store.get_repair(r).await?,
         None => None,
     };
+    let aliases = match incident.repair_id {
+        Some(r) => store.repair_aliases(r).await?,
+        None => Vec::new(),
+    };
     let recent = store
         .find_incidents(&IncidentFilter {
             service_sid: incident.service_sid.clone(),
@@ -91,6 +95,7 @@ pub async fn build(
     Ok(Some(render(
         &incident,
         repair.as_ref(),
+        &aliases,
         privacy,
         &clusters(&recent),
         &now_rfc3339(),
@@ -107,6 +112,7 @@ pub fn file_name(id: i64) -> String {
 pub fn render(
     incident: &Incident,
     repair: Option<&RepairRecord>,
+    aliases: &[SidAlias],
     privacy: &Privacy,
     clusters: &[Cluster],
     generated_at: &str,
@@ -172,6 +178,22 @@ pub fn render(
             "other memberships restored:",
             &r.snapshot.memberships.len().to_string(),
         );
+    }
+    if !aliases.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "SIDs the repair changed (old -> new):");
+        for a in aliases {
+            let _ = writeln!(
+                o,
+                "  {} -> {}  ({}, recorded {})",
+                a.old_sid,
+                a.new_sid,
+                a.conversation_sid
+                    .as_deref()
+                    .map_or_else(|| "the User".to_string(), |c| format!("in {c}")),
+                a.created_at
+            );
+        }
     }
     let _ = writeln!(o);
     let _ = writeln!(

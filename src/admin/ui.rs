@@ -300,6 +300,13 @@ pub(super) async fn detail(
         },
         None => None,
     };
+    let aliases = match incident.repair_id {
+        Some(r) => match s.store.repair_aliases(r).await {
+            Ok(a) => a,
+            Err(e) => return store_down(&e, signed_in),
+        },
+        None => Vec::new(),
+    };
     let snapshot = match &repair {
         None => SnapshotView::None,
         Some(r) if show_attributes => SnapshotView::Full(r, s.privacy.snapshot(&r.snapshot)),
@@ -307,7 +314,7 @@ pub(super) async fn detail(
     };
     page(
         StatusCode::OK,
-        views::detail(&incident, snapshot, signed_in),
+        views::detail(&incident, snapshot, &aliases, signed_in),
     )
 }
 

@@ -13,7 +13,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::bundle::Cluster;
-use crate::store::{Incident, Outcome, RepairRecord};
+use crate::store::{Incident, Outcome, RepairRecord, SidAlias};
 
 const STYLE: &str = r#"
 :root{color-scheme:light;--fg:#1b1b1b;--muted:#4a4a4a;--line:#c8c8c8;--bg:#fff;--accent:#0b4f9c;--bad:#8a1111;--good:#0d5a25}
@@ -319,7 +319,12 @@ pub enum SnapshotView<'a> {
 
 /// One incident: its fields, every step as a timeline, the snapshot
 /// summary and the support bundle link.
-pub fn detail(i: &Incident, snapshot: SnapshotView<'_>, signed_in: bool) -> Markup {
+pub fn detail(
+    i: &Incident,
+    snapshot: SnapshotView<'_>,
+    aliases: &[SidAlias],
+    signed_in: bool,
+) -> Markup {
     let title = format!("incident {}", i.id);
     layout(
         &title,
@@ -384,6 +389,25 @@ pub fn detail(i: &Incident, snapshot: SnapshotView<'_>, signed_in: bool) -> Mark
             }
             h2 { "User snapshot" }
             (snapshot_section(i.id, snapshot))
+            h2 { "SIDs the repair changed" }
+            @if aliases.is_empty() {
+                p.muted { "None: no User or membership was recreated." }
+            } @else {
+                table #aliases {
+                    caption.muted { "Requests naming an old SID are sent with the new one (repair.sid_alias_retention_secs)" }
+                    thead { tr { th scope="col" { "old SID" } th scope="col" { "new SID" } th scope="col" { "conversation" } th scope="col" { "recorded at" } } }
+                    tbody {
+                        @for a in aliases {
+                            tr.alias {
+                                td { code { (a.old_sid) } }
+                                td { code { (a.new_sid) } }
+                                td { code { (a.conversation_sid.as_deref().unwrap_or("- (the User)")) } }
+                                td.nowrap { (a.created_at) }
+                            }
+                        }
+                    }
+                }
+            }
         },
     )
 }

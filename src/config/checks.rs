@@ -38,6 +38,8 @@ pub const RANGES: &[(&str, i64, i64)] = &[
     ("repair.retry_initial_backoff_ms", 1, 60_000),
     ("repair.retry_max_backoff_ms", 1, 300_000),
     ("repair.retry_max_attempts", 1, 100),
+    ("repair.read_lag_grace_ms", 0, 60_000),
+    ("repair.sid_alias_retention_secs", 0, 31_536_000),
     ("repair.step_timeout_ms", 1, 600_000),
     ("repair.max_repairs_per_window", 0, 1_000_000),
     ("repair.repair_window_secs", 1, 31_536_000),

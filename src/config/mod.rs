@@ -292,6 +292,11 @@ pub struct RepairConfig {
     pub retry_initial_backoff_ms: u64,
     pub retry_max_backoff_ms: u64,
     pub retry_max_attempts: u32,
+    /// How long a 404 that contradicts a create's 409 is read again.
+    pub read_lag_grace_ms: u64,
+    /// How long a request naming a SID a repair changed is sent with the
+    /// new one (`crate::repair::alias`; 0: never).
+    pub sid_alias_retention_secs: u64,
     pub step_timeout_ms: u64,
     pub max_repairs_per_window: u32,
     pub repair_window_secs: u64,

@@ -10,9 +10,11 @@
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, StatusCode};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::request::{CreatePath, Who};
-use super::step::{Api, StepError, StepKind};
+use super::step::{Api, Backoff, StepError, StepKind};
 use crate::twilio_api::{ApiResponse, encode_segment};
 
 /// Most pages of participants scanned to find a messaging binding.
@@ -171,9 +173,15 @@ pub async fn conversation(
 pub enum Posted {
     /// Twilio answered 201: its participant JSON.
     Created(ApiResponse),
-    /// The answer left it open (409, 20404, 5xx, reset) and the read-back
-    /// found the participant.
+    /// The answer left it open (20404, 5xx, reset) and the read-back found
+    /// the participant.
     Found(ApiResponse),
+    /// Twilio answered 409 (the participant exists) and a read within the
+    /// read-lag grace saw it: its JSON.
+    Exists(ApiResponse),
+    /// Twilio answered 409, and no read within the grace saw the
+    /// participant: Twilio's 409, to answer unchanged.
+    Conflict(ApiResponse),
     /// Still 20404, and the read-back found nothing.
     Missing,
 }
@@ -181,7 +189,9 @@ pub enum Posted {
 /// POST the caller's create (its own body and end-to-end headers), and read
 /// back whether it landed whenever the answer leaves that open: a create
 /// that may have reached Twilio is never posted again before a read says
-/// it did not land. Bounded by the workflow deadline.
+/// it did not land. A 409 is proof that the participant exists: it is
+/// never [`Posted::Missing`] (see [`after_conflict`]). Bounded by the
+/// workflow deadline.
 pub async fn create(
     api: &mut Api,
     kind: StepKind,
@@ -189,11 +199,15 @@ pub async fn create(
     headers: &HeaderMap,
     body: &Bytes,
     who: &Who,
+    read_lag_grace: Duration,
 ) -> Result<Posted, CheckError> {
     let participants = path.participants_path();
     loop {
         let unsure = match api.replay(kind, &participants, headers, body.clone()).await {
             Ok(x) if x.status == StatusCode::CREATED => return Ok(Posted::Created(x)),
+            Ok(x) if x.status == StatusCode::CONFLICT => {
+                return Ok(after_conflict(api, path, who, x, read_lag_grace).await);
+            }
             Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() != Some(20404) => {
                 return Err(StepError::Refused {
                     step: kind,
@@ -202,7 +216,7 @@ pub async fn create(
                 }
                 .into());
             }
-            // 409 or 20404: look once.
+            // 20404: look once.
             Ok(_) => false,
             // 5xx or no answer: look, and post again only if it is not there.
             Err(StepError::Unsure { .. }) => true,
@@ -217,4 +231,38 @@ pub async fn create(
             }
         }
     }
+}
+
+/// Twilio answered the create `409`: the participant exists, whatever a
+/// read says. Twilio's reads may lag its writes, so a 404 read contradicts
+/// the write's answer and is not believed: the participant is read again
+/// with the one backoff ([`Backoff::within`] the grace, and within the
+/// workflow deadline) until it is visible. Never seen (or a read that
+/// fails): Twilio's `409`, unchanged. Nothing here leads to a delete.
+pub async fn after_conflict(
+    api: &mut Api,
+    path: &CreatePath,
+    who: &Who,
+    conflict: ApiResponse,
+    grace: Duration,
+) -> Posted {
+    let limit = (Instant::now() + grace).min(api.deadline());
+    let mut backoff = Backoff::within(grace);
+    // The read just before the create said 404 (or there was none): wait
+    // before the first read.
+    while backoff
+        .wait(limit, StepKind::FetchParticipant)
+        .await
+        .is_ok()
+    {
+        match participant(api, path, who).await {
+            Ok(Landed::Found(p)) => return Posted::Exists(p),
+            Ok(Landed::Missing) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading a participant Twilio says exists failed");
+                break;
+            }
+        }
+    }
+    Posted::Conflict(conflict)
 }

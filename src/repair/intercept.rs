@@ -40,6 +40,7 @@ use crate::body::{Direction, MeteredBody, ReadCapped, decode_body, prefixed, rea
 use crate::forward::{ForwardError, Forwarder};
 use crate::routing::Origin;
 use crate::store::Outcome;
+use crate::twilio_api::ApiResponse;
 use crate::twilio_error::proxy_error;
 
 /// Response header carrying the outcome of an intercepted create.
@@ -369,6 +370,7 @@ impl Repairer {
                     outcome: Outcome::Existing,
                     detail: None,
                     repair_id: None,
+                    aliases: Vec::new(),
                 };
                 Intercepted {
                     response: Ok(respond(v, Response::new(Body::empty()))),
@@ -380,30 +382,19 @@ impl Repairer {
     }
 }
 
-/// Turn a verdict into the caller's response.
+/// Turn a verdict into the caller's response, telling the SIDs its repair
+/// changed.
 fn respond(verdict: Verdict, original: Response<Body>) -> Response<Body> {
-    let outcome = HeaderValue::from_static(verdict.outcome.as_str());
-    match verdict.answer {
-        Answer::Created(p) => {
-            let p = *p;
-            // A declared length: link rewriting (`public_base_url`) only
-            // buffers bodies whose length is known.
-            let len = HeaderValue::from(p.body.len());
-            let mut r = Response::new(Body::from(p.body));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_LENGTH, len);
-            h.insert(
-                header::CONTENT_TYPE,
-                p.content_type
-                    .unwrap_or(HeaderValue::from_static("application/json")),
-            );
-            if let Some(id) = p.request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-                h.insert("twilio-request-id", id);
-            }
-            h.insert(OUTCOME_HEADER, outcome);
-            r
-        }
+    let mut r = answer(verdict.answer, verdict.outcome, original);
+    super::alias::tell(r.headers_mut(), &verdict.aliases);
+    r
+}
+
+fn answer(answer: Answer, outcome: Outcome, original: Response<Body>) -> Response<Body> {
+    let outcome = HeaderValue::from_static(outcome.as_str());
+    match answer {
+        Answer::Created(p) => twilio_answer(StatusCode::CREATED, *p, outcome),
+        Answer::Conflict(r) => twilio_answer(StatusCode::CONFLICT, *r, outcome),
         Answer::AlreadyExists => {
             let mut r: Response<Body> = crate::twilio_error::error_response(
                 StatusCode::CONFLICT,
@@ -420,4 +411,25 @@ fn respond(verdict: Verdict, original: Response<Body>) -> Response<Body> {
             r
         }
     }
+}
+
+/// Twilio's own answer (its body, type and request id) with `status`.
+fn twilio_answer(status: StatusCode, p: ApiResponse, outcome: HeaderValue) -> Response<Body> {
+    // A declared length: link rewriting (`public_base_url`) only
+    // buffers bodies whose length is known.
+    let len = HeaderValue::from(p.body.len());
+    let mut r = Response::new(Body::from(p.body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, len);
+    h.insert(
+        header::CONTENT_TYPE,
+        p.content_type
+            .unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    if let Some(id) = p.request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        h.insert("twilio-request-id", id);
+    }
+    h.insert(OUTCOME_HEADER, outcome);
+    r
 }

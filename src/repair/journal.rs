@@ -1,7 +1,8 @@
 //! The journal of one repair, as the workflow and recovery write it.
 
+use super::user::RepairTarget;
 use crate::metrics::Metrics;
-use crate::store::{RepairState, Store};
+use crate::store::{RepairState, SidAlias, Store, now_rfc3339};
 
 /// The journal of one repair: write-ahead state changes that never stop
 /// the repair. With the snapshot in memory, a journal that fails after
@@ -14,6 +15,8 @@ pub struct Journal<'a> {
     pub id: i64,
     /// A state change did not reach the journal.
     pub lost: bool,
+    /// The SIDs this repair changed, as recorded (see [`Journal::alias`]).
+    pub aliases: Vec<SidAlias>,
 }
 
 impl<'a> Journal<'a> {
@@ -23,7 +26,43 @@ impl<'a> Journal<'a> {
             metrics,
             id,
             lost: false,
+            aliases: Vec::new(),
         }
+    }
+
+    /// Record that the repair changed `old` to `new` (the User's SID, or a
+    /// membership's in `conversation`), for `crate::repair::alias`. Like a
+    /// state change, a failed write never stops the repair: it is logged,
+    /// and the alias is still answered to the caller of this repair.
+    pub async fn alias(
+        &mut self,
+        target: &RepairTarget,
+        conversation: Option<&str>,
+        old: &str,
+        new: &str,
+    ) {
+        if old == new || old.is_empty() || new.is_empty() {
+            return;
+        }
+        let alias = SidAlias {
+            created_at: now_rfc3339(),
+            repair_id: self.id,
+            account_sid: target.account_sid.clone(),
+            service_sid: target.service_sid.clone(),
+            service_base: target.service_base.clone(),
+            conversation_sid: conversation.map(str::to_string),
+            old_sid: old.to_string(),
+            new_sid: new.to_string(),
+        };
+        if let Err(e) = self.store.insert_alias(&alias).await {
+            self.metrics.journal_write_failed();
+            tracing::error!(
+                repair_id = self.id,
+                error = %e,
+                "cannot journal a SID alias; requests naming the old SID will not be rewritten"
+            );
+        }
+        self.aliases.push(alias);
     }
 
     pub async fn set(&mut self, state: RepairState, note: Option<&str>) {

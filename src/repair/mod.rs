@@ -18,6 +18,8 @@
 //! - [`snapshot`]: reading the User and its memberships before anything is
 //!   touched; [`journal`]: a repair's write-ahead state changes.
 //! - [`step`]: one Twilio call with its success and retry rules.
+//! - [`alias`]: SID continuity: the SIDs a repair changed, told to the
+//!   caller and rewritten in later requests that name the old ones.
 //! - [`recovery`]: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
 //!
@@ -29,6 +31,7 @@
 //! repair, and an intercepted create never gets a 5xx once Twilio has
 //! answered it.
 
+pub mod alias;
 pub mod check;
 pub mod credential;
 pub mod intercept;

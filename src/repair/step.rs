@@ -438,6 +438,46 @@ impl Api {
     }
 }
 
+/// Capped exponential waits between read-back rounds, bounded by a limit:
+/// the one backoff of the workflow's loops that read back and try again
+/// ([`super::user`]'s ensures, [`super::check`]'s read-lag re-reads).
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// The retry policy's: `retry_initial_backoff_ms` doubling up to
+    /// `retry_max_backoff_ms`.
+    pub fn new(api: &Api) -> Self {
+        let p = api.policy();
+        Backoff {
+            next: p.initial_backoff,
+            max: p.max_backoff,
+        }
+    }
+
+    /// Re-reads within a read-lag grace: a quarter of it, then doubling,
+    /// so that two reads (at 1/4 and 3/4 of the grace) fit in it.
+    pub fn within(grace: Duration) -> Self {
+        Backoff {
+            next: (grace / 4).max(Duration::from_millis(1)),
+            max: grace,
+        }
+    }
+
+    /// Wait before `step` is tried again, or fail with the deadline when
+    /// the wait would pass `limit`.
+    pub async fn wait(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
+        if Instant::now() + self.next >= limit {
+            return Err(StepError::Deadline { step });
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+        Ok(())
+    }
+}
+
 /// When a step's call is sent: RFC 3339 UTC with microseconds, so that
 /// the steps of one incident sort into the order they were made in.
 fn step_time() -> String {

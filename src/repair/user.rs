@@ -24,13 +24,11 @@
 //! run until the workflow deadline (memberships until a budget that leaves
 //! the caller's replayed create its turn).
 
-use std::time::Duration;
-
 use http::StatusCode;
 use tokio::time::Instant;
 
 use super::request::user_path;
-use super::step::{Api, StepError, StepKind};
+use super::step::{Api, Backoff, StepError, StepKind};
 use crate::metrics::Metrics;
 use crate::store::{Membership, NewRepair, RepairState, Store, StoreError, UserSnapshot};
 use crate::twilio_api::{encode_segment, form};
@@ -130,32 +128,6 @@ fn membership_matches(identity: &str, m: &Membership, v: &serde_json::Value) -> 
         && field_matches(&m.role_sid, str_field(v, "role_sid"), false)
 }
 
-/// Capped exponential waits between read-back rounds, bounded by a limit.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(api: &Api) -> Self {
-        let p = api.policy();
-        Backoff {
-            next: p.initial_backoff,
-            max: p.max_backoff,
-        }
-    }
-    /// Wait before `step` is tried again, or fail with the deadline when
-    /// the wait would pass `limit`.
-    async fn wait(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
-        if Instant::now() + self.next >= limit {
-            return Err(StepError::Deadline { step });
-        }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
-        Ok(())
-    }
-}
-
 /// Run the repair from `from` until the User and its memberships equal
 /// the snapshot. `memberships_until` bounds the membership phase.
 pub async fn converge(
@@ -175,9 +147,12 @@ pub async fn converge(
         journal.set(RepairState::Recreating, None).await;
     }
     if from <= RepairState::Recreating {
-        ensure_user(api, target, snap, just_deleted)
+        let sid = ensure_user(api, target, snap, just_deleted)
             .await
             .map_err(ConvergeError::Recreate)?;
+        if let Some(old) = &snap.user_sid {
+            journal.alias(target, None, old, &sid).await;
+        }
         journal.set(RepairState::Restoring, None).await;
     }
     if from <= RepairState::Restoring {
@@ -187,10 +162,20 @@ pub async fn converge(
             if target.exclude_conversation.as_deref() == Some(m.conversation_sid.as_str()) {
                 continue;
             }
-            if let Err(e) = ensure_membership(api, target, snap, m, memberships_until).await {
-                tracing::warn!(conversation = %m.conversation_sid, error = %e, "membership not restored yet");
-                missing.push(m.conversation_sid.clone());
-                last = Some(e);
+            match ensure_membership(api, target, snap, m, memberships_until).await {
+                Ok(Some(sid)) => {
+                    if let Some(old) = &m.participant_sid {
+                        journal
+                            .alias(target, Some(&m.conversation_sid), old, &sid)
+                            .await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(conversation = %m.conversation_sid, error = %e, "membership not restored yet");
+                    missing.push(m.conversation_sid.clone());
+                    last = Some(e);
+                }
             }
         }
         if let Some(last) = last {
@@ -283,14 +268,14 @@ fn user_form(snap: &UserSnapshot, with_identity: bool) -> String {
     form(&pairs)
 }
 
-/// Make sure a User with the snapshot's identity and fields exists.
-/// `known_absent`: the caller just deleted it (saves one read).
+/// Make sure a User with the snapshot's identity and fields exists; its
+/// SID. `known_absent`: the caller just deleted it (saves one read).
 pub async fn ensure_user(
     api: &mut Api,
     target: &RepairTarget,
     snap: &UserSnapshot,
     mut known_absent: bool,
-) -> Result<(), StepError> {
+) -> Result<String, StepError> {
     let identity_path = user_path(&target.service_base, &snap.identity);
     let users = format!("{}/Users", target.service_base);
     let mut backoff = Backoff::new(api);
@@ -322,8 +307,8 @@ pub async fn ensure_user(
                 .await
             {
                 Ok(r) if r.status == StatusCode::CREATED => {
-                    if r.json().is_some_and(|v| user_matches(snap, &v)) {
-                        return Ok(());
+                    if let Some(v) = r.json().filter(|v| user_matches(snap, v)) {
+                        return Ok(str_field(&v, "sid").unwrap_or_default());
                     }
                     // Read it back and put the fields right.
                 }
@@ -337,7 +322,9 @@ pub async fn ensure_user(
                 ensure_deleted(api, target, snap).await?;
                 backoff.wait(deadline, StepKind::DeleteUser).await?;
             }
-            Some(v) if user_matches(snap, &v) => return Ok(()),
+            Some(v) if user_matches(snap, &v) => {
+                return Ok(str_field(&v, "sid").unwrap_or_default());
+            }
             Some(v) => {
                 let sid = str_field(&v, "sid").unwrap_or_default();
                 match api
@@ -348,7 +335,7 @@ pub async fn ensure_user(
                     )
                     .await
                 {
-                    Ok(r) if r.json().is_some_and(|v| user_matches(snap, &v)) => return Ok(()),
+                    Ok(r) if r.json().is_some_and(|v| user_matches(snap, &v)) => return Ok(sid),
                     Err(e) if !e.is_transient() => return Err(e),
                     // Not read back equal, or unsure: look again after a pause.
                     _ => backoff.wait(deadline, StepKind::UpdateUser).await?,
@@ -359,14 +346,15 @@ pub async fn ensure_user(
 }
 
 /// Make sure the identity is a participant of `m`'s conversation with the
-/// snapshot's attributes and role.
+/// snapshot's attributes and role; its participant SID (`None`: the
+/// conversation is gone, nothing to restore).
 pub async fn ensure_membership(
     api: &mut Api,
     target: &RepairTarget,
     snap: &UserSnapshot,
     m: &Membership,
     until: Instant,
-) -> Result<(), StepError> {
+) -> Result<Option<String>, StepError> {
     let participants = format!(
         "{}/Conversations/{}/Participants",
         target.service_base,
@@ -381,10 +369,10 @@ pub async fn ensure_membership(
                     backoff.wait(until, StepKind::CheckMembership).await?;
                     continue;
                 };
-                if membership_matches(&snap.identity, m, &v) {
-                    return Ok(());
-                }
                 let sid = str_field(&v, "sid").unwrap_or_default();
+                if membership_matches(&snap.identity, m, &v) {
+                    return Ok(Some(sid));
+                }
                 let mut pairs: Vec<(&str, &str)> = Vec::new();
                 if let Some(a) = &m.attributes {
                     pairs.push(("Attributes", a));
@@ -404,7 +392,7 @@ pub async fn ensure_membership(
                         if r.json()
                             .is_some_and(|v| membership_matches(&snap.identity, m, &v)) =>
                     {
-                        return Ok(());
+                        return Ok(Some(sid));
                     }
                     Err(e) if !e.is_transient() => return Err(e),
                     // Not read back equal, or unsure: look again after a pause.
@@ -436,7 +424,7 @@ pub async fn ensure_membership(
                             && r.json()
                                 .is_some_and(|v| membership_matches(&snap.identity, m, &v)) =>
                     {
-                        return Ok(());
+                        return Ok(r.json().and_then(|v| str_field(&v, "sid")));
                     }
                     // 409, or a 201 whose fields differ: read it back.
                     Ok(_) => backoff.wait(until, StepKind::RestoreMembership).await?,
@@ -450,7 +438,7 @@ pub async fn ensure_membership(
                         if let Ok(r) = api.step(StepKind::FetchConversation, &conv, None).await {
                             if r.status == StatusCode::NOT_FOUND {
                                 tracing::info!(conversation = %m.conversation_sid, "membership's conversation no longer exists; nothing to restore");
-                                return Ok(());
+                                return Ok(None);
                             }
                         }
                         backoff.wait(until, StepKind::RestoreMembership).await?

@@ -11,15 +11,19 @@ use super::lock::LockError;
 use super::request::CreatePath;
 use super::user::RepairTarget;
 use crate::routing::Origin;
-use crate::store::{Incident, NewRepair, Outcome, StepRecord, UserSnapshot, now_rfc3339};
+use crate::store::{Incident, NewRepair, Outcome, SidAlias, StepRecord, UserSnapshot, now_rfc3339};
 use crate::twilio_api::ApiResponse;
 
 /// What the caller is answered.
 pub enum Answer {
     /// Twilio's participant JSON, answered as 201.
     Created(Box<ApiResponse>),
-    /// Twilio's 409 "participant already exists".
+    /// Twilio's 409 "participant already exists" (the participant existed
+    /// before the request).
     AlreadyExists,
+    /// Twilio's own 409 answer to the create, unchanged: the participant
+    /// exists, but no read showed it within `repair.read_lag_grace_ms`.
+    Conflict(Box<ApiResponse>),
     /// The original 404, untouched.
     Original,
 }
@@ -30,6 +34,9 @@ pub struct Verdict {
     pub outcome: Outcome,
     pub detail: Option<String>,
     pub repair_id: Option<i64>,
+    /// The SIDs this repair changed, told to the caller in the answer's
+    /// `X-Repair-User-Sid` and `X-Repair-Sid-Alias` headers.
+    pub aliases: Vec<SidAlias>,
 }
 
 impl Verdict {
@@ -39,6 +46,7 @@ impl Verdict {
             outcome,
             detail: detail.into(),
             repair_id: None,
+            aliases: Vec::new(),
         }
     }
     pub fn failed(e: impl std::fmt::Display) -> Verdict {
@@ -51,6 +59,7 @@ impl Verdict {
             outcome,
             detail: None,
             repair_id: None,
+            aliases: Vec::new(),
         }
     }
     /// The same verdict, naming the journal record it left.

@@ -20,8 +20,11 @@ use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
-use crate::store::{Outcome, RepairState, StepRecord};
+use crate::store::{Outcome, RepairState, SidAlias, StepRecord};
 use crate::twilio_api::ApiResponse;
+
+/// The incident's detail when Twilio's 409 is answered unchanged.
+const CONFLICT_UNSEEN: &str = "Twilio answered 409 (the participant exists) but no read showed it within repair.read_lag_grace_ms: its 409 was answered, and no User was deleted for it";
 
 /// The User is back (and, when `complete`, every membership too).
 struct Repaired {
@@ -30,6 +33,8 @@ struct Repaired {
     detail: Option<String>,
     /// A state change did not reach the journal.
     journal_lost: bool,
+    /// The SIDs the repair changed (User, restored memberships).
+    aliases: Vec<SidAlias>,
 }
 
 /// Run the workflow for one intercepted 20404 and record its incident.
@@ -152,12 +157,24 @@ impl Workflow<'_> {
     }
 
     /// 6. Another request may have repaired meanwhile: create once more.
+    ///
+    /// Twilio's 409 says the participant exists: never a repair.
     async fn retry_create(&mut self, who: &Who) -> Result<(), Verdict> {
-        match self.create(StepKind::RetryCreate, who).await {
-            Ok(Some(answer)) => Err(Verdict::answered(answer, Outcome::Repaired)),
-            Ok(None) => Ok(()),
-            Err(e) => Err(self.step_failed(e)),
-        }
+        let posted = match self.create(StepKind::RetryCreate, who).await {
+            Ok(posted) => posted,
+            Err(e) => return Err(self.step_failed(e)),
+        };
+        let outcome = match posted {
+            Posted::Missing => return Ok(()),
+            Posted::Created(_) => Outcome::Repaired,
+            Posted::Found(_) | Posted::Exists(_) | Posted::Conflict(_) => Outcome::Existing,
+        };
+        let detail = matches!(posted, Posted::Conflict(_)).then(|| CONFLICT_UNSEEN.to_string());
+        let answer = self.answer(posted).unwrap_or(Answer::Original);
+        Err(Verdict {
+            detail,
+            ..Verdict::answered(answer, outcome)
+        })
     }
 
     /// 7. Twilio's workaround: snapshot, journal, then converge.
@@ -198,6 +215,7 @@ impl Workflow<'_> {
                     "the journal lost a state change; the repair went on from memory".into()
                 }),
                 journal_lost: journal.lost,
+                aliases: std::mem::take(&mut journal.aliases),
             }),
             Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
                 Err(Verdict::failed(e).of_repair(repair_id))
@@ -215,6 +233,7 @@ impl Workflow<'_> {
                         repair_id,
                         complete: false,
                         journal_lost: journal.lost,
+                        aliases: std::mem::take(&mut journal.aliases),
                         detail: Some(detail),
                     }),
                     _ => Err(Verdict::failed(detail).of_repair(repair_id)),
@@ -242,11 +261,17 @@ impl Workflow<'_> {
             }
         }
         let (answer, mut detail) = match created {
-            Ok(Some(answer)) => (answer, repaired.detail.clone()),
-            Ok(None) => (
-                Answer::Original,
-                Some("the create still answers 20404 after the User was recreated".into()),
+            Ok(Posted::Conflict(r)) => (
+                Answer::Conflict(Box::new(r)),
+                Some(CONFLICT_UNSEEN.to_string()),
             ),
+            Ok(posted) => match self.answer(posted) {
+                Some(answer) => (answer, repaired.detail.clone()),
+                None => (
+                    Answer::Original,
+                    Some("the create still answers 20404 after the User was recreated".into()),
+                ),
+            },
             Err(e) => (Answer::Original, Some(e.to_string())),
         };
         let outcome = match (&answer, repaired.complete) {
@@ -261,24 +286,36 @@ impl Workflow<'_> {
             outcome,
             detail,
             repair_id: Some(repaired.repair_id),
+            aliases: repaired.aliases,
         }
     }
 
     /// POST the caller's create, read back when the answer leaves it
-    /// open. `Ok(None)`: still 20404, and not there.
-    async fn create(
-        &mut self,
-        kind: StepKind,
-        who: &Who,
-    ) -> Result<Option<Answer>, check::CheckError> {
+    /// open, and read again within the read-lag grace after a 409.
+    async fn create(&mut self, kind: StepKind, who: &Who) -> Result<Posted, check::CheckError> {
         let req = self.req;
-        let posted =
-            check::create(self.api(), kind, &req.path, &req.headers, &req.body, who).await?;
-        Ok(match posted {
+        let grace = std::time::Duration::from_millis(self.rep.config.read_lag_grace_ms);
+        check::create(
+            self.api(),
+            kind,
+            &req.path,
+            &req.headers,
+            &req.body,
+            who,
+            grace,
+        )
+        .await
+    }
+
+    /// What the caller is answered for a create's result; `None`: still
+    /// 20404, and not there.
+    fn answer(&self, posted: Posted) -> Option<Answer> {
+        match posted {
             Posted::Created(p) => Some(Answer::Created(Box::new(p))),
-            Posted::Found(p) => Some(self.created_or_exists(p)),
+            Posted::Found(p) | Posted::Exists(p) => Some(self.created_or_exists(p)),
+            Posted::Conflict(r) => Some(Answer::Conflict(Box::new(r))),
             Posted::Missing => None,
-        })
+        }
     }
 
     fn created_or_exists(&self, p: ApiResponse) -> Answer {

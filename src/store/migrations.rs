@@ -48,6 +48,11 @@ pub(crate) const SQLITE: &[File] = &[
         "incident request id",
         include_str!("../../migrations/sqlite/0004_incident_request_id.sql"),
     ),
+    (
+        5,
+        "sid aliases",
+        include_str!("../../migrations/sqlite/0005_sid_aliases.sql"),
+    ),
 ];
 
 /// The PostgreSQL journal's migrations, in order.
@@ -71,6 +76,11 @@ pub(crate) const POSTGRES: &[File] = &[
         4,
         "incident request id",
         include_str!("../../migrations/postgres/0004_incident_request_id.sql"),
+    ),
+    (
+        5,
+        "sid aliases",
+        include_str!("../../migrations/postgres/0005_sid_aliases.sql"),
     ),
 ];
 

@@ -130,6 +130,24 @@ pub struct NewRepair {
     pub webhook: Option<String>,
 }
 
+/// One SID a repair changed: the User's (`US…`) or a restored
+/// membership's participant (`MB…`), old and new, in one account and
+/// service. See `crate::repair::alias`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SidAlias {
+    pub created_at: String,
+    pub repair_id: i64,
+    pub account_sid: String,
+    pub service_sid: String,
+    /// `/v1/Services/IS...` or `/v1` (the repair went through the
+    /// account's default service).
+    pub service_base: String,
+    /// A membership's conversation (`None` for the User).
+    pub conversation_sid: Option<String>,
+    pub old_sid: String,
+    pub new_sid: String,
+}
+
 /// One workflow step (one attempt at one Twilio call) as shown in an
 /// incident and in a support bundle. Incidents are stored with their steps
 /// as JSON: the fields after `twilio_request_id` came later and are absent
@@ -297,6 +315,19 @@ pub trait Store: Send + Sync {
         since: &'a str,
     ) -> BoxFuture<'a, Result<i64, StoreError>>;
     fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>>;
+    /// Record that a repair changed `old_sid` to `new_sid` (the same pair
+    /// again changes nothing).
+    fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The newest alias of `old_sid` in `account_sid` recorded at or after
+    /// `since` (RFC 3339); one hop (`crate::repair::alias` follows chains).
+    fn find_alias<'a>(
+        &'a self,
+        account_sid: &'a str,
+        old_sid: &'a str,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SidAlias>, StoreError>>;
+    /// The aliases one repair recorded, oldest first.
+    fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>>;
     /// Most recent first.
     fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>>;
     /// One incident by id. (The default scans [`Store::incidents`]; the
@@ -453,6 +484,19 @@ pub(crate) fn repair_from_row(row: &impl RowExt) -> Result<RepairRecord, StoreEr
 }
 
 /// An `incidents` row, from either backend.
+pub(crate) fn alias_from_row(row: &impl RowExt) -> Result<SidAlias, StoreError> {
+    Ok(SidAlias {
+        created_at: row.text("created_at")?,
+        repair_id: row.int("repair_id")?,
+        account_sid: row.text("account_sid")?,
+        service_sid: row.text("service_sid")?,
+        service_base: row.text("service_base")?,
+        conversation_sid: row.opt_text("conversation_sid")?,
+        old_sid: row.text("old_sid")?,
+        new_sid: row.text("new_sid")?,
+    })
+}
+
 pub(crate) fn incident_from_row(row: &impl RowExt) -> Result<Incident, StoreError> {
     let id = row.int("id")?;
     Ok(Incident {

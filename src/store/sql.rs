@@ -13,7 +13,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::{
     Incident, IncidentFilter, LocalLock, NewRepair, Outcome, RepairRecord, RepairState, RowExt,
-    Store, StoreError, StoreLock, incident_from_row, now_rfc3339, repair_from_row,
+    SidAlias, Store, StoreError, StoreLock, alias_from_row, incident_from_row, now_rfc3339,
+    repair_from_row,
 };
 
 /// What one backend adds around the shared queries.
@@ -302,6 +303,61 @@ where
             .fetch_one(&self.pool)
             .await?;
             Ok(id)
+        })
+    }
+
+    fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write()?;
+            sqlx::query(
+                "INSERT INTO sid_aliases (created_at, repair_id, account_sid, service_sid,
+                   service_base, conversation_sid, old_sid, new_sid)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (account_sid, old_sid, new_sid) DO NOTHING",
+            )
+            .bind(a.created_at.as_str())
+            .bind(a.repair_id)
+            .bind(a.account_sid.as_str())
+            .bind(a.service_sid.as_str())
+            .bind(a.service_base.as_str())
+            .bind(a.conversation_sid.as_deref())
+            .bind(a.old_sid.as_str())
+            .bind(a.new_sid.as_str())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn find_alias<'a>(
+        &'a self,
+        account_sid: &'a str,
+        old_sid: &'a str,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SidAlias>, StoreError>> {
+        Box::pin(async move {
+            self.read()?;
+            let row = sqlx::query(
+                "SELECT * FROM sid_aliases WHERE account_sid = $1 AND old_sid = $2
+                   AND created_at >= $3 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(account_sid)
+            .bind(old_sid)
+            .bind(since)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(alias_from_row).transpose()
+        })
+    }
+
+    fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>> {
+        Box::pin(async move {
+            self.read()?;
+            let rows = sqlx::query("SELECT * FROM sid_aliases WHERE repair_id = $1 ORDER BY id")
+                .bind(repair_id)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(alias_from_row).collect()
         })
     }
 

@@ -21,5 +21,6 @@ mod repair_crash;
 mod repair_invariant;
 mod sdk;
 mod shield;
+mod sid_alias;
 mod transparency;
 mod ui;

@@ -59,6 +59,78 @@ async fn ghost_mode_costs_one_extra_call_and_touches_no_user(store: StoreKind) {
     st.proxy.stop().await;
 }
 
+/// Ghost mode, with Twilio's participant reads lagging its writes by
+/// `lag_ms`, and the proxy's `repair.read_lag_grace_ms` at `grace_ms`:
+/// the caller's create through the proxy, and the upstream calls it made.
+async fn ghost_create_with_read_lag(
+    lag_ms: u64,
+    grace_ms: u64,
+) -> (
+    Stack,
+    u16,
+    Option<String>,
+    serde_json::Value,
+    Vec<(String, String)>,
+) {
+    let (st, alice) = Scene::new()
+        .user("alice")
+        .friendly("Alice A")
+        .member_of_another()
+        .armed(FaultMode::Ghost)
+        .emulator_with(move |c| c.fault_read_lag_ms = lag_ms)
+        .proxy(move |c| c.repair.read_lag_grace_ms = grace_ms)
+        .start()
+        .await;
+    let (is, ch) = (alice.is.clone().unwrap(), alice.target().to_string());
+    st.emu.clear_requests().await;
+    let (status, outcome, body) = st.create(Some(&is), &ch, &[("Identity", "alice")]).await;
+    let reqs = st.emu.requests().await;
+    (st, status, outcome, body, reqs)
+}
+
+#[tokio::test]
+async fn a_409_behind_lagging_reads_answers_201_existing_and_never_deletes_the_user() {
+    // 1 s with the default grace (2 s); 3 s with a grace that covers it.
+    for (lag, grace) in [(1_000, 2_000), (3_000, 5_000)] {
+        let (st, status, outcome, body, reqs) = ghost_create_with_read_lag(lag, grace).await;
+        assert_eq!(status, 201, "lag {lag}: {body}");
+        assert_eq!(outcome.as_deref(), Some("existing"), "lag {lag}");
+        assert_eq!(body["identity"], "alice");
+        assert_eq!(
+            user_deletes(&reqs, "/v1/Services"),
+            0,
+            "lag {lag}: {reqs:?}"
+        );
+        assert_eq!(count(&reqs, "POST", "/Users"), 0, "lag {lag}: {reqs:?}");
+        assert!(
+            (3..=6).contains(&reqs.len()),
+            "lag {lag}: {} upstream calls: {reqs:?}",
+            reqs.len()
+        );
+        st.proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_409_never_readable_within_the_grace_answers_twilios_409_and_deletes_nothing() {
+    let (st, status, outcome, body, reqs) = ghost_create_with_read_lag(10_000, 1_000).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], 50433, "Twilio's own 409");
+    assert_eq!(outcome.as_deref(), Some("existing"));
+    assert_eq!(user_deletes(&reqs, "/v1/Services"), 0, "{reqs:?}");
+    assert_eq!(count(&reqs, "POST", "/Users"), 0, "{reqs:?}");
+    let inc: serde_json::Value = admin_json(&st.proxy.admin, "/incidents").await;
+    assert_eq!(inc["incidents"][0]["outcome"], "existing");
+    assert!(
+        inc["incidents"][0]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("409"),
+        "{inc}"
+    );
+    st.proxy.stop().await;
+}
+
 async fn block_mode_recreates_the_user_identically_and_keeps_other_memberships(store: StoreKind) {
     // Bob is also in another conversation, with attributes of his own there.
     let (st, bob) = Scene::new()

@@ -37,6 +37,16 @@ pub struct ParticipantFault {
     pub identity_pattern: Option<String>,
     /// `YYYY-MM-DD` (UTC creation day of the User).
     pub user_created_on: Option<String>,
+    /// Reads lag writes (any identity, any mode): a participant GET
+    /// (`.../Participants/{MB or identity}`) answers 404/20404 for this many
+    /// milliseconds after the participant's create (0: no lag; at most
+    /// [`MAX_FAULT_DELAY_MS`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub read_lag_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// [`ParticipantFault`] ready to evaluate.
@@ -58,6 +68,9 @@ impl ParticipantFault {
     pub(crate) fn compile(&self) -> Result<CompiledParticipantFault, String> {
         if self.identities.len() > MAX_FAULT_IDENTITIES {
             return Err(format!("at most {MAX_FAULT_IDENTITIES} identities"));
+        }
+        if self.read_lag_ms > MAX_FAULT_DELAY_MS {
+            return Err(format!("read_lag_ms above {MAX_FAULT_DELAY_MS} ms"));
         }
         let pattern = self
             .identity_pattern
@@ -113,6 +126,13 @@ impl CompiledParticipantFault {
 
     pub(crate) fn mode(&self) -> FaultMode {
         self.settings.mode
+    }
+
+    /// When a participant created now becomes readable (`None`: at once).
+    pub(crate) fn readable_at(&self) -> Option<std::time::Instant> {
+        (self.settings.read_lag_ms > 0).then(|| {
+            std::time::Instant::now() + std::time::Duration::from_millis(self.settings.read_lag_ms)
+        })
     }
 }
 

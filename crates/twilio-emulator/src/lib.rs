@@ -50,7 +50,7 @@
 //! | `DELETE /__emulator/requests` | | clears the request log (204) |
 //! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings, injection rules and accounts (the default services keep their SID) and drops held requests (204; see below) |
 //! | `GET /__emulator/fault` | | current participant fault settings |
-//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null}` | replaces them |
+//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null,"read_lag_ms":n}` | replaces them |
 //! | `GET /__emulator/faults` | | injection rules with their ids and remaining counts |
 //! | `POST /__emulator/faults` | a [`FaultRule`] as JSON | adds a rule (201 `{"id":n}`) |
 //! | `DELETE /__emulator/faults` | | removes all rules (204) |
@@ -141,6 +141,12 @@
 //! deleting and recreating the User clears it. A duplicate identity in the
 //! conversation still answers 50433 first (choice: the duplicate check runs
 //! before the fault).
+//!
+//! Read lag (`read_lag_ms`, off by default): Twilio's reads may lag its
+//! writes. With it, a `GET .../Participants/{MB or identity}` answers
+//! 404/20404 for that many milliseconds after the participant's create
+//! (every participant, whatever the mode; the list is not lagged), while
+//! a second create of it already answers 409/50433.
 //!
 //! # Choices where the spec and research notes are silent
 //!
@@ -244,6 +250,7 @@ pub struct EmulatorArgs {
 /// fault_identities = ["alice"]
 /// fault_identity_pattern = "^legacy-"
 /// fault_user_created_on = "2024-05-01"
+/// fault_read_lag_ms = 0                # participant GETs lag creates by this
 ///
 /// [[extra_accounts]]                   # more accounts, each with its own resources
 /// account_sid = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -282,6 +289,8 @@ pub struct EmulatorConfig {
     pub fault_identity_pattern: Option<String>,
     /// `YYYY-MM-DD`: identities whose User was created that day (UTC).
     pub fault_user_created_on: Option<String>,
+    /// A participant GET answers 404 for this many ms after its create.
+    pub fault_read_lag_ms: u64,
     /// General fault-injection rules active from start-up.
     pub faults: Vec<FaultRule>,
 }
@@ -303,6 +312,7 @@ impl Default for EmulatorConfig {
             fault_identities: Vec::new(),
             fault_identity_pattern: None,
             fault_user_created_on: None,
+            fault_read_lag_ms: 0,
             faults: Vec::new(),
         }
     }
@@ -425,6 +435,7 @@ impl EmulatorConfig {
             identities: self.fault_identities.clone(),
             identity_pattern: self.fault_identity_pattern.clone(),
             user_created_on: self.fault_user_created_on.clone(),
+            read_lag_ms: self.fault_read_lag_ms,
         }
     }
 }

@@ -215,6 +215,8 @@ pub(crate) struct Participant {
     pub(crate) last_read_timestamp: Option<String>,
     /// SID of the User this chat participant was mapped to when created.
     pub(crate) user_sid: Option<String>,
+    /// Until then, a GET of it answers 404 (the `read_lag_ms` fault).
+    pub(crate) readable_at: Option<std::time::Instant>,
 }
 
 pub(crate) struct User {

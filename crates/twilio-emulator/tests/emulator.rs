@@ -243,6 +243,43 @@ async fn unaffected_identity_re_add_works() {
 }
 
 #[tokio::test]
+async fn read_lag_hides_a_new_participant_from_gets_but_not_from_the_duplicate_check() {
+    let emu = start(EmulatorConfig::default()).await;
+    emu.set_fault(json!({"mode": "off", "read_lag_ms": 500}))
+        .await;
+    let ch = emu.new_conversation("/v1").await;
+    let parts = format!("/v1/Conversations/{ch}/Participants");
+    let r = emu.post(&parts, &[("Identity", "alice")]).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mb = serde_json::from_str::<Value>(&r.text).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(emu.get(&format!("{parts}/alice")).await.status, 404);
+    assert_eq!(emu.get(&format!("{parts}/{mb}")).await.status, 404);
+    assert_eq!(
+        emu.post(&parts, &[("Identity", "alice")]).await.status,
+        409,
+        "the write is there"
+    );
+    // Readable once the lag has passed (polled, bounded).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while emu.get(&format!("{parts}/alice")).await.status != 200 {
+        assert!(std::time::Instant::now() < until, "never readable");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Out of range.
+    let r = emu
+        .control(
+            reqwest::Method::PUT,
+            "/__emulator/fault",
+            Some(json!({"read_lag_ms": 120_001})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}
+
+#[tokio::test]
 async fn fault_by_pattern_and_creation_date() {
     let emu = start(EmulatorConfig::default()).await;
     emu.set_fault(json!({

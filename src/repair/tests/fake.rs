@@ -13,7 +13,7 @@ use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::super::step::{Exchange, Sent};
-use crate::store::{Incident, NewRepair, RepairRecord, RepairState, Store, StoreError};
+use crate::store::{Incident, NewRepair, RepairRecord, RepairState, SidAlias, Store, StoreError};
 use crate::twilio_api::{ApiError, ApiResponse};
 
 pub(super) const IS: &str = "IS00000000000000000000000000000001";
@@ -65,6 +65,14 @@ pub(super) struct Model {
     pub(super) next: u32,
     /// A bare User appears right after the delete (a create in the gap).
     pub(super) bare_after_delete: bool,
+    /// The fault's "ghost" mode: the stale identity's create lands anyway
+    /// (and still answers 20404).
+    pub(super) ghost: bool,
+    /// Reads lag writes: a participant GET answers 404 for this long after
+    /// the participant's create.
+    pub(super) read_lag: Duration,
+    /// When each participant created under `read_lag` becomes readable.
+    pub(super) readable_at: HashMap<(String, String), Instant>,
 }
 
 /// A scripted Twilio Conversations service.
@@ -97,6 +105,13 @@ pub(super) fn participant_json(conv: &str, identity: &str, p: &Participant) -> s
 }
 
 impl Model {
+    /// Is this participant past its read lag?
+    fn readable(&self, key: &(String, String)) -> bool {
+        self.readable_at
+            .get(key)
+            .is_none_or(|at| Instant::now() >= *at)
+    }
+
     pub(super) fn sid(&mut self, prefix: &str) -> String {
         self.next += 1;
         format!("{prefix}{:032}", self.next)
@@ -203,12 +218,13 @@ impl Model {
                 let found = self
                     .participants
                     .iter()
-                    .find(|(_, p)| p.sid == *mb)
+                    .find(|(k, p)| p.sid == *mb && self.readable(k))
                     .map(|((c2, i), p)| participant_json(c2, i, p));
                 found.map_or_else(|| not_found(path), |v| json(200, v))
             }
             ("GET", ["Conversations", c, "Participants", who]) => {
-                match self.participants.get(&(c.to_string(), who.to_string())) {
+                let key = (c.to_string(), who.to_string());
+                match self.participants.get(&key).filter(|_| self.readable(&key)) {
                     Some(p) => json(200, participant_json(c, who, p)),
                     None => not_found(path),
                 }
@@ -221,7 +237,8 @@ impl Model {
                 {
                     return json(409, serde_json::json!({"code":50433,"status":409}));
                 }
-                if self.stale.as_deref() == Some(identity.as_str()) {
+                let stale = self.stale.as_deref() == Some(identity.as_str());
+                if stale && !self.ghost {
                     return not_found(path);
                 }
                 if !self.users.contains_key(&identity) {
@@ -245,7 +262,15 @@ impl Model {
                         .unwrap_or("RLparticipant".into()),
                 };
                 let v = participant_json(c, &identity, &p);
-                self.participants.insert((c.to_string(), identity), p);
+                let key = (c.to_string(), identity);
+                if !self.read_lag.is_zero() {
+                    self.readable_at
+                        .insert(key.clone(), Instant::now() + self.read_lag);
+                }
+                self.participants.insert(key, p);
+                if stale {
+                    return not_found(path);
+                }
                 json(201, v)
             }
             _ => not_found(path),
@@ -431,6 +456,7 @@ impl FakeTwilio {
 pub(super) struct MemStore {
     pub(super) repairs: Mutex<Vec<RepairRecord>>,
     pub(super) incidents: Mutex<Vec<Incident>>,
+    pub(super) aliases: Mutex<Vec<SidAlias>>,
     pub(super) fail_writes: AtomicBool,
     /// Refuse every write once a repair record exists (the disk filled up
     /// right after the snapshot was journaled).
@@ -539,6 +565,51 @@ impl Store for MemStore {
         Box::pin(async move {
             self.incidents.lock().unwrap().push(i.clone());
             Ok(1)
+        })
+    }
+    fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut list = self.aliases.lock().unwrap();
+            if !list.iter().any(|x| {
+                (&x.account_sid, &x.old_sid, &x.new_sid) == (&a.account_sid, &a.old_sid, &a.new_sid)
+            }) {
+                list.push(a.clone());
+            }
+            Ok(())
+        })
+    }
+    fn find_alias<'a>(
+        &'a self,
+        account_sid: &'a str,
+        old_sid: &'a str,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SidAlias>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .aliases
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|a| {
+                    a.account_sid == account_sid
+                        && a.old_sid == old_sid
+                        && a.created_at.as_str() >= since
+                })
+                .cloned())
+        })
+    }
+    fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .aliases
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.repair_id == repair_id)
+                .cloned()
+                .collect())
         })
     }
     fn incidents(&self, _limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>> {

@@ -41,10 +41,19 @@ fn bench_operator(fake: FakeTwilio) -> Bench {
 }
 
 fn bench_with(fake: FakeTwilio, credential: Option<super::RepairCredential>) -> Bench {
+    bench_config(fake, credential, |_| {})
+}
+
+fn bench_config(
+    fake: FakeTwilio,
+    credential: Option<super::RepairCredential>,
+    set: impl FnOnce(&mut crate::config::RepairConfig),
+) -> Bench {
     let mut config = Config::defaults().repair;
     config.retry_initial_backoff_ms = 100;
     config.retry_max_backoff_ms = 2_000;
     config.workflow_deadline_ms = 30_000;
+    set(&mut config);
     let store = Arc::new(MemStore::default());
     let metrics = Arc::new(Metrics::default());
     let f = fake.clone();
@@ -209,10 +218,11 @@ async fn a_journal_lost_after_the_delete_does_not_abandon_the_user() {
     let v = workflow::run(&b.rep, &kim_create()).await;
     assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
     b.fake.assert_kim_back(1);
-    // Recreating, Restoring, Replaying and Done did not land; the record
-    // stays `deleting` for recovery to verify again later.
+    // Recreating, Restoring, Replaying and Done did not land, nor the two
+    // SID aliases (User, membership); the record stays `deleting` for
+    // recovery to verify again later.
     let m = b.metrics.render();
-    assert!(m.contains("trp_journal_write_failures_total 4"), "{m}");
+    assert!(m.contains("trp_journal_write_failures_total 6"), "{m}");
     assert_eq!(
         b.store.repairs.lock().unwrap()[0].state,
         RepairState::Deleting
@@ -388,4 +398,237 @@ async fn a_callers_recovery_pass_waits_for_a_pass_under_way_instead_of_being_los
         "the caller's pass finished the record"
     );
     assert!(b.fake.0.lock().unwrap().users.contains_key("kim"));
+}
+
+/// Kim's create lands ("ghost") but answers 20404, and Twilio's reads of the
+/// participant lag the write by `lag`: what the workflow then sees.
+fn ghost_with_read_lag(lag: Duration, grace_ms: u64) -> Bench {
+    let fake = FakeTwilio::with_kim(1);
+    {
+        let mut m = fake.0.lock().unwrap();
+        m.ghost = true;
+        m.read_lag = lag;
+        // The caller's own create, which the proxy intercepted.
+        let form = [("Identity".to_string(), "kim".to_string())].into();
+        let r = m.handle(
+            &Method::POST,
+            &format!("/v1/Services/{IS}/Conversations/{CH}/Participants"),
+            &form,
+        );
+        assert_eq!(r.unwrap().status, 404, "the fault's 20404");
+    }
+    bench_config(fake, None, |c| c.read_lag_grace_ms = grace_ms)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_409_is_proof_of_existence_read_again_within_the_grace_never_a_delete() {
+    for (lag, grace) in [(1_000, 2_000), (3_000, 5_000)] {
+        let b = ghost_with_read_lag(Duration::from_millis(lag), grace);
+        let started = Instant::now();
+        let v = workflow::run(&b.rep, &kim_create()).await;
+        assert_eq!(v.outcome, Outcome::Existing, "lag {lag}: {:?}", v.detail);
+        assert!(is_created(&v.answer), "lag {lag}: 201 with the participant");
+        assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0, "lag {lag}");
+        assert!(b.store.repairs.lock().unwrap().is_empty(), "lag {lag}");
+        assert!(
+            started.elapsed() <= Duration::from_millis(grace),
+            "lag {lag}: within the grace"
+        );
+        // landed (404), conversation, retry (409), then at most two reads.
+        let calls = b.fake.0.lock().unwrap().calls.len();
+        assert!((4..=5).contains(&calls), "lag {lag}: {calls} calls");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_409_never_readable_within_the_grace_is_answered_unchanged() {
+    let b = ghost_with_read_lag(Duration::from_secs(10), 2_000);
+    let started = Instant::now();
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    let Answer::Conflict(r) = &v.answer else {
+        panic!("Twilio's 409, not {:?}", v.outcome);
+    };
+    assert_eq!(r.status, http::StatusCode::CONFLICT);
+    assert_eq!(r.code(), Some(50433), "Twilio's own body");
+    assert_eq!(v.outcome, Outcome::Existing);
+    assert!(
+        v.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("read_lag_grace_ms"),
+        "{:?}",
+        v.detail
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the grace bounds it"
+    );
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+    let incidents = b.store.incidents.lock().unwrap();
+    assert_eq!(incidents[0].outcome, Outcome::Existing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_grace_answers_the_409_at_once_and_still_never_deletes() {
+    let b = ghost_with_read_lag(Duration::from_secs(1), 0);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert!(matches!(v.answer, Answer::Conflict(_)));
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+    assert_eq!(
+        b.fake.count(Method::GET, "/Participants/kim"),
+        1,
+        "only the landed check read it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_journals_and_tells_every_sid_it_changed() {
+    let b = bench(FakeTwilio::with_kim(2));
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    let m = b.fake.0.lock().unwrap();
+    let mut want = vec![(None, "USkim".to_string(), m.users["kim"].sid.clone())];
+    for i in 0..2 {
+        let conv = if i == 0 {
+            OTHER.to_string()
+        } else {
+            format!("CH{:032}", 100 + i)
+        };
+        let new = m.participants[&(conv.clone(), "kim".to_string())]
+            .sid
+            .clone();
+        want.push((Some(conv), format!("MBkim{i}"), new));
+    }
+    drop(m);
+    let mut told: Vec<_> = (v.aliases.iter())
+        .map(|a| {
+            (
+                a.conversation_sid.clone(),
+                a.old_sid.clone(),
+                a.new_sid.clone(),
+            )
+        })
+        .collect();
+    told.sort();
+    want.sort();
+    assert_eq!(told, want);
+    let journaled = b.store.aliases.lock().unwrap().clone();
+    assert_eq!(journaled, v.aliases, "journaled as told");
+    assert!(journaled.iter().all(|a| a.account_sid == ACCOUNT
+        && a.service_sid == IS
+        && a.repair_id == v.repair_id.unwrap()));
+    // The caller's answer says so.
+    let mut h = http::HeaderMap::new();
+    super::alias::tell(&mut h, &v.aliases);
+    assert_eq!(h.get_all(super::alias::USER_SID_HEADER).iter().count(), 1);
+    assert_eq!(h.get_all(super::alias::SID_ALIAS_HEADER).iter().count(), 2);
+}
+
+/// An alias as a repair records it, `age` ago.
+fn alias(
+    old: &str,
+    new: &str,
+    conversation: Option<&str>,
+    age: Duration,
+) -> crate::store::SidAlias {
+    let at = time::OffsetDateTime::now_utc() - age;
+    crate::store::SidAlias {
+        created_at: crate::store::rfc3339(at),
+        repair_id: 1,
+        account_sid: ACCOUNT.into(),
+        service_sid: IS.into(),
+        service_base: format!("/v1/Services/{IS}"),
+        conversation_sid: conversation.map(str::to_string),
+        old_sid: old.into(),
+        new_sid: new.into(),
+    }
+}
+
+#[tokio::test]
+async fn an_alias_applies_in_its_account_service_and_conversation_within_the_retention() {
+    use super::alias::Named;
+    let b = bench_config(FakeTwilio::default(), None, |c| {
+        c.sid_alias_retention_secs = 3600
+    });
+    let us = |n: u32| format!("US{n:032}");
+    let mb = |n: u32| format!("MB{n:032}");
+    let hour = Duration::from_secs(3600);
+    {
+        let mut list = b.store.aliases.lock().unwrap();
+        // A chain: 1 -> 2 (old, still within) -> 3.
+        list.push(alias(&us(1), &us(2), None, hour / 2));
+        list.push(alias(&us(2), &us(3), None, Duration::ZERO));
+        // Past the retention.
+        list.push(alias(&us(7), &us(8), None, hour * 2));
+        list.push(alias(&mb(1), &mb(2), Some(OTHER), Duration::ZERO));
+    }
+    let resolve = |path: String, account: &'static str| {
+        let rep = b.rep.clone();
+        async move {
+            let named = Named::parse(&path).expect("a candidate path");
+            rep.resolve_alias(account, &named).await
+        }
+    };
+    let base = format!("/v1/Services/{IS}");
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(1)), ACCOUNT).await,
+        Some(us(3)),
+        "the newest of the chain"
+    );
+    assert_eq!(
+        resolve(format!("{base}/Users/{}/Conversations", us(2)), ACCOUNT).await,
+        Some(us(3))
+    );
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(3)), ACCOUNT).await,
+        None
+    );
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(7)), ACCOUNT).await,
+        None,
+        "past the retention"
+    );
+    let other_account = "AC00000000000000000000000000000009";
+    assert_eq!(
+        resolve(format!("{base}/Users/{}", us(1)), other_account).await,
+        None
+    );
+    let other_service = "IS00000000000000000000000000000009";
+    assert_eq!(
+        resolve(
+            format!("/v1/Services/{other_service}/Users/{}", us(1)),
+            ACCOUNT
+        )
+        .await,
+        None
+    );
+    assert_eq!(
+        resolve(format!("/v1/Users/{}", us(1)), ACCOUNT).await,
+        None,
+        "recorded through the service path: not the default service's"
+    );
+    assert_eq!(
+        resolve(
+            format!("{base}/Conversations/{OTHER}/Participants/{}", mb(1)),
+            ACCOUNT
+        )
+        .await,
+        Some(mb(2))
+    );
+    assert_eq!(
+        resolve(
+            format!("{base}/Conversations/{CH}/Participants/{}", mb(1)),
+            ACCOUNT
+        )
+        .await,
+        None,
+        "another conversation"
+    );
+    // Retention 0: nothing is even a candidate.
+    let off = bench_config(FakeTwilio::default(), None, |c| {
+        c.sid_alias_retention_secs = 0
+    });
+    assert!(!off.rep.may_alias(&format!("{base}/Users/{}", us(1))));
+    assert!(b.rep.may_alias(&format!("{base}/Users/{}", us(1))));
+    assert!(!b.rep.may_alias(&format!("{base}/Users/kim")));
 }

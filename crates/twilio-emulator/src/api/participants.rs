@@ -77,6 +77,7 @@ pub(super) fn create_participant(
         last_read_message_index: None,
         last_read_timestamp: None,
         user_sid: None,
+        readable_at: ctx.fault.readable_at(),
     };
 
     if let Some(identity) = identity {
@@ -203,6 +204,13 @@ pub(super) fn participant_item(
     match *ctx.req.method {
         Method::GET => {
             let c = &service.conversations[c_idx];
+            // The read-lag fault: Twilio's reads may lag its writes.
+            if c.participants[p_idx]
+                .readable_at
+                .is_some_and(|at| std::time::Instant::now() < at)
+            {
+                return Err(ctx.not_found());
+            }
             Ok(Reply::ok(model::render_participant(
                 scope,
                 &c.sid,

@@ -1,0 +1,287 @@
+//! SID continuity after a repair: the SIDs the app stored keep working.
+//!
+//! Twilio's workaround recreates the User, so its SID (`US…`) changes, and
+//! every membership the delete removed comes back with a new participant
+//! SID (`MB…`). The repair journals each old → new pair as it reads the new
+//! resource back ([`super::journal::Journal::alias`], table `sid_aliases`),
+//! and tells the caller of the repaired create at once
+//! (`X-Repair-User-Sid`, `X-Repair-Sid-Alias`: [`tell`]).
+//!
+//! What belongs here: which request paths may name such a SID
+//! ([`Named::parse`], a shape check that touches nothing), resolving an
+//! old SID to the newest one within `repair.sid_alias_retention_secs`
+//! ([`Repairer::resolve_alias`], following chains), and rewriting the
+//! request ([`Repairer::alias_request`]). Forms served, each with the
+//! service named (`/v1/Services/{IS}/…`) or the default service's (`/v1/…`):
+//!
+//! - `…/Users/{US}` and `…/Users/{US}/…` (the User's conversations);
+//! - `…/Conversations/{CH}/Participants/{MB}`.
+//!
+//! Rules: the account is the request's Basic-auth user name (an `AC…`
+//! SID; a request authenticated with an API key is never rewritten, its
+//! account being unknown without asking Twilio); an alias applies only in
+//! its own account and service (a service-scoped path: that service; a
+//! default-service path: aliases recorded through a default-service path)
+//! and, for a membership, its own conversation; everything else goes to
+//! Twilio as sent. The journal is the only source, so every replica on a
+//! shared PostgreSQL store honours the aliases any of them wrote, and they
+//! survive restarts; a store that cannot answer leaves the request as sent.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+
+use super::Repairer;
+use crate::sid::is_sid;
+use crate::store::{SidAlias, rfc3339};
+
+/// The repaired create's answer: the User's SID change, `{old}={new}`.
+pub const USER_SID_HEADER: &str = "x-repair-user-sid";
+/// A SID change: on the repaired create's answer, one per restored
+/// membership; on an aliased request's answer, the SID it was sent with.
+pub const SID_ALIAS_HEADER: &str = "x-repair-sid-alias";
+
+/// Most aliases followed from one old SID (an identity repaired that many
+/// times within the retention).
+pub const MAX_CHAIN: usize = 16;
+
+/// Add the SID changes of a repair to the answer of its create.
+pub fn tell(headers: &mut HeaderMap, aliases: &[SidAlias]) {
+    for a in aliases {
+        let Ok(v) = HeaderValue::from_str(&format!("{}={}", a.old_sid, a.new_sid)) else {
+            continue;
+        };
+        let name = if a.conversation_sid.is_none() {
+            USER_SID_HEADER
+        } else {
+            SID_ALIAS_HEADER
+        };
+        headers.append(name, v);
+    }
+}
+
+/// Mark the answer to a request [`Repairer::alias_request`] rewrote.
+pub fn mark(headers: &mut HeaderMap, alias: Option<HeaderValue>) {
+    if let Some(v) = alias {
+        headers.append(SID_ALIAS_HEADER, v);
+    }
+}
+
+/// Where an old SID may be named: the service of the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// `/v1/Services/{IS}/…`.
+    Service(&'a str),
+    /// `/v1/…`: the account's default service.
+    Default,
+}
+
+/// A request path that names a User or participant SID an alias may
+/// replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named<'a> {
+    pub scope: Scope<'a>,
+    /// The SID named (`US…` or `MB…`).
+    pub sid: &'a str,
+    /// The participant's conversation (`None` for a User).
+    pub conversation: Option<&'a str>,
+    /// Where `sid` starts in the path.
+    at: usize,
+}
+
+impl<'a> Named<'a> {
+    /// The SID a path names, by its shape alone (nothing is looked up).
+    pub fn parse(path: &'a str) -> Option<Named<'a>> {
+        let rest = path.strip_prefix("/v1/")?;
+        let (scope, rest, offset) = match rest.strip_prefix("Services/") {
+            Some(r) => {
+                let (is, after) = r.split_once('/')?;
+                if !is_sid(is, "IS") {
+                    return None;
+                }
+                let offset = path.len() - after.len();
+                (Scope::Service(is), after, offset)
+            }
+            None => (Scope::Default, rest, "/v1/".len()),
+        };
+        // No allocation: this runs for every `/v1/` request.
+        let mut segs = rest.split('/');
+        match segs.next()? {
+            "Users" => {
+                let us = segs.next().filter(|us| is_sid(us, "US"))?;
+                Some(Named {
+                    scope,
+                    sid: us,
+                    conversation: None,
+                    at: offset + "Users/".len(),
+                })
+            }
+            "Conversations" => {
+                let ch = segs.next()?;
+                segs.next().filter(|s| *s == "Participants")?;
+                let mb = segs.next().filter(|mb| is_sid(mb, "MB"))?;
+                if segs.next().is_some() {
+                    return None;
+                }
+                Some(Named {
+                    scope,
+                    sid: mb,
+                    conversation: Some(ch),
+                    at: path.len() - mb.len(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Does `a` apply to what this path names?
+    fn admits(&self, a: &SidAlias) -> bool {
+        let service_ok = match self.scope {
+            Scope::Service(is) => a.service_sid == is,
+            Scope::Default => a.service_base == "/v1",
+        };
+        service_ok && a.conversation_sid.as_deref() == self.conversation
+    }
+
+    /// The path with `new` in place of the SID.
+    fn with(&self, path: &str, new: &str) -> String {
+        format!(
+            "{}{new}{}",
+            &path[..self.at],
+            &path[self.at + self.sid.len()..]
+        )
+    }
+}
+
+/// The request's account: its Basic-auth user name when that is an
+/// account SID.
+fn account_of(headers: &HeaderMap) -> Option<String> {
+    let user = crate::sid::basic_user(headers.get(http::header::AUTHORIZATION)?)?;
+    is_sid(&user, "AC").then_some(user)
+}
+
+impl Repairer {
+    /// Could this request be aliased at all? A shape check only: `false`
+    /// for every path that cannot name a repaired SID, so that those
+    /// requests never touch the store.
+    pub fn may_alias(&self, path: &str) -> bool {
+        self.config.sid_alias_retention_secs > 0 && Named::parse(path).is_some()
+    }
+
+    /// The newest SID `named` stands for in `account_sid`, when a repair
+    /// within the retention changed it (following a chain of repairs).
+    pub async fn resolve_alias(&self, account_sid: &str, named: &Named<'_>) -> Option<String> {
+        let retention = Duration::from_secs(self.config.sid_alias_retention_secs);
+        let since = time::OffsetDateTime::now_utc()
+            .checked_sub(time::Duration::try_from(retention).ok()?)
+            .map(rfc3339)?;
+        let mut current = named.sid.to_string();
+        let mut changed = false;
+        for _ in 0..MAX_CHAIN {
+            match self.store.find_alias(account_sid, &current, &since).await {
+                Ok(Some(a)) if named.admits(&a) && a.new_sid != named.sid => {
+                    current = a.new_sid;
+                    changed = true;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read SID aliases; the request goes as sent");
+                    return None;
+                }
+            }
+        }
+        changed.then_some(current)
+    }
+
+    /// Send a request naming a repaired SID with the newest one instead:
+    /// the `X-Repair-Sid-Alias` value (`{old}={new}`) for its answer, or
+    /// `None` (the request is left as it was).
+    pub async fn alias_request(&self, parts: &mut http::request::Parts) -> Option<HeaderValue> {
+        let account = account_of(&parts.headers)?;
+        let path = parts.uri.path();
+        let named = Named::parse(path)?;
+        let new = self.resolve_alias(&account, &named).await?;
+        let mut pq = named.with(path, &new);
+        if let Some(q) = parts.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let header = HeaderValue::from_str(&format!("{}={new}", named.sid)).ok()?;
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(PathAndQuery::try_from(pq).ok()?);
+        parts.uri = Uri::from_parts(uri).ok()?;
+        tracing::debug!(alias = ?header, "request names a SID a repair changed; sent with the new one");
+        Some(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IS: &str = "IS00000000000000000000000000000001";
+    const US: &str = "US00000000000000000000000000000001";
+    const CH: &str = "CH00000000000000000000000000000001";
+    const MB: &str = "MB00000000000000000000000000000001";
+
+    #[test]
+    fn only_paths_naming_a_user_or_participant_sid_are_candidates() {
+        fn named(p: &str) -> Option<(Scope<'_>, &str, Option<&str>)> {
+            Named::parse(p).map(|n| (n.scope, n.sid, n.conversation))
+        }
+        assert_eq!(
+            named(&format!("/v1/Services/{IS}/Users/{US}")),
+            Some((Scope::Service(IS), US, None))
+        );
+        assert_eq!(
+            named(&format!("/v1/Services/{IS}/Users/{US}/Conversations")),
+            Some((Scope::Service(IS), US, None))
+        );
+        assert_eq!(
+            named(&format!("/v1/Users/{US}/Conversations/{CH}")),
+            Some((Scope::Default, US, None))
+        );
+        assert_eq!(
+            named(&format!("/v1/Conversations/{CH}/Participants/{MB}")),
+            Some((Scope::Default, MB, Some(CH)))
+        );
+        assert_eq!(
+            named(&format!(
+                "/v1/Services/{IS}/Conversations/{CH}/Participants/{MB}"
+            )),
+            Some((Scope::Service(IS), MB, Some(CH)))
+        );
+        for p in [
+            "/v1/Users/kim".to_string(),
+            "/v1/Users".to_string(),
+            format!("/v1/Conversations/{CH}/Participants/kim"),
+            format!("/v1/Conversations/{CH}/Participants"),
+            format!("/v1/Conversations/{CH}/Participants/{MB}/x"),
+            format!("/v2/Users/{US}"),
+            format!("/v1/Services/ISnope/Users/{US}"),
+            format!("/2010-04-01/Accounts/AC1/Users/{US}"),
+            "/".to_string(),
+        ] {
+            assert_eq!(Named::parse(&p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn the_new_sid_takes_the_old_ones_place_and_nothing_else_changes() {
+        let new = "US00000000000000000000000000000002";
+        let p = format!("/v1/Services/{IS}/Users/{US}/Conversations");
+        let n = Named::parse(&p).unwrap();
+        assert_eq!(
+            n.with(&p, new),
+            format!("/v1/Services/{IS}/Users/{new}/Conversations")
+        );
+        let p = format!("/v1/Conversations/{CH}/Participants/{MB}");
+        let n = Named::parse(&p).unwrap();
+        let mb2 = "MB00000000000000000000000000000002";
+        assert_eq!(
+            n.with(&p, mb2),
+            format!("/v1/Conversations/{CH}/Participants/{mb2}")
+        );
+    }
+}
