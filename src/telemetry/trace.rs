@@ -28,7 +28,7 @@
 //! # An export failure never affects traffic
 //!
 //! Spans go through the SDK's batch processor (its own thread, a bounded
-//! queue) behind [`Counted`], which drops a span itself rather than let the
+//! queue) behind `Counted`, which drops a span itself rather than let the
 //! queue overflow, and counts every span dropped or lost in a failed export
 //! in `trp_otlp_spans_dropped_total`.
 

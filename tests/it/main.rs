@@ -22,5 +22,6 @@ mod repair_invariant;
 mod sdk;
 mod shield;
 mod sid_alias;
+mod tracing;
 mod transparency;
 mod ui;
