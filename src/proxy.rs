@@ -213,9 +213,20 @@ fn handle(
                 state
                     .metrics
                     .record_request(RouteClass::Rejected, &method, status.as_u16());
+                // The Host is named (at most 100 characters, `Debug`-escaped)
+                // so an operator knows what to add to `proxy_hosts`.
+                let host = req.headers().get(http::header::HOST).map(|h| {
+                    String::from_utf8_lossy(&h.as_bytes()[..h.len().min(100)]).into_owned()
+                });
                 tracing::warn!(
                     target: ACCESS,
                     %method, path = %req.uri().path(), status = status.as_u16(),
+                    host = ?host.as_deref().unwrap_or(""),
+                    request_id = req
+                        .headers()
+                        .get(&request_id::X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(""),
                     refused = refusal.token(), "request refused"
                 );
                 return proxy_error(status, refusal.token(), &refusal.to_string());

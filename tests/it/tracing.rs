@@ -210,9 +210,11 @@ async fn a_repair_continues_the_callers_trace_with_a_span_per_step_and_every_cal
         "{log:#?}"
     );
     // The repair's log lines name the request.
-    let line = proxy.log_with("intercepted 20404").await;
+    let log = proxy.log_with("intercepted 20404").await;
+    let line = log.lines().find(|l| l.contains("intercepted 20404")).unwrap();
     assert!(line.contains("app-req-7"), "{line}");
-    assert!(line.contains("incident"), "{line}");
+    assert!(line.contains("incident="), "{line}");
+    assert!(line.contains("repair_id="), "{line}");
 }
 
 #[tokio::test]
@@ -255,4 +257,38 @@ async fn every_answer_carries_a_request_id_the_clients_or_a_new_one() {
     assert_eq!(refused.status(), 404);
     assert_eq!(refused.headers()["x-request-id"].len(), 36);
     st.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_refused_host_line_names_the_host_and_the_access_line_the_request() {
+    let up = upstream(std::sync::Arc::new(|_| json(200, r#"{"ok":true}"#))).await;
+    let proxy = spawn_proxy(&up.url(), &[("TRP_LOG_FORMAT", "json")]).await;
+    let addr: std::net::SocketAddr = proxy.addr.parse().unwrap();
+    let refused = raw_exchange(
+        addr,
+        b"GET /v1/Users HTTP/1.1\r\nHost: twilio-proxy.payments.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 421"), "{refused}");
+    let line = proxy.log_with("request refused").await;
+    assert!(line.contains("twilio-proxy.payments.example"), "{line}");
+
+    let ok = raw_exchange(
+        addr,
+        b"GET /v1/Users HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: twilio-node/6.2.0\r\nX-Request-Id: app-9\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let log = proxy.log_with("\"request_id\":\"app-9\"").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"request_id\":\"app-9\""))
+        .unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["client"], "127.0.0.1");
+    assert_eq!(v["user_agent"], "twilio-node/6.2.0");
+    assert_eq!(v["trace_id"], CALLER_TRACE);
+    assert!(v["latency_ms"].is_f64(), "{line}");
 }
