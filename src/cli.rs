@@ -156,6 +156,10 @@ pub struct RepairArgs {
     /// Show the snapshot and the planned steps; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Create the User when the identity has none (without it, a missing
+    /// User is refused before any write: a typo never makes a new User).
+    #[arg(long)]
+    pub create_missing: bool,
     #[command(flatten)]
     pub serve: ServeArgs,
 }

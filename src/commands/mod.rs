@@ -68,6 +68,10 @@ pub enum CommandError {
         repair_id: i64,
         state: crate::store::RepairState,
     },
+    #[error(
+        "no User `{identity}` in service {service}: nothing to repair, nothing changed (a typo? pass --create-missing to create it)"
+    )]
+    NoUser { identity: String, service: String },
     #[error("no incident {id} in this store (see `incidents export` or the incidents page)")]
     NoIncident { id: i64 },
     #[error(transparent)]

@@ -304,7 +304,49 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["snapshot"]["friendly_name"], "Olga O");
     assert_eq!(plan["snapshot"]["memberships"].as_array().unwrap().len(), 2);
+    let user_sid = plan["snapshot"]["user_sid"].as_str().unwrap();
+    assert!(
+        plan["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|step| step.as_str().unwrap().contains(user_sid)),
+        "the plan names the User it would delete: {plan}"
+    );
     assert!(emu.requests().await.iter().all(|(m, _)| m == "GET"));
+    // A typo: no User, so nothing to repair and nothing created, dry run
+    // or not.
+    for dry in [true, false] {
+        let typo = [
+            "repair",
+            "--service",
+            is,
+            "--identity",
+            "typo-olga",
+            "--upstream",
+            origin.as_str(),
+            "--store",
+            store.as_str(),
+        ];
+        let args = if dry {
+            [&typo[..], &["--dry-run"]].concat()
+        } else {
+            typo.to_vec()
+        };
+        emu.clear_requests().await;
+        let out = run(&args, &cred).await;
+        assert!(!out.status.success(), "dry run {dry}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no User `typo-olga`") && err.contains(is),
+            "{err}"
+        );
+        assert!(
+            emu.requests().await.iter().all(|(m, _)| m == "GET"),
+            "nothing written"
+        );
+        assert_eq!(emu.get(&format!("{b}/Users/typo-olga")).await.0, 404);
+    }
     // For real: the User is recreated with its fields and memberships.
     let out = run(&repair, &cred).await;
     assert!(
