@@ -359,3 +359,76 @@ pub fn load_ca_file(
     }
     Ok(certs)
 }
+
+/// The unit of a duration setting, from its key's suffix (`*_ms`, `*_secs`).
+pub(super) fn duration_unit(key: &str) -> Option<std::time::Duration> {
+    if key.ends_with("_ms") {
+        Some(std::time::Duration::from_millis(1))
+    } else if key.ends_with("_secs") {
+        Some(std::time::Duration::from_secs(1))
+    } else {
+        None
+    }
+}
+
+/// A duration setting written as text (`"5s"`, `"250ms"`, `"1h 30m"`,
+/// humantime's forms) as the integer count of its key's unit; a value that
+/// is not a whole number of units is refused, never rounded.
+pub(super) fn duration_in_units(key: &str, text: &str) -> Result<i64, ConfigError> {
+    let unit = duration_unit(key).ok_or_else(|| invalid(key, "is not a duration"))?;
+    let expected = || {
+        invalid(
+            key,
+            format!(
+                "expected an integer or a duration such as \"5s\" or \"250ms\" (got {:?})",
+                one_line(text)
+            ),
+        )
+    };
+    let trimmed = text.trim();
+    if let Ok(n) = trimmed.parse::<i64>() {
+        return Ok(n);
+    }
+    let d = humantime::parse_duration(trimmed).map_err(|_| expected())?;
+    let (n, rest) = (
+        d.as_nanos() / unit.as_nanos(),
+        d.as_nanos() % unit.as_nanos(),
+    );
+    if rest != 0 {
+        return Err(invalid(
+            key,
+            format!(
+                "{trimmed:?} is not a whole number of {}",
+                if unit.as_secs() == 1 {
+                    "seconds"
+                } else {
+                    "milliseconds"
+                }
+            ),
+        ));
+    }
+    i64::try_from(n).map_err(|_| expected())
+}
+
+/// Every duration setting given as text in `v` (a file's table) turned into
+/// the integer its key's unit counts, so the range checks and the typed
+/// configuration see integers only.
+pub(super) fn durations_to_units(v: &mut Value, path: &str) -> Result<(), ConfigError> {
+    if let Value::Table(t) = v {
+        for (k, child) in t.iter_mut() {
+            let key = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            match child {
+                Value::String(text) if duration_unit(&key).is_some() => {
+                    *child = Value::Integer(duration_in_units(&key, text)?);
+                }
+                Value::Table(_) => durations_to_units(child, &key)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

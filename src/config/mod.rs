@@ -26,7 +26,7 @@ mod checks;
 pub use checks::{RANGES, range_of};
 use checks::{
     check_admin_token, check_host_pattern, check_origin, check_ranges, check_reserved_prefix,
-    check_store, one_line, out_of_range, syntax_message,
+    check_store, durations_to_units, one_line, out_of_range, syntax_message,
 };
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -401,6 +401,8 @@ impl Config {
                     message: syntax_message(&text, &e),
                 })?;
             check_unknown(&user, "", &known)?;
+            let mut user = user;
+            durations_to_units(&mut user, "")?;
             merge(&mut base, user);
         }
 
@@ -602,6 +604,9 @@ fn apply_env(
             return Err(ConfigError::UnknownKey(format!("{name} (environment)")));
         }
         let value = match existing {
+            Some(Value::Integer(_)) if checks::duration_unit(path).is_some() => {
+                Value::Integer(checks::duration_in_units(path, &raw)?)
+            }
             Some(Value::Integer(_)) => Value::Integer(raw.trim().parse().map_err(|_| {
                 // An integer too large for any setting gets its range.
                 match (raw.trim().parse::<i128>(), range_of(path)) {

@@ -233,3 +233,40 @@ fn public_base_url_is_request_by_default_and_takes_off_or_an_origin() {
         assert!(e.contains("`public_base_url`"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn durations_take_integers_or_humantime_text_in_files_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "[limits]\nconnect_timeout_ms = \"5s\"\nidle_timeout_ms = 250\n[repair]\nsid_alias_retention_secs = \"30days\"\n",
+    )
+    .unwrap();
+    let c = Config::load(
+        Some(&f),
+        env(&[("TRP_LIMITS_RESPONSE_HEADER_TIMEOUT_MS", "1m 30s")]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.limits.connect_timeout_ms, 5000);
+    assert_eq!(c.limits.idle_timeout_ms, 250);
+    assert_eq!(c.limits.response_header_timeout_ms, 90_000);
+    assert_eq!(c.repair.sid_alias_retention_secs, 30 * 86_400);
+    let load_env = |v: &str| {
+        Config::load(
+            None,
+            env(&[("TRP_LIMITS_CONNECT_TIMEOUT_MS", v)]),
+            &Overrides::default(),
+        )
+    };
+    assert_eq!(load_env("250ms").unwrap().limits.connect_timeout_ms, 250);
+    assert_eq!(load_env(" 42 ").unwrap().limits.connect_timeout_ms, 42);
+    for bad in ["soon", "1500us", "5 parsecs", "-5s"] {
+        let e = load_env(bad).unwrap_err().to_string();
+        assert!(e.contains("limits.connect_timeout_ms"), "{bad}: {e}");
+    }
+    // Range checks apply to the converted value.
+    let e = load_env("2days").unwrap_err().to_string();
+    assert!(e.contains("must be between"), "{e}");
+}
