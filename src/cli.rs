@@ -79,9 +79,10 @@ impl ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
-    /// Admin address to query [default: admin_listen from the configuration]
+    /// Admin address to query, `host:port` (`localhost:9090`, `127.0.0.1:9090`)
+    /// [default: admin_listen from the configuration]
     #[arg(long)]
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<String>,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 3)]
     pub timeout: u64,

@@ -659,3 +659,33 @@ async fn admin_plane_beyond_loopback_without_a_token_is_warned_about_at_start_up
     let local = start_up_log("127.0.0.1", &[]).await;
     assert!(!local.contains(WARNING), "{local}");
 }
+
+/// `healthcheck` takes a host name and, when it fails, says why.
+#[tokio::test]
+async fn healthcheck_accepts_a_host_name_and_says_why_it_failed() {
+    let up = upstream(Arc::new(|_| json(200, "{}"))).await;
+    let proxy = spawn_proxy(&up.url(), &[]).await;
+    let port = proxy.admin.rsplit(':').next().unwrap().to_string();
+    let run = |addr: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .args(["healthcheck", "--admin", &addr, "--timeout", "5"])
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = run(format!("localhost:{port}")).await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    drop(proxy);
+    let down = run(format!("localhost:{port}")).await.unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        err.contains(&format!("localhost:{port}")) && err.contains("cannot connect"),
+        "{err}"
+    );
+}
