@@ -30,7 +30,7 @@ pub enum Command {
     /// Run the proxy (the default).
     Serve(ServeArgs),
     /// Print the effective configuration (secrets masked) or why it is invalid.
-    CheckConfig(ServeArgs),
+    CheckConfig(CheckConfigArgs),
     /// Run the Twilio Conversations emulator.
     Emulator(crate::emulator::EmulatorArgs),
     /// Exit 0 if the admin listener's /healthz answers 200 (for container HEALTHCHECKs).
@@ -42,6 +42,17 @@ pub enum Command {
     Incidents(IncidentsCommand),
     /// Run Twilio's workaround for one identity now (journaled), with the operator repair credential.
     Repair(RepairArgs),
+}
+
+/// Flags of `check-config`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CheckConfigArgs {
+    /// Also open the journal store read-only and say whether it can be
+    /// opened (a PostgreSQL database reachable, an SQLite file readable).
+    #[arg(long)]
+    pub probe_store: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Flags of `serve` and `check-config`.

@@ -26,7 +26,19 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve(cli.serve)) {
             Command::Serve(args) => done(commands::serve::run(args).await),
             Command::CheckConfig(args) => {
-                commands::check_config::run(args, &mut std::io::stdout(), &mut std::io::stderr())
+                let probe = args.probe_store;
+                let code = commands::check_config::run(
+                    args.serve.clone(),
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                );
+                match code {
+                    Ok(c) if c == ExitCode::SUCCESS && probe => {
+                        commands::check_config::probe_store(args.serve, &mut std::io::stderr())
+                            .await
+                    }
+                    other => other,
+                }
             }
             Command::Emulator(args) => done(commands::emulator::run(args).await),
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,

@@ -24,6 +24,23 @@ pub fn run(
     }
 }
 
+/// `--probe-store`: open the configured journal changing nothing (see
+/// `store::probe`) and say on one line whether it could; exit 3 when not.
+pub async fn probe_store(args: ServeArgs, err: &mut dyn Write) -> Result<ExitCode, CommandError> {
+    let config = args.load()?;
+    let masked = crate::config::mask_url_password(&config.store);
+    match crate::store::probe(&config.store, &config.store_options).await {
+        Ok(_) => {
+            writeln!(err, "store {masked}: can be opened")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(err, "store {masked}: cannot be opened: {e}")?;
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,22 +34,20 @@ use serde::{Deserialize, Serialize};
 use crate::config::StoreOptions;
 pub use crate::vocabulary::{Outcome, RepairState, StepKind};
 
+/// Each message states its cause once: a variant whose text includes its
+/// cause does not also chain it as a `source` (or `{:#}` would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("store schema migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("journal database error: {0}")]
+    Db(sqlx::Error),
+    #[error("journal schema migration failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
     /// The URL names no store this proxy knows (shown with its password
     /// masked).
     #[error("invalid store URL: {url}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB")]
     UnknownScheme { url: String },
-    #[error("invalid store URL: {url}: {source}")]
-    Directory {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot open the journal at {url}: cannot create its directory: {cause}")]
+    Directory { url: String, cause: std::io::Error },
     #[error("corrupt journal record {id}")]
     Corrupt {
         id: i64,
@@ -64,14 +62,24 @@ pub enum StoreError {
         "the journal {path} is locked by another process; one process owns an SQLite journal: run one proxy per journal file, or share a PostgreSQL store (--store postgres://...) between replicas"
     )]
     Locked { path: String },
+    #[error("no answer from the journal database within {0} ms")]
+    Timeout(u64),
     #[error("the journal file {path} was removed or replaced since start-up")]
     FileReplaced { path: String },
-    #[error("journal file {path}: {source}")]
-    File {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot open the journal at {path}: {cause}")]
+    File { path: String, cause: std::io::Error },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(e)
+    }
 }
 
 /// One membership of the User, restorable with a Participant create.
@@ -407,6 +415,18 @@ pub async fn open_reader(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store
         Ok(Arc::new(sqlite::SqliteStore::open_reader(url, opts).await?))
     } else {
         open(url, opts).await
+    }
+}
+
+/// Whether the store can be opened, changing nothing: an SQLite journal
+/// opened read-only without its lock, a PostgreSQL database connected to
+/// once (`SELECT 1`, within `store_options.connect_timeout_ms`), no
+/// migration run.
+pub async fn probe(url: &str, opts: &StoreOptions) -> Result<(), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::probe(url, opts).await
+    } else {
+        open_reader(url, opts).await.map(drop)
     }
 }
 

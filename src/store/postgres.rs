@@ -92,6 +92,22 @@ impl Backend for PgBackend {
 /// The PostgreSQL journal.
 pub type PgStore = SqlStore<PgBackend>;
 
+/// Connect once and run `SELECT 1` (`check-config --probe-store`).
+pub async fn probe(url: &str, opts: &StoreOptions) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions, Connection};
+    let options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+    let connect = async {
+        let mut c = options.connect().await?;
+        sqlx::query("SELECT 1").execute(&mut c).await?;
+        c.close().await?;
+        Ok::<(), sqlx::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_millis(opts.connect_timeout_ms), connect).await {
+        Ok(r) => r.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Timeout(opts.connect_timeout_ms)),
+    }
+}
+
 /// How often start-up migrations are retried while the database is down.
 const MIGRATE_RETRY: Duration = Duration::from_secs(2);
 

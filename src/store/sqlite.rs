@@ -32,9 +32,9 @@ struct JournalFile {
 impl JournalFile {
     fn open(path: &str) -> Result<JournalFile, StoreError> {
         use std::os::unix::fs::MetadataExt;
-        let file_err = |source| StoreError::File {
+        let file_err = |cause| StoreError::File {
             path: path.to_string(),
-            source,
+            cause,
         };
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -134,9 +134,9 @@ impl SqlStore<SqliteBackend> {
         if path != ":memory:" && access == Access::Owner {
             if let Some(parent) = std::path::Path::new(path).parent() {
                 if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent).map_err(|source| StoreError::Directory {
+                    std::fs::create_dir_all(parent).map_err(|cause| StoreError::Directory {
                         url: url.to_string(),
-                        source,
+                        cause,
                     })?;
                 }
             }

@@ -689,3 +689,46 @@ async fn healthcheck_accepts_a_host_name_and_says_why_it_failed() {
         "{err}"
     );
 }
+
+/// `check-config --probe-store` says whether the journal can be opened,
+/// changing nothing; a store that cannot is one line, exit 3.
+#[tokio::test]
+async fn check_config_probes_the_store_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!("sqlite://{}/journal.db", dir.path().display());
+    let probe = |store: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin())
+                .args(["check-config", "--probe-store", "--store", &store])
+                .env("TRP_STORE_OPTIONS_CONNECT_TIMEOUT_MS", "2000")
+                .output()
+                .unwrap()
+        })
+    };
+    // Missing file: an SQLite journal is only read, never created here.
+    let out = probe(good.clone()).await.unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!dir.path().join("journal.db").exists(), "nothing created");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot be opened"), "{err}");
+    // A PostgreSQL nobody listens on: one line naming it, password masked.
+    let port = free_port();
+    let out = probe(format!("postgres://trp:s3cret@127.0.0.1:{port}/trp"))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be opened") && !err.contains("s3cret"),
+        "{err}"
+    );
+    // The test cluster's database can.
+    let out = probe(pg_admin_url()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can be opened"));
+}
