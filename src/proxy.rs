@@ -331,7 +331,7 @@ fn handle(
                     .await;
                 return match answer {
                     Ok(mut resp) => {
-                        crate::repair::alias::mark(resp.headers_mut(), alias);
+                        crate::repair::alias::mark(resp.status(), resp.headers_mut(), alias);
                         respond(&state, resp, access, in_flight, None, idle).await
                     }
                     Err(e) => forward_failure(&state, e, &access),
@@ -340,7 +340,7 @@ fn handle(
         };
         match answer {
             Ok(mut resp) => {
-                crate::repair::alias::mark(resp.headers_mut(), alias);
+                crate::repair::alias::mark(resp.status(), resp.headers_mut(), alias);
                 respond(&state, resp, access, in_flight, outcome, idle).await
             }
             Err(e) => forward_failure(&state, e, &access),

@@ -46,9 +46,27 @@ pub const SID_ALIAS_HEADER: &str = "x-repair-sid-alias";
 /// times within the retention).
 pub const MAX_CHAIN: usize = 16;
 
-/// Add the SID changes of a repair to the answer of its create.
+/// Longest wait for the journal when resolving an alias: past it the
+/// request goes to Twilio as sent (a slow or partitioned database never
+/// holds ordinary requests).
+pub const ALIAS_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Most `X-Repair-Sid-Alias` lines on a repaired create's answer: an
+/// identity in hundreds of conversations must not push the answer past the
+/// header limits of clients and proxies in front (Python's 100 headers,
+/// nginx's 4-8 KiB buffer). The rest still apply as aliases and are listed
+/// on the incident page.
+pub const MAX_ALIAS_HEADERS: usize = 20;
+
+/// Add the SID changes of a repair to the answer of its create (the User's,
+/// then at most [`MAX_ALIAS_HEADERS`] memberships').
 pub fn tell(headers: &mut HeaderMap, aliases: &[SidAlias]) {
-    for a in aliases {
+    let users = aliases.iter().filter(|a| a.conversation_sid.is_none());
+    let members = aliases
+        .iter()
+        .filter(|a| a.conversation_sid.is_some())
+        .take(MAX_ALIAS_HEADERS);
+    for a in users.chain(members) {
         let Ok(v) = HeaderValue::from_str(&format!("{}={}", a.old_sid, a.new_sid)) else {
             continue;
         };
@@ -61,11 +79,31 @@ pub fn tell(headers: &mut HeaderMap, aliases: &[SidAlias]) {
     }
 }
 
-/// Mark the answer to a request [`Repairer::alias_request`] rewrote.
-pub fn mark(headers: &mut HeaderMap, alias: Option<HeaderValue>) {
+/// Mark the answer to a request [`Repairer::alias_request`] rewrote: only
+/// a successful one (a 401 or 404 tells nobody another SID).
+pub fn mark(status: http::StatusCode, headers: &mut HeaderMap, alias: Option<HeaderValue>) {
     if let Some(v) = alias {
-        headers.append(SID_ALIAS_HEADER, v);
+        if status.is_success() {
+            headers.append(SID_ALIAS_HEADER, v);
+        }
     }
+}
+
+/// Whether `old` → `new` is a SID change an alias may record and apply:
+/// two SID-shaped values of the same kind (`US…` or `MB…`, then ASCII
+/// letters and digits, at most 64 bytes), so nothing but a SID is ever
+/// spliced into a path (no `/`, `?`, `%` or `..`).
+pub fn is_sid_change(old: &str, new: &str) -> bool {
+    let shaped = |s: &str, prefix: &str| {
+        s.len() > 2
+            && s.len() <= 64
+            && s.starts_with(prefix)
+            && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    };
+    old != new
+        && ["US", "MB"]
+            .iter()
+            .any(|p| shaped(old, p) && shaped(new, p))
 }
 
 /// Where an old SID may be named: the service of the path.
@@ -180,10 +218,14 @@ impl Repairer {
         let mut changed = false;
         for _ in 0..MAX_CHAIN {
             match self.store.find_alias(account_sid, &current, &since).await {
-                Ok(Some(a)) if named.admits(&a) && a.new_sid != named.sid => {
+                Ok(Some(a)) if named.admits(&a) && is_sid_change(&current, &a.new_sid) => {
                     current = a.new_sid;
                     changed = true;
                 }
+                // A later hop this path may not take: the SID reached so
+                // far is no longer the newest, and may be deleted. All hops
+                // or none: the request goes as sent.
+                Ok(Some(_)) if changed => return None,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read SID aliases; the request goes as sent");
@@ -191,7 +233,7 @@ impl Repairer {
                 }
             }
         }
-        changed.then_some(current)
+        (changed && current != named.sid).then_some(current)
     }
 
     /// Send a request naming a repaired SID with the newest one instead:
@@ -201,7 +243,19 @@ impl Repairer {
         let account = account_of(&parts.headers)?;
         let path = parts.uri.path();
         let named = Named::parse(path)?;
-        let new = self.resolve_alias(&account, &named).await?;
+        let new =
+            match tokio::time::timeout(ALIAS_LOOKUP_TIMEOUT, self.resolve_alias(&account, &named))
+                .await
+            {
+                Ok(new) => new?,
+                Err(_) => {
+                    tracing::debug!("SID alias lookup timed out; the request goes as sent");
+                    return None;
+                }
+            };
+        if !is_sid_change(named.sid, &new) {
+            return None;
+        }
         let mut pq = named.with(path, &new);
         if let Some(q) = parts.uri.query() {
             pq.push('?');

@@ -251,7 +251,7 @@ pub async fn after_conflict(
     // The read just before the create said 404 (or there was none): wait
     // before the first read.
     while backoff
-        .wait(limit, StepKind::FetchParticipant)
+        .wait_to(limit, StepKind::FetchParticipant)
         .await
         .is_ok()
     {

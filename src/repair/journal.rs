@@ -41,7 +41,7 @@ impl<'a> Journal<'a> {
         old: &str,
         new: &str,
     ) {
-        if old == new || old.is_empty() || new.is_empty() {
+        if !super::alias::is_sid_change(old, new) {
             return;
         }
         let alias = SidAlias {

@@ -457,13 +457,27 @@ impl Backoff {
         }
     }
 
-    /// Re-reads within a read-lag grace: a quarter of it, then doubling,
-    /// so that two reads (at 1/4 and 3/4 of the grace) fit in it.
+    /// Re-reads within a read-lag grace: a quarter of it, then doubling
+    /// (reads at 1/4 and 3/4 of the grace, and at its end with
+    /// [`Backoff::wait_to`]).
     pub fn within(grace: Duration) -> Self {
         Backoff {
             next: (grace / 4).max(Duration::from_millis(1)),
             max: grace,
         }
+    }
+
+    /// Wait before the next read of a grace ending at `limit`: the last
+    /// wait is cut to end at `limit` itself, so a read is made at the end of
+    /// the grace too; `Err` once `limit` has passed.
+    pub async fn wait_to(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
+        let now = Instant::now();
+        if now >= limit {
+            return Err(StepError::Deadline { step });
+        }
+        tokio::time::sleep_until((now + self.next).min(limit)).await;
+        self.next = (self.next * 2).min(self.max);
+        Ok(())
     }
 
     /// Wait before `step` is tried again, or fail with the deadline when

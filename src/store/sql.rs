@@ -338,8 +338,10 @@ where
         Box::pin(async move {
             self.read()?;
             let row = sqlx::query(
-                "SELECT * FROM sid_aliases WHERE account_sid = $1 AND old_sid = $2
-                   AND created_at >= $3 ORDER BY id DESC LIMIT 1",
+                "SELECT a.* FROM sid_aliases a JOIN repairs r ON r.id = a.repair_id
+                  WHERE a.account_sid = $1 AND a.old_sid = $2 AND a.created_at >= $3
+                    AND r.state = 'done'
+                  ORDER BY a.id DESC LIMIT 1",
             )
             .bind(account_sid)
             .bind(old_sid)

@@ -586,6 +586,16 @@ impl Store for MemStore {
         since: &'a str,
     ) -> BoxFuture<'a, Result<Option<SidAlias>, StoreError>> {
         Box::pin(async move {
+            // As the SQL stores: only a closed repair's aliases apply (an
+            // alias put here without a record, by a test, counts as closed).
+            let open: Vec<i64> = self
+                .repairs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.state != crate::store::RepairState::Done)
+                .map(|r| r.id)
+                .collect();
             Ok(self
                 .aliases
                 .lock()
@@ -596,6 +606,7 @@ impl Store for MemStore {
                     a.account_sid == account_sid
                         && a.old_sid == old_sid
                         && a.created_at.as_str() >= since
+                        && !open.contains(&a.repair_id)
                 })
                 .cloned())
         })
