@@ -297,12 +297,7 @@ impl Repairer {
         let raw: Bytes = chunks.concat().into();
         let error = decode_body(rparts.headers.get(header::CONTENT_ENCODING), &raw)
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        let is_fault = error.as_ref().is_some_and(|v| {
-            v.get("code").and_then(|c| c.as_u64()) == Some(20404)
-                && v.get("message")
-                    .and_then(|m| m.as_str())
-                    .is_some_and(|m| req.path.is_named_by(m))
-        });
+        let is_fault = error.as_ref().is_some_and(|v| req.path.is_fault(v));
         let original = Response::from_parts(rparts, raw);
         if !is_fault {
             return Ok(original.map(Body::from)).into();

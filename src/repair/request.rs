@@ -66,6 +66,17 @@ impl CreatePath {
         format!("{}/Participants", self.conversation_path())
     }
 
+    /// Is this error body the fault's signature: code 20404 with a
+    /// message naming this create's own Participants resource
+    /// ([`CreatePath::is_named_by`])? The one place the signature lives.
+    pub fn is_fault(&self, error: &serde_json::Value) -> bool {
+        error.get("code").and_then(|c| c.as_u64()) == Some(20404)
+            && error
+                .get("message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| self.is_named_by(m))
+    }
+
     /// Does a 20404's message name this create's own Participants
     /// resource? That is the fault's signature ("The requested resource
     /// /v1/Services/IS…/Conversations/CH…/Participants was not found");

@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::BatchWriter;
 use crate::config::LogFormat;
@@ -260,56 +260,39 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// `now` as `tracing-subscriber` prints it: RFC 3339, UTC, microseconds
-/// (`2026-11-27T08:46:54.060692Z`).
+/// (`2026-11-27T08:46:54.060692Z`). The calendar is the `time` crate's;
+/// only the digits are written by hand (no `core::fmt`).
 fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    let two = |buf: &mut Vec<u8>, v: u64| {
-        buf.push(b'0' + (v / 10) as u8);
-        buf.push(b'0' + (v % 10) as u8);
+    let t = time::OffsetDateTime::from(now);
+    let two = |buf: &mut Vec<u8>, v: u8| {
+        buf.push(b'0' + v / 10);
+        buf.push(b'0' + v % 10);
     };
     let mut y = itoa::Buffer::new();
-    buf.extend_from_slice(y.format(year).as_bytes());
+    buf.extend_from_slice(y.format(t.year()).as_bytes());
     buf.push(b'-');
-    two(buf, month);
+    two(buf, u8::from(t.month()));
     buf.push(b'-');
-    two(buf, day);
+    two(buf, t.day());
     buf.push(b'T');
-    two(buf, rem / 3600);
+    two(buf, t.hour());
     buf.push(b':');
-    two(buf, rem / 60 % 60);
+    two(buf, t.minute());
     buf.push(b':');
-    two(buf, rem % 60);
+    two(buf, t.second());
     buf.push(b'.');
-    let micros = since.subsec_micros();
+    let micros = t.microsecond();
     for div in [100_000, 10_000, 1_000, 100, 10, 1] {
         buf.push(b'0' + (micros / div % 10) as u8);
     }
     buf.push(b'Z');
 }
 
-/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u64, u64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     /// What `tracing-subscriber`, set up as [`super::super::init`] sets it
     /// up (ANSI off), writes for [`as_event`].
