@@ -97,7 +97,10 @@ impl App {
                 shield: shield.clone(),
             }))
         };
-        let admin = Arc::new(AdminState::new(&config, metrics.clone(), store));
+        let admin = Arc::new(
+            AdminState::new(&config, metrics.clone(), store)
+                .with_repairer(repair.clone(), routes.table_origin("/v1/Services").clone()),
+        );
         Ok(App {
             config,
             listeners,

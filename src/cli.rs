@@ -172,6 +172,14 @@ pub struct RepairArgs {
     /// User is refused before any write: a typo never makes a new User).
     #[arg(long)]
     pub create_missing: bool,
+    /// Ask the running proxy to run the repair (`POST /repairs` on its
+    /// admin listener, e.g. `http://127.0.0.1:9090`): fenced against its
+    /// own repairs, in its journal, shown on its incidents page.
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// The running proxy's admin token, for `--admin`.
+    #[arg(long, env = "TRP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     pub serve: ServeArgs,
 }

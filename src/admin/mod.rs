@@ -8,6 +8,7 @@
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
+//! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see [`crate::repair::operator`] |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
 //!
@@ -79,6 +80,9 @@ pub struct AdminState {
     token: Option<AdminToken>,
     /// How identities are shown.
     privacy: Privacy,
+    /// The proxy's repairer and the origin its operator repairs talk to
+    /// (`POST /repairs`), when repair is on.
+    repair: Option<(Arc<crate::repair::Repairer>, crate::routing::Origin)>,
 }
 
 impl AdminState {
@@ -90,7 +94,19 @@ impl AdminState {
             draining: AtomicBool::new(false),
             token: config.admin.token.clone(),
             privacy: Privacy::new(config.repair.incident_identity),
+            repair: None,
         }
+    }
+
+    /// Operator repairs (`POST /repairs`) run on this repairer, against
+    /// `origin` (the routing table's Conversations origin).
+    pub fn with_repairer(
+        mut self,
+        repair: Option<Arc<crate::repair::Repairer>>,
+        origin: crate::routing::Origin,
+    ) -> AdminState {
+        self.repair = repair.map(|r| (r, origin));
+        self
     }
 
     /// The proxy listener accepts connections: `/readyz` may say ready.
@@ -117,11 +133,13 @@ pub fn warn_if_exposed(addr: SocketAddr, has_token: bool) {
     }
 }
 
+mod repairs;
+
 pub fn router(state: Arc<AdminState>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/incidents", get(incidents))
-        .route("/repairs", get(repairs))
+        .route("/repairs", get(repairs).post(repairs::start))
         .route("/repairs/{id}/abandon", axum::routing::post(abandon))
         .route("/ui", get(ui::list))
         .route("/ui/incidents/{id}", get(ui::detail))

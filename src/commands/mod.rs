@@ -72,6 +72,12 @@ pub enum CommandError {
         "no User `{identity}` in service {service}: nothing to repair, nothing changed (a typo? pass --create-missing to create it)"
     )]
     NoUser { identity: String, service: String },
+    #[error(
+        "the journal {path} is held by a running proxy: ask it to run the repair with --admin http://<its admin_listen> (and TRP_ADMIN_TOKEN)"
+    )]
+    JournalHeld { path: String },
+    #[error("admin plane: {0}")]
+    Admin(String),
     #[error("no incident {id} in this store (see `incidents export` or the incidents page)")]
     NoIncident { id: i64 },
     #[error(transparent)]

@@ -27,6 +27,9 @@ const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
 /// Run Twilio's workaround for one identity, journaled, with the operator
 /// repair credential (`TRP_REPAIR_API_KEY_SID`/`_SECRET`).
 pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandError> {
+    if let Some(admin) = &args.admin {
+        return through_admin(admin, &args, out).await;
+    }
     let _log = telemetry::init(&Config::defaults().log);
     let config = args.serve.load()?;
     if !sid::is_sid(&args.service, "IS") {
@@ -44,7 +47,14 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
     // SQLite journal a running proxy owns is refused here, before any call).
     let store = match args.dry_run {
         true => None,
-        false => Some(store::open(&config.store, &config.store_options).await?),
+        false => Some(
+            store::open(&config.store, &config.store_options)
+                .await
+                .map_err(|e| match e {
+                    store::StoreError::Locked { path } => CommandError::JournalHeld { path },
+                    e => e.into(),
+                })?,
+        ),
     };
     let origin_s = config
         .upstream
@@ -198,4 +208,57 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
         });
     }
     Ok(())
+}
+
+/// `repair --admin URL`: the running proxy runs the repair (`POST /repairs`
+/// on its admin listener); its JSON answer is printed as it came.
+async fn through_admin(
+    admin: &str,
+    args: &RepairArgs,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    use http_body_util::BodyExt;
+    let url = format!("{}/repairs", admin.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().map_err(|_| CommandError::Origin {
+        what: "--admin",
+        origin: admin.to_string(),
+    })?;
+    let body = serde_json::json!({
+        "service_sid": args.service,
+        "identity": args.identity,
+        "dry_run": args.dry_run,
+        "create_missing": args.create_missing,
+    })
+    .to_string();
+    let mut req = http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &args.admin_token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|_| CommandError::Usage("the --admin URL cannot carry a request"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| CommandError::Admin(format!("cannot reach {url}: {e}")))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CommandError::Admin(format!("{url}: {e}")))?
+        .to_bytes();
+    out.write_all(&bytes)?;
+    writeln!(out)?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        Err(CommandError::Admin(format!("{status}: {message}")))
+    }
 }

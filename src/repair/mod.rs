@@ -37,6 +37,7 @@ pub mod credential;
 pub mod intercept;
 pub mod journal;
 pub mod lock;
+pub mod operator;
 pub mod policy;
 pub mod recovery;
 pub mod request;
@@ -207,7 +208,7 @@ impl Repairer {
         record_identity(self.config.incident_identity, identity)
     }
 
-    async fn record_incident(&self, incident: Incident) {
+    async fn record_incident(&self, incident: Incident) -> Option<i64> {
         // With "hash", no identity is stored in plain text: not in a step's
         // path or message either (the identity itself already is hashed).
         let mut incident =
@@ -233,6 +234,7 @@ impl Repairer {
             detail = incident.detail.as_deref().unwrap_or(""),
             "intercepted 20404 on participant create"
         );
+        id
     }
 
     /// Wait (at most `grace`) for every repair and recovery task to end.

@@ -279,9 +279,10 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
     assert!(emu.requests().await.is_empty(), "refused before any call");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("journal.db is locked by another process") && err.contains("postgres"),
+        err.contains("journal.db is held by a running proxy") && err.contains("--admin"),
         "{err}"
     );
+
     let dir = proxy.store_dir.clone();
     drop(proxy);
     assert!(dir.exists());

@@ -1,0 +1,253 @@
+//! `POST /repairs`: an operator's repair through the running proxy (the
+//! binary, with the operator credential and an admin token), against the
+//! emulator: refused without the token, a typo refused with nothing
+//! created, a dry run that only reads, a repair that puts everything back
+//! and shows as an incident, and one delete when a fault's repair of the
+//! same identity runs at the same time.
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use twilio_repair_proxy::emulator::FaultMode;
+
+const ADMIN_TOKEN: &str = "operator-token-0123456789";
+
+async fn proxy_for(emu: &Emu) -> Running {
+    let dir = tempfile::tempdir().unwrap().keep();
+    spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[
+            ("TRP_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+            ("TRP_REPAIR_RETRY_INITIAL_BACKOFF_MS", "10"),
+            ("TRP_REPAIR_RETRY_MAX_BACKOFF_MS", "50"),
+        ],
+    )
+    .await
+}
+
+async fn post_repair(proxy: &Running, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(format!("http://{}/repairs", proxy.admin))
+        .json(&body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn writes(log: &[Value]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r["method"] != "GET")
+        .map(|r| format!("{} {}", r["method"], r["path"]))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_operator_repair_goes_through_the_running_proxy_and_never_creates_a_user() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .attributes(r#"{"tier":"gold"}"#)
+        .member_of_another()
+        .build()
+        .await;
+    let is = kim.is.clone().unwrap();
+    let proxy = proxy_for(&emu).await;
+    emu.clear_requests().await;
+
+    // Without the admin token: refused.
+    let (s, _) = post_repair(&proxy, None, json!({"service_sid": is, "identity": "kim"})).await;
+    assert_eq!(s, 401);
+    // A typo: refused, nothing written, no User made.
+    let (s, v) = post_repair(
+        &proxy,
+        Some(ADMIN_TOKEN),
+        json!({"service_sid": is, "identity": "typo-kim"}),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(v.to_string().contains("typo-kim"), "{v}");
+    let (s, v) = post_repair(
+        &proxy,
+        Some(ADMIN_TOKEN),
+        json!({"service_sid": is, "identity": "typo-kim", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(writes(&emu.log_json().await).is_empty());
+    assert_eq!(
+        emu.get(&format!("{}/Users/typo-kim", kim.base)).await.0,
+        404
+    );
+    // Bad input: a clear 400.
+    let (s, _) = post_repair(&proxy, Some(ADMIN_TOKEN), json!({"identity": "kim"})).await;
+    assert_eq!(s, 400);
+    let (s, _) = post_repair(
+        &proxy,
+        Some(ADMIN_TOKEN),
+        json!({"service_sid": "IS1/../x", "identity": "kim"}),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // The command line's way to it: `repair --admin`.
+    let (proxy_admin, is2) = (format!("http://{}", proxy.admin), is.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin())
+            .args([
+                "repair",
+                "--service",
+                &is2,
+                "--identity",
+                "kim",
+                "--dry-run",
+                "--admin",
+                &proxy_admin,
+            ])
+            .env("TRP_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert_eq!(plan["snapshot"]["friendly_name"], "Kim K");
+
+    // A dry run reads and plans.
+    let (s, v) = post_repair(
+        &proxy,
+        Some(ADMIN_TOKEN),
+        json!({"service_sid": is, "identity": "kim", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let user_sid = kim.user_sid.clone().unwrap();
+    assert!(v["plan"].to_string().contains(&user_sid), "{v}");
+    assert!(writes(&emu.log_json().await).is_empty());
+
+    // For real: one delete, the User back with its fields, its membership
+    // back, an incident on the admin plane.
+    let (s, v) = post_repair(
+        &proxy,
+        Some(ADMIN_TOKEN),
+        json!({"service_sid": is, "identity": "kim"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["outcome"], "repaired", "{v}");
+    let log = emu.log_json().await;
+    let deletes: Vec<String> = writes(&log)
+        .into_iter()
+        .filter(|w| w.starts_with("\"DELETE\"") && w.contains("/Users/"))
+        .collect();
+    assert_eq!(deletes.len(), 1, "{:#?}", writes(&log));
+    let (s, user) = emu.get(&format!("{}/Users/kim", kim.base)).await;
+    assert_eq!(s, 200);
+    assert_eq!(user["friendly_name"], "Kim K");
+    assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
+    assert_eq!(
+        emu.get(&format!(
+            "{}/Conversations/{}/Participants/kim",
+            kim.base,
+            kim.other()
+        ))
+        .await
+        .0,
+        200
+    );
+    let incidents = admin_json_with(&proxy.admin, "/incidents", ADMIN_TOKEN).await;
+    let id = v["incident_id"].as_i64().unwrap();
+    assert!(
+        incidents["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == id && i["outcome"] == "repaired"),
+        "{incidents}"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_repair_beside_a_faults_repair_of_the_same_identity_deletes_once() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let is = kim.is.clone().unwrap();
+    let proxy = proxy_for(&emu).await;
+    emu.clear_requests().await;
+    // The fault's repair takes a while to recreate the User, so the
+    // operator's request arrives while it is under way.
+    emu.add_rule(json!({"method": "POST", "path": "/Users$",
+        "action": {"kind": "latency", "ms": 400}}))
+        .await;
+    let proxy_addr = proxy.addr.clone();
+    let path = format!("{}/Conversations/{}/Participants", kim.base, kim.target());
+    let create = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{proxy_addr}{path}"))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&[("Identity", "kim")])
+            .send()
+            .await
+            .unwrap()
+    });
+    // The event: the fault's repair has deleted the User.
+    let mut deleted = false;
+    for _ in 0..200 {
+        if writes(&emu.log_json().await)
+            .iter()
+            .any(|w| w.starts_with("\"DELETE\"") && w.contains("/Users/US"))
+        {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(deleted, "the fault's repair started");
+    let (s, v) = post_repair(
+        &proxy,
+        Some(ADMIN_TOKEN),
+        json!({"service_sid": is, "identity": "kim"}),
+    )
+    .await;
+    assert_eq!(s, 409, "the repair under way is the one asked for: {v}");
+    let created = create.await.unwrap();
+    assert_eq!(created.status(), 201);
+    let log = emu.log_json().await;
+    let deletes = writes(&log)
+        .into_iter()
+        .filter(|w| w.starts_with("\"DELETE\"") && w.contains("/Users/US"))
+        .count();
+    assert_eq!(deletes, 1, "{:#?}", writes(&log));
+    let (s, user) = emu.get(&format!("{}/Users/kim", kim.base)).await;
+    assert_eq!(s, 200);
+    assert_eq!(user["friendly_name"], "Kim K");
+}
+
+async fn admin_json_with(admin: &str, path: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("http://{admin}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
