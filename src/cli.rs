@@ -55,24 +55,53 @@ pub struct CheckConfigArgs {
     pub serve: ServeArgs,
 }
 
-/// Flags of `serve` and `check-config`.
+/// Flags of `serve` and `check-config`. Each names the `TRP_*` variable
+/// that sets it too (the configuration's own layering: flags win).
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
     /// Proxy listen address [default: 127.0.0.1:8080]
-    #[arg(long)]
+    #[arg(long, env = "TRP_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Admin listen address [default: 127.0.0.1:9090]
-    #[arg(long)]
+    #[arg(long, env = "TRP_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Send every request to this origin instead of the routing table.
-    #[arg(long)]
+    #[arg(long, env = "TRP_UPSTREAM")]
     pub upstream: Option<String>,
     /// Journal store URL [default: sqlite://data/journal.db]
-    #[arg(long)]
+    #[arg(long, env = "TRP_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// A TOML configuration file (see config/default.toml).
-    #[arg(long)]
+    #[arg(long, env = "TRP_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// Flags of the offline commands (`incidents`, `repair`): the journal and
+/// the upstream, never listeners (they open none).
+#[derive(Debug, Clone, Args, Default)]
+pub struct JournalArgs {
+    /// Send every request to this origin instead of the routing table.
+    #[arg(long, env = "TRP_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Journal store URL [default: sqlite://data/journal.db]
+    #[arg(long, env = "TRP_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// A TOML configuration file (see config/default.toml).
+    #[arg(long, env = "TRP_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl JournalArgs {
+    /// The effective configuration: defaults < file < environment < flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        ServeArgs {
+            upstream: self.upstream.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            ..ServeArgs::default()
+        }
+        .load()
+    }
 }
 
 impl ServeArgs {
@@ -143,7 +172,7 @@ pub struct BundleArgs {
     #[arg(long)]
     pub output: Option<PathBuf>,
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: JournalArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,7 +183,7 @@ pub struct ExportArgs {
     #[arg(long, default_value_t = 100_000)]
     pub limit: i64,
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: JournalArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,5 +210,5 @@ pub struct RepairArgs {
     #[arg(long, env = "TRP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: JournalArgs,
 }

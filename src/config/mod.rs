@@ -42,6 +42,8 @@ const OPTIONAL_KEYS: &[&str] = &[
 /// `TRP_*` variables that are not configuration keys: the repair credential
 /// (secrets never live in the configuration) and the test harness's own.
 const NON_CONFIG_ENV: &[&str] = &[
+    // `--config`'s variable (the file itself, not a key in it).
+    "TRP_CONFIG",
     "TRP_REPAIR_API_KEY_SID",
     "TRP_REPAIR_API_KEY_SECRET",
     "TRP_REPAIR_ACCOUNT_SID",
