@@ -46,6 +46,30 @@ pub enum AppError {
     Io(#[source] std::io::Error),
 }
 
+/// The parts a reloaded configuration changes for the next request or
+/// repair: the repair mode and policy, the admin token, the log level.
+/// Everything else named in `config::reload::needs_restart` keeps its
+/// start-up value; the other settings are read at start-up only, and a
+/// reload says so (README, "Changing settings while it runs").
+#[derive(Clone)]
+pub struct Live {
+    repair: Option<Arc<Repairer>>,
+    admin: Arc<AdminState>,
+}
+
+impl Live {
+    /// Apply a valid new configuration.
+    pub fn apply(&self, _old: &Config, new: &Config) {
+        if let Some(r) = &self.repair {
+            r.set_policy(new.repair.clone());
+        }
+        self.admin.set_token(new.admin.token.clone());
+        if let Err(e) = crate::telemetry::set_level(&new.log.level) {
+            tracing::warn!(error = %e, "log.level not reloaded");
+        }
+    }
+}
+
 /// A proxy instance, built and not yet serving.
 pub struct App {
     config: Config,
@@ -111,6 +135,14 @@ impl App {
             shield,
             tls,
         })
+    }
+
+    /// What a configuration reload changes live (see [`App::reloader`]).
+    pub fn live(&self) -> Live {
+        Live {
+            repair: self.repair.clone(),
+            admin: self.admin.clone(),
+        }
     }
 
     /// Serve until `shutdown` completes, then drain in-flight requests for

@@ -76,8 +76,9 @@ pub struct AdminState {
     listening: AtomicBool,
     /// Set when shutdown begins.
     draining: AtomicBool,
-    /// When set, required on every path but the probes.
-    token: Option<AdminToken>,
+    /// When set, required on every path but the probes; swapped whole on
+    /// reload ([`AdminState::set_token`]).
+    token: arc_swap::ArcSwap<Option<AdminToken>>,
     /// How identities are shown.
     privacy: Privacy,
     /// The proxy's repairer and the origin its operator repairs talk to
@@ -92,7 +93,7 @@ impl AdminState {
             store,
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            token: config.admin.token.clone(),
+            token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
             privacy: Privacy::new(config.repair.incident_identity),
             repair: None,
         }
@@ -107,6 +108,17 @@ impl AdminState {
     ) -> AdminState {
         self.repair = repair.map(|r| (r, origin));
         self
+    }
+
+    /// The admin token now in force.
+    fn token(&self) -> Arc<Option<AdminToken>> {
+        self.token.load_full()
+    }
+
+    /// A reloaded `admin.token`: every request from now on needs the new
+    /// one (or none).
+    pub fn set_token(&self, token: Option<AdminToken>) {
+        self.token.store(Arc::new(token));
     }
 
     /// The proxy listener accepts connections: `/readyz` may say ready.
@@ -160,7 +172,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
 struct Operator;
 
 async fn require_token(State(s): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
-    let Some(token) = &s.token else {
+    let token = s.token();
+    let Some(token) = token.as_ref() else {
         return next.run(req).await;
     };
     let presented = req

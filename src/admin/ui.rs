@@ -214,7 +214,7 @@ pub(super) async fn list(
     operator: Option<axum::Extension<Operator>>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let signed_in = operator.is_some() && s.token.is_some();
+    let signed_in = operator.is_some() && s.token().is_some();
     let filter = match parse_filter(query.as_deref()) {
         Ok(f) => f,
         Err(m) => return bad_request(&m, signed_in),
@@ -257,7 +257,7 @@ pub(super) async fn detail(
     Path(raw): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let signed_in = operator.is_some() && s.token.is_some();
+    let signed_in = operator.is_some() && s.token().is_some();
     let id = match parse_id(&raw) {
         Ok(id) => id,
         Err(m) => return bad_request(&m, signed_in),
@@ -323,7 +323,7 @@ pub(super) async fn bundle(
     operator: Option<axum::Extension<Operator>>,
     Path(raw): Path<String>,
 ) -> Response {
-    let signed_in = operator.is_some() && s.token.is_some();
+    let signed_in = operator.is_some() && s.token().is_some();
     let id = match parse_id(&raw) {
         Ok(id) => id,
         Err(m) => return bad_request(&m, signed_in),
@@ -363,7 +363,7 @@ pub(super) async fn bundle(
 }
 
 pub(super) async fn login_form(State(s): State<Arc<AdminState>>) -> Response {
-    if s.token.is_none() {
+    if s.token().is_none() {
         return see_other("/ui", None);
     }
     page(StatusCode::OK, views::login(None))
@@ -372,7 +372,8 @@ pub(super) async fn login_form(State(s): State<Arc<AdminState>>) -> Response {
 /// `POST /ui/login` with `token=…`: the right token sets the session
 /// cookie and goes to the list; a wrong one is refused (401, no cookie).
 pub(super) async fn login(State(s): State<Arc<AdminState>>, body: Bytes) -> Response {
-    let Some(token) = &s.token else {
+    let token = s.token();
+    let Some(token) = token.as_ref() else {
         return see_other("/ui", None);
     };
     let presented = form_urlencoded::parse(&body)

@@ -23,6 +23,7 @@ use toml::Value;
 
 /// The documented defaults, compiled in.
 mod checks;
+pub mod reload;
 pub use checks::{RANGES, range_of};
 use checks::{
     check_admin_token, check_host_pattern, check_origin, check_ranges, check_reserved_prefix,

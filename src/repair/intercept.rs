@@ -79,6 +79,10 @@ impl Repairer {
     pub fn intercepts(&self, method: &http::Method, path: &str) -> Option<Interception> {
         if method == http::Method::POST {
             if let Some(p) = CreatePath::parse(path) {
+                // `repair.mode = "off"` by reload: pass-through again.
+                if self.policy().mode == crate::config::RepairMode::Off {
+                    return None;
+                }
                 return Some(Interception::ParticipantCreate(p));
             }
         }

@@ -73,7 +73,12 @@ pub use workflow::Verdict;
 /// The interceptor: configuration, the repair runtime's client, journal,
 /// locks. Built once by [`Repairer::new`]; shared as an `Arc`.
 pub struct Repairer {
+    /// The settings it started with: timeouts, backoffs, the deadline.
     config: RepairConfig,
+    /// The settings a reload may change for the next repair: `mode`
+    /// (`check-only`), the allow/deny lists and the budget
+    /// ([`Repairer::set_policy`]); a repair under way keeps what it read.
+    policy: arc_swap::ArcSwap<RepairConfig>,
     /// Pooled on the repair runtime: its connections outlive the workers.
     client: UpstreamClient,
     store: Arc<dyn Store>,
@@ -117,9 +122,20 @@ pub struct RepairerParts {
 }
 
 impl Repairer {
+    /// A reloaded `[repair]`: its mode and policy apply to the next repair.
+    pub fn set_policy(&self, config: RepairConfig) {
+        self.policy.store(Arc::new(config));
+    }
+
+    /// The mode and policy in force now.
+    pub(crate) fn policy(&self) -> Arc<RepairConfig> {
+        self.policy.load_full()
+    }
+
     pub fn new(p: RepairerParts) -> Arc<Repairer> {
         let rt = p.runtime.unwrap_or_else(tokio::runtime::Handle::current);
         Arc::new_cyclic(|me| Repairer {
+            policy: arc_swap::ArcSwap::from_pointee(p.config.clone()),
             config: p.config,
             client: p.client,
             store: p.store,

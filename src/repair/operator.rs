@@ -125,7 +125,7 @@ impl Repairer {
             detail: format!("status {}", svc.status),
         })?;
         if let Some(reason) = super::policy::refusal(
-            &self.config,
+            &self.policy(),
             self.store.as_ref(),
             &req.service_sid,
             &req.identity,

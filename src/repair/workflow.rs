@@ -127,7 +127,7 @@ impl Workflow<'_> {
     /// 4. May this identity be repaired here and now?
     async fn allowed(&mut self, conv: &Conversation, identity: &str) -> Result<(), Verdict> {
         let r = &self.rep;
-        match policy::refusal(&r.config, r.store.as_ref(), &conv.service_sid, identity).await {
+        match policy::refusal(&r.policy(), r.store.as_ref(), &conv.service_sid, identity).await {
             Some(reason) => Err(Verdict::original(Outcome::Disabled, Some(reason))),
             None => Ok(()),
         }

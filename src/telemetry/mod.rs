@@ -69,6 +69,9 @@ pub fn init(log: &LogConfig) -> Guards {
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
+    // The level can change on reload ([`set_level`]).
+    let (filter, level) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LEVEL.set(level);
     let fmt = match log.format {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Pretty => fmt.with_filter(filter).boxed(),
@@ -99,6 +102,42 @@ pub fn init(log: &LogConfig) -> Guards {
         _trace: trace_guard,
         _log: guard,
     }
+}
+
+static LEVEL: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// A reloaded `log.level` (`RUST_LOG`, when set, still wins): from now on
+/// events are filtered by it. `Err` names why it was not applied.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    LEVEL
+        .get()
+        .ok_or_else(|| "logging is not set up".to_string())?
+        .reload(filter)
+        .map_err(|e| e.to_string())
+}
+
+static RELOADS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// Count a configuration reload by its result (`applied`, `invalid`):
+/// `trp_config_reloads_total{result}`.
+pub fn count_reload(result: &str) {
+    let i = usize::from(result != "applied");
+    RELOADS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reloads so far: (applied, invalid).
+pub fn reloads() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (RELOADS[0].load(Relaxed), RELOADS[1].load(Relaxed))
 }
 
 /// What [`init`] started; dropping it flushes the spans still queued, then

@@ -17,6 +17,7 @@ mod parking;
 mod pool;
 mod process;
 mod proxy;
+mod reload;
 mod repair;
 mod repair_crash;
 mod repair_invariant;
