@@ -133,7 +133,7 @@ fn handle(
 ) -> impl Future<Output = Response<Body>> + Send {
     async move {
         let started = Instant::now();
-        let in_flight = InFlightGuard::new(&state.metrics);
+        let mut in_flight = InFlightGuard::new(&state.metrics, started);
         let method = req.method().clone();
         if let Some(repair) = &state.repair {
             repair.maybe_recover(req.headers());
@@ -146,9 +146,7 @@ fn handle(
             Ok(t) => t,
             Err(refusal) => {
                 let status = refusal.status();
-                state
-                    .metrics
-                    .record_request(RouteClass::Rejected, &method, status.as_u16());
+                in_flight.answered(RouteClass::Rejected, &method, status.as_u16());
                 tracing::warn!(
                     target: ACCESS,
                     %method, path = %req.uri().path(), status = status.as_u16(),
@@ -266,9 +264,11 @@ struct Access<'a> {
 fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> Response<Body> {
     forward_failure_log(&e);
     let status = e.status();
+    let took = access.started.elapsed();
+    let (route, method) = (access.target.class, &access.method);
     state
         .metrics
-        .record_request(access.target.class, &access.method, status.as_u16());
+        .record_answer(route, method, status.as_u16(), took);
     let (method, path) = (
         &access.method,
         access.path.as_ref().map_or("", |p| p.path()),
@@ -358,7 +358,7 @@ fn respond_body<B>(
     state: &ProxyState,
     resp: Response<B>,
     access: Access<'_>,
-    in_flight: InFlightGuard,
+    mut in_flight: InFlightGuard,
     outcome: Option<&'static str>,
     idle: std::time::Duration,
 ) -> Response<Body>
@@ -367,9 +367,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let status = resp.status().as_u16();
-    state
-        .metrics
-        .record_request(access.target.class, &access.method, status);
+    in_flight.answered(access.target.class, &access.method, status);
     let (parts, body) = resp.into_parts();
     let mut body = MeteredBody::new(body, idle, Direction::Response, state.metrics.clone())
         .with_guard(in_flight);
