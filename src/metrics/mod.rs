@@ -24,7 +24,7 @@
 //! | `trp_parked_connections` | gauge | `listener`: idle HTTP/1 connections parked (their hyper state dropped) |
 //! | `trp_repair_intercepted_total` | counter | 20404s on Participant create |
 //! | `trp_repair_outcomes_total` | counter | `outcome` |
-//! | `trp_repair_step_failures_total` | counter | `step` (`fetch-participant`, `fetch-conversation`, ...): check steps that failed after retries and failed the workflow |
+//! | `trp_repair_step_failures_total` | counter | `step` (`fetch-participant`, `fetch-conversation`, ...): the workflow's checks that failed it (after their retries, or with a body that is not the resource) |
 //! | `trp_repair_workflow_seconds` | histogram | duration of the check-and-repair workflow |
 //! | `trp_repair_pending_journal` | gauge | unfinished journal records |
 //! | `trp_repair_fence_waits_total` | counter | writes held back while their identity was under repair |
