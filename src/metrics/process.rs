@@ -155,7 +155,8 @@ impl Reading {
     }
 }
 
-/// The `process_*` collector (registered by [`super::Metrics`]).
+/// The `process_*` collector (registered by [`super::Metrics`]). Help
+/// texts end with a full stop, as the registry writes its own.
 #[derive(Debug, Default)]
 pub struct ProcessCollector;
 
@@ -183,7 +184,7 @@ impl Collector for ProcessCollector {
             let c = ConstCounter::new(s.cpu_seconds);
             c.encode(encoder.encode_descriptor(
                 "process_cpu_seconds",
-                "Total user and system CPU time spent in seconds",
+                "Total user and system CPU time spent in seconds.",
                 None,
                 c.metric_type(),
             )?)?;
@@ -192,37 +193,37 @@ impl Collector for ProcessCollector {
         gauge(
             e,
             "process_resident_memory_bytes",
-            "Resident memory size in bytes",
+            "Resident memory size in bytes.",
             r.resident_bytes.map(|b| b as f64),
         )?;
         gauge(
             e,
             "process_virtual_memory_bytes",
-            "Virtual memory size in bytes",
+            "Virtual memory size in bytes.",
             r.stat.map(|s| s.virtual_bytes as f64),
         )?;
         gauge(
             e,
             "process_open_fds",
-            "Number of open file descriptors",
+            "Number of open file descriptors.",
             r.open_fds,
         )?;
         gauge(
             e,
             "process_max_fds",
-            "Maximum number of open file descriptors",
+            "Maximum number of open file descriptors.",
             r.max_fds.map(|n| n as f64),
         )?;
         gauge(
             e,
             "process_start_time_seconds",
-            "Start time of the process since unix epoch in seconds",
+            "Start time of the process since unix epoch in seconds.",
             r.start_time_seconds,
         )?;
         gauge(
             e,
             "process_threads",
-            "Number of OS threads in the process",
+            "Number of OS threads in the process.",
             r.stat.map(|s| s.threads),
         )?;
         Ok(())
