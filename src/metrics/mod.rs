@@ -275,7 +275,7 @@ impl Metrics {
         );
         r.register(
             "trp_repair_step_failures",
-            "Workflow steps that failed after retries, by step",
+            "Workflow checks that failed the repair (after their retries, or answering something else than the resource), by step",
             self.repair_step_failures.clone(),
         );
         r.register(
