@@ -139,6 +139,9 @@ impl MethodLabel {
             _ => MethodLabel::Other,
         }
     }
+    pub fn index(self) -> usize {
+        self as usize
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             MethodLabel::Get => "GET",
@@ -161,6 +164,10 @@ pub struct StatusClass(u8);
 impl StatusClass {
     pub fn of(code: u16) -> StatusClass {
         StatusClass((code / 100).clamp(1, 5) as u8)
+    }
+    /// 0 for `1xx` to 4 for `5xx`.
+    pub fn index(self) -> usize {
+        usize::from(self.0 - 1)
     }
 }
 

@@ -48,6 +48,7 @@
 //! response header timeout).
 
 mod accounts;
+mod histogram;
 pub mod labels;
 pub mod process;
 
@@ -58,25 +59,19 @@ use http::Method;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::vocabulary::{Outcome, StepKind};
 pub use accounts::MAX_LABELLED_ACCOUNTS;
 use accounts::{AccountEvent, AccountSeries};
+use histogram::Cached;
+pub use histogram::{LATENCY_BUCKETS, Seconds};
 pub use labels::{AccountClass, Listener, RouteClass, UpstreamErrorKind};
 use labels::{
     AnswerLabels, BuildLabels, ClassLabels, KindLabels, ListenerLabels, MethodLabel, OutcomeLabels,
     RequestLabels, RouteLabels, StatusClass, StepLabels,
 };
-
-/// Bucket upper bounds of every latency histogram, in seconds: from 5 ms
-/// (a call to Twilio takes longer) past the workflow deadline (30 s) and
-/// the response header timeout (60 s).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -89,31 +84,11 @@ pub const BUILD_COMMIT: &str = match option_env!("TWILIO_REPAIR_PROXY_COMMIT") {
     None => "unknown",
 };
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+/// Slots of the duration histograms: route class × method × status class.
+const ANSWER_SLOTS: usize = 4 * 8 * 5;
 
-type LatencyFamily<S> = Family<S, Histogram, fn() -> Histogram>;
-
-fn latency_family<S: Clone + std::hash::Hash + Eq>() -> LatencyFamily<S> {
-    Family::new_with_constructor(latency_histogram)
-}
-
-/// A latency histogram with [`LATENCY_BUCKETS`], observed as a
-/// [`Duration`].
-#[derive(Debug, Clone)]
-pub struct Seconds(Histogram);
-
-impl Default for Seconds {
-    fn default() -> Self {
-        Seconds(latency_histogram())
-    }
-}
-
-impl Seconds {
-    pub fn observe(&self, d: Duration) {
-        self.0.observe(d.as_secs_f64());
-    }
+fn answer_slot(l: &AnswerLabels) -> usize {
+    (l.route.index() * 8 + l.method.index()) * 5 + l.status.index()
 }
 
 /// All metrics of one proxy instance, and the registry that exports them.
@@ -121,8 +96,8 @@ impl Seconds {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_duration: LatencyFamily<AnswerLabels>,
-    upstream_latency: LatencyFamily<RouteLabels>,
+    request_duration: Cached<AnswerLabels, ANSWER_SLOTS>,
+    upstream_latency: Cached<RouteLabels, 4>,
     in_flight: Gauge,
     request_bytes: Counter,
     response_bytes: Counter,
@@ -143,7 +118,7 @@ pub struct Metrics {
     shield_queue_full: Family<ClassLabels, Counter>,
     shield_queue_length: Family<ClassLabels, Gauge>,
     shield_in_flight: Family<ClassLabels, Gauge>,
-    shield_queue_wait: LatencyFamily<ClassLabels>,
+    shield_queue_wait: Family<ClassLabels, Seconds>,
     shield_accounts: AccountSeries,
     otlp_spans_dropped: Counter,
 }
@@ -163,8 +138,8 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             requests: Family::default(),
-            request_duration: latency_family(),
-            upstream_latency: latency_family(),
+            request_duration: Cached::default(),
+            upstream_latency: Cached::default(),
             in_flight: Gauge::default(),
             request_bytes: Counter::default(),
             response_bytes: Counter::default(),
@@ -185,7 +160,7 @@ impl Metrics {
             shield_queue_full: Family::default(),
             shield_queue_length: Family::default(),
             shield_in_flight: Family::default(),
-            shield_queue_wait: latency_family(),
+            shield_queue_wait: Family::default(),
             shield_accounts: AccountSeries::default(),
             otlp_spans_dropped: Counter::default(),
         };
@@ -226,12 +201,12 @@ impl Metrics {
         r.register(
             "trp_request_duration_seconds",
             "Time from a request's arrival to the end of its answer, by route class, method and status class",
-            self.request_duration.clone(),
+            self.request_duration.family().clone(),
         );
         r.register(
             "trp_upstream_latency_seconds",
             "Time from sending a request upstream to its response headers, by route class",
-            self.upstream_latency.clone(),
+            self.upstream_latency.family().clone(),
         );
         r.register(
             "trp_in_flight_requests",
@@ -281,7 +256,7 @@ impl Metrics {
         r.register(
             "trp_repair_workflow_seconds",
             "Duration of the check-and-repair workflow",
-            self.repair_workflow.0.clone(),
+            self.repair_workflow.clone(),
         );
         r.register(
             "trp_repair_pending_journal",
@@ -382,15 +357,13 @@ impl Metrics {
 
     fn observe_duration(&self, labels: &AnswerLabels, took: Duration) {
         self.request_duration
-            .get_or_create(labels)
-            .observe(took.as_secs_f64());
+            .observe(answer_slot(labels), labels, took);
     }
 
     /// Time to an upstream's response headers, by route class.
     pub fn upstream_latency(&self, route: RouteClass, took: Duration) {
         self.upstream_latency
-            .get_or_create(&RouteLabels { route })
-            .observe(took.as_secs_f64());
+            .observe(route.index(), &RouteLabels { route }, took);
     }
     pub fn in_flight(&self) -> i64 {
         self.in_flight.get()
@@ -478,9 +451,7 @@ impl Metrics {
     pub fn shield_queue_leave(&self, class: AccountClass, account: Option<&str>, waited: Duration) {
         let c = ClassLabels { class };
         self.shield_queue_length.get_or_create(&c).dec();
-        self.shield_queue_wait
-            .get_or_create(&c)
-            .observe(waited.as_secs_f64());
+        self.shield_queue_wait.get_or_create(&c).observe(waited);
         self.shield_account(account, AccountEvent::QueueLeave);
     }
     /// Slots of the per-account cap taken (`+1`) or given back (`-1`).
