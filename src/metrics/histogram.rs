@@ -5,9 +5,9 @@
 //! encoder, as any of its metrics; the cumulative `le` series are summed
 //! when scraped.
 //!
-//! [`Cached`] keeps the histograms of a family with a small, fixed label
-//! space in slots, so that an observation needs no lookup (no lock, no hash)
-//! once its series exists.
+//! [`Cached`] keeps the series of a family with a small, fixed label
+//! space (or its common part) in slots, so that counting in one needs no
+//! lookup (no lock, no hash) once it exists.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -77,18 +77,20 @@ impl EncodeMetric for Seconds {
     }
 }
 
-/// A family of [`Seconds`] whose label sets map to `N` slots: each slot is
-/// filled from the family the first time its series is observed (so a
-/// series is exported only once used), and read without a lock after.
+/// A family whose label sets map to `N` slots (or to none: a rare label
+/// set): each slot is filled from the family the first time its series is
+/// used (so a series is exported only once used), and read without a lock
+/// after. A label set without a slot is looked up in the family.
 #[derive(Debug)]
-pub struct Cached<S, const N: usize> {
-    family: Family<S, Seconds>,
-    slots: [OnceLock<Seconds>; N],
+pub struct Cached<S, M, const N: usize> {
+    family: Family<S, M>,
+    slots: [OnceLock<M>; N],
 }
 
-impl<S, const N: usize> Default for Cached<S, N>
+impl<S, M, const N: usize> Default for Cached<S, M, N>
 where
     S: Clone + std::hash::Hash + Eq,
+    M: Default,
 {
     fn default() -> Self {
         Cached {
@@ -98,22 +100,21 @@ where
     }
 }
 
-impl<S, const N: usize> Cached<S, N>
+impl<S, M, const N: usize> Cached<S, M, N>
 where
     S: Clone + std::hash::Hash + Eq,
+    M: Default + Clone,
 {
     /// The family, to register.
-    pub fn family(&self) -> &Family<S, Seconds> {
+    pub fn family(&self) -> &Family<S, M> {
         &self.family
     }
 
-    /// Observe `d` in the series of `labels`, whose slot is `slot`.
-    pub fn observe(&self, slot: usize, labels: &S, d: Duration) {
-        match self.slots.get(slot) {
-            Some(s) => s
-                .get_or_init(|| self.family.get_or_create_owned(labels))
-                .observe(d),
-            None => self.family.get_or_create(labels).observe(d),
+    /// Run `f` on the series of `labels`, whose slot is `slot`.
+    pub fn with(&self, slot: Option<usize>, labels: &S, f: impl FnOnce(&M)) {
+        match slot.and_then(|i| self.slots.get(i)) {
+            Some(s) => f(s.get_or_init(|| self.family.get_or_create_owned(labels))),
+            None => f(&self.family.get_or_create(labels)),
         }
     }
 }
@@ -158,17 +159,19 @@ mod tests {
 
     #[test]
     fn a_cached_series_is_the_family_series_and_appears_once_used() {
-        let c: Cached<L, 2> = Cached::default();
+        let c: Cached<L, Seconds, 2> = Cached::default();
         let mut r = Registry::default();
         r.register("c_seconds", "c", c.family().clone());
         assert!(!text(&r).contains("c_seconds_count"), "{}", text(&r));
-        c.observe(0, &L { n: 0 }, Duration::from_millis(1));
-        c.observe(0, &L { n: 0 }, Duration::from_millis(1));
-        // Out of the slots: through the family.
-        c.observe(7, &L { n: 7 }, Duration::from_millis(1));
+        let ms = Duration::from_millis(1);
+        c.with(Some(0), &L { n: 0 }, |h| h.observe(ms));
+        c.with(Some(0), &L { n: 0 }, |h| h.observe(ms));
+        // Without a slot, or out of the slots: through the family.
+        c.with(Some(7), &L { n: 7 }, |h| h.observe(ms));
+        c.with(None, &L { n: 7 }, |h| h.observe(ms));
         let t = text(&r);
         assert!(t.contains("c_seconds_count{n=\"0\"} 2\n"), "{t}");
-        assert!(t.contains("c_seconds_count{n=\"7\"} 1\n"), "{t}");
+        assert!(t.contains("c_seconds_count{n=\"7\"} 2\n"), "{t}");
         assert!(!t.contains("n=\"1\""), "{t}");
     }
 }

@@ -14,7 +14,17 @@ fn requests_carry_the_exact_code() {
     m.record_request(RouteClass::Conversations, &Method::POST, 429);
     m.record_request(RouteClass::Conversations, &Method::POST, 429);
     m.record_request(RouteClass::Api, &Method::GET, 200);
+    // A code without a slot is counted through the family.
+    m.record_request(RouteClass::Other, &Method::PUT, 418);
+    m.record_request(RouteClass::Other, &Method::PUT, 418);
     let t = text(&m);
+    assert!(
+        has_line(
+            &t,
+            r#"trp_requests_total{route="other",method="PUT",code="418"} 2"#
+        ),
+        "{t}"
+    );
     assert!(has_line(&t, "# TYPE trp_requests_total counter"), "{t}");
     assert!(
         has_line(
