@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config};
 use crate::forward;
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::proxy::{self, ProxyState};
 use crate::repair::{self, Repairer};
 use crate::routing::Routes;
@@ -196,6 +196,7 @@ impl App {
             admin_listener,
             server::Tower(admin_svc),
             admin_opts,
+            metrics.connections(Listener::Admin),
             async move {
                 let _ = admin_stop_rx.await;
             },
@@ -222,6 +223,7 @@ impl App {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
             let state = worker_state(config, &tls, &routes, &metrics, &repair, &shield);
+            let gauges = metrics.connections(Listener::Proxy);
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
             std::thread::Builder::new()
@@ -241,6 +243,7 @@ impl App {
                         rx,
                         proxy::service(state),
                         opts,
+                        gauges,
                         async move {
                             let _ = stop.wait_for(|s| *s).await;
                         },
@@ -309,6 +312,7 @@ fn worker_state(
                 metrics.clone(),
                 &config.limits,
                 config.add_forwarded_headers,
+                routes.class_by(),
             ),
             metrics.clone(),
             repair.clone(),

@@ -30,7 +30,7 @@ use crate::body::{ClientFault, Direction, MeteredBody, SendProgress};
 use crate::config::Limits;
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::routing::Origin;
+use crate::routing::{ClassBy, Origin};
 
 pub use crate::pool::{ClientError, UpstreamBody, UpstreamClient};
 
@@ -203,6 +203,8 @@ pub struct Forwarder {
     response_header_timeout: Duration,
     idle_timeout: Duration,
     add_forwarded_headers: bool,
+    /// The `route` label of the upstream latency.
+    class_by: ClassBy,
 }
 
 impl Forwarder {
@@ -211,6 +213,7 @@ impl Forwarder {
         metrics: Arc<Metrics>,
         limits: &Limits,
         add_forwarded_headers: bool,
+        class_by: ClassBy,
     ) -> Self {
         Forwarder {
             client,
@@ -218,6 +221,7 @@ impl Forwarder {
             response_header_timeout: limits.response_header_timeout(),
             idle_timeout: limits.idle_timeout(),
             add_forwarded_headers,
+            class_by,
         }
     }
 
@@ -268,6 +272,7 @@ impl Forwarder {
         progress: Option<Arc<SendProgress>>,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ForwardError>> + Send + 'a
     {
+        let route = self.class_by.class(origin, req.uri().path());
         let prepared = self.upstream_request(req, origin, peer);
         async move {
             let req = prepared?;
@@ -318,10 +323,10 @@ impl Forwarder {
             match &outcome {
                 Err(e) if e.is_client_fault() => {}
                 Err(e) => {
-                    self.metrics.upstream_latency.observe(started.elapsed());
+                    self.metrics.upstream_latency(route, started.elapsed());
                     self.metrics.upstream_error(e.metric_kind());
                 }
-                Ok(_) => self.metrics.upstream_latency.observe(started.elapsed()),
+                Ok(_) => self.metrics.upstream_latency(route, started.elapsed()),
             }
             outcome
         }

@@ -197,7 +197,7 @@ fn handle(
 ) -> impl Future<Output = Response<Body>> + Send {
     async move {
         let started = Instant::now();
-        let in_flight = InFlightGuard::new(&state.metrics);
+        let mut in_flight = InFlightGuard::new(&state.metrics, started);
         let method = req.method().clone();
         if let Some(repair) = &state.repair {
             repair.maybe_recover(req.headers());
@@ -210,9 +210,7 @@ fn handle(
             Ok(t) => t,
             Err(refusal) => {
                 let status = refusal.status();
-                state
-                    .metrics
-                    .record_request(RouteClass::Rejected, &method, status.as_u16());
+                in_flight.answered(RouteClass::Rejected, &method, status.as_u16());
                 // The Host is named (at most 100 characters, `Debug`-escaped)
                 // so an operator knows what to add to `proxy_hosts`.
                 let host = req.headers().get(http::header::HOST).map(|h| {
@@ -419,10 +417,11 @@ impl Logged {
 fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> Response<Body> {
     forward_failure_log(&e);
     let status = e.status();
+    let took = access.started.elapsed();
+    let (route, method) = (access.target.class, &access.method);
     state
         .metrics
-        .record_request(access.target.class, &access.method, status.as_u16());
-    let method = &access.method;
+        .record_answer(route, method, status.as_u16(), took);
     let (path, request_id) = access.logged.as_ref().map_or(("", ""), |l| {
         (
             l.path.path(),
@@ -432,7 +431,7 @@ fn forward_failure(state: &ProxyState, e: ForwardError, access: &Access<'_>) -> 
                 .unwrap_or(""),
         )
     });
-    let latency_ms = access.started.elapsed().as_secs_f64() * 1000.0;
+    let latency_ms = took.as_secs_f64() * 1000.0;
     if e.is_client_fault() {
         tracing::info!(
             target: ACCESS,
@@ -517,7 +516,7 @@ fn respond_body<B>(
     state: &ProxyState,
     resp: Response<B>,
     access: Access<'_>,
-    in_flight: InFlightGuard,
+    mut in_flight: InFlightGuard,
     outcome: Option<&'static str>,
     idle: std::time::Duration,
 ) -> Response<Body>
@@ -526,9 +525,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let status = resp.status().as_u16();
-    state
-        .metrics
-        .record_request(access.target.class, &access.method, status);
+    in_flight.answered(access.target.class, &access.method, status);
     let (parts, body) = resp.into_parts();
     let mut body = MeteredBody::new(body, idle, Direction::Response, state.metrics.clone())
         .with_guard(in_flight);

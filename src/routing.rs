@@ -235,6 +235,15 @@ impl Routes {
         })
     }
 
+    /// How [`Routes::route`] classes a request, for the forwarder's
+    /// `route` label: by path with a fixed upstream, else by origin.
+    pub fn class_by(&self) -> ClassBy {
+        match self.fixed {
+            Some(_) => ClassBy::Path,
+            None => ClassBy::Origin,
+        }
+    }
+
     /// The fixed upstream, when `--upstream` is set.
     pub fn fixed(&self) -> Option<&Origin> {
         self.fixed.as_ref()
@@ -422,6 +431,26 @@ fn host_name(value: &str) -> Option<&str> {
 fn path_has_prefix(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
+/// How a request's [`RouteClass`] is found from where it is sent: the same
+/// class [`Routes::route`] gave its [`Target`] (for the upstream latency's
+/// `route` label, where only the origin and the path are at hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassBy {
+    /// A fixed upstream: the path says (`/v1/` or `/2010-04-01`).
+    Path,
+    /// A routing table: the origin's host says.
+    Origin,
+}
+
+impl ClassBy {
+    pub fn class(self, origin: &Origin, path: &str) -> RouteClass {
+        match self {
+            ClassBy::Path => class_of_path(path),
+            ClassBy::Origin => class_of(origin),
+        }
+    }
 }
 
 /// With a fixed upstream the class comes from the path (for metrics).

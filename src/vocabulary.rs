@@ -186,10 +186,28 @@ pub enum StepKind {
     ReplayCreate,
 }
 
-impl std::fmt::Display for StepKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The serde name, without allocating.
-        let s = match self {
+impl StepKind {
+    /// Every step, in workflow order (the metrics start a series for each).
+    pub const ALL: [StepKind; 14] = [
+        StepKind::FetchParticipant,
+        StepKind::ListParticipants,
+        StepKind::FetchConversation,
+        StepKind::RetryCreate,
+        StepKind::FetchUser,
+        StepKind::ListUserConversations,
+        StepKind::FetchMembership,
+        StepKind::DeleteUser,
+        StepKind::CreateUser,
+        StepKind::UpdateUser,
+        StepKind::CheckMembership,
+        StepKind::RestoreMembership,
+        StepKind::UpdateMembership,
+        StepKind::ReplayCreate,
+    ];
+
+    /// The wire (serde) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
             StepKind::FetchParticipant => "fetch-participant",
             StepKind::ListParticipants => "list-participants",
             StepKind::FetchConversation => "fetch-conversation",
@@ -204,8 +222,13 @@ impl std::fmt::Display for StepKind {
             StepKind::RestoreMembership => "restore-membership",
             StepKind::UpdateMembership => "update-membership",
             StepKind::ReplayCreate => "replay-create",
-        };
-        f.write_str(s)
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -226,8 +249,13 @@ mod tests {
             assert_eq!(j, format!("\"{}\"", s.as_str()));
             assert_eq!(RepairState::parse(s.as_str()), Some(s));
         }
-        let k = serde_json::to_string(&StepKind::ListUserConversations).unwrap();
-        assert_eq!(k, format!("\"{}\"", StepKind::ListUserConversations));
+        let distinct: std::collections::HashSet<_> = StepKind::ALL.into_iter().collect();
+        assert_eq!(distinct.len(), StepKind::ALL.len(), "a step listed twice");
+        for k in StepKind::ALL {
+            let j = serde_json::to_string(&k).unwrap();
+            assert_eq!(j, format!("\"{k}\""));
+            assert_eq!(serde_json::from_str::<StepKind>(&j).unwrap(), k);
+        }
     }
 
     #[test]

@@ -304,28 +304,31 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     }
 }
 
-/// The counters, and two gauges read at scrape time: whether the journal
-/// accepts a write now (`trp_store_ready`) and whether `/readyz` would say
-/// ready (`trp_ready`), so that an alert sees a store outage and a replica
-/// out of rotation in the metrics it already scrapes.
+/// The registry's series, with two gauges set at scrape time: whether the
+/// journal accepts a write now (`trp_store_ready`) and whether `/readyz`
+/// would say ready (`trp_ready`), so that an alert sees a store outage and
+/// a replica out of rotation in the metrics it already scrapes.
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let mut text = s.metrics.render();
     let ready = readiness(&s).await;
     let store_ok = match ready {
         Err("draining") | Err("proxy listener not up") => s.store.probe_write().await.is_ok(),
         other => other.is_ok(),
     };
-    use std::fmt::Write;
-    let _ = write!(
-        text,
-        "# HELP trp_store_ready Whether the journal accepted a write when this scrape was served.\n\
-         # TYPE trp_store_ready gauge\ntrp_store_ready {}\n\
-         # HELP trp_ready Whether /readyz answers ready (listening, not draining, journal writable).\n\
-         # TYPE trp_ready gauge\ntrp_ready {}\n",
-        u8::from(store_ok),
-        u8::from(ready.is_ok()),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    s.metrics.set_readiness(store_ok, ready.is_ok());
+    let (applied, invalid) = crate::telemetry::reloads();
+    s.metrics
+        .sync_outside(crate::telemetry::trace::spans_dropped(), applied, invalid);
+    match s.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the metrics\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

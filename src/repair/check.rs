@@ -36,6 +36,16 @@ pub enum CheckError {
     NotTheResource(StepKind),
 }
 
+impl CheckError {
+    /// The step that failed.
+    pub fn step(&self) -> StepKind {
+        match self {
+            CheckError::Step(e) => e.step(),
+            CheckError::NotTheResource(step) => *step,
+        }
+    }
+}
+
 fn is_participant_of(v: &serde_json::Value, who: &Who) -> bool {
     let sid_ok = v
         .get("sid")

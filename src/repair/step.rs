@@ -128,6 +128,16 @@ impl StepError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StepError::Unsure { .. } | StepError::Exhausted { .. })
     }
+
+    /// The step that failed (the `step` label of its metric).
+    pub fn step(&self) -> StepKind {
+        match self {
+            StepError::Refused { step, .. }
+            | StepError::Unsure { step, .. }
+            | StepError::Exhausted { step, .. }
+            | StepError::Deadline { step } => *step,
+        }
+    }
 }
 
 /// What a step sends.

@@ -326,8 +326,8 @@ impl Workflow<'_> {
         }
     }
 
-    fn step_failed(&mut self, e: impl std::fmt::Display) -> Verdict {
-        self.rep.metrics.repair_step_failure();
+    fn step_failed(&mut self, e: check::CheckError) -> Verdict {
+        self.rep.metrics.repair_step_failure(e.step());
         Verdict::failed(e)
     }
 

@@ -48,6 +48,8 @@ pub(super) struct Protocols {
     pub(super) http1: http1::Builder,
     pub(super) http2: http2::Builder<TokioExecutor>,
     pub(super) opts: ServeOptions,
+    /// `trp_open_connections`, `trp_parked_connections` of the listener.
+    pub(super) gauges: crate::metrics::ConnectionGauges,
 }
 
 /// How a served hyper connection's turn ended.
@@ -79,6 +81,7 @@ pub(super) async fn run<S>(p: Arc<Protocols>, c: Conn, service: S, shutdown: wat
 where
     S: ConnService,
 {
+    let _open = p.gauges.open();
     let _ = c.stream.set_nodelay(true);
     let permit = c.permit;
     let peer = c.peer;
@@ -173,8 +176,11 @@ where
             life.activity.reads.fetch_add(1, Relaxed);
         }
         drop(read_buf);
-        if io.prefix.is_empty() && !life.wait_readable(&io.inner).await {
-            break;
+        if io.prefix.is_empty() {
+            let _parked = p.gauges.parked();
+            if !life.wait_readable(&io.inner).await {
+                break;
+            }
         }
     }
     drop(permit);

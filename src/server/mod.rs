@@ -37,6 +37,10 @@
 //! (nginx frees idle keep-alive buffers the same way). A parked connection
 //! is an idle one for every rule above.
 //!
+//! Each listener gauges its client connections open and parked
+//! ([`crate::metrics::ConnectionGauges`]: an increment when a connection
+//! starts or parks, a decrement when it ends or resumes).
+//!
 //! # Layout
 //! - this file: the listener entry points ([`serve`], [`accept_loop`],
 //!   [`serve_accepted`]) and the per-runtime connection set (hyper builders,
@@ -69,6 +73,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tower::Service;
 
+use crate::metrics::ConnectionGauges;
 use conn::Protocols;
 pub use slots::EVICTION_MIN_AGE;
 use slots::{Conn, Slots};
@@ -175,13 +180,14 @@ pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     opts: ServeOptions,
+    gauges: ConnectionGauges,
     shutdown: impl Future<Output = ()>,
 ) -> Drain
 where
     S: ConnService,
 {
     let slots = Slots::new(opts.max_connections);
-    let conns = Connections::new(opts);
+    let conns = Connections::new(opts, gauges);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -247,12 +253,13 @@ pub async fn serve_accepted<S>(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
     service: S,
     opts: ServeOptions,
+    gauges: ConnectionGauges,
     stop: impl Future<Output = ()>,
 ) -> Drain
 where
     S: ConnService,
 {
-    let conns = Connections::new(opts);
+    let conns = Connections::new(opts, gauges);
     tokio::pin!(stop);
     loop {
         let next = tokio::select! {
@@ -289,7 +296,7 @@ struct Connections {
 }
 
 impl Connections {
-    fn new(opts: ServeOptions) -> Self {
+    fn new(opts: ServeOptions, gauges: ConnectionGauges) -> Self {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -321,7 +328,12 @@ impl Connections {
             .keep_alive_interval(Some(opts.http2_keepalive_interval))
             .keep_alive_timeout(opts.http2_keepalive_timeout);
         Connections {
-            protocols: Arc::new(Protocols { http1, http2, opts }),
+            protocols: Arc::new(Protocols {
+                http1,
+                http2,
+                opts,
+                gauges,
+            }),
             shutdown: watch::Sender::new(false),
         }
     }

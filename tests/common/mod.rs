@@ -477,3 +477,37 @@ pub async fn admin_json(admin: impl std::fmt::Display, path: &str) -> serde_json
         .await
         .unwrap()
 }
+
+/// The text of `/metrics` on an admin listener (`host:port`).
+pub async fn metrics_text(admin: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample of a `/metrics` text: `series` is the name and
+/// labels exactly as exposed (`trp_ready`, `trp_requests_total{...}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Poll `/metrics` until `series` reads `want` (bounded: 10 s, a bound on
+/// "never", not a measurement), and return that text. For values set when
+/// an answer's body ends or a connection changes state, which happens just
+/// after the client has what it waited for.
+pub async fn metric_becomes(admin: impl std::fmt::Display, series: &str, want: f64) -> String {
+    let mut text = String::new();
+    for _ in 0..400 {
+        text = metrics_text(&admin).await;
+        if sample(&text, series) == Some(want) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{series} never became {want}:\n{text}");
+}

@@ -1,8 +1,10 @@
 //! What `deploy/` ships for operators is checked against the real thing:
 //! the alert rules pass `promtool check rules` and their unit tests
-//! (`promtool test rules`), and every metric the alert rules and the
-//! Grafana dashboard query is exported by a running proxy's `/metrics`
-//! after real traffic (a pass-through call and a repair).
+//! (`promtool test rules`), every alert's `runbook_url` names a section of
+//! `docs/runbook.md`, every metric the alert rules and the Grafana
+//! dashboard query is exported by a running proxy's `/metrics` after real
+//! traffic (a pass-through call and a repair), and that exposition passes
+//! `promtool check metrics` (its parser and its naming lint).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -52,9 +54,63 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     }
 }
 
-/// Every `trp_…` name in a text (PromQL expressions of a file).
+/// The anchors of a Markdown file's headings, as GitHub makes them
+/// (lower case, spaces to `-`, other punctuation dropped).
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    markdown
+        .lines()
+        .filter_map(|l| {
+            l.trim_start_matches('#')
+                .strip_prefix(' ')
+                .filter(|_| l.starts_with('#'))
+        })
+        .map(|h| {
+            h.trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_url_naming_a_section_of_the_runbook() {
+    let alerts = std::fs::read_to_string(repo("deploy/prometheus/alerts.yaml")).unwrap();
+    let runbook = anchors(&std::fs::read_to_string(repo("docs/runbook.md")).unwrap());
+    let rules = alerts
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    let urls: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .collect();
+    assert_eq!(urls.len(), rules, "one runbook_url per alert");
+    assert!(
+        !alerts.contains("runbook:"),
+        "the annotation is runbook_url"
+    );
+    for url in urls {
+        let anchor = url
+            .strip_prefix("docs/runbook.md#")
+            .unwrap_or_else(|| panic!("{url}: not a section of docs/runbook.md"));
+        assert!(
+            runbook.contains(anchor),
+            "{url}: no such section in {runbook:?}"
+        );
+    }
+}
+
+/// Every `trp_…` and `process_…` name in a text (PromQL expressions of a
+/// file); `up` is Prometheus's own.
 fn metric_names(text: &str) -> BTreeSet<String> {
-    let re = regex::Regex::new(r"\btrp_[a-z_]+\b").unwrap();
+    let re = regex::Regex::new(r"\b(trp|process)_[a-z_]+\b").unwrap();
     re.find_iter(text).map(|m| m.as_str().to_string()).collect()
 }
 
@@ -119,5 +175,27 @@ async fn every_metric_the_alerts_and_dashboard_query_is_exported() {
     );
     assert!(text.contains("trp_store_ready 1"), "{text}");
     assert!(text.contains("trp_ready 1"), "{text}");
+    // The exposition parses, and follows Prometheus's naming conventions
+    // (promtool's lint: counters end in _total, units in base units, ...).
+    let mut lint = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     st.proxy.stop().await;
 }

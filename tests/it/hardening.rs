@@ -356,7 +356,7 @@ async fn invalid_chunk_size_is_a_client_error() {
     let m = metrics(&proxy).await;
     assert_no_upstream_errors(&m);
     assert!(
-        m.contains(r#"trp_requests_total{route="conversations",method="POST",status="4xx"} 1"#),
+        m.contains(r#"trp_requests_total{route="conversations",method="POST",code="400"} 1"#),
         "{m}"
     );
     proxy.stop().await;

@@ -12,6 +12,7 @@ mod deploy;
 mod fleet;
 mod hardening;
 mod hardening_repair;
+mod metrics;
 mod operator;
 mod parking;
 mod pool;

@@ -365,14 +365,25 @@ async fn admin_plane_health_readiness_and_metrics() {
         .await
         .unwrap();
     assert!(
-        m.contains(r#"trp_requests_total{route="conversations",method="GET",status="2xx"} 3"#),
+        m.contains(r#"trp_requests_total{route="conversations",method="GET",code="200"} 3"#),
         "{m}"
     );
     assert!(
-        m.contains(r#"trp_requests_total{route="api",method="POST",status="2xx"} 1"#),
+        m.contains(r#"trp_requests_total{route="api",method="POST",code="200"} 1"#),
         "{m}"
     );
-    assert!(m.contains("trp_upstream_latency_seconds_count 4"), "{m}");
+    assert!(
+        m.contains(r#"trp_upstream_latency_seconds_count{route="conversations"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"trp_upstream_latency_seconds_count{route="api"} 1"#),
+        "{m}"
+    );
+    // Timed end to end too, once each answer's body has ended.
+    let timed =
+        r#"trp_request_duration_seconds_count{route="conversations",method="GET",status="2xx"}"#;
+    metric_becomes(proxy.admin, timed, 3.0).await;
     assert!(m.contains("# TYPE trp_in_flight_requests gauge"), "{m}");
     // The admin paths do not exist on the proxy listener: they go upstream.
     c.get(proxy.url("/metrics")).send().await.unwrap();

@@ -195,6 +195,13 @@ async fn the_deadline_ends_a_workflow_that_never_gets_an_answer() {
         0,
         "nothing touched"
     );
+    // Counted as a failure of the step that failed, and of no other.
+    let m = b.metrics.render().unwrap();
+    assert!(
+        m.contains("trp_repair_step_failures_total{step=\"fetch-participant\"} 1\n"),
+        "{m}"
+    );
+    assert!(m.contains("trp_repair_step_failures_total{step=\"fetch-conversation\"} 0\n"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -221,7 +228,7 @@ async fn a_journal_lost_after_the_delete_does_not_abandon_the_user() {
     // Recreating, Restoring, Replaying and Done did not land, nor the two
     // SID aliases (User, membership); the record stays `deleting` for
     // recovery to verify again later.
-    let m = b.metrics.render();
+    let m = b.metrics.render().unwrap();
     assert!(m.contains("trp_journal_write_failures_total 6"), "{m}");
     assert_eq!(
         b.store.repairs.lock().unwrap()[0].state,
