@@ -445,12 +445,12 @@ impl Config {
             }
             check_origin(&format!("route[{i}].upstream"), &r.upstream)?;
         }
-        for (key, list) in [
-            ("allowed_hosts", &self.allowed_hosts),
-            ("proxy_hosts", &self.proxy_hosts),
+        for (key, list, ranges) in [
+            ("allowed_hosts", &self.allowed_hosts, false),
+            ("proxy_hosts", &self.proxy_hosts, true),
         ] {
             for pattern in list {
-                check_host_pattern(key, pattern)?;
+                check_host_pattern(key, pattern, ranges)?;
             }
         }
         for prefix in &self.reserved_prefixes {
