@@ -12,6 +12,7 @@ mod deploy;
 mod fleet;
 mod hardening;
 mod hardening_repair;
+mod kustomize;
 mod parking;
 mod pool;
 mod process;
