@@ -211,7 +211,10 @@ async fn a_repair_continues_the_callers_trace_with_a_span_per_step_and_every_cal
     );
     // The repair's log lines name the request.
     let log = proxy.log_with("intercepted 20404").await;
-    let line = log.lines().find(|l| l.contains("intercepted 20404")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("intercepted 20404"))
+        .unwrap();
     assert!(line.contains("app-req-7"), "{line}");
     assert!(line.contains("incident="), "{line}");
     assert!(line.contains("repair_id="), "{line}");
