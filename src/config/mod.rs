@@ -37,6 +37,8 @@ const OPTIONAL_KEYS: &[&str] = &[
     "upstream_ca_file",
     "repair.credentials_file",
     "admin.token",
+    "tls.cert_file",
+    "tls.key_file",
 ];
 
 /// `TRP_*` variables that are not configuration keys: the repair credential
@@ -102,6 +104,10 @@ pub struct Config {
     /// built-in and system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// TLS on the proxy listener (`crate::server::tls`); off unless both
+    /// files are set.
+    #[serde(default)]
+    pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub limits: Limits,
     pub log: LogConfig,
@@ -153,6 +159,17 @@ impl<'de> Deserialize<'de> for PublicBaseUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(|s| PublicBaseUrl::parse(&s))
     }
+}
+
+/// `[tls]`: the proxy listener's certificate chain and key (PEM files).
+/// Both or neither; read (and re-read on SIGHUP) by `crate::server::tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The admin plane's settings; see `config/default.toml`.
@@ -457,6 +474,15 @@ impl Config {
             check_reserved_prefix("reserved_prefixes", prefix)?;
         }
         check_store("store", &self.store)?;
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid("tls.key_file", "is required with tls.cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert_file", "is required with tls.key_file"));
+            }
+            _ => {}
+        }
         self.upstream_ca_certs()?;
         if let Some(token) = &self.admin.token {
             check_admin_token("admin.token", token.expose())?;

@@ -23,6 +23,7 @@ mod repair_invariant;
 mod sdk;
 mod shield;
 mod sid_alias;
+mod tls_listener;
 mod tracing;
 mod transparency;
 mod ui;
