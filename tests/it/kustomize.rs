@@ -4,7 +4,7 @@
 //! the shared layout has two replicas on PostgreSQL, a Service, a
 //! PodDisruptionBudget, a NetworkPolicy and TLS from a Secret; no image is
 //! `latest` or untagged; nothing runs as root; the admin token comes from a
-//! Secret. And injecting the sidecar Component into a plain Deployment
+//! Secret; the proxy's environment is a configuration it accepts. And injecting the sidecar Component into a plain Deployment
 //! leaves its containers exactly as they were.
 
 use std::path::{Path, PathBuf};
@@ -164,6 +164,38 @@ fn check_deployment(where_: &str, d: &Value) {
     assert!(proxies <= 1, "{where_}: {proxies} proxy containers");
 }
 
+/// The proxy container's `TRP_*` environment is a configuration
+/// `check-config` accepts (a misspelt or unknown key is refused), with
+/// placeholders for the values that come from Secrets.
+fn check_env_is_a_valid_configuration(where_: &str, d: &Value) {
+    let pod = pod_spec(d);
+    let Some(proxy) = named(&pod["containers"], "twilio-repair-proxy")
+        .or_else(|| named(&pod["initContainers"], "twilio-repair-proxy"))
+    else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(crate::common::bin());
+    cmd.arg("check-config").env_clear();
+    for e in list(&proxy["env"]) {
+        let name = e["name"].as_str().unwrap();
+        let value = match (name, e["value"].as_str()) {
+            (_, Some(v)) => v.to_string(),
+            ("TRP_STORE", None) => "postgres://trp@db.example:5432/trp".into(),
+            ("TRP_ADMIN_TOKEN", None) => "t".repeat(64),
+            // The repair credential: not configuration keys.
+            (n, None) if n.starts_with("TRP_REPAIR_") => continue,
+            (n, None) => panic!("{where_}: {n} from a Secret has no placeholder here"),
+        };
+        cmd.env(name, value);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{where_}: the proxy refuses its environment: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The proxy as a native sidecar: an init container that restarts always
 /// and listens on loopback only.
 fn check_native_sidecar(where_: &str, d: &Value) {
@@ -261,6 +293,7 @@ fn every_kustomization_renders_and_its_invariants_hold() {
         let docs = render(dir);
         for d in docs.iter().filter(|d| kind(d) == "Deployment") {
             check_deployment(&rel, d);
+            check_env_is_a_valid_configuration(&rel, d);
         }
         rendered.push((rel, docs));
     }
