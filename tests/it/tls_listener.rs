@@ -304,3 +304,29 @@ fn a_bad_certificate_is_refused_at_start_with_one_line() {
         assert!(!err.contains("PRIVATE KEY"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_header_read_timeout_during_the_handshake() {
+    use tokio::io::AsyncReadExt;
+    let up = upstream(participant()).await;
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(&ca.issue("listener"), dir.path());
+    let mut c = test_config(&up.url());
+    c.tls.cert_file = Some(cert);
+    c.tls.key_file = Some(key);
+    c.limits.header_read_timeout_ms = 300;
+    let proxy = start_proxy(c).await;
+    // Connected, never says hello: the proxy hangs up (EOF or reset).
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent client kept its TLS slot: {read:?}"
+    );
+    // A client that does complete the handshake is served.
+    let mut send = h1(connect(&ca, &proxy.addr.to_string(), &[]).await).await;
+    assert_eq!(get_h1(&mut send, &proxy.addr.to_string()).await.0, 200);
+    proxy.stop().await;
+}
