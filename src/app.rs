@@ -79,6 +79,7 @@ impl App {
                 Some(server::tls::TlsListener::new(server::tls::TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
+                    client_ca: config.tls.client_ca_file.clone(),
                 })?)
             }
             _ => None,

@@ -39,6 +39,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "admin.token",
     "tls.cert_file",
     "tls.key_file",
+    "tls.client_ca_file",
 ];
 
 /// `TRP_*` variables that are not configuration keys: the repair credential
@@ -170,6 +171,10 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) a client certificate must chain to: mutual
+    /// TLS. Only with `cert_file` and `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The admin plane's settings; see `config/default.toml`.
@@ -480,6 +485,12 @@ impl Config {
             }
             (None, Some(_)) => {
                 return Err(invalid("tls.cert_file", "is required with tls.key_file"));
+            }
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                return Err(invalid(
+                    "tls.client_ca_file",
+                    "needs tls.cert_file and tls.key_file",
+                ));
             }
             _ => {}
         }

@@ -15,6 +15,9 @@
 //!   read or parsed, or a key that does not match the certificate, keeps
 //!   the old certificate and is one warning line. [`TlsListener::follow`]
 //!   reloads on every notice of a [`crate::reload::Reload`] (SIGHUP).
+//! - **Client certificates.** With `tls.client_ca_file`, every client must
+//!   present a certificate chaining to one of its CAs (mutual TLS), or the
+//!   handshake fails. That file is read once, at start-up.
 //! - **Bounds.** Each file is read up to [`MAX_PEM_FILE_BYTES`]; a larger
 //!   one is refused.
 //!
@@ -58,15 +61,20 @@ pub enum TlsError {
         key: PathBuf,
         reason: String,
     },
+    #[error("tls: {path}: no usable CA certificate for client certificates ({reason})")]
+    BadClientCa { path: PathBuf, reason: String },
     #[error("tls: {0}")]
     Config(String),
 }
 
-/// The two files of the listener's certificate.
+/// The files of the listener's TLS: its certificate and key, and
+/// optionally the CA certificates a client's certificate must chain to
+/// (mutual TLS; read once, at start-up).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -127,6 +135,31 @@ impl TlsFiles {
     }
 }
 
+/// A verifier that requires a client certificate chaining to one of the
+/// CA certificates in `path`.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let bad = |reason: String| TlsError::BadClientCa {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = read_bounded(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// The certificate every new handshake gets, swappable while serving.
 #[derive(Debug)]
 struct Current(RwLock<Arc<CertifiedKey>>);
@@ -171,11 +204,14 @@ impl TlsListener {
     pub fn new(files: TlsFiles) -> Result<TlsListener, TlsError> {
         let current = Arc::new(Current(RwLock::new(files.load()?)));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(current.clone());
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match &files.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        };
+        let mut config = builder.with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsListener {
             files,

@@ -303,6 +303,21 @@ fn a_bad_certificate_is_refused_at_start_with_one_line() {
         assert!(err.contains(says) && err.contains("tls"), "{err}");
         assert!(!err.contains("PRIVATE KEY"), "{err}");
     }
+    // Half a setting is a configuration error naming the missing key.
+    for (set, names) in [
+        ("TRP_TLS_CERT_FILE", "tls.key_file"),
+        ("TRP_TLS_KEY_FILE", "tls.cert_file"),
+        ("TRP_TLS_CLIENT_CA_FILE", "tls.client_ca_file"),
+    ] {
+        let out = std::process::Command::new(bin())
+            .arg("check-config")
+            .env(set, &cert)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains(names), "{set}: {err}");
+    }
 }
 
 #[tokio::test]
@@ -328,5 +343,81 @@ async fn a_silent_client_is_closed_after_header_read_timeout_during_the_handshak
     // A client that does complete the handshake is served.
     let mut send = h1(connect(&ca, &proxy.addr.to_string(), &[]).await).await;
     assert_eq!(get_h1(&mut send, &proxy.addr.to_string()).await.0, 200);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_with_a_client_ca() {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let up = upstream(participant()).await;
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = install(&ca.issue("listener"), dir.path());
+    let clients_pem = dir.path().join("clients-ca.crt");
+    std::fs::write(&clients_pem, clients.cert.pem()).unwrap();
+    let mut c = test_config(&up.url());
+    c.tls.cert_file = Some(cert);
+    c.tls.key_file = Some(key);
+    c.tls.client_ca_file = Some(clients_pem);
+    let proxy = start_proxy(c).await;
+    let addr = proxy.addr.to_string();
+
+    // The app's certificate, from the clients' CA (and one from another CA).
+    let app_cert = |issuer: &Ca| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "payments-app");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+        (
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    };
+    let connector = |auth: Option<(Vec<CertificateDer<'static>>, _)>| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match auth {
+            None => b.with_no_client_auth(),
+            Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
+        };
+        TlsConnector::from(Arc::new(config))
+    };
+    // Answered only with a certificate from the clients' CA: without one,
+    // or with another CA's, the handshake or the first exchange fails.
+    let attempt = |connector: TlsConnector| {
+        let addr = addr.clone();
+        async move {
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            let Ok(stream) = connector.connect(name, tcp).await else {
+                return None;
+            };
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(PATH)
+                .header("host", &addr)
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            Some(send.send_request(req).await.ok()?.status().as_u16())
+        }
+    };
+    assert_eq!(
+        attempt(connector(Some(app_cert(&clients)))).await,
+        Some(200)
+    );
+    assert_eq!(attempt(connector(None)).await, None);
+    assert_eq!(attempt(connector(Some(app_cert(&ca)))).await, None);
+    assert_eq!(up.requests().len(), 1);
     proxy.stop().await;
 }
