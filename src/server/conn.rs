@@ -1,7 +1,9 @@
 //! The task of one client connection: protocol detection, then HTTP/2 served
 //! by one hyper connection for the connection's life, or HTTP/1 served by a
 //! hyper connection that is parked when idle (see `park`) and replaced by a
-//! fresh one when the client's next request arrives.
+//! fresh one when the client's next request arrives. A TLS connection
+//! (`super::tls`, handshake done) enters at [`run_tls`] with the protocol
+//! ALPN chose, under the same watchdog, and is never parked.
 //!
 //! Parking an HTTP/1 connection: `graceful_shutdown` on an idle hyper
 //! connection closes its state at once, without a socket call, and
