@@ -113,9 +113,11 @@ impl TlsFiles {
             });
         }
         let key_bytes = read_bounded(&self.key)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::BadKey {
+        // The PEM parser's own message may quote bytes of the file: a
+        // fixed reason instead, for a secret.
+        let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|_| TlsError::BadKey {
             path: self.key.clone(),
-            reason: e.to_string(),
+            reason: "no PKCS#8, PKCS#1 or SEC1 key block, or a malformed one".into(),
         })?;
         let signing =
             provider
