@@ -4,9 +4,10 @@
 # (pinned versions, installed inside the tree), Debian's chromium (the
 # incidents page's browser test) and prometheus (its promtool checks and
 # unit-tests deploy/prometheus/alerts.yaml), each installed if missing
-# (about 20 s together on a fresh machine), and a throwaway PostgreSQL
+# (about 20 s together on a fresh machine), a throwaway PostgreSQL
 # cluster on 127.0.0.1 (Debian's postgresql package is installed if the
-# machine has no server).
+# machine has no server), and kubectl's path if it has one (never
+# installed: CI has it; it renders deploy/kubernetes offline).
 #
 # Prints the environment the tests need as `export` lines on stdout (all
 # other output goes to stderr), so that
@@ -57,6 +58,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 env_line TRP_TEST_CHROMIUM "$(command -v chromium)"
 env_line TRP_TEST_PROMTOOL "$(command -v promtool)"
+
+# kubectl renders deploy/kubernetes offline (`kubectl kustomize`, no
+# cluster) for tests/it/kustomize.rs. It is not a Debian package: CI
+# machines come with it; without it those tests fail saying so.
+if command -v kubectl >/dev/null 2>&1; then
+  env_line TRP_TEST_KUBECTL "$(command -v kubectl)"
+else
+  echo "test-setup: kubectl not found: tests/it/kustomize.rs will fail (install kubectl or set TRP_TEST_KUBECTL)" >&2
+fi
 
 # PostgreSQL: a throwaway cluster on 127.0.0.1 in a temporary directory,
 # for the shared-store (fleet) tests.

@@ -20,6 +20,7 @@ use crate::config::{self, Config};
 use crate::forward;
 use crate::metrics::{Listener, Metrics};
 use crate::proxy::{self, ProxyState};
+use crate::reload::Reload;
 use crate::repair::{self, Repairer};
 use crate::routing::Routes;
 use crate::server::{self, Drain, ServeOptions};
@@ -44,6 +45,8 @@ pub enum AppError {
     Credential(#[from] repair::credential::CredentialError),
     #[error("proxy listener: {0}")]
     Io(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] server::tls::TlsError),
 }
 
 /// The parts a reloaded configuration changes for the next request or
@@ -80,6 +83,11 @@ pub struct App {
     admin: Arc<AdminState>,
     shield: Option<Arc<Shield>>,
     tls: forward::UpstreamTls,
+    /// TLS on the proxy listener (`[tls]`), when configured.
+    listener_tls: Option<server::tls::TlsListener>,
+    /// Reload notices (SIGHUP once `serve` installs it): the listener's
+    /// certificate follows them.
+    reload: Reload,
 }
 
 impl App {
@@ -90,6 +98,16 @@ impl App {
         let routes = Routes::from_config(&config)?;
         let shield = Shield::new(&config.shield, &config.metrics, metrics.clone());
         let tls = forward::UpstreamTls::from_config(&config)?;
+        let listener_tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(server::tls::TlsListener::new(server::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls.client_ca_file.clone(),
+                })?)
+            }
+            _ => None,
+        };
         let store = store::open(&config.store, &config.store_options).await?;
         let repair = if config.repair.mode == config::RepairMode::Off {
             None
@@ -134,15 +152,24 @@ impl App {
             admin,
             shield,
             tls,
+            listener_tls,
+            reload: Reload::new(),
         })
     }
 
-    /// What a configuration reload changes live (see [`App::reloader`]).
+    /// What a configuration reload changes live (`config::reload`).
     pub fn live(&self) -> Live {
         Live {
             repair: self.repair.clone(),
             admin: self.admin.clone(),
         }
+    }
+
+    /// Follow `reload`'s notices (the `serve` command's SIGHUP) instead of
+    /// a channel nobody notifies.
+    pub fn with_reload(mut self, reload: Reload) -> App {
+        self.reload = reload;
+        self
     }
 
     /// Serve until `shutdown` completes, then drain in-flight requests for
@@ -157,7 +184,12 @@ impl App {
             admin,
             shield,
             tls,
+            listener_tls,
+            reload,
         } = self;
+        if let Some(t) = &listener_tls {
+            tokio::spawn(t.clone().follow(reload.subscribe()));
+        }
         if let Some(r) = &repair {
             // Fence what an earlier run left open before the first request
             // is accepted, then finish it and sweep in the background.
@@ -204,6 +236,7 @@ impl App {
 
         tracing::info!(
             listen = %proxy_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = listener_tls.is_some(),
             upstream = config.upstream.as_deref().unwrap_or("routing table"),
             store = %config::mask_url_password(&config.store),
             "proxy listening"
@@ -222,8 +255,17 @@ impl App {
         for i in 0..workers {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
-            let state = worker_state(config, &tls, &routes, &metrics, &repair, &shield);
+            let state = worker_state(
+                config,
+                &tls,
+                &routes,
+                &metrics,
+                &repair,
+                &shield,
+                listener_tls.is_some(),
+            );
             let gauges = metrics.connections(Listener::Proxy);
+            let worker_tls = listener_tls.clone();
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Drain>();
             std::thread::Builder::new()
@@ -244,6 +286,7 @@ impl App {
                         proxy::service(state),
                         opts,
                         gauges,
+                        worker_tls,
                         async move {
                             let _ = stop.wait_for(|s| *s).await;
                         },
@@ -295,7 +338,9 @@ impl App {
     }
 }
 
-/// The state of one worker: its own upstream pool, everything else shared.
+/// The state of one worker: its own upstream pool, everything else shared
+/// (`tls_listener`: the proxy listener serves TLS, so link rewriting's
+/// request origin is `https`).
 fn worker_state(
     config: &Config,
     tls: &forward::UpstreamTls,
@@ -303,6 +348,7 @@ fn worker_state(
     metrics: &Arc<Metrics>,
     repair: &Option<Arc<Repairer>>,
     shield: &Option<Arc<Shield>>,
+    tls_listener: bool,
 ) -> Arc<ProxyState> {
     Arc::new(
         ProxyState::new(
@@ -316,7 +362,8 @@ fn worker_state(
             ),
             metrics.clone(),
             repair.clone(),
-            crate::rewrite::LinkBase::from_config(&config.public_base_url),
+            crate::rewrite::LinkBase::from_config(&config.public_base_url)
+                .on_tls_listener(tls_listener),
         )
         .with_shield(shield.clone()),
     )

@@ -82,6 +82,7 @@ pub mod metrics;
 pub mod pool;
 pub mod privacy;
 pub mod proxy;
+pub mod reload;
 pub mod repair;
 pub mod rewrite;
 pub mod routing;

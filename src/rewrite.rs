@@ -50,6 +50,9 @@ pub enum LinkBase {
     Off,
     /// `public_base_url = "request"`: the origin the client used.
     Request,
+    /// `public_base_url = "request"` on a TLS listener
+    /// (`crate::server::tls`): the client's host, always with `https`.
+    RequestTls,
     /// An explicit origin (no trailing `/`).
     Fixed(Arc<str>),
 }
@@ -63,14 +66,24 @@ impl LinkBase {
         }
     }
 
+    /// The same setting for a listener that serves TLS: the request's
+    /// origin is `https` whatever `X-Forwarded-Proto` says. Decided once
+    /// per worker, so the request path pays nothing for it.
+    pub fn on_tls_listener(self, tls: bool) -> LinkBase {
+        match self {
+            LinkBase::Request if tls => LinkBase::RequestTls,
+            other => other,
+        }
+    }
+
     /// The origin this request's answer links to, if any.
     ///
     /// With `request`: the scheme and host the client used. The host is the
     /// first `X-Forwarded-Host` (set by an ingress or load balancer in
     /// front), else the `Host` routing accepted as a name of this proxy,
     /// else the HTTP/2 `:authority`; the scheme is the first
-    /// `X-Forwarded-Proto` when it is `http` or `https`, else `http` (this
-    /// listener is plain HTTP). Every host value must be a valid
+    /// `X-Forwarded-Proto` when it is `http` or `https`, else `http`; on a
+    /// TLS listener ([`LinkBase::RequestTls`]) always `https`. Every host value must be a valid
     /// `host[:port]` (routing's own check), so nothing else ever reaches an
     /// answer. A request whose `Host` named a Twilio host (Host-routing)
     /// gets Twilio's links untouched: it reached Twilio's name, and so will
@@ -84,8 +97,8 @@ impl LinkBase {
         match self {
             LinkBase::Off => None,
             LinkBase::Fixed(origin) => Some(Public::Fixed(origin.clone())),
-            LinkBase::Request if target.host_routed => None,
-            LinkBase::Request => {
+            LinkBase::Request | LinkBase::RequestTls if target.host_routed => None,
+            LinkBase::Request | LinkBase::RequestTls => {
                 let valid = |v: &str| crate::routing::is_host_and_port(v);
                 let first = |name: &str| {
                     headers
@@ -104,8 +117,8 @@ impl LinkBase {
                             .filter(|a| valid(a))
                             .and_then(|a| HeaderValue::from_str(a).ok())
                     })?;
-                let https =
-                    first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+                let https = matches!(self, LinkBase::RequestTls)
+                    || first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
                 Some(Public::Host { host, https })
             }
         }

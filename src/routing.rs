@@ -16,7 +16,8 @@
 //! 4. A `Host` naming an allowlisted Twilio host (`*.twilio.com` by default)
 //!    goes to `https://` that host, unless `--upstream` pins one origin.
 //! 5. A `Host` naming this proxy (loopback, `localhost`, a single-label name,
-//!    the listen address, or a `proxy_hosts` pattern) uses the routing table:
+//!    the listen address, or a `proxy_hosts` pattern: a name, `*.suffix`, or
+//!    for an IP literal a CIDR range) uses the routing table:
 //!    `--upstream` if set, else the longest matching `[[route]]` prefix, else
 //!    `default_upstream`.
 //! 6. Any other `Host` is refused with 421: a Host value never picks an
@@ -29,6 +30,9 @@ use http::{HeaderMap, Method, Uri, Version, header};
 
 use crate::config::Config;
 use crate::metrics::RouteClass;
+
+pub mod cidr;
+use cidr::IpNet;
 
 /// A scheme + authority to send requests to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,26 +150,51 @@ impl Refusal {
     }
 }
 
-/// A host pattern: exact name, or `*.suffix`.
+/// A host pattern: an exact name (`twilio-repair-proxy.payments`,
+/// `twilio-repair-proxy.payments.svc`), `*.suffix`, or an IP range
+/// (`10.0.0.0/8`, `fd00::/8`, a bare address) that an IP-literal `Host`
+/// is matched against.
 #[derive(Debug, Clone)]
 enum HostPattern {
     Exact(String),
     Suffix(String),
+    Range(IpNet),
 }
 
 impl HostPattern {
+    /// Entries are validated at load (`crate::config`); an IP-looking entry
+    /// that does not parse as a range stays an exact name (and so never
+    /// matches an IP literal).
     fn parse(s: &str) -> HostPattern {
         let s = s.trim().to_ascii_lowercase();
+        if let Ok(net) = IpNet::parse(&s) {
+            return HostPattern::Range(net);
+        }
         match s.strip_prefix("*.") {
             Some(rest) => HostPattern::Suffix(format!(".{rest}")),
-            None => HostPattern::Exact(s),
+            None => HostPattern::Exact(s.strip_suffix('.').unwrap_or(&s).to_string()),
         }
     }
-    /// Case-insensitive (patterns are stored lower-case), no allocation.
+    /// Case-insensitive (patterns are stored lower-case), no allocation
+    /// for names. A name ending in the root dot (`name.ns.svc.cluster.local.`) is the
+    /// same name without it.
     fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
         match self {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPattern::Suffix(s) => host.len() > s.len() && ends_with_ignore_case(host, s),
+            HostPattern::Range(net) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| net.contains(ip)),
+        }
+    }
+    /// Whether an IP-literal `Host` lies in this pattern's range.
+    fn matches_ip(&self, ip: IpAddr) -> bool {
+        match self {
+            HostPattern::Range(net) => net.contains(ip),
+            HostPattern::Exact(_) | HostPattern::Suffix(_) => false,
         }
     }
 }
@@ -369,7 +398,9 @@ impl Routes {
     fn is_own_name(&self, host: &str) -> bool {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return ip.is_loopback() || ip == self.listen.ip();
+            return ip.is_loopback()
+                || ip == self.listen.ip()
+                || self.proxy_hosts.iter().any(|p| p.matches_ip(ip));
         }
         if host.eq_ignore_ascii_case("localhost") || ends_with_ignore_case(host, ".localhost") {
             return true;

@@ -155,17 +155,32 @@ pub(super) fn is_host(host: &str) -> bool {
 
 /// An `allowed_hosts`/`proxy_hosts` entry: `HOST` or `*.SUFFIX`, matched
 /// against the Host header's name, so never with a scheme, port or path.
-pub(super) fn check_host_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
+/// With `ranges` (`proxy_hosts`), also an IP range in CIDR notation
+/// (`10.0.0.0/8`, `fd00::/8`) or a bare IPv6 address, matched against an
+/// IP-literal Host ([`crate::routing::cidr`]).
+pub(super) fn check_host_pattern(
+    key: &str,
+    pattern: &str,
+    ranges: bool,
+) -> Result<(), ConfigError> {
     let p = pattern.trim();
+    if ranges && (p.contains('/') || p.contains(':')) {
+        return crate::routing::cidr::IpNet::parse(p)
+            .map(|_| ())
+            .map_err(|e| invalid(key, format!("`{pattern}` is not an IP range: {e}")));
+    }
     let host = p.strip_prefix("*.").unwrap_or(p);
     if is_host(host) {
         Ok(())
     } else {
+        let forms = if ranges {
+            "HOST, *.SUFFIX or an IP range such as 10.0.0.0/8, without scheme, port or path"
+        } else {
+            "HOST or *.SUFFIX, without scheme, port or path"
+        };
         Err(invalid(
             key,
-            format!(
-                "`{pattern}` is not a host pattern (HOST or *.SUFFIX, without scheme, port or path)"
-            ),
+            format!("`{pattern}` is not a host pattern ({forms})"),
         ))
     }
 }

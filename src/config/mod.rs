@@ -38,6 +38,9 @@ const OPTIONAL_KEYS: &[&str] = &[
     "upstream_ca_file",
     "repair.credentials_file",
     "admin.token",
+    "tls.cert_file",
+    "tls.key_file",
+    "tls.client_ca_file",
 ];
 
 /// `TRP_*` variables that are not configuration keys: the repair credential
@@ -105,6 +108,10 @@ pub struct Config {
     /// built-in and system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// TLS on the proxy listener (`crate::server::tls`); off unless both
+    /// files are set.
+    #[serde(default)]
+    pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub limits: Limits,
     pub log: LogConfig,
@@ -156,6 +163,21 @@ impl<'de> Deserialize<'de> for PublicBaseUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(|s| PublicBaseUrl::parse(&s))
     }
+}
+
+/// `[tls]`: the proxy listener's certificate chain and key (PEM files).
+/// Both or neither; read (and re-read on SIGHUP) by `crate::server::tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) a client certificate must chain to: mutual
+    /// TLS. Only with `cert_file` and `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The admin plane's settings; see `config/default.toml`.
@@ -450,18 +472,33 @@ impl Config {
             }
             check_origin(&format!("route[{i}].upstream"), &r.upstream)?;
         }
-        for (key, list) in [
-            ("allowed_hosts", &self.allowed_hosts),
-            ("proxy_hosts", &self.proxy_hosts),
+        for (key, list, ranges) in [
+            ("allowed_hosts", &self.allowed_hosts, false),
+            ("proxy_hosts", &self.proxy_hosts, true),
         ] {
             for pattern in list {
-                check_host_pattern(key, pattern)?;
+                check_host_pattern(key, pattern, ranges)?;
             }
         }
         for prefix in &self.reserved_prefixes {
             check_reserved_prefix("reserved_prefixes", prefix)?;
         }
         check_store("store", &self.store)?;
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid("tls.key_file", "is required with tls.cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert_file", "is required with tls.key_file"));
+            }
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                return Err(invalid(
+                    "tls.client_ca_file",
+                    "needs tls.cert_file and tls.key_file",
+                ));
+            }
+            _ => {}
+        }
         self.upstream_ca_certs()?;
         if let Some(token) = &self.admin.token {
             check_admin_token("admin.token", token.expose())?;

@@ -3,9 +3,10 @@
 //! process's environment, its flags), validates it whole, and hands it to
 //! the proxy's `apply` only when it is valid. An invalid one changes
 //! nothing: one line names the file and the error, and the last good
-//! configuration stays. SIGHUP never ends the process.
+//! configuration stays. SIGHUP never ends the process (`crate::reload`
+//! turns it into a notice this module, and the TLS listener, follow).
 //!
-//! What belongs here: when to reload (the signal, the file's fingerprint
+//! What belongs here: when to reload (a notice, the file's fingerprint
 //! polled every [`WATCH_INTERVAL`], which also catches the atomic symlink
 //! swap Kubernetes makes of a mounted ConfigMap), loading and validating,
 //! and which settings cannot change live ([`needs_restart`]). What a new
@@ -78,29 +79,31 @@ fn fingerprint(path: &std::path::Path) -> Option<(u64, u64, SystemTime, u64)> {
     Some((m.dev(), m.ino(), m.modified().ok()?, m.len()))
 }
 
-/// Watch for SIGHUP and for changes of `file`, reloading with `load` and
-/// handing each valid new configuration to `apply` (with the one before
-/// it); `on_result` learns every outcome. Runs until the task is dropped.
+/// Watch the reload notices (`crate::reload`: each SIGHUP) and changes
+/// of `file`, reloading with `load` and handing each valid new
+/// configuration to `apply` (with the one before it); `on_result` learns
+/// every outcome. Runs until the task is dropped.
 pub async fn watch(
     file: Option<PathBuf>,
     mut current: Config,
+    mut notices: tokio::sync::watch::Receiver<u64>,
     load: impl Fn() -> Result<Config, ConfigError> + Send,
     apply: impl Fn(&Config, &Config) + Send,
     on_result: impl Fn(ReloadResult) + Send,
 ) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload by signal is off");
-            None
-        }
-    };
+    let mut notices_open = true;
     let mut seen = file.as_deref().and_then(fingerprint);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let why = tokio::select! {
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            changed = notices.changed(), if notices_open => {
+                if changed.is_err() {
+                    notices_open = false;
+                    continue;
+                }
+                "SIGHUP"
+            }
             _ = tick.tick() => {
                 let now = file.as_deref().and_then(fingerprint);
                 if file.is_none() || now == seen || now.is_none() {

@@ -559,3 +559,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_tls_listener_links_to_https_whatever_the_headers_say() {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::HOST,
+        HeaderValue::from_static("proxy.payments:8443"),
+    );
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let uri = "/v1/Users".parse().unwrap();
+    let origin = |links: LinkBase| {
+        let public = links.for_request(&target(false), &h, &uri)?;
+        let mut out = Vec::new();
+        public.write_origin(&mut out);
+        Some(String::from_utf8(out).unwrap())
+    };
+    assert_eq!(
+        origin(LinkBase::Request.on_tls_listener(true)).as_deref(),
+        Some("https://proxy.payments:8443")
+    );
+    assert_eq!(
+        origin(LinkBase::Request.on_tls_listener(false)).as_deref(),
+        Some("http://proxy.payments:8443")
+    );
+    // Host-routing and the other settings are unchanged by TLS.
+    assert!(
+        LinkBase::Request
+            .on_tls_listener(true)
+            .for_request(&target(true), &h, &uri)
+            .is_none()
+    );
+    assert!(origin(LinkBase::Off.on_tls_listener(true)).is_none());
+}

@@ -168,6 +168,158 @@ fn fixed_upstream_wins_but_still_refuses_foreign_hosts() {
     );
 }
 
+fn with_proxy_hosts(patterns: &[&str]) -> Routes {
+    let mut c = Config::defaults();
+    c.proxy_hosts = patterns.iter().map(|p| p.to_string()).collect();
+    c.validate().unwrap();
+    Routes::from_config(&c).unwrap()
+}
+
+#[test]
+fn cluster_names_are_own_names_when_configured() {
+    let none = with_proxy_hosts(&[]);
+    let r = with_proxy_hosts(&[
+        "twilio-repair-proxy.payments",
+        "twilio-repair-proxy.payments.svc",
+    ]);
+    let api = Ok("https://api.twilio.com".to_string());
+    for host in [
+        "twilio-repair-proxy.payments",
+        "twilio-repair-proxy.payments:8443",
+        "Twilio-Repair-Proxy.Payments.SVC",
+        "twilio-repair-proxy.payments.svc.",
+    ] {
+        assert_eq!(go(&r, "/2010-04-01/x", Some(host)), api, "{host}");
+        assert_eq!(
+            go(&none, "/2010-04-01/x", Some(host)),
+            Err(Refusal::HostNotAllowed),
+            "{host} without the pattern"
+        );
+    }
+    // Exact: neither another namespace nor a longer name.
+    for host in [
+        "twilio-repair-proxy.billing",
+        "twilio-repair-proxy.payments.svc.cluster.local",
+        "x.twilio-repair-proxy.payments",
+    ] {
+        assert_eq!(
+            go(&r, "/2010-04-01/x", Some(host)),
+            Err(Refusal::HostNotAllowed),
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn ip_literals_are_own_names_inside_a_configured_range() {
+    let r = with_proxy_hosts(&["10.0.0.0/8", "fd00:1::/32", "192.168.1.7"]);
+    let api = Ok("https://api.twilio.com".to_string());
+    for host in [
+        "10.96.0.12",
+        "10.255.255.255:8080",
+        "[fd00:1:2::3]",
+        "[fd00:1::1]:8443",
+        "[::ffff:10.1.2.3]",
+        "192.168.1.7",
+    ] {
+        assert_eq!(go(&r, "/2010-04-01/x", Some(host)), api, "{host}");
+    }
+    for host in ["11.0.0.1", "192.168.1.8", "[fd00:2::1]", "172.16.0.1:80"] {
+        assert_eq!(
+            go(&r, "/2010-04-01/x", Some(host)),
+            Err(Refusal::HostNotAllowed),
+            "{host}"
+        );
+    }
+    // Without a range only loopback and the listen address are own IPs.
+    let none = with_proxy_hosts(&[]);
+    assert_eq!(
+        go(&none, "/2010-04-01/x", Some("10.96.0.12")),
+        Err(Refusal::HostNotAllowed)
+    );
+    assert_eq!(go(&none, "/2010-04-01/x", Some("127.0.0.1:8080")), api);
+}
+
+#[test]
+fn ranges_parse_strictly() {
+    use super::cidr::{CidrError, IpNet};
+    let net = IpNet::parse("0.0.0.0/0").unwrap();
+    assert!(net.contains("203.0.113.9".parse().unwrap()));
+    assert!(
+        !net.contains("::1".parse().unwrap()),
+        "v4 range, v6 address"
+    );
+    assert!(
+        IpNet::parse("::/0")
+            .unwrap()
+            .contains("fd00::1".parse().unwrap())
+    );
+    assert!(
+        IpNet::parse("10.0.0.7/32")
+            .unwrap()
+            .contains("10.0.0.7".parse().unwrap())
+    );
+    assert_eq!(
+        IpNet::parse("10.0.0.1/8"),
+        Err(CidrError::HostBits {
+            network: "10.0.0.0".parse().unwrap(),
+            prefix: 8
+        })
+    );
+    assert_eq!(
+        IpNet::parse("10.0.0.0/33"),
+        Err(CidrError::Prefix { max: 32 })
+    );
+    assert_eq!(
+        IpNet::parse("fd00::/129"),
+        Err(CidrError::Prefix { max: 128 })
+    );
+    assert_eq!(
+        IpNet::parse("10.0.0.0/+8"),
+        Err(CidrError::Prefix { max: 32 })
+    );
+    assert_eq!(
+        IpNet::parse("10.0.0.0/"),
+        Err(CidrError::Prefix { max: 32 })
+    );
+    assert_eq!(IpNet::parse("10.0.0/8"), Err(CidrError::Address));
+    assert_eq!(IpNet::parse("example/8"), Err(CidrError::Address));
+}
+
+#[test]
+fn validation_accepts_cluster_forms_and_names_a_bad_range() {
+    let check = |key: &str, patterns: &[&str]| {
+        let mut c = Config::defaults();
+        let list = patterns.iter().map(|p| p.to_string()).collect();
+        match key {
+            "proxy_hosts" => c.proxy_hosts = list,
+            _ => c.allowed_hosts = list,
+        }
+        c.validate().map_err(|e| e.to_string())
+    };
+    check(
+        "proxy_hosts",
+        &[
+            "twilio-repair-proxy.payments",
+            "twilio-repair-proxy.payments.svc",
+            "10.0.0.0/8",
+            "fd00::/8",
+            "[fd00::1]",
+            "10.0.0.7",
+        ],
+    )
+    .unwrap();
+    let e = check("proxy_hosts", &["10.0.0.1/8"]).unwrap_err();
+    assert!(e.contains("proxy_hosts") && e.contains("10.0.0.0/8"), "{e}");
+    let e = check("proxy_hosts", &["10.0.0.0/40"]).unwrap_err();
+    assert!(e.contains("prefix length"), "{e}");
+    let e = check("proxy_hosts", &["http://x.payments"]).unwrap_err();
+    assert!(e.contains("proxy_hosts"), "{e}");
+    // A range never picks an upstream: not an `allowed_hosts` form.
+    let e = check("allowed_hosts", &["10.0.0.0/8"]).unwrap_err();
+    assert!(e.contains("allowed_hosts"), "{e}");
+}
+
 mod properties {
     //! Invariants of the routing decision, over generated Host values,
     //! paths, methods and versions.

@@ -1,7 +1,9 @@
 //! The task of one client connection: protocol detection, then HTTP/2 served
 //! by one hyper connection for the connection's life, or HTTP/1 served by a
 //! hyper connection that is parked when idle (see `park`) and replaced by a
-//! fresh one when the client's next request arrives.
+//! fresh one when the client's next request arrives. A TLS connection
+//! (`super::tls`, handshake done) enters at [`run_tls`] with the protocol
+//! ALPN chose, under the same watchdog, and is never parked.
 //!
 //! Parking an HTTP/1 connection: `graceful_shutdown` on an idle hyper
 //! connection closes its state at once, without a socket call, and
@@ -76,6 +78,74 @@ struct Life {
     handback: Duration,
 }
 
+/// The hyper service of one connection: `service`'s answer to each request,
+/// its body counted by the connection's [`Activity`] until it is sent.
+macro_rules! hyper_service {
+    ($service:expr, $peer:expr, $activity:expr) => {{
+        let (service, peer, seen) = ($service, $peer, $activity);
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let guard = RequestGuard::new(&seen, req.version());
+            service.clone().answer(req, peer).map(move |resp| {
+                Ok::<_, Infallible>(resp.map(|inner| ConnBody {
+                    inner,
+                    guard: Some(guard),
+                }))
+            })
+        })
+    }};
+}
+
+/// A connection whose TLS handshake is done, as `super::tls` hands it over.
+pub(super) struct TlsConn<T> {
+    pub(super) stream: T,
+    /// ALPN chose `h2`.
+    pub(super) h2: bool,
+    pub(super) peer: std::net::SocketAddr,
+    pub(super) permit: tokio::sync::OwnedSemaphorePermit,
+    pub(super) pressure: watch::Receiver<u64>,
+}
+
+/// Serve one connection whose TLS handshake is done, with the protocol
+/// ALPN chose (`h2`: HTTP/2; anything else: HTTP/1.1), under the same
+/// watchdog, eviction and shutdown as a plain one. Never parked: a parked
+/// socket is watched for readability, which says nothing about plaintext
+/// rustls may already hold; the TLS session's buffers stay with it.
+pub(super) async fn run_tls<S, T>(
+    p: Arc<Protocols>,
+    c: TlsConn<T>,
+    service: S,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: ConnService,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = p.gauges.open();
+    let TlsConn {
+        stream,
+        h2,
+        peer,
+        permit,
+        pressure,
+    } = c;
+    let (mut life, activity) = Life::new(&p, &permit, pressure, shutdown);
+    let io = Watched {
+        prefix: Bytes::new(),
+        inner: stream,
+        activity: activity.clone(),
+    };
+    let svc = hyper_service!(service, peer, activity);
+    if h2 {
+        let mut conn = Box::pin(p.http2.serve_connection(TokioIo::new(io), svc));
+        life.drive(conn.as_mut(), |c| c.graceful_shutdown(), false)
+            .await;
+    } else {
+        let mut conn = Box::pin(p.http1.serve_connection(TokioIo::new(io), svc));
+        life.drive(conn.as_mut(), |c| c.graceful_shutdown(), false)
+            .await;
+    }
+    drop(permit);
+}
+
 /// Serve one accepted connection until it closes.
 pub(super) async fn run<S>(p: Arc<Protocols>, c: Conn, service: S, shutdown: watch::Receiver<bool>)
 where
@@ -85,40 +155,13 @@ where
     let _ = c.stream.set_nodelay(true);
     let permit = c.permit;
     let peer = c.peer;
-    let activity = Arc::new(Activity::default());
-    let mut life = Life {
-        activity: activity.clone(),
-        dog: Watchdog::new(&p.opts, Instant::now()),
-        parker: Parker::new(
-            p.opts.idle_park,
-            Crowd::new(
-                permit.semaphore().clone(),
-                p.opts.max_connections,
-                p.opts.park_at_once_above_connections,
-            ),
-        ),
-        pressure: c.pressure,
-        listening: true,
-        shutdown,
-        stopping: false,
-        tick: Watchdog::tick(&p.opts),
-        handback: p.opts.keepalive_timeout,
-    };
+    let (mut life, activity) = Life::new(&p, &permit, c.pressure, shutdown);
     let mut io = Watched {
         prefix: Bytes::new(),
         inner: c.stream,
         activity: activity.clone(),
     };
-    let seen = activity;
-    let mut svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let guard = RequestGuard::new(&seen, req.version());
-        service.clone().answer(req, peer).map(move |resp| {
-            Ok::<_, Infallible>(resp.map(|inner| ConnBody {
-                inner,
-                guard: Some(guard),
-            }))
-        })
-    });
+    let mut svc = hyper_service!(service, peer, activity);
     match life.detect(&mut io).await {
         None => return,
         Some(true) => {
@@ -187,6 +230,36 @@ where
 }
 
 impl Life {
+    /// A connection's life from its accept, and the activity its socket
+    /// and requests report to.
+    fn new(
+        p: &Protocols,
+        permit: &tokio::sync::OwnedSemaphorePermit,
+        pressure: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Life, Arc<Activity>) {
+        let activity = Arc::new(Activity::default());
+        let life = Life {
+            activity: activity.clone(),
+            dog: Watchdog::new(&p.opts, Instant::now()),
+            parker: Parker::new(
+                p.opts.idle_park,
+                Crowd::new(
+                    permit.semaphore().clone(),
+                    p.opts.max_connections,
+                    p.opts.park_at_once_above_connections,
+                ),
+            ),
+            pressure,
+            listening: true,
+            shutdown,
+            stopping: false,
+            tick: Watchdog::tick(&p.opts),
+            handback: p.opts.keepalive_timeout,
+        };
+        (life, activity)
+    }
+
     /// Read the first bytes: `Some(true)` for the HTTP/2 preface, `Some(false)`
     /// for anything else (HTTP/1), `None` when the connection is to close.
     /// The bytes read go to `io.prefix`.

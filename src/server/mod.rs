@@ -51,11 +51,15 @@
 //! - `slots`: the connection limit and the eviction of idle connections when
 //!   a new client waits;
 //! - `watchdog`: per-connection activity counters and the rules that decide
-//!   when an idle connection is closed.
+//!   when an idle connection is closed;
+//! - [`tls`]: TLS on the proxy listener (the acceptor, the handshake, the
+//!   certificate swapped on reload); its connections are served by `conn`
+//!   like plain ones, with the protocol ALPN chose, and never parked.
 
 mod conn;
 mod park;
 mod slots;
+pub mod tls;
 mod watchdog;
 
 use std::convert::Infallible;
@@ -248,12 +252,14 @@ pub async fn accept_loop(
     }
 }
 
-/// Serve the connections a worker receives until `stop`, then drain.
+/// Serve the connections a worker receives until `stop`, then drain. With
+/// `tls`, each connection's TLS handshake is done first (on this worker).
 pub async fn serve_accepted<S>(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
     service: S,
     opts: ServeOptions,
     gauges: ConnectionGauges,
+    tls: Option<tls::TlsListener>,
     stop: impl Future<Output = ()>,
 ) -> Drain
 where
@@ -273,15 +279,16 @@ where
         let Ok(stream) = TcpStream::from_std(a.stream) else {
             continue;
         };
-        conns.spawn(
-            Conn {
-                stream,
-                peer: a.peer,
-                permit: a.permit,
-                pressure: a.pressure,
-            },
-            service.clone(),
-        );
+        let c = Conn {
+            stream,
+            peer: a.peer,
+            permit: a.permit,
+            pressure: a.pressure,
+        };
+        match &tls {
+            None => conns.spawn(c, service.clone()),
+            Some(tls) => conns.spawn_tls(c, tls, service.clone()),
+        }
     }
     conns.drain().await
 }
@@ -344,6 +351,20 @@ impl Connections {
     {
         tokio::spawn(conn::run(
             self.protocols.clone(),
+            c,
+            service,
+            self.shutdown.subscribe(),
+        ));
+    }
+
+    /// Handshake, then serve like [`Connections::spawn`] (`tls`).
+    fn spawn_tls<S>(&self, c: Conn, tls: &tls::TlsListener, service: S)
+    where
+        S: ConnService,
+    {
+        tokio::spawn(tls::handshake_then_serve(
+            self.protocols.clone(),
+            tls.clone(),
             c,
             service,
             self.shutdown.subscribe(),

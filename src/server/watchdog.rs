@@ -120,13 +120,13 @@ impl http_body::Body for ConnBody {
 /// The client socket, counting reads that return data, with the bytes read
 /// before hyper took the socket (`prefix`: the protocol detection's, or the
 /// unparsed bytes a parked hyper connection handed back) replayed first.
-pub(super) struct Watched {
+pub(super) struct Watched<S = TcpStream> {
     pub(super) prefix: Bytes,
-    pub(super) inner: TcpStream,
+    pub(super) inner: S,
     pub(super) activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -149,7 +149,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -503,3 +503,37 @@ async fn upstream_ca_file_adds_a_trusted_ca_and_without_it_tls_fails_as_502() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn cluster_names_and_ip_ranges_in_proxy_hosts_are_served() {
+    let up = upstream(echo_ok()).await;
+    let mut c = test_config(&up.url());
+    c.proxy_hosts = vec![
+        "twilio-repair-proxy.payments".into(),
+        "twilio-repair-proxy.payments.svc".into(),
+        "10.96.0.0/12".into(),
+        "fd00:10::/64".into(),
+    ];
+    let proxy = start_proxy(c).await;
+    let client = reqwest::Client::new();
+    let status = |host: &'static str| {
+        let req = client
+            .get(proxy.url("/v1/Conversations"))
+            .header("host", host);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for host in [
+        "twilio-repair-proxy.payments",
+        "twilio-repair-proxy.payments.svc:8443",
+        "10.96.0.10",
+        "10.111.22.33:8080",
+        "[fd00:10::1]",
+    ] {
+        assert_eq!(status(host).await, 200, "{host}");
+    }
+    for host in ["twilio-repair-proxy.billing", "10.112.0.1", "[fd00:11::1]"] {
+        assert_eq!(status(host).await, 421, "{host}");
+    }
+    assert_eq!(up.requests().len(), 5);
+    proxy.stop().await;
+}
