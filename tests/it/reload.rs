@@ -119,3 +119,60 @@ async fn sighup_and_a_replaced_file_reload_and_a_broken_file_changes_nothing() {
     until_logged(&proxy, "configuration reloaded", 3).await;
     assert_eq!(admin_status(&proxy, token_a).await, 200);
 }
+
+/// SIGHUP in the middle of a repair: the repair finishes under the
+/// settings it started with, the proxy stays up.
+#[tokio::test]
+async fn sighup_during_a_repair_lets_it_finish() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let proxy = spawn_proxy_in(&dir, &emu.origin(), &[]).await;
+    // The User's recreate takes a while: the signal lands mid-repair.
+    emu.add_rule(serde_json::json!({"method": "POST", "path": "/Users$",
+        "action": {"kind": "latency", "ms": 400}}))
+        .await;
+    let (addr, path) = (
+        proxy.addr.clone(),
+        format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
+    );
+    let create = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{addr}{path}"))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&[("Identity", "kim")])
+            .send()
+            .await
+            .unwrap()
+    });
+    let mut deleted = false;
+    for _ in 0..300 {
+        if emu
+            .requests()
+            .await
+            .iter()
+            .any(|(m, p)| m == "DELETE" && p.contains("/Users/US"))
+        {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(deleted, "the repair started");
+    proxy.signal("HUP");
+    let r = create.await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-repair-outcome"], "repaired");
+    until_logged(&proxy, "configuration reloaded", 1).await;
+    let (s, user) = emu.get(&format!("{}/Users/kim", kim.base)).await;
+    assert_eq!((s, user["friendly_name"].as_str()), (200, Some("Kim K")));
+    let health = reqwest::get(format!("http://{}/healthz", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "still up");
+}
