@@ -51,6 +51,35 @@ pub const MAX_CHAIN: usize = 16;
 /// holds ordinary requests).
 pub const ALIAS_LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// How often the in-memory index of aliased SIDs ([`AliasIndex`]) is
+/// reloaded from the journal: an alias another replica wrote applies here
+/// within this (this replica's own repairs reload it at once).
+pub const ALIAS_INDEX_REFRESH: Duration = Duration::from_secs(2);
+
+/// The old SIDs any alias within the retention names, held in memory so
+/// that a request naming a SID no repair changed (nearly all of them: every
+/// `GET …/Participants/MB…` an app makes) never waits on the journal.
+/// Until the first load it knows nothing, and every candidate asks the
+/// journal; a failed reload keeps the last good set.
+#[derive(Default)]
+pub struct AliasIndex {
+    sids: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
+}
+
+impl AliasIndex {
+    /// Whether `sid` may have an alias (asking the journal is needed).
+    fn might_name(&self, sid: &str) -> bool {
+        match &*self.sids.read().unwrap_or_else(|e| e.into_inner()) {
+            None => true,
+            Some(set) => set.contains(sid),
+        }
+    }
+
+    fn replace(&self, sids: Vec<String>) {
+        *self.sids.write().unwrap_or_else(|e| e.into_inner()) = Some(sids.into_iter().collect());
+    }
+}
+
 /// Most `X-Repair-Sid-Alias` lines on a repaired create's answer: an
 /// identity in hundreds of conversations must not push the answer past the
 /// header limits of clients and proxies in front (Python's 100 headers,
@@ -204,16 +233,53 @@ impl Repairer {
     /// for every path that cannot name a repaired SID, so that those
     /// requests never touch the store.
     pub fn may_alias(&self, path: &str) -> bool {
-        self.config.sid_alias_retention_secs > 0 && Named::parse(path).is_some()
+        self.config.sid_alias_retention_secs > 0
+            && Named::parse(path).is_some_and(|n| self.aliases.might_name(n.sid))
+    }
+
+    /// Reload the [`AliasIndex`] from the journal (at most
+    /// [`ALIAS_LOOKUP_TIMEOUT`] × 4; a failure keeps the last good set).
+    pub async fn refresh_alias_index(&self) {
+        let Some(since) = self.alias_since() else {
+            return;
+        };
+        match tokio::time::timeout(ALIAS_LOOKUP_TIMEOUT * 4, self.store.alias_old_sids(&since))
+            .await
+        {
+            Ok(Ok(sids)) => self.aliases.replace(sids),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot reload the SID alias index"),
+            Err(_) => tracing::debug!("reloading the SID alias index timed out"),
+        }
+    }
+
+    /// Keep the [`AliasIndex`] fresh, every [`ALIAS_INDEX_REFRESH`].
+    pub fn spawn_alias_index(self: &std::sync::Arc<Self>) {
+        if self.config.sid_alias_retention_secs == 0 {
+            return;
+        }
+        let me = std::sync::Arc::downgrade(self);
+        self.rt.spawn(async move {
+            let mut tick = tokio::time::interval(ALIAS_INDEX_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(r) = me.upgrade() else { return };
+                r.refresh_alias_index().await;
+            }
+        });
+    }
+
+    /// The oldest alias time within the retention (RFC 3339).
+    fn alias_since(&self) -> Option<String> {
+        let retention = Duration::from_secs(self.config.sid_alias_retention_secs);
+        time::OffsetDateTime::now_utc()
+            .checked_sub(time::Duration::try_from(retention).ok()?)
+            .map(rfc3339)
     }
 
     /// The newest SID `named` stands for in `account_sid`, when a repair
     /// within the retention changed it (following a chain of repairs).
     pub async fn resolve_alias(&self, account_sid: &str, named: &Named<'_>) -> Option<String> {
-        let retention = Duration::from_secs(self.config.sid_alias_retention_secs);
-        let since = time::OffsetDateTime::now_utc()
-            .checked_sub(time::Duration::try_from(retention).ok()?)
-            .map(rfc3339)?;
+        let since = self.alias_since()?;
         let mut current = named.sid.to_string();
         let mut changed = false;
         for _ in 0..MAX_CHAIN {

@@ -327,6 +327,10 @@ impl Repairer {
             Verdict::original(Outcome::Failed, Some("the workflow task failed".into()))
         });
         span.record("trp.outcome", verdict.outcome.as_str());
+        // The aliases this repair wrote apply to the next request at once.
+        if verdict.outcome == Outcome::Repaired {
+            self.refresh_alias_index().await;
+        }
         self.metrics.repair_workflow.observe(started.elapsed());
         let outcome = verdict.outcome;
         self.metrics.repair_outcome(outcome);

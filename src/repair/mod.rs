@@ -79,6 +79,8 @@ pub struct Repairer {
     /// (`check-only`), the allow/deny lists and the budget
     /// ([`Repairer::set_policy`]); a repair under way keeps what it read.
     policy: arc_swap::ArcSwap<RepairConfig>,
+    /// The SIDs aliases name, in memory (`alias::AliasIndex`).
+    aliases: alias::AliasIndex,
     /// Pooled on the repair runtime: its connections outlive the workers.
     client: UpstreamClient,
     store: Arc<dyn Store>,
@@ -136,6 +138,7 @@ impl Repairer {
         let rt = p.runtime.unwrap_or_else(tokio::runtime::Handle::current);
         Arc::new_cyclic(|me| Repairer {
             policy: arc_swap::ArcSwap::from_pointee(p.config.clone()),
+            aliases: alias::AliasIndex::default(),
             config: p.config,
             client: p.client,
             store: p.store,

@@ -123,6 +123,7 @@ impl Repairer {
 
     /// Start-up recovery, then the periodic sweep, on the repair runtime.
     pub fn spawn_sweeper(self: &Arc<Self>) {
+        self.spawn_alias_index();
         let me = self.clone();
         let interval = Duration::from_millis(self.config.recovery_interval_ms);
         self.rt.spawn(async move {

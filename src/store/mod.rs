@@ -336,6 +336,13 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<SidAlias>, StoreError>>;
     /// The aliases one repair recorded, oldest first.
     fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>>;
+    /// Every old SID an alias recorded at or after `since` names (the
+    /// proxy's in-memory index: a request naming any other SID never asks
+    /// the store).
+    fn alias_old_sids<'a>(
+        &'a self,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
     /// Most recent first.
     fn incidents(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Incident>, StoreError>>;
     /// One incident by id. (The default scans [`Store::incidents`]; the

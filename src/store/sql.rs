@@ -352,6 +352,21 @@ where
         })
     }
 
+    fn alias_old_sids<'a>(
+        &'a self,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            self.read()?;
+            Ok(sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT old_sid FROM sid_aliases WHERE created_at >= $1",
+            )
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
     fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>> {
         Box::pin(async move {
             self.read()?;

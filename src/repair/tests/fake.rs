@@ -611,6 +611,23 @@ impl Store for MemStore {
                 .cloned())
         })
     }
+    fn alias_old_sids<'a>(
+        &'a self,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self
+                .aliases
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.created_at.as_str() >= since)
+                .map(|a| a.old_sid.clone())
+                .collect())
+        })
+    }
+
     fn repair_aliases(&self, repair_id: i64) -> BoxFuture<'_, Result<Vec<SidAlias>, StoreError>> {
         Box::pin(async move {
             Ok(self

@@ -740,3 +740,31 @@ fn the_repaired_creates_answer_names_the_user_and_at_most_twenty_memberships() {
         super::alias::MAX_ALIAS_HEADERS
     );
 }
+
+/// The in-memory index: before its first load every candidate path asks
+/// the journal; once loaded, only a SID an alias names does (the bench's
+/// `GET …/Participants/MB…` never waits on the store).
+#[tokio::test]
+async fn only_a_sid_an_alias_names_asks_the_journal_once_the_index_is_loaded() {
+    let b = bench_config(FakeTwilio::default(), None, |c| {
+        c.sid_alias_retention_secs = 3600
+    });
+    let us = |n: u32| format!("US{n:032}");
+    let path = |n: u32| format!("/v1/Services/{IS}/Users/{}", us(n));
+    assert!(
+        b.rep.may_alias(&path(1)) && b.rep.may_alias(&path(5)),
+        "not loaded yet"
+    );
+    b.store
+        .aliases
+        .lock()
+        .unwrap()
+        .push(alias(&us(1), &us(2), None, Duration::ZERO));
+    b.rep.refresh_alias_index().await;
+    assert!(b.rep.may_alias(&path(1)));
+    assert!(!b.rep.may_alias(&path(5)), "no alias names it: no lookup");
+    assert!(
+        !b.rep.may_alias("/v1/Services/x/Conversations"),
+        "not a candidate"
+    );
+}
