@@ -395,6 +395,21 @@ async fn repairs(
     }
 }
 
+/// A change on the admin plane is an authenticated operator's (a token set
+/// and presented as the bearer): otherwise the 403 naming what to do.
+fn refuse_unless_operator(operator: bool, what: &str) -> Option<Response> {
+    if operator {
+        return None;
+    }
+    Some(admin_error(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "{what} needs an authenticated operator: set admin.token (TRP_ADMIN_TOKEN) and \
+             send `Authorization: Bearer <admin.token>`"
+        ),
+    ))
+}
+
 /// `POST /repairs/{id}/abandon`: an operator gives up on an unfinished
 /// record (it leaves the fence and recovery; the User is left as it is).
 /// Only an authenticated operator (a token set and presented) may.
@@ -403,12 +418,8 @@ async fn abandon(
     operator: Option<axum::Extension<Operator>>,
     axum::extract::Path(id): axum::extract::Path<i64>,
 ) -> Response {
-    if operator.is_none() {
-        return admin_error(
-            StatusCode::FORBIDDEN,
-            "abandoning a repair needs an authenticated operator: set admin.token \
-             (TRP_ADMIN_TOKEN) and send `Authorization: Bearer <admin.token>`",
-        );
+    if let Some(refused) = refuse_unless_operator(operator.is_some(), "abandoning a repair") {
+        return refused;
     }
     match s.store.get_repair(id).await {
         Ok(Some(r)) if r.state.is_final() => admin_error(

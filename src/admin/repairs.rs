@@ -20,12 +20,8 @@ pub(super) async fn start(
     operator: Option<axum::Extension<Operator>>,
     body: Result<Json<OperatorRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if operator.is_none() {
-        return admin_error(
-            StatusCode::FORBIDDEN,
-            "an operator repair needs an authenticated operator: set admin.token \
-             (TRP_ADMIN_TOKEN) and send `Authorization: Bearer <admin.token>`",
-        );
+    if let Some(refused) = super::refuse_unless_operator(operator.is_some(), "an operator repair") {
+        return refused;
     }
     let Json(req) = match body {
         Ok(b) => b,

@@ -138,27 +138,12 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
     // A repair never creates a User that was not there: a missing one (a
     // typo, a User already gone) is refused before any write, dry run or
     // not, unless the operator says so.
-    let plan = match &snap.user_sid {
-        None if !args.create_missing => {
-            return Err(CommandError::NoUser {
-                identity: target.identity.clone(),
-                service: target.service_sid.clone(),
-            });
+    let plan = crate::repair::operator::plan(&snap, args.create_missing).ok_or_else(|| {
+        CommandError::NoUser {
+            identity: target.identity.clone(),
+            service: target.service_sid.clone(),
         }
-        None => vec![
-            "journal the snapshot (no User)".to_string(),
-            "create the User (--create-missing), read back".to_string(),
-        ],
-        Some(user_sid) => vec![
-            "journal the snapshot".to_string(),
-            format!("DELETE the User {user_sid}"),
-            "recreate it with the same fields, read back".to_string(),
-            format!(
-                "restore its {} other membership(s), read back",
-                snap.memberships.len()
-            ),
-        ],
-    };
+    })?;
     let Some(store) = store else {
         writeln!(
             out,

@@ -85,6 +85,29 @@ impl OperatorError {
     }
 }
 
+/// What a repair of this snapshot will do, step by step (the dry run's
+/// answer, the operator's and the `repair` command's alike); `None` when
+/// the identity has no User and `create_missing` is not set: a repair
+/// never creates a User that was not there.
+pub fn plan(snap: &UserSnapshot, create_missing: bool) -> Option<Vec<String>> {
+    match &snap.user_sid {
+        None if !create_missing => None,
+        None => Some(vec![
+            "journal the snapshot (no User)".to_string(),
+            "create the User (create_missing), read back".to_string(),
+        ]),
+        Some(sid) => Some(vec![
+            "journal the snapshot".to_string(),
+            format!("DELETE the User {sid}"),
+            "recreate it with the same fields, read back".to_string(),
+            format!(
+                "restore its {} membership(s), read back",
+                snap.memberships.len()
+            ),
+        ]),
+    }
+}
+
 impl Repairer {
     /// Repair `req.identity` in `req.service_sid` now, on `origin`, with
     /// the operator credential: fenced and locked like a fault's repair,
@@ -194,27 +217,10 @@ impl Repairer {
         let snap = user::snapshot(&mut api, &target)
             .await
             .map_err(|e| OperatorError::Snapshot(e.to_string()))?;
-        let plan = match &snap.user_sid {
-            None if !req.create_missing => {
-                return Err(OperatorError::NoUser {
-                    identity: req.identity.clone(),
-                    service: req.service_sid.clone(),
-                });
-            }
-            None => vec![
-                "journal the snapshot (no User)".to_string(),
-                "create the User (create_missing), read back".to_string(),
-            ],
-            Some(sid) => vec![
-                "journal the snapshot".to_string(),
-                format!("DELETE the User {sid}"),
-                "recreate it with the same fields, read back".to_string(),
-                format!(
-                    "restore its {} membership(s), read back",
-                    snap.memberships.len()
-                ),
-            ],
-        };
+        let plan = plan(&snap, req.create_missing).ok_or_else(|| OperatorError::NoUser {
+            identity: req.identity.clone(),
+            service: req.service_sid.clone(),
+        })?;
         if req.dry_run {
             return Ok(OperatorReport {
                 dry_run: true,

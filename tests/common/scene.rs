@@ -419,6 +419,23 @@ impl Scene {
 }
 
 impl Emu {
+    /// Wait (an event, at most 3 s) until a repair has deleted a User: the
+    /// moment a test lands something in the middle of a repair.
+    pub async fn until_user_deleted(&self) {
+        for _ in 0..300 {
+            if self
+                .requests()
+                .await
+                .iter()
+                .any(|(m, p)| m == "DELETE" && p.contains("/Users/US"))
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no User was deleted within 3 s");
+    }
+
     /// GET a control-API document (`/__emulator/...`) as JSON.
     pub async fn control_json(&self, path: &str) -> serde_json::Value {
         self.http

@@ -207,19 +207,8 @@ async fn an_operator_repair_beside_a_faults_repair_of_the_same_identity_deletes_
             .await
             .unwrap()
     });
-    // The event: the fault's repair has deleted the User.
-    let mut deleted = false;
-    for _ in 0..200 {
-        if writes(&emu.log_json().await)
-            .iter()
-            .any(|w| w.starts_with("\"DELETE\"") && w.contains("/Users/US"))
-        {
-            deleted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(deleted, "the fault's repair started");
+    // The event: the repair has deleted the User.
+    emu.until_user_deleted().await;
     let (s, v) = post_repair(
         &proxy,
         Some(ADMIN_TOKEN),

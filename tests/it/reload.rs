@@ -150,20 +150,8 @@ async fn sighup_during_a_repair_lets_it_finish() {
             .await
             .unwrap()
     });
-    let mut deleted = false;
-    for _ in 0..300 {
-        if emu
-            .requests()
-            .await
-            .iter()
-            .any(|(m, p)| m == "DELETE" && p.contains("/Users/US"))
-        {
-            deleted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(deleted, "the repair started");
+    // The event: the repair has deleted the User.
+    emu.until_user_deleted().await;
     proxy.signal("HUP");
     let r = create.await.unwrap();
     assert_eq!(r.status(), 201);
