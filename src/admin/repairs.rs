@@ -41,7 +41,10 @@ pub(super) async fn start(
             "repair is off on this proxy (repair.mode = \"off\")",
         );
     };
-    match repairer.operator_repair(origin, &req).await {
+    match repairer
+        .operator_repair_detached(origin.clone(), req.clone())
+        .await
+    {
         Ok(report) => {
             let status = if report.error.is_some() {
                 StatusCode::BAD_GATEWAY

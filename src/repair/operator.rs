@@ -109,6 +109,23 @@ pub fn plan(snap: &UserSnapshot, create_missing: bool) -> Option<Vec<String>> {
 }
 
 impl Repairer {
+    /// [`Repairer::operator_repair`] on the repair runtime, tracked like a
+    /// fault's workflow: an operator who hangs up (or a drained worker)
+    /// never cuts a repair between two of its steps; shutdown waits for it.
+    pub async fn operator_repair_detached(
+        self: &std::sync::Arc<Self>,
+        origin: Origin,
+        req: OperatorRequest,
+    ) -> Result<OperatorReport, OperatorError> {
+        let me = self.clone();
+        let task = self.tasks.spawn_on(
+            async move { me.operator_repair(&origin, &req).await },
+            &self.rt,
+        );
+        task.await
+            .unwrap_or_else(|_| Err(OperatorError::Busy("the repair task failed".into())))
+    }
+
     /// Repair `req.identity` in `req.service_sid` now, on `origin`, with
     /// the operator credential: fenced and locked like a fault's repair,
     /// journaled, converged and read back, recorded as an incident.

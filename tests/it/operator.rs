@@ -240,3 +240,50 @@ async fn admin_json_with(admin: &str, path: &str, token: &str) -> Value {
         .await
         .unwrap()
 }
+
+/// The operator hangs up in the middle: the repair goes on to the end
+/// (the User back with its fields and membership), never cut between steps.
+#[tokio::test]
+async fn an_operator_who_hangs_up_mid_repair_does_not_cut_it() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .attributes(r#"{"tier":"gold"}"#)
+        .member_of_another()
+        .build()
+        .await;
+    let is = kim.is.clone().unwrap();
+    let proxy = proxy_for(&emu).await;
+    emu.add_rule(json!({"method": "POST", "path": "/Users$",
+        "action": {"kind": "latency", "ms": 400}}))
+        .await;
+    let admin = proxy.admin.clone();
+    let asked = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{admin}/repairs"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"service_sid": is, "identity": "kim"}))
+            .send()
+            .await
+    });
+    emu.until_user_deleted().await;
+    asked.abort();
+    // The event: the User and its membership are back.
+    let user_path = format!("{}/Users/kim", kim.base);
+    let member = format!(
+        "{}/Conversations/{}/Participants/kim",
+        kim.base,
+        kim.other()
+    );
+    let mut back = false;
+    for _ in 0..300 {
+        let (s, user) = emu.get(&user_path).await;
+        if s == 200 && user["friendly_name"] == "Kim K" && emu.get(&member).await.0 == 200 {
+            assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(back, "the repair finished without its caller");
+}
