@@ -188,8 +188,11 @@ async fn until_applied(proxy: &Running, n: u32) {
 /// A GET of the account's conversations through the proxy, as `host`
 /// names it (`None`: the proxy's own address).
 async fn list_through(proxy: &Running, host: Option<&str>) -> reqwest::Response {
+    // A bound on "never answered" (a reload that did not apply), well
+    // under the 60 s default timeout; not a measurement.
     let mut req = reqwest::Client::new()
         .get(format!("http://{}/v1/Conversations", proxy.addr))
+        .timeout(Duration::from_secs(20))
         .basic_auth(ACCOUNT, Some(TOKEN));
     if let Some(h) = host {
         req = req.header(reqwest::header::HOST, h);
