@@ -8,7 +8,10 @@
 //! in-flight requests and repairs within `limits.shutdown_grace_ms`.
 //!
 //! Nothing is patched after construction: a worker's
-//! [`ProxyState`] is built whole from the parts here.
+//! [`ProxyState`] is built whole from the parts here. A reloaded
+//! configuration is applied by [`Live::apply`], which swaps whole
+//! snapshots (each worker's [`proxy::Settings`], the repair's policy and
+//! shield, the admin token) and nothing else.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,26 +53,64 @@ pub enum AppError {
 }
 
 /// The parts a reloaded configuration changes for the next request or
-/// repair: the repair mode and policy, the admin token, the log level.
-/// Everything else named in `config::reload::needs_restart` keeps its
-/// start-up value; the other settings are read at start-up only, and a
-/// reload says so (README, "Changing settings while it runs").
+/// repair (`config::reload::LIVE`): each worker's [`proxy::Settings`]
+/// (routes and hosts, per-request timeouts, link rewriting, the shield),
+/// the repair's mode, policy and shield, the operator repairs' origin, the
+/// admin token, the log level. Every other setting keeps its start-up
+/// value and a reload names it (`config::reload::needs_restart`).
 #[derive(Clone)]
 pub struct Live {
+    workers: Vec<Arc<ProxyState>>,
     repair: Option<Arc<Repairer>>,
     admin: Arc<AdminState>,
+    metrics: Arc<Metrics>,
+    /// The shield in force (what the next one may keep parts of).
+    shield: Arc<arc_swap::ArcSwapOption<Shield>>,
+    /// The address the proxy listens on (restart-only): routing's "this
+    /// proxy" keeps it whatever a new file says.
+    listen: std::net::SocketAddr,
+    /// The proxy listener serves TLS (link rewriting's `https`).
+    tls_listener: bool,
 }
 
 impl Live {
-    /// Apply a valid new configuration.
-    pub fn apply(&self, _old: &Config, new: &Config) {
+    /// Apply a valid new configuration: everything that can fail is built
+    /// first, then each snapshot is swapped whole. An `Err` changed nothing.
+    pub fn apply(&self, _old: &Config, new: &Config) -> Result<(), AppError> {
+        let routes = Routes::from_config(&Config {
+            listen: self.listen,
+            ..new.clone()
+        })?;
+        let links = crate::rewrite::LinkBase::from_config(&new.public_base_url)
+            .on_tls_listener(self.tls_listener);
+        let current = self.shield.load_full();
+        let shield = Shield::reconfigured(
+            current.as_ref(),
+            &new.shield,
+            &new.metrics,
+            self.metrics.clone(),
+        );
+        let settings: Vec<proxy::Settings> = self
+            .workers
+            .iter()
+            .map(|w| w.settings().reconfigured(new, &routes, &links, &shield))
+            .collect();
+        // Nothing below can fail: swap.
+        for (worker, settings) in self.workers.iter().zip(settings) {
+            worker.set_settings(settings);
+        }
         if let Some(r) = &self.repair {
             r.set_policy(new.repair.clone());
+            r.set_shield(shield.clone());
         }
+        self.shield.store(shield);
+        self.admin
+            .set_repair_origin(routes.table_origin("/v1/Services").clone());
         self.admin.set_token(new.admin.token.clone());
         if let Err(e) = crate::telemetry::set_level(&new.log.level) {
             tracing::warn!(error = %e, "log.level not reloaded");
         }
+        Ok(())
     }
 }
 
@@ -78,11 +119,12 @@ pub struct App {
     config: Config,
     listeners: Listeners,
     metrics: Arc<Metrics>,
-    routes: Routes,
     repair: Option<Arc<Repairer>>,
     admin: Arc<AdminState>,
-    shield: Option<Arc<Shield>>,
-    tls: forward::UpstreamTls,
+    /// The shield in force, swapped by [`Live::apply`].
+    shield: Arc<arc_swap::ArcSwapOption<Shield>>,
+    /// One state per worker thread, each with its own upstream pool.
+    workers: Vec<Arc<ProxyState>>,
     /// TLS on the proxy listener (`[tls]`), when configured.
     listener_tls: Option<server::tls::TlsListener>,
     /// Reload notices (SIGHUP once `serve` installs it): the listener's
@@ -143,15 +185,32 @@ impl App {
             AdminState::new(&config, metrics.clone(), store)
                 .with_repairer(repair.clone(), routes.table_origin("/v1/Services").clone()),
         );
+        // One single-threaded runtime per worker thread (see `serve`).
+        let workers = match config.limits.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let workers = (0..workers)
+            .map(|_| {
+                worker_state(
+                    &config,
+                    &tls,
+                    &routes,
+                    &metrics,
+                    &repair,
+                    &shield,
+                    listener_tls.is_some(),
+                )
+            })
+            .collect();
         Ok(App {
             config,
             listeners,
             metrics,
-            routes,
             repair,
             admin,
-            shield,
-            tls,
+            shield: Arc::new(arc_swap::ArcSwapOption::new(shield)),
+            workers,
             listener_tls,
             reload: Reload::new(),
         })
@@ -160,8 +219,13 @@ impl App {
     /// What a configuration reload changes live (`config::reload`).
     pub fn live(&self) -> Live {
         Live {
+            workers: self.workers.clone(),
             repair: self.repair.clone(),
             admin: self.admin.clone(),
+            metrics: self.metrics.clone(),
+            shield: self.shield.clone(),
+            listen: self.config.listen,
+            tls_listener: self.listener_tls.is_some(),
         }
     }
 
@@ -179,11 +243,10 @@ impl App {
             config,
             listeners,
             metrics,
-            routes,
             repair,
             admin,
-            shield,
-            tls,
+            shield: _,
+            workers,
             listener_tls,
             reload,
         } = self;
@@ -245,25 +308,12 @@ impl App {
         // upstream pool: a request and its upstream exchange stay on one
         // thread, with no cross-thread wake-ups. One accept loop hands
         // connections to the workers in turn.
-        let workers = match config.limits.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut senders = Vec::with_capacity(workers);
-        let mut done = Vec::with_capacity(workers);
-        for i in 0..workers {
+        let mut senders = Vec::with_capacity(workers.len());
+        let mut done = Vec::with_capacity(workers.len());
+        for (i, state) in workers.into_iter().enumerate() {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             senders.push(tx);
-            let state = worker_state(
-                config,
-                &tls,
-                &routes,
-                &metrics,
-                &repair,
-                &shield,
-                listener_tls.is_some(),
-            );
             let gauges = metrics.connections(Listener::Proxy);
             let worker_tls = listener_tls.clone();
             let mut stop = stop_rx.clone();
@@ -350,21 +400,18 @@ fn worker_state(
     shield: &Option<Arc<Shield>>,
     tls_listener: bool,
 ) -> Arc<ProxyState> {
-    Arc::new(
-        ProxyState::new(
-            routes.clone(),
-            forward::Forwarder::new(
-                forward::build_client_with(&config.limits, tls),
-                metrics.clone(),
-                &config.limits,
-                config.add_forwarded_headers,
-                routes.class_by(),
-            ),
+    let settings = proxy::Settings::new(
+        routes.clone(),
+        forward::Forwarder::new(
+            forward::build_client_with(&config.limits, tls),
             metrics.clone(),
-            repair.clone(),
-            crate::rewrite::LinkBase::from_config(&config.public_base_url)
-                .on_tls_listener(tls_listener),
-        )
-        .with_shield(shield.clone()),
-    )
+            &config.limits,
+            config.add_forwarded_headers,
+            routes.class_by(),
+        ),
+        crate::rewrite::LinkBase::from_config(&config.public_base_url)
+            .on_tls_listener(tls_listener),
+        shield.clone(),
+    );
+    Arc::new(ProxyState::new(settings, metrics.clone(), repair.clone()))
 }

@@ -225,6 +225,18 @@ impl Forwarder {
         }
     }
 
+    /// The same client (its pool kept) with a reloaded configuration's
+    /// per-request timeouts and routing table's latency labels: what the
+    /// next request uses (`crate::proxy::Settings`).
+    pub fn reconfigured(&self, limits: &Limits, class_by: ClassBy) -> Forwarder {
+        Forwarder {
+            response_header_timeout: limits.response_header_timeout(),
+            idle_timeout: limits.idle_timeout(),
+            class_by,
+            ..self.clone()
+        }
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }

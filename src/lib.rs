@@ -23,10 +23,14 @@
 //!   re-exported here.
 //! - [`app`]: one proxy instance: [`App::build`] opens the journal and
 //!   builds every shared part once, [`App::serve`] runs the listeners and
-//!   worker runtimes and drains on shutdown.
+//!   worker runtimes and drains on shutdown; [`app::Live::apply`] applies a
+//!   reloaded configuration by swapping whole snapshots.
 //! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
 //!   and what it may show to whom.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
+//!   A request reads one [`proxy::Settings`] snapshot (routes and hosts,
+//!   per-request timeouts, link rewriting, the shield) when it arrives and
+//!   keeps it to its end; a reload swaps it whole for the next request.
 //! - [`repair`]: the check-and-repair workflow for Participant creates,
 //!   and SID continuity after it (requests naming a SID a repair changed
 //!   are sent with the new one).
@@ -46,6 +50,8 @@
 //! - [`headers`]: hop-by-hop header hygiene.
 //! - [`server`]: the accept loop with connection bounds, idle-connection
 //!   watchdog and parking, and graceful drain.
+//! - [`reload`]: SIGHUP as a reload notice (never the end of the process),
+//!   followed by the configuration reload and the listener's certificate.
 //! - [`telemetry`]: logging, pretty or JSON.
 //! - [`body`]: streamed, metered bodies, and the bounded reading and
 //!   decoding of the bodies the proxy looks into.
@@ -59,7 +65,9 @@
 //! - [`twilio_error`]: Twilio's error body, and the proxy's own errors in
 //!   that shape.
 //! - [`config`]: the typed configuration and its four layers (defaults in
-//!   `config/default.toml`, file, `TRP_*` environment, flags).
+//!   `config/default.toml`, file, `TRP_*` environment, flags), and when it
+//!   is reloaded, which keys change live and which need a restart
+//!   (`config::reload`).
 //! - [`sid`]: Twilio SID shapes.
 //!
 //! The Twilio error body and the SID shapes the emulator shares with the

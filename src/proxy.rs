@@ -1,6 +1,7 @@
 //! The proxy service: routing, the repair interception point, forwarding,
 //! access logging, and the tower middleware stack, assembled in
-//! [`service`] and nowhere else.
+//! [`service`] and nowhere else. What a request reads of the configuration
+//! is one [`Settings`] snapshot, loaded when it arrives (see [`settings`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,53 +18,53 @@ use hyper::body::Incoming;
 use std::future::Ready;
 
 use crate::body::{Direction, MeteredBody, SendProgress};
-use crate::forward::{ForwardError, Forwarder};
+use crate::forward::ForwardError;
 use crate::metrics::{InFlightGuard, Metrics, RouteClass};
 use crate::repair::Repairer;
-use crate::rewrite::{LinkBase, Public};
+use crate::rewrite::Public;
 use crate::routing::Routes;
 use crate::server::ConnService;
-use crate::shield::Shield;
 use crate::telemetry::access::AccessLine;
 use crate::telemetry::request_id;
 use crate::twilio_error::proxy_error;
 use tracing::Instrument;
 
+pub mod settings;
+pub use settings::Settings;
+
 /// Everything a request handler needs; one per worker, built by
-/// [`ProxyState::new`] and never changed.
+/// [`ProxyState::new`]. Only its [`Settings`] change, swapped whole by a
+/// reload ([`ProxyState::set_settings`]).
 pub struct ProxyState {
-    routes: Routes,
-    forwarder: Forwarder,
     metrics: Arc<Metrics>,
     repair: Option<Arc<Repairer>>,
-    /// Link rewriting (`public_base_url`).
-    links: LinkBase,
-    /// The 429 shield, when any part of it is on.
-    shield: Option<Arc<Shield>>,
+    /// Routing, timeouts, link rewriting, the shield: loaded once per
+    /// request.
+    settings: arc_swap::ArcSwap<Settings>,
 }
 
 impl ProxyState {
     pub fn new(
-        routes: Routes,
-        forwarder: Forwarder,
+        settings: Settings,
         metrics: Arc<Metrics>,
         repair: Option<Arc<Repairer>>,
-        links: LinkBase,
     ) -> ProxyState {
         ProxyState {
-            routes,
-            forwarder,
             metrics,
             repair,
-            links,
-            shield: None,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
         }
     }
 
-    /// Forward pass-through requests through `shield` (see [`crate::shield`]).
-    pub fn with_shield(mut self, shield: Option<Arc<Shield>>) -> ProxyState {
-        self.shield = shield;
-        self
+    /// The settings a request arriving now gets.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// A reloaded configuration's settings: every request from now on uses
+    /// them; requests in flight keep theirs.
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
     }
 }
 
@@ -202,34 +203,39 @@ fn handle(
         if let Some(repair) = &state.repair {
             repair.maybe_recover(req.headers());
         }
+        // This request's settings, kept to its end (a reload meanwhile is
+        // for the next request): a guard, not a clone of the `Arc`.
+        let settings = state.settings.load();
+        let settings: &Settings = &settings;
 
-        let target = match state
-            .routes
-            .route(req.method(), req.uri(), req.version(), req.headers())
-        {
-            Ok(t) => t,
-            Err(refusal) => {
-                let status = refusal.status();
-                in_flight.answered(RouteClass::Rejected, &method, status.as_u16());
-                // The Host is named (at most 100 characters, `Debug`-escaped)
-                // so an operator knows what to add to `proxy_hosts`.
-                let host = req.headers().get(http::header::HOST).map(|h| {
-                    String::from_utf8_lossy(&h.as_bytes()[..h.len().min(100)]).into_owned()
-                });
-                tracing::warn!(
-                    target: ACCESS,
-                    %method, path = %req.uri().path(), status = status.as_u16(),
-                    host = ?host.as_deref().unwrap_or(""),
-                    request_id = req
-                        .headers()
-                        .get(&request_id::X_REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or(""),
-                    refused = refusal.token(), "request refused"
-                );
-                return proxy_error(status, refusal.token(), &refusal.to_string());
-            }
-        };
+        let target =
+            match settings
+                .routes
+                .route(req.method(), req.uri(), req.version(), req.headers())
+            {
+                Ok(t) => t,
+                Err(refusal) => {
+                    let status = refusal.status();
+                    in_flight.answered(RouteClass::Rejected, &method, status.as_u16());
+                    // The Host is named (at most 100 characters, `Debug`-escaped)
+                    // so an operator knows what to add to `proxy_hosts`.
+                    let host = req.headers().get(http::header::HOST).map(|h| {
+                        String::from_utf8_lossy(&h.as_bytes()[..h.len().min(100)]).into_owned()
+                    });
+                    tracing::warn!(
+                        target: ACCESS,
+                        %method, path = %req.uri().path(), status = status.as_u16(),
+                        host = ?host.as_deref().unwrap_or(""),
+                        request_id = req
+                            .headers()
+                            .get(&request_id::X_REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
+                        refused = refusal.token(), "request refused"
+                    );
+                    return proxy_error(status, refusal.token(), &refusal.to_string());
+                }
+            };
         if req.method() == http::Method::OPTIONS {
             if let Some(answer) = options_locally(&state, &mut req) {
                 return answer;
@@ -244,8 +250,11 @@ fn handle(
             None
         };
 
-        let public = state.links.for_request(&target, req.headers(), req.uri());
-        let idle = state.forwarder.idle_timeout();
+        let public = settings
+            .links
+            .for_request(&target, req.headers(), req.uri());
+        let forwarder = &settings.forwarder;
+        let idle = forwarder.idle_timeout();
         let (mut parts, incoming) = req.into_parts();
         // SID continuity (`crate::repair::alias`): a path that names a SID
         // a repair changed goes with the new one. A shape check first: no
@@ -269,7 +278,7 @@ fn handle(
         // boxed when it is large and rare: a future awaited inside a `match`
         // scrutinee would keep its storage beside the `respond` that follows,
         // and this future is moved on every request.
-        let (answer, outcome) = match (intercepted, &state.shield) {
+        let (answer, outcome) = match (intercepted, &settings.shield) {
             (Some((repair, what)), _) => {
                 // The intercepted request's span: every line the repair
                 // logs for it names the request (and, once journaled, the
@@ -290,7 +299,10 @@ fn handle(
                             incoming,
                             &target.origin,
                             peer,
-                            &state.forwarder,
+                            crate::repair::Via {
+                                forwarder,
+                                shield: settings.shield.as_deref(),
+                            },
                         )
                         .instrument(span),
                 )
@@ -298,13 +310,8 @@ fn handle(
                 (r.response, r.outcome.map(|o| o.as_str()))
             }
             (None, Some(shield)) => {
-                let shielded = Box::pin(shield.forward(
-                    &state.forwarder,
-                    parts,
-                    incoming,
-                    &target.origin,
-                    peer,
-                ));
+                let shielded =
+                    Box::pin(shield.forward(forwarder, parts, incoming, &target.origin, peer));
                 (shielded.await, None)
             }
             (None, None) => {
@@ -323,14 +330,13 @@ fn handle(
                 let req = Request::from_parts(parts, body);
                 // Awaited where it is made: a future bound to a variable
                 // first would be stored twice in this one.
-                let answer = state
-                    .forwarder
+                let answer = forwarder
                     .forward_tracked(req, &target.origin, peer, progress)
                     .await;
                 return match answer {
                     Ok(mut resp) => {
                         crate::repair::alias::mark(resp.status(), resp.headers_mut(), alias);
-                        respond(&state, resp, access, in_flight, None, idle).await
+                        respond(&state, settings, resp, access, in_flight, None, idle).await
                     }
                     Err(e) => forward_failure(&state, e, &access),
                 };
@@ -339,7 +345,7 @@ fn handle(
         match answer {
             Ok(mut resp) => {
                 crate::repair::alias::mark(resp.status(), resp.headers_mut(), alias);
-                respond(&state, resp, access, in_flight, outcome, idle).await
+                respond(&state, settings, resp, access, in_flight, outcome, idle).await
             }
             Err(e) => forward_failure(&state, e, &access),
         }
@@ -489,6 +495,7 @@ fn options_locally(state: &ProxyState, req: &mut Request<Incoming>) -> Option<Re
 /// which buffers and parses, is boxed.
 fn respond<'a, B>(
     state: &'a ProxyState,
+    settings: &'a Settings,
     resp: Response<B>,
     mut access: Access<'a>,
     in_flight: InFlightGuard,
@@ -502,7 +509,8 @@ where
     match access.public.take() {
         Some(public) if crate::rewrite::is_json(resp.headers()) => {
             Either::Right(Box::pin(async move {
-                let resp = rewrite_links(resp.map(Body::new), &public, &state.routes, idle).await;
+                let resp =
+                    rewrite_links(resp.map(Body::new), &public, &settings.routes, idle).await;
                 respond_body(state, resp, access, in_flight, outcome, idle)
             }))
         }

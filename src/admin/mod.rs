@@ -82,8 +82,12 @@ pub struct AdminState {
     /// How identities are shown.
     privacy: Privacy,
     /// The proxy's repairer and the origin its operator repairs talk to
-    /// (`POST /repairs`), when repair is on.
-    repair: Option<(Arc<crate::repair::Repairer>, crate::routing::Origin)>,
+    /// (`POST /repairs`), when repair is on; the origin follows a reloaded
+    /// routing table ([`AdminState::set_repair_origin`]).
+    repair: Option<(
+        Arc<crate::repair::Repairer>,
+        arc_swap::ArcSwap<crate::routing::Origin>,
+    )>,
 }
 
 impl AdminState {
@@ -106,8 +110,16 @@ impl AdminState {
         repair: Option<Arc<crate::repair::Repairer>>,
         origin: crate::routing::Origin,
     ) -> AdminState {
-        self.repair = repair.map(|r| (r, origin));
+        self.repair = repair.map(|r| (r, arc_swap::ArcSwap::from_pointee(origin)));
         self
+    }
+
+    /// A reloaded routing table's Conversations origin: the next operator
+    /// repair talks to it.
+    pub fn set_repair_origin(&self, origin: crate::routing::Origin) {
+        if let Some((_, o)) = &self.repair {
+            o.store(Arc::new(origin));
+        }
     }
 
     /// The admin token now in force.

@@ -42,7 +42,7 @@ pub(super) async fn start(
         );
     };
     match repairer
-        .operator_repair_detached(origin.clone(), req.clone())
+        .operator_repair_detached(crate::routing::Origin::clone(&origin.load()), req.clone())
         .await
     {
         Ok(report) => {

@@ -342,7 +342,7 @@ pub struct StoreOptions {
 }
 
 /// The opt-in 429 shield (`crate::shield`); see `config/default.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShieldConfig {
     pub retry_429: bool,

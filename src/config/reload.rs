@@ -3,13 +3,16 @@
 //! process's environment, its flags), validates it whole, and hands it to
 //! the proxy's `apply` only when it is valid. An invalid one changes
 //! nothing: one line names the file and the error, and the last good
-//! configuration stays. SIGHUP never ends the process (`crate::reload`
+//! configuration stays. `apply` builds everything it can fail on before it
+//! swaps anything, so its refusal also changes nothing and counts as
+//! `invalid`. SIGHUP never ends the process (`crate::reload`
 //! turns it into a notice this module, and the TLS listener, follow).
 //!
 //! What belongs here: when to reload (a notice, the file's fingerprint
 //! polled every [`WATCH_INTERVAL`], which also catches the atomic symlink
 //! swap Kubernetes makes of a mounted ConfigMap), loading and validating,
-//! and which settings cannot change live ([`needs_restart`]). What a new
+//! and which settings change live ([`LIVE`]) and which need a restart
+//! ([`needs_restart`]). What a new
 //! configuration changes is the caller's (`crate::app`): this module knows
 //! no consumer.
 
@@ -38,37 +41,89 @@ impl ReloadResult {
     }
 }
 
-/// The settings a running proxy cannot change: each is named in one
-/// "needs a restart" line and otherwise ignored.
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut differ = |key: &'static str, a: String, b: String| {
-        if a != b {
-            keys.push(key);
-        }
+/// The settings a running proxy changes for its next request or repair
+/// (README, "Changing settings while it runs"): a key here, or any key
+/// below one here (`shield` covers `shield.max_wait_ms`). Every other key
+/// needs a restart ([`needs_restart`]), so a setting added later is
+/// restart-only until its consumer reads a reloaded value.
+pub const LIVE: &[&str] = &[
+    // The routing table and the hosts (`crate::routing::Routes`).
+    "upstream",
+    "default_upstream",
+    "route",
+    "allowed_hosts",
+    "proxy_hosts",
+    "reserved_prefixes",
+    // Link rewriting (`crate::rewrite::LinkBase`).
+    "public_base_url",
+    // The timeouts of one request (`crate::forward::Forwarder`).
+    "limits.response_header_timeout_ms",
+    "limits.idle_timeout_ms",
+    // The 429 shield (`crate::shield::Shield`), its account labels with it.
+    "shield",
+    "metrics.account_labels",
+    // The repair's mode and policy (`Repairer::set_policy`).
+    "repair.mode",
+    "repair.allow_services",
+    "repair.deny_services",
+    "repair.max_repairs_per_window",
+    "repair.repair_window_secs",
+    "admin.token",
+    "log.level",
+];
+
+/// Whether `key` (dotted) changes live: see [`LIVE`].
+pub fn is_live(key: &str) -> bool {
+    LIVE.iter().any(|live| {
+        key.strip_prefix(live)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// The settings of `new` that differ from the `running` ones and cannot
+/// change live: each is named in one "needs a restart" line and otherwise
+/// ignored. Compared key by key on the configurations' TOML form, so no
+/// key can be forgotten here.
+pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Value::try_from(running), toml::Value::try_from(new)) else {
+        return vec!["(the configuration cannot be compared)".to_string()];
     };
-    differ("listen", old.listen.to_string(), new.listen.to_string());
-    differ(
-        "admin_listen",
-        old.admin_listen.to_string(),
-        new.admin_listen.to_string(),
-    );
-    differ("store", old.store.clone(), new.store.clone());
-    differ(
-        "limits.worker_threads",
-        format!("{:?}", old.limits.worker_threads),
-        format!("{:?}", new.limits.worker_threads),
-    );
-    differ(
-        "log.format",
-        format!("{:?}", old.log.format),
-        format!("{:?}", new.log.format),
-    );
+    let mut keys = Vec::new();
+    differing(&a, &b, "", &mut keys);
+    keys.retain(|k| !is_live(k));
     let off = |c: &Config| c.repair.mode == super::RepairMode::Off;
-    if off(old) && !off(new) {
-        keys.push("repair.mode (from off)");
+    if off(running) && !off(new) {
+        // No repairer was built: turning the repair on needs one.
+        keys.push("repair.mode (from off)".to_string());
     }
     keys
+}
+
+/// The dotted keys whose values differ between two tables (an array is
+/// one value; a key present on one side only differs).
+fn differing(a: &toml::Value, b: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    let path = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match (a, b) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            for (k, va) in a {
+                match b.get(k) {
+                    Some(vb) => differing(va, vb, &path(k), out),
+                    None => out.push(path(k)),
+                }
+            }
+            for k in b.keys().filter(|k| !a.contains_key(*k)) {
+                out.push(path(k));
+            }
+        }
+        (a, b) if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
 }
 
 /// A file's identity and age: a replaced file (a new inode behind the
@@ -81,16 +136,20 @@ fn fingerprint(path: &std::path::Path) -> Option<(u64, u64, SystemTime, u64)> {
 
 /// Watch the reload notices (`crate::reload`: each SIGHUP) and changes
 /// of `file`, reloading with `load` and handing each valid new
-/// configuration to `apply` (with the one before it); `on_result` learns
-/// every outcome. Runs until the task is dropped.
-pub async fn watch(
+/// configuration to `apply` (with the one before it; an `Err` from it
+/// means nothing was changed); `on_result` learns every outcome. Runs
+/// until the task is dropped.
+pub async fn watch<E: std::fmt::Display>(
     file: Option<PathBuf>,
     mut current: Config,
     mut notices: tokio::sync::watch::Receiver<u64>,
     load: impl Fn() -> Result<Config, ConfigError> + Send,
-    apply: impl Fn(&Config, &Config) + Send,
+    apply: impl Fn(&Config, &Config) -> Result<(), E> + Send,
     on_result: impl Fn(ReloadResult) + Send,
 ) {
+    // What the process started with: the restart-only settings keep these
+    // values whatever the later files say.
+    let running = current.clone();
     let mut notices_open = true;
     let mut seen = file.as_deref().and_then(fingerprint);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
@@ -113,7 +172,12 @@ pub async fn watch(
                 "the configuration file changed"
             }
         };
-        let result = match load() {
+        let loaded = load().map_err(|e| e.to_string()).and_then(|new| {
+            apply(&current, &new)
+                .map(|()| new)
+                .map_err(|e| e.to_string())
+        });
+        let result = match loaded {
             Err(e) => {
                 tracing::warn!(
                     file = %file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
@@ -124,11 +188,13 @@ pub async fn watch(
                 ReloadResult::Invalid
             }
             Ok(new) => {
-                let restart = needs_restart(&current, &new);
+                let restart = needs_restart(&running, &new);
                 if !restart.is_empty() {
-                    tracing::warn!(keys = ?restart, "configuration reload: these settings need a restart; the running values stay");
+                    tracing::warn!(
+                        keys = %restart.join(", "),
+                        "configuration reload: needs a restart: these settings keep their running values"
+                    );
                 }
-                apply(&current, &new);
                 current = new;
                 tracing::info!(trigger = why, "configuration reloaded");
                 ReloadResult::Applied
@@ -149,10 +215,53 @@ mod tests {
         assert!(needs_restart(&old, &new).is_empty());
         new.repair.mode = super::super::RepairMode::CheckOnly;
         new.log.level = "debug".into();
-        assert!(needs_restart(&old, &new).is_empty(), "both live");
+        new.proxy_hosts.push("proxy.example".into());
+        new.public_base_url = super::super::PublicBaseUrl::Off;
+        new.limits.response_header_timeout_ms = 5;
+        new.shield.max_concurrent_per_account = 3;
+        new.metrics.account_labels = true;
+        new.route.push(super::super::Route {
+            prefix: "/v2".into(),
+            upstream: "https://example.com".into(),
+        });
+        assert!(needs_restart(&old, &new).is_empty(), "all live");
         new.listen = "127.0.0.1:1".parse().unwrap();
         new.store = "sqlite://elsewhere.db".into();
-        assert_eq!(needs_restart(&old, &new), ["listen", "store"]);
+        new.limits.connect_timeout_ms = 7;
+        new.repair.step_timeout_ms = 9;
+        new.log.format = super::super::LogFormat::Json;
+        new.upstream_ca_file = Some("/ca.pem".into());
+        let mut keys = needs_restart(&old, &new);
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "limits.connect_timeout_ms",
+                "listen",
+                "log.format",
+                "repair.step_timeout_ms",
+                "store",
+                "upstream_ca_file"
+            ]
+        );
+    }
+
+    #[test]
+    fn turning_the_repair_on_from_off_needs_a_restart() {
+        let mut old = Config::defaults();
+        old.repair.mode = super::super::RepairMode::Off;
+        let new = Config::defaults();
+        assert_eq!(needs_restart(&old, &new), ["repair.mode (from off)"]);
+        assert!(needs_restart(&new, &old).is_empty(), "off is live");
+    }
+
+    #[test]
+    fn a_live_key_covers_its_subkeys_only() {
+        assert!(is_live("shield.max_wait_ms"));
+        assert!(is_live("route"));
+        assert!(!is_live("routes"));
+        assert!(!is_live("limits.idle_park_ms"));
+        assert!(!is_live("admin.max_connections"));
     }
 
     #[test]

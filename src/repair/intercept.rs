@@ -9,8 +9,9 @@
 //! - A **User create/update/delete** is held back while its identity is
 //!   fenced, then forwarded untouched.
 //!
-//! Every forward here goes through the 429 shield when it is on
-//! ([`crate::shield::forward_request`]; the buffered create may be re-sent
+//! Every forward here goes through the request's 429 shield when it is on
+//! (the proxy passes the one of the request's settings;
+//! [`crate::shield::forward_request`]; the buffered create may be re-sent
 //! on a 429), and plainly when it is off.
 //!
 //! The workflow runs as a task on the repair runtime, not inside the
@@ -39,6 +40,7 @@ use super::workflow::{self, Answer, CreateRequest, Verdict};
 use crate::body::{Direction, MeteredBody, ReadCapped, decode_body, prefixed, read_capped};
 use crate::forward::{ForwardError, Forwarder};
 use crate::routing::Origin;
+use crate::shield::Shield;
 use crate::store::Outcome;
 use crate::twilio_api::ApiResponse;
 use crate::twilio_error::proxy_error;
@@ -48,6 +50,15 @@ pub const OUTCOME_HEADER: &str = "x-repair-outcome";
 /// Largest 404 body read to look for code 20404 (Twilio's is ~200 bytes);
 /// a larger one is passed through untouched.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How an intercepted request reaches Twilio: the worker's forwarder and
+/// the request's 429 shield (both from the settings the request started
+/// with, `crate::proxy::Settings`).
+#[derive(Clone, Copy)]
+pub struct Via<'a> {
+    pub forwarder: &'a Forwarder,
+    pub shield: Option<&'a Shield>,
+}
 
 /// Which requests the repair handles.
 #[derive(Debug, Clone)]
@@ -100,8 +111,9 @@ impl Repairer {
         body: Incoming,
         origin: &Origin,
         peer: Option<SocketAddr>,
-        forwarder: &Forwarder,
+        via: Via<'_>,
     ) -> Intercepted {
+        let forwarder = via.forwarder;
         let requested_at = time::OffsetDateTime::now_utc();
         let idle = forwarder.idle_timeout();
         let stream = |body: Incoming| {
@@ -117,10 +129,7 @@ impl Repairer {
             self.hold_back(identity, parts.headers.get(header::AUTHORIZATION))
                 .await;
             let req = Request::from_parts(parts, stream(body));
-            return self
-                .forward(forwarder, req, None, origin, peer)
-                .await
-                .into();
+            return self.forward(via, req, None, origin, peer).await.into();
         }
         let cap = self.config.max_body_bytes;
         let declared = parts
@@ -131,19 +140,13 @@ impl Repairer {
         if declared.is_some_and(|n| n > cap as u64) {
             // Too big to replay: plain pass-through.
             let req = Request::from_parts(parts, stream(body));
-            return self
-                .forward(forwarder, req, None, origin, peer)
-                .await
-                .into();
+            return self.forward(via, req, None, origin, peer).await.into();
         }
         let buffered = match read_capped(body, cap, idle).await {
             Ok(b) => b,
             Err(ReadCapped::TooLarge(prefix, rest)) => {
                 let req = Request::from_parts(parts, prefixed(prefix, rest));
-                return self
-                    .forward(forwarder, req, None, origin, peer)
-                    .await
-                    .into();
+                return self.forward(via, req, None, origin, peer).await.into();
             }
             Err(ReadCapped::Unreadable) => {
                 return Ok(proxy_error(
@@ -183,7 +186,7 @@ impl Repairer {
             .unwrap_or_default();
         *head.headers_mut() = parts.headers.clone();
         let replay = Some(buffered.clone());
-        let resp = match self.forward(forwarder, head, replay, origin, peer).await {
+        let resp = match self.forward(via, head, replay, origin, peer).await {
             Ok(r) => r,
             Err(e) => return Err(e).into(),
         };
@@ -209,18 +212,17 @@ impl Repairer {
         }
     }
 
-    /// Forward through the 429 shield when it is on (`replay`: the
-    /// buffered body, re-sent on a 429), else plainly.
+    /// Forward through the request's 429 shield when it is on (`replay`:
+    /// the buffered body, re-sent on a 429), else plainly.
     async fn forward(
         &self,
-        forwarder: &Forwarder,
+        via: Via<'_>,
         req: Request<Body>,
         replay: Option<Bytes>,
         origin: &Origin,
         peer: Option<SocketAddr>,
     ) -> Result<Response<Body>, ForwardError> {
-        let shield = self.shield.as_deref();
-        crate::shield::forward_request(shield, forwarder, req, replay, origin, peer).await
+        crate::shield::forward_request(via.shield, via.forwarder, req, replay, origin, peer).await
     }
 
     /// While an identity is fenced, wait for its live repair to end and

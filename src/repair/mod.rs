@@ -67,7 +67,7 @@ use crate::store::{Incident, Store};
 use crate::twilio_api::{ApiResponse, RetryPolicy, TwilioApi};
 
 pub use credential::RepairCredential;
-pub use intercept::{Intercepted, Interception, OUTCOME_HEADER};
+pub use intercept::{Intercepted, Interception, OUTCOME_HEADER, Via};
 pub use workflow::Verdict;
 
 /// The interceptor: configuration, the repair runtime's client, journal,
@@ -97,9 +97,11 @@ pub struct Repairer {
     tasks: TaskTracker,
     me: Weak<Repairer>,
     exchange: Option<ExchangeFactory>,
-    /// The 429 shield: the intercepted create goes through it, and every
-    /// workflow call takes a slot of its per-account cap.
-    shield: Option<Arc<crate::shield::Shield>>,
+    /// The 429 shield: every workflow call takes a slot of its
+    /// per-account cap (a workflow keeps the shield it started with; a
+    /// reload swaps it for the next one, [`Repairer::set_shield`]). The
+    /// intercepted create goes through the request's own shield.
+    shield: arc_swap::ArcSwapOption<crate::shield::Shield>,
 }
 
 /// Builds the [`step::Exchange`] of one workflow (origin, credential,
@@ -129,6 +131,12 @@ impl Repairer {
         self.policy.store(Arc::new(config));
     }
 
+    /// A reloaded `[shield]`: the next workflow's calls take their slots
+    /// from it.
+    pub fn set_shield(&self, shield: Option<Arc<crate::shield::Shield>>) {
+        self.shield.store(shield);
+    }
+
     /// The mode and policy in force now.
     pub(crate) fn policy(&self) -> Arc<RepairConfig> {
         self.policy.load_full()
@@ -151,7 +159,7 @@ impl Repairer {
             tasks: TaskTracker::new(),
             me: me.clone(),
             exchange: p.exchange,
-            shield: p.shield,
+            shield: arc_swap::ArcSwapOption::new(p.shield),
         })
     }
 
@@ -193,7 +201,7 @@ impl Repairer {
                 .map(crate::shield::AccountKey::account),
             _ => crate::shield::AccountKey::from_authorization(&auth, ""),
         };
-        let cap = self.shield.as_ref().and_then(|s| s.cap_for(account));
+        let cap = self.shield.load().as_ref().and_then(|s| s.cap_for(account));
         let inner: Arc<dyn step::Exchange> = match &self.exchange {
             Some(make) => make(origin, auth, webhook),
             None => Arc::new(

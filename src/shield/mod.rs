@@ -129,10 +129,11 @@ impl AccountKey {
 }
 
 /// See the module doc. Built once per proxy instance, shared by every
-/// worker and the repair runtime.
+/// worker and the repair runtime; a reload that changes its settings
+/// builds the next one ([`Shield::reconfigured`]) for new requests.
 pub struct Shield {
     settings: ShieldConfig,
-    budget: RetryBudget,
+    budget: Arc<RetryBudget>,
     cap: Option<Arc<Cap>>,
     metrics: Arc<Metrics>,
     labels: bool,
@@ -156,24 +157,62 @@ impl Shield {
         metrics_config: &MetricsConfig,
         metrics: Arc<Metrics>,
     ) -> Option<Arc<Shield>> {
+        Self::reconfigured(None, settings, metrics_config, metrics)
+    }
+
+    /// The shield of a reloaded configuration, for the requests from now
+    /// on: `old` itself when nothing of it changed; otherwise a new one
+    /// that keeps `old`'s retry budget (its window of requests and
+    /// retries) when the budget's settings are the same, and its cap (who
+    /// is in flight and in line) when the cap's are. A request that
+    /// started under `old` finishes under it, slot and line included: for
+    /// as long as those last, an account whose cap changed may have the
+    /// old cap's requests in flight beside the new cap's.
+    pub fn reconfigured(
+        old: Option<&Arc<Shield>>,
+        settings: &ShieldConfig,
+        metrics_config: &MetricsConfig,
+        metrics: Arc<Metrics>,
+    ) -> Option<Arc<Shield>> {
         if !settings.enabled() {
             return None;
         }
         let labels = metrics_config.account_labels;
-        let cap = (settings.max_concurrent_per_account > 0).then(|| {
-            Cap::new(
-                settings.max_concurrent_per_account,
-                settings.max_queue_length_per_account,
-                metrics.clone(),
-                labels,
+        if let Some(old) = old.filter(|o| o.settings == *settings && o.labels == labels) {
+            return Some(old.clone());
+        }
+        let budget_of = |s: &ShieldConfig| {
+            (
+                s.budget_percent,
+                s.budget_window_ms,
+                s.budget_min_retries_per_second,
             )
-        });
-        Some(Arc::new(Shield {
-            budget: RetryBudget::new(
+        };
+        let cap_of =
+            |s: &ShieldConfig| (s.max_concurrent_per_account, s.max_queue_length_per_account);
+        let budget = match old.filter(|o| budget_of(&o.settings) == budget_of(settings)) {
+            Some(o) => o.budget.clone(),
+            None => Arc::new(RetryBudget::new(
                 settings.budget_percent,
                 Duration::from_millis(settings.budget_window_ms),
                 settings.budget_min_retries_per_second,
-            ),
+            )),
+        };
+        let kept_cap =
+            old.filter(|o| cap_of(&o.settings) == cap_of(settings) && o.labels == labels);
+        let cap = match kept_cap {
+            Some(o) => o.cap.clone(),
+            None => (settings.max_concurrent_per_account > 0).then(|| {
+                Cap::new(
+                    settings.max_concurrent_per_account,
+                    settings.max_queue_length_per_account,
+                    metrics.clone(),
+                    labels,
+                )
+            }),
+        };
+        Some(Arc::new(Shield {
+            budget,
             settings: settings.clone(),
             cap,
             metrics,
@@ -444,6 +483,53 @@ mod tests {
         assert_eq!((k.sid.as_str(), k.class), (SK, AccountClass::Key));
         assert_eq!(AccountKey::from_user("someone", "/v1/Users"), None);
         assert_eq!(AccountKey::from_user("ACnothex", "/v1/Users"), None);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_parts_whose_settings_did_not_change() {
+        let c = crate::config::Config::defaults();
+        let metrics = Arc::new(Metrics::default());
+        let mut on = c.shield.clone();
+        on.retry_429 = true;
+        on.max_concurrent_per_account = 2;
+        let a = Shield::new(&on, &c.metrics, metrics.clone()).unwrap();
+        let same = Shield::reconfigured(Some(&a), &on, &c.metrics, metrics.clone()).unwrap();
+        assert!(Arc::ptr_eq(&a, &same), "nothing changed: the same shield");
+
+        let mut waits = on.clone();
+        waits.max_queue_wait_ms = 10;
+        let b = Shield::reconfigured(Some(&a), &waits, &c.metrics, metrics.clone()).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.queue_wait(), Duration::from_millis(10));
+        assert!(
+            Arc::ptr_eq(&a.budget, &b.budget),
+            "the budget's window kept"
+        );
+        assert!(Arc::ptr_eq(
+            a.cap.as_ref().unwrap(),
+            b.cap.as_ref().unwrap()
+        ));
+
+        let mut capped = waits.clone();
+        capped.max_concurrent_per_account = 5;
+        capped.budget_percent = 50;
+        let d = Shield::reconfigured(Some(&b), &capped, &c.metrics, metrics.clone()).unwrap();
+        assert!(!Arc::ptr_eq(
+            b.cap.as_ref().unwrap(),
+            d.cap.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&b.budget, &d.budget));
+
+        let mut labelled = c.metrics.clone();
+        labelled.account_labels = true;
+        let e = Shield::reconfigured(Some(&d), &capped, &labelled, metrics.clone()).unwrap();
+        assert!(e.labels);
+        assert!(!Arc::ptr_eq(
+            d.cap.as_ref().unwrap(),
+            e.cap.as_ref().unwrap()
+        ));
+
+        assert!(Shield::reconfigured(Some(&e), &c.shield, &c.metrics, metrics).is_none());
     }
 
     #[test]

@@ -359,6 +359,23 @@ pub async fn spawn_proxy_with_store(
     upstream: &str,
     extra_env: &[(&str, &str)],
 ) -> Running {
+    spawn_binary(dir, store, Some(upstream), extra_env).await
+}
+
+/// Start the binary without `--upstream`: its upstream comes from its
+/// configuration (`extra_env`, a `TRP_CONFIG` file), which a reload may
+/// change. An SQLite journal in `dir`.
+pub async fn spawn_proxy_configured(dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Running {
+    let store = format!("sqlite://{}/journal.db", dir.display());
+    spawn_binary(dir, &store, None, extra_env).await
+}
+
+async fn spawn_binary(
+    dir: &std::path::Path,
+    store: &str,
+    upstream: Option<&str>,
+    extra_env: &[(&str, &str)],
+) -> Running {
     let dir = dir.to_path_buf();
     // A port picked by `free_port` may be taken by another test before the
     // child binds it: such a start is retried on new ports.
@@ -372,8 +389,7 @@ pub async fn spawn_proxy_with_store(
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{admin}"))
-            .arg("--upstream")
-            .arg(upstream)
+            .args(upstream.map(|u| ["--upstream", u]).into_iter().flatten())
             .arg("--store")
             .arg(store)
             .env_remove("RUST_LOG")

@@ -112,10 +112,15 @@ async fn sighup_and_a_replaced_file_reload_and_a_broken_file_changes_nothing() {
     // A setting that cannot change live is named, the rest applied.
     replace(
         &file,
-        &format!("[admin]\ntoken = \"{token_a}\"\n[limits]\nworker_threads = 1\n"),
+        &format!(
+            "[admin]\ntoken = \"{token_a}\"\n[limits]\nworker_threads = 1\nconnect_timeout_ms = \"2s\"\n"
+        ),
     );
-    let log = until_logged(&proxy, "need a restart", 1).await;
-    assert!(log.contains("worker_threads"), "{log}");
+    let log = until_logged(&proxy, "needs a restart", 1).await;
+    let line = log.lines().find(|l| l.contains("needs a restart")).unwrap();
+    assert!(line.contains("limits.worker_threads"), "{line}");
+    assert!(line.contains("limits.connect_timeout_ms"), "{line}");
+    assert!(!line.contains("admin.token"), "{line}");
     until_logged(&proxy, "configuration reloaded", 3).await;
     assert_eq!(admin_status(&proxy, token_a).await, 200);
 }
@@ -163,4 +168,219 @@ async fn sighup_during_a_repair_lets_it_finish() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200, "still up");
+}
+
+/// `trp_config_reloads_total{result="applied"}` reads at least `n` (a
+/// replaced file and a SIGHUP may be one reload or two): the event a test
+/// waits for after changing the configuration (bounded: 10 s).
+async fn until_applied(proxy: &Running, n: u32) {
+    let series = r#"trp_config_reloads_total{result="applied"}"#;
+    for _ in 0..400 {
+        let text = metrics_text(&proxy.admin).await;
+        if sample(&text, series).is_some_and(|v| v >= f64::from(n)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{series} never reached {n}:\n{}", proxy.stderr());
+}
+
+/// A GET of the account's conversations through the proxy, as `host`
+/// names it (`None`: the proxy's own address).
+async fn list_through(proxy: &Running, host: Option<&str>) -> reqwest::Response {
+    // A bound on "never answered" (a reload that did not apply), well
+    // under the 60 s default timeout; not a measurement.
+    let mut req = reqwest::Client::new()
+        .get(format!("http://{}/v1/Conversations", proxy.addr))
+        .timeout(Duration::from_secs(20))
+        .basic_auth(ACCOUNT, Some(TOKEN));
+    if let Some(h) = host {
+        req = req.header(reqwest::header::HOST, h);
+    }
+    req.send().await.unwrap()
+}
+
+/// Hold every list of conversations at `emu` until released.
+async fn hold_lists(emu: &Emu) {
+    emu.add_rule(
+        serde_json::json!({"method": "GET", "path": "^/v1/Conversations$",
+        "action": {"kind": "hold"}}),
+    )
+    .await;
+}
+
+/// A reloaded `limits.response_header_timeout_ms` is the next request's:
+/// one held at Twilio before the reload is answered when released (the
+/// old, long timeout), one sent after it is a 504 (the new, short one).
+#[tokio::test]
+async fn a_request_in_flight_keeps_its_timeout_and_the_next_gets_the_reloaded_one() {
+    let emu = start_emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    replace(&file, "[limits]\nresponse_header_timeout_ms = \"60s\"\n");
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[("TRP_CONFIG", file.to_str().unwrap())],
+    )
+    .await;
+    hold_lists(&emu).await;
+    let before = {
+        let proxy_addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{proxy_addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    emu.wait_held(1).await;
+
+    replace(&file, "[limits]\nresponse_header_timeout_ms = \"300ms\"\n");
+    proxy.signal("HUP");
+    until_applied(&proxy, 1).await;
+    let after = list_through(&proxy, None).await;
+    assert_eq!(after.status(), 504, "the reloaded timeout");
+    assert_eq!(after.headers()["x-repair-proxy-error"], "upstream-timeout");
+    assert!(
+        !before.is_finished(),
+        "the request sent before the reload is still waiting"
+    );
+
+    emu.release(None).await;
+    let before = before.await.unwrap();
+    assert_eq!(before.status(), 200, "finished under its own timeout");
+}
+
+/// The ConfigMap way: the mounted file is a symlink into `..data`, and an
+/// update points `..data` at a new directory (one rename), no signal.
+/// The upstream, the proxy's host names and the answers' link origin
+/// change for the next request; a request held at the old upstream
+/// finishes there, with the old links.
+#[tokio::test]
+async fn routes_hosts_and_links_follow_a_configmap_symlink_swap() {
+    let old_twilio = start_emulator(|_| {}).await;
+    let new_twilio = start_emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = |upstream: &str, link: &str, hosts: &str| {
+        format!(
+            "upstream = \"{upstream}\"\npublic_base_url = \"{link}\"\nproxy_hosts = [{hosts}]\n"
+        )
+    };
+    // `dir/proxy.toml -> ..data/proxy.toml`, `..data -> ..v1`.
+    let version = |name: &str, text: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("proxy.toml"), text).unwrap();
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(name, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    };
+    version(
+        "..v1",
+        &config(&old_twilio.origin(), "https://old.example", ""),
+    );
+    let file = dir.join("proxy.toml");
+    std::os::unix::fs::symlink("..data/proxy.toml", &file).unwrap();
+    let proxy = spawn_proxy_configured(&dir, &[("TRP_CONFIG", file.to_str().unwrap())]).await;
+
+    let refused = list_through(&proxy, Some("proxy.example")).await;
+    assert_eq!(refused.status(), 421, "not a name of this proxy yet");
+    hold_lists(&old_twilio).await;
+    let before = {
+        let proxy_addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{proxy_addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    old_twilio.wait_held(1).await;
+
+    version(
+        "..v2",
+        &config(
+            &new_twilio.origin(),
+            "https://new.example",
+            "\"proxy.example\"",
+        ),
+    );
+    until_applied(&proxy, 1).await;
+    new_twilio.clear_requests().await;
+    let after = list_through(&proxy, Some("proxy.example")).await;
+    assert_eq!(after.status(), 200, "a name of this proxy now");
+    let page: serde_json::Value = after.json().await.unwrap();
+    let url = page["meta"]["url"].as_str().unwrap();
+    assert!(url.starts_with("https://new.example/v1/"), "{page}");
+    let seen = new_twilio.requests().await;
+    assert!(
+        seen.iter()
+            .any(|(m, p)| m == "GET" && p == "/v1/Conversations"),
+        "sent to the new upstream: {seen:?}"
+    );
+
+    old_twilio.release(None).await;
+    let before = before.await.unwrap();
+    assert_eq!(before.status(), 200);
+    let page: serde_json::Value = before.json().await.unwrap();
+    let url = page["meta"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://old.example/v1/"),
+        "answered by the old upstream, with the old links: {page}"
+    );
+}
+
+/// A reloaded shield caps the requests that arrive after it: with one
+/// slot per account, the first new request takes it and the next is the
+/// proxy's 429 at once; the request sent before the reload (no cap then)
+/// holds no slot and finishes.
+#[tokio::test]
+async fn a_reloaded_concurrency_cap_holds_new_requests_only() {
+    let emu = start_emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    replace(&file, "[shield]\nmax_concurrent_per_account = 0\n");
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[("TRP_CONFIG", file.to_str().unwrap())],
+    )
+    .await;
+    hold_lists(&emu).await;
+    let send = || {
+        let proxy_addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{proxy_addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let before = send();
+    emu.wait_held(1).await;
+
+    replace(
+        &file,
+        "[shield]\nmax_concurrent_per_account = 1\nmax_queue_wait_ms = 0\n",
+    );
+    until_applied(&proxy, 1).await;
+    let first = send();
+    emu.wait_held(2).await;
+    let second = list_through(&proxy, None).await;
+    assert_eq!(second.status(), 429, "the account's one slot is taken");
+    assert_eq!(
+        second.headers()["x-repair-proxy-error"],
+        "shield-queue-full"
+    );
+
+    emu.release(None).await;
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_eq!(before.await.unwrap().status(), 200);
 }
