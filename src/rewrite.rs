@@ -100,14 +100,18 @@ impl LinkBase {
             LinkBase::Request | LinkBase::RequestTls if target.host_routed => None,
             LinkBase::Request | LinkBase::RequestTls => {
                 let valid = |v: &str| crate::routing::is_host_and_port(v);
-                let first = |name: &str| {
+                static X_FORWARDED_HOST: http::HeaderName =
+                    http::HeaderName::from_static("x-forwarded-host");
+                static X_FORWARDED_PROTO: http::HeaderName =
+                    http::HeaderName::from_static("x-forwarded-proto");
+                let first = |name: &http::HeaderName| {
                     headers
                         .get(name)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.split(',').next())
                         .map(str::trim)
                 };
-                let host = first("x-forwarded-host")
+                let host = first(&X_FORWARDED_HOST)
                     .filter(|h| valid(h))
                     .and_then(|h| HeaderValue::from_str(h).ok())
                     .or_else(|| headers.get(http::header::HOST).cloned())
@@ -118,7 +122,7 @@ impl LinkBase {
                             .and_then(|a| HeaderValue::from_str(a).ok())
                     })?;
                 let https = matches!(self, LinkBase::RequestTls)
-                    || first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+                    || first(&X_FORWARDED_PROTO).is_some_and(|p| p.eq_ignore_ascii_case("https"));
                 Some(Public::Host { host, https })
             }
         }
@@ -148,13 +152,23 @@ impl Public {
 }
 
 /// Whether a response with these headers is a candidate for rewriting.
+/// Compared without changing case in a copy: this runs for every answer
+/// while links are rewritten (the shipped default), and a lowercased copy
+/// cost an allocation and ~400 instructions per non-JSON answer
+/// (`bench/instructions.sh`, mode `xml`).
 pub fn is_json(headers: &http::HeaderMap) -> bool {
+    const JSON: &[u8] = b"application/json";
+    const SUFFIX: &[u8] = b"+json";
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
-            let ct = ct.trim().to_ascii_lowercase();
-            ct.starts_with("application/json") || ct.contains("+json")
+            let ct = ct.trim().as_bytes();
+            ct.get(..JSON.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(JSON))
+                || ct
+                    .windows(SUFFIX.len())
+                    .any(|w| w.eq_ignore_ascii_case(SUFFIX))
         })
 }
 

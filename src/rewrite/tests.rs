@@ -592,3 +592,35 @@ fn a_tls_listener_links_to_https_whatever_the_headers_say() {
     );
     assert!(origin(LinkBase::Off.on_tls_listener(true)).is_none());
 }
+
+#[test]
+fn json_answers_are_known_by_their_content_type_in_any_case() {
+    let with = |ct: &[u8]| {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_bytes(ct).unwrap(),
+        );
+        is_json(&h)
+    };
+    for yes in [
+        &b"application/json"[..],
+        b"application/json; charset=utf-8",
+        b"Application/JSON;charset=UTF-8",
+        b"  application/json  ",
+        b"application/problem+json",
+        b"application/vnd.twilio+JSON; v=1",
+    ] {
+        assert!(with(yes), "{}", String::from_utf8_lossy(yes));
+    }
+    for no in [
+        &b"application/xml"[..],
+        b"text/plain; charset=utf-8",
+        b"application/jso",
+        b"",
+        b"application/json\xff",
+    ] {
+        assert!(!with(no), "{}", String::from_utf8_lossy(no));
+    }
+    assert!(!is_json(&http::HeaderMap::new()), "no Content-Type");
+}
