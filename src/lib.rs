@@ -47,6 +47,8 @@
 //! - [`server`]: the accept loop with connection bounds, idle-connection
 //!   watchdog and parking, and graceful drain.
 //! - [`telemetry`]: logging, pretty or JSON.
+//! - [`backoff`]: the one capped exponential backoff with jitter, for the
+//!   shield's re-sends and the repair's retries and read-backs.
 //! - [`body`]: streamed, metered bodies, and the bounded reading and
 //!   decoding of the bodies the proxy looks into.
 //! - [`metrics`]: Prometheus metrics and their label sets.
@@ -71,6 +73,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod body;
 pub mod cli;
 pub mod commands;

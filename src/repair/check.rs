@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::request::{CreatePath, Who};
-use super::step::{Api, Backoff, StepError, StepKind};
+use super::step::{Api, StepError, StepKind, past};
+use crate::backoff::Backoff;
 use crate::twilio_api::{ApiResponse, encode_segment};
 
 /// Most pages of participants scanned to find a messaging binding.
@@ -212,6 +213,7 @@ pub async fn create(
     read_lag_grace: Duration,
 ) -> Result<Posted, CheckError> {
     let participants = path.participants_path();
+    let mut backoff = api.backoff();
     loop {
         let unsure = match api.replay(kind, &participants, headers, body.clone()).await {
             Ok(x) if x.status == StatusCode::CREATED => return Ok(Posted::Created(x)),
@@ -236,8 +238,8 @@ pub async fn create(
             Landed::Found(p) => return Ok(Posted::Found(p)),
             Landed::Missing if !unsure => return Ok(Posted::Missing),
             Landed::Missing => {
-                let wait = api.policy().initial_backoff;
-                api.pause(kind, wait).await?;
+                let limit = api.deadline();
+                backoff.wait(limit).await.map_err(past(kind))?;
             }
         }
     }
@@ -260,11 +262,7 @@ pub async fn after_conflict(
     let mut backoff = Backoff::within(grace);
     // The read just before the create said 404 (or there was none): wait
     // before the first read.
-    while backoff
-        .wait_to(limit, StepKind::FetchParticipant)
-        .await
-        .is_ok()
-    {
+    while backoff.wait_to(limit).await.is_ok() {
         match participant(api, path, who).await {
             Ok(Landed::Found(p)) => return Posted::Exists(p),
             Ok(Landed::Missing) => continue,
