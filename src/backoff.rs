@@ -5,6 +5,9 @@
 //! Used by the shield's 429 re-sends (`crate::shield::retry`), the repair
 //! step's retries of one Twilio call (`crate::repair::step`) and the
 //! repair's read-back loops (`crate::repair::user`, `crate::repair::check`).
+//! The repair's loops take it [`Backoff::without_jitter`]: their tests pin
+//! how many calls fit in a span, and jittered waits (shorter by up to
+//! half) would change both that count and how long a step keeps retrying.
 //! It is a leaf: it uses no module of this crate, so both can import it.
 //! What to do when a wait does not fit (pass a 429 through, fail a step
 //! with its deadline) belongs to the caller, not here. The jitter is
@@ -21,6 +24,7 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     step: u32,
+    jitter: bool,
 }
 
 /// The next wait would end at or past the limit it was given.
@@ -33,7 +37,16 @@ impl Backoff {
             initial,
             max: max.max(initial),
             step: 0,
+            jitter: true,
         }
+    }
+
+    /// The same waits without jitter: each step is its whole base. For the
+    /// repair's loops, whose tests pin how many calls fit in a span (see
+    /// `crate::repair::step`).
+    pub fn without_jitter(mut self) -> Backoff {
+        self.jitter = false;
+        self
     }
 
     /// Waits within a span (a read-lag grace): from a quarter of it,
@@ -42,21 +55,29 @@ impl Backoff {
         Backoff::new((span / 4).max(Duration::from_millis(1)), span)
     }
 
-    /// The next wait, with a random jitter.
+    /// The next wait, with a random jitter (unless
+    /// [`Backoff::without_jitter`]).
     pub fn next_wait(&mut self) -> Duration {
+        if !self.jitter {
+            return self.next_base();
+        }
         self.next_with(rand::random::<f64>())
     }
 
     /// The next wait with jitter `j` in `[0, 1)`: `base/2 + j * base/2`,
     /// `base` doubling from `initial` up to `max`.
     pub fn next_with(&mut self, j: f64) -> Duration {
+        let half = self.next_base() / 2;
+        half + half.mul_f64(j.clamp(0.0, 1.0))
+    }
+
+    fn next_base(&mut self) -> Duration {
         let base = self
             .initial
             .saturating_mul(1u32 << self.step.min(20))
             .min(self.max);
         self.step = self.step.saturating_add(1);
-        let half = base / 2;
-        half + half.mul_f64(j.clamp(0.0, 1.0))
+        base
     }
 
     /// Sleep the next wait, or return [`PastLimit`] at once when it would
@@ -111,6 +132,13 @@ mod tests {
         assert_eq!(b.next_with(1.0), ms(800));
         assert_eq!(b.next_with(1.0), ms(800), "capped at the span");
         assert_eq!(Backoff::within(Duration::ZERO).next_with(1.0), ms(1));
+    }
+
+    #[test]
+    fn without_jitter_each_wait_is_its_whole_step() {
+        let mut b = Backoff::new(ms(100), ms(300)).without_jitter();
+        let waits: Vec<_> = (0..4).map(|_| b.next_wait()).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(300), ms(300)]);
     }
 
     #[tokio::test(start_paused = true)]

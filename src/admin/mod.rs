@@ -57,6 +57,7 @@ use crate::metrics::Metrics;
 use crate::store::{Incident, Store};
 
 pub mod bundle;
+pub mod clusters;
 pub mod ui;
 mod views;
 

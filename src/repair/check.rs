@@ -213,7 +213,9 @@ pub async fn create(
     read_lag_grace: Duration,
 ) -> Result<Posted, CheckError> {
     let participants = path.participants_path();
-    let mut backoff = api.backoff();
+    // Re-reads after an unsure create, `retry_initial_backoff_ms` apart.
+    let first = api.policy().initial_backoff;
+    let mut backoff = Backoff::new(first, first).without_jitter();
     loop {
         let unsure = match api.replay(kind, &participants, headers, body.clone()).await {
             Ok(x) if x.status == StatusCode::CREATED => return Ok(Posted::Created(x)),
@@ -259,7 +261,7 @@ pub async fn after_conflict(
     grace: Duration,
 ) -> Posted {
     let limit = (Instant::now() + grace).min(api.deadline());
-    let mut backoff = Backoff::within(grace);
+    let mut backoff = Backoff::within(grace).without_jitter();
     // The read just before the create said 404 (or there was none): wait
     // before the first read.
     while backoff.wait_to(limit).await.is_ok() {

@@ -106,6 +106,19 @@ impl CreatePath {
     }
 }
 
+/// Which User to repair, and where.
+#[derive(Debug, Clone)]
+pub struct RepairTarget {
+    pub account_sid: String,
+    /// `/v1/Services/IS...` or `/v1`.
+    pub service_base: String,
+    pub service_sid: String,
+    pub identity: String,
+    /// The conversation whose create is being repaired (not restored here:
+    /// the replayed create puts the participant there).
+    pub exclude_conversation: Option<String>,
+}
+
 /// Who the new participant is, from the form body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Who {

@@ -276,10 +276,11 @@ impl Api {
 
     /// The retry policy's backoff ([`crate::backoff`]):
     /// `retry_initial_backoff_ms` doubling up to `retry_max_backoff_ms`,
-    /// with jitter. The one backoff of a step's retries and of the
-    /// workflow's read-back loops ([`super::user`]'s ensures).
+    /// without jitter (so a step retries as long as it always did). The
+    /// one backoff of a step's retries and of the workflow's read-back
+    /// loops ([`super::user`]'s ensures).
     pub fn backoff(&self) -> Backoff {
-        Backoff::new(self.policy.initial_backoff, self.policy.max_backoff)
+        Backoff::new(self.policy.initial_backoff, self.policy.max_backoff).without_jitter()
     }
 
     /// Make one step's call with the workflow's own headers.
@@ -393,9 +394,8 @@ impl Api {
                     last,
                 });
             }
-            let wait = hint
-                .unwrap_or_else(|| backoff.next_wait())
-                .min(self.policy.max_backoff);
+            let next = backoff.next_wait();
+            let wait = hint.unwrap_or(next).min(self.policy.max_backoff);
             if Instant::now() + wait >= self.deadline {
                 return Err(StepError::Deadline { step: kind });
             }

@@ -28,26 +28,15 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use super::request::user_path;
+use super::snapshot::str_field;
 use super::step::{Api, StepError, StepKind, past};
 use crate::metrics::Metrics;
 use crate::store::{Membership, NewRepair, RepairState, Store, StoreError, UserSnapshot};
 use crate::twilio_api::{encode_segment, form};
 
 pub use super::journal::Journal;
+pub use super::request::RepairTarget;
 pub use super::snapshot::{MAX_MEMBERSHIP_PAGES, SnapshotError, snapshot};
-
-/// Which User to repair, and where.
-#[derive(Debug, Clone)]
-pub struct RepairTarget {
-    pub account_sid: String,
-    /// `/v1/Services/IS...` or `/v1`.
-    pub service_base: String,
-    pub service_sid: String,
-    pub identity: String,
-    /// The conversation whose create is being repaired (not restored here:
-    /// the replayed create puts the participant there).
-    pub exclude_conversation: Option<String>,
-}
 
 /// Why a repair did not converge (yet).
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +70,6 @@ impl ConvergeError {
         matches!(e, StepError::Refused { status, .. }
             if *status != StatusCode::UNAUTHORIZED && *status != StatusCode::FORBIDDEN)
     }
-}
-
-pub(super) fn str_field(v: &serde_json::Value, k: &str) -> Option<String> {
-    v.get(k).and_then(|x| x.as_str()).map(str::to_string)
 }
 
 /// Two attribute strings equal as JSON (Twilio may re-serialise them).
