@@ -26,7 +26,8 @@
 //! gives each cell its own emulator and in-process proxy (an emulator's
 //! request log grows with every cell, and reading it whole gets slow) and
 //! runs 16 cells at a time. Without `TRP_TEST_PG_URL` (set by
-//! `scripts/test.sh`) the PostgreSQL variant says so and returns.
+//! `scripts/test.sh`) the PostgreSQL variants fail, saying so
+//! ([`require_pg`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -534,13 +535,10 @@ async fn fifty_staggered_creates_into_five_conversations_one_delete_one_particip
 }
 
 /// Two proxies sharing one PostgreSQL journal, the creates alternating
-/// between them. Skipped (with a note) when `TRP_TEST_PG_URL` is unset.
+/// between them. Fails when `TRP_TEST_PG_URL` is unset ([`require_pg`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_staggered_creates_across_two_proxies_on_postgres_one_delete_all_201() {
-    if std::env::var("TRP_TEST_PG_URL").is_err() {
-        eprintln!("skipped: TRP_TEST_PG_URL is unset (run under scripts/test.sh)");
-        return;
-    }
+    require_pg();
     let emu = invariant_emulator().await;
     let b = Scene::new()
         .user("kim")
@@ -1154,10 +1152,7 @@ async fn a_bare_user_made_in_the_gap_in_a_conversation_to_restore_is_put_back_in
 /// before A's delete and be lost to A's recreate from the older snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repair() {
-    if std::env::var("TRP_TEST_PG_URL").is_err() {
-        eprintln!("skipped: TRP_TEST_PG_URL is unset (run under scripts/test.sh)");
-        return;
-    }
+    require_pg();
     let emu = invariant_emulator().await;
     let b = Scene::new()
         .user("kim")
