@@ -26,7 +26,8 @@
 //!   worker runtimes and drains on shutdown.
 //! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
 //!   and what it may show to whom.
-//! - [`proxy`]: the request handler and the whole tower middleware stack.
+//! - [`proxy`]: the request handler and what wraps it (a panic guard; no
+//!   tower layers, which would box the body or the future per request).
 //! - [`repair`]: the check-and-repair workflow for Participant creates,
 //!   and SID continuity after it (requests naming a SID a repair changed
 //!   are sent with the new one).

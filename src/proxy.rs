@@ -1,6 +1,6 @@
 //! The proxy service: routing, the repair interception point, forwarding,
-//! access logging, and the tower middleware stack, assembled in
-//! [`service`] and nowhere else.
+//! access logging and the panic guard, assembled in [`service`] and
+//! nowhere else (no tower layers: see [`ProxyService`]).
 
 use std::convert::Infallible;
 use std::future::Future;
