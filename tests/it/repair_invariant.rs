@@ -982,7 +982,9 @@ async fn a_client_that_hangs_up_does_not_cancel_the_repair() {
                 }
             };
             create_and_hang_up(&b, proxy, &b.targets[0], workflow_started).await;
-            // Give a repair, if one started, the time to delete the User.
+            // Give a repair, if one started, the time to delete the User: a
+            // fixed wait, since no repair starting is one of the outcomes
+            // (an absence); both are then checked against the invariant.
             tokio::time::sleep(Duration::from_millis(800)).await;
             let started = !user_deletes(emu, &b).await.is_empty();
             // Nobody asks again: a repair that started finishes by itself.
@@ -1048,6 +1050,9 @@ async fn a_client_that_hangs_up_after_the_delete_does_not_cancel_the_repair() {
     assert_eq!(user_deletes(&emu, &b).await.len(), 1, "the User is deleted");
     call.abort();
     let _ = call.await;
+    // A moment for the hang-up to reach the proxy before the release (an
+    // ordering of the scene, not a check: the assertions below wait for
+    // their own events).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(emu.release_rule(hold).await, 1);
     assert_invariant(
@@ -1187,8 +1192,9 @@ async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repa
             .form(&[("FriendlyName", "Kim Renamed")])
             .send();
         let release = async {
-            // Let the update reach replica B before A goes on.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The update has reached replica B (in flight there) before A
+            // goes on.
+            metric_becomes(other.admin, "trp_in_flight_requests", 1.0).await;
             emu.release_rule(hold).await
         };
         let (update, released) = tokio::join!(update, release);
