@@ -36,7 +36,7 @@ use crate::twilio_api::{encode_segment, form};
 
 pub use super::journal::Journal;
 pub use super::request::RepairTarget;
-pub use super::snapshot::{MAX_MEMBERSHIP_PAGES, SnapshotError, snapshot};
+pub use super::snapshot::{SnapshotError, snapshot};
 
 /// Why a repair did not converge (yet).
 #[derive(Debug, thiserror::Error)]
