@@ -144,13 +144,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_that_would_pass_the_limit_is_not_slept() {
         let start = Instant::now();
+        let mut b = Backoff::new(ms(100), ms(100)).without_jitter();
+        // Every wait is 100 ms: one fits before 150 ms, a second not.
+        assert_eq!(b.wait(start + ms(150)).await, Ok(()));
+        assert_eq!(start.elapsed(), ms(100));
+        assert_eq!(b.wait(start + ms(150)).await, Err(PastLimit));
+        assert_eq!(start.elapsed(), ms(100), "nothing slept when refused");
+        // Jittered, a wait is never longer than its step.
         let mut b = Backoff::new(ms(100), ms(100));
-        // Every wait is 50..=100 ms: one fits before 120 ms, a second not.
-        assert_eq!(b.wait(start + ms(120)).await, Ok(()));
-        let slept = start.elapsed();
+        let before = Instant::now();
+        assert_eq!(b.wait(before + ms(101)).await, Ok(()));
+        let slept = before.elapsed();
         assert!(slept >= ms(50) && slept <= ms(100), "{slept:?}");
-        assert_eq!(b.wait(start + ms(120)).await, Err(PastLimit));
-        assert_eq!(start.elapsed(), slept, "nothing slept when refused");
     }
 
     #[tokio::test(start_paused = true)]
