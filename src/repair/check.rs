@@ -13,7 +13,7 @@ use http::{HeaderMap, StatusCode};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::request::{CreatePath, Who};
+use super::request::{CreatePath, Who, is_fault_code};
 use super::step::{Api, StepError, StepKind, past};
 use crate::backoff::Backoff;
 use crate::twilio_api::{ApiResponse, encode_segment};
@@ -222,7 +222,7 @@ pub async fn create(
             Ok(x) if x.status == StatusCode::CONFLICT => {
                 return Ok(after_conflict(api, path, who, x, read_lag_grace).await);
             }
-            Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() != Some(20404) => {
+            Ok(x) if x.status == StatusCode::NOT_FOUND && !is_fault_code(x.code()) => {
                 return Err(StepError::Refused {
                     step: kind,
                     status: x.status,
