@@ -27,7 +27,8 @@
 //!   reloaded configuration by swapping whole snapshots.
 //! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
 //!   and what it may show to whom.
-//! - [`proxy`]: the request handler and the whole tower middleware stack.
+//! - [`proxy`]: the request handler and what wraps it (a panic guard; no
+//!   tower layers, which would box the body or the future per request).
 //!   A request reads one [`proxy::Settings`] snapshot (routes and hosts,
 //!   per-request timeouts, link rewriting, the shield) when it arrives and
 //!   keeps it to its end; a reload swaps it whole for the next request.
@@ -53,6 +54,8 @@
 //! - [`reload`]: SIGHUP as a reload notice (never the end of the process),
 //!   followed by the configuration reload and the listener's certificate.
 //! - [`telemetry`]: logging, pretty or JSON.
+//! - [`backoff`]: the one capped exponential backoff with jitter, for the
+//!   shield's re-sends and the repair's retries and read-backs.
 //! - [`body`]: streamed, metered bodies, and the bounded reading and
 //!   decoding of the bodies the proxy looks into.
 //! - [`metrics`]: Prometheus metrics and their label sets.
@@ -79,6 +82,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod body;
 pub mod cli;
 pub mod commands;

@@ -5,7 +5,7 @@
 //! proxy never holds a Twilio secret of its own. One call is one attempt,
 //! bounded by the step timeout and the deadline it is given; which answers
 //! are retried, and how, is the workflow's business
-//! ([`crate::repair::step`]).
+//! (`crate::repair::step`).
 
 use std::time::Duration;
 

@@ -152,7 +152,7 @@ impl std::fmt::Display for RepairState {
 
 /// The Twilio calls a workflow makes, as shown in an incident's steps.
 /// The rules for each (method, what counts as an answer, whether a retry
-/// is safe) live on [`crate::repair::step`]'s `StepKind` methods.
+/// is safe) live on `crate::repair::step`'s `StepKind` methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {

@@ -1065,10 +1065,7 @@ async fn journal_disk_full_mid_repair_user_restored_from_memory_readiness_follow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_mid_repair_user_restored_from_memory_readiness_follows() {
-    if std::env::var("TRP_TEST_PG_CTL").is_err() || std::env::var("TRP_TEST_PG_URL").is_err() {
-        eprintln!("SKIPPED: TRP_TEST_PG_CTL/TRP_TEST_PG_URL unset (run with scripts/test.sh)");
-        return;
-    }
+    require_pg();
     let emu = stale_emulator().await;
     let p = stale_person(&emu, "stale-pgs").await;
     let dir = tempfile::tempdir().unwrap().keep();

@@ -1,8 +1,7 @@
 //! The support bundle: one plain-text file about one incident that an
 //! operator attaches to a Twilio Support ticket (`incidents bundle --id N`
-//! and the incidents page's download link write the same text), and the
-//! clustering of affected identities by their User's creation date that
-//! the bundle, the page and `incidents export --format clusters` show.
+//! and the incidents page's download link write the same text), with the
+//! clusters of [`super::clusters`].
 //!
 //! What a bundle holds is an allow-list, written out field by field below:
 //! account, service, conversation, identity (or its hash, the setting
@@ -12,57 +11,13 @@
 //! credential's SID), never a friendly name or attributes: the journal's
 //! snapshot is not read here beyond its SIDs.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use super::Privacy;
+use super::clusters::{CLUSTER_WINDOW, Cluster, clusters};
 use crate::store::{
-    Incident, IncidentFilter, Outcome, RepairRecord, SidAlias, Store, StoreError, now_rfc3339,
+    Incident, IncidentFilter, RepairRecord, SidAlias, Store, StoreError, now_rfc3339,
 };
-
-/// Identities affected on one User creation day.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Cluster {
-    /// `YYYY-MM-DD` of the User's `date_created`, or `unknown` when the
-    /// workflow did not read the User (it stopped before its snapshot).
-    pub user_created_on: String,
-    /// Distinct identities (as shown: hashed with "hash").
-    pub identities: usize,
-    pub incidents: usize,
-}
-
-/// The label of incidents whose User's creation date was not read.
-pub const UNKNOWN_DAY: &str = "unknown";
-
-/// Group the incidents of the fault (every outcome but `genuine`, whose
-/// 404 was true) by the day their User was created, most identities first.
-pub fn clusters(incidents: &[Incident]) -> Vec<Cluster> {
-    let mut days: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
-    for i in incidents.iter().filter(|i| i.outcome != Outcome::Genuine) {
-        let day = i
-            .user_date_created()
-            .and_then(|d| d.get(..10))
-            .unwrap_or(UNKNOWN_DAY)
-            .to_string();
-        let e = days.entry(day).or_default();
-        e.0.insert(i.identity.clone().unwrap_or_default());
-        e.1 += 1;
-    }
-    let mut out: Vec<Cluster> = days
-        .into_iter()
-        .map(|(day, (ids, n))| Cluster {
-            user_created_on: day,
-            identities: ids.len(),
-            incidents: n,
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        (b.identities, b.incidents)
-            .cmp(&(a.identities, a.incidents))
-            .then_with(|| a.user_created_on.cmp(&b.user_created_on))
-    });
-    out
-}
 
 /// The bundle of incident `id` as [`render`] writes it, with the
 /// clusters of the newest incidents of its service; `None`: no such
@@ -87,7 +42,7 @@ pub async fn build(
     let recent = store
         .find_incidents(&IncidentFilter {
             service_sid: incident.service_sid.clone(),
-            limit: super::ui::CLUSTER_WINDOW,
+            limit: CLUSTER_WINDOW,
             ..IncidentFilter::default()
         })
         .await?;
@@ -262,61 +217,4 @@ pub fn render(
         "This file holds no credential and no User or participant attributes or friendly names."
     );
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{StepKind, StepRecord};
-
-    fn incident(identity: &str, outcome: Outcome, created: Option<&str>) -> Incident {
-        let mut fetch = StepRecord::bare(StepKind::FetchUser, Some(200), true);
-        fetch.date_created = created.map(str::to_string);
-        Incident {
-            id: 1,
-            at: "2025-01-01T00:00:00Z".into(),
-            account_sid: None,
-            service_sid: None,
-            conversation_sid: "CH1".into(),
-            identity: Some(identity.into()),
-            outcome,
-            detail: None,
-            repair_id: None,
-            steps: vec![fetch],
-            request_id: None,
-        }
-    }
-
-    #[test]
-    fn identities_cluster_by_the_day_their_user_was_created() {
-        let list = [
-            incident("a", Outcome::Repaired, Some("2024-05-01T10:00:00Z")),
-            incident("a", Outcome::Repaired, Some("2024-05-01T10:00:00Z")),
-            incident("b", Outcome::Failed, Some("2024-05-01T23:59:59Z")),
-            incident("c", Outcome::Repaired, Some("2024-06-02T00:00:00Z")),
-            incident("d", Outcome::Genuine, Some("2024-06-02T00:00:00Z")),
-            incident("e", Outcome::Existing, None),
-        ];
-        let c = clusters(&list);
-        assert_eq!(
-            c,
-            vec![
-                Cluster {
-                    user_created_on: "2024-05-01".into(),
-                    identities: 2,
-                    incidents: 3
-                },
-                Cluster {
-                    user_created_on: "2024-06-02".into(),
-                    identities: 1,
-                    incidents: 1
-                },
-                Cluster {
-                    user_created_on: UNKNOWN_DAY.into(),
-                    identities: 1,
-                    incidents: 1
-                },
-            ]
-        );
-    }
 }

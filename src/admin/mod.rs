@@ -8,7 +8,7 @@
 //! | `GET /metrics` | Prometheus text (see [`crate::metrics`]) |
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
-//! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see [`crate::repair::operator`] |
+//! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see `crate::repair::operator` |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
 //!
@@ -57,6 +57,7 @@ use crate::metrics::Metrics;
 use crate::store::{Incident, Store};
 
 pub mod bundle;
+pub mod clusters;
 pub mod ui;
 mod views;
 

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use maud::Markup;
 
 use super::bundle;
+use super::clusters::{self, CLUSTER_WINDOW};
 use super::views::{self, Filter, SnapshotView, Summary};
 use super::{AdminState, Operator, Privacy, session_cookie, token_matches};
 use crate::store::{Incident, IncidentFilter, Outcome, Store, StoreError, now_rfc3339, rfc3339};
@@ -29,8 +30,6 @@ use crate::store::{Incident, IncidentFilter, Outcome, Store, StoreError, now_rfc
 pub const PAGE_SIZE: i64 = 50;
 /// Highest page number accepted (with [`PAGE_SIZE`], the newest 5 million).
 pub const MAX_PAGE: i64 = 100_000;
-/// Newest incidents the clustering by User creation date looks at.
-pub const CLUSTER_WINDOW: i64 = 1000;
 /// Longest identity filter accepted, in bytes (Twilio identities are far
 /// shorter).
 pub const MAX_IDENTITY_FILTER_BYTES: usize = 1024;
@@ -234,7 +233,7 @@ pub(super) async fn list(
         Ok(l) => shown(&s.privacy, l),
         Err(e) => return store_down(&e, signed_in),
     };
-    let clusters = bundle::clusters(&window);
+    let clusters = clusters::clusters(&window);
     let summary = summary(store).await;
     page(
         StatusCode::OK,

@@ -12,7 +12,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::bundle::Cluster;
+use super::clusters::Cluster;
 use crate::store::{Incident, Outcome, RepairRecord, SidAlias};
 
 const STYLE: &str = r#"

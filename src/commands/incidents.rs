@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use super::CommandError;
-use crate::admin::{Privacy, bundle};
+use crate::admin::{Privacy, bundle, clusters};
 use crate::cli::{BundleArgs, ExportArgs, ExportFormat, IncidentsCommand};
 use crate::store;
 
@@ -62,7 +62,7 @@ async fn export(args: ExportArgs, out: &mut dyn Write) -> Result<(), CommandErro
         }
         ExportFormat::Clusters => {
             writeln!(out, "user_created_on,identities,incidents")?;
-            for c in bundle::clusters(&list) {
+            for c in clusters::clusters(&list) {
                 writeln!(
                     out,
                     "{},{},{}",

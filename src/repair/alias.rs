@@ -252,8 +252,8 @@ impl Repairer {
             && Named::parse(path).is_some_and(|n| self.aliases.might_name(n.sid))
     }
 
-    /// Reload the [`AliasIndex`] from the journal (at most
-    /// [`ALIAS_LOOKUP_TIMEOUT`] × 4; a failure keeps the last good set).
+    /// Reload the `AliasIndex` from the journal (at most
+    /// `ALIAS_LOOKUP_TIMEOUT` × 4; a failure keeps the last good set).
     pub async fn refresh_alias_index(&self) {
         let Some(since) = self.alias_since() else {
             return;
@@ -267,7 +267,7 @@ impl Repairer {
         }
     }
 
-    /// Keep the [`AliasIndex`] fresh, every [`ALIAS_INDEX_REFRESH`].
+    /// Keep the `AliasIndex` fresh, every `ALIAS_INDEX_REFRESH`.
     pub fn spawn_alias_index(self: &std::sync::Arc<Self>) {
         if self.config.sid_alias_retention_secs == 0 {
             return;

@@ -13,8 +13,9 @@ use http::{HeaderMap, StatusCode};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::request::{CreatePath, Who};
-use super::step::{Api, Backoff, StepError, StepKind};
+use super::request::{CreatePath, Who, is_fault_code};
+use super::step::{Api, StepError, StepKind, past};
+use crate::backoff::Backoff;
 use crate::twilio_api::{ApiResponse, encode_segment};
 
 /// Most pages of participants scanned to find a messaging binding.
@@ -212,13 +213,16 @@ pub async fn create(
     read_lag_grace: Duration,
 ) -> Result<Posted, CheckError> {
     let participants = path.participants_path();
+    // Re-reads after an unsure create, `retry_initial_backoff_ms` apart.
+    let first = api.policy().initial_backoff;
+    let mut backoff = Backoff::new(first, first).without_jitter();
     loop {
         let unsure = match api.replay(kind, &participants, headers, body.clone()).await {
             Ok(x) if x.status == StatusCode::CREATED => return Ok(Posted::Created(x)),
             Ok(x) if x.status == StatusCode::CONFLICT => {
                 return Ok(after_conflict(api, path, who, x, read_lag_grace).await);
             }
-            Ok(x) if x.status == StatusCode::NOT_FOUND && x.code() != Some(20404) => {
+            Ok(x) if x.status == StatusCode::NOT_FOUND && !is_fault_code(x.code()) => {
                 return Err(StepError::Refused {
                     step: kind,
                     status: x.status,
@@ -236,8 +240,8 @@ pub async fn create(
             Landed::Found(p) => return Ok(Posted::Found(p)),
             Landed::Missing if !unsure => return Ok(Posted::Missing),
             Landed::Missing => {
-                let wait = api.policy().initial_backoff;
-                api.pause(kind, wait).await?;
+                let limit = api.deadline();
+                backoff.wait(limit).await.map_err(past(kind))?;
             }
         }
     }
@@ -257,14 +261,10 @@ pub async fn after_conflict(
     grace: Duration,
 ) -> Posted {
     let limit = (Instant::now() + grace).min(api.deadline());
-    let mut backoff = Backoff::within(grace);
+    let mut backoff = Backoff::within(grace).without_jitter();
     // The read just before the create said 404 (or there was none): wait
     // before the first read.
-    while backoff
-        .wait_to(limit, StepKind::FetchParticipant)
-        .await
-        .is_ok()
-    {
+    while backoff.wait_to(limit).await.is_ok() {
         match participant(api, path, who).await {
             Ok(Landed::Found(p)) => return Posted::Exists(p),
             Ok(Landed::Missing) => continue,

@@ -1,6 +1,6 @@
 //! The journal of one repair, as the workflow and recovery write it.
 
-use super::user::RepairTarget;
+use super::request::RepairTarget;
 use crate::metrics::Metrics;
 use crate::store::{RepairState, SidAlias, Store, now_rfc3339};
 

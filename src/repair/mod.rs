@@ -5,23 +5,35 @@
 //! One concern a file, pointing one way (`intercept → workflow → check,
 //! policy, lock, user → step → twilio_api`):
 //!
-//! - [`intercept`]: the HTTP exchange: buffer, fence, forward, detect the
+//! - `intercept`: the HTTP exchange: buffer, fence, forward, detect the
 //!   fault's 20404, run the workflow as a task, answer its [`Verdict`].
-//! - [`request`]: parsers of what we act on (path, form, 20404 signature).
-//! - [`workflow`]: the decision, as named steps; [`Verdict`] is its one exit.
-//! - [`verdict`]: the verdict and the intercepted create, shared by both.
-//! - [`check`]: did the create land; is the 404 genuine.
-//! - [`policy`]: modes, service lists, the loop guard.
-//! - [`lock`]: the per-identity repair lock and the fence.
-//! - [`credential`]: whose credential acts, and the tenancy rule.
-//! - [`user`]: the convergent delete / recreate / restore.
-//! - [`snapshot`]: reading the User and its memberships before anything is
-//!   touched; [`journal`]: a repair's write-ahead state changes.
-//! - [`step`]: one Twilio call with its success and retry rules.
-//! - [`alias`]: SID continuity: the SIDs a repair changed, told to the
+//! - `request`: parsers of what we act on (path, form, 20404 signature).
+//! - `workflow`: the decision, as named steps; [`Verdict`] is its one exit.
+//! - `verdict`: the verdict and the intercepted create, shared by both.
+//! - `check`: did the create land; is the 404 genuine.
+//! - `policy`: modes, service lists, the loop guard.
+//! - `lock`: the per-identity repair lock and the fence.
+//! - `credential`: whose credential acts, and the tenancy rule.
+//! - `user`: the convergent delete / recreate / restore.
+//! - `snapshot`: reading the User and its memberships before anything is
+//!   touched; `journal`: a repair's write-ahead state changes.
+//! - `step`: one Twilio call with its success and retry rules.
+//! - `alias`: SID continuity: the SIDs a repair changed, told to the
 //!   caller and rewritten in later requests that name the old ones.
-//! - [`recovery`]: finishing journal records at start-up, by the sweep,
+//! - `recovery`: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
+//!
+//! Only what other modules of the crate call is `pub(crate)` (`alias`,
+//! `credential`, `lock`, `operator`, `step`, `user`); the rest is private
+//! to the workflow, and what the proxy's callers need is re-exported here.
+//!
+//! [`Repairer`] is one type whose `impl` is split by concern, one block a
+//! file, each beside the code it drives: here its construction, settings,
+//! the calls it makes and the incidents it records; in `intercept` the
+//! intercepted create (`intercepts`, `handle`); in `recovery` the journal's
+//! open records (`refresh`, `spawn_sweeper`, `maybe_recover`,
+//! `recover_pending`); in `alias` the alias index; in `operator` the
+//! operator's repair. No other file adds to it.
 //!
 //! The invariant every part serves (and every repair test asserts): after
 //! any fault, timing, retry or restart, every affected identity's User
@@ -31,21 +43,21 @@
 //! repair, and an intercepted create never gets a 5xx once Twilio has
 //! answered it.
 
-pub mod alias;
-pub mod check;
-pub mod credential;
-pub mod intercept;
-pub mod journal;
-pub mod lock;
-pub mod operator;
-pub mod policy;
-pub mod recovery;
-pub mod request;
-pub mod snapshot;
-pub mod step;
-pub mod user;
-pub mod verdict;
-pub mod workflow;
+pub(crate) mod alias;
+mod check;
+pub(crate) mod credential;
+mod intercept;
+mod journal;
+pub(crate) mod lock;
+pub(crate) mod operator;
+mod policy;
+mod recovery;
+mod request;
+mod snapshot;
+pub(crate) mod step;
+pub(crate) mod user;
+mod verdict;
+mod workflow;
 
 #[cfg(test)]
 mod tests;
@@ -104,7 +116,7 @@ pub struct Repairer {
     shield: arc_swap::ArcSwapOption<crate::shield::Shield>,
 }
 
-/// Builds the [`step::Exchange`] of one workflow (origin, credential,
+/// Builds the `step::Exchange` of one workflow (origin, credential,
 /// webhook choice): the unit tests' scripted Twilio.
 pub type ExchangeFactory =
     Arc<dyn Fn(&Origin, HeaderValue, Option<HeaderValue>) -> Arc<dyn step::Exchange> + Send + Sync>;

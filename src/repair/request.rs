@@ -70,7 +70,7 @@ impl CreatePath {
     /// message naming this create's own Participants resource
     /// ([`CreatePath::is_named_by`])? The one place the signature lives.
     pub fn is_fault(&self, error: &serde_json::Value) -> bool {
-        error.get("code").and_then(|c| c.as_u64()) == Some(20404)
+        is_fault_code(error.get("code").and_then(|c| c.as_u64()))
             && error
                 .get("message")
                 .and_then(|m| m.as_str())
@@ -104,6 +104,26 @@ impl CreatePath {
             ends && base_ok
         })
     }
+}
+
+/// Which User to repair, and where.
+#[derive(Debug, Clone)]
+pub struct RepairTarget {
+    pub account_sid: String,
+    /// `/v1/Services/IS...` or `/v1`.
+    pub service_base: String,
+    pub service_sid: String,
+    pub identity: String,
+    /// The conversation whose create is being repaired (not restored here:
+    /// the replayed create puts the participant there).
+    pub exclude_conversation: Option<String>,
+}
+
+/// Is this Twilio error code the fault's (20404)? The signature's code
+/// part, for an answer whose message was already matched or need not be
+/// ([`CreatePath::is_fault`] checks both).
+pub fn is_fault_code(code: Option<u64>) -> bool {
+    code == Some(20404)
 }
 
 /// Who the new participant is, from the form body.

@@ -5,9 +5,9 @@
 
 use http::StatusCode;
 
+use super::request::RepairTarget;
 use super::request::user_path;
 use super::step::{Api, StepError, StepKind};
-use super::user::{RepairTarget, str_field};
 use crate::store::{Membership, UserSnapshot};
 use crate::twilio_api::encode_segment;
 
@@ -117,4 +117,8 @@ pub async fn snapshot(api: &mut Api, target: &RepairTarget) -> Result<UserSnapsh
         role_sid: str_field(&user, "role_sid"),
         memberships,
     })
+}
+
+pub(super) fn str_field(v: &serde_json::Value, k: &str) -> Option<String> {
+    v.get(k).and_then(|x| x.as_str()).map(str::to_string)
 }

@@ -26,6 +26,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::backoff::{Backoff, PastLimit};
 use crate::store::{MAX_STEP_MESSAGE_CHARS, StepRecord};
 use crate::twilio_api::{ApiError, ApiResponse, RetryPolicy, TwilioApi};
 pub use crate::vocabulary::StepKind;
@@ -269,18 +270,17 @@ impl Api {
         self
     }
 
-    /// Wait `d` (the first backoff of a read-back loop), unless that would
-    /// pass the deadline.
-    pub async fn pause(&self, step: StepKind, d: Duration) -> Result<(), StepError> {
-        if Instant::now() + d >= self.deadline {
-            return Err(StepError::Deadline { step });
-        }
-        tokio::time::sleep(d).await;
-        Ok(())
-    }
-
     pub fn policy(&self) -> RetryPolicy {
         self.policy
+    }
+
+    /// The retry policy's backoff ([`crate::backoff`]):
+    /// `retry_initial_backoff_ms` doubling up to `retry_max_backoff_ms`,
+    /// without jitter (so a step retries as long as it always did). The
+    /// one backoff of a step's retries and of the workflow's read-back
+    /// loops ([`super::user`]'s ensures).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.policy.initial_backoff, self.policy.max_backoff).without_jitter()
     }
 
     /// Make one step's call with the workflow's own headers.
@@ -345,7 +345,7 @@ impl Api {
     ) -> Result<ApiResponse, StepError> {
         let method = kind.method();
         let idempotent = kind.retry_safety() == RetrySafety::Idempotent;
-        let mut backoff = self.policy.initial_backoff;
+        let mut backoff = self.backoff();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -394,13 +394,13 @@ impl Api {
                     last,
                 });
             }
-            let wait = hint.unwrap_or(backoff).min(self.policy.max_backoff);
+            let next = backoff.next_wait();
+            let wait = hint.unwrap_or(next).min(self.policy.max_backoff);
             if Instant::now() + wait >= self.deadline {
                 return Err(StepError::Deadline { step: kind });
             }
             tracing::debug!(step = %kind, attempt, wait_ms = wait.as_millis() as u64, "retrying Twilio call");
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(self.policy.max_backoff);
         }
     }
 
@@ -448,58 +448,9 @@ impl Api {
     }
 }
 
-/// Capped exponential waits between read-back rounds, bounded by a limit:
-/// the one backoff of the workflow's loops that read back and try again
-/// ([`super::user`]'s ensures, [`super::check`]'s read-lag re-reads).
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// The retry policy's: `retry_initial_backoff_ms` doubling up to
-    /// `retry_max_backoff_ms`.
-    pub fn new(api: &Api) -> Self {
-        let p = api.policy();
-        Backoff {
-            next: p.initial_backoff,
-            max: p.max_backoff,
-        }
-    }
-
-    /// Re-reads within a read-lag grace: a quarter of it, then doubling
-    /// (reads at 1/4 and 3/4 of the grace, and at its end with
-    /// [`Backoff::wait_to`]).
-    pub fn within(grace: Duration) -> Self {
-        Backoff {
-            next: (grace / 4).max(Duration::from_millis(1)),
-            max: grace,
-        }
-    }
-
-    /// Wait before the next read of a grace ending at `limit`: the last
-    /// wait is cut to end at `limit` itself, so a read is made at the end of
-    /// the grace too; `Err` once `limit` has passed.
-    pub async fn wait_to(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
-        let now = Instant::now();
-        if now >= limit {
-            return Err(StepError::Deadline { step });
-        }
-        tokio::time::sleep_until((now + self.next).min(limit)).await;
-        self.next = (self.next * 2).min(self.max);
-        Ok(())
-    }
-
-    /// Wait before `step` is tried again, or fail with the deadline when
-    /// the wait would pass `limit`.
-    pub async fn wait(&mut self, limit: Instant, step: StepKind) -> Result<(), StepError> {
-        if Instant::now() + self.next >= limit {
-            return Err(StepError::Deadline { step });
-        }
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
-        Ok(())
-    }
+/// A [`Backoff`] wait that would pass its limit, as `step`'s deadline.
+pub fn past(step: StepKind) -> impl Fn(PastLimit) -> StepError {
+    move |PastLimit| StepError::Deadline { step }
 }
 
 /// When a step's call is sent: RFC 3339 UTC with microseconds, so that

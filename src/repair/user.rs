@@ -28,26 +28,15 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use super::request::user_path;
-use super::step::{Api, Backoff, StepError, StepKind};
+use super::snapshot::str_field;
+use super::step::{Api, StepError, StepKind, past};
 use crate::metrics::Metrics;
 use crate::store::{Membership, NewRepair, RepairState, Store, StoreError, UserSnapshot};
 use crate::twilio_api::{encode_segment, form};
 
 pub use super::journal::Journal;
-pub use super::snapshot::{MAX_MEMBERSHIP_PAGES, SnapshotError, snapshot};
-
-/// Which User to repair, and where.
-#[derive(Debug, Clone)]
-pub struct RepairTarget {
-    pub account_sid: String,
-    /// `/v1/Services/IS...` or `/v1`.
-    pub service_base: String,
-    pub service_sid: String,
-    pub identity: String,
-    /// The conversation whose create is being repaired (not restored here:
-    /// the replayed create puts the participant there).
-    pub exclude_conversation: Option<String>,
-}
+pub use super::request::RepairTarget;
+pub use super::snapshot::{SnapshotError, snapshot};
 
 /// Why a repair did not converge (yet).
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +70,6 @@ impl ConvergeError {
         matches!(e, StepError::Refused { status, .. }
             if *status != StatusCode::UNAUTHORIZED && *status != StatusCode::FORBIDDEN)
     }
-}
-
-pub(super) fn str_field(v: &serde_json::Value, k: &str) -> Option<String> {
-    v.get(k).and_then(|x| x.as_str()).map(str::to_string)
 }
 
 /// Two attribute strings equal as JSON (Twilio may re-serialise them).
@@ -238,14 +223,15 @@ pub async fn ensure_deleted(
         return Ok(()); // there was no User to delete
     };
     let path = user_path(&target.service_base, sid);
-    let mut backoff = Backoff::new(api);
+    let mut backoff = api.backoff();
     loop {
         match api.step(StepKind::DeleteUser, &path, None).await {
             // 204: deleted now; 404: that SID is gone already.
             Ok(_) => return Ok(()),
-            Err(e) if e.is_transient() => {
-                backoff.wait(api.deadline(), StepKind::DeleteUser).await?
-            }
+            Err(e) if e.is_transient() => backoff
+                .wait(api.deadline())
+                .await
+                .map_err(past(StepKind::DeleteUser))?,
             Err(e) => return Err(e),
         }
     }
@@ -278,7 +264,7 @@ pub async fn ensure_user(
 ) -> Result<String, StepError> {
     let identity_path = user_path(&target.service_base, &snap.identity);
     let users = format!("{}/Users", target.service_base);
-    let mut backoff = Backoff::new(api);
+    let mut backoff = api.backoff();
     let deadline = api.deadline();
     loop {
         let current = if known_absent {
@@ -289,12 +275,18 @@ pub async fn ensure_user(
                 Ok(r) => match r.json().filter(|v| str_field(v, "sid").is_some()) {
                     Some(v) => Some(v),
                     None => {
-                        backoff.wait(deadline, StepKind::FetchUser).await?;
+                        backoff
+                            .wait(deadline)
+                            .await
+                            .map_err(past(StepKind::FetchUser))?;
                         continue;
                     }
                 },
                 Err(e) if e.is_transient() => {
-                    backoff.wait(deadline, StepKind::FetchUser).await?;
+                    backoff
+                        .wait(deadline)
+                        .await
+                        .map_err(past(StepKind::FetchUser))?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -315,12 +307,18 @@ pub async fn ensure_user(
                 Err(e) if !e.is_transient() => return Err(e),
                 // 409 (someone made one meanwhile) or unsure: read it after
                 // a pause, so a 409-then-404 flip-flop cannot spin.
-                _ => backoff.wait(deadline, StepKind::CreateUser).await?,
+                _ => backoff
+                    .wait(deadline)
+                    .await
+                    .map_err(past(StepKind::CreateUser))?,
             },
             Some(v) if str_field(&v, "sid") == snap.user_sid => {
                 // The original User: our delete has not landed.
                 ensure_deleted(api, target, snap).await?;
-                backoff.wait(deadline, StepKind::DeleteUser).await?;
+                backoff
+                    .wait(deadline)
+                    .await
+                    .map_err(past(StepKind::DeleteUser))?;
             }
             Some(v) if user_matches(snap, &v) => {
                 return Ok(str_field(&v, "sid").unwrap_or_default());
@@ -338,7 +336,10 @@ pub async fn ensure_user(
                     Ok(r) if r.json().is_some_and(|v| user_matches(snap, &v)) => return Ok(sid),
                     Err(e) if !e.is_transient() => return Err(e),
                     // Not read back equal, or unsure: look again after a pause.
-                    _ => backoff.wait(deadline, StepKind::UpdateUser).await?,
+                    _ => backoff
+                        .wait(deadline)
+                        .await
+                        .map_err(past(StepKind::UpdateUser))?,
                 }
             }
         }
@@ -361,12 +362,15 @@ pub async fn ensure_membership(
         encode_segment(&m.conversation_sid)
     );
     let own = format!("{participants}/{}", encode_segment(&snap.identity));
-    let mut backoff = Backoff::new(api);
+    let mut backoff = api.backoff();
     loop {
         match api.step(StepKind::CheckMembership, &own, None).await {
             Ok(r) if r.status == StatusCode::OK => {
                 let Some(v) = r.json() else {
-                    backoff.wait(until, StepKind::CheckMembership).await?;
+                    backoff
+                        .wait(until)
+                        .await
+                        .map_err(past(StepKind::CheckMembership))?;
                     continue;
                 };
                 let sid = str_field(&v, "sid").unwrap_or_default();
@@ -396,7 +400,10 @@ pub async fn ensure_membership(
                     }
                     Err(e) if !e.is_transient() => return Err(e),
                     // Not read back equal, or unsure: look again after a pause.
-                    _ => backoff.wait(until, StepKind::UpdateMembership).await?,
+                    _ => backoff
+                        .wait(until)
+                        .await
+                        .map_err(past(StepKind::UpdateMembership))?,
                 }
             }
             Ok(_) => {
@@ -427,7 +434,10 @@ pub async fn ensure_membership(
                         return Ok(r.json().and_then(|v| str_field(&v, "sid")));
                     }
                     // 409, or a 201 whose fields differ: read it back.
-                    Ok(_) => backoff.wait(until, StepKind::RestoreMembership).await?,
+                    Ok(_) => backoff
+                        .wait(until)
+                        .await
+                        .map_err(past(StepKind::RestoreMembership))?,
                     Err(StepError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
                         // The conversation may be gone: nothing to restore.
                         let conv = format!(
@@ -441,15 +451,22 @@ pub async fn ensure_membership(
                                 return Ok(None);
                             }
                         }
-                        backoff.wait(until, StepKind::RestoreMembership).await?
+                        backoff
+                            .wait(until)
+                            .await
+                            .map_err(past(StepKind::RestoreMembership))?
                     }
-                    Err(e) if e.is_transient() => {
-                        backoff.wait(until, StepKind::RestoreMembership).await?
-                    }
+                    Err(e) if e.is_transient() => backoff
+                        .wait(until)
+                        .await
+                        .map_err(past(StepKind::RestoreMembership))?,
                     Err(e) => return Err(e),
                 }
             }
-            Err(e) if e.is_transient() => backoff.wait(until, StepKind::CheckMembership).await?,
+            Err(e) if e.is_transient() => backoff
+                .wait(until)
+                .await
+                .map_err(past(StepKind::CheckMembership))?,
             Err(e) => return Err(e),
         }
     }

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue};
 use super::check::Conversation;
 use super::lock::LockError;
 use super::request::CreatePath;
-use super::user::RepairTarget;
+use super::request::RepairTarget;
 use crate::routing::Origin;
 use crate::store::{Incident, NewRepair, Outcome, SidAlias, StepRecord, UserSnapshot, now_rfc3339};
 use crate::twilio_api::ApiResponse;

@@ -10,55 +10,37 @@
 //! replica adds to Twilio's load as a whole, not what each account gets
 //! (one account's 429 storm can spend it, and another account's 429 is
 //! then passed through, as without the shield; README, "Rate limits").
-//! The window is kept in
-//! [`BUCKETS`] time slices (counts of the slice that fell out of the window
-//! are forgotten at once), on tokio's clock so paused-time tests drive it.
+//!
+//! The budget is tower's [`TpsBudget`] (Finagle's, in ten time slices on
+//! tokio's clock, so paused-time tests drive it); this file only maps the
+//! settings onto it. Its window is 1 to 60 s: a longer
+//! `budget_window_ms` counts as 60 s, and the floor counts the window's
+//! whole seconds. A percentage is kept as "one retry per k requests"
+//! (k = 100 / percent, rounded down below 100 %).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
 
-/// Time slices of one window.
-pub const BUCKETS: usize = 10;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Slice {
-    /// Which slice of time (since `start`) this holds.
-    epoch: u64,
-    requests: u64,
-    retries: u64,
-}
-
-#[derive(Debug)]
-struct Window {
-    start: Instant,
-    slices: [Slice; BUCKETS],
-}
+/// The longest window [`TpsBudget`] keeps.
+pub const MAX_WINDOW: Duration = Duration::from_secs(60);
+/// The shortest window [`TpsBudget`] keeps.
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 
 /// See the module doc.
 #[derive(Debug)]
 pub struct RetryBudget {
-    percent: u64,
     window: Duration,
-    slice: Duration,
-    min_retries: u64,
-    state: Mutex<Window>,
+    tps: TpsBudget,
 }
 
 impl RetryBudget {
     pub fn new(percent: u32, window: Duration, min_retries_per_second: u32) -> RetryBudget {
-        let window = window.max(Duration::from_millis(BUCKETS as u64));
-        let min_retries = (u128::from(min_retries_per_second) * window.as_millis() / 1000) as u64;
+        let window = window.clamp(MIN_WINDOW, MAX_WINDOW);
+        let percent = percent.min(100_000) as f32 / 100.0;
         RetryBudget {
-            percent: u64::from(percent),
             window,
-            slice: window / BUCKETS as u32,
-            min_retries,
-            state: Mutex::new(Window {
-                start: Instant::now(),
-                slices: [Slice::default(); BUCKETS],
-            }),
+            tps: TpsBudget::new(window, min_retries_per_second, percent),
         }
     }
 
@@ -68,53 +50,13 @@ impl RetryBudget {
 
     /// Count a request's first attempt.
     pub fn record_request(&self) {
-        self.with_current(|s| s.requests += 1);
+        self.tps.deposit();
     }
 
     /// Take one retry from the budget; `false` when it is spent.
     pub fn try_retry(&self) -> bool {
-        let Ok(mut w) = self.state.lock() else {
-            return false;
-        };
-        let epoch = self.epoch(&w);
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for s in &w.slices {
-            if s.epoch + (BUCKETS as u64) > epoch {
-                requests += s.requests;
-                retries += s.retries;
-            }
-        }
-        let allowed = requests.saturating_mul(self.percent) / 100 + self.min_retries;
-        if retries >= allowed {
-            return false;
-        }
-        current(&mut w, epoch).retries += 1;
-        true
+        self.tps.withdraw()
     }
-
-    fn epoch(&self, w: &Window) -> u64 {
-        let since = Instant::now().saturating_duration_since(w.start);
-        (since.as_nanos() / self.slice.as_nanos().max(1)) as u64
-    }
-
-    fn with_current(&self, f: impl FnOnce(&mut Slice)) {
-        if let Ok(mut w) = self.state.lock() {
-            let epoch = self.epoch(&w);
-            f(current(&mut w, epoch));
-        }
-    }
-}
-
-/// The slice for `epoch`, emptied if it held an older one.
-fn current(w: &mut Window, epoch: u64) -> &mut Slice {
-    let s = &mut w.slices[(epoch % BUCKETS as u64) as usize];
-    if s.epoch != epoch {
-        *s = Slice {
-            epoch,
-            ..Slice::default()
-        };
-    }
-    s
 }
 
 #[cfg(test)]
@@ -177,5 +119,23 @@ mod tests {
             b.record_request();
         }
         assert_eq!(retries_allowed(&b), 3, "everything older fell out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_older_than_the_window_allow_no_retry() {
+        let b = RetryBudget::new(100, Duration::from_secs(10), 0);
+        for _ in 0..10 {
+            b.record_request();
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(retries_allowed(&b), 0, "the requests fell out");
+    }
+
+    #[test]
+    fn the_window_is_kept_within_what_tower_allows() {
+        let w = |ms| RetryBudget::new(20, Duration::from_millis(ms), 0).window();
+        assert_eq!(w(600_000), MAX_WINDOW);
+        assert_eq!(w(10), MIN_WINDOW);
+        assert_eq!(w(10_000), Duration::from_secs(10));
     }
 }

@@ -7,20 +7,23 @@
 //!
 //! A [`Slot`] is held from the moment a request may go until Twilio's
 //! response head has arrived (Twilio's concurrency is the requests it is
-//! processing; the emulator counts the same way). A freed slot is handed to
-//! the first waiter directly, so a newcomer never overtakes the line. A
-//! waiter that gives up (its client went away, its bound passed) leaves the
-//! line, and a slot handed to it in that same instant is passed on: no slot
-//! is ever lost or counted twice.
+//! processing; the emulator counts the same way). Each account's line is a
+//! `tokio::sync::Semaphore` of N permits: fair (a freed permit goes to the
+//! first waiter, so a newcomer never overtakes the line) and cancel-safe (a
+//! waiter that gives up, its client gone or its bound passed, leaves the
+//! line and a permit assigned to it meanwhile goes back), so no slot is ever
+//! lost or counted twice. The length of the line is an atomic count beside
+//! it, for the queue limit.
 //!
 //! Accounts are independent: each has its own line and count, and an
 //! account's entry exists only while it has requests in flight or waiting.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::AccountKey;
@@ -35,21 +38,10 @@ pub enum CapError {
     Timeout,
 }
 
-struct Waiter {
-    id: u64,
-    tx: oneshot::Sender<()>,
-}
-
-#[derive(Default)]
+/// One account's line: its permits and how many wait for one.
 struct Line {
-    in_flight: usize,
-    waiting: VecDeque<Waiter>,
-}
-
-#[derive(Default)]
-struct State {
-    lines: HashMap<String, Line>,
-    next_id: u64,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
 }
 
 /// See the module doc.
@@ -59,7 +51,7 @@ pub struct Cap {
     metrics: Arc<Metrics>,
     /// `metrics.account_labels`: per-account series.
     labels: bool,
-    state: Mutex<State>,
+    lines: Mutex<HashMap<String, Arc<Line>>>,
 }
 
 impl Cap {
@@ -69,18 +61,39 @@ impl Cap {
             max_queue,
             metrics,
             labels,
-            state: Mutex::new(State::default()),
+            lines: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves counts that are still
-        // consistent (every change is one statement): keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Line>>> {
+        // A panic while holding the lock leaves the map consistent (every
+        // change is one statement): keep going.
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn label<'a>(&self, key: &'a AccountKey) -> Option<&'a str> {
         self.labels.then_some(key.sid.as_str())
+    }
+
+    /// The account's line, made if it has none; dropped idle by [`Entry`].
+    fn entry(self: &Arc<Self>, key: &AccountKey) -> Entry {
+        let mut lines = self.lock();
+        let line = match lines.get(&key.sid) {
+            Some(line) => line.clone(),
+            None => {
+                let line = Arc::new(Line {
+                    permits: Arc::new(Semaphore::new(self.limit)),
+                    waiting: AtomicUsize::new(0),
+                });
+                lines.insert(key.sid.clone(), line.clone());
+                line
+            }
+        };
+        Entry {
+            cap: self.clone(),
+            key: key.clone(),
+            line,
+        }
     }
 
     /// A slot for `key`, waiting in line at most `wait`.
@@ -89,143 +102,118 @@ impl Cap {
         key: &AccountKey,
         wait: Duration,
     ) -> Result<Slot, CapError> {
-        let rx = {
-            let mut st = self.lock();
-            let id = st.next_id;
-            st.next_id += 1;
-            let line = st.lines.entry(key.sid.clone()).or_default();
-            if line.in_flight < self.limit && line.waiting.is_empty() {
-                line.in_flight += 1;
-                self.metrics.shield_in_flight_add(key.class, 1);
-                return Ok(self.slot(key));
+        let entry = self.entry(key);
+        if let Ok(permit) = entry.line.permits.clone().try_acquire_owned() {
+            return Ok(Slot::new(entry, permit));
+        }
+        if wait.is_zero() || entry.line.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            if !wait.is_zero() {
+                entry.line.waiting.fetch_sub(1, Ordering::SeqCst);
             }
-            if line.waiting.len() >= self.max_queue || wait.is_zero() {
-                if line.in_flight == 0 && line.waiting.is_empty() {
-                    st.lines.remove(&key.sid);
-                }
+            self.metrics.shield_queue_full(key.class, self.label(key));
+            return Err(CapError::QueueFull);
+        }
+        let in_line = InLine::enter(&entry);
+        let permits = entry.line.permits.clone();
+        let granted = tokio::time::timeout(wait, permits.acquire_owned()).await;
+        drop(in_line);
+        match granted {
+            Ok(Ok(permit)) => Ok(Slot::new(entry, permit)),
+            // The semaphore is never closed; a timeout is the only way here.
+            _ => {
                 self.metrics.shield_queue_full(key.class, self.label(key));
-                return Err(CapError::QueueFull);
+                Err(CapError::Timeout)
             }
-            let (tx, rx) = oneshot::channel();
-            line.waiting.push_back(Waiter { id, tx });
-            self.metrics.shield_queue_enter(key.class, self.label(key));
-            Pending {
-                cap: self.clone(),
-                key: key.clone(),
-                id,
-                rx,
-                started: Instant::now(),
-                granted: false,
-            }
-        };
-        let mut pending = rx;
-        let handed = tokio::time::timeout(wait, &mut pending.rx).await;
-        if matches!(handed, Ok(Ok(()))) || pending.take_if_handed() {
-            pending.granted = true;
-            return Ok(self.slot(key));
-        }
-        self.metrics.shield_queue_full(key.class, self.label(key));
-        Err(CapError::Timeout)
-    }
-
-    fn slot(self: &Arc<Self>, key: &AccountKey) -> Slot {
-        Slot {
-            cap: self.clone(),
-            key: key.clone(),
-        }
-    }
-
-    /// Give a slot back: to the first waiter still waiting, else to the
-    /// account's count.
-    fn release(&self, key: &AccountKey) {
-        let mut st = self.lock();
-        let Some(line) = st.lines.get_mut(&key.sid) else {
-            return;
-        };
-        while let Some(w) = line.waiting.pop_front() {
-            if w.tx.send(()).is_ok() {
-                return;
-            }
-        }
-        line.in_flight = line.in_flight.saturating_sub(1);
-        self.metrics.shield_in_flight_add(key.class, -1);
-        if line.in_flight == 0 {
-            st.lines.remove(&key.sid);
         }
     }
 
     /// Requests of `key` in flight and waiting (tests, admin).
     pub fn load(&self, key: &AccountKey) -> (usize, usize) {
-        let st = self.lock();
-        st.lines
-            .get(&key.sid)
-            .map_or((0, 0), |l| (l.in_flight, l.waiting.len()))
+        let lines = self.lock();
+        lines.get(&key.sid).map_or((0, 0), |l| {
+            (
+                self.limit - l.permits.available_permits(),
+                l.waiting.load(Ordering::SeqCst),
+            )
+        })
     }
 }
 
-/// One request's place in line. Dropped without a slot (timed out, or the
-/// request's future was dropped): leaves the line, and passes on a slot
-/// handed to it meanwhile.
-struct Pending {
+/// A use of an account's line (a waiter's or a slot's); the last one
+/// dropped removes the idle line from the map.
+struct Entry {
     cap: Arc<Cap>,
     key: AccountKey,
-    id: u64,
-    rx: oneshot::Receiver<()>,
-    started: Instant,
-    granted: bool,
+    line: Arc<Line>,
 }
 
-impl Pending {
-    /// After a timeout: still in line (leave it, `false`), or handed a
-    /// slot in the same instant (`true`).
-    fn take_if_handed(&mut self) -> bool {
-        let mut st = self.cap.lock();
-        if let Some(line) = st.lines.get_mut(&self.key.sid) {
-            if let Some(i) = line.waiting.iter().position(|w| w.id == self.id) {
-                line.waiting.remove(i);
-                if line.in_flight == 0 && line.waiting.is_empty() {
-                    st.lines.remove(&self.key.sid);
-                }
-                return false;
-            }
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let mut lines = self.cap.lock();
+        // Uses are cloned from the map under this lock: the map's and this
+        // one are the last two.
+        if Arc::strong_count(&self.line) == 2 {
+            lines.remove(&self.key.sid);
         }
-        // Not in line: the releaser took us out and sent under the lock.
-        self.rx.try_recv().is_ok()
     }
 }
 
-impl Drop for Pending {
+/// One request's place in line, counted (and timed) while it waits; its
+/// future dropped, it leaves the line.
+struct InLine<'a> {
+    entry: &'a Entry,
+    started: Instant,
+}
+
+impl<'a> InLine<'a> {
+    fn enter(entry: &'a Entry) -> Self {
+        let cap = &entry.cap;
+        cap.metrics
+            .shield_queue_enter(entry.key.class, cap.label(&entry.key));
+        InLine {
+            entry,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for InLine<'_> {
     fn drop(&mut self) {
-        let label = self.cap.label(&self.key);
-        self.cap
-            .metrics
-            .shield_queue_leave(self.key.class, label, self.started.elapsed());
-        if self.granted {
-            return;
-        }
-        if self.take_if_handed() {
-            // A slot arrived for a request that is gone: pass it on.
-            self.cap.release(&self.key);
-        }
+        let (cap, key) = (&self.entry.cap, &self.entry.key);
+        self.entry.line.waiting.fetch_sub(1, Ordering::SeqCst);
+        cap.metrics
+            .shield_queue_leave(key.class, cap.label(key), self.started.elapsed());
     }
 }
 
 /// A slot of the cap; given back when dropped.
 pub struct Slot {
-    cap: Arc<Cap>,
-    key: AccountKey,
+    // Dropped before `entry`: the permit goes back before the line may go.
+    _permit: OwnedSemaphorePermit,
+    entry: Entry,
+}
+
+impl Slot {
+    fn new(entry: Entry, permit: OwnedSemaphorePermit) -> Slot {
+        entry.cap.metrics.shield_in_flight_add(entry.key.class, 1);
+        Slot {
+            _permit: permit,
+            entry,
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.cap.release(&self.key);
+        let e = &self.entry;
+        e.cap.metrics.shield_in_flight_add(e.key.class, -1);
     }
 }
 
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("class", &self.key.class)
+            .field("class", &self.entry.key.class)
             .finish()
     }
 }
@@ -279,7 +267,11 @@ mod tests {
             w.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
-        assert_eq!(c.load(&a), (0, 0), "the entry is gone when idle");
+        assert_eq!(c.load(&a), (0, 0));
+        assert!(
+            !c.lock().contains_key(&a.sid),
+            "the entry is gone when idle"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::body::{Direction, MeteredBody, ReadCapped, SendProgress, prefixed, read_capped};
 use crate::config::{MetricsConfig, ShieldConfig};
 use crate::forward::{ForwardError, Forwarder};
@@ -295,7 +296,7 @@ impl Shield {
             self.budget.record_request();
         }
         let deadline = Instant::now() + self.max_wait();
-        let mut backoff = retry::Backoff::new(
+        let mut backoff = Backoff::new(
             Duration::from_millis(self.settings.initial_backoff_ms),
             Duration::from_millis(self.settings.max_backoff_ms),
         );

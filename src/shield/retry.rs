@@ -5,8 +5,8 @@
 //!   processing anything. A `5xx` is never retried here (a `POST` may have
 //!   landed; a client that knows its call is idempotent retries it itself).
 //! - The wait is the answer's `Retry-After` (delta-seconds or an HTTP date),
-//!   honoured as sent; without one, a capped exponential backoff with
-//!   "equal jitter" (half the step fixed, half random).
+//!   honoured as sent; without one, the crate's one capped exponential
+//!   backoff with jitter ([`crate::backoff`]).
 //! - A wait that would end past the request's deadline
 //!   (`shield.max_wait_ms` from its first attempt) is not taken: the 429
 //!   goes back to the client, whose own `Retry-After` handling then applies.
@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
+
+use crate::backoff::Backoff;
 
 /// Whether an answer may be re-sent at all (the budget and the deadline
 /// decide whether it is).
@@ -46,42 +48,6 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .assume_utc();
     let at = SystemTime::from(at);
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Capped exponential backoff: `initial`, `2 x initial`, ... up to `max`,
-/// each step with equal jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    step: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            step: 0,
-        }
-    }
-
-    /// The next wait, with a random jitter.
-    pub fn next_wait(&mut self) -> Duration {
-        self.next_with(rand::random::<f64>())
-    }
-
-    /// The next wait with jitter `j` in `[0, 1)`: `base/2 + j * base/2`,
-    /// `base` doubling from `initial` up to `max`.
-    pub fn next_with(&mut self, j: f64) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << self.step.min(20))
-            .min(self.max);
-        self.step = self.step.saturating_add(1);
-        let half = base / 2;
-        half + half.mul_f64(j.clamp(0.0, 1.0))
-    }
 }
 
 /// How long to wait before re-sending, or `None` when the wait would end
@@ -139,20 +105,6 @@ mod tests {
         assert_eq!(retry_after(&with("-1"), now), None);
         assert_eq!(retry_after(&with("1.5"), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_equal_jitter() {
-        let ms = Duration::from_millis;
-        let mut b = Backoff::new(ms(100), ms(500));
-        assert_eq!(b.next_with(0.0), ms(50));
-        assert_eq!(b.next_with(0.999_999), ms(200) - Duration::from_nanos(100));
-        assert_eq!(b.next_with(0.5), ms(300));
-        // Capped at 500: between 250 and 500 from here on, forever.
-        for _ in 0..100 {
-            let w = b.next_wait();
-            assert!(w >= ms(250) && w <= ms(500), "{w:?}");
-        }
     }
 
     #[tokio::test(start_paused = true)]

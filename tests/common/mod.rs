@@ -445,6 +445,18 @@ pub fn pg_admin_url() -> String {
     })
 }
 
+/// The suite's one policy for a missing PostgreSQL: the test fails, with
+/// how to run it, and never returns early (a green run cannot hide a
+/// skipped suite; CI always has PostgreSQL).
+pub fn require_pg() {
+    pg_admin_url();
+    if std::env::var("TRP_TEST_PG_CTL").is_err() {
+        panic!(
+            "TRP_TEST_PG_CTL is not set: run the suite with `bash scripts/test.sh`, which starts PostgreSQL"
+        );
+    }
+}
+
 /// A fresh, empty database on the test cluster; its URL.
 pub async fn fresh_pg_database() -> String {
     use sqlx::Connection;

@@ -675,7 +675,8 @@ async fn requests_in_flight_are_never_evicted() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every slot is held by a request in flight.
+    metric_becomes(proxy.admin, "trp_in_flight_requests", SLOTS as f64).await;
     let ninth = reqwest::Client::builder()
         .timeout(NINTH_CLIENT_BOUND)
         .build()

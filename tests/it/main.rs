@@ -14,6 +14,7 @@ mod hardening;
 mod hardening_repair;
 mod kustomize;
 mod metrics;
+mod module_graph;
 mod operator;
 mod parking;
 mod pool;

@@ -1,8 +1,8 @@
 //! Parked HTTP/1 keep-alive connections (issue 12): an idle connection's
 //! hyper state is dropped after `limits.idle_park_ms` and a fresh one serves
 //! the client's next request on the same socket. Each test lets connections
-//! park (it waits well past the park period) and checks what the client
-//! sees: every answer byte-exact and in order, none lost or doubled, split
+//! park (it waits until `trp_parked_connections` shows the park, so with
+//! parking broken every test fails) and checks what the client sees: every answer byte-exact and in order, none lost or doubled, split
 //! and pipelined heads served, `Connection: close` honoured, and the
 //! watchdog, eviction and shutdown applying to parked sockets. Real sockets
 //! on 127.0.0.1; wall-clock assertions are generous "it did not hang"
@@ -43,8 +43,26 @@ async fn parking_proxy(upstream: &str, park_ms: u64, tweak: impl FnOnce(&mut Con
     start_proxy(c).await
 }
 
-/// Long enough for an idle connection to be parked (at most two periods).
-async fn let_it_park(park_ms: u64) {
+/// The proxy listener's parked connections.
+const PARKED: &str = "trp_parked_connections{listener=\"proxy\"}";
+
+/// How many of `proxy`'s connections are parked now.
+async fn parked_now(proxy: &Proxy) -> f64 {
+    sample(&metrics_text(proxy.admin).await, PARKED).unwrap_or_else(|| panic!("no {PARKED}"))
+}
+
+/// Wait until `n` connections of `proxy` are parked: the gauge is polled
+/// with a deadline ([`metric_becomes`]); a park that never happens fails
+/// the test. A woken connection leaves the gauge before it is served, so
+/// after an answer the count is reached only by a park after it.
+async fn let_it_park(proxy: &Proxy, n: f64) {
+    metric_becomes(proxy.admin, PARKED, n).await;
+}
+
+/// What would have been another park period passes while a head is half
+/// sent (the connection is not idle, so nothing parks). A fixed wait that
+/// proves an absence: the half head is neither answered early nor lost.
+async fn a_park_period_passes(park_ms: u64) {
     tokio::time::sleep(Duration::from_millis(2 * park_ms + 150)).await;
 }
 
@@ -115,12 +133,13 @@ async fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
 }
 
 /// A connection that got one answer and was left to park.
-async fn parked(proxy: &Proxy, park_ms: u64) -> TcpStream {
+async fn parked(proxy: &Proxy) -> TcpStream {
+    let before = parked_now(proxy).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
     s.write_all(get(1).as_bytes()).await.unwrap();
     expect_answer(&mut s, &mut buf, 1).await;
-    let_it_park(park_ms).await;
+    let_it_park(proxy, before + 1.0).await;
     s
 }
 
@@ -129,12 +148,12 @@ async fn a_parked_connection_serves_its_next_requests_byte_exact() {
     for park_ms in PARK_MS {
         let up = upstream(echo_target()).await;
         let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
-        let mut s = parked(&proxy, park_ms).await;
+        let mut s = parked(&proxy).await;
         let mut buf = Vec::new();
         for n in 2..=3 {
             s.write_all(get(n).as_bytes()).await.unwrap();
             expect_answer(&mut s, &mut buf, n).await;
-            let_it_park(park_ms).await;
+            let_it_park(&proxy, 1.0).await;
         }
         expect_silence(&mut s, &buf).await;
         assert_eq!(targets(&up), expected_targets(1..=3), "park {park_ms} ms");
@@ -147,23 +166,23 @@ async fn a_request_head_split_around_the_park_is_served() {
     for park_ms in PARK_MS {
         let up = upstream(echo_target()).await;
         let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
-        let mut s = parked(&proxy, park_ms).await;
+        let mut s = parked(&proxy).await;
         let mut buf = Vec::new();
         // The first half wakes the parked socket; the second comes after
         // what would have been another park period.
         let head = get(2);
         let (a, b) = head.split_at(20);
         s.write_all(a.as_bytes()).await.unwrap();
-        let_it_park(park_ms).await;
+        a_park_period_passes(park_ms).await;
         s.write_all(b.as_bytes()).await.unwrap();
         expect_answer(&mut s, &mut buf, 2).await;
         // Split in the middle of the line ending, on a connection parked
         // again.
-        let_it_park(park_ms).await;
+        let_it_park(&proxy, 1.0).await;
         let head = get(3);
         let (a, b) = head.split_at(head.len() - 3);
         s.write_all(a.as_bytes()).await.unwrap();
-        let_it_park(park_ms).await;
+        a_park_period_passes(park_ms).await;
         s.write_all(b.as_bytes()).await.unwrap();
         expect_answer(&mut s, &mut buf, 3).await;
         expect_silence(&mut s, &buf).await;
@@ -185,7 +204,7 @@ async fn pipelined_requests_around_the_park_are_each_answered_once_in_order() {
             .unwrap();
         expect_answer(&mut s, &mut buf, 1).await;
         expect_answer(&mut s, &mut buf, 2).await;
-        let_it_park(park_ms).await;
+        let_it_park(&proxy, 1.0).await;
         // Three at once on the parked socket.
         s.write_all(format!("{}{}{}", get(3), get(4), get(5)).as_bytes())
             .await
@@ -193,7 +212,7 @@ async fn pipelined_requests_around_the_park_are_each_answered_once_in_order() {
         for n in 3..=5 {
             expect_answer(&mut s, &mut buf, n).await;
         }
-        let_it_park(park_ms).await;
+        let_it_park(&proxy, 1.0).await;
         // A whole request and the start of the next, the rest later.
         let next = get(7);
         let (a, b) = next.split_at(10);
@@ -201,7 +220,7 @@ async fn pipelined_requests_around_the_park_are_each_answered_once_in_order() {
             .await
             .unwrap();
         expect_answer(&mut s, &mut buf, 6).await;
-        let_it_park(park_ms).await;
+        a_park_period_passes(park_ms).await;
         s.write_all(b.as_bytes()).await.unwrap();
         expect_answer(&mut s, &mut buf, 7).await;
         expect_silence(&mut s, &buf).await;
@@ -215,7 +234,7 @@ async fn connection_close_on_a_parked_connection_still_closes() {
     for park_ms in PARK_MS {
         let up = upstream(echo_target()).await;
         let proxy = parking_proxy(&up.url(), park_ms, |_| {}).await;
-        let mut s = parked(&proxy, park_ms).await;
+        let mut s = parked(&proxy).await;
         let mut buf = Vec::new();
         s.write_all(
             b"GET /v1/Conversations?n=2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -242,7 +261,7 @@ async fn a_parked_connection_closes_after_keepalive_timeout_or_an_unfinished_hea
         c.limits.keepalive_timeout_ms = 300;
     })
     .await;
-    let mut s = parked(&proxy, 0).await;
+    let mut s = parked(&proxy).await;
     assert!(
         closed_within(&mut s, BOUND).await,
         "a parked connection was kept past keepalive_timeout"
@@ -254,7 +273,7 @@ async fn a_parked_connection_closes_after_keepalive_timeout_or_an_unfinished_hea
         c.limits.keepalive_timeout_ms = 60_000;
     })
     .await;
-    let mut s = parked(&proxy, 0).await;
+    let mut s = parked(&proxy).await;
     s.write_all(b"GET /v1/Conversations HTTP/1.1\r\nHost: loc")
         .await
         .unwrap();
@@ -272,7 +291,7 @@ async fn parked_connections_give_up_their_slots_to_a_waiting_client() {
     let proxy = parking_proxy(&up.url(), 0, |c| c.limits.max_connections = SLOTS).await;
     let mut held = Vec::new();
     for _ in 0..SLOTS {
-        held.push(parked(&proxy, 0).await);
+        held.push(parked(&proxy).await);
     }
     let r = reqwest::Client::builder()
         .timeout(BOUND)
@@ -299,7 +318,7 @@ async fn shutdown_closes_parked_connections_at_once() {
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(parked(&proxy, 0).await);
+        held.push(parked(&proxy).await);
     }
     tokio::time::timeout(BOUND, proxy.stop())
         .await
@@ -354,7 +373,7 @@ async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
 async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
     let up = upstream(probe_responder()).await;
     let proxy = parking_proxy(&up.url(), 0, |_| {}).await;
-    let mut s = parked(&proxy, 0).await;
+    let mut s = parked(&proxy).await;
     let mut buf = Vec::new();
     // CL body slow.
     s.write_all(b"POST /v1/Conversations?n=2 HTTP/1.1\r\nHost: l\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\n").await.unwrap();
@@ -373,7 +392,7 @@ async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
         "{}",
         String::from_utf8_lossy(&b)
     );
-    let_it_park(0).await;
+    let_it_park(&proxy, 1.0).await;
     // chunked slow
     s.write_all(b"POST /v1/Conversations?n=3 HTTP/1.1\r\nHost: l\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -389,7 +408,7 @@ async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
         "{}",
         String::from_utf8_lossy(&b)
     );
-    let_it_park(0).await;
+    let_it_park(&proxy, 1.0).await;
     // Expect 100-continue
     s.write_all(b"POST /v1/Conversations?n=4 HTTP/1.1\r\nHost: l\r\nContent-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").await.unwrap();
     read_until(&mut s, &mut buf, b"100 Continue\r\n\r\n").await;
@@ -398,7 +417,7 @@ async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
     let (h, b) = read_answer(&mut s, &mut buf).await;
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
     assert!(String::from_utf8_lossy(&b).contains(r#""len":3"#));
-    let_it_park(0).await;
+    let_it_park(&proxy, 1.0).await;
     // HEAD then GET
     s.write_all(b"HEAD /v1/Conversations?n=5 HTTP/1.1\r\nHost: l\r\n\r\n")
         .await
@@ -416,7 +435,7 @@ async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
     assert!(String::from_utf8_lossy(&b).contains("n=6"));
     for code in ["204", "304"] {
-        let_it_park(0).await;
+        let_it_park(&proxy, 1.0).await;
         s.write_all(
             format!(
                 "GET /v1/Conversations?s={code} HTTP/1.1\r\nHost: l\r\n\r\n{}",
@@ -447,7 +466,7 @@ async fn slow_bodies_expect_continue_and_bodyless_answers_around_the_park() {
 async fn a_big_answer_to_a_slow_reader_then_a_pipelined_request() {
     let up = upstream(probe_responder()).await;
     let proxy = parking_proxy(&up.url(), 0, |_| {}).await;
-    let mut s = parked(&proxy, 0).await;
+    let mut s = parked(&proxy).await;
     let n = 4 * 1024 * 1024;
     s.write_all(format!("GET /v1/Conversations?big={n} HTTP/1.1\r\nHost: l\r\n\r\n").as_bytes())
         .await
@@ -524,7 +543,7 @@ async fn park_cycles_leak_no_file_descriptors() {
     let up = upstream(probe_responder()).await;
     let proxy = parking_proxy(&up.url(), 0, |c| c.limits.max_connections = 4).await;
     // warm
-    let mut s = parked(&proxy, 0).await;
+    let mut s = parked(&proxy).await;
     let mut buf = Vec::new();
     for n in 0..1000u32 {
         s.write_all(get(n).as_bytes()).await.unwrap();
@@ -539,7 +558,10 @@ async fn park_cycles_leak_no_file_descriptors() {
     drop(s);
     // many connections open/park/close
     for _ in 0..200 {
-        let s = parked(&proxy, 0).await;
+        // The previous socket's close has reached the proxy (it is no
+        // longer counted parked), so the next park is this one's.
+        metric_becomes(proxy.admin, PARKED, 0.0).await;
+        let s = parked(&proxy).await;
         drop(s);
     }
     // Every connection was closed by its client: the proxy closes its side

@@ -103,6 +103,8 @@ struct RawUpstream {
     /// Connections the proxy ended (end of stream or reset while the
     /// upstream waited for a request, or a write that failed).
     closed_by_proxy: Arc<AtomicUsize>,
+    /// Connections the upstream chose to close (its plan said so).
+    closed_by_upstream: Arc<AtomicUsize>,
     got: Arc<Mutex<Vec<Got>>>,
 }
 
@@ -113,6 +115,7 @@ impl RawUpstream {
             addr: listener.local_addr().unwrap(),
             accepts: Arc::default(),
             closed_by_proxy: Arc::default(),
+            closed_by_upstream: Arc::default(),
             got: Arc::default(),
         };
         let (accepts, closed, got) = (
@@ -120,6 +123,7 @@ impl RawUpstream {
             up.closed_by_proxy.clone(),
             up.got.clone(),
         );
+        let closed_here = up.closed_by_upstream.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -127,10 +131,12 @@ impl RawUpstream {
                 };
                 let conn = accepts.fetch_add(1, SeqCst);
                 let (plan, closed, got) = (plan.clone(), closed.clone(), got.clone());
+                let closed_here = closed_here.clone();
                 tokio::spawn(async move {
-                    if serve_raw(stream, conn, &plan, &got).await.is_err() {
-                        closed.fetch_add(1, SeqCst);
-                    }
+                    match serve_raw(stream, conn, &plan, &got).await {
+                        Ok(()) => closed_here.fetch_add(1, SeqCst),
+                        Err(ProxyClosed) => closed.fetch_add(1, SeqCst),
+                    };
                 });
             }
         });
@@ -147,6 +153,18 @@ impl RawUpstream {
     }
     fn got(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
+    }
+    /// Wait (at most [`PATIENCE`]) until the upstream has closed `n`
+    /// connections itself; false if it never did.
+    async fn wait_upstream_closed(&self, n: usize) -> bool {
+        let until = Instant::now() + PATIENCE;
+        while self.closed_by_upstream.load(SeqCst) < n {
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
     /// Wait (at most [`PATIENCE`]) until the proxy has closed `n`
     /// connections; false if it never did.
@@ -439,7 +457,8 @@ async fn with_max_idle_one_three_of_four_connections_are_closed_after_a_burst() 
         up.wait_closed(3).await,
         "the pool kept more than one idle connection"
     );
-    // And one stays open (pooled): it is not closed later either.
+    // And one stays open (pooled): it is not closed later either (a fixed
+    // wait that proves an absence).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         up.closed_by_proxy(),
@@ -524,7 +543,10 @@ async fn a_post_after_the_upstream_closed_the_idle_connection_arrives_once_and_w
     let client = reqwest::Client::new();
     assert_eq!(get(&client, &proxy, "/first").await.0, 200);
     // The upstream closes the pooled connection while it is idle.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        up.wait_upstream_closed(1).await,
+        "the upstream never closed its idle connection"
+    );
     let body: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let resp = tokio::time::timeout(
         PATIENCE,

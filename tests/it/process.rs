@@ -117,17 +117,29 @@ async fn sigterm_drains_in_flight_request_and_exits_zero() {
     let mut proxy = spawn_proxy(&up, &[]).await;
     let url = format!("http://{}/slow", proxy.addr);
     let slow = tokio::spawn(async move { reqwest::Client::new().get(url).send().await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request is in flight (the upstream holds /slow for 1.5 s).
+    metric_becomes(&proxy.admin, "trp_in_flight_requests", 1.0).await;
     proxy.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Draining: not ready any more, no new connections.
-    let ready = reqwest::Client::new()
-        .get(format!("http://{}/readyz", proxy.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    assert!(tokio::net::TcpStream::connect(&proxy.addr).await.is_err());
+    // Draining: not ready any more, no new connections (each polled with
+    // a deadline: the drain begins just after the signal).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::Client::new()
+            .get(format!("http://{}/readyz", proxy.admin))
+            .send()
+            .await
+            .unwrap();
+        let refused = tokio::net::TcpStream::connect(&proxy.addr).await.is_err();
+        if ready.status() == 503 && refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after SIGTERM: /readyz {}, new connections refused: {refused}",
+            ready.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let resp = slow.await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
     let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
@@ -170,8 +182,12 @@ async fn secrets_and_bodies_never_reach_the_logs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for log in [proxy.stderr(), dead.stderr()] {
+    // Both access lines are written (waited for, with a deadline).
+    let logs = [
+        proxy.log_with("\"status\":200").await,
+        dead.log_with("\"status\":502").await,
+    ];
+    for log in logs {
         assert!(
             log.contains("\"status\":200") || log.contains("\"status\":502"),
             "access log missing: {log}"

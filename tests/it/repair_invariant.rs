@@ -26,7 +26,8 @@
 //! gives each cell its own emulator and in-process proxy (an emulator's
 //! request log grows with every cell, and reading it whole gets slow) and
 //! runs 16 cells at a time. Without `TRP_TEST_PG_URL` (set by
-//! `scripts/test.sh`) the PostgreSQL variant says so and returns.
+//! `scripts/test.sh`) the PostgreSQL variants fail, saying so
+//! ([`require_pg`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -534,13 +535,10 @@ async fn fifty_staggered_creates_into_five_conversations_one_delete_one_particip
 }
 
 /// Two proxies sharing one PostgreSQL journal, the creates alternating
-/// between them. Skipped (with a note) when `TRP_TEST_PG_URL` is unset.
+/// between them. Fails when `TRP_TEST_PG_URL` is unset ([`require_pg`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_staggered_creates_across_two_proxies_on_postgres_one_delete_all_201() {
-    if std::env::var("TRP_TEST_PG_URL").is_err() {
-        eprintln!("skipped: TRP_TEST_PG_URL is unset (run under scripts/test.sh)");
-        return;
-    }
+    require_pg();
     let emu = invariant_emulator().await;
     let b = Scene::new()
         .user("kim")
@@ -984,7 +982,9 @@ async fn a_client_that_hangs_up_does_not_cancel_the_repair() {
                 }
             };
             create_and_hang_up(&b, proxy, &b.targets[0], workflow_started).await;
-            // Give a repair, if one started, the time to delete the User.
+            // Give a repair, if one started, the time to delete the User: a
+            // fixed wait, since no repair starting is one of the outcomes
+            // (an absence); both are then checked against the invariant.
             tokio::time::sleep(Duration::from_millis(800)).await;
             let started = !user_deletes(emu, &b).await.is_empty();
             // Nobody asks again: a repair that started finishes by itself.
@@ -1050,6 +1050,9 @@ async fn a_client_that_hangs_up_after_the_delete_does_not_cancel_the_repair() {
     assert_eq!(user_deletes(&emu, &b).await.len(), 1, "the User is deleted");
     call.abort();
     let _ = call.await;
+    // A moment for the hang-up to reach the proxy before the release (an
+    // ordering of the scene, not a check: the assertions below wait for
+    // their own events).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(emu.release_rule(hold).await, 1);
     assert_invariant(
@@ -1154,10 +1157,7 @@ async fn a_bare_user_made_in_the_gap_in_a_conversation_to_restore_is_put_back_in
 /// before A's delete and be lost to A's recreate from the older snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repair() {
-    if std::env::var("TRP_TEST_PG_URL").is_err() {
-        eprintln!("skipped: TRP_TEST_PG_URL is unset (run under scripts/test.sh)");
-        return;
-    }
+    require_pg();
     let emu = invariant_emulator().await;
     let b = Scene::new()
         .user("kim")
@@ -1192,8 +1192,9 @@ async fn a_user_update_on_another_replica_during_the_snapshot_waits_for_the_repa
             .form(&[("FriendlyName", "Kim Renamed")])
             .send();
         let release = async {
-            // Let the update reach replica B before A goes on.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The update has reached replica B (in flight there) before A
+            // goes on.
+            metric_becomes(other.admin, "trp_in_flight_requests", 1.0).await;
             emu.release_rule(hold).await
         };
         let (update, released) = tokio::join!(update, release);

@@ -691,7 +691,8 @@ async fn a_client_that_hangs_up_during_retry_after_is_not_re_sent() {
     })
     .await;
     drop(gone);
-    // Past the Retry-After (1 s): a re-send would have been logged by now.
+    // Past the Retry-After (1 s): a re-send would have been logged by now
+    // (a fixed wait that proves an absence).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(attempts(&st.emu, "GET", "/v1/Conversations").await, [429]);
     assert_eq!(account_gauge(&st, "trp_shield_in_flight").await, 0);

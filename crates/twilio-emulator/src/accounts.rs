@@ -1,5 +1,5 @@
 //! Accounts: credentials, resolving a request's credentials to the account
-//! that owns it, and the `/__emulator/accounts` control API.
+//! that owns it (the `/__emulator/accounts` handlers are in `control`).
 //!
 //! Every account owns its own resources (an [`EmulatorStore`]: services, default
 //! service, conversations, users, participants); a request only ever sees
@@ -8,16 +8,11 @@
 //! Twilio resource handlers never deal with credentials.
 
 use std::fmt;
-use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model::{EmulatorStore, Shared};
+use crate::store::EmulatorStore;
 use twilio_wire::is_sid;
 
 /// Most accounts the emulator holds at once (configured and added at run
@@ -129,7 +124,7 @@ impl AccountConfig {
     }
 
     /// The public part, for control-API answers.
-    fn public(&self, store: &EmulatorStore, configured: bool) -> Value {
+    pub(crate) fn public(&self, store: &EmulatorStore, configured: bool) -> Value {
         json!({
             "account_sid": self.account_sid,
             "api_key_sid": self.api_key_sid,
@@ -162,40 +157,4 @@ pub(crate) fn resolve(accounts: &[Account], creds: Option<&(String, String)>) ->
         .iter()
         .find(|a| a.creds.accepts(user, pass))
         .map(|a| a.creds.account_sid.clone())
-}
-
-type AppState = State<Arc<Shared>>;
-
-/// `GET /__emulator/accounts`: every account, without secrets.
-pub(crate) async fn list(State(shared): AppState) -> Json<Value> {
-    let state = shared.lock();
-    let accounts: Vec<Value> = state
-        .accounts
-        .iter()
-        .map(|a| a.creds.public(&a.store, a.configured))
-        .collect();
-    Json(json!({"accounts": accounts}))
-}
-
-/// `POST /__emulator/accounts`: add an account with empty resources.
-pub(crate) async fn add(State(shared): AppState, Json(creds): Json<AccountConfig>) -> Response {
-    let mut state = shared.lock();
-    let count = state.accounts.len();
-    if let Err(e) = creds.check_joins(state.accounts.iter().map(|a| &a.creds), count) {
-        let status = match e {
-            AccountError::DuplicateAccount(_) | AccountError::DuplicateApiKey(_) => {
-                StatusCode::CONFLICT
-            }
-            _ => StatusCode::BAD_REQUEST,
-        };
-        return (status, Json(json!({"error": e.to_string()}))).into_response();
-    }
-    let store = EmulatorStore::new(&shared.config, None);
-    let body = creds.public(&store, false);
-    state.accounts.push(Account {
-        creds,
-        store,
-        configured: false,
-    });
-    (StatusCode::CREATED, Json(body)).into_response()
 }

@@ -174,6 +174,7 @@ mod control;
 mod faults;
 mod model;
 mod pipeline;
+mod store;
 mod traffic;
 
 use std::net::SocketAddr;
@@ -479,14 +480,14 @@ fn app(shared: Arc<model::Shared>) -> Router {
         )
         .route(
             "/__emulator/accounts",
-            get(accounts::list).post(accounts::add),
+            get(control::list_accounts).post(control::add_account),
         )
         .route(
             "/__emulator/stats",
-            get(traffic::get_stats).delete(traffic::reset_stats),
+            get(control::get_stats).delete(control::reset_stats),
         )
-        .route("/__emulator/held", get(traffic::get_held))
-        .route("/__emulator/release", post(traffic::release))
+        .route("/__emulator/held", get(control::get_held))
+        .route("/__emulator/release", post(control::release))
         .fallback(pipeline::handle)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(pipeline::ensure_request_id))

@@ -1,8 +1,8 @@
 //! In-memory state of the emulator and JSON rendering in spec field order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -11,6 +11,10 @@ use crate::EmulatorConfig;
 use crate::accounts::Account;
 use crate::faults::{CompiledParticipantFault, CompiledRule};
 use crate::traffic::Traffic;
+
+pub(crate) use crate::store::{
+    Binding, Conversation, EmulatorStore, Participant, Service, User, new_service, new_sid, now,
+};
 
 /// Most services, conversations per service and users per service.
 pub(crate) const MAX_ITEMS_PER_COLLECTION: usize = 100_000;
@@ -22,7 +26,7 @@ pub(crate) const MAX_PARTICIPANTS_PER_CONVERSATION: usize = 1_000;
 pub(crate) struct Shared {
     pub(crate) config: EmulatorConfig,
     state: Mutex<State>,
-    pub(crate) traffic: Traffic,
+    pub(crate) traffic: Arc<Traffic>,
 }
 
 pub(crate) struct State {
@@ -48,7 +52,7 @@ impl Shared {
         }
         let accounts = configured_accounts(&config, &[]);
         let state = State::initial(&config, accounts, 0);
-        let traffic = Traffic::new(config.max_held_requests);
+        let traffic = Arc::new(Traffic::new(config.max_held_requests));
         Self {
             config,
             state: Mutex::new(state),
@@ -160,77 +164,6 @@ impl State {
     }
 }
 
-pub(crate) struct EmulatorStore {
-    pub(crate) default_service_sid: String,
-    pub(crate) default_messaging_service_sid: String,
-    pub(crate) services: Vec<Service>,
-}
-
-pub(crate) struct Service {
-    pub(crate) sid: String,
-    pub(crate) friendly_name: String,
-    pub(crate) created: OffsetDateTime,
-    pub(crate) updated: OffsetDateTime,
-    /// Default conversation-scoped role given to participants.
-    pub(crate) participant_role_sid: String,
-    /// Default service-scoped role given to users.
-    pub(crate) user_role_sid: String,
-    pub(crate) conversations: Vec<Conversation>,
-    pub(crate) users: Vec<User>,
-}
-
-pub(crate) struct Conversation {
-    pub(crate) sid: String,
-    pub(crate) friendly_name: Option<String>,
-    pub(crate) unique_name: Option<String>,
-    pub(crate) attributes: String,
-    pub(crate) state: String,
-    pub(crate) messaging_service_sid: String,
-    pub(crate) created: OffsetDateTime,
-    pub(crate) updated: OffsetDateTime,
-    pub(crate) participants: Vec<Participant>,
-}
-
-#[derive(Clone)]
-pub(crate) enum Binding {
-    Pair {
-        kind: &'static str,
-        address: String,
-        proxy_address: String,
-    },
-    Projected {
-        projected_address: String,
-    },
-}
-
-pub(crate) struct Participant {
-    pub(crate) sid: String,
-    pub(crate) identity: Option<String>,
-    pub(crate) binding: Option<Binding>,
-    pub(crate) attributes: String,
-    pub(crate) role_sid: Option<String>,
-    pub(crate) created: OffsetDateTime,
-    pub(crate) updated: OffsetDateTime,
-    pub(crate) last_read_message_index: Option<i64>,
-    pub(crate) last_read_timestamp: Option<String>,
-    /// SID of the User this chat participant was mapped to when created.
-    pub(crate) user_sid: Option<String>,
-    /// Until then, a GET of it answers 404 (the `read_lag_ms` fault).
-    pub(crate) readable_at: Option<std::time::Instant>,
-}
-
-pub(crate) struct User {
-    pub(crate) sid: String,
-    pub(crate) identity: String,
-    pub(crate) friendly_name: Option<String>,
-    pub(crate) attributes: String,
-    pub(crate) role_sid: Option<String>,
-    pub(crate) created: OffsetDateTime,
-    pub(crate) updated: OffsetDateTime,
-    /// One of this User's participants was deleted: the fault may fire.
-    pub(crate) stale_mapping: bool,
-}
-
 impl State {
     /// The account with this SID.
     pub(crate) fn account_mut(&mut self, account_sid: &str) -> Option<&mut Account> {
@@ -238,93 +171,6 @@ impl State {
             .iter_mut()
             .find(|a| a.creds.account_sid == account_sid)
     }
-}
-
-impl EmulatorStore {
-    pub(crate) fn new(config: &EmulatorConfig, default_sid: Option<String>) -> Self {
-        let mut store = EmulatorStore {
-            default_service_sid: String::new(),
-            default_messaging_service_sid: String::new(),
-            services: Vec::new(),
-        };
-        store.default_messaging_service_sid = new_sid("MG");
-        let sid = default_sid.unwrap_or_else(|| new_sid("IS"));
-        let service = new_service(sid.clone(), config.default_service_friendly_name.clone());
-        store.services.push(service);
-        store.default_service_sid = sid;
-        store
-    }
-
-    pub(crate) fn service_index(&self, sid: &str) -> Option<usize> {
-        self.services.iter().position(|s| s.sid == sid)
-    }
-}
-
-pub(crate) fn new_service(sid: String, friendly_name: String) -> Service {
-    let now = now();
-    Service {
-        sid,
-        friendly_name,
-        created: now,
-        updated: now,
-        participant_role_sid: new_sid("RL"),
-        user_role_sid: new_sid("RL"),
-        conversations: Vec::new(),
-        users: Vec::new(),
-    }
-}
-
-impl Service {
-    pub(crate) fn conversation_index(&self, key: &str) -> Option<usize> {
-        self.conversations
-            .iter()
-            .position(|c| c.sid == key)
-            .or_else(|| {
-                self.conversations
-                    .iter()
-                    .position(|c| c.unique_name.as_deref() == Some(key))
-            })
-    }
-
-    pub(crate) fn user_index(&self, key: &str) -> Option<usize> {
-        self.users
-            .iter()
-            .position(|u| u.sid == key)
-            .or_else(|| self.users.iter().position(|u| u.identity == key))
-    }
-
-    pub(crate) fn user_by_identity(&self, identity: &str) -> Option<usize> {
-        self.users.iter().position(|u| u.identity == identity)
-    }
-}
-
-impl Conversation {
-    pub(crate) fn participant_index(&self, key: &str) -> Option<usize> {
-        self.participants
-            .iter()
-            .position(|p| p.sid == key)
-            .or_else(|| {
-                self.participants
-                    .iter()
-                    .position(|p| p.identity.as_deref() == Some(key))
-            })
-    }
-}
-
-/// `prefix` + 12 hex digits of a process-wide creation counter + 20 random
-/// hex digits: SIDs sort in creation order, which keeps `PageToken=PT<sid>`
-/// valid even after that item is deleted.
-pub(crate) fn new_sid(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
-    format!("{prefix}{n:012x}{random:020x}")
-}
-
-pub(crate) fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    // Second precision, like Twilio.
-    now.replace_nanosecond(0).unwrap_or(now)
 }
 
 /// `2015-12-16T22:18:37Z`

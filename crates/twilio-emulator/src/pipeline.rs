@@ -191,7 +191,7 @@ async fn api_request(
     parts: http::request::Parts,
     body: Body,
 ) -> Response {
-    let (overall, _) = Traffic::enter(&shared, None);
+    let (overall, _) = Traffic::enter(&shared.traffic, None);
     let generation = shared.lock().generation;
     let path = parts.uri.path().to_owned();
     let path_and_query = parts
@@ -241,7 +241,7 @@ async fn api_request(
         );
         return unauthorized();
     };
-    let (account_guard, in_flight) = Traffic::enter(&shared, Some(&account_sid));
+    let (account_guard, in_flight) = Traffic::enter(&shared.traffic, Some(&account_sid));
     let chosen = {
         let mut state = shared.lock();
         faults::choose(

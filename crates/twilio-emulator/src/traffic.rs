@@ -1,8 +1,8 @@
 //! Traffic bookkeeping: how many `/v1` requests are in flight (overall and
 //! per account, with their maxima) and the requests parked by `hold` rules,
-//! with the control API that reads and releases them.
+//! with what the control API (`control`) reads and releases of them.
 //!
-//! Kept apart from the resource state (`model::State`) because it describes
+//! Kept apart from the resource state (`model`'s `State`) because it describes
 //! requests rather than resources: `POST /__emulator/reset` wipes resources
 //! but cannot make requests that are still running disappear.
 
@@ -10,16 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-
-use crate::model::Shared;
 
 /// Default bound of the requests held at once (`max_held_requests`).
 pub const DEFAULT_MAX_HELD_REQUESTS: usize = 256;
@@ -107,18 +99,6 @@ impl Ticket {
     }
 }
 
-/// Which held requests to release (all when both are absent).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseFilter {
-    /// Id of the rule that held them.
-    #[serde(default)]
-    id: Option<u64>,
-    /// The `seq` of one held request.
-    #[serde(default)]
-    seq: Option<u64>,
-}
-
 impl Traffic {
     pub(crate) fn new(max_held: usize) -> Self {
         Self {
@@ -134,14 +114,14 @@ impl Traffic {
 
     /// Count one request in flight (overall, or for `account_sid`) until the
     /// guard is dropped; returns the count including it.
-    pub(crate) fn enter(shared: &Arc<Shared>, account_sid: Option<&str>) -> (InFlight, u64) {
-        let mut inner = shared.traffic.lock();
+    pub(crate) fn enter(traffic: &Arc<Traffic>, account_sid: Option<&str>) -> (InFlight, u64) {
+        let mut inner = traffic.lock();
         let count = match account_sid {
             None => inner.overall.enter(),
             Some(sid) => inner.accounts.entry(sid.to_owned()).or_default().enter(),
         };
         let guard = InFlight {
-            shared: shared.clone(),
+            traffic: traffic.clone(),
             account_sid: account_sid.map(str::to_owned),
         };
         (guard, count)
@@ -182,13 +162,13 @@ impl Traffic {
 
 /// Counts a request in flight while alive.
 pub(crate) struct InFlight {
-    shared: Arc<Shared>,
+    traffic: Arc<Traffic>,
     account_sid: Option<String>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut inner = self.shared.traffic.lock();
+        let mut inner = self.traffic.lock();
         match &self.account_sid {
             None => inner.overall.leave(),
             Some(sid) => {
@@ -200,83 +180,67 @@ impl Drop for InFlight {
     }
 }
 
-type AppState = State<Arc<Shared>>;
-
-/// `GET /__emulator/stats`.
-pub(crate) async fn get_stats(State(shared): AppState) -> Json<Value> {
-    let inner = shared.traffic.lock();
-    let accounts: serde_json::Map<String, Value> = inner
-        .accounts
-        .iter()
-        .map(|(sid, c)| (sid.clone(), c.to_json()))
-        .collect();
-    let mut body = inner.overall.to_json();
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("accounts".to_owned(), Value::Object(accounts));
-    }
-    Json(body)
-}
-
-/// `DELETE /__emulator/stats`: every maximum becomes the current count.
-pub(crate) async fn reset_stats(State(shared): AppState) -> StatusCode {
-    let mut inner = shared.traffic.lock();
-    let inner = &mut *inner;
-    for c in std::iter::once(&mut inner.overall).chain(inner.accounts.values_mut()) {
-        c.max_in_flight = c.in_flight;
-    }
-    StatusCode::NO_CONTENT
-}
-
-/// `GET /__emulator/held`.
-pub(crate) async fn get_held(State(shared): AppState) -> Json<Value> {
-    let inner = shared.traffic.lock();
-    let held: Vec<Value> = inner
-        .held
-        .iter()
-        .map(|h| {
-            json!({
-                "seq": h.seq,
-                "rule_id": h.rule_id,
-                "method": h.method,
-                "path": h.path,
-                "account_sid": h.account_sid,
-                "held_ms": u64::try_from(h.since.elapsed().as_millis()).unwrap_or(u64::MAX),
-            })
-        })
-        .collect();
-    Json(json!({"held": held, "max_held": shared.traffic.max_held}))
-}
-
-/// `POST /__emulator/release` with no body (all), `{"id": rule}` or
-/// `{"seq": n}`.
-pub(crate) async fn release(State(shared): AppState, body: Bytes) -> Response {
-    let filter = if body.iter().all(u8::is_ascii_whitespace) {
-        ReleaseFilter::default()
-    } else {
-        match serde_json::from_slice::<ReleaseFilter>(&body) {
-            Ok(f) => f,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    Json(json!({"error": format!("invalid release filter: {e}")})),
-                )
-                    .into_response();
-            }
+impl Traffic {
+    /// `GET /__emulator/stats`: the counts overall and per account.
+    pub(crate) fn stats(&self) -> Value {
+        let inner = self.lock();
+        let accounts: serde_json::Map<String, Value> = inner
+            .accounts
+            .iter()
+            .map(|(sid, c)| (sid.clone(), c.to_json()))
+            .collect();
+        let mut body = inner.overall.to_json();
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("accounts".to_owned(), Value::Object(accounts));
         }
-    };
-    let chosen: Vec<HeldRequest> = {
-        let mut inner = shared.traffic.lock();
-        let (chosen, kept) = std::mem::take(&mut inner.held).into_iter().partition(|h| {
-            filter.id.is_none_or(|id| h.rule_id == Some(id))
-                && filter.seq.is_none_or(|seq| h.seq == seq)
-        });
-        inner.held = kept;
-        chosen
-    };
-    let released = chosen.len();
-    for h in chosen {
-        // The request's task may have ended (MAX_HOLD) meanwhile: nothing to do.
-        let _ = h.release.send(());
+        body
     }
-    (StatusCode::OK, Json(json!({"released": released}))).into_response()
+
+    /// `DELETE /__emulator/stats`: every maximum becomes the current count.
+    pub(crate) fn reset_maxima(&self) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        for c in std::iter::once(&mut inner.overall).chain(inner.accounts.values_mut()) {
+            c.max_in_flight = c.in_flight;
+        }
+    }
+
+    /// `GET /__emulator/held`.
+    pub(crate) fn held(&self) -> Value {
+        let inner = self.lock();
+        let held: Vec<Value> = inner
+            .held
+            .iter()
+            .map(|h| {
+                json!({
+                    "seq": h.seq,
+                    "rule_id": h.rule_id,
+                    "method": h.method,
+                    "path": h.path,
+                    "account_sid": h.account_sid,
+                    "held_ms": u64::try_from(h.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        json!({"held": held, "max_held": self.max_held})
+    }
+
+    /// Release the held requests of rule `id` and/or with `seq` (all when
+    /// both are `None`); how many were released.
+    pub(crate) fn release(&self, id: Option<u64>, seq: Option<u64>) -> usize {
+        let chosen: Vec<HeldRequest> = {
+            let mut inner = self.lock();
+            let (chosen, kept) = std::mem::take(&mut inner.held).into_iter().partition(|h| {
+                id.is_none_or(|id| h.rule_id == Some(id)) && seq.is_none_or(|seq| h.seq == seq)
+            });
+            inner.held = kept;
+            chosen
+        };
+        let released = chosen.len();
+        for h in chosen {
+            // The request's task may have ended (MAX_HOLD) meanwhile: nothing to do.
+            let _ = h.release.send(());
+        }
+        released
+    }
 }

@@ -1011,6 +1011,8 @@ async fn delay_then_process_lands_after_the_client_left() {
         Duration::from_millis(50),
     )
     .await;
+    // Past the latency (300 ms): a delete that went on would have landed (a
+    // fixed wait that proves an absence).
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         emu.get("/v1/Users/slow").await.0,
@@ -1411,6 +1413,7 @@ async fn hold_parks_requests_until_released() {
     )
     .await;
     let held = emu.wait_held(1).await;
+    // Not processed while held (a fixed wait that proves an absence).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(emu.get(&format!("{parts}/h2")).await.0, 404);
     assert_eq!(emu.release(Some(json!({"seq": held[0]["seq"]}))).await, 1);
