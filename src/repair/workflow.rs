@@ -39,12 +39,25 @@ struct Repaired {
 
 /// Run the workflow for one intercepted 20404 and record its incident.
 pub async fn run(rep: &Repairer, req: &CreateRequest) -> Verdict {
+    run_with(rep, req, false).await
+}
+
+/// The same workflow for a create that is taken to have met the fault
+/// (`selftest`, on an account that cannot produce the 20404 at will):
+/// every step but 6, the retried create, which on a healthy account would
+/// simply succeed and end the workflow before the repair.
+pub async fn run_as_faulted(rep: &Repairer, req: &CreateRequest) -> Verdict {
+    run_with(rep, req, true).await
+}
+
+async fn run_with(rep: &Repairer, req: &CreateRequest, as_faulted: bool) -> Verdict {
     let mut w = Workflow {
         rep,
         req,
         steps: Vec::new(),
         api: None,
         conversation: None,
+        as_faulted,
     };
     let (verdict, who) = match w.who() {
         Ok(who) => (w.steps(&who).await.unwrap_or_else(|v| v), Some(who)),
@@ -61,6 +74,8 @@ struct Workflow<'a> {
     api: Option<Api>,
     /// The conversation's account and service, once read.
     conversation: Option<(String, String)>,
+    /// [`run_as_faulted`]: no retried create before the repair.
+    as_faulted: bool,
 }
 
 impl Workflow<'_> {
@@ -74,7 +89,9 @@ impl Workflow<'_> {
         self.allowed(&conv, identity).await?;
         let _lock = self.lock(&conv, identity).await?;
         let _fence = SharedFence::raise(&self.rep.store, identity, self.api().deadline()).await;
-        self.retry_create(who).await?;
+        if !self.as_faulted {
+            self.retry_create(who).await?;
+        }
         let repaired = self.repair_user(&conv, identity).await?;
         Ok(self.replay(who, repaired).await)
     }

@@ -24,6 +24,7 @@ mod repair;
 mod repair_crash;
 mod repair_invariant;
 mod sdk;
+mod selftest;
 mod shield;
 mod sid_alias;
 mod tls_listener;
