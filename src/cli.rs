@@ -226,7 +226,7 @@ pub struct SelftestArgs {
     #[arg(
         long,
         env = "TRP_SELFTEST_BASE_URL",
-        default_value = crate::commands::selftest::CONVERSATIONS_ORIGIN
+        default_value = crate::selftest::CONVERSATIONS_ORIGIN
     )]
     pub base_url: String,
     /// Leave the throwaway service for inspection (its SID is printed).

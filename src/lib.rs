@@ -15,7 +15,7 @@
 //! - `main.rs`: parse the command line and run one subcommand; the only
 //!   place errors become text, and the only user of `anyhow`.
 //! - [`commands`]: one file per subcommand (`serve`, `check-config`,
-//!   `healthcheck`, `emulator`, `demo`, `incidents`, `repair`), each with a
+//!   `healthcheck`, `emulator`, `demo`, `incidents`, `repair`, `selftest`), each with a
 //!   `run` function, and their error type.
 //! - [`cli`]: the command line as clap types, nothing else.
 //! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
@@ -26,6 +26,9 @@
 //!   worker runtimes and drains on shutdown.
 //! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
 //!   and what it may show to whom.
+//! - [`selftest`]: the repair proven on an operator's own account (a
+//!   throwaway service, the repair's own workflow, every field read back,
+//!   the service deleted): for `selftest` and the admin's `POST /selftest`.
 //! - [`proxy`]: the request handler and the whole tower middleware stack.
 //! - [`repair`]: the check-and-repair workflow for Participant creates,
 //!   and SID continuity after it (requests naming a SID a repair changed
@@ -86,6 +89,7 @@ pub mod reload;
 pub mod repair;
 pub mod rewrite;
 pub mod routing;
+pub mod selftest;
 pub mod server;
 pub mod shield;
 pub mod sid;

@@ -82,7 +82,7 @@ pub enum CommandError {
     #[error("no incident {id} in this store (see `incidents export` or the incidents page)")]
     NoIncident { id: i64 },
     #[error(transparent)]
-    Selftest(selftest::SelftestError),
+    Selftest(crate::selftest::SelftestError),
     #[error("selftest: {failed} of {total} checks did not hold")]
     SelftestFailed { failed: usize, total: usize },
     #[error(transparent)]
