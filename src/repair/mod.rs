@@ -22,6 +22,8 @@
 //!   caller and rewritten in later requests that name the old ones.
 //! - [`recovery`]: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
+//! - [`rehearsal`]: in `check-only` mode, the repair each fault would
+//!   have had, and whether it could have been completed.
 //!
 //! The invariant every part serves (and every repair test asserts): after
 //! any fault, timing, retry or restart, every affected identity's User
@@ -40,6 +42,7 @@ pub mod lock;
 pub mod operator;
 pub mod policy;
 pub mod recovery;
+pub mod rehearsal;
 pub mod request;
 pub mod snapshot;
 pub mod step;
@@ -100,6 +103,8 @@ pub struct Repairer {
     /// The 429 shield: the intercepted create goes through it, and every
     /// workflow call takes a slot of its per-account cap.
     shield: Option<Arc<crate::shield::Shield>>,
+    /// The check-only rehearsals since start.
+    rehearsals: rehearsal::Rehearsals,
 }
 
 /// Builds the [`step::Exchange`] of one workflow (origin, credential,
@@ -152,7 +157,23 @@ impl Repairer {
             me: me.clone(),
             exchange: p.exchange,
             shield: p.shield,
+            rehearsals: rehearsal::Rehearsals::default(),
         })
+    }
+
+    /// The check-only rehearsals since start (the admin plane's panel).
+    pub fn rehearsals(&self) -> rehearsal::RehearsalView {
+        self.rehearsals.view()
+    }
+
+    /// The mode in force now.
+    pub fn mode(&self) -> crate::config::RepairMode {
+        self.policy().mode
+    }
+
+    /// The operator repair credential it holds, if any.
+    pub fn credential(&self) -> Option<&RepairCredential> {
+        self.credential.as_ref()
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {

@@ -19,6 +19,7 @@ mod parking;
 mod pool;
 mod process;
 mod proxy;
+mod rehearsal;
 mod reload;
 mod repair;
 mod repair_crash;
