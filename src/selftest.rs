@@ -85,7 +85,7 @@ impl Report {
                     .map(|r| format!(" [{r}]"))
                     .unwrap_or_default();
                 let verdict = if c.ok { "ok" } else { "FAILED" };
-                format!("{:<22} {verdict:<6} {}{rq}", c.step, c.detail)
+                format!("{:<23} {verdict:<6} {}{rq}", c.step, c.detail)
             })
             .collect();
         let failed = self.checks.iter().filter(|c| !c.ok).count();
