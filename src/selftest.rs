@@ -344,7 +344,6 @@ impl Run {
 pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
     let at = crate::store::now_rfc3339();
     let origin = Origin::parse(&opts.base_url)
-        .filter(|o| Origin::parse(&o.as_string()).is_some())
         .ok_or_else(|| SelftestError::BaseUrl(opts.base_url.clone()))?;
     let client = forward::build_client_with(
         &opts.config.limits,

@@ -237,6 +237,34 @@ async fn lost_participant_attributes_fail_naming_attributes_and_still_clean_up()
 }
 
 #[tokio::test]
+async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() {
+    let emu = start_emulator(|_| {}).await;
+    // The User's delete is refused (a key without the permission, say):
+    // the scene is made, the repair is not.
+    emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
+        "action": {"kind": "status", "status": 403, "code": 20003, "message": "Forbidden"}}))
+        .await;
+    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(line(&text, "create user").contains(" ok "), "{text}");
+    let repair = line(&text, "repair");
+    assert!(
+        repair.contains("FAILED") && repair.contains("403"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "check user").contains("still the original User"),
+        "{text}"
+    );
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_token_ends_with_one_line_naming_it_and_makes_nothing() {
     let emu = start_emulator(|_| {}).await;
     let out = selftest(
