@@ -118,8 +118,10 @@ pub enum SelftestError {
         status: u16,
         code: String,
     },
-    #[error("selftest: cannot reach {base_url}: {detail}; nothing was created")]
-    Unreachable { base_url: String, detail: String },
+    /// The first call (the service create) got no service: the host
+    /// cannot be reached, or answered something else.
+    #[error("selftest: cannot create a service on {base_url}: {detail}; nothing was created")]
+    NoService { base_url: String, detail: String },
     #[error("selftest: invalid --base-url {0}: an origin such as https://conversations.twilio.com")]
     BaseUrl(String),
     #[error(
@@ -151,7 +153,7 @@ pub struct Options {
 
 /// One call the repair's workflow made, as its client sent it.
 #[derive(Debug, Clone)]
-struct Sent1 {
+struct RepairCall {
     method: Method,
     path: String,
     /// The `X-Twilio-Webhook-Enabled` value the call carried.
@@ -168,7 +170,7 @@ struct Recording {
     inner: Arc<dyn Exchange>,
     user: String,
     webhook: Option<HeaderValue>,
-    seen: Arc<Mutex<Vec<Sent1>>>,
+    seen: Arc<Mutex<Vec<RepairCall>>>,
 }
 
 impl Exchange for Recording {
@@ -193,7 +195,7 @@ impl Exchange for Recording {
                 Err(_) => (None, None),
             };
             if let Ok(mut seen) = self.seen.lock() {
-                seen.push(Sent1 {
+                seen.push(RepairCall {
                     method,
                     path: path.to_string(),
                     webhook,
@@ -295,7 +297,7 @@ fn differences(v: &serde_json::Value, want: &[(&str, &str, bool)]) -> Vec<String
         .collect()
 }
 
-/// The run in progress: its report, and the service once made.
+/// The run in progress: its report's lines so far.
 struct Run {
     checks: Vec<Check>,
 }
@@ -376,7 +378,7 @@ pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
         Ok(r) if r.status == StatusCode::CREATED => match r.json().and_then(|v| field(&v, "sid")) {
             Some(sid) if crate::sid::is_sid(&sid, "IS") => (sid, r.request_id),
             _ => {
-                return Err(SelftestError::Unreachable {
+                return Err(SelftestError::NoService {
                     base_url: origin.as_string(),
                     detail: "the service create answered no service SID".into(),
                 });
@@ -391,13 +393,13 @@ pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
             });
         }
         Ok(r) => {
-            return Err(SelftestError::Unreachable {
+            return Err(SelftestError::NoService {
                 base_url: origin.as_string(),
                 detail: format!("creating a service: {}", differed(&r)),
             });
         }
         Err(e) => {
-            return Err(SelftestError::Unreachable {
+            return Err(SelftestError::NoService {
                 base_url: origin.as_string(),
                 detail: e.to_string(),
             });
@@ -705,7 +707,7 @@ async fn scene_and_repair(
         run.failed("repair", "the in-memory journal could not be opened", None);
         return;
     };
-    let calls_made: Vec<Sent1> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let calls_made: Vec<RepairCall> = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let last_rq = calls_made.iter().rev().find_map(|c| c.request_id.clone());
     match verdict_line {
         Ok(detail) => run.ok("repair", detail, last_rq),
@@ -725,6 +727,7 @@ async fn scene_and_repair(
     )
     .await;
     verify_webhook(run, opts.webhook.as_ref(), &calls_made);
+    verify_credential(run, &calls_made);
 }
 
 /// Run the workflow for the re-add of `want.identity` to `faulted_ch`;
@@ -736,7 +739,7 @@ async fn repair(
     base: &str,
     faulted_ch: &str,
     want: &Wanted,
-    seen: &Arc<Mutex<Vec<Sent1>>>,
+    seen: &Arc<Mutex<Vec<RepairCall>>>,
 ) -> Option<Result<String, String>> {
     // The proxy's repair settings, in repair mode, for this service alone.
     let mut config = opts.config.repair.clone();
@@ -847,7 +850,7 @@ async fn verify(
     old_user_sid: &str,
     kept_ch: &str,
     faulted_ch: &str,
-    made: &[Sent1],
+    made: &[RepairCall],
 ) {
     let identity = encode_segment(&want.identity);
     // The User: its fields, by identity.
@@ -953,8 +956,8 @@ async fn verify(
 
 /// Every write of the repair carried `X-Twilio-Webhook-Enabled` as the
 /// caller sent it (Twilio fires webhooks for a write only when asked).
-fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[Sent1]) {
-    let writes: Vec<&Sent1> = made.iter().filter(|c| c.method != Method::GET).collect();
+fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[RepairCall]) {
+    let writes: Vec<&RepairCall> = made.iter().filter(|c| c.method != Method::GET).collect();
     let wrong: Vec<String> = writes
         .iter()
         .filter(|c| c.webhook.as_ref() != want)
@@ -986,11 +989,16 @@ fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[Sent1]) {
             writes.iter().find_map(|c| c.request_id.clone()),
         );
     }
-    // Unused statuses would hide a refused write: name the first.
-    if let Some(c) = made.iter().find(|c| {
+}
+
+/// Every call of the repair was accepted for its credential: a 401 or 403
+/// is named on its own line, whatever the other checks say.
+fn verify_credential(run: &mut Run, made: &[RepairCall]) {
+    let refused = made.iter().find(|c| {
         c.status
             .is_some_and(|s| s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
-    }) {
+    });
+    if let Some(c) = refused {
         run.failed(
             "check credential",
             format!(
@@ -1000,6 +1008,20 @@ fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[Sent1]) {
                 c.status.map(|s| s.as_u16()).unwrap_or_default()
             ),
             c.request_id.clone(),
+        );
+    } else if !made.is_empty() {
+        let mut users: Vec<&str> = made.iter().map(|c| c.user.as_str()).collect();
+        users.dedup();
+        users.sort_unstable();
+        users.dedup();
+        run.ok(
+            "check credential",
+            format!(
+                "all {} calls of the repair accepted (made with {})",
+                made.len(),
+                users.join(", ")
+            ),
+            None,
         );
     }
 }

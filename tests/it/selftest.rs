@@ -139,6 +139,7 @@ async fn selftest_passes_against_the_emulator_and_leaves_no_service_behind() {
         line(&text, step);
     }
     assert!(line(&text, "repair").contains(KEY), "{text}");
+    assert!(line(&text, "check credential").contains(KEY), "{text}");
     assert!(text.contains("selftest passed"), "{text}");
     assert!(
         line(&text, "create user").contains("[RQ"),
@@ -255,6 +256,11 @@ async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() 
     );
     assert!(
         line(&text, "check user").contains("still the original User"),
+        "{text}"
+    );
+    let refused = line(&text, "check credential");
+    assert!(
+        refused.contains("FAILED") && refused.contains("/Users/US"),
         "{text}"
     );
     assert!(line(&text, "delete service").contains(" ok "), "{text}");
