@@ -344,6 +344,16 @@ impl Run {
 /// Run the selftest (see the module doc). `Err` only when nothing could
 /// be made at all (a refused credential, an unreachable host): one line.
 pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
+    selftest_until(opts, std::future::pending()).await
+}
+
+/// [`selftest`], cut short when `interrupted` completes (the command's
+/// SIGINT or SIGTERM): the scene or the repair under way is abandoned,
+/// and the service is still deleted (unless `--keep`).
+pub async fn selftest_until(
+    opts: Options,
+    interrupted: impl std::future::Future<Output = ()>,
+) -> Result<Report, SelftestError> {
     let at = crate::store::now_rfc3339();
     let origin = Origin::parse(&opts.base_url)
         .ok_or_else(|| SelftestError::BaseUrl(opts.base_url.clone()))?;
@@ -412,7 +422,17 @@ pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
         rq,
     );
     let base = format!("/v1/Services/{service_sid}");
-    scene_and_repair(&mut run, &opts, &calls, client, &origin, &base).await;
+    let cut = tokio::select! {
+        () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => false,
+        () = interrupted => true,
+    };
+    if cut {
+        run.failed(
+            "interrupted",
+            "a signal ended the run here: the step under way was abandoned",
+            None,
+        );
+    }
 
     // Last: the service goes, whatever happened (unless --keep).
     let cleaned_up = if opts.keep {

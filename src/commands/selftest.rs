@@ -8,7 +8,7 @@ use super::CommandError;
 use crate::cli::SelftestArgs;
 use crate::config::Config;
 use crate::repair::RepairCredential;
-use crate::selftest::{Caller, Options, SelftestError, selftest};
+use crate::selftest::{Caller, Options, SelftestError, selftest_until};
 
 /// `TWILIO_API_KEY`/`_SECRET`, else `TWILIO_ACCOUNT_SID`/`_AUTH_TOKEN`,
 /// else the operator repair credential.
@@ -57,14 +57,19 @@ pub async fn run(args: SelftestArgs, out: &mut dyn std::io::Write) -> Result<(),
                 CommandError::Usage("--webhook-enabled must be true, false or omit")
             })?),
         };
-    let report = selftest(Options {
-        config,
-        base_url: args.base_url.clone(),
-        caller,
-        operator,
-        webhook,
-        keep: args.keep,
-    })
+    // SIGINT/SIGTERM end the run, not the process: the service is still
+    // deleted (each of those calls bounded, as every call).
+    let report = selftest_until(
+        Options {
+            config,
+            base_url: args.base_url.clone(),
+            caller,
+            operator,
+            webhook,
+            keep: args.keep,
+        },
+        super::shutdown_signal(),
+    )
     .await
     .map_err(CommandError::Selftest)?;
     if args.json {

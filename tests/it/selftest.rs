@@ -1,8 +1,9 @@
 //! `selftest` (the binary) against the emulator: it passes and leaves no
 //! service behind (nor touches one it did not make); with the emulator
 //! dropping a User's `RoleSid` or a participant's attributes it fails
-//! naming the field and still deletes its service; a wrong token ends with
-//! one line and makes nothing; `--keep` keeps the service.
+//! naming the field and still deletes its service, as when Twilio refuses
+//! the repair's delete or a SIGINT cuts the run mid-repair; a wrong token
+//! ends with one line and makes nothing; `--keep` keeps the service.
 
 use std::process::Output;
 use std::time::Duration;
@@ -263,6 +264,67 @@ async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() 
         refused.contains("FAILED") && refused.contains("/Users/US"),
         "{text}"
     );
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_selftest_still_deletes_its_service() {
+    let emu = start_emulator(|_| {}).await;
+    // The repair's User delete is parked: the run is mid-repair when the
+    // signal comes.
+    emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
+        "action": {"kind": "hold", "process_on_release": false}}))
+        .await;
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("selftest")
+        .arg("--base-url")
+        .arg(emu.origin())
+        .env("NO_PROXY", "127.0.0.1")
+        .env_remove("TRP_REPAIR_API_KEY_SID")
+        .env_remove("TRP_REPAIR_API_KEY_SECRET")
+        .env_remove("TRP_CONFIG")
+        .env("TWILIO_ACCOUNT_SID", ACCOUNT)
+        .env("TWILIO_AUTH_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    // Wait (an event, at most 10 s) for the parked delete.
+    let mut held = false;
+    for _ in 0..1000 {
+        let v: Value = emu
+            .http
+            .get(emu.url("/__emulator/held"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["held"].as_array().is_some_and(|h| !h.is_empty()) {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "the repair never reached its User delete");
+    let sent = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("selftest did not end after SIGINT")
+        .unwrap();
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(line(&text, "interrupted").contains("FAILED"), "{text}");
     assert!(line(&text, "delete service").contains(" ok "), "{text}");
     assert_eq!(
         service_names(&emu).await,
