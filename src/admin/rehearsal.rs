@@ -174,9 +174,6 @@ pub(super) async fn run(
              repair.credentials_file), or run `twilio-repair-proxy selftest` with your own",
         );
     };
-    let Ok(_running) = s.selftest.running.try_lock() else {
-        return admin_error(StatusCode::CONFLICT, "a selftest is running already");
-    };
     let opts = Options {
         config: s.config.clone(),
         base_url: origin.as_string(),
@@ -188,16 +185,24 @@ pub(super) async fn run(
         webhook: Some(HeaderValue::from_static("false")),
         keep: false,
     };
-    // Its own task: an operator who hangs up does not leave the service behind.
-    let task = tokio::spawn(crate::selftest::selftest(opts));
-    match task.await {
-        Ok(Ok(report)) => {
-            if let Ok(mut last) = s.selftest.last.lock() {
-                *last = Some(report.clone());
-            }
-            (StatusCode::OK, Json(report)).into_response()
+    // Its own task, which holds the slot and keeps the report: an operator
+    // who hangs up neither leaves the service behind nor frees the slot
+    // while the run goes on.
+    let state = s.clone();
+    let task = tokio::spawn(async move {
+        let Ok(_running) = state.selftest.running.try_lock() else {
+            return None;
+        };
+        let result = crate::selftest::selftest(opts).await;
+        if let (Ok(report), Ok(mut last)) = (&result, state.selftest.last.lock()) {
+            *last = Some(report.clone());
         }
-        Ok(Err(e)) => admin_error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        Some(result)
+    });
+    match task.await {
+        Ok(None) => admin_error(StatusCode::CONFLICT, "a selftest is running already"),
+        Ok(Some(Ok(report))) => (StatusCode::OK, Json(report)).into_response(),
+        Ok(Some(Err(e))) => admin_error(StatusCode::BAD_GATEWAY, &e.to_string()),
         Err(_) => admin_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the selftest task failed",
