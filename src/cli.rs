@@ -42,6 +42,8 @@ pub enum Command {
     Incidents(IncidentsCommand),
     /// Run Twilio's workaround for one identity now (journaled), with the operator repair credential.
     Repair(RepairArgs),
+    /// Prove the repair on your own account: a throwaway service, a repair of a User in it, every field read back, the service deleted.
+    Selftest(SelftestArgs),
 }
 
 /// Flags of `check-config`.
@@ -211,4 +213,42 @@ pub struct RepairArgs {
     pub admin_token: Option<String>,
     #[command(flatten)]
     pub serve: JournalArgs,
+}
+
+/// Flags of `selftest`. The credential: `TWILIO_API_KEY`/`TWILIO_API_SECRET`
+/// (with `TWILIO_ACCOUNT_SID`), else `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN`,
+/// else the repair credential the proxy reads (`TRP_REPAIR_API_KEY_SID`/
+/// `_SECRET`/`TRP_REPAIR_ACCOUNT_SID` or `repair.credentials_file`), which
+/// is also the operator credential the repair steps use, as in the proxy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelftestArgs {
+    /// The Conversations API origin to test against.
+    #[arg(
+        long,
+        env = "TRP_SELFTEST_BASE_URL",
+        default_value = crate::selftest::CONVERSATIONS_ORIGIN
+    )]
+    pub base_url: String,
+    /// Leave the throwaway service for inspection (its SID is printed).
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// `X-Twilio-Webhook-Enabled` the test's creates send (`true`, `false`,
+    /// or `omit`); every write of the repair must carry the same.
+    #[arg(long, env = "TRP_SELFTEST_WEBHOOK_ENABLED", default_value = "false")]
+    pub webhook_enabled: String,
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub account_sid: Option<String>,
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    #[arg(long, env = "TWILIO_API_KEY")]
+    pub api_key: Option<String>,
+    #[arg(long, env = "TWILIO_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+    /// A TOML configuration file (see config/default.toml): the repair's
+    /// timeouts and backoffs, `repair.credentials_file`.
+    #[arg(long, env = "TRP_CONFIG")]
+    pub config: Option<PathBuf>,
 }

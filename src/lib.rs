@@ -15,7 +15,7 @@
 //! - `main.rs`: parse the command line and run one subcommand; the only
 //!   place errors become text, and the only user of `anyhow`.
 //! - [`commands`]: one file per subcommand (`serve`, `check-config`,
-//!   `healthcheck`, `emulator`, `demo`, `incidents`, `repair`), each with a
+//!   `healthcheck`, `emulator`, `demo`, `incidents`, `repair`, `selftest`), each with a
 //!   `run` function, and their error type.
 //! - [`cli`]: the command line as clap types, nothing else.
 //! - [`emulator`]: a stateful Twilio Conversations emulator that reproduces
@@ -27,6 +27,9 @@
 //!   reloaded configuration by swapping whole snapshots.
 //! - [`admin`]: the admin listener (probes, metrics, incidents, journal)
 //!   and what it may show to whom.
+//! - [`selftest`]: the repair proven on an operator's own account (a
+//!   throwaway service, the repair's own workflow, every field read back,
+//!   the service deleted): for `selftest` and the admin's `POST /selftest`.
 //! - [`proxy`]: the request handler and what wraps it (a panic guard; no
 //!   tower layers, which would box the body or the future per request).
 //!   A request reads one [`proxy::Settings`] snapshot (routes and hosts,
@@ -98,6 +101,7 @@ pub mod reload;
 pub mod repair;
 pub mod rewrite;
 pub mod routing;
+pub mod selftest;
 pub mod server;
 pub mod shield;
 pub mod sid;

@@ -49,6 +49,9 @@ fn main() -> ExitCode {
             Command::Repair(args) => {
                 done(commands::repair::run(args, &mut std::io::stdout()).await)
             }
+            Command::Selftest(args) => {
+                done(commands::selftest::run(args, &mut std::io::stdout()).await)
+            }
         }
     });
     match result {

@@ -9,6 +9,7 @@
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
 //! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see `crate::repair::operator` |
+//! | `POST /selftest` | an authenticated operator runs [`crate::selftest`] with the repair credential against the Conversations origin (a throwaway service, made and deleted); the report as JSON, kept for `/ui`'s "Ready for repair mode?" panel ([`rehearsal`]) |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
 //!
@@ -58,6 +59,7 @@ use crate::store::{Incident, Store};
 
 pub mod bundle;
 pub mod clusters;
+pub mod rehearsal;
 pub mod ui;
 mod views;
 
@@ -89,6 +91,10 @@ pub struct AdminState {
         Arc<crate::repair::Repairer>,
         arc_swap::ArcSwap<crate::routing::Origin>,
     )>,
+    /// The configuration it started with (`POST /selftest`'s timeouts).
+    config: Config,
+    /// The last selftest run through `POST /selftest`.
+    selftest: rehearsal::SelftestSlot,
 }
 
 impl AdminState {
@@ -101,6 +107,8 @@ impl AdminState {
             token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
             privacy: Privacy::new(config.repair.incident_identity),
             repair: None,
+            config: config.clone(),
+            selftest: rehearsal::SelftestSlot::default(),
         }
     }
 
@@ -166,6 +174,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/incidents", get(incidents))
         .route("/repairs", get(repairs).post(repairs::start))
         .route("/repairs/{id}/abandon", axum::routing::post(abandon))
+        .route("/selftest", axum::routing::post(rehearsal::run))
         .route("/ui", get(ui::list))
         .route("/ui/incidents/{id}", get(ui::detail))
         .route("/ui/incidents/{id}/bundle", get(ui::bundle))

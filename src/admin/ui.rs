@@ -4,7 +4,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /ui?outcome=&service=&identity=&page=` | summary, clusters and one page of incidents (HTML) |
+//! | `GET /ui?outcome=&service=&identity=&page=` | the "Ready for repair mode?" panel (`rehearsal.rs`), summary, clusters and one page of incidents (HTML) |
 //! | `GET /ui/incidents/{id}[?show=attributes]` | one incident: steps, snapshot summary, bundle link |
 //! | `GET /ui/incidents/{id}/bundle` | the support bundle (text file) |
 //! | `GET /ui/login`, `POST /ui/login` | the sign-in form; a right token sets the session cookie |
@@ -235,12 +235,20 @@ pub(super) async fn list(
     };
     let clusters = clusters::clusters(&window);
     let summary = summary(store).await;
+    let list = views::list(
+        &summary, &clusters, &filter, &incidents, has_more, signed_in,
+    );
     page(
         StatusCode::OK,
-        views::list(
-            &summary, &clusters, &filter, &incidents, has_more, signed_in,
-        ),
+        with_panel(list, super::rehearsal::panel(&s)),
     )
+}
+
+/// The "Ready for repair mode?" panel at the top of the page's `main`.
+fn with_panel(list: Markup, panel: Markup) -> Markup {
+    const MAIN: &str = "<main id=\"main\">";
+    let html = list.into_string();
+    maud::PreEscaped(html.replacen(MAIN, &format!("{MAIN}{}", panel.into_string()), 1))
 }
 
 fn parse_id(raw: &str) -> Result<i64, String> {

@@ -12,6 +12,7 @@ pub mod emulator;
 pub mod healthcheck;
 pub mod incidents;
 pub mod repair;
+pub mod selftest;
 pub mod serve;
 
 use std::net::SocketAddr;
@@ -80,6 +81,10 @@ pub enum CommandError {
     Admin(String),
     #[error("no incident {id} in this store (see `incidents export` or the incidents page)")]
     NoIncident { id: i64 },
+    #[error(transparent)]
+    Selftest(crate::selftest::SelftestError),
+    #[error("selftest: {failed} of {total} checks did not hold")]
+    SelftestFailed { failed: usize, total: usize },
     #[error(transparent)]
     Emulator(Box<dyn std::error::Error + Send + Sync>),
 }

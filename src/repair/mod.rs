@@ -22,9 +22,12 @@
 //!   caller and rewritten in later requests that name the old ones.
 //! - `recovery`: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
+//! - `rehearsal`: in `check-only` mode, the repair each fault would
+//!   have had, and whether it could have been completed.
 //!
 //! Only what other modules of the crate call is `pub(crate)` (`alias`,
-//! `credential`, `lock`, `operator`, `step`, `user`); the rest is private
+//! `credential`, `lock`, `operator`, `rehearsal`, `request`, `step`,
+//! `user`, `workflow`: the selftest runs the workflow itself); the rest is private
 //! to the workflow, and what the proxy's callers need is re-exported here.
 //!
 //! [`Repairer`] is one type whose `impl` is split by concern, one block a
@@ -52,12 +55,13 @@ pub(crate) mod lock;
 pub(crate) mod operator;
 mod policy;
 mod recovery;
-mod request;
+pub(crate) mod rehearsal;
+pub(crate) mod request;
 mod snapshot;
 pub(crate) mod step;
 pub(crate) mod user;
 mod verdict;
-mod workflow;
+pub(crate) mod workflow;
 
 #[cfg(test)]
 mod tests;
@@ -114,6 +118,8 @@ pub struct Repairer {
     /// reload swaps it for the next one, [`Repairer::set_shield`]). The
     /// intercepted create goes through the request's own shield.
     shield: arc_swap::ArcSwapOption<crate::shield::Shield>,
+    /// The check-only rehearsals since start.
+    rehearsals: rehearsal::Rehearsals,
 }
 
 /// Builds the `step::Exchange` of one workflow (origin, credential,
@@ -172,7 +178,23 @@ impl Repairer {
             me: me.clone(),
             exchange: p.exchange,
             shield: arc_swap::ArcSwapOption::new(p.shield),
+            rehearsals: rehearsal::Rehearsals::default(),
         })
+    }
+
+    /// The check-only rehearsals since start (the admin plane's panel).
+    pub fn rehearsals(&self) -> rehearsal::RehearsalView {
+        self.rehearsals.view()
+    }
+
+    /// The mode in force now.
+    pub fn mode(&self) -> crate::config::RepairMode {
+        self.policy().mode
+    }
+
+    /// The operator repair credential it holds, if any.
+    pub fn credential(&self) -> Option<&RepairCredential> {
+        self.credential.as_ref()
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {

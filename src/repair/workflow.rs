@@ -6,7 +6,8 @@
 //! 1. `Workflow::who`: whom the create names (ambiguous → `disabled`).
 //! 2. `Workflow::landed`: did the create land after all? (`existing`)
 //! 3. `Workflow::genuine`: does the conversation exist? (`genuine`)
-//! 4. `Workflow::allowed`: mode, service lists, loop guard (`disabled`).
+//! 4. `Workflow::allowed`: mode, service lists, loop guard (`disabled`;
+//!    in check-only mode, the repair is rehearsed first: [`super::rehearsal`]).
 //! 5. `Workflow::lock`: the identity's repair lock (and fence).
 //! 6. `Workflow::retry_create`: repaired meanwhile? (`repaired`)
 //! 7. `Workflow::repair_user`: snapshot, journal, converge ([`super::user`]).
@@ -15,11 +16,13 @@
 use super::check::{self, Conversation, Landed, Posted};
 use super::credential::{self, Acting};
 use super::lock::{KeyLock, RepairKey, SharedFence};
+use super::rehearsal::{self, Rehearsal};
 use super::request::Who;
 use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
+use crate::config::RepairMode;
 use crate::store::{Outcome, RepairState, SidAlias, StepRecord};
 use crate::twilio_api::ApiResponse;
 
@@ -39,12 +42,26 @@ struct Repaired {
 
 /// Run the workflow for one intercepted 20404 and record its incident.
 pub async fn run(rep: &Repairer, req: &CreateRequest) -> Verdict {
+    run_with(rep, req, false).await
+}
+
+/// The same workflow for a create that is taken to have met the fault
+/// (`selftest`, on an account that cannot produce the 20404 at will):
+/// every step but 6, the retried create, which on a healthy account would
+/// simply succeed and end the workflow before the repair.
+pub async fn run_as_faulted(rep: &Repairer, req: &CreateRequest) -> Verdict {
+    run_with(rep, req, true).await
+}
+
+async fn run_with(rep: &Repairer, req: &CreateRequest, as_faulted: bool) -> Verdict {
     let mut w = Workflow {
         rep,
         req,
         steps: Vec::new(),
         api: None,
         conversation: None,
+        as_faulted,
+        rehearsal: None,
     };
     let (verdict, who) = match w.who() {
         Ok(who) => (w.steps(&who).await.unwrap_or_else(|v| v), Some(who)),
@@ -61,6 +78,10 @@ struct Workflow<'a> {
     api: Option<Api>,
     /// The conversation's account and service, once read.
     conversation: Option<(String, String)>,
+    /// [`run_as_faulted`]: no retried create before the repair.
+    as_faulted: bool,
+    /// In check-only mode: the repair it would have run.
+    rehearsal: Option<Rehearsal>,
 }
 
 impl Workflow<'_> {
@@ -74,7 +95,9 @@ impl Workflow<'_> {
         self.allowed(&conv, identity).await?;
         let _lock = self.lock(&conv, identity).await?;
         let _fence = SharedFence::raise(&self.rep.store, identity, self.api().deadline()).await;
-        self.retry_create(who).await?;
+        if !self.as_faulted {
+            self.retry_create(who).await?;
+        }
         let repaired = self.repair_user(&conv, identity).await?;
         Ok(self.replay(who, repaired).await)
     }
@@ -124,12 +147,68 @@ impl Workflow<'_> {
         }
     }
 
-    /// 4. May this identity be repaired here and now?
+    /// Step 4: may this identity be repaired here and now? In check-only
+    /// mode the repair is rehearsed ([`super::rehearsal`]) before the answer.
     async fn allowed(&mut self, conv: &Conversation, identity: &str) -> Result<(), Verdict> {
         let r = &self.rep;
-        match policy::refusal(&r.policy(), r.store.as_ref(), &conv.service_sid, identity).await {
+        let config = r.policy();
+        match policy::refusal(&config, r.store.as_ref(), &conv.service_sid, identity).await {
+            Some(reason) if config.mode == RepairMode::CheckOnly => {
+                let rehearsal = self.rehearse(conv, identity).await;
+                let detail = match &rehearsal.why_not {
+                    None => format!("{reason}; rehearsed: the repair would complete"),
+                    Some(why) => format!("{reason}; rehearsed: the repair would fail: {why}"),
+                };
+                self.rehearsal = Some(rehearsal);
+                Err(Verdict::original(Outcome::Disabled, Some(detail)))
+            }
             Some(reason) => Err(Verdict::original(Outcome::Disabled, Some(reason))),
             None => Ok(()),
+        }
+    }
+
+    /// The check-only rehearsal: the snapshot read with the credential the
+    /// repair would act with, the plan, the judgement. Reads only.
+    async fn rehearse(&mut self, conv: &Conversation, identity: &str) -> Rehearsal {
+        let none = http::HeaderValue::from_static("");
+        let caller = self.req.authorization().unwrap_or(&none).clone();
+        let acting =
+            credential::for_repair(self.rep.credential.as_ref(), &caller, &conv.account_sid);
+        let mut api = self.api().with_authorization(acting.authorization.clone());
+        let target = self.req.repair_target(conv, identity);
+        let snap = user::snapshot(&mut api, &target).await;
+        self.steps.append(&mut api.steps);
+        // Would repair mode refuse it for another reason?
+        let mut as_repair = (*self.rep.policy()).clone();
+        as_repair.mode = RepairMode::Repair;
+        let refusal = policy::refusal(
+            &as_repair,
+            self.rep.store.as_ref(),
+            &conv.service_sid,
+            identity,
+        )
+        .await;
+        let read = rehearsal::Read {
+            snapshot: snap.as_ref().map_err(|e| e.to_string()),
+            conversation_sid: &self.req.path.conversation,
+            acting_user: &acting.user,
+            acting_source: acting.source,
+            account_sid: &conv.account_sid,
+            refusal,
+        };
+        let (plan, restore, why_not) = rehearsal::judge(&read);
+        Rehearsal {
+            at: crate::store::now_rfc3339(),
+            incident_id: None,
+            service_sid: conv.service_sid.clone(),
+            conversation_sid: self.req.path.conversation.clone(),
+            identity: self.rep.record_identity(identity),
+            snapshot: snap.as_ref().ok().map(rehearsal::SnapshotSummary::of),
+            plan,
+            restore,
+            acting: acting.user,
+            would_complete: why_not.is_none(),
+            why_not,
         }
     }
 
@@ -341,7 +420,12 @@ impl Workflow<'_> {
         let incident = self
             .req
             .incident(&verdict, identity, self.conversation.take(), steps);
-        self.rep.record_incident(incident).await;
+        let id = self.rep.record_incident(incident).await;
+        self.rep.rehearsals.fault_seen();
+        if let Some(mut rehearsal) = self.rehearsal.take() {
+            rehearsal.incident_id = id;
+            self.rep.rehearsals.record(rehearsal);
+        }
         verdict
     }
 }

@@ -43,10 +43,24 @@ pub struct ParticipantFault {
     /// [`MAX_FAULT_DELAY_MS`]).
     #[serde(skip_serializing_if = "is_zero")]
     pub read_lag_ms: u64,
+    /// A User create ignores its `RoleSid` (any identity): the User gets
+    /// the service's default role, and the answer says so. A double of
+    /// an account where the role does not survive a recreate (`selftest`
+    /// must name the field).
+    #[serde(skip_serializing_if = "is_false")]
+    pub drop_user_role_sid: bool,
+    /// A participant create or update keeps no `Attributes` (any
+    /// identity): the participant's attributes stay `{}`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub lose_participant_attributes: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// [`ParticipantFault`] ready to evaluate.

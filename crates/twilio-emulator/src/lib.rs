@@ -8,7 +8,11 @@
 //! service paths (`/v1/...`):
 //!
 //! * `GET|POST /v1/Configuration` (`DefaultChatServiceSid` can be updated)
-//! * `GET|POST /v1/Services`, `GET|DELETE /v1/Services/{IS}`
+//! * `GET|POST /v1/Services`, `GET|DELETE /v1/Services/{IS}` (a delete
+//!   removes everything in the service with it)
+//! * `GET .../Roles`, `GET .../Roles/{RL}`: every service has Twilio's four
+//!   default roles (`service admin`, `service user`, `channel admin`,
+//!   `channel user`); Users get `service user`, participants `channel user`
 //! * `GET|POST .../Conversations`, `GET|POST|DELETE .../Conversations/{CH or UniqueName}`
 //! * `GET|POST .../Conversations/{CH}/Participants`,
 //!   `GET|POST|DELETE .../Conversations/{CH}/Participants/{MB or identity}`
@@ -50,7 +54,7 @@
 //! | `DELETE /__emulator/requests` | | clears the request log (204) |
 //! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings, injection rules and accounts (the default services keep their SID) and drops held requests (204; see below) |
 //! | `GET /__emulator/fault` | | current participant fault settings |
-//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null,"read_lag_ms":n}` | replaces them |
+//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null,"read_lag_ms":n,"drop_user_role_sid":bool,"lose_participant_attributes":bool}` | replaces them |
 //! | `GET /__emulator/faults` | | injection rules with their ids and remaining counts |
 //! | `POST /__emulator/faults` | a [`FaultRule`] as JSON | adds a rule (201 `{"id":n}`) |
 //! | `DELETE /__emulator/faults` | | removes all rules (204) |
@@ -147,6 +151,14 @@
 //! 404/20404 for that many milliseconds after the participant's create
 //! (every participant, whatever the mode; the list is not lagged), while
 //! a second create of it already answers 409/50433.
+//!
+//! Lost fields (off by default; any identity, any mode): with
+//! `drop_user_role_sid` a User create ignores its `RoleSid` (the User gets
+//! the service's default role, and the answer shows it); with
+//! `lose_participant_attributes` a participant create or update keeps no
+//! `Attributes` (they stay `{}`). They make a double of an account on which
+//! a field does not survive the repair's recreate, which `selftest` must
+//! catch and name.
 //!
 //! # Choices where the spec and research notes are silent
 //!
@@ -437,6 +449,7 @@ impl EmulatorConfig {
             identity_pattern: self.fault_identity_pattern.clone(),
             user_created_on: self.fault_user_created_on.clone(),
             read_lag_ms: self.fault_read_lag_ms,
+            ..ParticipantFault::default()
         }
     }
 }

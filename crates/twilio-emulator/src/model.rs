@@ -13,7 +13,8 @@ use crate::faults::{CompiledParticipantFault, CompiledRule};
 use crate::traffic::Traffic;
 
 pub(crate) use crate::store::{
-    Binding, Conversation, EmulatorStore, Participant, Service, User, new_service, new_sid, now,
+    Binding, Conversation, EmulatorStore, Participant, Role, Service, User, new_service, new_sid,
+    now,
 };
 
 /// Most services, conversations per service and users per service.
@@ -228,6 +229,20 @@ pub(crate) fn render_service(base: &str, account_sid: &str, s: &Service) -> Valu
             "participant_conversations": format!("{url}/ParticipantConversations"),
             "conversation_with_participants": format!("{url}/ConversationWithParticipants"),
         }
+    })
+}
+
+pub(crate) fn render_role(base: &str, account_sid: &str, service_sid: &str, r: &Role) -> Value {
+    json!({
+        "sid": r.sid,
+        "account_sid": account_sid,
+        "chat_service_sid": service_sid,
+        "friendly_name": r.friendly_name,
+        "type": r.kind,
+        "permissions": r.permissions,
+        "date_created": fmt_date(r.created),
+        "date_updated": fmt_date(r.created),
+        "url": format!("{base}/v1/Services/{service_sid}/Roles/{}", r.sid),
     })
 }
 

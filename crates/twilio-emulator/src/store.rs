@@ -28,7 +28,92 @@ pub(crate) struct Service {
     pub(crate) user_role_sid: String,
     pub(crate) conversations: Vec<Conversation>,
     pub(crate) users: Vec<User>,
+    /// Twilio's default roles of a new service (`.../Roles`).
+    pub(crate) roles: Vec<Role>,
 }
+
+/// A role of a service (`service` or `conversation` scoped).
+pub(crate) struct Role {
+    pub(crate) sid: String,
+    pub(crate) friendly_name: &'static str,
+    /// `service` or `conversation`.
+    pub(crate) kind: &'static str,
+    pub(crate) permissions: &'static [&'static str],
+    pub(crate) created: OffsetDateTime,
+}
+
+/// The roles Twilio gives a new Conversation Service, with their
+/// permissions: (name, type, permissions). The second of each type is the
+/// default one.
+const DEFAULT_ROLES: [(&str, &str, &[&str]); 4] = [
+    (
+        "service admin",
+        "service",
+        &[
+            "addMember",
+            "createChannel",
+            "deleteAnyMessage",
+            "destroyChannel",
+            "editAnyMessage",
+            "editAnyMessageAttributes",
+            "editAnyUserInfo",
+            "editChannelAttributes",
+            "editChannelName",
+            "editOwnMessage",
+            "editOwnMessageAttributes",
+            "editOwnUserInfo",
+            "inviteMember",
+            "joinChannel",
+            "removeMember",
+        ],
+    ),
+    (
+        "service user",
+        "service",
+        &[
+            "createChannel",
+            "deleteOwnMessage",
+            "destroyChannel",
+            "editOwnMessage",
+            "editOwnMessageAttributes",
+            "editOwnUserInfo",
+            "joinChannel",
+        ],
+    ),
+    (
+        "channel admin",
+        "conversation",
+        &[
+            "addMember",
+            "deleteAnyMessage",
+            "editAnyMessage",
+            "editAnyMessageAttributes",
+            "editChannelAttributes",
+            "editChannelName",
+            "editOwnMessage",
+            "editOwnMessageAttributes",
+            "editOwnUserInfo",
+            "inviteMember",
+            "leaveChannel",
+            "removeMember",
+            "sendMediaMessage",
+            "sendMessage",
+        ],
+    ),
+    (
+        "channel user",
+        "conversation",
+        &[
+            "deleteOwnMessage",
+            "editOwnMessage",
+            "editOwnMessageAttributes",
+            "editOwnUserInfo",
+            "leaveChannel",
+            "sendMediaMessage",
+            "sendMessage",
+        ],
+    ),
+];
 
 pub(crate) struct Conversation {
     pub(crate) sid: String,
@@ -104,15 +189,26 @@ impl EmulatorStore {
 
 pub(crate) fn new_service(sid: String, friendly_name: String) -> Service {
     let now = now();
+    let roles: Vec<Role> = DEFAULT_ROLES
+        .iter()
+        .map(|(friendly_name, kind, permissions)| Role {
+            sid: new_sid("RL"),
+            friendly_name,
+            kind,
+            permissions,
+            created: now,
+        })
+        .collect();
     Service {
         sid,
         friendly_name,
         created: now,
         updated: now,
-        participant_role_sid: new_sid("RL"),
-        user_role_sid: new_sid("RL"),
+        participant_role_sid: roles[3].sid.clone(),
+        user_role_sid: roles[1].sid.clone(),
         conversations: Vec::new(),
         users: Vec::new(),
+        roles,
     }
 }
 

@@ -1699,3 +1699,115 @@ async fn a_message_send_is_accepted_for_the_callers_own_account_only() {
     let (s, _) = emu.get(&path).await;
     assert_eq!(s, 405);
 }
+
+#[tokio::test]
+async fn lost_field_switches_drop_a_users_role_and_a_participants_attributes() {
+    let emu = start(EmulatorConfig::default()).await;
+    let is = emu.new_service().await;
+    let prefix = format!("/v1/Services/{is}");
+    let roles = emu.get(&format!("{prefix}/Roles")).await.json();
+    let role = |name: &str| {
+        roles["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["friendly_name"] == name)
+            .unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (admin, user_default) = (role("service admin"), role("service user"));
+    let ch = emu.new_conversation(&prefix).await;
+    let parts = format!("{prefix}/Conversations/{ch}/Participants");
+
+    // Off: both fields are kept.
+    let r = emu
+        .post(
+            &format!("{prefix}/Users"),
+            &[("Identity", "kept"), ("RoleSid", &admin)],
+        )
+        .await;
+    assert_eq!(r.json()["role_sid"], admin.as_str());
+    let r = emu
+        .post(
+            &parts,
+            &[("Identity", "kept"), ("Attributes", r#"{"a":1}"#)],
+        )
+        .await;
+    assert_eq!(r.json()["attributes"], r#"{"a":1}"#);
+
+    emu.set_fault(
+        json!({"mode": "off", "drop_user_role_sid": true, "lose_participant_attributes": true}),
+    )
+    .await;
+    let fault = emu
+        .control(reqwest::Method::GET, "/__emulator/fault", None)
+        .await
+        .json();
+    assert_eq!(fault["drop_user_role_sid"], true, "{fault}");
+    let r = emu
+        .post(
+            &format!("{prefix}/Users"),
+            &[("Identity", "dropped"), ("RoleSid", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        r.json()["role_sid"],
+        user_default.as_str(),
+        "the default role"
+    );
+    let r = emu
+        .post(
+            &parts,
+            &[("Identity", "lost"), ("Attributes", r#"{"a":1}"#)],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["attributes"], "{}");
+    let r = emu
+        .post(&format!("{parts}/kept"), &[("Attributes", r#"{"b":2}"#)])
+        .await;
+    assert_eq!(
+        r.json()["attributes"],
+        r#"{"a":1}"#,
+        "an update keeps none either"
+    );
+
+    // Off again (a reset restores the start-up settings).
+    emu.control(reqwest::Method::POST, "/__emulator/reset", None)
+        .await;
+    let fault = emu
+        .control(reqwest::Method::GET, "/__emulator/fault", None)
+        .await
+        .json();
+    assert!(fault.get("drop_user_role_sid").is_none(), "{fault}");
+}
+
+#[tokio::test]
+async fn a_service_delete_takes_everything_in_it() {
+    let emu = start(EmulatorConfig::default()).await;
+    let is = emu.new_service().await;
+    let prefix = format!("/v1/Services/{is}");
+    let ch = emu.new_conversation(&prefix).await;
+    let r = emu
+        .post(
+            &format!("{prefix}/Conversations/{ch}/Participants"),
+            &[("Identity", "kim")],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(emu.get(&format!("{prefix}/Users/kim")).await.status, 200);
+    assert_eq!(emu.get(&format!("{prefix}/Roles")).await.status, 200);
+    assert_eq!(emu.delete(&prefix).await.status, 204);
+    for path in [
+        format!("{prefix}/Users/kim"),
+        format!("{prefix}/Conversations/{ch}"),
+        format!("{prefix}/Roles"),
+    ] {
+        assert_eq!(emu.get(&path).await.status, 404, "{path}");
+    }
+    // Roles have no default-service path.
+    assert_eq!(emu.get("/v1/Roles").await.status, 404);
+}

@@ -302,6 +302,44 @@ async fn responses_match_openapi_schemas() {
         &emu.get(&format!("{prefix}/Users")).await,
         "service user list",
     );
+    let roles = emu.get(&format!("{prefix}/Roles")).await;
+    validate(
+        &spec.list_schema("/v1/Services/{ChatServiceSid}/Roles"),
+        &roles,
+        "service role list",
+    );
+    let listed = roles["roles"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|r| {
+            (
+                r["friendly_name"].as_str().unwrap(),
+                r["type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("service admin", "service"),
+            ("service user", "service"),
+            ("channel admin", "conversation"),
+            ("channel user", "conversation"),
+        ]
+    );
+    for r in listed {
+        check_resource(&spec, "conversations.v1.service.service_role", r, &[]);
+    }
+    let rl = listed[0]["sid"].as_str().unwrap();
+    check_resource(
+        &spec,
+        "conversations.v1.service.service_role",
+        &emu.get(&format!("{prefix}/Roles/{rl}")).await,
+        &[],
+    );
+    // The defaults are the listed `service user` and `channel user`.
+    assert_eq!(user["role_sid"], listed[1]["sid"]);
+    assert_eq!(part["role_sid"], listed[3]["sid"]);
     let uc = emu
         .get(&format!("{prefix}/Users/bob/Conversations/{ch}"))
         .await;

@@ -2,7 +2,8 @@
 //! reply types, the request as the handlers see it, and [`dispatch`], which
 //! routes a request to its resource. One file per resource:
 //!
-//! - [`services`]: `/v1/Configuration`, `/v1/Services[/{IS}]`;
+//! - [`services`]: `/v1/Configuration`, `/v1/Services[/{IS}]`, a service's
+//!   `.../Roles[/{RL}]`;
 //! - [`conversations`], [`participants`], [`users`]: the service-scoped
 //!   resources (under `/v1/Services/{IS}/...` or the default service's
 //!   `/v1/...`);
@@ -30,7 +31,7 @@ use twilio_wire::{error_response, twilio_more_info};
 use conversations::{conversation_item, create_conversation, list_conversations};
 pub(crate) use params::Params;
 use participants::{create_participant, list_participants, participant_item};
-use services::{configuration, service, services};
+use services::{configuration, role, roles, service, services};
 pub(crate) use users::set_user_date_created;
 use users::{create_user, fetch_user_conversation, list_user_conversations, list_users, user_item};
 
@@ -276,6 +277,8 @@ fn scoped(
             fetch_user_conversation(ctx, scope, service, u, c)
         }
         (["Users", _, "Conversations", ..], _) => Err(EmulatorError::method_not_allowed()),
+        (["Roles"], _) if scoped => roles(ctx, service),
+        (["Roles", r], _) if scoped => role(ctx, service, r),
         _ => Err(ctx.not_found()),
     }
 }

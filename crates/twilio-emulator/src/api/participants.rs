@@ -43,7 +43,9 @@ pub(super) fn create_participant(
     let c_idx = service
         .conversation_index(key)
         .ok_or_else(|| ctx.not_found())?;
-    let attributes = attributes_param(ctx)?.unwrap_or_else(|| "{}".to_owned());
+    let attributes = attributes_param(ctx)?
+        .filter(|_| !ctx.fault.settings.lose_participant_attributes)
+        .unwrap_or_else(|| "{}".to_owned());
     let role_sid = sid_param(ctx, "RoleSid", "RL")?;
     let created = date_param(ctx, "DateCreated")?;
     let updated = date_param(ctx, "DateUpdated")?;
@@ -218,7 +220,8 @@ pub(super) fn participant_item(
             )))
         }
         Method::POST => {
-            let attributes = attributes_param(ctx)?;
+            let attributes =
+                attributes_param(ctx)?.filter(|_| !ctx.fault.settings.lose_participant_attributes);
             let role_sid = sid_param(ctx, "RoleSid", "RL")?;
             let created = date_param(ctx, "DateCreated")?;
             let updated = date_param(ctx, "DateUpdated")?;

@@ -1,9 +1,12 @@
-//! `/v1/Configuration` and `/v1/Services[/{IS}]`: the account's services and
-//! its default service.
+//! `/v1/Configuration`, `/v1/Services[/{IS}]` and a service's
+//! `.../Roles[/{RL}]`: the account's services, its default service, and
+//! each service's roles (read-only: Twilio's default four).
 
 use http::Method;
 
-use super::params::{MAX_PAGE_SIZE_LARGE, check_capacity, envelope, paginate, sid_param};
+use super::params::{
+    MAX_PAGE_SIZE_LARGE, MAX_PAGE_SIZE_USERS, check_capacity, envelope, paginate, sid_param,
+};
 use super::{ApiResult, Call, EmulatorError, Reply};
 use crate::model::{self, EmulatorStore, MAX_ITEMS_PER_COLLECTION};
 
@@ -80,4 +83,37 @@ pub(super) fn service(ctx: &Call<'_>, store: &mut EmulatorStore, sid: &str) -> A
         }
         _ => Err(EmulatorError::method_not_allowed()),
     }
+}
+
+/// `GET .../Roles` (only on `/v1/Services/{IS}`: Twilio has no
+/// default-service path for roles).
+pub(super) fn roles(ctx: &Call<'_>, service: &super::Svc) -> ApiResult {
+    if *ctx.req.method != Method::GET {
+        return Err(EmulatorError::method_not_allowed());
+    }
+    let keys: Vec<&str> = service.roles.iter().map(|r| r.sid.as_str()).collect();
+    let (range, meta) = paginate(ctx, &keys, MAX_PAGE_SIZE_USERS, "roles")?;
+    let items = service.roles[range]
+        .iter()
+        .map(|r| model::render_role(&ctx.config.public_url, ctx.account_sid, &service.sid, r))
+        .collect();
+    Ok(Reply::ok(envelope("roles", items, meta)))
+}
+
+/// `GET .../Roles/{RL}`.
+pub(super) fn role(ctx: &Call<'_>, service: &super::Svc, sid: &str) -> ApiResult {
+    if *ctx.req.method != Method::GET {
+        return Err(EmulatorError::method_not_allowed());
+    }
+    let r = service
+        .roles
+        .iter()
+        .find(|r| r.sid == sid)
+        .ok_or_else(|| ctx.not_found())?;
+    Ok(Reply::ok(model::render_role(
+        &ctx.config.public_url,
+        ctx.account_sid,
+        &service.sid,
+        r,
+    )))
 }

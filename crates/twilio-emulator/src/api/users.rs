@@ -38,7 +38,8 @@ pub(super) fn create_user(ctx: &Call<'_>, scope: Scope<'_>, service: &mut Svc) -
         return Err(EmulatorError::invalid_code(50207, "Identity too long"));
     }
     let attributes = attributes_param(ctx)?;
-    let role_sid = sid_param(ctx, "RoleSid", "RL")?;
+    let role_sid =
+        sid_param(ctx, "RoleSid", "RL")?.filter(|_| !ctx.fault.settings.drop_user_role_sid);
     // Emulator extension so tests can exercise the creation-date fault.
     let created = date_param(ctx, "DateCreated")?;
     if service.user_by_identity(identity).is_some() {

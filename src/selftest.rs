@@ -1,0 +1,1089 @@
+//! The selftest: prove the repair on the operator's own account before it
+//! touches production (`twilio-repair-proxy selftest`, and `POST /selftest`
+//! on the admin plane, which is why it lives below both and not in
+//! `commands`). Orchestration only: make a throwaway Conversation
+//! Service and what a stale identity has to lose, run the repair's own
+//! workflow on it ([`crate::repair::workflow::run_as_faulted`]: the same
+//! steps, the same client, the same journal code, against an in-memory
+//! journal), read back every field the invariant names, and delete the
+//! service whatever happened.
+//!
+//! What belongs here: the order of the scene, the comparisons and the
+//! report. What does not: any repair step (they are `repair`'s; a copy here
+//! would prove nothing about them) and any write outside the service this
+//! run created (every write's path starts with its `/v1/Services/{IS}`, and
+//! the service is read back and its friendly name compared before the
+//! delete).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::{Config, RepairMode, StoreOptions};
+use crate::forward::{self, UpstreamClient};
+use crate::metrics::Metrics;
+use crate::repair::request::CreatePath;
+use crate::repair::step::{Exchange, Sent};
+use crate::repair::workflow::{self, Answer, CreateRequest};
+use crate::repair::{ExchangeFactory, RepairCredential, Repairer, RepairerParts};
+use crate::routing::Origin;
+use crate::store::Outcome;
+use crate::twilio_api::{ApiError, ApiResponse, TwilioApi, encode_segment, form};
+
+/// Twilio's Conversations host: `--base-url`'s default.
+pub const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
+/// Every throwaway service's friendly name starts with this (then a
+/// timestamp), so one left behind (`--keep`, a killed run) is recognised.
+pub const SERVICE_NAME_PREFIX: &str = "trp-selftest";
+/// The longest one selftest call may take (a wrong host or a silent
+/// network ends here, not at the repair's deadline).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One line of the report: a step and whether it held.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub step: &'static str,
+    pub ok: bool,
+    /// `ok`'s detail (what was made), or what differed.
+    pub detail: String,
+    /// Twilio's `Twilio-Request-Id` of the call that showed it.
+    pub request_id: Option<String>,
+}
+
+/// What a selftest found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every check held (the exit status).
+    pub ok: bool,
+    pub base_url: String,
+    /// The throwaway service (`None`: it could not be made).
+    pub service_sid: Option<String>,
+    pub service_name: String,
+    /// `--keep`: the service was left for inspection.
+    pub kept: bool,
+    /// The throwaway service is gone (read back as 404 after the delete).
+    pub cleaned_up: bool,
+    pub checks: Vec<Check>,
+    /// When it ran (RFC 3339).
+    pub at: String,
+}
+
+impl Report {
+    /// The report as lines: one per step, then the summary.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .checks
+            .iter()
+            .map(|c| {
+                let rq = c
+                    .request_id
+                    .as_deref()
+                    .map(|r| format!(" [{r}]"))
+                    .unwrap_or_default();
+                let verdict = if c.ok { "ok" } else { "FAILED" };
+                format!("{:<23} {verdict:<6} {}{rq}", c.step, c.detail)
+            })
+            .collect();
+        let failed = self.checks.iter().filter(|c| !c.ok).count();
+        out.push(if self.ok {
+            format!(
+                "selftest passed: {} checks held on {}; the repair did the right thing on this account",
+                self.checks.len(),
+                self.base_url
+            )
+        } else {
+            format!(
+                "selftest FAILED: {failed} of {} checks did not hold on {}: do not turn repair mode on until they do",
+                self.checks.len(),
+                self.base_url
+            )
+        });
+        out
+    }
+}
+
+/// Why a selftest could not run at all (one line; nothing was made).
+#[derive(Debug, thiserror::Error)]
+pub enum SelftestError {
+    #[error(
+        "selftest: Twilio refused the credential {user} ({status}{code}): check {variables}; nothing was created"
+    )]
+    Credential {
+        user: String,
+        variables: &'static str,
+        status: u16,
+        code: String,
+    },
+    /// The first call (the service create) got no service: the host
+    /// cannot be reached, or answered something else.
+    #[error("selftest: cannot create a service on {base_url}: {detail}; nothing was created")]
+    NoService { base_url: String, detail: String },
+    #[error("selftest: invalid --base-url {0}: an origin such as https://conversations.twilio.com")]
+    BaseUrl(String),
+    #[error(
+        "selftest: no credential: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or TWILIO_API_KEY and TWILIO_API_SECRET (with TWILIO_ACCOUNT_SID), or the repair credential (TRP_REPAIR_API_KEY_SID/_SECRET or repair.credentials_file)"
+    )]
+    NoCredential,
+    #[error(transparent)]
+    CredentialFile(#[from] crate::repair::credential::CredentialError),
+}
+
+/// The credential selftest acts with as the "caller", and where it came
+/// from (named in a refusal: `variables`).
+pub struct Caller {
+    pub credential: RepairCredential,
+    pub variables: &'static str,
+}
+
+/// What one selftest run needs.
+pub struct Options {
+    pub config: Config,
+    pub base_url: String,
+    pub caller: Caller,
+    /// The operator repair credential, as the proxy would hold it.
+    pub operator: Option<RepairCredential>,
+    /// `X-Twilio-Webhook-Enabled` as the caller would send it (`None`: not sent).
+    pub webhook: Option<HeaderValue>,
+    pub keep: bool,
+}
+
+/// One call the repair's workflow made, as its client sent it.
+#[derive(Debug, Clone)]
+struct RepairCall {
+    method: Method,
+    path: String,
+    /// The `X-Twilio-Webhook-Enabled` value the call carried.
+    webhook: Option<HeaderValue>,
+    status: Option<StatusCode>,
+    request_id: Option<String>,
+    /// Its credential's Basic user name (`AC…`/`SK…`; never the secret).
+    user: String,
+}
+
+/// The repair's own client ([`TwilioApi`], built as the proxy builds it),
+/// noting each call's method, path, webhook header and answer.
+struct Recording {
+    inner: Arc<dyn Exchange>,
+    user: String,
+    webhook: Option<HeaderValue>,
+    seen: Arc<Mutex<Vec<RepairCall>>>,
+}
+
+impl Exchange for Recording {
+    fn send<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        sent: &'a Sent<'a>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<ApiResponse, ApiError>> {
+        Box::pin(async move {
+            // What `TwilioApi` puts on the wire: its own choice on the
+            // workflow's writes, the caller's header on a replay.
+            let webhook = match sent {
+                Sent::Form(_) if method != Method::GET => self.webhook.clone(),
+                Sent::Form(_) => None,
+                Sent::Replay(headers, _) => headers.get("x-twilio-webhook-enabled").cloned(),
+            };
+            let result = self.inner.send(method.clone(), path, sent, deadline).await;
+            let (status, request_id) = match &result {
+                Ok(r) => (Some(r.status), r.request_id.clone()),
+                Err(_) => (None, None),
+            };
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.push(RepairCall {
+                    method,
+                    path: path.to_string(),
+                    webhook,
+                    status,
+                    request_id,
+                    user: self.user.clone(),
+                });
+            }
+            result
+        })
+    }
+    fn with_authorization(&self, authorization: HeaderValue) -> Arc<dyn Exchange> {
+        Arc::new(Recording {
+            user: crate::sid::basic_user(&authorization).unwrap_or_default(),
+            inner: self.inner.with_authorization(authorization),
+            webhook: self.webhook.clone(),
+            seen: self.seen.clone(),
+        })
+    }
+}
+
+/// The fields the scene gives the identity (what the invariant must bring back).
+struct Wanted {
+    identity: String,
+    friendly_name: String,
+    attributes: String,
+    user_role: String,
+    member_attributes: [String; 2],
+    member_role: String,
+}
+
+/// The selftest's own calls (the scene and the reads that verify it):
+/// the same client type as the repair's, with the caller's credential.
+struct Calls {
+    api: TwilioApi,
+}
+
+impl Calls {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<ApiResponse, ApiError> {
+        self.api
+            .once(method, path, body, Instant::now() + CALL_TIMEOUT)
+            .await
+    }
+}
+
+/// What went wrong with one call, for a report line.
+fn differed(r: &ApiResponse) -> String {
+    let message = r
+        .json()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    match r.code() {
+        Some(code) => format!(
+            "Twilio answered {} (code {code}) {message}",
+            r.status.as_u16()
+        ),
+        None => format!("Twilio answered {} {message}", r.status.as_u16()),
+    }
+    .trim_end()
+    .to_string()
+}
+
+fn same_json(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn field(v: &serde_json::Value, k: &str) -> Option<String> {
+    v.get(k).and_then(|x| x.as_str()).map(str::to_string)
+}
+
+/// The fields of `v` that differ from what was sent: `name: want W, got G`.
+fn differences(v: &serde_json::Value, want: &[(&str, &str, bool)]) -> Vec<String> {
+    want.iter()
+        .filter_map(|(name, w, json)| {
+            let got = field(v, name);
+            let same = match &got {
+                Some(g) if *json => same_json(w, g),
+                Some(g) => g == w,
+                None => false,
+            };
+            (!same).then(|| {
+                format!(
+                    "{name}: want {w}, got {}",
+                    got.unwrap_or_else(|| "nothing".into())
+                )
+            })
+        })
+        .collect()
+}
+
+/// The run in progress: its report's lines so far.
+struct Run {
+    checks: Vec<Check>,
+}
+
+impl Run {
+    fn ok(&mut self, step: &'static str, detail: impl Into<String>, rq: Option<String>) {
+        self.checks.push(Check {
+            step,
+            ok: true,
+            detail: detail.into(),
+            request_id: rq,
+        });
+    }
+    fn failed(&mut self, step: &'static str, detail: impl Into<String>, rq: Option<String>) {
+        self.checks.push(Check {
+            step,
+            ok: false,
+            detail: detail.into(),
+            request_id: rq,
+        });
+    }
+    /// A write of the scene: its JSON when it answered `want`, else a
+    /// failed line and `None`.
+    fn expect(
+        &mut self,
+        step: &'static str,
+        r: Result<ApiResponse, ApiError>,
+        want: StatusCode,
+    ) -> Option<(serde_json::Value, Option<String>)> {
+        match r {
+            Ok(r) if r.status == want => Some((r.json().unwrap_or_default(), r.request_id)),
+            Ok(r) => {
+                self.failed(step, differed(&r), r.request_id.clone());
+                None
+            }
+            Err(e) => {
+                self.failed(step, e.to_string(), None);
+                None
+            }
+        }
+    }
+}
+
+/// Run the selftest (see the module doc). `Err` only when nothing could
+/// be made at all (a refused credential, an unreachable host): one line.
+pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
+    selftest_until(opts, std::future::pending()).await
+}
+
+/// [`selftest`], cut short when `interrupted` completes (the command's
+/// SIGINT or SIGTERM): the scene or the repair under way is abandoned,
+/// and the service is still deleted (unless `--keep`).
+pub async fn selftest_until(
+    opts: Options,
+    interrupted: impl std::future::Future<Output = ()>,
+) -> Result<Report, SelftestError> {
+    let at = crate::store::now_rfc3339();
+    let origin = Origin::parse(&opts.base_url)
+        .ok_or_else(|| SelftestError::BaseUrl(opts.base_url.clone()))?;
+    let client = forward::build_client_with(
+        &opts.config.limits,
+        &forward::UpstreamTls::from_config(&opts.config)
+            .map_err(|e| SelftestError::BaseUrl(e.to_string()))?,
+    );
+    let step_timeout = Duration::from_millis(opts.config.repair.step_timeout_ms);
+    let calls = Calls {
+        api: TwilioApi::new(
+            client.clone(),
+            origin.clone(),
+            opts.caller.credential.authorization.clone(),
+            opts.webhook.clone(),
+            step_timeout.min(CALL_TIMEOUT),
+        ),
+    };
+    let service_name = format!(
+        "{SERVICE_NAME_PREFIX} {}",
+        at.split('.').next().unwrap_or(&at)
+    );
+    // 1. The service: the first call, so a wrong credential ends here.
+    let created = calls
+        .call(
+            Method::POST,
+            "/v1/Services",
+            Some(&form(&[("FriendlyName", &service_name)])),
+        )
+        .await;
+    let (service_sid, rq) = match created {
+        Ok(r) if r.status == StatusCode::CREATED => match r.json().and_then(|v| field(&v, "sid")) {
+            Some(sid) if crate::sid::is_sid(&sid, "IS") => (sid, r.request_id),
+            _ => {
+                return Err(SelftestError::NoService {
+                    base_url: origin.as_string(),
+                    detail: "the service create answered no service SID".into(),
+                });
+            }
+        },
+        Ok(r) if r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN => {
+            return Err(SelftestError::Credential {
+                user: opts.caller.credential.user.clone(),
+                variables: opts.caller.variables,
+                status: r.status.as_u16(),
+                code: r.code().map(|c| format!(", code {c}")).unwrap_or_default(),
+            });
+        }
+        Ok(r) => {
+            return Err(SelftestError::NoService {
+                base_url: origin.as_string(),
+                detail: format!("creating a service: {}", differed(&r)),
+            });
+        }
+        Err(e) => {
+            return Err(SelftestError::NoService {
+                base_url: origin.as_string(),
+                detail: e.to_string(),
+            });
+        }
+    };
+    let mut run = Run { checks: Vec::new() };
+    run.ok(
+        "create service",
+        format!("{service_sid} \"{service_name}\""),
+        rq,
+    );
+    let base = format!("/v1/Services/{service_sid}");
+    let cut = tokio::select! {
+        () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => false,
+        () = interrupted => true,
+    };
+    if cut {
+        run.failed(
+            "interrupted",
+            "a signal ended the run here: the step under way was abandoned",
+            None,
+        );
+    }
+
+    // Last: the service goes, whatever happened (unless --keep).
+    let cleaned_up = if opts.keep {
+        run.ok(
+            "keep service",
+            format!("{service_sid} left for inspection (--keep): delete it with DELETE {base}"),
+            None,
+        );
+        false
+    } else {
+        delete_service(&mut run, &calls, &base, &service_name).await
+    };
+    let ok = run.checks.iter().all(|c| c.ok);
+    Ok(Report {
+        ok,
+        base_url: origin.as_string(),
+        service_sid: Some(service_sid),
+        service_name,
+        kept: opts.keep,
+        cleaned_up,
+        checks: run.checks,
+        at,
+    })
+}
+
+/// Delete the throwaway service (after reading back that it is ours) and
+/// read back that it is gone.
+async fn delete_service(run: &mut Run, calls: &Calls, base: &str, name: &str) -> bool {
+    match calls.call(Method::GET, base, None).await {
+        Ok(r) if r.status == StatusCode::OK => {
+            let got = r.json().and_then(|v| field(&v, "friendly_name"));
+            if got.as_deref() != Some(name) {
+                run.failed(
+                    "delete service",
+                    format!("not deleted: its friendly name reads {got:?}, not \"{name}\""),
+                    r.request_id,
+                );
+                return false;
+            }
+        }
+        Ok(r) if r.status == StatusCode::NOT_FOUND => {}
+        Ok(r) => {
+            run.failed(
+                "delete service",
+                format!("not deleted: {}", differed(&r)),
+                r.request_id,
+            );
+            return false;
+        }
+        Err(e) => {
+            run.failed("delete service", format!("not deleted: {e}"), None);
+            return false;
+        }
+    }
+    let rq = match calls.call(Method::DELETE, base, None).await {
+        Ok(r) if r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_FOUND => {
+            r.request_id
+        }
+        Ok(r) => {
+            run.failed(
+                "delete service",
+                format!("not deleted: {}", differed(&r)),
+                r.request_id,
+            );
+            return false;
+        }
+        Err(e) => {
+            run.failed("delete service", format!("not deleted: {e}"), None);
+            return false;
+        }
+    };
+    match calls.call(Method::GET, base, None).await {
+        Ok(r) if r.status == StatusCode::NOT_FOUND => {
+            run.ok(
+                "delete service",
+                "deleted with everything in it (read back: 404)",
+                rq,
+            );
+            true
+        }
+        Ok(r) => {
+            run.failed(
+                "delete service",
+                format!("still there after the delete ({})", r.status.as_u16()),
+                r.request_id,
+            );
+            false
+        }
+        Err(e) => {
+            run.failed("delete service", format!("not read back: {e}"), rq);
+            false
+        }
+    }
+}
+
+/// Pick a role of `kind` that is not Twilio's default for it (`service
+/// user`, `channel user`): a User re-made with defaults must show.
+fn non_default_role(roles: &[serde_json::Value], kind: &str, default: &str) -> Option<String> {
+    roles
+        .iter()
+        .filter(|r| r["type"] == kind && r["friendly_name"] != default)
+        .find_map(|r| field(r, "sid"))
+}
+
+/// Steps 2 to 4 in the throwaway service at `base`: the scene, the
+/// repair, the read-back. Each pushes its lines; a scene step that fails
+/// ends the run (the service is deleted by the caller).
+async fn scene_and_repair(
+    run: &mut Run,
+    opts: &Options,
+    calls: &Calls,
+    client: UpstreamClient,
+    origin: &Origin,
+    base: &str,
+) {
+    // 2. Roles: non-default ones, so a User re-made with defaults shows.
+    let Some((roles, rq)) = run.expect(
+        "read roles",
+        calls
+            .call(Method::GET, &format!("{base}/Roles?PageSize=50"), None)
+            .await,
+        StatusCode::OK,
+    ) else {
+        return;
+    };
+    let roles = roles["roles"].as_array().cloned().unwrap_or_default();
+    let (Some(user_role), Some(member_role)) = (
+        non_default_role(&roles, "service", "service user"),
+        non_default_role(&roles, "conversation", "channel user"),
+    ) else {
+        run.failed(
+            "read roles",
+            format!(
+                "no non-default service and conversation role among {} roles",
+                roles.len()
+            ),
+            rq,
+        );
+        return;
+    };
+    run.ok(
+        "read roles",
+        format!("User role {user_role}, member role {member_role}"),
+        rq,
+    );
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let want = Wanted {
+        identity: format!("{SERVICE_NAME_PREFIX}-{stamp}"),
+        friendly_name: "Selftest User (twilio-repair-proxy)".into(),
+        attributes: r#"{"selftest":true,"tier":"gold","tags":["a","b"],"nested":{"n":1}}"#.into(),
+        user_role,
+        member_attributes: [
+            r#"{"seat":"kept","n":1}"#.into(),
+            r#"{"seat":"re-added","n":2}"#.into(),
+        ],
+        member_role,
+    };
+
+    // The User.
+    let Some((user, rq)) = run.expect(
+        "create user",
+        calls
+            .call(
+                Method::POST,
+                &format!("{base}/Users"),
+                Some(&form(&[
+                    ("Identity", &want.identity),
+                    ("FriendlyName", &want.friendly_name),
+                    ("Attributes", &want.attributes),
+                    ("RoleSid", &want.user_role),
+                ])),
+            )
+            .await,
+        StatusCode::CREATED,
+    ) else {
+        return;
+    };
+    let user_fields = [
+        ("friendly_name", want.friendly_name.as_str(), false),
+        ("attributes", want.attributes.as_str(), true),
+        ("role_sid", want.user_role.as_str(), false),
+    ];
+    let diff = differences(&user, &user_fields);
+    let old_user_sid = field(&user, "sid").unwrap_or_default();
+    if diff.is_empty() {
+        run.ok(
+            "create user",
+            format!("{old_user_sid} `{}`", want.identity),
+            rq,
+        );
+    } else {
+        run.failed(
+            "create user",
+            format!("Twilio kept other fields: {}", diff.join("; ")),
+            rq,
+        );
+        return;
+    }
+
+    // Two conversations, a participant in each, then one removed.
+    let mut conversations = Vec::new();
+    for i in 0..2 {
+        let Some((c, rq)) = run.expect(
+            "create conversation",
+            calls
+                .call(
+                    Method::POST,
+                    &format!("{base}/Conversations"),
+                    Some(&form(&[(
+                        "FriendlyName",
+                        &format!("{SERVICE_NAME_PREFIX} conversation {}", i + 1),
+                    )])),
+                )
+                .await,
+            StatusCode::CREATED,
+        ) else {
+            return;
+        };
+        let sid = field(&c, "sid").unwrap_or_default();
+        run.ok("create conversation", sid.clone(), rq);
+        conversations.push(sid);
+    }
+    let participants = |ch: &str| format!("{base}/Conversations/{ch}/Participants");
+    let mut member_sids = Vec::new();
+    for (ch, attributes) in conversations.iter().zip(&want.member_attributes) {
+        let Some((p, rq)) = run.expect(
+            "add participant",
+            calls
+                .call(
+                    Method::POST,
+                    &participants(ch),
+                    Some(&form(&[
+                        ("Identity", &want.identity),
+                        ("Attributes", attributes),
+                        ("RoleSid", &want.member_role),
+                    ])),
+                )
+                .await,
+            StatusCode::CREATED,
+        ) else {
+            return;
+        };
+        let diff = differences(
+            &p,
+            &[
+                ("attributes", attributes, true),
+                ("role_sid", &want.member_role, false),
+            ],
+        );
+        let sid = field(&p, "sid").unwrap_or_default();
+        if !diff.is_empty() {
+            run.failed(
+                "add participant",
+                format!(
+                    "{sid} in {ch}: Twilio kept other fields: {}",
+                    diff.join("; ")
+                ),
+                rq,
+            );
+            return;
+        }
+        run.ok("add participant", format!("{sid} in {ch}"), rq);
+        member_sids.push(sid);
+    }
+    let (kept_ch, faulted_ch) = (&conversations[0], &conversations[1]);
+    let Some((_, rq)) = run.expect(
+        "remove participant",
+        calls
+            .call(
+                Method::DELETE,
+                &format!("{}/{}", participants(faulted_ch), member_sids[1]),
+                None,
+            )
+            .await,
+        StatusCode::NO_CONTENT,
+    ) else {
+        return;
+    };
+    run.ok(
+        "remove participant",
+        format!(
+            "{} from {faulted_ch} (its re-add is the create the fault strikes)",
+            member_sids[1]
+        ),
+        rq,
+    );
+
+    // 3. The repair's own workflow, as if the re-add had met the fault.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let Some(verdict_line) = repair(opts, client, origin, base, faulted_ch, &want, &seen).await
+    else {
+        run.failed("repair", "the in-memory journal could not be opened", None);
+        return;
+    };
+    let calls_made: Vec<RepairCall> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let last_rq = calls_made.iter().rev().find_map(|c| c.request_id.clone());
+    match verdict_line {
+        Ok(detail) => run.ok("repair", detail, last_rq),
+        Err(detail) => run.failed("repair", detail, last_rq),
+    }
+
+    // 4. Read back every field the invariant names.
+    verify(
+        run,
+        calls,
+        base,
+        &want,
+        &old_user_sid,
+        kept_ch,
+        faulted_ch,
+        &calls_made,
+    )
+    .await;
+    verify_webhook(run, opts.webhook.as_ref(), &calls_made);
+    verify_credential(run, &calls_made);
+}
+
+/// Run the workflow for the re-add of `want.identity` to `faulted_ch`;
+/// `None` if the journal could not be opened, else the verdict as a line.
+async fn repair(
+    opts: &Options,
+    client: UpstreamClient,
+    origin: &Origin,
+    base: &str,
+    faulted_ch: &str,
+    want: &Wanted,
+    seen: &Arc<Mutex<Vec<RepairCall>>>,
+) -> Option<Result<String, String>> {
+    // The proxy's repair settings, in repair mode, for this service alone.
+    let mut config = opts.config.repair.clone();
+    config.mode = RepairMode::Repair;
+    config.allow_services.clear();
+    config.deny_services.clear();
+    // A journal of its own (in memory: one connection, or each would be a
+    // database of its own): a selftest is no incident of the proxy's.
+    let store = crate::store::open(
+        "sqlite::memory:",
+        &StoreOptions {
+            max_connections: 1,
+            ..opts.config.store_options.clone()
+        },
+    )
+    .await
+    .ok()?;
+    let step_timeout = Duration::from_millis(config.step_timeout_ms);
+    let factory_client = client.clone();
+    let factory_seen = seen.clone();
+    let factory: ExchangeFactory = Arc::new(move |origin, auth, webhook| {
+        Arc::new(Recording {
+            user: crate::sid::basic_user(&auth).unwrap_or_default(),
+            inner: Arc::new(TwilioApi::new(
+                factory_client.clone(),
+                origin.clone(),
+                auth,
+                webhook.clone(),
+                step_timeout,
+            )),
+            webhook,
+            seen: factory_seen.clone(),
+        })
+    });
+    let repairer = Repairer::new(RepairerParts {
+        config,
+        client,
+        store,
+        metrics: Arc::new(Metrics::default()),
+        credential: opts.operator.clone(),
+        mark_forwarded: false,
+        runtime: None,
+        exchange: Some(factory),
+        shield: None,
+    });
+    let path = format!(
+        "{base}/Conversations/{}/Participants",
+        encode_segment(faulted_ch)
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        opts.caller.credential.authorization.clone(),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    if let Some(w) = &opts.webhook {
+        headers.insert("x-twilio-webhook-enabled", w.clone());
+    }
+    let create = CreateRequest {
+        path: CreatePath::parse(&path)?,
+        headers,
+        body: form(&[
+            ("Identity", &want.identity),
+            ("Attributes", &want.member_attributes[1]),
+            ("RoleSid", &want.member_role),
+        ])
+        .into(),
+        origin: origin.clone(),
+        requested_at: time::OffsetDateTime::now_utc(),
+        original_request_id: None,
+    };
+    let verdict = workflow::run_as_faulted(&repairer, &create).await;
+    let by = seen
+        .lock()
+        .ok()
+        .and_then(|s| {
+            s.iter()
+                .find(|c| c.method == Method::DELETE)
+                .map(|c| c.user.clone())
+        })
+        .unwrap_or_else(|| "nobody".into());
+    let detail = verdict.detail.clone().unwrap_or_default();
+    Some(match (verdict.outcome, &verdict.answer) {
+        (Outcome::Repaired, Answer::Created(_)) => Ok(format!(
+            "repaired (journal record {}): User deleted by SID and recreated with {by}, memberships restored, the re-add answered 201",
+            verdict.repair_id.unwrap_or_default()
+        )),
+        (outcome, _) => Err(format!(
+            "outcome {outcome}{}",
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
+        )),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn verify(
+    run: &mut Run,
+    calls: &Calls,
+    base: &str,
+    want: &Wanted,
+    old_user_sid: &str,
+    kept_ch: &str,
+    faulted_ch: &str,
+    made: &[RepairCall],
+) {
+    let identity = encode_segment(&want.identity);
+    // The User: its fields, by identity.
+    match calls
+        .call(Method::GET, &format!("{base}/Users/{identity}"), None)
+        .await
+    {
+        Ok(r) if r.status == StatusCode::OK => {
+            let v = r.json().unwrap_or_default();
+            let diff = differences(
+                &v,
+                &[
+                    ("friendly_name", &want.friendly_name, false),
+                    ("attributes", &want.attributes, true),
+                    ("role_sid", &want.user_role, false),
+                ],
+            );
+            let sid = field(&v, "sid").unwrap_or_default();
+            if !diff.is_empty() {
+                run.failed("check user", diff.join("; "), r.request_id);
+            } else if sid == old_user_sid {
+                run.failed(
+                    "check user",
+                    format!("still the original User {sid}: the repair did not recreate it"),
+                    r.request_id,
+                );
+            } else {
+                run.ok(
+                    "check user",
+                    format!(
+                        "{sid} (was {old_user_sid}): friendly_name, attributes (as JSON), role_sid as before"
+                    ),
+                    r.request_id,
+                );
+            }
+        }
+        Ok(r) => run.failed("check user", differed(&r), r.request_id),
+        Err(e) => run.failed("check user", e.to_string(), None),
+    }
+    let deletes = made
+        .iter()
+        .filter(|c| c.method == Method::DELETE && c.path.contains("/Users/"))
+        .count();
+    if deletes == 1 {
+        run.ok("check user deleted once", "one DELETE of the User", None);
+    } else {
+        run.failed(
+            "check user deleted once",
+            format!("{deletes} DELETEs of the User"),
+            None,
+        );
+    }
+    // Both memberships: fields, and the identity exactly once.
+    for (step, ch, attributes) in [
+        ("check membership", kept_ch, &want.member_attributes[0]),
+        ("check participant", faulted_ch, &want.member_attributes[1]),
+    ] {
+        let list = format!("{base}/Conversations/{ch}/Participants?PageSize=100");
+        match calls.call(Method::GET, &list, None).await {
+            Ok(r) if r.status == StatusCode::OK => {
+                let v = r.json().unwrap_or_default();
+                let mine: Vec<&serde_json::Value> = v["participants"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|p| p["identity"] == want.identity.as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if mine.len() != 1 {
+                    run.failed(
+                        step,
+                        format!("the identity is in {ch} {} times, not once", mine.len()),
+                        r.request_id,
+                    );
+                    continue;
+                }
+                let diff = differences(
+                    mine[0],
+                    &[
+                        ("attributes", attributes, true),
+                        ("role_sid", &want.member_role, false),
+                    ],
+                );
+                if diff.is_empty() {
+                    run.ok(
+                        step,
+                        format!(
+                            "{} in {ch} exactly once: attributes (as JSON), role_sid as before",
+                            field(mine[0], "sid").unwrap_or_default()
+                        ),
+                        r.request_id,
+                    );
+                } else {
+                    run.failed(step, format!("in {ch}: {}", diff.join("; ")), r.request_id);
+                }
+            }
+            Ok(r) => run.failed(step, differed(&r), r.request_id),
+            Err(e) => run.failed(step, e.to_string(), None),
+        }
+    }
+}
+
+/// Every write of the repair carried `X-Twilio-Webhook-Enabled` as the
+/// caller sent it (Twilio fires webhooks for a write only when asked).
+fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[RepairCall]) {
+    let writes: Vec<&RepairCall> = made.iter().filter(|c| c.method != Method::GET).collect();
+    let wrong: Vec<String> = writes
+        .iter()
+        .filter(|c| c.webhook.as_ref() != want)
+        .map(|c| {
+            format!(
+                "{} {} sent {:?}",
+                c.method,
+                c.path,
+                c.webhook.as_ref().and_then(|v| v.to_str().ok())
+            )
+        })
+        .collect();
+    let shown = want.and_then(|v| v.to_str().ok()).unwrap_or("(not sent)");
+    if writes.is_empty() {
+        run.failed("check webhook header", "the repair made no write", None);
+    } else if wrong.is_empty() {
+        run.ok(
+            "check webhook header",
+            format!(
+                "X-Twilio-Webhook-Enabled: {shown} on all {} writes of the repair",
+                writes.len()
+            ),
+            None,
+        );
+    } else {
+        run.failed(
+            "check webhook header",
+            format!("want {shown}: {}", wrong.join("; ")),
+            writes.iter().find_map(|c| c.request_id.clone()),
+        );
+    }
+}
+
+/// Every call of the repair was accepted for its credential: a 401 or 403
+/// is named on its own line, whatever the other checks say.
+fn verify_credential(run: &mut Run, made: &[RepairCall]) {
+    let refused = made.iter().find(|c| {
+        c.status
+            .is_some_and(|s| s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
+    });
+    if let Some(c) = refused {
+        run.failed(
+            "check credential",
+            format!(
+                "{} {} was refused ({})",
+                c.method,
+                c.path,
+                c.status.map(|s| s.as_u16()).unwrap_or_default()
+            ),
+            c.request_id.clone(),
+        );
+    } else if !made.is_empty() {
+        let mut users: Vec<&str> = made.iter().map(|c| c.user.as_str()).collect();
+        users.dedup();
+        users.sort_unstable();
+        users.dedup();
+        run.ok(
+            "check credential",
+            format!(
+                "all {} calls of the repair accepted (made with {})",
+                made.len(),
+                users.join(", ")
+            ),
+            None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_compare_attributes_as_json_and_name_the_field() {
+        let v = serde_json::json!({"attributes": "{\"b\": 2, \"a\": 1}", "role_sid": "RL2"});
+        let d = differences(
+            &v,
+            &[
+                ("attributes", r#"{"a":1,"b":2}"#, true),
+                ("role_sid", "RL1", false),
+                ("friendly_name", "K", false),
+            ],
+        );
+        assert_eq!(
+            d,
+            vec![
+                "role_sid: want RL1, got RL2".to_string(),
+                "friendly_name: want K, got nothing".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_non_default_role_is_picked_by_type() {
+        let roles = vec![
+            serde_json::json!({"sid": "RL1", "type": "service", "friendly_name": "service user"}),
+            serde_json::json!({"sid": "RL2", "type": "conversation", "friendly_name": "channel user"}),
+            serde_json::json!({"sid": "RL3", "type": "service", "friendly_name": "service admin"}),
+        ];
+        assert_eq!(
+            non_default_role(&roles, "service", "service user").as_deref(),
+            Some("RL3")
+        );
+        assert_eq!(
+            non_default_role(&roles, "conversation", "channel user"),
+            None
+        );
+    }
+}

@@ -1,0 +1,410 @@
+//! `selftest` (the binary) against the emulator: it passes and leaves no
+//! service behind (nor touches one it did not make); with the emulator
+//! dropping a User's `RoleSid` or a participant's attributes it fails
+//! naming the field and still deletes its service, as when Twilio refuses
+//! the repair's delete or a SIGINT cuts the run mid-repair; a wrong token
+//! ends with one line and makes nothing; `--keep` keeps the service.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const KEY: &str = "SKbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const SECRET: &str = "emulator-key-secret";
+
+/// Run `selftest` against `emu` with `env` (and no repair credential or
+/// other TWILIO_* setting from the outer environment).
+async fn selftest(emu: &Emu, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("selftest")
+        .arg("--base-url")
+        .arg(emu.origin())
+        .args(args)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("TRP_REPAIR_RETRY_INITIAL_BACKOFF_MS", "10")
+        .env("TRP_REPAIR_RETRY_MAX_BACKOFF_MS", "50");
+    for k in [
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_API_KEY",
+        "TWILIO_API_SECRET",
+        "TRP_REPAIR_API_KEY_SID",
+        "TRP_REPAIR_API_KEY_SECRET",
+        "TRP_REPAIR_ACCOUNT_SID",
+        "TRP_CONFIG",
+        "TRP_SELFTEST_WEBHOOK_ENABLED",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // A guard against a hang only; nothing here is timed.
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("selftest did not end within 60 s")
+        .unwrap()
+}
+
+const ACCOUNT_ENV: [(&str, &str); 2] = [
+    ("TWILIO_ACCOUNT_SID", ACCOUNT),
+    ("TWILIO_AUTH_TOKEN", TOKEN),
+];
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The account's services' friendly names.
+async fn service_names(emu: &Emu) -> Vec<String> {
+    let (s, v) = emu.get("/v1/Services?PageSize=100").await;
+    assert_eq!(s, 200, "{v}");
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["friendly_name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The line of `step` in the report (the first one).
+fn line<'a>(out: &'a str, step: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(&format!("{step} ")))
+        .unwrap_or_else(|| panic!("no `{step}` line in:\n{out}"))
+}
+
+async fn set_fault(emu: &Emu, fault: Value) {
+    let r = emu
+        .http
+        .put(emu.url("/__emulator/fault"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn selftest_passes_against_the_emulator_and_leaves_no_service_behind() {
+    let emu = start_emulator(|c| {
+        c.api_key_sid = Some(KEY.into());
+        c.api_key_secret = Some(SECRET.into());
+    })
+    .await;
+    // A service it did not make, with a User in it: never touched.
+    let theirs = emu.service().await;
+    let (s, v) = emu
+        .post(
+            &format!("/v1/Services/{theirs}/Users"),
+            &[("Identity", "bystander")],
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let before = service_names(&emu).await;
+    emu.clear_requests().await;
+
+    // The caller: the account's token; the repair steps: the operator key,
+    // as in the proxy.
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.extend([
+        ("TRP_REPAIR_API_KEY_SID", KEY),
+        ("TRP_REPAIR_API_KEY_SECRET", SECRET),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+    ]);
+    let out = selftest(&emu, &[], &env).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for l in text.lines().filter(|l| !l.starts_with("selftest ")) {
+        assert!(l.contains(" ok "), "a step did not hold: {l}\n{text}");
+    }
+    for step in [
+        "create service",
+        "read roles",
+        "create user",
+        "remove participant",
+        "repair",
+        "check user",
+        "check membership",
+        "check participant",
+        "check webhook header",
+        "delete service",
+    ] {
+        line(&text, step);
+    }
+    assert!(line(&text, "repair").contains(KEY), "{text}");
+    assert!(line(&text, "check credential").contains(KEY), "{text}");
+    assert!(text.contains("selftest passed"), "{text}");
+    assert!(
+        line(&text, "create user").contains("[RQ"),
+        "Twilio's request id: {text}"
+    );
+
+    let log = emu.log_json().await;
+    // No service left; the other one as it was.
+    assert_eq!(service_names(&emu).await, before);
+    let (s, _) = emu
+        .get(&format!("/v1/Services/{theirs}/Users/bystander"))
+        .await;
+    assert_eq!(s, 200);
+    let mine = text
+        .split_whitespace()
+        .find(|w| w.starts_with("IS"))
+        .unwrap()
+        .to_string();
+    for r in &log {
+        let path = r["path"].as_str().unwrap();
+        assert!(
+            !path.contains(&theirs),
+            "touched a service it did not make: {path}"
+        );
+        if r["method"] != "GET" && path != "/v1/Services" {
+            assert!(path.starts_with(&format!("/v1/Services/{mine}")), "{path}");
+        }
+    }
+    // The repair (the operator key's calls) sent the webhook choice on
+    // every write, on the wire; its User delete was one, by SID.
+    let repair_writes: Vec<&Value> = log
+        .iter()
+        .filter(|r| r["auth_user"] == KEY && r["method"] != "GET")
+        .collect();
+    assert!(repair_writes.len() >= 3, "{log:#?}");
+    for r in &repair_writes {
+        assert_eq!(r["headers"]["x-twilio-webhook-enabled"], "false", "{r}");
+    }
+    let deletes: Vec<&&Value> = repair_writes
+        .iter()
+        .filter(|r| r["method"] == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(deletes[0]["path"].as_str().unwrap().contains("/Users/US"));
+}
+
+#[tokio::test]
+async fn a_dropped_user_role_fails_naming_role_sid_and_still_cleans_up() {
+    let emu = start_emulator(|_| {}).await;
+    set_fault(&emu, json!({"mode": "off", "drop_user_role_sid": true})).await;
+    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    let user = line(&text, "create user");
+    assert!(
+        user.contains("FAILED") && user.contains("role_sid"),
+        "{text}"
+    );
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert!(text.contains("selftest FAILED"), "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+#[tokio::test]
+async fn lost_participant_attributes_fail_naming_attributes_and_still_clean_up() {
+    let emu = start_emulator(|_| {}).await;
+    set_fault(
+        &emu,
+        json!({"mode": "off", "lose_participant_attributes": true}),
+    )
+    .await;
+    let out = selftest(&emu, &["--json"], &ACCOUNT_ENV).await;
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["cleaned_up"], true, "{report:#}");
+    let failed: Vec<&Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert!(!failed.is_empty(), "{report:#}");
+    assert!(
+        failed[0]["detail"].as_str().unwrap().contains("attributes"),
+        "{report:#}"
+    );
+    assert!(failed[0]["request_id"].as_str().unwrap().starts_with("RQ"));
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+#[tokio::test]
+async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() {
+    let emu = start_emulator(|_| {}).await;
+    // The User's delete is refused (a key without the permission, say):
+    // the scene is made, the repair is not.
+    emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
+        "action": {"kind": "status", "status": 403, "code": 20003, "message": "Forbidden"}}))
+        .await;
+    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(line(&text, "create user").contains(" ok "), "{text}");
+    let repair = line(&text, "repair");
+    assert!(
+        repair.contains("FAILED") && repair.contains("403"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "check user").contains("still the original User"),
+        "{text}"
+    );
+    let refused = line(&text, "check credential");
+    assert!(
+        refused.contains("FAILED") && refused.contains("/Users/US"),
+        "{text}"
+    );
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_selftest_still_deletes_its_service() {
+    let emu = start_emulator(|_| {}).await;
+    // The repair's User delete is parked: the run is mid-repair when the
+    // signal comes.
+    emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
+        "action": {"kind": "hold", "process_on_release": false}}))
+        .await;
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("selftest")
+        .arg("--base-url")
+        .arg(emu.origin())
+        .env("NO_PROXY", "127.0.0.1")
+        .env_remove("TRP_REPAIR_API_KEY_SID")
+        .env_remove("TRP_REPAIR_API_KEY_SECRET")
+        .env_remove("TRP_CONFIG")
+        .env("TWILIO_ACCOUNT_SID", ACCOUNT)
+        .env("TWILIO_AUTH_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    // Wait (an event, at most 10 s) for the parked delete.
+    let mut held = false;
+    for _ in 0..1000 {
+        let v: Value = emu
+            .http
+            .get(emu.url("/__emulator/held"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["held"].as_array().is_some_and(|h| !h.is_empty()) {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "the repair never reached its User delete");
+    let sent = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("selftest did not end after SIGINT")
+        .unwrap();
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(line(&text, "interrupted").contains("FAILED"), "{text}");
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_ends_with_one_line_naming_it_and_makes_nothing() {
+    let emu = start_emulator(|_| {}).await;
+    let out = selftest(
+        &emu,
+        &[],
+        &[
+            ("TWILIO_ACCOUNT_SID", ACCOUNT),
+            ("TWILIO_AUTH_TOKEN", "not-the-token"),
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out), "", "no report");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(ACCOUNT) && err.contains("TWILIO_AUTH_TOKEN") && err.contains("401"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-token"), "the secret: {err}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+    // One write, the refused create.
+    let writes: Vec<(String, String)> = emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(m, _)| m != "GET")
+        .collect();
+    assert_eq!(writes, [("POST".to_string(), "/v1/Services".to_string())]);
+}
+
+#[tokio::test]
+async fn keep_leaves_the_service_and_what_is_in_it() {
+    let emu = start_emulator(|_| {}).await;
+    let out = selftest(
+        &emu,
+        &["--keep", "--json", "--webhook-enabled", "true"],
+        &ACCOUNT_ENV,
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["kept"], true);
+    assert_eq!(report["cleaned_up"], false);
+    let is = report["service_sid"].as_str().unwrap();
+    let (s, v) = emu.get(&format!("/v1/Services/{is}")).await;
+    assert_eq!(s, 200);
+    assert!(
+        v["friendly_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("trp-selftest "),
+        "{v}"
+    );
+    let (_, users) = emu.get(&format!("/v1/Services/{is}/Users")).await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 1, "{users}");
+    // The webhook choice, as configured, on the repair's writes.
+    let webhook = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == "check webhook header")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        webhook.contains("X-Twilio-Webhook-Enabled: true"),
+        "{webhook}"
+    );
+}
