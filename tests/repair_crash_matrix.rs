@@ -554,11 +554,9 @@ async fn a_loop_of_thirty_kills_across_steps_keeps_the_invariant() {
             panic!("{e}\n{}", log_summary(&emu).await);
         }
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "thirty kill/restart rounds took {:?}",
-        started.elapsed()
-    );
+    // How long the loop took is printed, never asserted (no test asserts a
+    // duration: on a loaded machine this varies by minutes).
+    eprintln!("thirty kill/restart rounds took {:?}", started.elapsed());
 }
 
 /// Issue 9, item 4: the proxy dies while Twilio is slow to process the
