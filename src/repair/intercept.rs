@@ -91,7 +91,7 @@ impl Repairer {
         if method == http::Method::POST {
             if let Some(p) = CreatePath::parse(path) {
                 // `repair.mode = "off"` by reload: pass-through again.
-                if self.policy().mode == crate::config::RepairMode::Off {
+                if self.is_off() {
                     return None;
                 }
                 return Some(Interception::ParticipantCreate(p));

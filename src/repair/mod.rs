@@ -137,6 +137,12 @@ impl Repairer {
         self.shield.store(shield);
     }
 
+    /// `repair.mode = "off"` by a reload: no new repair, no operator
+    /// repair (as when it was off at start-up and no repairer was built).
+    pub fn is_off(&self) -> bool {
+        self.policy.load().mode == crate::config::RepairMode::Off
+    }
+
     /// The mode and policy in force now.
     pub(crate) fn policy(&self) -> Arc<RepairConfig> {
         self.policy.load_full()
