@@ -306,7 +306,7 @@ fn handle(
                             peer,
                             crate::repair::Via {
                                 forwarder,
-                                shield: settings.shield.as_deref(),
+                                shield: settings.shield.as_ref(),
                             },
                         )
                         .instrument(span),

@@ -384,3 +384,90 @@ async fn a_reloaded_concurrency_cap_holds_new_requests_only() {
     assert_eq!(first.await.unwrap().status(), 200);
     assert_eq!(before.await.unwrap().status(), 200);
 }
+
+/// The repair of a create held at Twilio across a reload that turns a
+/// one-slot cap on: its workflow's calls run under the shield the create
+/// arrived with (no cap), not in the new cap's line, whose one slot a
+/// later request of the account holds: 201 repaired.
+#[tokio::test]
+async fn a_repair_of_a_request_from_before_a_reload_keeps_the_shield_it_arrived_with() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    replace(&file, "[shield]\nmax_concurrent_per_account = 0\n");
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[
+            ("TRP_CONFIG", file.to_str().unwrap()),
+            // A repair waiting in the new cap's line fails within this.
+            ("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "3000"),
+        ],
+    )
+    .await;
+    let create_rule = emu
+        .add_rule_id(
+            serde_json::json!({"method": "POST", "path": "/Participants$",
+            "times": 1, "action": {"kind": "hold"}}),
+        )
+        .await;
+    let create = {
+        let (addr, path) = (
+            proxy.addr.clone(),
+            format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
+        );
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://{addr}{path}"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .form(&[("Identity", "kim")])
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    emu.wait_held(1).await;
+
+    replace(
+        &file,
+        "[shield]\nmax_concurrent_per_account = 1\nmax_queue_wait_ms = 0\n",
+    );
+    until_applied(&proxy, 1).await;
+    let list_rule = emu
+        .add_rule_id(
+            serde_json::json!({"method": "GET", "path": "^/v1/Conversations$",
+            "times": 1, "action": {"kind": "hold"}}),
+        )
+        .await;
+    let list = {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The new cap's one slot is held by the list.
+    emu.wait_held(2).await;
+    emu.release_rule(create_rule).await;
+    let r = create.await.unwrap();
+    let outcome = r.headers().get("x-repair-outcome").cloned();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            outcome.as_ref().and_then(|v| v.to_str().ok())
+        ),
+        (201, Some("repaired")),
+        "the repair of a request from before the reload waited in the new cap's line"
+    );
+    emu.release_rule(list_rule).await;
+    assert_eq!(list.await.unwrap().status(), 200);
+}

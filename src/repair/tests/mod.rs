@@ -92,6 +92,7 @@ fn kim_create() -> CreateRequest {
         headers,
         body: Bytes::from_static(b"Identity=kim"),
         origin: Origin::parse("http://127.0.0.1:9").unwrap(),
+        shield: None,
         requested_at: time::OffsetDateTime::now_utc(),
         original_request_id: None,
     }
