@@ -71,6 +71,9 @@ pub struct Live {
     listen: std::net::SocketAddr,
     /// The proxy listener serves TLS (link rewriting's `https`).
     tls_listener: bool,
+    /// `[metrics]` as it started (restart-only): a reloaded shield keeps
+    /// its `account_labels`, so a file that flips only them keeps the cap.
+    metrics_config: config::MetricsConfig,
 }
 
 impl Live {
@@ -87,7 +90,7 @@ impl Live {
         let shield = Shield::reconfigured(
             current.as_ref(),
             &new.shield,
-            &new.metrics,
+            &self.metrics_config,
             self.metrics.clone(),
         );
         let settings: Vec<proxy::Settings> = self
@@ -226,6 +229,7 @@ impl App {
             shield: self.shield.clone(),
             listen: self.config.listen,
             tls_listener: self.listener_tls.is_some(),
+            metrics_config: self.config.metrics.clone(),
         }
     }
 

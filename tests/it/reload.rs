@@ -471,3 +471,53 @@ async fn a_repair_of_a_request_from_before_a_reload_keeps_the_shield_it_arrived_
     emu.release_rule(list_rule).await;
     assert_eq!(list.await.unwrap().status(), 200);
 }
+
+/// `metrics.account_labels` needs a restart: a file that flips only it
+/// is named in the "needs a restart" line and keeps the account's cap
+/// (one slot, held): the next request of the account is the proxy's 429,
+/// not a second request in flight at Twilio.
+#[tokio::test]
+async fn a_metrics_label_flip_needs_a_restart_and_keeps_the_accounts_cap() {
+    let emu = start_emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    let shield = "[shield]\nmax_concurrent_per_account = 1\nmax_queue_wait_ms = 0\n";
+    replace(&file, shield);
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[("TRP_CONFIG", file.to_str().unwrap())],
+    )
+    .await;
+    hold_lists(&emu).await;
+    let first = {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    emu.wait_held(1).await;
+    replace(
+        &file,
+        &format!("{shield}[metrics]\naccount_labels = true\n"),
+    );
+    until_applied(&proxy, 1).await;
+    let log = until_logged(&proxy, "needs a restart", 1).await;
+    let line = log.lines().find(|l| l.contains("needs a restart")).unwrap();
+    assert!(line.contains("metrics.account_labels"), "{line}");
+    // Under the kept cap: the proxy's 429 at once (a second cap would let
+    // it through to Twilio, where it would be held).
+    let second = list_through(&proxy, None).await;
+    assert_eq!(second.status(), 429, "the account's one slot is taken");
+    assert_eq!(
+        second.headers()["x-repair-proxy-error"],
+        "shield-queue-full"
+    );
+    emu.release(None).await;
+    assert_eq!(first.await.unwrap().status(), 200);
+}
