@@ -224,6 +224,7 @@ mod tests {
             prefix: "/v2".into(),
             upstream: "https://example.com".into(),
         });
+        new.admin.token = Some(super::super::AdminToken::new("added-0123456789abcdef"));
         assert!(needs_restart(&old, &new).is_empty(), "all live");
         new.listen = "127.0.0.1:1".parse().unwrap();
         new.store = "sqlite://elsewhere.db".into();
