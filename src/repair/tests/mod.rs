@@ -118,6 +118,28 @@ async fn the_repair_reads_back_everything_it_puts_back() {
     assert_eq!(repairs[0].state, RepairState::Done);
 }
 
+/// `repair.mode` set to `off` (or `check-only`) by a reload after the
+/// create was intercepted: the workflow reads the mode before its first
+/// write and stops there (`disabled`, Twilio's answer), nothing journaled,
+/// no User deleted.
+#[tokio::test(start_paused = true)]
+async fn a_reload_to_off_or_check_only_stops_a_workflow_before_its_first_write() {
+    for mode in [
+        crate::config::RepairMode::Off,
+        crate::config::RepairMode::CheckOnly,
+    ] {
+        let b = bench(FakeTwilio::with_kim(1));
+        let mut reloaded = Config::defaults().repair;
+        reloaded.mode = mode;
+        b.rep.set_policy(reloaded);
+        let v = workflow::run(&b.rep, &kim_create()).await;
+        assert_eq!(v.outcome, Outcome::Disabled, "{mode:?}: {:?}", v.detail);
+        assert!(matches!(v.answer, Answer::Original), "{mode:?}");
+        assert_eq!(b.fake.count(Method::DELETE, "/Users/USkim"), 0, "{mode:?}");
+        assert!(b.store.repairs.lock().unwrap().is_empty(), "{mode:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_429_is_retried_after_its_retry_after_and_nothing_else_changes() {
     let b = bench(FakeTwilio::with_kim(1));
