@@ -76,8 +76,9 @@ pub struct Repairer {
     /// The settings it started with: timeouts, backoffs, the deadline.
     config: RepairConfig,
     /// The settings a reload may change for the next repair: `mode`
-    /// (`check-only`), the allow/deny lists and the budget
-    /// ([`Repairer::set_policy`]); a repair under way keeps what it read.
+    /// (`check-only`, `off`), the allow/deny lists and the budget
+    /// ([`Repairer::set_policy`]). A repair reads them once, before its
+    /// first write (`policy::refusal`); past that it goes on to the end.
     policy: arc_swap::ArcSwap<RepairConfig>,
     /// The SIDs aliases name, in memory (`alias::AliasIndex`).
     aliases: alias::AliasIndex,
