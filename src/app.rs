@@ -71,6 +71,12 @@ pub struct Live {
     listen: std::net::SocketAddr,
     /// The proxy listener serves TLS (link rewriting's `https`).
     tls_listener: bool,
+    /// `[metrics]` as it started (restart-only): a reloaded shield keeps
+    /// its `account_labels`, so a file that flips only them keeps the cap.
+    metrics_config: config::MetricsConfig,
+    /// The admin listener's address (restart-only): a reload that leaves
+    /// it without a token is warned about as at start-up.
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Live {
@@ -87,7 +93,7 @@ impl Live {
         let shield = Shield::reconfigured(
             current.as_ref(),
             &new.shield,
-            &new.metrics,
+            &self.metrics_config,
             self.metrics.clone(),
         );
         let settings: Vec<proxy::Settings> = self
@@ -107,6 +113,9 @@ impl Live {
         self.admin
             .set_repair_origin(routes.table_origin("/v1/Services").clone());
         self.admin.set_token(new.admin.token.clone());
+        if let Some(addr) = self.admin_addr {
+            admin::warn_if_exposed(addr, new.admin.token.is_some());
+        }
         if let Err(e) = crate::telemetry::set_level(&new.log.level) {
             tracing::warn!(error = %e, "log.level not reloaded");
         }
@@ -226,6 +235,8 @@ impl App {
             shield: self.shield.clone(),
             listen: self.config.listen,
             tls_listener: self.listener_tls.is_some(),
+            metrics_config: self.config.metrics.clone(),
+            admin_addr: self.listeners.admin.local_addr().ok(),
         }
     }
 

@@ -205,8 +205,13 @@ fn handle(
             repair.maybe_recover(req.headers());
         }
         // This request's settings, kept to its end (a reload meanwhile is
-        // for the next request): a guard, not a clone of the `Arc`.
-        let settings = state.settings.load();
+        // for the next request): one clone of the `Arc` per request, not
+        // an arc-swap guard: a guard held across the upstream exchange
+        // would occupy one of the thread's few fast-path debt slots, and
+        // with more requests in flight on this worker than there are
+        // slots, every load on the thread (these settings, the repair's
+        // policy) would take arc-swap's slow path.
+        let settings = state.settings.load_full();
         let settings: &Settings = &settings;
 
         let target =
@@ -302,7 +307,7 @@ fn handle(
                             peer,
                             crate::repair::Via {
                                 forwarder,
-                                shield: settings.shield.as_deref(),
+                                shield: settings.shield.as_ref(),
                             },
                         )
                         .instrument(span),

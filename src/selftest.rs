@@ -831,6 +831,8 @@ async fn repair(
         ])
         .into(),
         origin: origin.clone(),
+        // No 429 shield: the selftest's repairer has none either.
+        shield: None,
         requested_at: time::OffsetDateTime::now_utc(),
         original_request_id: None,
     };

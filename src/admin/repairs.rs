@@ -35,7 +35,9 @@ pub(super) async fn start(
             );
         }
     };
-    let Some((repairer, origin)) = &s.repair else {
+    // Off at start-up (no repairer was built) or by a reload: the same
+    // answer, before anything is read or written.
+    let Some((repairer, origin)) = s.repair.as_ref().filter(|(r, _)| !r.is_off()) else {
         return admin_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "repair is off on this proxy (repair.mode = \"off\")",

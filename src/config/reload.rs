@@ -59,9 +59,10 @@ pub const LIVE: &[&str] = &[
     // The timeouts of one request (`crate::forward::Forwarder`).
     "limits.response_header_timeout_ms",
     "limits.idle_timeout_ms",
-    // The 429 shield (`crate::shield::Shield`), its account labels with it.
+    // The 429 shield (`crate::shield::Shield`). Not `metrics.account_labels`:
+    // a cap's series are labelled when it is built, so flipping them would
+    // build a second cap beside the one whose slots are held.
     "shield",
-    "metrics.account_labels",
     // The repair's mode and policy (`Repairer::set_policy`).
     "repair.mode",
     "repair.allow_services",
@@ -219,11 +220,11 @@ mod tests {
         new.public_base_url = super::super::PublicBaseUrl::Off;
         new.limits.response_header_timeout_ms = 5;
         new.shield.max_concurrent_per_account = 3;
-        new.metrics.account_labels = true;
         new.route.push(super::super::Route {
             prefix: "/v2".into(),
             upstream: "https://example.com".into(),
         });
+        new.admin.token = Some(super::super::AdminToken::new("added-0123456789abcdef"));
         assert!(needs_restart(&old, &new).is_empty(), "all live");
         new.listen = "127.0.0.1:1".parse().unwrap();
         new.store = "sqlite://elsewhere.db".into();
@@ -231,6 +232,7 @@ mod tests {
         new.repair.step_timeout_ms = 9;
         new.log.format = super::super::LogFormat::Json;
         new.upstream_ca_file = Some("/ca.pem".into());
+        new.metrics.account_labels = true;
         let mut keys = needs_restart(&old, &new);
         keys.sort();
         assert_eq!(
@@ -239,6 +241,7 @@ mod tests {
                 "limits.connect_timeout_ms",
                 "listen",
                 "log.format",
+                "metrics.account_labels",
                 "repair.step_timeout_ms",
                 "store",
                 "upstream_ca_file"

@@ -57,7 +57,9 @@ pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone, Copy)]
 pub struct Via<'a> {
     pub forwarder: &'a Forwarder,
-    pub shield: Option<&'a Shield>,
+    /// An `Arc`, cloned once for an intercepted create's workflow (never
+    /// on the pass-through path): its steps take their slots here too.
+    pub shield: Option<&'a Arc<Shield>>,
 }
 
 /// Which requests the repair handles.
@@ -91,7 +93,7 @@ impl Repairer {
         if method == http::Method::POST {
             if let Some(p) = CreatePath::parse(path) {
                 // `repair.mode = "off"` by reload: pass-through again.
-                if self.policy().mode == crate::config::RepairMode::Off {
+                if self.is_off() {
                     return None;
                 }
                 return Some(Interception::ParticipantCreate(p));
@@ -198,6 +200,7 @@ impl Repairer {
             headers: parts.headers,
             body: buffered,
             origin: origin.clone(),
+            shield: via.shield.cloned(),
             requested_at,
             original_request_id: resp
                 .headers()
@@ -222,7 +225,8 @@ impl Repairer {
         origin: &Origin,
         peer: Option<SocketAddr>,
     ) -> Result<Response<Body>, ForwardError> {
-        crate::shield::forward_request(via.shield, via.forwarder, req, replay, origin, peer).await
+        let shield = via.shield.map(|s| &**s);
+        crate::shield::forward_request(shield, via.forwarder, req, replay, origin, peer).await
     }
 
     /// While an identity is fenced, wait for its live repair to end and
@@ -356,7 +360,7 @@ impl Repairer {
         let Some(auth) = req.headers.get(header::AUTHORIZATION) else {
             return Ok(resp.map(Body::new)).into();
         };
-        let mut api = self.api(&req.origin, auth.clone(), &req.headers);
+        let mut api = self.request_api(&req, auth.clone());
         let path = req.path.clone();
         let look = self.tasks.spawn_on(
             async move { check::participant(&mut api, &path, &who).await }.in_current_span(),

@@ -92,8 +92,9 @@ pub struct Repairer {
     /// The settings it started with: timeouts, backoffs, the deadline.
     config: RepairConfig,
     /// The settings a reload may change for the next repair: `mode`
-    /// (`check-only`), the allow/deny lists and the budget
-    /// ([`Repairer::set_policy`]); a repair under way keeps what it read.
+    /// (`check-only`, `off`), the allow/deny lists and the budget
+    /// ([`Repairer::set_policy`]). A repair reads them once, before its
+    /// first write (`policy::refusal`); past that it goes on to the end.
     policy: arc_swap::ArcSwap<RepairConfig>,
     /// The SIDs aliases name, in memory (`alias::AliasIndex`).
     aliases: alias::AliasIndex,
@@ -113,10 +114,12 @@ pub struct Repairer {
     tasks: TaskTracker,
     me: Weak<Repairer>,
     exchange: Option<ExchangeFactory>,
-    /// The 429 shield: every workflow call takes a slot of its
-    /// per-account cap (a workflow keeps the shield it started with; a
-    /// reload swaps it for the next one, [`Repairer::set_shield`]). The
-    /// intercepted create goes through the request's own shield.
+    /// The 429 shield of operator repairs and recovery: each of their
+    /// calls takes a slot of its per-account cap (one keeps the shield it
+    /// started with; a reload swaps it for the next one,
+    /// [`Repairer::set_shield`]). An intercepted create and its
+    /// workflow's calls go through the request's own shield
+    /// ([`verdict::CreateRequest::shield`]).
     shield: arc_swap::ArcSwapOption<crate::shield::Shield>,
     /// The check-only rehearsals since start.
     rehearsals: rehearsal::Rehearsals,
@@ -153,6 +156,12 @@ impl Repairer {
     /// from it.
     pub fn set_shield(&self, shield: Option<Arc<crate::shield::Shield>>) {
         self.shield.store(shield);
+    }
+
+    /// `repair.mode = "off"` by a reload: no new repair, no operator
+    /// repair (as when it was off at start-up and no repairer was built).
+    pub fn is_off(&self) -> bool {
+        self.policy.load().mode == crate::config::RepairMode::Off
     }
 
     /// The mode and policy in force now.
@@ -226,6 +235,25 @@ impl Repairer {
         auth: HeaderValue,
         webhook: Option<HeaderValue>,
     ) -> step::Api {
+        let shield = self.shield.load_full();
+        self.api_under(origin, auth, webhook, shield.as_deref())
+    }
+
+    /// A Twilio client for the workflow of an intercepted create: under
+    /// the shield the request arrived with, whatever a reload swapped in
+    /// since.
+    fn request_api(&self, req: &verdict::CreateRequest, auth: HeaderValue) -> step::Api {
+        let webhook = req.headers.get("x-twilio-webhook-enabled").cloned();
+        self.api_under(&req.origin, auth, webhook, req.shield.as_deref())
+    }
+
+    fn api_under(
+        &self,
+        origin: &Origin,
+        auth: HeaderValue,
+        webhook: Option<HeaderValue>,
+        shield: Option<&crate::shield::Shield>,
+    ) -> step::Api {
         let policy = self.retry_policy();
         // The operator credential counts against the account it acts for.
         let account = match &self.credential {
@@ -235,7 +263,7 @@ impl Repairer {
                 .map(crate::shield::AccountKey::account),
             _ => crate::shield::AccountKey::from_authorization(&auth, ""),
         };
-        let cap = self.shield.load().as_ref().and_then(|s| s.cap_for(account));
+        let cap = shield.and_then(|s| s.cap_for(account));
         let inner: Arc<dyn step::Exchange> = match &self.exchange {
             Some(make) => make(origin, auth, webhook),
             None => Arc::new(

@@ -11,8 +11,17 @@ pub async fn refusal(
     service_sid: &str,
     identity: &str,
 ) -> Option<String> {
-    if config.mode == RepairMode::CheckOnly {
-        return Some("mode check-only: the User was not repaired".into());
+    // Read once, before a repair's first write: a reload to `off` or
+    // `check-only` stops every repair that has not got that far (a
+    // workflow that intercepted its create before the reload, an operator
+    // repair), and none that has (its journal record is finished, so the
+    // User is back).
+    match config.mode {
+        RepairMode::Repair => {}
+        RepairMode::CheckOnly => {
+            return Some("mode check-only: the User was not repaired".into());
+        }
+        RepairMode::Off => return Some("mode off: the User was not repaired".into()),
     }
     if !config.allow_services.is_empty() && !config.allow_services.iter().any(|s| s == service_sid)
     {

@@ -75,6 +75,10 @@ pub struct CreateRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub origin: Origin,
+    /// The request's 429 shield (`crate::proxy::Settings`, loaded when it
+    /// arrived): its repair's calls take their slots here, so a reload
+    /// meanwhile changes nothing for it.
+    pub shield: Option<std::sync::Arc<crate::shield::Shield>>,
     pub requested_at: time::OffsetDateTime,
     /// The `Twilio-Request-Id` of the 404/20404 the create got.
     pub original_request_id: Option<String>,

@@ -119,9 +119,7 @@ impl Workflow<'_> {
     fn caller_api(&self) -> Result<Api, Verdict> {
         let auth = (self.req.authorization())
             .ok_or_else(|| Verdict::failed("no credentials to check with"))?;
-        Ok(self
-            .rep
-            .api(&self.req.origin, auth.clone(), &self.req.headers))
+        Ok(self.rep.request_api(self.req, auth.clone()))
     }
 
     /// 2. Did the create land after all? The answer is Twilio's own JSON.

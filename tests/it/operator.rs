@@ -287,3 +287,70 @@ async fn an_operator_who_hangs_up_mid_repair_does_not_cut_it() {
     }
     assert!(back, "the repair finished without its caller");
 }
+
+/// `repair.mode = "off"` by a reload refuses `POST /repairs` exactly as
+/// `off` at start-up does (same status, same body), before anything is
+/// read or written at Twilio; back to `repair`, the same request repairs.
+#[tokio::test]
+async fn repair_mode_off_by_reload_refuses_operator_repairs_like_off_at_start_up() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .build()
+        .await;
+    let is = kim.is.clone().unwrap();
+    let ask = json!({"service_sid": is, "identity": "kim"});
+    let credential = [
+        ("TRP_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+        ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+    ];
+    // Off at start-up: what the reloaded off must answer.
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut env = credential.to_vec();
+    env.push(("TRP_REPAIR_MODE", "off"));
+    let off_at_start = spawn_proxy_in(&dir, &emu.origin(), &env).await;
+    let at_start = post_repair(&off_at_start, Some(ADMIN_TOKEN), ask.clone()).await;
+    assert_eq!(at_start.0, 503, "{}", at_start.1);
+    drop(off_at_start);
+
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    std::fs::write(&file, "[repair]\nmode = \"repair\"\n").unwrap();
+    let mut env = credential.to_vec();
+    env.push(("TRP_CONFIG", file.to_str().unwrap()));
+    let proxy = spawn_proxy_in(&dir, &emu.origin(), &env).await;
+    // A new file renamed over the old one: noticed once, one reload.
+    let reload = |text: &str, n: usize| {
+        let tmp = file.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        until_reloaded(&proxy, n)
+    };
+    reload("[repair]\nmode = \"off\"\n", 1).await;
+    emu.clear_requests().await;
+    let reloaded = post_repair(&proxy, Some(ADMIN_TOKEN), ask.clone()).await;
+    assert_eq!(
+        reloaded, at_start,
+        "off by reload answers as off at start-up"
+    );
+    let seen = emu.log_json().await;
+    assert!(seen.is_empty(), "nothing read or written: {seen:#?}");
+
+    reload("[repair]\nmode = \"repair\"\n", 2).await;
+    let (s, v) = post_repair(&proxy, Some(ADMIN_TOKEN), ask).await;
+    assert_eq!((s, &v["outcome"]), (200, &json!("repaired")), "{v}");
+}
+
+/// Wait (bounded: 10 s) until the proxy has logged `n` applied reloads.
+async fn until_reloaded(proxy: &Running, n: usize) {
+    for _ in 0..500 {
+        if proxy.stderr().matches("configuration reloaded").count() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("not reloaded {n} times:\n{}", proxy.stderr());
+}

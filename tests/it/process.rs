@@ -676,6 +676,56 @@ async fn admin_plane_beyond_loopback_without_a_token_is_warned_about_at_start_up
     assert!(!local.contains(WARNING), "{local}");
 }
 
+/// A reload that removes `admin.token` while the admin listener is
+/// reachable beyond loopback is warned about as at start-up; the start
+/// with a token was not. (Bound to 0.0.0.0, reached on 127.0.0.1 only.)
+#[tokio::test]
+async fn a_reload_that_removes_the_admin_token_beyond_loopback_is_warned_about() {
+    const WARNING: &str = "admin plane is reachable beyond loopback without a token";
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let file = dir.path().join("proxy.toml");
+    let token = "a-long-enough-admin-token-0123";
+    std::fs::write(&file, format!("[admin]\ntoken = \"{token}\"\n")).unwrap();
+    let admin_port = free_port();
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("0.0.0.0:{admin_port}")])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .arg("--store")
+        .arg(format!("sqlite://{}/journal.db", dir.path().display()))
+        .env("TRP_CONFIG", &file)
+        .env_remove("RUST_LOG")
+        .env_remove("TRP_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(&format!("http://127.0.0.1:{admin_port}/readyz")).await;
+    // A new file renamed over the old one: one reload, no token.
+    let tmp = dir.path().join("proxy.new");
+    std::fs::write(&tmp, "").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let mut text = String::new();
+    for _ in 0..400 {
+        text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("configuration reloaded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (before, after) = text
+        .split_once("proxy listening")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!before.contains(WARNING), "a token at start-up: {text}");
+    assert!(after.contains("configuration reloaded"), "{text}");
+    assert!(after.contains(WARNING), "no warning at the reload: {text}");
+    assert!(!text.contains(token), "the token reached the log: {text}");
+}
+
 /// `healthcheck` takes a host name and, when it fails, says why.
 #[tokio::test]
 async fn healthcheck_accepts_a_host_name_and_says_why_it_failed() {

@@ -109,12 +109,13 @@ async fn sighup_and_a_replaced_file_reload_and_a_broken_file_changes_nothing() {
         200,
         "the last good one"
     );
-    // A setting that cannot change live is named, the rest applied.
+    // A setting that cannot change live is named, the rest applied; the
+    // token removed (a key the running configuration has and the new one
+    // has not, so it is compared: a rotated token never is, both sides
+    // read `****`) is live, not named.
     replace(
         &file,
-        &format!(
-            "[admin]\ntoken = \"{token_a}\"\n[limits]\nworker_threads = 1\nconnect_timeout_ms = \"2s\"\n"
-        ),
+        "[limits]\nworker_threads = 1\nconnect_timeout_ms = \"2s\"\n",
     );
     let log = until_logged(&proxy, "needs a restart", 1).await;
     let line = log.lines().find(|l| l.contains("needs a restart")).unwrap();
@@ -122,11 +123,17 @@ async fn sighup_and_a_replaced_file_reload_and_a_broken_file_changes_nothing() {
     assert!(line.contains("limits.connect_timeout_ms"), "{line}");
     assert!(!line.contains("admin.token"), "{line}");
     until_logged(&proxy, "configuration reloaded", 3).await;
-    assert_eq!(admin_status(&proxy, token_a).await, 200);
+    let open = reqwest::get(format!("http://{}/metrics", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200, "no token any more");
 }
 
-/// SIGHUP in the middle of a repair: the repair finishes under the
-/// settings it started with, the proxy stays up.
+/// SIGHUP in the middle of a repair, with a changed configuration (mode
+/// `check-only`) while the User's recreate is held at Twilio: the mode is
+/// read before a repair's first write, so this one, past its delete, goes
+/// on to the end: 201 repaired, the User and its membership back; the
+/// proxy stays up, and the next fault is only checked.
 #[tokio::test]
 async fn sighup_during_a_repair_lets_it_finish() {
     let (emu, kim) = Scene::new()
@@ -137,33 +144,52 @@ async fn sighup_during_a_repair_lets_it_finish() {
         .build()
         .await;
     let dir = tempfile::tempdir().unwrap().keep();
-    let proxy = spawn_proxy_in(&dir, &emu.origin(), &[]).await;
-    // The User's recreate takes a while: the signal lands mid-repair.
-    emu.add_rule(serde_json::json!({"method": "POST", "path": "/Users$",
-        "action": {"kind": "latency", "ms": 400}}))
+    let file = dir.join("proxy.toml");
+    replace(&file, "[repair]\nmode = \"repair\"\n");
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[("TRP_CONFIG", file.to_str().unwrap())],
+    )
+    .await;
+    let recreate = emu
+        .add_rule_id(
+            serde_json::json!({"method": "POST", "path": "/Users$", "times": 1,
+            "action": {"kind": "hold"}}),
+        )
         .await;
-    let (addr, path) = (
-        proxy.addr.clone(),
-        format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
-    );
-    let create = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("http://{addr}{path}"))
-            .basic_auth(ACCOUNT, Some(TOKEN))
-            .form(&[("Identity", "kim")])
-            .send()
-            .await
-            .unwrap()
-    });
-    // The event: the repair has deleted the User.
-    emu.until_user_deleted().await;
+    let create = {
+        let (addr, path) = (
+            proxy.addr.clone(),
+            format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
+        );
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://{addr}{path}"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .form(&[("Identity", "kim")])
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The event: the User is deleted and its recreate held at Twilio.
+    emu.wait_held(1).await;
+    replace(&file, "[repair]\nmode = \"check-only\"\n");
     proxy.signal("HUP");
+    until_applied(&proxy, 1).await;
+    emu.release_rule(recreate).await;
     let r = create.await.unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["x-repair-outcome"], "repaired");
-    until_logged(&proxy, "configuration reloaded", 1).await;
     let (s, user) = emu.get(&format!("{}/Users/kim", kim.base)).await;
     assert_eq!((s, user["friendly_name"].as_str()), (200, Some("Kim K")));
+    let membership = format!(
+        "{}/Conversations/{}/Participants/kim",
+        kim.base,
+        kim.other()
+    );
+    assert_eq!(emu.get(&membership).await.0, 200, "its membership is back");
     let health = reqwest::get(format!("http://{}/healthz", proxy.admin))
         .await
         .unwrap();
@@ -383,4 +409,239 @@ async fn a_reloaded_concurrency_cap_holds_new_requests_only() {
     emu.release(None).await;
     assert_eq!(first.await.unwrap().status(), 200);
     assert_eq!(before.await.unwrap().status(), 200);
+}
+
+/// The repair of a create held at Twilio across a reload that turns a
+/// one-slot cap on: its workflow's calls run under the shield the create
+/// arrived with (no cap), not in the new cap's line, whose one slot a
+/// later request of the account holds: 201 repaired.
+#[tokio::test]
+async fn a_repair_of_a_request_from_before_a_reload_keeps_the_shield_it_arrived_with() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    replace(&file, "[shield]\nmax_concurrent_per_account = 0\n");
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[
+            ("TRP_CONFIG", file.to_str().unwrap()),
+            // A repair waiting in the new cap's line fails within this.
+            ("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "3000"),
+        ],
+    )
+    .await;
+    let create_rule = emu
+        .add_rule_id(
+            serde_json::json!({"method": "POST", "path": "/Participants$",
+            "times": 1, "action": {"kind": "hold"}}),
+        )
+        .await;
+    let create = {
+        let (addr, path) = (
+            proxy.addr.clone(),
+            format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
+        );
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://{addr}{path}"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .form(&[("Identity", "kim")])
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    emu.wait_held(1).await;
+
+    replace(
+        &file,
+        "[shield]\nmax_concurrent_per_account = 1\nmax_queue_wait_ms = 0\n",
+    );
+    until_applied(&proxy, 1).await;
+    let list_rule = emu
+        .add_rule_id(
+            serde_json::json!({"method": "GET", "path": "^/v1/Conversations$",
+            "times": 1, "action": {"kind": "hold"}}),
+        )
+        .await;
+    let list = {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The new cap's one slot is held by the list.
+    emu.wait_held(2).await;
+    emu.release_rule(create_rule).await;
+    let r = create.await.unwrap();
+    let outcome = r.headers().get("x-repair-outcome").cloned();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            outcome.as_ref().and_then(|v| v.to_str().ok())
+        ),
+        (201, Some("repaired")),
+        "the repair of a request from before the reload waited in the new cap's line"
+    );
+    emu.release_rule(list_rule).await;
+    assert_eq!(list.await.unwrap().status(), 200);
+}
+
+/// `metrics.account_labels` needs a restart: a file that flips only it
+/// is named in the "needs a restart" line and keeps the account's cap
+/// (one slot, held): the next request of the account is the proxy's 429,
+/// not a second request in flight at Twilio.
+#[tokio::test]
+async fn a_metrics_label_flip_needs_a_restart_and_keeps_the_accounts_cap() {
+    let emu = start_emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    let shield = "[shield]\nmax_concurrent_per_account = 1\nmax_queue_wait_ms = 0\n";
+    replace(&file, shield);
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[("TRP_CONFIG", file.to_str().unwrap())],
+    )
+    .await;
+    hold_lists(&emu).await;
+    let first = {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    emu.wait_held(1).await;
+    replace(
+        &file,
+        &format!("{shield}[metrics]\naccount_labels = true\n"),
+    );
+    until_applied(&proxy, 1).await;
+    let log = until_logged(&proxy, "needs a restart", 1).await;
+    let line = log.lines().find(|l| l.contains("needs a restart")).unwrap();
+    assert!(line.contains("metrics.account_labels"), "{line}");
+    // Under the kept cap: the proxy's 429 at once (a second cap would let
+    // it through to Twilio, where it would be held).
+    let second = list_through(&proxy, None).await;
+    assert_eq!(second.status(), 429, "the account's one slot is taken");
+    assert_eq!(
+        second.headers()["x-repair-proxy-error"],
+        "shield-queue-full"
+    );
+    emu.release(None).await;
+    assert_eq!(first.await.unwrap().status(), 200);
+}
+
+/// `GET /metrics` with the admin token.
+async fn metrics_with(proxy: &Running, token: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/metrics", proxy.admin))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The repair side of a reloaded shield (`Repairer::set_shield`): an
+/// operator repair after a reload that turns a one-slot cap on takes its
+/// calls' slots in the new cap: it waits in the account's line (the queue
+/// gauge reads 1) while a request of the account holds the slot, and
+/// repairs once it is released.
+#[tokio::test]
+async fn an_operator_repair_after_a_shield_reload_waits_in_the_new_caps_line() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .build()
+        .await;
+    let is = kim.is.clone().unwrap();
+    let token = "operator-token-0123456789";
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    replace(&file, "[shield]\nmax_concurrent_per_account = 0\n");
+    let proxy = spawn_proxy_in(
+        &dir,
+        &emu.origin(),
+        &[
+            ("TRP_CONFIG", file.to_str().unwrap()),
+            ("TRP_ADMIN_TOKEN", token),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ],
+    )
+    .await;
+    replace(&file, "[shield]\nmax_concurrent_per_account = 1\n");
+    until_logged(&proxy, "configuration reloaded", 1).await;
+    hold_lists(&emu).await;
+    let list = {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/v1/Conversations"))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    emu.wait_held(1).await;
+    let repair = {
+        let admin = proxy.admin.clone();
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("http://{admin}/repairs"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"service_sid": is, "identity": "kim"}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    // The event: the repair's first call waits in the new cap's line.
+    let series = r#"trp_shield_queue_length{class="account"}"#;
+    let mut queued = None;
+    for _ in 0..400 {
+        queued = sample(&metrics_with(&proxy, token).await, series);
+        if queued == Some(1.0) || repair.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        queued,
+        Some(1.0),
+        "the operator repair is not in the new cap's line"
+    );
+    assert!(!repair.is_finished());
+    emu.release(None).await;
+    let (s, v) = repair.await.unwrap();
+    assert_eq!(
+        (s, &v["outcome"]),
+        (200, &serde_json::json!("repaired")),
+        "{v}"
+    );
+    assert_eq!(list.await.unwrap().status(), 200);
 }

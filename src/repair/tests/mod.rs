@@ -92,6 +92,7 @@ fn kim_create() -> CreateRequest {
         headers,
         body: Bytes::from_static(b"Identity=kim"),
         origin: Origin::parse("http://127.0.0.1:9").unwrap(),
+        shield: None,
         requested_at: time::OffsetDateTime::now_utc(),
         original_request_id: None,
     }
@@ -115,6 +116,28 @@ async fn the_repair_reads_back_everything_it_puts_back() {
     );
     let repairs = b.store.repairs.lock().unwrap();
     assert_eq!(repairs[0].state, RepairState::Done);
+}
+
+/// `repair.mode` set to `off` (or `check-only`) by a reload after the
+/// create was intercepted: the workflow reads the mode before its first
+/// write and stops there (`disabled`, Twilio's answer), nothing journaled,
+/// no User deleted.
+#[tokio::test(start_paused = true)]
+async fn a_reload_to_off_or_check_only_stops_a_workflow_before_its_first_write() {
+    for mode in [
+        crate::config::RepairMode::Off,
+        crate::config::RepairMode::CheckOnly,
+    ] {
+        let b = bench(FakeTwilio::with_kim(1));
+        let mut reloaded = Config::defaults().repair;
+        reloaded.mode = mode;
+        b.rep.set_policy(reloaded);
+        let v = workflow::run(&b.rep, &kim_create()).await;
+        assert_eq!(v.outcome, Outcome::Disabled, "{mode:?}: {:?}", v.detail);
+        assert!(matches!(v.answer, Answer::Original), "{mode:?}");
+        assert_eq!(b.fake.count(Method::DELETE, "/Users/USkim"), 0, "{mode:?}");
+        assert!(b.store.repairs.lock().unwrap().is_empty(), "{mode:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
