@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Pass-through benchmark: the upstream directly vs nginx proxy_pass vs
-# twilio-repair-proxy, all on 127.0.0.1, side by side. See bench/README.md.
+# HAProxy vs twilio-repair-proxy, all on 127.0.0.1, side by side. See
+# bench/README.md.
 #
 # One invocation runs the whole matrix: access logs off for both proxies and
 # on for both, each at 32 and at 256 connections. For every target it prints
 # req/s, latency percentiles and the CPU time spent per request (user+sys of
 # the target's processes, read from /proc before and after the load, divided
-# by the requests wrk saw answered), then the proxy/nginx ratios.
+# by the requests wrk saw answered), then the proxy/nginx and proxy/HAProxy
+# ratios.
 #
 # Environment knobs (all optional):
 #   DURATION=10s        wrk duration per measured run
@@ -20,11 +22,12 @@
 #   ROUNDS=1            measured rounds; targets are interleaved per round and
 #                       the round with the median req/s is reported per target
 #   NGINX_WORKERS=auto  worker_processes of the nginx *proxy* under test
+#   HAPROXY_THREADS=2   nbthread of the HAProxy under test
 #   UPSTREAM_WORKERS=1  worker_processes of the nginx upstream
 #   TRP_BIN=...         proxy binary (default: target/release/twilio-repair-proxy,
 #                       built with `cargo build --release --locked` if missing)
 #   BASE_PORT=18080     ports used: BASE+1 upstream, BASE+2 nginx, BASE+3 proxy,
-#                       BASE+13 proxy admin
+#                       BASE+4 HAProxy, BASE+13 proxy admin
 #   OUT_DIR=bench/out   where results.md (and raw wrk output) are written
 #   STRICT=0            1: exit 1 when a target (req/s, p99, CPU, RSS) is missed
 #   LINKS=off           the proxy's public_base_url: off (the default here: a
@@ -49,6 +52,7 @@ LOGS="${LOGS:-off on}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-1}"
 NGINX_WORKERS="${NGINX_WORKERS:-auto}"
+HAPROXY_THREADS="${HAPROXY_THREADS:-2}"
 UPSTREAM_WORKERS="${UPSTREAM_WORKERS:-1}"
 BASE_PORT="${BASE_PORT:-18080}"
 OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
@@ -61,6 +65,7 @@ TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
 UP_PORT=$((BASE_PORT + 1))
 NGX_PORT=$((BASE_PORT + 2))
 TRP_PORT=$((BASE_PORT + 3))
+HAP_PORT=$((BASE_PORT + 4))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
 
 LOG_TAG=bench
@@ -71,8 +76,9 @@ for l in $LOGS; do case "$l" in on | off) ;; *) die "LOGS entries are 'on' or 'o
 for c in $CONNECTIONS; do case "$c" in '' | *[!0-9]*) die "CONNECTIONS entries are numbers, not '$c'" ;; esac; done
 
 # ---------------------------------------------------------------- tools
-need wrk:wrk nginx:nginx-light curl:curl
+need wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 
 need_proxy_binary
 
@@ -89,7 +95,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 mkdir -p "$OUT_DIR"
 
-for port in "$UP_PORT" "$NGX_PORT" "$TRP_PORT" "$TRP_ADMIN_PORT"; do
+for port in "$UP_PORT" "$NGX_PORT" "$TRP_PORT" "$HAP_PORT" "$TRP_ADMIN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is already in use (set BASE_PORT)"
   fi
@@ -184,10 +190,44 @@ $(temp_paths nginx)
 EOF
 }
 
+# The second reference: HAProxy, one process with $HAPROXY_THREADS threads (the
+# proxy's two workers, nginx's two worker processes), server-side keep-alive
+# connections shared between client connections (`http-reuse always`).
+# $1 = access log mode (on: `option httplog` lines to stdout, a file).
+haproxy_conf() {
+  local glog="" dlog=""
+  if [ "$1" = on ]; then
+    glog="log stdout format raw local0 info"
+    dlog=$'  log global\n  option httplog'
+  fi
+  cat <<EOF
+global
+  nbthread $HAPROXY_THREADS
+  maxconn 4096
+  $glog
+defaults
+  mode http
+$dlog
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+frontend bench
+  bind 127.0.0.1:$HAP_PORT
+  default_backend upstream
+backend upstream
+  server up 127.0.0.1:$UP_PORT
+EOF
+}
+
 "$NGINX" -t -q -c "$TMP/upstream.conf" -p "$TMP" 2>"$TMP/upstream.t" || { cat "$TMP/upstream.t" >&2; die "upstream nginx config invalid"; }
 for l in $LOGS; do
   nginx_conf "$l" >"$TMP/nginx-$l.conf"
   "$NGINX" -t -q -c "$TMP/nginx-$l.conf" -p "$TMP" 2>"$TMP/nginx.t" || { cat "$TMP/nginx.t" >&2; die "nginx proxy config invalid"; }
+  haproxy_conf "$l" >"$TMP/haproxy-$l.cfg"
+  "$HAPROXY" -c -q -f "$TMP/haproxy-$l.cfg" >"$TMP/haproxy.t" 2>&1 || { cat "$TMP/haproxy.t" >&2; die "HAProxy config invalid"; }
 done
 
 wait_http() { # url, tries
@@ -207,8 +247,8 @@ UP_MASTER=$!
 PIDS+=($UP_MASTER)
 wait_http "http://127.0.0.1:$UP_PORT/" || die "upstream did not start"
 
-# Start the nginx proxy and twilio-repair-proxy with access logs $1.
-NGX_MASTER="" TRP_PID=""
+# Start the nginx proxy, HAProxy and twilio-repair-proxy with access logs $1.
+NGX_MASTER="" HAP_PID="" TRP_PID=""
 start_proxies() {
   local mode="$1"
   : >"$TMP/nginx.access.log"
@@ -216,6 +256,13 @@ start_proxies() {
   "$NGINX" -c "$TMP/nginx-$mode.conf" -p "$TMP" &
   NGX_MASTER=$!
   PIDS+=($NGX_MASTER)
+
+  log "starting HAProxy on 127.0.0.1:$HAP_PORT (nbthread $HAPROXY_THREADS, access log $mode)"
+  : >"$TMP/haproxy.access.log"
+  # -db: stay in the foreground, one process; the access log is its stdout.
+  "$HAPROXY" -db -f "$TMP/haproxy-$mode.cfg" >>"$TMP/haproxy.access.log" 2>>"$TMP/haproxy.error.log" &
+  HAP_PID=$!
+  PIDS+=($HAP_PID)
 
   log "starting twilio-repair-proxy on 127.0.0.1:$TRP_PORT (admin $TRP_ADMIN_PORT, access log $mode)"
   rm -rf "$TMP/trp"
@@ -234,11 +281,12 @@ start_proxies() {
   PIDS+=($TRP_PID)
 
   wait_http "http://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
+  wait_http "http://127.0.0.1:$HAP_PORT/" || { cat "$TMP/haproxy.error.log" >&2; die "HAProxy did not start"; }
   wait_http "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" "$TMP/trp/stdout.log" >&2; die "proxy not ready"; }
 
   # Every target must return the exact participant body.
   local target name port code
-  for target in "direct:$UP_PORT" "nginx:$NGX_PORT" "proxy:$TRP_PORT"; do
+  for target in "direct:$UP_PORT" "nginx:$NGX_PORT" "haproxy:$HAP_PORT" "proxy:$TRP_PORT"; do
     name="${target%%:*}"; port="${target##*:}"
     code="$(curl -sS -o "$TMP/check-$name.json" -w '%{http_code}' \
       -H "Authorization: $AUTH" -H 'Accept: application/json' \
@@ -254,6 +302,7 @@ start_proxies() {
   done
   if [ "$mode" = on ]; then
     grep -q "$REQ_PATH" "$TMP/nginx.access.log" || die "nginx wrote no access log line"
+    grep -q "$REQ_PATH" "$TMP/haproxy.access.log" || die "HAProxy wrote no access log line"
     # The proxy writes its log in batches, up to 10 ms late.
     local i
     for ((i = 0; i < 50; i++)); do grep -q 'request' "$TMP/trp/stderr.log" && break; sleep 0.1; done
@@ -262,6 +311,7 @@ start_proxies() {
 }
 stop_proxies() {
   stop_pid "$NGX_MASTER"
+  stop_pid "$HAP_PID"
   stop_pid "$TRP_PID"
   if [ -s "$TMP/trp/stderr.log" ] && grep -qE 'WARN|ERROR|"level":"(WARN|ERROR)"' "$TMP/trp/stderr.log"; then
     log "proxy warnings/errors (last lines):"
@@ -285,11 +335,12 @@ cpu_ticks() {
   echo "$total"
 }
 # The processes that serve a target: nginx's master and workers (the
-# master only waits), the proxy's single process.
+# master only waits), HAProxy's and the proxy's single process.
 target_pids() {
   case "$1" in
     direct) echo "$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')" ;;
     nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')" ;;
+    haproxy) echo "$HAP_PID" ;;
     proxy) echo "$TRP_PID" ;;
   esac
 }
@@ -338,8 +389,8 @@ busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|ld.lld|cargo|clang' 2>/dev/
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 declare -A RESULTS PICK LOAD_AT BUSY_AT HWM_AT NGX_HWM_AT
-TARGETS=(direct nginx proxy)
-declare -A PORT=([direct]=$UP_PORT [nginx]=$NGX_PORT [proxy]=$TRP_PORT)
+TARGETS=(direct nginx haproxy proxy)
+declare -A PORT=([direct]=$UP_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [proxy]=$TRP_PORT)
 LOAD_START="$(loadavg)"
 BUSY_START="$(busy_compilers)"
 PERF_FILES=()
@@ -361,6 +412,7 @@ for mode in $LOGS; do
         log "logs $mode, $conns connections, round $r/$ROUNDS: $t ($DURATION, $THREADS threads)"
         # Keep the log files small between runs (both are opened O_APPEND).
         : >"$TMP/nginx.access.log"
+        : >"$TMP/haproxy.access.log"
         : >"$TMP/trp/stderr.log"
         perf_pid=""
         if [ "$PERF" = 1 ] && [ "$t" = proxy ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
@@ -423,6 +475,7 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   echo "- request: GET participant (Authorization: Basic ...), response 200 with a $(wc -c <"$BODY_FILE")-byte JSON body + Twilio-like headers"
   echo "- upstream (direct): nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
   echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS; logs off: \`access_log off\`, logs on: \`access_log FILE\` (combined)"
+  echo "- HAProxy: $("$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3), one process, nbthread $HAPROXY_THREADS, http-reuse always, option http-keep-alive; logs off: no \`log\` line, logs on: \`option httplog\` to stdout (a file)"
   echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, public_base_url $LINKS; logs off: TRP_LOG_LEVEL=warn, logs on: the shipped defaults (level info, format pretty) to a file"
   echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, proxy = its one process (all threads)"
   echo "- machine load: loadavg at start $LOAD_START, at end $LOAD_END; compiler processes (rustc, cc1, ld, cargo) at start: ${BUSY_START:-0}"
@@ -445,14 +498,14 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
     done
   done
   echo
-  echo "## proxy / nginx"
+  echo "## proxy / nginx and proxy / HAProxy"
   echo
-  echo "| logs | conns | req/s | p99 | CPU/req | proxy CPU µs/req | nginx CPU µs/req | proxy peak RSS MiB | loadavg during |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| logs | conns | req/s vs nginx | p99 vs nginx | CPU/req vs nginx | req/s vs HAProxy | p99 vs HAProxy | CPU/req vs HAProxy | proxy CPU µs/req | nginx CPU µs/req | HAProxy CPU µs/req | proxy peak RSS MiB | loadavg during |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for mode in $LOGS; do
     for conns in $CONNECTIONS; do
       key="$mode,$conns"
-      echo "| $mode | $conns | $(ratio "$(field "$key" proxy 1)" "$(field "$key" nginx 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" nginx 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" nginx 9)") | $(field "$key" proxy 9) | $(field "$key" nginx 9) | $(mib "${HWM_AT[$key]}") | ${LOAD_AT[$key]} |"
+      echo "| $mode | $conns | $(ratio "$(field "$key" proxy 1)" "$(field "$key" nginx 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" nginx 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" nginx 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" haproxy 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" haproxy 9)") | $(field "$key" proxy 9) | $(field "$key" nginx 9) | $(field "$key" haproxy 9) | $(mib "${HWM_AT[$key]}") | ${LOAD_AT[$key]} |"
     done
   done
   echo

@@ -69,20 +69,7 @@ done
 
 # ---------------------------------------------------------------- test CA
 log "generating a test CA and a server certificate for 127.0.0.1"
-(
-  cd "$TMP"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-  openssl req -x509 -new -key ca.key -subj "/CN=trp bench test CA" -days 2 \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem 2>/dev/null
-  openssl ecparam -name prime256v1 -genkey -noout -out server.key 2>/dev/null
-  openssl req -new -key server.key -subj "/CN=127.0.0.1" -out server.csr 2>/dev/null
-  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" >server.ext
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-    -days 2 -extfile server.ext -out server.pem 2>/dev/null
-) || die "openssl could not make the test certificates"
+make_test_certs "$TMP"
 
 # ---------------------------------------------------------------- processes
 wait_ready() { # url tries [curl args]
