@@ -36,6 +36,12 @@
 #                       `url` is rewritten to the proxy, so every answer is
 #                       buffered and scanned; body compared with that link
 #                       rewritten)
+#   LISTEN_TLS=0        1: wrk speaks HTTPS (TLS 1.3, keep-alive) to every target:
+#                       the proxy's own TLS listener (tls.cert_file/key_file),
+#                       nginx `listen ssl`, HAProxy `bind ssl`, and direct to
+#                       a TLS port of the upstream nginx; the proxies still
+#                       reach the upstream in plain HTTP. Certificates from a
+#                       test CA made per run; results in OUT_DIR/results-tls.md
 #   PERF=0              1: `perf record` the proxy during the last measured run
 #                       of every configuration (skews that run a little);
 #                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt, the
@@ -59,6 +65,8 @@ OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
 STRICT="${STRICT:-0}"
 PERF="${PERF:-0}"
 LINKS="${LINKS:-off}"
+LISTEN_TLS="${LISTEN_TLS:-0}"
+case "$LISTEN_TLS" in 0 | 1) ;; *) echo "LISTEN_TLS is 0 or 1, not '$LISTEN_TLS'" >&2; exit 2 ;; esac
 case "$LINKS" in off | request) ;; *) echo "LINKS is 'off' or 'request', not '$LINKS'" >&2; exit 2 ;; esac
 TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
 
@@ -66,6 +74,7 @@ UP_PORT=$((BASE_PORT + 1))
 NGX_PORT=$((BASE_PORT + 2))
 TRP_PORT=$((BASE_PORT + 3))
 HAP_PORT=$((BASE_PORT + 4))
+UP_TLS_PORT=$((BASE_PORT + 5))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
 
 LOG_TAG=bench
@@ -79,6 +88,7 @@ for c in $CONNECTIONS; do case "$c" in '' | *[!0-9]*) die "CONNECTIONS entries a
 need wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+[ "$LISTEN_TLS" = 1 ] && need openssl:openssl
 
 need_proxy_binary
 
@@ -95,7 +105,24 @@ cleanup() {
 trap cleanup EXIT INT TERM
 mkdir -p "$OUT_DIR"
 
-for port in "$UP_PORT" "$NGX_PORT" "$TRP_PORT" "$HAP_PORT" "$TRP_ADMIN_PORT"; do
+# The scheme wrk and curl use towards the targets, and what the targets'
+# listeners need for it.
+SCHEME=http CURL_CA=() TLS_TAG="" DIRECT_PORT="$UP_PORT"
+UP_TLS_LISTEN="" NGX_SSL="" NGX_CERT="" HAP_SSL="" TRP_TLS_ENV=()
+if [ "$LISTEN_TLS" = 1 ]; then
+  log "generating a test CA and a server certificate for the TLS listeners"
+  make_test_certs "$TMP"
+  SCHEME=https TLS_TAG="-tls" DIRECT_PORT="$UP_TLS_PORT"
+  CURL_CA=(--cacert "$TMP/ca.pem")
+  NGX_SSL=" ssl"
+  NGX_CERT="ssl_certificate $TMP/server.pem; ssl_certificate_key $TMP/server.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:1m;"
+  UP_TLS_LISTEN="listen 127.0.0.1:$UP_TLS_PORT ssl backlog=4096; $NGX_CERT"
+  HAP_SSL=" ssl crt $TMP/server-combined.pem"
+  TRP_TLS_ENV=(TRP_TLS_CERT_FILE="$TMP/server.pem" TRP_TLS_KEY_FILE="$TMP/server.key")
+fi
+RESULTS_FILE="$OUT_DIR/results$TLS_TAG.md"
+
+for port in "$UP_PORT" "$UP_TLS_PORT" "$NGX_PORT" "$TRP_PORT" "$HAP_PORT" "$TRP_ADMIN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is already in use (set BASE_PORT)"
   fi
@@ -143,6 +170,7 @@ $(temp_paths upstream)
   server_tokens off;
   server {
     listen 127.0.0.1:$UP_PORT reuseport backlog=4096;
+    $UP_TLS_LISTEN
     location / {
       default_type "application/json; charset=utf-8";
       add_header Twilio-Request-Id RQ0123456789abcdef0123456789abcdef always;
@@ -177,7 +205,8 @@ $(temp_paths nginx)
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$NGX_PORT backlog=4096;
+    listen 127.0.0.1:$NGX_PORT$NGX_SSL backlog=4096;
+    $NGX_CERT
     location / {
       proxy_pass http://twilio_upstream;
       proxy_http_version 1.1;
@@ -215,7 +244,7 @@ $dlog
   timeout server 120s
   timeout http-keep-alive 120s
 frontend bench
-  bind 127.0.0.1:$HAP_PORT
+  bind 127.0.0.1:$HAP_PORT$HAP_SSL
   default_backend upstream
 backend upstream
   server up 127.0.0.1:$UP_PORT
@@ -233,7 +262,7 @@ done
 wait_http() { # url, tries
   local i
   for ((i = 0; i < ${2:-100}; i++)); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    if curl -fsS "${CURL_CA[@]}" -o /dev/null "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   return 1
@@ -270,7 +299,7 @@ start_proxies() {
   local level=()
   [ "$mode" = off ] && level=(TRP_LOG_LEVEL=warn)
   # Appending (O_APPEND), so the log can be truncated between runs.
-  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_PUBLIC_BASE_URL="$LINKS" \
+  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" "${TRP_TLS_ENV[@]}" TRP_PUBLIC_BASE_URL="$LINKS" \
     "$TRP_BIN" serve \
     --listen "127.0.0.1:$TRP_PORT" \
     --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
@@ -280,22 +309,22 @@ start_proxies() {
   TRP_PID=$!
   PIDS+=($TRP_PID)
 
-  wait_http "http://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
-  wait_http "http://127.0.0.1:$HAP_PORT/" || { cat "$TMP/haproxy.error.log" >&2; die "HAProxy did not start"; }
+  wait_http "$SCHEME://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
+  wait_http "$SCHEME://127.0.0.1:$HAP_PORT/" || { cat "$TMP/haproxy.error.log" >&2; die "HAProxy did not start"; }
   wait_http "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" "$TMP/trp/stdout.log" >&2; die "proxy not ready"; }
 
   # Every target must return the exact participant body.
   local target name port code
-  for target in "direct:$UP_PORT" "nginx:$NGX_PORT" "haproxy:$HAP_PORT" "proxy:$TRP_PORT"; do
+  for target in "direct:$DIRECT_PORT" "nginx:$NGX_PORT" "haproxy:$HAP_PORT" "proxy:$TRP_PORT"; do
     name="${target%%:*}"; port="${target##*:}"
-    code="$(curl -sS -o "$TMP/check-$name.json" -w '%{http_code}' \
+    code="$(curl -sS "${CURL_CA[@]}" -o "$TMP/check-$name.json" -w '%{http_code}' \
       -H "Authorization: $AUTH" -H 'Accept: application/json' \
-      "http://127.0.0.1:$port$REQ_PATH")"
+      "$SCHEME://127.0.0.1:$port$REQ_PATH")"
     [ "$code" = 200 ] || die "$name answered $code"
     local expected="$BODY_FILE"
     if [ "$name" = proxy ] && [ "$LINKS" = request ]; then
       expected="$TMP/expected-proxy.json"
-      sed -e "s#\"url\": \"https://conversations.twilio.com/#\"url\": \"http://127.0.0.1:$TRP_PORT/#" "$BODY_FILE" >"$expected"
+      sed -e "s#\"url\": \"https://conversations.twilio.com/#\"url\": \"$SCHEME://127.0.0.1:$TRP_PORT/#" "$BODY_FILE" >"$expected"
       ! cmp -s "$BODY_FILE" "$expected" || die "the bench body has no link to rewrite"
     fi
     cmp -s "$expected" "$TMP/check-$name.json" || die "$name returned a different body"
@@ -357,7 +386,7 @@ run_wrk() { # port duration connections outfile
   wrk -t"$THREADS" -c"$3" -d"$2" --latency --timeout 5s \
     -H "Authorization: $AUTH" -H 'Accept: application/json' \
     -H 'User-Agent: twilio-python/9.0.0 (Linux x86_64) Python/3.11' \
-    "http://127.0.0.1:$1$REQ_PATH" >"$4" 2>&1
+    "$SCHEME://127.0.0.1:$1$REQ_PATH" >"$4" 2>&1
 }
 
 # One wrk output + CPU ticks into "rps p50 p75 p90 p99 errors non2xx requests cpu_us_per_request"
@@ -390,7 +419,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 declare -A RESULTS PICK LOAD_AT BUSY_AT HWM_AT NGX_HWM_AT
 TARGETS=(direct nginx haproxy proxy)
-declare -A PORT=([direct]=$UP_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [proxy]=$TRP_PORT)
+declare -A PORT=([direct]=$DIRECT_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [proxy]=$TRP_PORT)
 LOAD_START="$(loadavg)"
 BUSY_START="$(busy_compilers)"
 PERF_FILES=()
@@ -422,16 +451,16 @@ for mode in $LOGS; do
         pids="$(target_pids "$t")"
         # shellcheck disable=SC2086
         before="$(cpu_ticks $pids)"
-        out="$OUT_DIR/wrk-logs$mode-c$conns-$t-$r.txt"
+        out="$OUT_DIR/wrk$TLS_TAG-logs$mode-c$conns-$t-$r.txt"
         run_wrk "${PORT[$t]}" "$DURATION" "$conns" "$out"
         # shellcheck disable=SC2086
         after="$(cpu_ticks $pids)"
         if [ -n "$perf_pid" ]; then
           kill -INT "$perf_pid" 2>/dev/null || true
           wait "$perf_pid" 2>/dev/null || true
-          pf="$OUT_DIR/perf-proxy-logs$mode-c$conns.txt"
+          pf="$OUT_DIR/perf-proxy$TLS_TAG-logs$mode-c$conns.txt"
           perf_top "$TMP/proxy.perf.data" >"$pf" || true
-          cp "$TMP/proxy.perf.data" "$OUT_DIR/perf-proxy-logs$mode-c$conns.data" 2>/dev/null || true
+          cp "$TMP/proxy.perf.data" "$OUT_DIR/perf-proxy$TLS_TAG-logs$mode-c$conns.data" 2>/dev/null || true
           PERF_FILES+=("$pf")
         fi
         RESULTS[$key,$t,$r]="$(parse_wrk "$out" $((after - before)))"
@@ -471,6 +500,9 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   echo "- machine: $(nproc) CPUs (${cpu_model:-unknown}), $mem_total, Linux $(uname -r)"
   echo "- proxy: \`$TRP_BIN\` ($("$TRP_BIN" --version 2>/dev/null || echo unknown version)), binary built $(date -u -r "$TRP_BIN" +%Y-%m-%dT%H:%M:%SZ); work tree now at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes')"
   echo "- $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //')"
+  if [ "$LISTEN_TLS" = 1 ]; then
+    echo "- **TLS on the listeners** (LISTEN_TLS=1): wrk speaks HTTPS to every target over keep-alive connections (one handshake per connection; ECDSA P-256 test certificate, TLS 1.3 negotiated by wrk's OpenSSL): the proxy's TLS listener (tls.cert_file/key_file, rustls), nginx \`listen ssl\`, HAProxy \`bind ssl crt\`, direct = a \`listen ssl\` port of the upstream nginx; both proxies reach the upstream in plain HTTP as without TLS"
+  fi
   echo "- load: wrk -t$THREADS -c{$CONNECTIONS} -d$DURATION --latency, warm-up $WARMUP per target, $ROUNDS round(s) (median by req/s reported)"
   echo "- request: GET participant (Authorization: Basic ...), response 200 with a $(wc -c <"$BODY_FILE")-byte JSON body + Twilio-like headers"
   echo "- upstream (direct): nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
@@ -537,9 +569,9 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
     echo
     echo "perf profiles of the proxy (top symbols): ${PERF_FILES[*]}"
   fi
-} >"$OUT_DIR/results.md"
+} >"$RESULTS_FILE"
 
-cat "$OUT_DIR/results.md"
-log "results written to $OUT_DIR/results.md"
+cat "$RESULTS_FILE"
+log "results written to $RESULTS_FILE"
 
 if [ "$STRICT" = 1 ] && [ "$FAILED" = 1 ]; then exit 1; fi
