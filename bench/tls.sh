@@ -92,7 +92,7 @@ level=()
 [ "$PROXY_LOG" = off ] && level=(TRP_LOG_LEVEL=warn)
 log "starting the proxy on 127.0.0.1:$TRP_PORT (upstream https://127.0.0.1:$UP_PORT, upstream_ca_file = the test CA, logs $PROXY_LOG)"
 mkdir -p "$TMP/trp"
-env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_UPSTREAM_CA_FILE="$TMP/ca.pem" \
+env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_UPSTREAM_CA_FILE="$TMP/ca.pem" TRP_PUBLIC_BASE_URL=off \
   "$TRP_BIN" serve \
   --listen "127.0.0.1:$TRP_PORT" --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
   --upstream "https://127.0.0.1:$UP_PORT" --store "sqlite://$TMP/trp/journal.db" \
