@@ -42,9 +42,14 @@
 #                       a TLS port of the upstream nginx; the proxies still
 #                       reach the upstream in plain HTTP. Certificates from a
 #                       test CA made per run; results in OUT_DIR/results-tls.md
-#   PERF=0              1: `perf record` the proxy during the last measured run
-#                       of every configuration (skews that run a little);
-#                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt, the
+#   FLOOR_BIN=...       a fifth target, "floor": bench/hyper-floor (the least a
+#                       hyper proxy does), e.g. FLOOR_BIN=bench/hyper-floor/
+#                       target/release/hyper-floor; its ratios in a table of
+#                       its own. Plain HTTP only (not with LISTEN_TLS=1)
+#   PERF=0              1: `perf record` the proxy and HAProxy during their last
+#                       measured run of every configuration (skews that run a
+#                       little); top symbols in OUT_DIR/perf-<proxy|haproxy>-
+#                       logs<L>-c<C>.txt, the
 #                       recording (for `perf report -g`) beside it as .data
 set -euo pipefail
 
@@ -66,6 +71,7 @@ STRICT="${STRICT:-0}"
 PERF="${PERF:-0}"
 LINKS="${LINKS:-off}"
 LISTEN_TLS="${LISTEN_TLS:-0}"
+FLOOR_BIN="${FLOOR_BIN:-}"
 case "$LISTEN_TLS" in 0 | 1) ;; *) echo "LISTEN_TLS is 0 or 1, not '$LISTEN_TLS'" >&2; exit 2 ;; esac
 case "$LINKS" in off | request) ;; *) echo "LINKS is 'off' or 'request', not '$LINKS'" >&2; exit 2 ;; esac
 TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
@@ -75,6 +81,7 @@ NGX_PORT=$((BASE_PORT + 2))
 TRP_PORT=$((BASE_PORT + 3))
 HAP_PORT=$((BASE_PORT + 4))
 UP_TLS_PORT=$((BASE_PORT + 5))
+FLOOR_PORT=$((BASE_PORT + 6))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
 
 LOG_TAG=bench
@@ -89,6 +96,10 @@ need wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 [ "$LISTEN_TLS" = 1 ] && need openssl:openssl
+if [ -n "$FLOOR_BIN" ]; then
+  [ -x "$FLOOR_BIN" ] || die "FLOOR_BIN $FLOOR_BIN is not an executable (cargo build --release --manifest-path bench/hyper-floor/Cargo.toml)"
+  [ "$LISTEN_TLS" = 0 ] || die "FLOOR_BIN is plain HTTP only, not with LISTEN_TLS=1"
+fi
 
 need_proxy_binary
 
@@ -122,7 +133,7 @@ if [ "$LISTEN_TLS" = 1 ]; then
 fi
 RESULTS_FILE="$OUT_DIR/results$TLS_TAG.md"
 
-for port in "$UP_PORT" "$UP_TLS_PORT" "$NGX_PORT" "$TRP_PORT" "$HAP_PORT" "$TRP_ADMIN_PORT"; do
+for port in "$UP_PORT" "$UP_TLS_PORT" "$NGX_PORT" "$TRP_PORT" "$HAP_PORT" "$FLOOR_PORT" "$TRP_ADMIN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is already in use (set BASE_PORT)"
   fi
@@ -277,7 +288,7 @@ PIDS+=($UP_MASTER)
 wait_http "http://127.0.0.1:$UP_PORT/" || die "upstream did not start"
 
 # Start the nginx proxy, HAProxy and twilio-repair-proxy with access logs $1.
-NGX_MASTER="" HAP_PID="" TRP_PID=""
+NGX_MASTER="" HAP_PID="" TRP_PID="" FLOOR_PID=""
 start_proxies() {
   local mode="$1"
   : >"$TMP/nginx.access.log"
@@ -292,6 +303,13 @@ start_proxies() {
   "$HAPROXY" -db -f "$TMP/haproxy-$mode.cfg" >>"$TMP/haproxy.access.log" 2>>"$TMP/haproxy.error.log" &
   HAP_PID=$!
   PIDS+=($HAP_PID)
+
+  if [ -n "$FLOOR_BIN" ]; then
+    log "starting the hyper floor on 127.0.0.1:$FLOOR_PORT (2 threads, no logs)"
+    "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" 2 >>"$TMP/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=($FLOOR_PID)
+  fi
 
   log "starting twilio-repair-proxy on 127.0.0.1:$TRP_PORT (admin $TRP_ADMIN_PORT, access log $mode)"
   rm -rf "$TMP/trp"
@@ -311,11 +329,15 @@ start_proxies() {
 
   wait_http "$SCHEME://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
   wait_http "$SCHEME://127.0.0.1:$HAP_PORT/" || { cat "$TMP/haproxy.error.log" >&2; die "HAProxy did not start"; }
+  if [ -n "$FLOOR_BIN" ]; then
+    wait_http "http://127.0.0.1:$FLOOR_PORT/" || { cat "$TMP/floor.log" >&2; die "the hyper floor did not start"; }
+  fi
   wait_http "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" "$TMP/trp/stdout.log" >&2; die "proxy not ready"; }
 
   # Every target must return the exact participant body.
-  local target name port code
-  for target in "direct:$DIRECT_PORT" "nginx:$NGX_PORT" "haproxy:$HAP_PORT" "proxy:$TRP_PORT"; do
+  local target name port code checks=("direct:$DIRECT_PORT" "nginx:$NGX_PORT" "haproxy:$HAP_PORT" "proxy:$TRP_PORT")
+  [ -n "$FLOOR_BIN" ] && checks+=("floor:$FLOOR_PORT")
+  for target in "${checks[@]}"; do
     name="${target%%:*}"; port="${target##*:}"
     code="$(curl -sS "${CURL_CA[@]}" -o "$TMP/check-$name.json" -w '%{http_code}' \
       -H "Authorization: $AUTH" -H 'Accept: application/json' \
@@ -341,6 +363,7 @@ start_proxies() {
 stop_proxies() {
   stop_pid "$NGX_MASTER"
   stop_pid "$HAP_PID"
+  [ -z "$FLOOR_PID" ] || stop_pid "$FLOOR_PID"
   stop_pid "$TRP_PID"
   if [ -s "$TMP/trp/stderr.log" ] && grep -qE 'WARN|ERROR|"level":"(WARN|ERROR)"' "$TMP/trp/stderr.log"; then
     log "proxy warnings/errors (last lines):"
@@ -370,6 +393,7 @@ target_pids() {
     direct) echo "$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')" ;;
     nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')" ;;
     haproxy) echo "$HAP_PID" ;;
+    floor) echo "$FLOOR_PID" ;;
     proxy) echo "$TRP_PID" ;;
   esac
 }
@@ -419,7 +443,8 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 declare -A RESULTS PICK LOAD_AT BUSY_AT HWM_AT NGX_HWM_AT
 TARGETS=(direct nginx haproxy proxy)
-declare -A PORT=([direct]=$DIRECT_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [proxy]=$TRP_PORT)
+declare -A PORT=([direct]=$DIRECT_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [proxy]=$TRP_PORT [floor]=$FLOOR_PORT)
+[ -n "$FLOOR_BIN" ] && TARGETS+=(floor)
 LOAD_START="$(loadavg)"
 BUSY_START="$(busy_compilers)"
 PERF_FILES=()
@@ -444,8 +469,8 @@ for mode in $LOGS; do
         : >"$TMP/haproxy.access.log"
         : >"$TMP/trp/stderr.log"
         perf_pid=""
-        if [ "$PERF" = 1 ] && [ "$t" = proxy ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
-          perf record -q -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$TRP_PID" -o "$TMP/proxy.perf.data" >/dev/null 2>&1 &
+        if [ "$PERF" = 1 ] && [ "$t" != direct ] && [ "$t" != nginx ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
+          perf record -q -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$(target_pids "$t")" -o "$TMP/$t.perf.data" >/dev/null 2>&1 &
           perf_pid=$!
         fi
         pids="$(target_pids "$t")"
@@ -458,9 +483,9 @@ for mode in $LOGS; do
         if [ -n "$perf_pid" ]; then
           kill -INT "$perf_pid" 2>/dev/null || true
           wait "$perf_pid" 2>/dev/null || true
-          pf="$OUT_DIR/perf-proxy$TLS_TAG-logs$mode-c$conns.txt"
-          perf_top "$TMP/proxy.perf.data" >"$pf" || true
-          cp "$TMP/proxy.perf.data" "$OUT_DIR/perf-proxy$TLS_TAG-logs$mode-c$conns.data" 2>/dev/null || true
+          pf="$OUT_DIR/perf-$t$TLS_TAG-logs$mode-c$conns.txt"
+          perf_top "$TMP/$t.perf.data" >"$pf" || true
+          cp "$TMP/$t.perf.data" "$OUT_DIR/perf-$t$TLS_TAG-logs$mode-c$conns.data" 2>/dev/null || true
           PERF_FILES+=("$pf")
         fi
         RESULTS[$key,$t,$r]="$(parse_wrk "$out" $((after - before)))"
@@ -540,6 +565,19 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
       echo "| $mode | $conns | $(ratio "$(field "$key" proxy 1)" "$(field "$key" nginx 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" nginx 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" nginx 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" haproxy 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" haproxy 9)") | $(field "$key" proxy 9) | $(field "$key" nginx 9) | $(field "$key" haproxy 9) | $(mib "${HWM_AT[$key]}") | ${LOAD_AT[$key]} |"
     done
   done
+  if [ -n "$FLOOR_BIN" ]; then
+    echo
+    echo "## the hyper floor (bench/hyper-floor: hyper server + one hyper client connection per client connection, nothing else)"
+    echo
+    echo "| logs | conns | floor req/s | floor CPU µs/req | floor/HAProxy req/s | floor/HAProxy CPU/req | proxy/floor req/s | proxy/floor CPU/req |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for mode in $LOGS; do
+      for conns in $CONNECTIONS; do
+        key="$mode,$conns"
+        echo "| $mode | $conns | $(field "$key" floor 1) | $(field "$key" floor 9) | $(ratio "$(field "$key" floor 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" floor 9)" "$(field "$key" haproxy 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" floor 1)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" floor 9)") |"
+      done
+    done
+  fi
   echo
   echo "## targets"
   echo
@@ -567,7 +605,7 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   done
   if [ "${#PERF_FILES[@]}" -gt 0 ]; then
     echo
-    echo "perf profiles of the proxy (top symbols): ${PERF_FILES[*]}"
+    echo "perf profiles of the proxy and HAProxy (top symbols): ${PERF_FILES[*]}"
   fi
 } >"$RESULTS_FILE"
 
