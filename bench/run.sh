@@ -534,7 +534,7 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS; logs off: \`access_log off\`, logs on: \`access_log FILE\` (combined)"
   echo "- HAProxy: $("$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3), one process, nbthread $HAPROXY_THREADS, http-reuse always, option http-keep-alive; logs off: no \`log\` line, logs on: \`option httplog\` to stdout (a file)"
   echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, public_base_url $LINKS; logs off: TRP_LOG_LEVEL=warn, logs on: the shipped defaults (level info, format pretty) to a file"
-  echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, proxy = its one process (all threads)"
+  echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, HAProxy, proxy and floor = their one process (all threads)"
   echo "- machine load: loadavg at start $LOAD_START, at end $LOAD_END; compiler processes (rustc, cc1, ld, cargo) at start: ${BUSY_START:-0}"
   for mode in $LOGS; do
     for conns in $CONNECTIONS; do
@@ -574,7 +574,7 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
     for mode in $LOGS; do
       for conns in $CONNECTIONS; do
         key="$mode,$conns"
-        echo "| $mode | $conns | $(field "$key" floor 1) | $(field "$key" floor 9) | $(ratio "$(field "$key" floor 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" floor 9)" "$(field "$key" haproxy 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" floor 1)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" floor 9)") |"
+        echo "| $mode | $conns | $(printf '%.0f' "$(field "$key" floor 1)") | $(field "$key" floor 9) | $(ratio "$(field "$key" floor 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" floor 9)" "$(field "$key" haproxy 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" floor 1)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" floor 9)") |"
       done
     done
   fi
