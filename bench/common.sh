@@ -1,6 +1,7 @@
-# Shared by bench/run.sh and bench/tls.sh (sourced, not run): the request
-# both send, logging, and the tools and binary they need. The sourcing
-# script sets BENCH_DIR, ROOT, TRP_BIN and LOG_TAG first.
+# Shared by bench/run.sh, bench/tls.sh and bench/latency.sh (sourced, not
+# run): the request they send, logging, test certificates, and the tools
+# and binary they need. The sourcing script sets BENCH_DIR, ROOT, TRP_BIN
+# and LOG_TAG first.
 
 # The request: a participant fetch, as a helper library sends it.
 REQ_PATH="/v1/Services/ISaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Conversations/CHaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/Participants/MBaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -32,4 +33,27 @@ need_proxy_binary() {
     (cd "$ROOT" && cargo build --release --locked)
   fi
   [ -x "$TRP_BIN" ] || die "proxy binary $TRP_BIN not found"
+}
+
+# make_test_certs DIR: a test CA (DIR/ca.pem, DIR/ca.key) and a server
+# certificate it signed for 127.0.0.1 and localhost (DIR/server.pem,
+# DIR/server.key, and both in DIR/server-combined.pem for HAProxy), ECDSA
+# P-256, valid two days, made with the openssl CLI. Never trusted outside
+# the benchmark that made them.
+make_test_certs() {
+  (
+    cd "$1"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+    openssl req -x509 -new -key ca.key -subj "/CN=trp bench test CA" -days 2 \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem 2>/dev/null
+    openssl ecparam -name prime256v1 -genkey -noout -out server.key 2>/dev/null
+    openssl req -new -key server.key -subj "/CN=127.0.0.1" -out server.csr 2>/dev/null
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+      "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth" >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -days 2 -extfile server.ext -out server.pem 2>/dev/null
+    cat server.pem server.key >server-combined.pem
+  ) || die "openssl could not make the test certificates"
 }

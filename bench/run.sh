@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Pass-through benchmark: the upstream directly vs nginx proxy_pass vs
-# twilio-repair-proxy, all on 127.0.0.1, side by side. See bench/README.md.
+# HAProxy vs twilio-repair-proxy, all on 127.0.0.1, side by side. See
+# bench/README.md.
 #
 # One invocation runs the whole matrix: access logs off for both proxies and
 # on for both, each at 32 and at 256 connections. For every target it prints
 # req/s, latency percentiles and the CPU time spent per request (user+sys of
 # the target's processes, read from /proc before and after the load, divided
-# by the requests wrk saw answered), then the proxy/nginx ratios.
+# by the requests wrk saw answered), then the proxy/nginx and proxy/HAProxy
+# ratios.
 #
 # Environment knobs (all optional):
 #   DURATION=10s        wrk duration per measured run
@@ -20,11 +22,12 @@
 #   ROUNDS=1            measured rounds; targets are interleaved per round and
 #                       the round with the median req/s is reported per target
 #   NGINX_WORKERS=auto  worker_processes of the nginx *proxy* under test
+#   HAPROXY_THREADS=2   nbthread of the HAProxy under test
 #   UPSTREAM_WORKERS=1  worker_processes of the nginx upstream
 #   TRP_BIN=...         proxy binary (default: target/release/twilio-repair-proxy,
 #                       built with `cargo build --release --locked` if missing)
 #   BASE_PORT=18080     ports used: BASE+1 upstream, BASE+2 nginx, BASE+3 proxy,
-#                       BASE+13 proxy admin
+#                       BASE+4 HAProxy, BASE+13 proxy admin
 #   OUT_DIR=bench/out   where results.md (and raw wrk output) are written
 #   STRICT=0            1: exit 1 when a target (req/s, p99, CPU, RSS) is missed
 #   LINKS=off           the proxy's public_base_url: off (the default here: a
@@ -33,9 +36,20 @@
 #                       `url` is rewritten to the proxy, so every answer is
 #                       buffered and scanned; body compared with that link
 #                       rewritten)
-#   PERF=0              1: `perf record` the proxy during the last measured run
-#                       of every configuration (skews that run a little);
-#                       top symbols in OUT_DIR/perf-proxy-logs<L>-c<C>.txt, the
+#   LISTEN_TLS=0        1: wrk speaks HTTPS (TLS 1.3, keep-alive) to every target:
+#                       the proxy's own TLS listener (tls.cert_file/key_file),
+#                       nginx `listen ssl`, HAProxy `bind ssl`, and direct to
+#                       a TLS port of the upstream nginx; the proxies still
+#                       reach the upstream in plain HTTP. Certificates from a
+#                       test CA made per run; results in OUT_DIR/results-tls.md
+#   FLOOR_BIN=...       a fifth target, "floor": bench/hyper-floor (the least a
+#                       hyper proxy does), e.g. FLOOR_BIN=bench/hyper-floor/
+#                       target/release/hyper-floor; its ratios in a table of
+#                       its own. Plain HTTP only (not with LISTEN_TLS=1)
+#   PERF=0              1: `perf record` the proxy and HAProxy during their last
+#                       measured run of every configuration (skews that run a
+#                       little); top symbols in OUT_DIR/perf-<proxy|haproxy>-
+#                       logs<L>-c<C>.txt, the
 #                       recording (for `perf report -g`) beside it as .data
 set -euo pipefail
 
@@ -49,18 +63,25 @@ LOGS="${LOGS:-off on}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-1}"
 NGINX_WORKERS="${NGINX_WORKERS:-auto}"
+HAPROXY_THREADS="${HAPROXY_THREADS:-2}"
 UPSTREAM_WORKERS="${UPSTREAM_WORKERS:-1}"
 BASE_PORT="${BASE_PORT:-18080}"
 OUT_DIR="${OUT_DIR:-$BENCH_DIR/out}"
 STRICT="${STRICT:-0}"
 PERF="${PERF:-0}"
 LINKS="${LINKS:-off}"
+LISTEN_TLS="${LISTEN_TLS:-0}"
+FLOOR_BIN="${FLOOR_BIN:-}"
+case "$LISTEN_TLS" in 0 | 1) ;; *) echo "LISTEN_TLS is 0 or 1, not '$LISTEN_TLS'" >&2; exit 2 ;; esac
 case "$LINKS" in off | request) ;; *) echo "LINKS is 'off' or 'request', not '$LINKS'" >&2; exit 2 ;; esac
 TRP_BIN="${TRP_BIN:-$ROOT/target/release/twilio-repair-proxy}"
 
 UP_PORT=$((BASE_PORT + 1))
 NGX_PORT=$((BASE_PORT + 2))
 TRP_PORT=$((BASE_PORT + 3))
+HAP_PORT=$((BASE_PORT + 4))
+UP_TLS_PORT=$((BASE_PORT + 5))
+FLOOR_PORT=$((BASE_PORT + 6))
 TRP_ADMIN_PORT=$((BASE_PORT + 13))
 
 LOG_TAG=bench
@@ -71,8 +92,14 @@ for l in $LOGS; do case "$l" in on | off) ;; *) die "LOGS entries are 'on' or 'o
 for c in $CONNECTIONS; do case "$c" in '' | *[!0-9]*) die "CONNECTIONS entries are numbers, not '$c'" ;; esac; done
 
 # ---------------------------------------------------------------- tools
-need wrk:wrk nginx:nginx-light curl:curl
+need wrk:wrk nginx:nginx-light haproxy:haproxy curl:curl
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+[ "$LISTEN_TLS" = 1 ] && need openssl:openssl
+if [ -n "$FLOOR_BIN" ]; then
+  [ -x "$FLOOR_BIN" ] || die "FLOOR_BIN $FLOOR_BIN is not an executable (cargo build --release --manifest-path bench/hyper-floor/Cargo.toml)"
+  [ "$LISTEN_TLS" = 0 ] || die "FLOOR_BIN is plain HTTP only, not with LISTEN_TLS=1"
+fi
 
 need_proxy_binary
 
@@ -89,7 +116,24 @@ cleanup() {
 trap cleanup EXIT INT TERM
 mkdir -p "$OUT_DIR"
 
-for port in "$UP_PORT" "$NGX_PORT" "$TRP_PORT" "$TRP_ADMIN_PORT"; do
+# The scheme wrk and curl use towards the targets, and what the targets'
+# listeners need for it.
+SCHEME=http CURL_CA=() TLS_TAG="" DIRECT_PORT="$UP_PORT"
+UP_TLS_LISTEN="" NGX_SSL="" NGX_CERT="" HAP_SSL="" TRP_TLS_ENV=()
+if [ "$LISTEN_TLS" = 1 ]; then
+  log "generating a test CA and a server certificate for the TLS listeners"
+  make_test_certs "$TMP"
+  SCHEME=https TLS_TAG="-tls" DIRECT_PORT="$UP_TLS_PORT"
+  CURL_CA=(--cacert "$TMP/ca.pem")
+  NGX_SSL=" ssl"
+  NGX_CERT="ssl_certificate $TMP/server.pem; ssl_certificate_key $TMP/server.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:1m;"
+  UP_TLS_LISTEN="listen 127.0.0.1:$UP_TLS_PORT ssl backlog=4096; $NGX_CERT"
+  HAP_SSL=" ssl crt $TMP/server-combined.pem"
+  TRP_TLS_ENV=(TRP_TLS_CERT_FILE="$TMP/server.pem" TRP_TLS_KEY_FILE="$TMP/server.key")
+fi
+RESULTS_FILE="$OUT_DIR/results$TLS_TAG.md"
+
+for port in "$UP_PORT" "$UP_TLS_PORT" "$NGX_PORT" "$TRP_PORT" "$HAP_PORT" "$FLOOR_PORT" "$TRP_ADMIN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is already in use (set BASE_PORT)"
   fi
@@ -137,6 +181,7 @@ $(temp_paths upstream)
   server_tokens off;
   server {
     listen 127.0.0.1:$UP_PORT reuseport backlog=4096;
+    $UP_TLS_LISTEN
     location / {
       default_type "application/json; charset=utf-8";
       add_header Twilio-Request-Id RQ0123456789abcdef0123456789abcdef always;
@@ -171,7 +216,8 @@ $(temp_paths nginx)
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$NGX_PORT backlog=4096;
+    listen 127.0.0.1:$NGX_PORT$NGX_SSL backlog=4096;
+    $NGX_CERT
     location / {
       proxy_pass http://twilio_upstream;
       proxy_http_version 1.1;
@@ -184,16 +230,50 @@ $(temp_paths nginx)
 EOF
 }
 
+# The second reference: HAProxy, one process with $HAPROXY_THREADS threads (the
+# proxy's two workers, nginx's two worker processes), server-side keep-alive
+# connections shared between client connections (`http-reuse always`).
+# $1 = access log mode (on: `option httplog` lines to stdout, a file).
+haproxy_conf() {
+  local glog="" dlog=""
+  if [ "$1" = on ]; then
+    glog="log stdout format raw local0 info"
+    dlog=$'  log global\n  option httplog'
+  fi
+  cat <<EOF
+global
+  nbthread $HAPROXY_THREADS
+  maxconn 4096
+  $glog
+defaults
+  mode http
+$dlog
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+frontend bench
+  bind 127.0.0.1:$HAP_PORT$HAP_SSL
+  default_backend upstream
+backend upstream
+  server up 127.0.0.1:$UP_PORT
+EOF
+}
+
 "$NGINX" -t -q -c "$TMP/upstream.conf" -p "$TMP" 2>"$TMP/upstream.t" || { cat "$TMP/upstream.t" >&2; die "upstream nginx config invalid"; }
 for l in $LOGS; do
   nginx_conf "$l" >"$TMP/nginx-$l.conf"
   "$NGINX" -t -q -c "$TMP/nginx-$l.conf" -p "$TMP" 2>"$TMP/nginx.t" || { cat "$TMP/nginx.t" >&2; die "nginx proxy config invalid"; }
+  haproxy_conf "$l" >"$TMP/haproxy-$l.cfg"
+  "$HAPROXY" -c -q -f "$TMP/haproxy-$l.cfg" >"$TMP/haproxy.t" 2>&1 || { cat "$TMP/haproxy.t" >&2; die "HAProxy config invalid"; }
 done
 
 wait_http() { # url, tries
   local i
   for ((i = 0; i < ${2:-100}; i++)); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    if curl -fsS "${CURL_CA[@]}" -o /dev/null "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   return 1
@@ -207,8 +287,8 @@ UP_MASTER=$!
 PIDS+=($UP_MASTER)
 wait_http "http://127.0.0.1:$UP_PORT/" || die "upstream did not start"
 
-# Start the nginx proxy and twilio-repair-proxy with access logs $1.
-NGX_MASTER="" TRP_PID=""
+# Start the nginx proxy, HAProxy and twilio-repair-proxy with access logs $1.
+NGX_MASTER="" HAP_PID="" TRP_PID="" FLOOR_PID=""
 start_proxies() {
   local mode="$1"
   : >"$TMP/nginx.access.log"
@@ -217,13 +297,27 @@ start_proxies() {
   NGX_MASTER=$!
   PIDS+=($NGX_MASTER)
 
+  log "starting HAProxy on 127.0.0.1:$HAP_PORT (nbthread $HAPROXY_THREADS, access log $mode)"
+  : >"$TMP/haproxy.access.log"
+  # -db: stay in the foreground, one process; the access log is its stdout.
+  "$HAPROXY" -db -f "$TMP/haproxy-$mode.cfg" >>"$TMP/haproxy.access.log" 2>>"$TMP/haproxy.error.log" &
+  HAP_PID=$!
+  PIDS+=($HAP_PID)
+
+  if [ -n "$FLOOR_BIN" ]; then
+    log "starting the hyper floor on 127.0.0.1:$FLOOR_PORT (2 threads, no logs)"
+    "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" 2 >>"$TMP/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=($FLOOR_PID)
+  fi
+
   log "starting twilio-repair-proxy on 127.0.0.1:$TRP_PORT (admin $TRP_ADMIN_PORT, access log $mode)"
   rm -rf "$TMP/trp"
   mkdir -p "$TMP/trp"
   local level=()
   [ "$mode" = off ] && level=(TRP_LOG_LEVEL=warn)
   # Appending (O_APPEND), so the log can be truncated between runs.
-  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_PUBLIC_BASE_URL="$LINKS" \
+  env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" "${TRP_TLS_ENV[@]}" TRP_PUBLIC_BASE_URL="$LINKS" \
     "$TRP_BIN" serve \
     --listen "127.0.0.1:$TRP_PORT" \
     --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
@@ -233,27 +327,33 @@ start_proxies() {
   TRP_PID=$!
   PIDS+=($TRP_PID)
 
-  wait_http "http://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
+  wait_http "$SCHEME://127.0.0.1:$NGX_PORT/" || { cat "$TMP/nginx.error.log" >&2; die "nginx proxy did not start"; }
+  wait_http "$SCHEME://127.0.0.1:$HAP_PORT/" || { cat "$TMP/haproxy.error.log" >&2; die "HAProxy did not start"; }
+  if [ -n "$FLOOR_BIN" ]; then
+    wait_http "http://127.0.0.1:$FLOOR_PORT/" || { cat "$TMP/floor.log" >&2; die "the hyper floor did not start"; }
+  fi
   wait_http "http://127.0.0.1:$TRP_ADMIN_PORT/readyz" 300 || { cat "$TMP/trp/stderr.log" "$TMP/trp/stdout.log" >&2; die "proxy not ready"; }
 
   # Every target must return the exact participant body.
-  local target name port code
-  for target in "direct:$UP_PORT" "nginx:$NGX_PORT" "proxy:$TRP_PORT"; do
+  local target name port code checks=("direct:$DIRECT_PORT" "nginx:$NGX_PORT" "haproxy:$HAP_PORT" "proxy:$TRP_PORT")
+  [ -n "$FLOOR_BIN" ] && checks+=("floor:$FLOOR_PORT")
+  for target in "${checks[@]}"; do
     name="${target%%:*}"; port="${target##*:}"
-    code="$(curl -sS -o "$TMP/check-$name.json" -w '%{http_code}' \
+    code="$(curl -sS "${CURL_CA[@]}" -o "$TMP/check-$name.json" -w '%{http_code}' \
       -H "Authorization: $AUTH" -H 'Accept: application/json' \
-      "http://127.0.0.1:$port$REQ_PATH")"
+      "$SCHEME://127.0.0.1:$port$REQ_PATH")"
     [ "$code" = 200 ] || die "$name answered $code"
     local expected="$BODY_FILE"
     if [ "$name" = proxy ] && [ "$LINKS" = request ]; then
       expected="$TMP/expected-proxy.json"
-      sed -e "s#\"url\": \"https://conversations.twilio.com/#\"url\": \"http://127.0.0.1:$TRP_PORT/#" "$BODY_FILE" >"$expected"
+      sed -e "s#\"url\": \"https://conversations.twilio.com/#\"url\": \"$SCHEME://127.0.0.1:$TRP_PORT/#" "$BODY_FILE" >"$expected"
       ! cmp -s "$BODY_FILE" "$expected" || die "the bench body has no link to rewrite"
     fi
     cmp -s "$expected" "$TMP/check-$name.json" || die "$name returned a different body"
   done
   if [ "$mode" = on ]; then
     grep -q "$REQ_PATH" "$TMP/nginx.access.log" || die "nginx wrote no access log line"
+    grep -q "$REQ_PATH" "$TMP/haproxy.access.log" || die "HAProxy wrote no access log line"
     # The proxy writes its log in batches, up to 10 ms late.
     local i
     for ((i = 0; i < 50; i++)); do grep -q 'request' "$TMP/trp/stderr.log" && break; sleep 0.1; done
@@ -262,6 +362,8 @@ start_proxies() {
 }
 stop_proxies() {
   stop_pid "$NGX_MASTER"
+  stop_pid "$HAP_PID"
+  [ -z "$FLOOR_PID" ] || stop_pid "$FLOOR_PID"
   stop_pid "$TRP_PID"
   if [ -s "$TMP/trp/stderr.log" ] && grep -qE 'WARN|ERROR|"level":"(WARN|ERROR)"' "$TMP/trp/stderr.log"; then
     log "proxy warnings/errors (last lines):"
@@ -285,11 +387,13 @@ cpu_ticks() {
   echo "$total"
 }
 # The processes that serve a target: nginx's master and workers (the
-# master only waits), the proxy's single process.
+# master only waits), HAProxy's and the proxy's single process.
 target_pids() {
   case "$1" in
     direct) echo "$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')" ;;
     nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')" ;;
+    haproxy) echo "$HAP_PID" ;;
+    floor) echo "$FLOOR_PID" ;;
     proxy) echo "$TRP_PID" ;;
   esac
 }
@@ -306,7 +410,7 @@ run_wrk() { # port duration connections outfile
   wrk -t"$THREADS" -c"$3" -d"$2" --latency --timeout 5s \
     -H "Authorization: $AUTH" -H 'Accept: application/json' \
     -H 'User-Agent: twilio-python/9.0.0 (Linux x86_64) Python/3.11' \
-    "http://127.0.0.1:$1$REQ_PATH" >"$4" 2>&1
+    "$SCHEME://127.0.0.1:$1$REQ_PATH" >"$4" 2>&1
 }
 
 # One wrk output + CPU ticks into "rps p50 p75 p90 p99 errors non2xx requests cpu_us_per_request"
@@ -338,8 +442,9 @@ busy_compilers() { pgrep -c -x 'rustc|cc1|cc1plus|ld|ld.lld|cargo|clang' 2>/dev/
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 declare -A RESULTS PICK LOAD_AT BUSY_AT HWM_AT NGX_HWM_AT
-TARGETS=(direct nginx proxy)
-declare -A PORT=([direct]=$UP_PORT [nginx]=$NGX_PORT [proxy]=$TRP_PORT)
+TARGETS=(direct nginx haproxy proxy)
+declare -A PORT=([direct]=$DIRECT_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [proxy]=$TRP_PORT [floor]=$FLOOR_PORT)
+[ -n "$FLOOR_BIN" ] && TARGETS+=(floor)
 LOAD_START="$(loadavg)"
 BUSY_START="$(busy_compilers)"
 PERF_FILES=()
@@ -361,25 +466,26 @@ for mode in $LOGS; do
         log "logs $mode, $conns connections, round $r/$ROUNDS: $t ($DURATION, $THREADS threads)"
         # Keep the log files small between runs (both are opened O_APPEND).
         : >"$TMP/nginx.access.log"
+        : >"$TMP/haproxy.access.log"
         : >"$TMP/trp/stderr.log"
         perf_pid=""
-        if [ "$PERF" = 1 ] && [ "$t" = proxy ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
-          perf record -q -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$TRP_PID" -o "$TMP/proxy.perf.data" >/dev/null 2>&1 &
+        if [ "$PERF" = 1 ] && [ "$t" != direct ] && [ "$t" != nginx ] && [ "$r" = "$ROUNDS" ] && command -v perf >/dev/null; then
+          perf record -q -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$(target_pids "$t")" -o "$TMP/$t.perf.data" >/dev/null 2>&1 &
           perf_pid=$!
         fi
         pids="$(target_pids "$t")"
         # shellcheck disable=SC2086
         before="$(cpu_ticks $pids)"
-        out="$OUT_DIR/wrk-logs$mode-c$conns-$t-$r.txt"
+        out="$OUT_DIR/wrk$TLS_TAG-logs$mode-c$conns-$t-$r.txt"
         run_wrk "${PORT[$t]}" "$DURATION" "$conns" "$out"
         # shellcheck disable=SC2086
         after="$(cpu_ticks $pids)"
         if [ -n "$perf_pid" ]; then
           kill -INT "$perf_pid" 2>/dev/null || true
           wait "$perf_pid" 2>/dev/null || true
-          pf="$OUT_DIR/perf-proxy-logs$mode-c$conns.txt"
-          perf_top "$TMP/proxy.perf.data" >"$pf" || true
-          cp "$TMP/proxy.perf.data" "$OUT_DIR/perf-proxy-logs$mode-c$conns.data" 2>/dev/null || true
+          pf="$OUT_DIR/perf-$t$TLS_TAG-logs$mode-c$conns.txt"
+          perf_top "$TMP/$t.perf.data" >"$pf" || true
+          cp "$TMP/$t.perf.data" "$OUT_DIR/perf-$t$TLS_TAG-logs$mode-c$conns.data" 2>/dev/null || true
           PERF_FILES+=("$pf")
         fi
         RESULTS[$key,$t,$r]="$(parse_wrk "$out" $((after - before)))"
@@ -419,12 +525,16 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   echo "- machine: $(nproc) CPUs (${cpu_model:-unknown}), $mem_total, Linux $(uname -r)"
   echo "- proxy: \`$TRP_BIN\` ($("$TRP_BIN" --version 2>/dev/null || echo unknown version)), binary built $(date -u -r "$TRP_BIN" +%Y-%m-%dT%H:%M:%SZ); work tree now at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted src changes')"
   echo "- $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //')"
+  if [ "$LISTEN_TLS" = 1 ]; then
+    echo "- **TLS on the listeners** (LISTEN_TLS=1): wrk speaks HTTPS to every target over keep-alive connections (one handshake per connection; ECDSA P-256 test certificate, TLS 1.3 negotiated by wrk's OpenSSL): the proxy's TLS listener (tls.cert_file/key_file, rustls), nginx \`listen ssl\`, HAProxy \`bind ssl crt\`, direct = a \`listen ssl\` port of the upstream nginx; both proxies reach the upstream in plain HTTP as without TLS"
+  fi
   echo "- load: wrk -t$THREADS -c{$CONNECTIONS} -d$DURATION --latency, warm-up $WARMUP per target, $ROUNDS round(s) (median by req/s reported)"
   echo "- request: GET participant (Authorization: Basic ...), response 200 with a $(wc -c <"$BODY_FILE")-byte JSON body + Twilio-like headers"
   echo "- upstream (direct): nginx \`return 200\` from memory, worker_processes $UPSTREAM_WORKERS, access_log off"
   echo "- nginx: proxy_pass, upstream keepalive 64, HTTP/1.1, worker_processes $NGINX_WORKERS; logs off: \`access_log off\`, logs on: \`access_log FILE\` (combined)"
+  echo "- HAProxy: $("$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3), one process, nbthread $HAPROXY_THREADS, http-reuse always, option http-keep-alive; logs off: no \`log\` line, logs on: \`option httplog\` to stdout (a file)"
   echo "- proxy: --upstream http://127.0.0.1:$UP_PORT, --store sqlite://TMP/journal.db, public_base_url $LINKS; logs off: TRP_LOG_LEVEL=warn, logs on: the shipped defaults (level info, format pretty) to a file"
-  echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, proxy = its one process (all threads)"
+  echo "- CPU/req: user+sys ticks (CLK_TCK $CLK_TCK) of the target's processes during the measured run ÷ requests answered; direct = the upstream nginx itself, nginx = its master + workers, HAProxy, proxy and floor = their one process (all threads)"
   echo "- machine load: loadavg at start $LOAD_START, at end $LOAD_END; compiler processes (rustc, cc1, ld, cargo) at start: ${BUSY_START:-0}"
   for mode in $LOGS; do
     for conns in $CONNECTIONS; do
@@ -445,16 +555,29 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
     done
   done
   echo
-  echo "## proxy / nginx"
+  echo "## proxy / nginx and proxy / HAProxy"
   echo
-  echo "| logs | conns | req/s | p99 | CPU/req | proxy CPU µs/req | nginx CPU µs/req | proxy peak RSS MiB | loadavg during |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| logs | conns | req/s vs nginx | p99 vs nginx | CPU/req vs nginx | req/s vs HAProxy | p99 vs HAProxy | CPU/req vs HAProxy | proxy CPU µs/req | nginx CPU µs/req | HAProxy CPU µs/req | proxy peak RSS MiB | loadavg during |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for mode in $LOGS; do
     for conns in $CONNECTIONS; do
       key="$mode,$conns"
-      echo "| $mode | $conns | $(ratio "$(field "$key" proxy 1)" "$(field "$key" nginx 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" nginx 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" nginx 9)") | $(field "$key" proxy 9) | $(field "$key" nginx 9) | $(mib "${HWM_AT[$key]}") | ${LOAD_AT[$key]} |"
+      echo "| $mode | $conns | $(ratio "$(field "$key" proxy 1)" "$(field "$key" nginx 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" nginx 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" nginx 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" proxy 5)" "$(field "$key" haproxy 5)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" haproxy 9)") | $(field "$key" proxy 9) | $(field "$key" nginx 9) | $(field "$key" haproxy 9) | $(mib "${HWM_AT[$key]}") | ${LOAD_AT[$key]} |"
     done
   done
+  if [ -n "$FLOOR_BIN" ]; then
+    echo
+    echo "## the hyper floor (bench/hyper-floor: hyper server + one hyper client connection per client connection, nothing else)"
+    echo
+    echo "| logs | conns | floor req/s | floor CPU µs/req | floor/HAProxy req/s | floor/HAProxy CPU/req | proxy/floor req/s | proxy/floor CPU/req |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for mode in $LOGS; do
+      for conns in $CONNECTIONS; do
+        key="$mode,$conns"
+        echo "| $mode | $conns | $(printf '%.0f' "$(field "$key" floor 1)") | $(field "$key" floor 9) | $(ratio "$(field "$key" floor 1)" "$(field "$key" haproxy 1)") | $(ratio "$(field "$key" floor 9)" "$(field "$key" haproxy 9)") | $(ratio "$(field "$key" proxy 1)" "$(field "$key" floor 1)") | $(ratio "$(field "$key" proxy 9)" "$(field "$key" floor 9)") |"
+      done
+    done
+  fi
   echo
   echo "## targets"
   echo
@@ -482,11 +605,11 @@ mem_total="$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminf
   done
   if [ "${#PERF_FILES[@]}" -gt 0 ]; then
     echo
-    echo "perf profiles of the proxy (top symbols): ${PERF_FILES[*]}"
+    echo "perf profiles of the proxy and HAProxy (top symbols): ${PERF_FILES[*]}"
   fi
-} >"$OUT_DIR/results.md"
+} >"$RESULTS_FILE"
 
-cat "$OUT_DIR/results.md"
-log "results written to $OUT_DIR/results.md"
+cat "$RESULTS_FILE"
+log "results written to $RESULTS_FILE"
 
 if [ "$STRICT" = 1 ] && [ "$FAILED" = 1 ]; then exit 1; fi

@@ -69,20 +69,7 @@ done
 
 # ---------------------------------------------------------------- test CA
 log "generating a test CA and a server certificate for 127.0.0.1"
-(
-  cd "$TMP"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-  openssl req -x509 -new -key ca.key -subj "/CN=trp bench test CA" -days 2 \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem 2>/dev/null
-  openssl ecparam -name prime256v1 -genkey -noout -out server.key 2>/dev/null
-  openssl req -new -key server.key -subj "/CN=127.0.0.1" -out server.csr 2>/dev/null
-  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" >server.ext
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-    -days 2 -extfile server.ext -out server.pem 2>/dev/null
-) || die "openssl could not make the test certificates"
+make_test_certs "$TMP"
 
 # ---------------------------------------------------------------- processes
 wait_ready() { # url tries [curl args]
@@ -105,7 +92,7 @@ level=()
 [ "$PROXY_LOG" = off ] && level=(TRP_LOG_LEVEL=warn)
 log "starting the proxy on 127.0.0.1:$TRP_PORT (upstream https://127.0.0.1:$UP_PORT, upstream_ca_file = the test CA, logs $PROXY_LOG)"
 mkdir -p "$TMP/trp"
-env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_UPSTREAM_CA_FILE="$TMP/ca.pem" \
+env -i PATH="$PATH" HOME="$TMP/trp" "${level[@]}" TRP_UPSTREAM_CA_FILE="$TMP/ca.pem" TRP_PUBLIC_BASE_URL=off \
   "$TRP_BIN" serve \
   --listen "127.0.0.1:$TRP_PORT" --admin-listen "127.0.0.1:$TRP_ADMIN_PORT" \
   --upstream "https://127.0.0.1:$UP_PORT" --store "sqlite://$TMP/trp/journal.db" \

@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
@@ -38,6 +39,7 @@ use tokio::time::Instant;
 
 use super::ConnService;
 use super::ServeOptions;
+use super::gate::Gate;
 use super::park::{Crowd, Parker, parkable};
 use super::slots::Conn;
 use super::watchdog::{Activity, ConnBody, RequestGuard, Watchdog, Watched};
@@ -52,6 +54,24 @@ pub(super) struct Protocols {
     pub(super) opts: ServeOptions,
     /// `trp_open_connections`, `trp_parked_connections` of the listener.
     pub(super) gauges: crate::metrics::ConnectionGauges,
+}
+
+/// What woke [`Life::drive`]: the hyper connection ended, it may be parked
+/// now (`idle_park` 0 or a crowded listener), or a rare event.
+enum Turn {
+    Ended(hyper::Result<()>),
+    Park,
+    Rare(Rare),
+}
+
+/// A rare event beside a served hyper connection.
+enum Rare {
+    /// The listener's eviction pressure changed (`false`: it is gone).
+    Pressure(bool),
+    /// Shutdown began.
+    Shutdown,
+    /// The watchdog's (and the parker's) tick.
+    Tick,
 }
 
 /// How a served hyper connection's turn ended.
@@ -370,36 +390,51 @@ impl Life {
             closing = true;
             graceful(conn.as_mut());
         }
+        // The rare events are polled only when their own waker fired, not
+        // at each of the several wake-ups hyper makes per request (`gate`).
+        let gate = Gate::new();
         loop {
-            let ended = poll_fn(|cx| match conn.as_mut().poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending if immediate && !closing && parkable(activity) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            });
-            tokio::select! {
-                ended = ended => match ended {
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                        return Served::Ended;
+            let event = {
+                let (listening, stopping) = (*listening, *stopping);
+                let mut rare = pin!(async {
+                    tokio::select! {
+                        changed = pressure.changed(), if listening => Rare::Pressure(changed.is_ok()),
+                        _ = shutdown.changed(), if !stopping => Rare::Shutdown,
+                        () = &mut sleep => Rare::Tick,
                     }
-                    Some(Ok(())) => return Served::Ended,
-                    None => return Served::Park,
-                },
-                changed = pressure.changed(), if *listening => {
-                    *listening = changed.is_ok();
+                });
+                gate.open();
+                poll_fn(|cx| match conn.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Turn::Ended(r)),
+                    Poll::Pending if immediate && !closing && parkable(activity) => {
+                        Poll::Ready(Turn::Park)
+                    }
+                    Poll::Pending => gate.poll(cx, rare.as_mut()).map(Turn::Rare),
+                })
+                .await
+            };
+            match event {
+                Turn::Ended(Err(e)) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    return Served::Ended;
+                }
+                Turn::Ended(Ok(())) => return Served::Ended,
+                Turn::Park => return Served::Park,
+                Turn::Rare(Rare::Pressure(open)) => {
+                    *listening = open;
                     if *listening && dog.evictable(activity, Instant::now()) {
                         tracing::debug!("closing an idle connection for a waiting client");
                         return Served::Ended;
                     }
                 }
-                _ = shutdown.changed(), if !*stopping => {
+                Turn::Rare(Rare::Shutdown) => {
                     *stopping = true;
                     if !closing {
                         closing = true;
                         graceful(conn.as_mut());
                     }
                 }
-                () = &mut sleep => {
+                Turn::Rare(Rare::Tick) => {
                     let now = Instant::now();
                     sleep.as_mut().reset(now + tick);
                     if dog.expired(activity, now) {

@@ -47,6 +47,9 @@
 //!   drain on shutdown);
 //! - `conn`: one connection's task: protocol detection, the hyper
 //!   connection driven under the watchdog, parking and resuming HTTP/1;
+//! - `gate`: a future polled only when its own waker fired (how `conn`
+//!   waits for eviction pressure, shutdown and the watchdog's tick without
+//!   polling them at every wake-up hyper makes);
 //! - `park`: when an idle HTTP/1 connection is parked;
 //! - `slots`: the connection limit and the eviction of idle connections when
 //!   a new client waits;
@@ -57,6 +60,7 @@
 //!   like plain ones, with the protocol ALPN chose, and never parked.
 
 mod conn;
+mod gate;
 mod park;
 mod slots;
 pub mod tls;
