@@ -3,7 +3,7 @@
 //! on the admin plane, which is why it lives below both and not in
 //! `commands`). Orchestration only: make a throwaway Conversation
 //! Service and what a stale identity has to lose, run the repair's own
-//! workflow on it ([`crate::repair::workflow::run_as_faulted`]: the same
+//! workflow on it (`crate::repair::workflow::run_as_faulted`: the same
 //! steps, the same client, the same journal code, against an in-memory
 //! journal), read back every field the invariant names, and delete the
 //! service whatever happened.

@@ -1,5 +1,5 @@
 //! "Ready for repair mode?": the `/ui` panel that reads the check-only
-//! rehearsals ([`crate::repair::rehearsal`]) and the last selftest, and
+//! rehearsals (`crate::repair::rehearsal`) and the last selftest, and
 //! `POST /selftest`, which runs [`crate::selftest`] with the proxy's
 //! repair credential against its Conversations origin (an authenticated
 //! operator only: it creates and deletes a service on the account).
