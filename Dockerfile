@@ -1,6 +1,7 @@
 # twilio-repair-proxy container image.
 #
-#   docker build -t twilio-repair-proxy .
+#   docker build -t twilio-repair-proxy \
+#     --build-arg TWILIO_REPAIR_PROXY_COMMIT="$(git rev-parse --short=12 HEAD)" .
 #   export TRP_ADMIN_TOKEN="$(openssl rand -hex 32)"   # the admin plane's bearer token
 #   docker run --rm -p 8080:8080 -p 127.0.0.1:9090:9090 -e TRP_ADMIN_TOKEN \
 #     -v trp-data:/var/lib/twilio-repair-proxy twilio-repair-proxy
@@ -38,6 +39,9 @@ RUN mkdir -p src config crates/twilio-emulator/src crates/twilio-wire/src \
  && cargo build --release --locked \
  && rm -rf src config crates/twilio-emulator/src crates/twilio-wire/src
 
+# The commit trp_build_info{commit} names: .git is not in the build
+# context, so build.rs takes it from here ("unknown" when not given).
+ARG TWILIO_REPAIR_PROXY_COMMIT=
 COPY config ./config
 COPY migrations ./migrations
 COPY crates ./crates
