@@ -2,8 +2,9 @@
 //! binary, with the operator credential and an admin token), against the
 //! emulator: refused without the token, a typo refused with nothing
 //! created, a dry run that only reads, a repair that puts everything back
-//! and shows as an incident, and one delete when a fault's repair of the
-//! same identity runs at the same time.
+//! and shows as an incident, one delete when a fault's repair of the
+//! same identity runs at the same time, and a repair cut by SIGKILL that
+//! the restarted proxy finishes.
 
 use serde_json::{Value, json};
 
@@ -353,4 +354,76 @@ async fn until_reloaded(proxy: &Running, n: usize) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("not reloaded {n} times:\n{}", proxy.stderr());
+}
+
+/// The proxy is killed (SIGKILL) in the middle of an operator's repair,
+/// between the User's delete and its recreate: the restarted proxy
+/// finishes the journaled repair (the User back with its fields and its
+/// membership), and the User is deleted once, never twice.
+#[tokio::test]
+async fn an_operator_repair_cut_by_kill_9_is_finished_by_the_restarted_proxy() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .attributes(r#"{"tier":"gold"}"#)
+        .member_of_another()
+        .build()
+        .await;
+    let is = kim.is.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let env = [
+        ("TRP_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+        ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ("TRP_REPAIR_RETRY_INITIAL_BACKOFF_MS", "10"),
+        ("TRP_REPAIR_RETRY_MAX_BACKOFF_MS", "50"),
+        ("TRP_REPAIR_RECOVERY_INTERVAL_MS", "100"),
+    ];
+    let mut proxy = spawn_proxy_in(&dir, &emu.origin(), &env).await;
+    // The recreate is slow: the kill lands after the delete, before the
+    // proxy has read the new User back.
+    emu.add_rule(json!({"method": "POST", "path": "/Users$",
+        "action": {"kind": "latency", "ms": 1000}}))
+        .await;
+    let admin = proxy.admin.clone();
+    let asked = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{admin}/repairs"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"service_sid": is, "identity": "kim"}))
+            .send()
+            .await
+    });
+    emu.until_user_deleted().await;
+    proxy.child.kill().unwrap();
+    proxy.child.wait().unwrap();
+    let _ = asked.await;
+    drop(proxy);
+    let _restarted = spawn_proxy_in(&dir, &emu.origin(), &env).await;
+    // The event: the User and its membership are back.
+    let user_path = format!("{}/Users/kim", kim.base);
+    let member = format!(
+        "{}/Conversations/{}/Participants/kim",
+        kim.base,
+        kim.other()
+    );
+    let mut back = None;
+    for _ in 0..500 {
+        let (s, user) = emu.get(&user_path).await;
+        if s == 200 && user["friendly_name"] == "Kim K" && emu.get(&member).await.0 == 200 {
+            back = Some(user);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let user = back.expect("the restarted proxy finished the operator's repair");
+    assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
+    let deletes = emu
+        .requests()
+        .await
+        .iter()
+        .filter(|(m, p)| m == "DELETE" && p.contains("/Users/US"))
+        .count();
+    assert_eq!(deletes, 1, "the User was deleted once");
 }
