@@ -5,9 +5,12 @@
 //! Used by the shield's 429 re-sends (`crate::shield::retry`), the repair
 //! step's retries of one Twilio call (`crate::repair::step`) and the
 //! repair's read-back loops (`crate::repair::user`, `crate::repair::check`).
-//! The repair's loops take it [`Backoff::without_jitter`]: their tests pin
-//! how many calls fit in a span, and jittered waits (shorter by up to
-//! half) would change both that count and how long a step keeps retrying.
+//! The repair's loops take it with [`Backoff::upward_jitter`]: each wait
+//! its whole step plus up to a quarter more, never shorter, so a loop
+//! makes no more calls in a span than without jitter and a step keeps
+//! retrying at least as long (equal jitter, shorter by up to half, made a
+//! read-back loop call more often and a step run out of attempts sooner),
+//! while concurrent repairs still spread apart.
 //! It is a leaf: it uses no module of this crate, so both can import it.
 //! What to do when a wait does not fit (pass a 429 through, fail a step
 //! with its deadline) belongs to the caller, not here. The jitter is
@@ -24,7 +27,18 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     step: u32,
-    jitter: bool,
+    jitter: Jitter,
+}
+
+/// How a wait is spread around its step's base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jitter {
+    /// `base/2 + j * base/2`: the shield's.
+    Equal,
+    /// `base + j * base/4`: never shorter than the base (the repair's).
+    Upward,
+    /// `base`.
+    None,
 }
 
 /// The next wait would end at or past the limit it was given.
@@ -37,7 +51,7 @@ impl Backoff {
             initial,
             max: max.max(initial),
             step: 0,
-            jitter: true,
+            jitter: Jitter::Equal,
         }
     }
 
@@ -45,7 +59,14 @@ impl Backoff {
     /// repair's loops, whose tests pin how many calls fit in a span (see
     /// `crate::repair::step`).
     pub fn without_jitter(mut self) -> Backoff {
-        self.jitter = false;
+        self.jitter = Jitter::None;
+        self
+    }
+
+    /// Each wait its whole base plus up to a quarter more, at random: never
+    /// shorter than without jitter (see the module doc).
+    pub fn upward_jitter(mut self) -> Backoff {
+        self.jitter = Jitter::Upward;
         self
     }
 
@@ -58,17 +79,24 @@ impl Backoff {
     /// The next wait, with a random jitter (unless
     /// [`Backoff::without_jitter`]).
     pub fn next_wait(&mut self) -> Duration {
-        if !self.jitter {
+        if self.jitter == Jitter::None {
             return self.next_base();
         }
         self.next_with(rand::random::<f64>())
     }
 
-    /// The next wait with jitter `j` in `[0, 1)`: `base/2 + j * base/2`,
-    /// `base` doubling from `initial` up to `max`.
+    /// The next wait with jitter `j` in `[0, 1)`: `base/2 + j * base/2`
+    /// (equal jitter, the default) or `base + j * base/4`
+    /// ([`Backoff::upward_jitter`]), `base` doubling from `initial` up to
+    /// `max`.
     pub fn next_with(&mut self, j: f64) -> Duration {
-        let half = self.next_base() / 2;
-        half + half.mul_f64(j.clamp(0.0, 1.0))
+        let base = self.next_base();
+        let j = j.clamp(0.0, 1.0);
+        match self.jitter {
+            Jitter::Equal => base / 2 + (base / 2).mul_f64(j),
+            Jitter::Upward => base + (base / 4).mul_f64(j),
+            Jitter::None => base,
+        }
     }
 
     fn next_base(&mut self) -> Duration {
@@ -109,6 +137,18 @@ mod tests {
 
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn upward_jitter_is_never_shorter_than_the_base_nor_a_quarter_longer() {
+        let mut b = Backoff::new(ms(100), ms(400)).upward_jitter();
+        assert_eq!(b.next_with(0.0), ms(100));
+        assert_eq!(b.next_with(1.0), ms(250));
+        assert_eq!(b.next_with(0.5), ms(450));
+        for _ in 0..100 {
+            let w = b.next_wait();
+            assert!(w >= ms(400) && w <= ms(500), "{w:?}");
+        }
     }
 
     #[test]

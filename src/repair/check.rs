@@ -215,7 +215,7 @@ pub async fn create(
     let participants = path.participants_path();
     // Re-reads after an unsure create, `retry_initial_backoff_ms` apart.
     let first = api.policy().initial_backoff;
-    let mut backoff = Backoff::new(first, first).without_jitter();
+    let mut backoff = Backoff::new(first, first).upward_jitter();
     loop {
         let unsure = match api.replay(kind, &participants, headers, body.clone()).await {
             Ok(x) if x.status == StatusCode::CREATED => return Ok(Posted::Created(x)),
@@ -261,7 +261,7 @@ pub async fn after_conflict(
     grace: Duration,
 ) -> Posted {
     let limit = (Instant::now() + grace).min(api.deadline());
-    let mut backoff = Backoff::within(grace).without_jitter();
+    let mut backoff = Backoff::within(grace).upward_jitter();
     // The read just before the create said 404 (or there was none): wait
     // before the first read.
     while backoff.wait_to(limit).await.is_ok() {

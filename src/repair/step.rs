@@ -276,11 +276,12 @@ impl Api {
 
     /// The retry policy's backoff ([`crate::backoff`]):
     /// `retry_initial_backoff_ms` doubling up to `retry_max_backoff_ms`,
-    /// without jitter (so a step retries as long as it always did). The
+    /// with upward jitter (never shorter: a step retries at least as long
+    /// as it always did, and concurrent repairs spread apart). The
     /// one backoff of a step's retries and of the workflow's read-back
     /// loops ([`super::user`]'s ensures).
     pub fn backoff(&self) -> Backoff {
-        Backoff::new(self.policy.initial_backoff, self.policy.max_backoff).without_jitter()
+        Backoff::new(self.policy.initial_backoff, self.policy.max_backoff).upward_jitter()
     }
 
     /// Make one step's call with the workflow's own headers.
