@@ -266,7 +266,9 @@ fn handle(
         // a repair changed goes with the new one. A shape check first: no
         // other request touches the store.
         let alias = match &state.repair {
-            Some(r) if r.may_alias(parts.uri.path()) => Box::pin(r.alias_request(&mut parts)).await,
+            Some(r) if r.aliases().may_alias(parts.uri.path()) => {
+                Box::pin(r.aliases().alias_request(&mut parts)).await
+            }
             _ => None,
         };
         let access = Access {

@@ -10,8 +10,12 @@
 //! What belongs here: which request paths may name such a SID
 //! ([`Named::parse`], a shape check that touches nothing), resolving an
 //! old SID to the newest one within `repair.sid_alias_retention_secs`
-//! ([`Repairer::resolve_alias`], following chains), and rewriting the
-//! request ([`Repairer::alias_request`]). Forms served, each with the
+//! ([`Aliases::resolve`], following chains), and rewriting the
+//! request ([`Aliases::alias_request`]). [`Aliases`] is that concern's own
+//! type: it owns exactly what those need (the in-memory [`AliasIndex`],
+//! the store, the retention, the runtime its refresher runs on); the
+//! `Repairer` builds it and hands it out (`Repairer::aliases`), and
+//! nothing here knows the `Repairer`. Forms served, each with the
 //! service named (`/v1/Services/{IS}/…`) or the default service's (`/v1/…`):
 //!
 //! - `…/Users/{US}` and `…/Users/{US}/…` (the User's conversations);
@@ -27,14 +31,14 @@
 //! shared PostgreSQL store honours the aliases any of them wrote, and they
 //! survive restarts; a store that cannot answer leaves the request as sent.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 
-use super::Repairer;
 use crate::sid::is_sid;
-use crate::store::{SidAlias, rfc3339};
+use crate::store::{SidAlias, Store, rfc3339};
 
 /// The repaired create's answer: the User's SID change, `{old}={new}`.
 pub const USER_SID_HEADER: &str = "x-repair-user-sid";
@@ -122,7 +126,7 @@ pub fn tell(headers: &mut HeaderMap, aliases: &[SidAlias]) {
     }
 }
 
-/// Mark the answer to a request [`Repairer::alias_request`] rewrote: only
+/// Mark the answer to a request [`Aliases::alias_request`] rewrote: only
 /// a successful one (a 401 or 404 tells nobody another SID).
 pub fn mark(status: http::StatusCode, headers: &mut HeaderMap, alias: Option<HeaderValue>) {
     if let Some(v) = alias {
@@ -242,50 +246,85 @@ fn account_of(headers: &HeaderMap) -> Option<String> {
     is_sid(&user, "AC").then_some(user)
 }
 
-impl Repairer {
+/// SID continuity for the proxy's requests: the alias index, and the
+/// journal's `sid_aliases` behind it. Built once by `Repairer::new`, held
+/// by the `Repairer` (`Repairer::aliases`).
+pub struct Aliases {
+    /// The SIDs aliases name, in memory.
+    index: AliasIndex,
+    /// The journal (`sid_aliases`).
+    store: Arc<dyn Store>,
+    /// `repair.sid_alias_retention_secs` at start-up (0: off).
+    retention_secs: u64,
+    /// Where the index's refresher runs (the repair runtime).
+    rt: tokio::runtime::Handle,
+}
+
+impl Aliases {
+    /// Aliases read from `store`, honoured for `retention_secs` (0: none
+    /// is ever applied); the refresher runs on `rt`.
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        retention_secs: u64,
+        rt: tokio::runtime::Handle,
+    ) -> Aliases {
+        Aliases {
+            index: AliasIndex::default(),
+            store,
+            retention_secs,
+            rt,
+        }
+    }
+
     /// Could this request be aliased at all? A shape check only: `false`
     /// for every path that cannot name a repaired SID, so that those
-    /// requests never touch the store.
+    /// requests never touch the store. While the index is known empty
+    /// this is one atomic load.
     pub fn may_alias(&self, path: &str) -> bool {
-        self.config.sid_alias_retention_secs > 0
-            && !self.aliases.knows_none()
-            && Named::parse(path).is_some_and(|n| self.aliases.might_name(n.sid))
+        self.retention_secs > 0
+            && !self.index.knows_none()
+            && Named::parse(path).is_some_and(|n| self.index.might_name(n.sid))
     }
 
     /// Reload the `AliasIndex` from the journal (at most
     /// `ALIAS_LOOKUP_TIMEOUT` × 4; a failure keeps the last good set).
-    pub async fn refresh_alias_index(&self) {
-        let Some(since) = self.alias_since() else {
+    pub async fn refresh(&self) {
+        let Some(since) = self.since() else {
             return;
         };
         match tokio::time::timeout(ALIAS_LOOKUP_TIMEOUT * 4, self.store.alias_old_sids(&since))
             .await
         {
-            Ok(Ok(sids)) => self.aliases.replace(sids),
+            Ok(Ok(sids)) => self.index.replace(sids),
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot reload the SID alias index"),
             Err(_) => tracing::debug!("reloading the SID alias index timed out"),
         }
     }
 
-    /// Keep the `AliasIndex` fresh, every `ALIAS_INDEX_REFRESH`.
-    pub fn spawn_alias_index(self: &std::sync::Arc<Self>) {
-        if self.config.sid_alias_retention_secs == 0 {
+    /// Keep the `AliasIndex` fresh, every `ALIAS_INDEX_REFRESH`, for as
+    /// long as `owner` (what holds these aliases; `of` reaches them from
+    /// it) lives.
+    pub(crate) fn spawn_refresh<O: Send + Sync + 'static>(
+        &self,
+        owner: Weak<O>,
+        of: fn(&O) -> &Aliases,
+    ) {
+        if self.retention_secs == 0 {
             return;
         }
-        let me = std::sync::Arc::downgrade(self);
         self.rt.spawn(async move {
             let mut tick = tokio::time::interval(ALIAS_INDEX_REFRESH);
             loop {
                 tick.tick().await;
-                let Some(r) = me.upgrade() else { return };
-                r.refresh_alias_index().await;
+                let Some(o) = owner.upgrade() else { return };
+                of(&o).refresh().await;
             }
         });
     }
 
     /// The oldest alias time within the retention (RFC 3339).
-    fn alias_since(&self) -> Option<String> {
-        let retention = Duration::from_secs(self.config.sid_alias_retention_secs);
+    fn since(&self) -> Option<String> {
+        let retention = Duration::from_secs(self.retention_secs);
         time::OffsetDateTime::now_utc()
             .checked_sub(time::Duration::try_from(retention).ok()?)
             .map(rfc3339)
@@ -293,8 +332,8 @@ impl Repairer {
 
     /// The newest SID `named` stands for in `account_sid`, when a repair
     /// within the retention changed it (following a chain of repairs).
-    pub async fn resolve_alias(&self, account_sid: &str, named: &Named<'_>) -> Option<String> {
-        let since = self.alias_since()?;
+    pub async fn resolve(&self, account_sid: &str, named: &Named<'_>) -> Option<String> {
+        let since = self.since()?;
         let mut current = named.sid.to_string();
         let mut changed = false;
         for _ in 0..MAX_CHAIN {
@@ -324,16 +363,15 @@ impl Repairer {
         let account = account_of(&parts.headers)?;
         let path = parts.uri.path();
         let named = Named::parse(path)?;
-        let new =
-            match tokio::time::timeout(ALIAS_LOOKUP_TIMEOUT, self.resolve_alias(&account, &named))
-                .await
-            {
-                Ok(new) => new?,
-                Err(_) => {
-                    tracing::debug!("SID alias lookup timed out; the request goes as sent");
-                    return None;
-                }
-            };
+        let new = match tokio::time::timeout(ALIAS_LOOKUP_TIMEOUT, self.resolve(&account, &named))
+            .await
+        {
+            Ok(new) => new?,
+            Err(_) => {
+                tracing::debug!("SID alias lookup timed out; the request goes as sent");
+                return None;
+            }
+        };
         if !is_sid_change(named.sid, &new) {
             return None;
         }

@@ -335,7 +335,7 @@ impl Repairer {
         span.record("trp.outcome", verdict.outcome.as_str());
         // The aliases this repair wrote apply to the next request at once.
         if verdict.outcome == Outcome::Repaired {
-            self.refresh_alias_index().await;
+            self.aliases.refresh().await;
         }
         self.metrics.repair_workflow.observe(started.elapsed());
         let outcome = verdict.outcome;

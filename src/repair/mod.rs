@@ -30,13 +30,26 @@
 //! `user`, `workflow`: the selftest runs the workflow itself); the rest is private
 //! to the workflow, and what the proxy's callers need is re-exported here.
 //!
-//! [`Repairer`] is one type whose `impl` is split by concern, one block a
+//! Concerns that need only a few of the repairer's parts are their own
+//! types, built by [`Repairer::new`] and held as fields: SID continuity
+//! (`alias::Aliases`: the alias index, the store, the retention, the
+//! runtime; the proxy reaches it through [`Repairer::aliases`]), the
+//! per-identity locks and the fence (`lock::Locks`), the recovery fast
+//! path (`recovery::Recovery`: who has records waiting, which were closed
+//! here) and the check-only rehearsals (`rehearsal::Rehearsals`).
+//!
+//! The rest is [`Repairer`] itself, whose `impl` is split into one block a
 //! file, each beside the code it drives: here its construction, settings,
 //! the calls it makes and the incidents it records; in `intercept` the
-//! intercepted create (`intercepts`, `handle`); in `recovery` the journal's
-//! open records (`refresh`, `spawn_sweeper`, `maybe_recover`,
-//! `recover_pending`); in `alias` the alias index; in `operator` the
-//! operator's repair. No other file adds to it.
+//! intercepted create (`intercepts`, `handle`); in `recovery` finishing the
+//! journal's open records (`refresh`, `spawn_sweeper`, `maybe_recover`,
+//! `recover_pending`); in `operator` the operator's repair. These stay
+//! `impl Repairer` blocks rather than types of their own because each
+//! drives the workflow with most of the repairer's fields (the policy and
+//! settings, the store, the metrics, the locks, the credential, the
+//! client or scripted exchange and its shield, the runtime and its task
+//! tracker): a type of their own would hold the same parts again. No other
+//! file adds to it.
 //!
 //! The invariant every part serves (and every repair test asserts): after
 //! any fault, timing, retry or restart, every affected identity's User
@@ -96,8 +109,9 @@ pub struct Repairer {
     /// ([`Repairer::set_policy`]). A repair reads them once, before its
     /// first write (`policy::refusal`); past that it goes on to the end.
     policy: arc_swap::ArcSwap<RepairConfig>,
-    /// The SIDs aliases name, in memory (`alias::AliasIndex`).
-    aliases: alias::AliasIndex,
+    /// SID continuity: the alias index and its lookups
+    /// (`alias::Aliases`, reached through [`Repairer::aliases`]).
+    aliases: alias::Aliases,
     /// Pooled on the repair runtime: its connections outlive the workers.
     client: UpstreamClient,
     store: Arc<dyn Store>,
@@ -173,7 +187,11 @@ impl Repairer {
         let rt = p.runtime.unwrap_or_else(tokio::runtime::Handle::current);
         Arc::new_cyclic(|me| Repairer {
             policy: arc_swap::ArcSwap::from_pointee(p.config.clone()),
-            aliases: alias::AliasIndex::default(),
+            aliases: alias::Aliases::new(
+                p.store.clone(),
+                p.config.sid_alias_retention_secs,
+                rt.clone(),
+            ),
             config: p.config,
             client: p.client,
             store: p.store,
@@ -189,6 +207,12 @@ impl Repairer {
             shield: arc_swap::ArcSwapOption::new(p.shield),
             rehearsals: rehearsal::Rehearsals::default(),
         })
+    }
+
+    /// SID continuity: resolving and rewriting the SIDs a repair changed
+    /// (the proxy asks it of every request that may name one).
+    pub fn aliases(&self) -> &alias::Aliases {
+        &self.aliases
     }
 
     /// The check-only rehearsals since start (the admin plane's panel).

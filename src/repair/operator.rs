@@ -290,7 +290,7 @@ impl Repairer {
             Outcome::Failed
         };
         self.metrics.repair_outcome(outcome);
-        self.refresh_alias_index().await;
+        self.aliases.refresh().await;
         let steps = std::mem::take(&mut api.steps);
         let incident_id = self
             .record_incident(Incident {

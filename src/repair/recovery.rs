@@ -123,7 +123,8 @@ impl Repairer {
 
     /// Start-up recovery, then the periodic sweep, on the repair runtime.
     pub fn spawn_sweeper(self: &Arc<Self>) {
-        self.spawn_alias_index();
+        self.aliases
+            .spawn_refresh(Arc::downgrade(self), Repairer::aliases);
         let me = self.clone();
         let interval = Duration::from_millis(self.config.recovery_interval_ms);
         self.rt.spawn(async move {

@@ -598,7 +598,7 @@ async fn an_alias_applies_in_its_account_service_and_conversation_within_the_ret
         let rep = b.rep.clone();
         async move {
             let named = Named::parse(&path).expect("a candidate path");
-            rep.resolve_alias(account, &named).await
+            rep.aliases().resolve(account, &named).await
         }
     };
     let base = format!("/v1/Services/{IS}");
@@ -660,9 +660,17 @@ async fn an_alias_applies_in_its_account_service_and_conversation_within_the_ret
     let off = bench_config(FakeTwilio::default(), None, |c| {
         c.sid_alias_retention_secs = 0
     });
-    assert!(!off.rep.may_alias(&format!("{base}/Users/{}", us(1))));
-    assert!(b.rep.may_alias(&format!("{base}/Users/{}", us(1))));
-    assert!(!b.rep.may_alias(&format!("{base}/Users/kim")));
+    assert!(
+        !off.rep
+            .aliases()
+            .may_alias(&format!("{base}/Users/{}", us(1)))
+    );
+    assert!(
+        b.rep
+            .aliases()
+            .may_alias(&format!("{base}/Users/{}", us(1)))
+    );
+    assert!(!b.rep.aliases().may_alias(&format!("{base}/Users/kim")));
 }
 
 /// Review findings: an alias applies only once its repair is closed, a
@@ -720,7 +728,7 @@ async fn an_alias_of_an_open_repair_a_broken_chain_or_a_non_sid_never_applies() 
         let rep = b.rep.clone();
         async move {
             let named = Named::parse(&path).expect("a candidate path");
-            rep.resolve_alias(ACCOUNT, &named).await
+            rep.aliases().resolve(ACCOUNT, &named).await
         }
     };
     let base = format!("/v1/Services/{IS}");
@@ -775,7 +783,7 @@ async fn only_a_sid_an_alias_names_asks_the_journal_once_the_index_is_loaded() {
     let us = |n: u32| format!("US{n:032}");
     let path = |n: u32| format!("/v1/Services/{IS}/Users/{}", us(n));
     assert!(
-        b.rep.may_alias(&path(1)) && b.rep.may_alias(&path(5)),
+        b.rep.aliases().may_alias(&path(1)) && b.rep.aliases().may_alias(&path(5)),
         "not loaded yet"
     );
     b.store
@@ -783,11 +791,14 @@ async fn only_a_sid_an_alias_names_asks_the_journal_once_the_index_is_loaded() {
         .lock()
         .unwrap()
         .push(alias(&us(1), &us(2), None, Duration::ZERO));
-    b.rep.refresh_alias_index().await;
-    assert!(b.rep.may_alias(&path(1)));
-    assert!(!b.rep.may_alias(&path(5)), "no alias names it: no lookup");
+    b.rep.aliases().refresh().await;
+    assert!(b.rep.aliases().may_alias(&path(1)));
     assert!(
-        !b.rep.may_alias("/v1/Services/x/Conversations"),
+        !b.rep.aliases().may_alias(&path(5)),
+        "no alias names it: no lookup"
+    );
+    assert!(
+        !b.rep.aliases().may_alias("/v1/Services/x/Conversations"),
         "not a candidate"
     );
 }
