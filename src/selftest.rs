@@ -122,6 +122,17 @@ pub enum SelftestError {
     /// cannot be reached, or answered something else.
     #[error("selftest: cannot create a service on {base_url}: {detail}; nothing was created")]
     NoService { base_url: String, detail: String },
+    /// The service create got no clear answer (no answer in time, a
+    /// broken exchange, a 5xx, a 201 without a SID): it may have landed,
+    /// and the selftest cannot know which service to delete.
+    #[error(
+        "selftest: the service create on {base_url} got no clear answer ({detail}); a service named \"{name}\" may have been created: look for it (Conversations > Services) and delete it"
+    )]
+    MaybeService {
+        base_url: String,
+        name: String,
+        detail: String,
+    },
     #[error("selftest: invalid --base-url {0}: an origin such as https://conversations.twilio.com")]
     BaseUrl(String),
     #[error(
@@ -388,9 +399,10 @@ pub async fn selftest_until(
         Ok(r) if r.status == StatusCode::CREATED => match r.json().and_then(|v| field(&v, "sid")) {
             Some(sid) if crate::sid::is_sid(&sid, "IS") => (sid, r.request_id),
             _ => {
-                return Err(SelftestError::NoService {
+                return Err(SelftestError::MaybeService {
                     base_url: origin.as_string(),
-                    detail: "the service create answered no service SID".into(),
+                    name: service_name.clone(),
+                    detail: "201 without a service SID".into(),
                 });
             }
         },
@@ -402,6 +414,13 @@ pub async fn selftest_until(
                 code: r.code().map(|c| format!(", code {c}")).unwrap_or_default(),
             });
         }
+        Ok(r) if r.status.is_server_error() => {
+            return Err(SelftestError::MaybeService {
+                base_url: origin.as_string(),
+                name: service_name.clone(),
+                detail: format!("creating a service: {}", differed(&r)),
+            });
+        }
         Ok(r) => {
             return Err(SelftestError::NoService {
                 base_url: origin.as_string(),
@@ -409,8 +428,9 @@ pub async fn selftest_until(
             });
         }
         Err(e) => {
-            return Err(SelftestError::NoService {
+            return Err(SelftestError::MaybeService {
                 base_url: origin.as_string(),
+                name: service_name.clone(),
                 detail: e.to_string(),
             });
         }

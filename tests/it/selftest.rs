@@ -408,3 +408,23 @@ async fn keep_leaves_the_service_and_what_is_in_it() {
         "{webhook}"
     );
 }
+
+/// A service create with no clear answer (a 503 here; a timeout or a cut
+/// connection alike) may have landed: the selftest never says "nothing was
+/// created" then, and names the service to look for.
+#[tokio::test]
+async fn an_unclear_service_create_names_the_service_it_may_have_made() {
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(json!({"method": "POST", "path": "^/v1/Services$",
+        "action": {"kind": "status", "status": 503}}))
+        .await;
+    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("may have been created") && err.contains("\"trp-selftest "),
+        "{err}"
+    );
+    assert!(!err.contains("nothing was created"), "{err}");
+}
