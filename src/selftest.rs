@@ -365,6 +365,17 @@ pub async fn selftest_until(
     opts: Options,
     interrupted: impl std::future::Future<Output = ()>,
 ) -> Result<Report, SelftestError> {
+    // Polled once now: a signal future installs its handlers when first
+    // polled, and until then SIGINT or SIGTERM would end the process in the
+    // middle of the service create, leaving that service behind unsaid.
+    // A signal from here on ends the run after the create, then deletes.
+    let interrupted = interrupted;
+    tokio::pin!(interrupted);
+    let signalled_early = tokio::select! {
+        biased;
+        () = &mut interrupted => true,
+        () = std::future::ready(()) => false,
+    };
     let at = crate::store::now_rfc3339();
     let origin = Origin::parse(&opts.base_url)
         .ok_or_else(|| SelftestError::BaseUrl(opts.base_url.clone()))?;
@@ -442,10 +453,12 @@ pub async fn selftest_until(
         rq,
     );
     let base = format!("/v1/Services/{service_sid}");
-    let cut = tokio::select! {
-        () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => false,
-        () = interrupted => true,
-    };
+    // A finished signal future is never polled again.
+    let cut = signalled_early
+        || tokio::select! {
+            () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => false,
+            () = &mut interrupted => true,
+        };
     if cut {
         run.failed(
             "interrupted",

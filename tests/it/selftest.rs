@@ -279,6 +279,26 @@ async fn an_interrupted_selftest_still_deletes_its_service() {
     emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
         "action": {"kind": "hold", "process_on_release": false}}))
         .await;
+    interrupted_while_held(&emu, false).await;
+}
+
+/// SIGINT while the service create itself is held at Twilio (before the
+/// signal handlers were first polled, the signal ended the process and the
+/// service it was making stayed behind, unsaid): the create finishes, the
+/// run ends with its report, and the service is deleted.
+#[tokio::test]
+async fn a_signal_during_the_service_create_still_deletes_the_service() {
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(json!({"method": "POST", "path": "^/v1/Services$",
+        "action": {"kind": "hold", "process_on_release": true}}))
+        .await;
+    interrupted_while_held(&emu, true).await;
+}
+
+/// Start a selftest, wait until a request of it is held at the emulator,
+/// send SIGINT (then release the held request when `release`), and check
+/// the run ended with `interrupted` and its service deleted.
+async fn interrupted_while_held(emu: &Emu, release: bool) {
     let mut cmd = tokio::process::Command::new(bin());
     cmd.arg("selftest")
         .arg("--base-url")
@@ -311,13 +331,20 @@ async fn an_interrupted_selftest_still_deletes_its_service() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(held, "the repair never reached its User delete");
+    assert!(held, "the selftest never reached the held request");
     let sent = std::process::Command::new("kill")
         .arg("-INT")
         .arg(pid.to_string())
         .status()
         .unwrap();
     assert!(sent.success());
+    if release {
+        emu.http
+            .post(emu.url("/__emulator/release"))
+            .send()
+            .await
+            .unwrap();
+    }
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
         .expect("selftest did not end after SIGINT")
