@@ -354,7 +354,7 @@ async fn interrupted_while_held(emu: &Emu, release: bool) {
     assert!(line(&text, "interrupted").contains("FAILED"), "{text}");
     assert!(line(&text, "delete service").contains(" ok "), "{text}");
     assert_eq!(
-        service_names(&emu).await,
+        service_names(emu).await,
         [twilio_emulator::DEFAULT_SERVICE_NAME]
     );
 }
