@@ -42,6 +42,42 @@ async fn post_repair(proxy: &Running, token: Option<&str>, body: Value) -> (u16,
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST /repairs` for kim, sent in its own task (the test cuts it).
+fn spawn_operator_repair(
+    proxy: &Running,
+    service_sid: String,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let admin = proxy.admin.clone();
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{admin}/repairs"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"service_sid": service_sid, "identity": "kim"}))
+            .send()
+            .await
+    })
+}
+
+/// The event the mid-repair tests wait for: kim's User back under its
+/// friendly name and its other membership back, polled every 20 ms at most
+/// `tries` times; the User as read, or `None`.
+async fn until_kim_is_back(emu: &Emu, kim: &Built, tries: usize) -> Option<Value> {
+    let user_path = format!("{}/Users/kim", kim.base);
+    let member = format!(
+        "{}/Conversations/{}/Participants/kim",
+        kim.base,
+        kim.other()
+    );
+    for _ in 0..tries {
+        let (s, user) = emu.get(&user_path).await;
+        if s == 200 && user["friendly_name"] == "Kim K" && emu.get(&member).await.0 == 200 {
+            return Some(user);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    None
+}
+
 fn writes(log: &[Value]) -> Vec<String> {
     log.iter()
         .filter(|r| r["method"] != "GET")
@@ -258,35 +294,13 @@ async fn an_operator_who_hangs_up_mid_repair_does_not_cut_it() {
     emu.add_rule(json!({"method": "POST", "path": "/Users$",
         "action": {"kind": "latency", "ms": 400}}))
         .await;
-    let admin = proxy.admin.clone();
-    let asked = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("http://{admin}/repairs"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"service_sid": is, "identity": "kim"}))
-            .send()
-            .await
-    });
+    let asked = spawn_operator_repair(&proxy, is);
     emu.until_user_deleted().await;
     asked.abort();
-    // The event: the User and its membership are back.
-    let user_path = format!("{}/Users/kim", kim.base);
-    let member = format!(
-        "{}/Conversations/{}/Participants/kim",
-        kim.base,
-        kim.other()
-    );
-    let mut back = false;
-    for _ in 0..300 {
-        let (s, user) = emu.get(&user_path).await;
-        if s == 200 && user["friendly_name"] == "Kim K" && emu.get(&member).await.0 == 200 {
-            assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
-            back = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(back, "the repair finished without its caller");
+    let user = until_kim_is_back(&emu, &kim, 300)
+        .await
+        .expect("the repair finished without its caller");
+    assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
 }
 
 /// `repair.mode = "off"` by a reload refuses `POST /repairs` exactly as
@@ -386,38 +400,16 @@ async fn an_operator_repair_cut_by_kill_9_is_finished_by_the_restarted_proxy() {
     emu.add_rule(json!({"method": "POST", "path": "/Users$",
         "action": {"kind": "latency", "ms": 1000}}))
         .await;
-    let admin = proxy.admin.clone();
-    let asked = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("http://{admin}/repairs"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"service_sid": is, "identity": "kim"}))
-            .send()
-            .await
-    });
+    let asked = spawn_operator_repair(&proxy, is);
     emu.until_user_deleted().await;
     proxy.child.kill().unwrap();
     proxy.child.wait().unwrap();
     let _ = asked.await;
     drop(proxy);
     let _restarted = spawn_proxy_in(&dir, &emu.origin(), &env).await;
-    // The event: the User and its membership are back.
-    let user_path = format!("{}/Users/kim", kim.base);
-    let member = format!(
-        "{}/Conversations/{}/Participants/kim",
-        kim.base,
-        kim.other()
-    );
-    let mut back = None;
-    for _ in 0..500 {
-        let (s, user) = emu.get(&user_path).await;
-        if s == 200 && user["friendly_name"] == "Kim K" && emu.get(&member).await.0 == 200 {
-            back = Some(user);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let user = back.expect("the restarted proxy finished the operator's repair");
+    let user = until_kim_is_back(&emu, &kim, 500)
+        .await
+        .expect("the restarted proxy finished the operator's repair");
     assert_eq!(user["attributes"], r#"{"tier":"gold"}"#);
     let deletes = emu
         .requests()

@@ -158,21 +158,7 @@ async fn sighup_during_a_repair_lets_it_finish() {
             "action": {"kind": "hold"}}),
         )
         .await;
-    let create = {
-        let (addr, path) = (
-            proxy.addr.clone(),
-            format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
-        );
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("http://{addr}{path}"))
-                .basic_auth(ACCOUNT, Some(TOKEN))
-                .form(&[("Identity", "kim")])
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let create = spawn_create(&proxy, &kim);
     // The event: the User is deleted and its recreate held at Twilio.
     emu.wait_held(1).await;
     replace(&file, "[repair]\nmode = \"check-only\"\n");
@@ -194,6 +180,22 @@ async fn sighup_during_a_repair_lets_it_finish() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200, "still up");
+}
+
+/// Kim's Participant create through the proxy, sent in its own task (the
+/// test holds a step of it at the emulator meanwhile).
+fn spawn_create(proxy: &Running, kim: &Built) -> tokio::task::JoinHandle<reqwest::Response> {
+    let addr = proxy.addr.clone();
+    let path = format!("{}/Conversations/{}/Participants", kim.base, kim.target());
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{addr}{path}"))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&[("Identity", "kim")])
+            .send()
+            .await
+            .unwrap()
+    })
 }
 
 /// `trp_config_reloads_total{result="applied"}` reads at least `n` (a
@@ -442,21 +444,7 @@ async fn a_repair_of_a_request_from_before_a_reload_keeps_the_shield_it_arrived_
             "times": 1, "action": {"kind": "hold"}}),
         )
         .await;
-    let create = {
-        let (addr, path) = (
-            proxy.addr.clone(),
-            format!("{}/Conversations/{}/Participants", kim.base, kim.target()),
-        );
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("http://{addr}{path}"))
-                .basic_auth(ACCOUNT, Some(TOKEN))
-                .form(&[("Identity", "kim")])
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let create = spawn_create(&proxy, &kim);
     emu.wait_held(1).await;
 
     replace(
