@@ -77,6 +77,10 @@ pub enum CommandError {
         "the journal {path} is held by a running proxy: ask it to run the repair with --admin http://<its admin_listen> (and TRP_ADMIN_TOKEN)"
     )]
     JournalHeld { path: String },
+    #[error(
+        "refused: {0} (the proxy's own rule for operator repairs; see repair.mode, repair.allow_services, repair.deny_services, repair.max_repairs_per_window)"
+    )]
+    Refused(String),
     #[error("admin plane: {0}")]
     Admin(String),
     #[error("no incident {id} in this store (see `incidents export` or the incidents page)")]

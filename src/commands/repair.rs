@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::forward;
 use crate::metrics::Metrics;
 use crate::repair::RepairCredential;
+use crate::repair::policy;
 use crate::repair::step::{Api, StepKind};
 use crate::repair::user::{self, RepairTarget, snapshot};
 use crate::routing::Origin;
@@ -36,6 +37,11 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
         return Err(CommandError::Usage(
             "--service must be a Conversation Service SID (IS + 32 hex)",
         ));
+    }
+    // The rule the running proxy applies to `POST /repairs`: the mode and
+    // the service lists refuse before any call, dry run or not.
+    if let Some(reason) = policy::by_config(&config.repair, &args.service) {
+        return Err(CommandError::Refused(reason));
     }
     let credential = RepairCredential::from_env_or_file(config.repair.credentials_file.as_deref())?
         .ok_or_else(|| {
@@ -132,6 +138,20 @@ pub async fn run(args: RepairArgs, out: &mut dyn Write) -> Result<(), CommandErr
                 repair_id: open.id,
                 state: open.state,
             });
+        }
+    }
+    // The loop guard, as the proxy's: too many repairs of this identity
+    // within the window are refused before any write.
+    if let Some(store) = &store {
+        if let Some(reason) = policy::refusal(
+            &config.repair,
+            store.as_ref(),
+            &target.service_sid,
+            &target.identity,
+        )
+        .await
+        {
+            return Err(CommandError::Refused(reason));
         }
     }
     let snap = snapshot(&mut api, &target).await?;

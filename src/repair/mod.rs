@@ -66,7 +66,7 @@ mod intercept;
 mod journal;
 pub(crate) mod lock;
 pub(crate) mod operator;
-mod policy;
+pub(crate) mod policy;
 mod recovery;
 pub(crate) mod rehearsal;
 pub(crate) mod request;

@@ -5,30 +5,16 @@
 use crate::config::{RepairConfig, RepairMode};
 use crate::store::Store;
 
+/// Why this identity may not be repaired now: the configuration's refusal
+/// ([`by_config`]), then the loop guard (read from the journal).
 pub async fn refusal(
     config: &RepairConfig,
     store: &dyn Store,
     service_sid: &str,
     identity: &str,
 ) -> Option<String> {
-    // Read once, before a repair's first write: a reload to `off` or
-    // `check-only` stops every repair that has not got that far (a
-    // workflow that intercepted its create before the reload, an operator
-    // repair), and none that has (its journal record is finished, so the
-    // User is back).
-    match config.mode {
-        RepairMode::Repair => {}
-        RepairMode::CheckOnly => {
-            return Some("mode check-only: the User was not repaired".into());
-        }
-        RepairMode::Off => return Some("mode off: the User was not repaired".into()),
-    }
-    if !config.allow_services.is_empty() && !config.allow_services.iter().any(|s| s == service_sid)
-    {
-        return Some("service not in repair.allow_services".into());
-    }
-    if config.deny_services.iter().any(|s| s == service_sid) {
-        return Some("service in repair.deny_services".into());
+    if let Some(reason) = by_config(config, service_sid) {
+        return Some(reason);
     }
     let window =
         time::Duration::seconds(i64::try_from(config.repair_window_secs).unwrap_or(i64::MAX));
@@ -49,4 +35,29 @@ pub async fn refusal(
             Some("journal unavailable: the User was not touched".into())
         }
     }
+}
+
+/// The refusal the configuration alone decides (mode, service lists): no
+/// journal needed, so the offline `repair --dry-run` can say it too.
+pub fn by_config(config: &RepairConfig, service_sid: &str) -> Option<String> {
+    // Read once, before a repair's first write: a reload to `off` or
+    // `check-only` stops every repair that has not got that far (a
+    // workflow that intercepted its create before the reload, an operator
+    // repair), and none that has (its journal record is finished, so the
+    // User is back).
+    match config.mode {
+        RepairMode::Repair => {}
+        RepairMode::CheckOnly => {
+            return Some("mode check-only: the User was not repaired".into());
+        }
+        RepairMode::Off => return Some("mode off: the User was not repaired".into()),
+    }
+    if !config.allow_services.is_empty() && !config.allow_services.iter().any(|s| s == service_sid)
+    {
+        return Some("service not in repair.allow_services".into());
+    }
+    if config.deny_services.iter().any(|s| s == service_sid) {
+        return Some("service in repair.deny_services".into());
+    }
+    None
 }

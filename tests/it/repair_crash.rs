@@ -294,6 +294,26 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
         ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
         ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
     ];
+    // The running proxy's rule for operator repairs holds offline too: with
+    // repair.mode off or check-only, refused before any call, dry run or not.
+    for mode in ["off", "check-only"] {
+        for dry in [false, true] {
+            emu.clear_requests().await;
+            let args = if dry {
+                [&repair[..], &["--dry-run"]].concat()
+            } else {
+                repair.to_vec()
+            };
+            let out = run(&args, &[&cred[..], &[("TRP_REPAIR_MODE", mode)]].concat()).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "mode {mode}: {err}");
+            assert!(
+                err.contains(&format!("mode {mode}")) && err.contains("repair.mode"),
+                "{err}"
+            );
+            assert!(emu.requests().await.is_empty(), "mode {mode}: no call");
+        }
+    }
     // --dry-run: the snapshot, nothing touched.
     emu.clear_requests().await;
     let out = run(&[&repair[..], &["--dry-run"]].concat(), &cred).await;
