@@ -9,7 +9,7 @@
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
 //! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see `crate::repair::operator` |
-//! | `POST /selftest` | an authenticated operator runs [`crate::selftest`] with the repair credential against the Conversations origin (a throwaway service, made and deleted); the report as JSON, kept for `/ui`'s "Ready for repair mode?" panel ([`rehearsal`]) |
+//! | `POST /selftest` | an authenticated operator runs [`crate::selftest`] with the repair credential against the Conversations origin (a throwaway service, made and deleted); the report as JSON, kept for `/ui`'s "Ready for repair mode?" panel ([`rehearsal`]); one at a time (409), bounded by `admin.selftest_deadline_ms`, interrupted by shutdown, its service deleted either way |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
 //!

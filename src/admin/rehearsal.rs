@@ -2,9 +2,12 @@
 //! rehearsals (`crate::repair::rehearsal`) and the last selftest, and
 //! `POST /selftest`, which runs [`crate::selftest`] with the proxy's
 //! repair credential against its Conversations origin (an authenticated
-//! operator only: it creates and deletes a service on the account).
+//! operator only: it creates and deletes a service on the account). A run
+//! is a task of [`SelftestSlot`], not of the request: the proxy's shutdown
+//! interrupts it and waits for its service delete.
 //!
-//! What belongs here: the panel's markup and that one handler. What does
+//! What belongs here: the panel's markup, that one handler and its slot
+//! (one run at a time, its bound, its report). What does
 //! not: the judgement of a plan (`repair::rehearsal`), the selftest itself
 //! (`crate::selftest`), the rest of the page (`views`).
 

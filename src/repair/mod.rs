@@ -163,7 +163,7 @@ pub struct RepairerParts {
 impl Repairer {
     /// A reloaded `[repair]`: its mode and policy apply to the next repair.
     /// Every other key keeps its start-up value (`config::reload::LIVE`),
-    /// so [`Repairer::policy`] reads as what a repair started now runs with.
+    /// so `Repairer::policy` reads as what a repair started now runs with.
     pub fn set_policy(&self, config: RepairConfig) {
         self.policy.store(Arc::new(RepairConfig {
             mode: config.mode,
