@@ -62,10 +62,13 @@ impl SelftestSlot {
     /// deleted; a warning naming what to look for when it did not.
     pub(super) async fn drain(&self, grace: Duration) {
         self.stop();
-        if tokio::time::timeout(grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        let ended = async {
+            self.tasks.wait().await;
+            // A request that took the slot before the stop and has not
+            // spawned its run yet: wait for it too.
+            let _slot = self.running.lock().await;
+        };
+        if tokio::time::timeout(grace, ended).await.is_err() {
             tracing::warn!(
                 "grace period elapsed while a selftest was deleting its throwaway service: look \
                  for a Conversations service named \"{SERVICE_NAME_PREFIX} <time>\" on the \
@@ -220,17 +223,19 @@ pub(super) async fn run(
              repair.credentials_file), or run `twilio-repair-proxy selftest` with your own",
         );
     };
+    // Taken here, before the run: the second of two requests is refused at
+    // once, whatever the scheduler does with the first one's task.
+    let Ok(running) = s.selftest.running.clone().try_lock_owned() else {
+        return admin_error(StatusCode::CONFLICT, "a selftest is running already");
+    };
+    // Asked with the slot held: shutdown waits for the slot after it stops
+    // (`SelftestSlot::drain`), so no run can start unseen by it.
     if s.selftest.stop.is_cancelled() {
         return admin_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the proxy is shutting down: no selftest starts now",
         );
     }
-    // Taken here, before the run: the second of two requests is refused at
-    // once, whatever the scheduler does with the first one's task.
-    let Ok(running) = s.selftest.running.clone().try_lock_owned() else {
-        return admin_error(StatusCode::CONFLICT, "a selftest is running already");
-    };
     let opts = Options {
         // The repair settings a repair started now would run with: the
         // mode and policy a reload changed, the start-up timeouts.
