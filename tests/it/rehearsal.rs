@@ -422,23 +422,36 @@ async fn an_operator_who_hangs_up_leaves_the_selftest_running_and_the_panel_keep
 
 /// `POST /selftest` runs with the repair settings in force, a reload's
 /// included: started with `repair.max_repairs_per_window = 0` (no repair
-/// may run: the selftest's repair is refused), reloaded to 3, it passes.
+/// may run: the selftest's repair is refused), reloaded to 3, it passes;
+/// reloaded to `repair.mode = "off"`, it is refused (503).
 #[tokio::test]
 async fn post_selftest_runs_with_the_repair_settings_a_reload_put_in_force() {
     let emu = start_emulator(|_| {}).await;
     let dir = tempfile::tempdir().unwrap().keep();
     let file = dir.join("proxy.toml");
-    let write = |budget: u32| {
+    let write = |mode: &str, budget: u32| {
         let tmp = file.with_extension("new");
         std::fs::write(
             &tmp,
-            format!("[repair]\nmode = \"check-only\"\nmax_repairs_per_window = {budget}\n"),
+            format!(
+                "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[repair]\nmode = \"{mode}\"\nmax_repairs_per_window = {budget}\n"
+            ),
         )
         .unwrap();
         std::fs::rename(&tmp, &file).unwrap();
     };
-    write(0);
-    let proxy = spawn_check_only(&emu, &[("TRP_CONFIG", file.to_str().unwrap())]).await;
+    write("check-only", 0);
+    // The mode from the file alone (no TRP_REPAIR_MODE), so a reload sets it.
+    let proxy = spawn_proxy(
+        &emu.origin(),
+        &[
+            ("TRP_CONFIG", file.to_str().unwrap()),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
     let (status, report) = post_selftest(&http, &proxy.admin).await;
     assert_eq!(status, 200, "{report}");
@@ -452,7 +465,7 @@ async fn post_selftest_runs_with_the_repair_settings_a_reload_put_in_force() {
         "{repair}"
     );
 
-    write(3);
+    write("check-only", 3);
     proxy.signal("HUP");
     let log = proxy.log_with("configuration reloaded").await;
     assert!(log.contains("configuration reloaded"), "{log}");
@@ -460,4 +473,30 @@ async fn post_selftest_runs_with_the_repair_settings_a_reload_put_in_force() {
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["ok"], true, "{report:#}");
     assert_eq!(selftest_services(&emu).await, Vec::<String>::new());
+
+    // Reloaded to off: no selftest, as when it started off.
+    write("off", 3);
+    let mut page = String::new();
+    for _ in 0..500 {
+        page = http
+            .get(format!("http://{}/ui", proxy.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page.contains("Mode now: <strong>off") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(page.contains("Mode now: <strong>off"), "{}", panel(&page));
+    let (status, body) = post_selftest(&http, &proxy.admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("repair is off"),
+        "{body}"
+    );
 }
