@@ -393,6 +393,16 @@ impl App {
                 );
             }
         }
+        // A selftest run through the admin plane was interrupted when the
+        // draining began: its service delete gets what is left too.
+        admin
+            .drain(
+                config
+                    .limits
+                    .shutdown_grace()
+                    .saturating_sub(drain_started.elapsed()),
+            )
+            .await;
         let _ = admin_stop_tx.send(());
         let _ = admin_task.await;
         Ok(())

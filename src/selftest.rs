@@ -352,6 +352,30 @@ impl Run {
     }
 }
 
+/// Why a run was cut short: its report's `interrupted` line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// SIGINT or SIGTERM: the command's, or the proxy's shutdown.
+    Signal,
+    /// The run's time bound elapsed (`admin.selftest_deadline_ms`).
+    Deadline(Duration),
+}
+
+impl Interruption {
+    /// The `interrupted` line's detail.
+    fn detail(self) -> String {
+        match self {
+            Interruption::Signal => {
+                "a signal ended the run here: the step under way was abandoned".into()
+            }
+            Interruption::Deadline(d) => format!(
+                "the run's time bound ({}, admin.selftest_deadline_ms) ended it here: the step under way was abandoned",
+                humantime::format_duration(d)
+            ),
+        }
+    }
+}
+
 /// Run the selftest (see the module doc). `Err` only when nothing could
 /// be made at all (a refused credential, an unreachable host): one line.
 pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
@@ -359,11 +383,12 @@ pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
 }
 
 /// [`selftest`], cut short when `interrupted` completes (the command's
-/// SIGINT or SIGTERM): the scene or the repair under way is abandoned,
-/// and the service is still deleted (unless `--keep`).
+/// SIGINT or SIGTERM, the proxy's shutdown, a time bound): the scene or
+/// the repair under way is abandoned, and the service is still deleted
+/// (unless `--keep`).
 pub async fn selftest_until(
     opts: Options,
-    interrupted: impl std::future::Future<Output = ()>,
+    interrupted: impl std::future::Future<Output = Interruption>,
 ) -> Result<Report, SelftestError> {
     // Polled once now: a signal future installs its handlers when first
     // polled, and until then SIGINT or SIGTERM would end the process in the
@@ -373,8 +398,8 @@ pub async fn selftest_until(
     tokio::pin!(interrupted);
     let signalled_early = tokio::select! {
         biased;
-        () = &mut interrupted => true,
-        () = std::future::ready(()) => false,
+        why = &mut interrupted => Some(why),
+        () = std::future::ready(()) => None,
     };
     let at = crate::store::now_rfc3339();
     let origin = Origin::parse(&opts.base_url)
@@ -454,17 +479,15 @@ pub async fn selftest_until(
     );
     let base = format!("/v1/Services/{service_sid}");
     // A finished signal future is never polled again.
-    let cut = signalled_early
-        || tokio::select! {
-            () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => false,
-            () = &mut interrupted => true,
-        };
-    if cut {
-        run.failed(
-            "interrupted",
-            "a signal ended the run here: the step under way was abandoned",
-            None,
-        );
+    let cut = match signalled_early {
+        Some(why) => Some(why),
+        None => tokio::select! {
+            () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => None,
+            why = &mut interrupted => Some(why),
+        },
+    };
+    if let Some(why) = cut {
+        run.failed("interrupted", why.detail(), None);
     }
 
     // Last: the service goes, whatever happened (unless --keep).

@@ -9,7 +9,7 @@
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
 //! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see `crate::repair::operator` |
-//! | `POST /selftest` | an authenticated operator runs [`crate::selftest`] with the repair credential against the Conversations origin (a throwaway service, made and deleted); the report as JSON, kept for `/ui`'s "Ready for repair mode?" panel ([`rehearsal`]) |
+//! | `POST /selftest` | an authenticated operator runs [`crate::selftest`] with the repair credential against the Conversations origin (a throwaway service, made and deleted); the report as JSON, kept for `/ui`'s "Ready for repair mode?" panel ([`rehearsal`]); one at a time (409), bounded by `admin.selftest_deadline_ms`, interrupted by shutdown, its service deleted either way |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
 //!
@@ -71,7 +71,8 @@ pub const SESSION_COOKIE: &str = "trp_admin_session";
 
 /// Shared state of the admin plane. Built once by [`AdminState::new`];
 /// the proxy's lifecycle is reported through [`AdminState::set_listening`]
-/// and [`AdminState::set_draining`], nothing else changes.
+/// and [`AdminState::set_draining`] (then [`AdminState::drain`] waits for
+/// a selftest's cleanup), nothing else changes.
 pub struct AdminState {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
@@ -91,7 +92,8 @@ pub struct AdminState {
         Arc<crate::repair::Repairer>,
         arc_swap::ArcSwap<crate::routing::Origin>,
     )>,
-    /// The configuration it started with (`POST /selftest`'s timeouts).
+    /// The configuration it started with (`POST /selftest`'s timeouts and
+    /// bound; its repair settings are the repairer's, a reload's included).
     config: Config,
     /// The last selftest run through `POST /selftest`.
     selftest: rehearsal::SelftestSlot,
@@ -147,9 +149,19 @@ impl AdminState {
         self.listening.store(true, Ordering::SeqCst);
     }
 
-    /// Shutdown has begun: `/readyz` says `draining` from now on.
+    /// Shutdown has begun: `/readyz` says `draining` from now on, and a
+    /// selftest in flight (`POST /selftest`) is interrupted (it goes on to
+    /// delete its service) and no new one starts.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.selftest.stop();
+    }
+
+    /// Wait (at most `grace`) for the selftest interrupted by
+    /// [`AdminState::set_draining`] to delete its service (a warning when
+    /// the grace ran out first).
+    pub async fn drain(&self, grace: std::time::Duration) {
+        self.selftest.drain(grace).await;
     }
 }
 

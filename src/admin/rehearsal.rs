@@ -2,13 +2,17 @@
 //! rehearsals (`crate::repair::rehearsal`) and the last selftest, and
 //! `POST /selftest`, which runs [`crate::selftest`] with the proxy's
 //! repair credential against its Conversations origin (an authenticated
-//! operator only: it creates and deletes a service on the account).
+//! operator only: it creates and deletes a service on the account). A run
+//! is a task of [`SelftestSlot`], not of the request: the proxy's shutdown
+//! interrupts it and waits for its service delete.
 //!
-//! What belongs here: the panel's markup and that one handler. What does
+//! What belongs here: the panel's markup, that one handler and its slot
+//! (one run at a time, its bound, its report). What does
 //! not: the judgement of a plan (`repair::rehearsal`), the selftest itself
 //! (`crate::selftest`), the rest of the page (`views`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -19,22 +23,58 @@ use maud::{Markup, html};
 use super::{AdminState, Operator, admin_error};
 use crate::config::RepairMode;
 use crate::repair::rehearsal::RehearsalView;
-use crate::selftest::{Caller, Options, Report};
+use crate::selftest::{Caller, Interruption, Options, Report, SERVICE_NAME_PREFIX};
 
 /// Plans listed on the panel (the newest).
 pub const PANEL_PLANS: usize = 10;
 
-/// The last selftest run through the admin plane, and the one in flight.
+/// The last selftest run through the admin plane, and the one in flight:
+/// its own task, owned by the proxy's shutdown (not by the request that
+/// started it), which interrupts it and waits for its cleanup.
 #[derive(Default)]
 pub struct SelftestSlot {
     last: std::sync::Mutex<Option<Report>>,
-    /// Held while one runs: a second `POST /selftest` meanwhile is a 409.
-    running: tokio::sync::Mutex<()>,
+    /// Held by the run in flight (taken before it starts): a second
+    /// `POST /selftest` meanwhile is a 409.
+    running: Arc<tokio::sync::Mutex<()>>,
+    /// The run in flight, so shutdown can wait for its service delete.
+    tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when shutdown begins: the run in flight is interrupted
+    /// (its service still deleted) and no new one starts.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl SelftestSlot {
     fn last(&self) -> Option<Report> {
         self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Shutdown has begun: interrupt the run in flight, start no other.
+    pub(super) fn stop(&self) {
+        if !self.stop.is_cancelled() && !self.tasks.is_empty() {
+            tracing::info!("shutdown: interrupting the selftest in flight; it deletes its service");
+        }
+        self.stop.cancel();
+        self.tasks.close();
+    }
+
+    /// Wait (at most `grace`) for the run in flight to end, its service
+    /// deleted; a warning naming what to look for when it did not.
+    pub(super) async fn drain(&self, grace: Duration) {
+        self.stop();
+        let ended = async {
+            self.tasks.wait().await;
+            // A request that took the slot before the stop and has not
+            // spawned its run yet: wait for it too.
+            let _slot = self.running.lock().await;
+        };
+        if tokio::time::timeout(grace, ended).await.is_err() {
+            tracing::warn!(
+                "grace period elapsed while a selftest was deleting its throwaway service: look \
+                 for a Conversations service named \"{SERVICE_NAME_PREFIX} <time>\" on the \
+                 account and delete it"
+            );
+        }
     }
 }
 
@@ -151,8 +191,11 @@ pub(super) fn panel(s: &AdminState) -> Markup {
 }
 
 /// `POST /selftest`: run the selftest with the proxy's repair credential
-/// against its Conversations origin; the report as JSON (200 whether or
-/// not every check held: `ok` says), kept for the panel.
+/// against its Conversations origin, with the repair settings in force now
+/// (a reload's too); the report as JSON (200 whether or not every check
+/// held: `ok` says), kept for the panel. The run is bounded by
+/// `admin.selftest_deadline_ms` and interrupted by the proxy's shutdown;
+/// either way its service is still deleted.
 pub(super) async fn run(
     State(s): State<Arc<AdminState>>,
     operator: Option<axum::Extension<Operator>>,
@@ -166,6 +209,12 @@ pub(super) async fn run(
             "repair is off on this proxy (repair.mode = \"off\")",
         );
     };
+    if repairer.is_off() {
+        return admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "repair is off on this proxy (repair.mode = \"off\", by a reload)",
+        );
+    }
     let Some(credential) = repairer.credential().cloned() else {
         return admin_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -174,8 +223,26 @@ pub(super) async fn run(
              repair.credentials_file), or run `twilio-repair-proxy selftest` with your own",
         );
     };
+    // Taken here, before the run: the second of two requests is refused at
+    // once, whatever the scheduler does with the first one's task.
+    let Ok(running) = s.selftest.running.clone().try_lock_owned() else {
+        return admin_error(StatusCode::CONFLICT, "a selftest is running already");
+    };
+    // Asked with the slot held: shutdown waits for the slot after it stops
+    // (`SelftestSlot::drain`), so no run can start unseen by it.
+    if s.selftest.stop.is_cancelled() {
+        return admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the proxy is shutting down: no selftest starts now",
+        );
+    }
     let opts = Options {
-        config: s.config.clone(),
+        // The repair settings a repair started now would run with: the
+        // mode and policy a reload changed, the start-up timeouts.
+        config: crate::config::Config {
+            repair: (*repairer.policy()).clone(),
+            ..s.config.clone()
+        },
         base_url: origin.load().as_string(),
         caller: Caller {
             credential: credential.clone(),
@@ -185,24 +252,29 @@ pub(super) async fn run(
         webhook: Some(HeaderValue::from_static("false")),
         keep: false,
     };
-    // Its own task, which holds the slot and keeps the report: an operator
-    // who hangs up neither leaves the service behind nor frees the slot
-    // while the run goes on.
+    let deadline = s.config.admin.selftest_deadline();
+    let stop = s.selftest.stop.clone();
+    // Its own task, tracked by the shutdown, which holds the slot and
+    // keeps the report: an operator who hangs up neither leaves the
+    // service behind nor frees the slot while the run goes on.
     let state = s.clone();
-    let task = tokio::spawn(async move {
-        let Ok(_running) = state.selftest.running.try_lock() else {
-            return None;
+    let task = s.selftest.tasks.spawn(async move {
+        let _running = running;
+        let interrupted = async move {
+            tokio::select! {
+                () = stop.cancelled() => Interruption::Signal,
+                () = tokio::time::sleep(deadline) => Interruption::Deadline(deadline),
+            }
         };
-        let result = crate::selftest::selftest(opts).await;
+        let result = crate::selftest::selftest_until(opts, interrupted).await;
         if let (Ok(report), Ok(mut last)) = (&result, state.selftest.last.lock()) {
             *last = Some(report.clone());
         }
-        Some(result)
+        result
     });
     match task.await {
-        Ok(None) => admin_error(StatusCode::CONFLICT, "a selftest is running already"),
-        Ok(Some(Ok(report))) => (StatusCode::OK, Json(report)).into_response(),
-        Ok(Some(Err(e))) => admin_error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        Ok(Ok(report)) => (StatusCode::OK, Json(report)).into_response(),
+        Ok(Err(e)) => admin_error(StatusCode::BAD_GATEWAY, &e.to_string()),
         Err(_) => admin_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the selftest task failed",

@@ -8,7 +8,7 @@ use super::CommandError;
 use crate::cli::SelftestArgs;
 use crate::config::Config;
 use crate::repair::RepairCredential;
-use crate::selftest::{Caller, Options, SelftestError, selftest_until};
+use crate::selftest::{Caller, Interruption, Options, SelftestError, selftest_until};
 
 /// `TWILIO_API_KEY`/`_SECRET`, else `TWILIO_ACCOUNT_SID`/`_AUTH_TOKEN`,
 /// else the operator repair credential.
@@ -68,7 +68,10 @@ pub async fn run(args: SelftestArgs, out: &mut dyn std::io::Write) -> Result<(),
             webhook,
             keep: args.keep,
         },
-        super::shutdown_signal(),
+        async {
+            super::shutdown_signal().await;
+            Interruption::Signal
+        },
     )
     .await
     .map_err(CommandError::Selftest)?;

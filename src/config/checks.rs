@@ -29,6 +29,7 @@ pub const RANGES: &[(&str, i64, i64)] = &[
     ("limits.http2_keepalive_interval_ms", 1, 86_400_000),
     ("limits.http2_keepalive_timeout_ms", 1, 86_400_000),
     ("admin.max_connections", 1, 1_000_000),
+    ("admin.selftest_deadline_ms", 1, 3_600_000),
     ("limits.max_request_head_bytes", 8192, 1_048_576),
     ("limits.shutdown_grace_ms", 0, 3_600_000),
     ("limits.worker_threads", 0, 1024),

@@ -189,6 +189,15 @@ pub struct AdminConfig {
     pub token: Option<AdminToken>,
     /// Most concurrent connections on the admin listener.
     pub max_connections: usize,
+    /// Longest one `POST /selftest` run may take before it is interrupted
+    /// (its service is still deleted).
+    pub selftest_deadline_ms: u64,
+}
+
+impl AdminConfig {
+    pub fn selftest_deadline(&self) -> Duration {
+        Duration::from_millis(self.selftest_deadline_ms)
+    }
 }
 
 /// The admin bearer token. A secret: its `Debug` and its serialised form

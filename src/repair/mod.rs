@@ -162,8 +162,17 @@ pub struct RepairerParts {
 
 impl Repairer {
     /// A reloaded `[repair]`: its mode and policy apply to the next repair.
+    /// Every other key keeps its start-up value (`config::reload::LIVE`),
+    /// so `Repairer::policy` reads as what a repair started now runs with.
     pub fn set_policy(&self, config: RepairConfig) {
-        self.policy.store(Arc::new(config));
+        self.policy.store(Arc::new(RepairConfig {
+            mode: config.mode,
+            allow_services: config.allow_services,
+            deny_services: config.deny_services,
+            max_repairs_per_window: config.max_repairs_per_window,
+            repair_window_secs: config.repair_window_secs,
+            ..self.config.clone()
+        }));
     }
 
     /// A reloaded `[shield]`: the next workflow's calls take their slots
@@ -178,7 +187,8 @@ impl Repairer {
         self.policy.load().mode == crate::config::RepairMode::Off
     }
 
-    /// The mode and policy in force now.
+    /// The `[repair]` settings in force now: the mode and policy a reload
+    /// may have changed, the start-up value of every other key.
     pub(crate) fn policy(&self) -> Arc<RepairConfig> {
         self.policy.load_full()
     }

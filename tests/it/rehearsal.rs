@@ -2,8 +2,15 @@
 //! check-only fault gets the plan a repair would have run (and nothing is
 //! written); without a repair credential for the account the plan is shown
 //! as failing, with why; `POST /selftest` (the admin token) runs the
-//! selftest with the repair credential and the panel shows its result.
+//! selftest with the repair credential and the panel shows its result. A
+//! run is its own task: the proxy's shutdown interrupts it and waits for
+//! its service delete, `admin.selftest_deadline_ms` bounds it, a second
+//! one meanwhile is a 409, an operator who hangs up leaves it running, and
+//! it runs with the repair settings a reload put in force.
 
+use std::time::Duration;
+
+use serde_json::{Value, json};
 use twilio_repair_proxy::config::{AdminToken, Config, RepairMode};
 use twilio_repair_proxy::emulator::FaultMode;
 
@@ -182,4 +189,314 @@ async fn admin_json_with(st: &Stack, path: &str) -> serde_json::Value {
         .json()
         .await
         .unwrap()
+}
+
+/// The throwaway services left on the emulator's account.
+async fn selftest_services(emu: &Emu) -> Vec<String> {
+    let (s, v) = emu.get("/v1/Services?PageSize=100").await;
+    assert_eq!(s, 200, "{v}");
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["friendly_name"].as_str().unwrap().to_string())
+        .filter(|n| n.starts_with("trp-selftest"))
+        .collect()
+}
+
+/// Hold the selftest's first scene call (its roles read, right after the
+/// service create) at the emulator, once; `process` on release or not.
+async fn hold_the_roles_read(emu: &Emu, process: bool) {
+    emu.add_rule(json!({"method": "GET", "path": "/Roles", "times": 1,
+        "action": {"kind": "hold", "process_on_release": process}}))
+        .await;
+}
+
+/// `POST /selftest` with the token: status and JSON body.
+async fn post_selftest(http: &reqwest::Client, admin: &str) -> (u16, Value) {
+    let r = http
+        .post(format!("http://{admin}/selftest"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn check<'a>(report: &'a Value, step: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == step)
+        .unwrap_or_else(|| panic!("no `{step}` check in {report:#}"))
+}
+
+/// Wait (at most 10 s) until the emulator has seen `method` on a path
+/// starting with `prefix`.
+async fn until_seen(emu: &Emu, method: &str, prefix: &str) -> bool {
+    for _ in 0..500 {
+        if emu
+            .requests()
+            .await
+            .iter()
+            .any(|(m, p)| m == method && p.starts_with(prefix))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The proxy binary in check-only mode in front of `emu`, with the admin
+/// token and the repair credential (plus `extra`).
+async fn spawn_check_only(emu: &Emu, extra: &[(&str, &str)]) -> Running {
+    let mut env = vec![
+        ("TRP_REPAIR_MODE", "check-only"),
+        ("TRP_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+        ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+    ];
+    env.extend_from_slice(extra);
+    spawn_proxy(&emu.origin(), &env).await
+}
+
+/// Wait (at most 30 s) for the process to exit; its status.
+async fn until_exited(proxy: &mut Running) -> std::process::ExitStatus {
+    for _ in 0..1500 {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the proxy did not exit after SIGTERM:\n{}", proxy.stderr());
+}
+
+/// SIGTERM while a `POST /selftest` is mid-run (a call of it held at
+/// Twilio): the run is interrupted at once (its service delete reaches
+/// Twilio while the call is still held), the process exits cleanly only
+/// after that delete, and no throwaway service is left on the account.
+/// Without the shutdown owning the run, the process exited with the
+/// service behind (`hung_up`), or waited on the held call.
+async fn sigterm_mid_selftest(hung_up: bool) {
+    let emu = start_emulator(|_| {}).await;
+    let mut proxy = spawn_check_only(&emu, &[]).await;
+    hold_the_roles_read(&emu, false).await;
+    let admin = proxy.admin.clone();
+    let operator =
+        tokio::spawn(async move { post_selftest(&reqwest::Client::new(), &admin).await });
+    emu.wait_held(1).await;
+    assert_eq!(
+        selftest_services(&emu).await.len(),
+        1,
+        "the run made its service"
+    );
+    let operator = if hung_up {
+        operator.abort();
+        let _ = operator.await;
+        None
+    } else {
+        Some(operator)
+    };
+    proxy.signal("TERM");
+    assert!(
+        until_seen(&emu, "DELETE", "/v1/Services/IS").await,
+        "the run was not interrupted: no service delete while its call is held\n{}",
+        proxy.stderr()
+    );
+    emu.release(None).await;
+    let status = until_exited(&mut proxy).await;
+    assert!(status.success(), "{status}\n{}", proxy.stderr());
+    assert_eq!(selftest_services(&emu).await, Vec::<String>::new());
+    if let Some(operator) = operator {
+        let (status, report) = operator.await.unwrap();
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["ok"], false, "{report:#}");
+        assert_eq!(report["cleaned_up"], true, "{report:#}");
+        let line = check(&report, "interrupted");
+        assert!(
+            line["detail"].as_str().unwrap().contains("signal"),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_mid_post_selftest_interrupts_it_and_deletes_its_service_before_exit() {
+    sigterm_mid_selftest(false).await;
+}
+
+#[tokio::test]
+async fn sigterm_mid_post_selftest_whose_operator_hung_up_still_deletes_its_service() {
+    sigterm_mid_selftest(true).await;
+}
+
+/// A run past `admin.selftest_deadline_ms` (its roles read held at Twilio)
+/// is interrupted: the report says so, with `ok: false`, and the service
+/// is still deleted.
+#[tokio::test]
+async fn a_post_selftest_past_its_deadline_is_interrupted_and_deletes_its_service() {
+    let st = Scene::new()
+        .proxy(|c| {
+            check_only(true)(c);
+            c.admin.selftest_deadline_ms = 300;
+        })
+        .stack()
+        .await;
+    hold_the_roles_read(&st.emu, false).await;
+    let (status, report) = post_selftest(&st.http, &st.proxy.admin.to_string()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], false, "{report:#}");
+    let line = check(&report, "interrupted");
+    assert_eq!(line["ok"], false);
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("admin.selftest_deadline_ms"),
+        "{line}"
+    );
+    assert_eq!(report["cleaned_up"], true, "{report:#}");
+    assert_eq!(check(&report, "delete service")["ok"], true);
+    assert_eq!(selftest_services(&st.emu).await, Vec::<String>::new());
+    st.emu.release(None).await;
+    st.proxy.stop().await;
+}
+
+/// A second `POST /selftest` while one runs (held at Twilio) is a 409 in
+/// the admin plane's JSON shape; the first's report is whole.
+#[tokio::test]
+async fn a_second_post_selftest_while_one_runs_is_409_and_the_first_is_unaffected() {
+    let st = Scene::new().proxy(check_only(true)).stack().await;
+    hold_the_roles_read(&st.emu, true).await;
+    let (http, admin) = (st.http.clone(), st.proxy.admin.to_string());
+    let first = tokio::spawn(async move { post_selftest(&http, &admin).await });
+    st.emu.wait_held(1).await;
+    let (status, body) = post_selftest(&st.http, &st.proxy.admin.to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["status"], 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("running already"),
+        "{body}"
+    );
+    st.emu.release(None).await;
+    let (status, report) = first.await.unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["cleaned_up"], true, "{report:#}");
+    assert_eq!(selftest_services(&st.emu).await, Vec::<String>::new());
+    st.proxy.stop().await;
+}
+
+/// An operator who hangs up mid-run: the run goes on to the end, deletes
+/// its service, and the panel shows its report.
+#[tokio::test]
+async fn an_operator_who_hangs_up_leaves_the_selftest_running_and_the_panel_keeps_it() {
+    let st = Scene::new().proxy(check_only(true)).stack().await;
+    hold_the_roles_read(&st.emu, true).await;
+    let (http, admin) = (st.http.clone(), st.proxy.admin.to_string());
+    let operator = tokio::spawn(async move { post_selftest(&http, &admin).await });
+    st.emu.wait_held(1).await;
+    operator.abort();
+    let _ = operator.await;
+    st.emu.release(None).await;
+    let mut shown = String::new();
+    for _ in 0..500 {
+        shown = panel(&ui(&st).await).to_string();
+        if shown.contains("Last selftest") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shown.contains("Last selftest"), "{shown}");
+    assert!(shown.contains("passed"), "{shown}");
+    assert!(shown.contains("service deleted"), "{shown}");
+    assert_eq!(selftest_services(&st.emu).await, Vec::<String>::new());
+    st.proxy.stop().await;
+}
+
+/// `POST /selftest` runs with the repair settings in force, a reload's
+/// included: started with `repair.max_repairs_per_window = 0` (no repair
+/// may run: the selftest's repair is refused), reloaded to 3, it passes;
+/// reloaded to `repair.mode = "off"`, it is refused (503).
+#[tokio::test]
+async fn post_selftest_runs_with_the_repair_settings_a_reload_put_in_force() {
+    let emu = start_emulator(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("proxy.toml");
+    let write = |mode: &str, budget: u32| {
+        let tmp = file.with_extension("new");
+        std::fs::write(
+            &tmp,
+            format!(
+                "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[repair]\nmode = \"{mode}\"\nmax_repairs_per_window = {budget}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write("check-only", 0);
+    // The mode from the file alone (no TRP_REPAIR_MODE), so a reload sets it.
+    let proxy = spawn_proxy(
+        &emu.origin(),
+        &[
+            ("TRP_CONFIG", file.to_str().unwrap()),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (status, report) = post_selftest(&http, &proxy.admin).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], false, "{report:#}");
+    let repair = check(&report, "repair");
+    assert!(
+        repair["detail"]
+            .as_str()
+            .unwrap()
+            .contains("repair limit reached"),
+        "{repair}"
+    );
+
+    write("check-only", 3);
+    proxy.signal("HUP");
+    let log = proxy.log_with("configuration reloaded").await;
+    assert!(log.contains("configuration reloaded"), "{log}");
+    let (status, report) = post_selftest(&http, &proxy.admin).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(selftest_services(&emu).await, Vec::<String>::new());
+
+    // Reloaded to off: no selftest, as when it started off.
+    write("off", 3);
+    let mut page = String::new();
+    for _ in 0..500 {
+        page = http
+            .get(format!("http://{}/ui", proxy.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page.contains("Mode now: <strong>off") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(page.contains("Mode now: <strong>off"), "{}", panel(&page));
+    let (status, body) = post_selftest(&http, &proxy.admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("repair is off"),
+        "{body}"
+    );
 }

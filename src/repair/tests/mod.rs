@@ -140,6 +140,30 @@ async fn a_reload_to_off_or_check_only_stops_a_workflow_before_its_first_write()
     }
 }
 
+/// A reloaded `[repair]` changes the mode and policy only: a restart-only
+/// key of the new file (its timeouts, backoffs) never shows in the policy
+/// a repair (or `POST /selftest`) reads as the settings in force.
+#[tokio::test]
+async fn a_reloaded_policy_keeps_the_start_up_value_of_every_restart_only_key() {
+    let b = bench(FakeTwilio::with_kim(1));
+    let started = b.rep.policy();
+    let mut reloaded = Config::defaults().repair;
+    reloaded.mode = crate::config::RepairMode::CheckOnly;
+    reloaded.max_repairs_per_window = 0;
+    reloaded.deny_services = vec![IS.to_string()];
+    reloaded.step_timeout_ms = 1;
+    reloaded.retry_max_attempts = 99;
+    reloaded.workflow_deadline_ms = 1;
+    b.rep.set_policy(reloaded);
+    let now = b.rep.policy();
+    assert_eq!(now.mode, crate::config::RepairMode::CheckOnly);
+    assert_eq!(now.max_repairs_per_window, 0);
+    assert_eq!(now.deny_services, [IS.to_string()]);
+    assert_eq!(now.step_timeout_ms, started.step_timeout_ms);
+    assert_eq!(now.retry_max_attempts, started.retry_max_attempts);
+    assert_eq!(now.workflow_deadline_ms, 30_000);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_429_is_retried_after_its_retry_after_and_nothing_else_changes() {
     let b = bench(FakeTwilio::with_kim(1));
