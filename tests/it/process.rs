@@ -113,13 +113,24 @@ async fn hundred_megabytes_stream_both_ways_with_flat_memory() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_request_and_exits_zero() {
+    drains_in_flight_request_and_exits_zero_on("TERM").await;
+}
+
+/// nginx's graceful stop (its images' `STOPSIGNAL`): the same drain, not
+/// the default action's immediate end (exit by signal, request cut).
+#[tokio::test]
+async fn sigquit_drains_in_flight_request_and_exits_zero_as_nginx_does() {
+    drains_in_flight_request_and_exits_zero_on("QUIT").await;
+}
+
+async fn drains_in_flight_request_and_exits_zero_on(sig: &str) {
     let (up, _) = sink_upstream().await;
     let mut proxy = spawn_proxy(&up, &[]).await;
     let url = format!("http://{}/slow", proxy.addr);
     let slow = tokio::spawn(async move { reqwest::Client::new().get(url).send().await });
     // The request is in flight (the upstream holds /slow for 1.5 s).
     metric_becomes(&proxy.admin, "trp_in_flight_requests", 1.0).await;
-    proxy.signal("TERM");
+    proxy.signal(sig);
     // Draining: not ready any more, no new connections (each polled with
     // a deadline: the drain begins just after the signal).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -135,7 +146,7 @@ async fn sigterm_drains_in_flight_request_and_exits_zero() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "after SIGTERM: /readyz {}, new connections refused: {refused}",
+            "after SIG{sig}: /readyz {}, new connections refused: {refused}",
             ready.status()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
