@@ -177,11 +177,11 @@ impl Workflow<'_> {
         }
     }
 
-    /// What a rehearsal needs to run on its own: the client with the
-    /// credential the repair would act with (under the request's shield),
-    /// what it would touch.
+    /// What a rehearsal needs to run on its own: the client step 7 would
+    /// use (the caller's, under the request's shield and its cap, with the
+    /// credential the repair would act with), what it would touch.
     fn pending(
-        &self,
+        &mut self,
         conv: &Conversation,
         identity: &str,
         slot: OwnedSemaphorePermit,
@@ -192,7 +192,7 @@ impl Workflow<'_> {
         let acting =
             credential::for_repair(self.rep.credential.as_ref(), caller, &conv.account_sid);
         Pending {
-            api: self.rep.request_api(self.req, acting.authorization.clone()),
+            api: self.api().with_authorization(acting.authorization.clone()),
             acting,
             target: self.req.repair_target(conv, identity),
             refusal,
