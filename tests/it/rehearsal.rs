@@ -3,6 +3,10 @@
 //! written); without a repair credential for the account the plan is shown
 //! as failing, with why; `POST /selftest` (the admin token) runs the
 //! selftest with the repair credential and the panel shows its result.
+//! The rehearsal's reads run after the caller's 404, bounded by
+//! `repair.rehearsal_max_in_flight` (skipped and counted beyond it), on a
+//! task shutdown waits for; with `repair.incident_identity = "hash"` no
+//! text it leaves names the identity.
 
 use twilio_repair_proxy::config::{AdminToken, Config, RepairMode};
 use twilio_repair_proxy::emulator::FaultMode;
@@ -471,4 +475,67 @@ async fn with_hash_privacy_a_failed_rehearsal_never_shows_the_identity() {
                 .contains("rehearsed: the repair would fail")),
         "{incidents:#}"
     );
+}
+
+/// A rehearsal in flight is one of the repairer's tasks: a SIGTERM while
+/// its read is held at Twilio waits for it (it is counted among the
+/// repairs in flight), and once the read is released it ends, is logged,
+/// and only then does the process exit.
+#[tokio::test]
+async fn shutdown_waits_for_a_rehearsal_in_flight() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let mut proxy = spawn_proxy(
+        &emu.origin(),
+        &[
+            ("TRP_REPAIR_MODE", "check-only"),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ],
+    )
+    .await;
+    let rule = emu
+        .add_rule_id(serde_json::json!({"method": "GET", "path": USER_READ,
+            "action": {"kind": "hold", "process_on_release": true}}))
+        .await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}{}/Conversations/{}/Participants",
+            proxy.addr,
+            kim.base,
+            kim.target()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .form(&[("Identity", "kim")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    emu.wait_held(1).await;
+    proxy.signal("TERM");
+    let log = proxy.log_with("waiting for in-flight repairs").await;
+    assert!(
+        log.contains("waiting for in-flight repairs"),
+        "the rehearsal is not among the tasks shutdown waits for:\n{log}"
+    );
+    assert!(!log.contains("check-only rehearsal done"), "{log}");
+    assert_eq!(emu.release_rule(rule).await, 1);
+    // A bound on "never exits", not a timing.
+    let mut status = None;
+    for _ in 0..3000 {
+        status = proxy.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(status.is_some(), "still running:\n{}", proxy.stderr());
+    let log = proxy.stderr();
+    assert!(log.contains("check-only rehearsal done"), "{log}");
+    assert!(!log.contains("grace period elapsed"), "{log}");
 }
