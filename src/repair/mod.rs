@@ -23,7 +23,8 @@
 //! - `recovery`: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
 //! - `rehearsal`: in `check-only` mode, the repair each fault would
-//!   have had, and whether it could have been completed.
+//!   have had, and whether it could have been completed (read after the
+//!   caller's answer, on a tracked task, a bounded number at once).
 //!
 //! Only what other modules of the crate call is `pub(crate)` (`alias`,
 //! `credential`, `lock`, `operator`, `rehearsal`, `request`, `step`,
@@ -124,7 +125,8 @@ pub struct Repairer {
     /// The runtime repairs run on (the process's main runtime, which
     /// outlives every worker's).
     rt: tokio::runtime::Handle,
-    /// Every live workflow task, so shutdown can wait for them.
+    /// Every live workflow task (and check-only rehearsal), so shutdown
+    /// can wait for them.
     tasks: TaskTracker,
     me: Weak<Repairer>,
     exchange: Option<ExchangeFactory>,
