@@ -52,6 +52,12 @@ impl Privacy {
         {
             let (head, tail) = rest.split_at(i + mark.len());
             out.push_str(head);
+            // A segment already hashed (by [`Privacy::text_naming`]).
+            if let Some(h) = tail.get(..HASHED_LEN).filter(|h| is_hashed(h)) {
+                out.push_str(h);
+                rest = &tail[HASHED_LEN..];
+                continue;
+            }
             // A segment the workflow built: unreserved characters and %XX.
             let end = tail
                 .find(|c: char| {
@@ -70,6 +76,73 @@ impl Privacy {
         }
         out.push_str(rest);
         out
+    }
+
+    /// A free text that may name `identity` (an error read back from
+    /// Twilio, a refusal, a plan) as it may be shown, logged or stored:
+    /// when hashing, every occurrence of the identity, plain or
+    /// percent-encoded (as a path segment, wholly, or as a form value), is
+    /// replaced by its hash, then [`Privacy::text`] hashes any other
+    /// `/Users/…` or `/Participants/…` segment. An occurrence counts when
+    /// no letter or digit stands right beside it (a short identity leaves
+    /// the words that merely contain it alone).
+    pub fn text_naming(&self, text: &str, identity: &str) -> String {
+        if !self.hashing() || identity.is_empty() || is_hashed(identity) {
+            return self.text(text);
+        }
+        let hashed = hash_identity(identity);
+        let mut forms: Vec<String> = vec![
+            identity.to_string(),
+            percent_encoding::utf8_percent_encode(identity, PATH_SEGMENT).to_string(),
+            percent_encoding::utf8_percent_encode(identity, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+            form_urlencoded::byte_serialize(identity.as_bytes()).collect(),
+        ];
+        // Percent-escapes in lower case are the same bytes.
+        let lower: Vec<String> = forms
+            .iter()
+            .filter(|f| f.contains('%'))
+            .map(|f| lower_escapes(f))
+            .collect();
+        forms.extend(lower);
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        'scan: while i < text.len() {
+            let before = text[..i].chars().next_back();
+            if !before.is_some_and(char::is_alphanumeric) {
+                for f in &forms {
+                    if text[i..].starts_with(f.as_str()) {
+                        let after = text[i + f.len()..].chars().next();
+                        if !after.is_some_and(char::is_alphanumeric) {
+                            out.push_str(&hashed);
+                            i += f.len();
+                            continue 'scan;
+                        }
+                    }
+                }
+            }
+            let c = text[i..].chars().next().unwrap_or_default();
+            out.push(c);
+            i += c.len_utf8().max(1);
+        }
+        self.text(&out)
+    }
+
+    /// [`Privacy::incident`], for the workflow's own record, which knows
+    /// the identity it acted on: its detail, step paths and step messages
+    /// also lose every plain or percent-encoded occurrence of it
+    /// ([`Privacy::text_naming`]).
+    pub fn incident_naming(&self, mut i: Incident, identity: Option<&str>) -> Incident {
+        if let (true, Some(who)) = (self.hashing(), identity) {
+            i.detail = i.detail.as_deref().map(|v| self.text_naming(v, who));
+            for s in &mut i.steps {
+                s.path = s.path.as_deref().map(|v| self.text_naming(v, who));
+                s.error_message = s.error_message.as_deref().map(|v| self.text_naming(v, who));
+            }
+        }
+        self.incident(i)
     }
 
     /// An incident as it may be shown (or, in "hash" mode, stored): the
@@ -157,6 +230,33 @@ pub fn hash_identity(identity: &str) -> String {
     format!("sha256:{}", &hex[..16])
 }
 
+/// `%2b` for `%2B`: the escapes of a percent-encoded text in lower case.
+fn lower_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let esc = rest.get(at..at + 3).unwrap_or(&rest[at..]);
+        out.push_str(&esc.to_ascii_lowercase());
+        rest = &rest[at + esc.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a path segment percent-encodes: all but RFC 3986's unreserved
+/// characters, as `crate::twilio_api::encode_segment` builds the paths of
+/// the repair's calls (not imported: `twilio_api` leans on `repair`, which
+/// leans on this module).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The length of [`hash_identity`]'s form: `sha256:` and 16 hex.
+const HASHED_LEN: usize = 7 + 16;
+
 pub(crate) fn is_hashed(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
         h.len() == 16
@@ -181,7 +281,37 @@ mod tests {
         );
         assert_eq!(p.text("no user path"), "no user path");
         let plain = Privacy::new(IdentityRecord::Plain);
+        assert_eq!(plain.text_naming("kim k: 403", "kim k"), "kim k: 403");
         assert_eq!(plain.identity("kim"), "kim");
         assert_eq!(plain.text("/Users/kim"), "/Users/kim");
+    }
+
+    #[test]
+    fn a_text_naming_the_identity_loses_every_form_of_it() {
+        let p = Privacy::new(IdentityRecord::Hash);
+        let who = "kim k+1@example.com";
+        let h = hash_identity(who);
+        for text in [
+            "the snapshot cannot be read with SK1: fetch-user: GET /v1/Services/IS1/Users/kim%20k%2B1%40example.com: no answer",
+            "User 'kim k+1@example.com' was not found",
+            "identity=kim+k%2B1%40example.com refused",
+            "lower: kim%20k%2b1%40example%2ecom",
+        ] {
+            let shown = p.text_naming(text, who);
+            assert!(shown.contains(&h), "{shown}");
+            for form in ["kim k", "kim%20k", "kim+k", "example"] {
+                assert!(!shown.contains(form), "{form} in {shown}");
+            }
+        }
+        // Only where it stands alone: a short identity inside a word stays.
+        assert_eq!(
+            p.text_naming("a repair of a: Kamala", "a"),
+            format!(
+                "{} repair of {}: Kamala",
+                hash_identity("a"),
+                hash_identity("a")
+            )
+        );
+        assert_eq!(p.text_naming(&h, who), h, "never hashed twice");
     }
 }

@@ -9,6 +9,7 @@
 //! | `GET /incidents?limit=N` | intercepted 20404s, newest first (JSON) |
 //! | `GET /repairs?state=pending[&include=snapshot]` | journal records not yet finished (JSON) |
 //! | `POST /repairs` | an authenticated operator's repair of one identity (`{"service_sid", "identity", "dry_run", "create_missing"}`), run by this proxy: see `crate::repair::operator` |
+//! | `GET /rehearsals` | the "Ready for repair mode?" panel's figures as JSON ([`rehearsal`]): the mode, faults seen, check-only plans made, failing, skipped (`repair.rehearsal_max_in_flight`), in flight, the newest plans with their incidents; 503 when repair is off |
 //! | `POST /selftest` | an authenticated operator runs [`crate::selftest`] with the repair credential against the Conversations origin (a throwaway service, made and deleted); the report as JSON, kept for `/ui`'s "Ready for repair mode?" panel ([`rehearsal`]); one at a time (409), bounded by `admin.selftest_deadline_ms`, interrupted by shutdown, its service deleted either way |
 //! | `POST /repairs/{id}/abandon` | an authenticated operator gives up on an unfinished record (`abandoned`; the User is left as it is); 409 when already final |
 //! | `GET /` → `/ui`, `/ui/…` | the incidents page for a browser ([`ui`]: HTML, sign-in form, support bundles) |
@@ -186,6 +187,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/incidents", get(incidents))
         .route("/repairs", get(repairs).post(repairs::start))
         .route("/repairs/{id}/abandon", axum::routing::post(abandon))
+        .route("/rehearsals", get(rehearsal::view))
         .route("/selftest", axum::routing::post(rehearsal::run))
         .route("/ui", get(ui::list))
         .route("/ui/incidents/{id}", get(ui::detail))

@@ -101,6 +101,9 @@ pub(super) fn panel(s: &AdminState) -> Markup {
                                 dt { "Plans made (check-only)" } dd { (v.plans_made) }
                                 dt { "Plans that would fail" }
                                 dd class=(if v.plans_failing > 0 { "status-bad" } else { "status-ok" }) { (v.plans_failing) }
+                                dt { "Rehearsals skipped" }
+                                dd { (v.skipped) " (at most " (v.max_in_flight) " at once, "
+                                    code { "repair.rehearsal_max_in_flight" } "; " (v.in_flight) " running now)" }
                             }
                             p {
                                 @if v.plans_made == 0 {
@@ -188,6 +191,24 @@ pub(super) fn panel(s: &AdminState) -> Markup {
             }
         }
     }
+}
+
+/// `GET /rehearsals`: the panel's figures as JSON (every identity and
+/// text in them went through the privacy rule when recorded, see
+/// `repair::rehearsal::Rehearsal::shown`).
+pub(super) async fn view(State(s): State<Arc<AdminState>>) -> Response {
+    let Some((repairer, _)) = &s.repair else {
+        return admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "repair is off on this proxy (repair.mode = \"off\")",
+        );
+    };
+    let mut view = repairer.rehearsals();
+    for r in &mut view.recent {
+        r.identity = s.privacy.identity(&r.identity);
+    }
+    let mode = mode_name(repairer.mode());
+    Json(serde_json::json!({ "mode": mode, "rehearsals": view })).into_response()
 }
 
 /// `POST /selftest`: run the selftest with the proxy's repair credential

@@ -45,6 +45,7 @@ pub const RANGES: &[(&str, i64, i64)] = &[
     ("repair.max_repairs_per_window", 0, 1_000_000),
     ("repair.repair_window_secs", 1, 31_536_000),
     ("repair.recovery_interval_ms", 100, 86_400_000),
+    ("repair.rehearsal_max_in_flight", 0, 64),
     ("store_options.max_connections", 1, 1000),
     ("store_options.connect_timeout_ms", 1, 300_000),
     ("store_options.statement_timeout_ms", 1, 3_600_000),

@@ -337,6 +337,9 @@ pub struct RepairConfig {
     pub allow_services: Vec<String>,
     pub deny_services: Vec<String>,
     pub incident_identity: IdentityRecord,
+    /// Check-only rehearsals running at once, past which a fault is not
+    /// rehearsed (`crate::repair::rehearsal`; 0: none).
+    pub rehearsal_max_in_flight: u32,
     pub recovery_interval_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,

@@ -23,7 +23,8 @@
 //! - `recovery`: finishing journal records at start-up, by the sweep,
 //!   and for the next request that needs the identity.
 //! - `rehearsal`: in `check-only` mode, the repair each fault would
-//!   have had, and whether it could have been completed.
+//!   have had, and whether it could have been completed (read after the
+//!   caller's answer, on a tracked task, a bounded number at once).
 //!
 //! Only what other modules of the crate call is `pub(crate)` (`alias`,
 //! `credential`, `lock`, `operator`, `rehearsal`, `request`, `step`,
@@ -124,7 +125,8 @@ pub struct Repairer {
     /// The runtime repairs run on (the process's main runtime, which
     /// outlives every worker's).
     rt: tokio::runtime::Handle,
-    /// Every live workflow task, so shutdown can wait for them.
+    /// Every live workflow task (and check-only rehearsal), so shutdown
+    /// can wait for them.
     tasks: TaskTracker,
     me: Weak<Repairer>,
     exchange: Option<ExchangeFactory>,
@@ -195,6 +197,7 @@ impl Repairer {
 
     pub fn new(p: RepairerParts) -> Arc<Repairer> {
         let rt = p.runtime.unwrap_or_else(tokio::runtime::Handle::current);
+        let rehearsals = rehearsal::Rehearsals::new(p.config.rehearsal_max_in_flight as usize);
         Arc::new_cyclic(|me| Repairer {
             policy: arc_swap::ArcSwap::from_pointee(p.config.clone()),
             aliases: alias::Aliases::new(
@@ -215,7 +218,7 @@ impl Repairer {
             me: me.clone(),
             exchange: p.exchange,
             shield: arc_swap::ArcSwapOption::new(p.shield),
-            rehearsals: rehearsal::Rehearsals::default(),
+            rehearsals,
         })
     }
 
@@ -331,14 +334,23 @@ impl Repairer {
         record_identity(self.config.incident_identity, identity)
     }
 
-    async fn record_incident(&self, incident: Incident) -> Option<i64> {
-        // With "hash", no identity is stored in plain text: not in a step's
-        // path or message either (the identity itself already is hashed).
-        let mut incident =
-            crate::privacy::Privacy::new(self.config.incident_identity).incident(incident);
-        // The workflow gathers the steps of its two credentials separately:
-        // the record lists them in the order they were made.
+    /// How identities are shown and stored (`repair.incident_identity`).
+    fn privacy(&self) -> crate::privacy::Privacy {
+        crate::privacy::Privacy::new(self.config.incident_identity)
+    }
+
+    /// An incident as it is stored and logged: with "hash", no identity in
+    /// plain text, not in its detail, a step's path or message either, in
+    /// any form (`identity`: the one the workflow acted on, plain); the
+    /// steps of its credentials in the order they were made.
+    fn as_recorded(&self, incident: Incident, identity: Option<&str>) -> Incident {
+        let mut incident = self.privacy().incident_naming(incident, identity);
         incident.steps.sort_by(|a, b| a.at.cmp(&b.at));
+        incident
+    }
+
+    async fn record_incident(&self, incident: Incident, identity: Option<&str>) -> Option<i64> {
+        let incident = self.as_recorded(incident, identity);
         // Logged once recorded, naming the incident: with the request's
         // span (its `request_id`), the line an app's failure is matched by.
         let id = match self.store.insert_incident(&incident).await {
@@ -358,6 +370,22 @@ impl Repairer {
             "intercepted 20404 on participant create"
         );
         id
+    }
+
+    /// Incident `id` again, with what a check-only rehearsal read after it
+    /// was recorded (its detail and steps; recorded as
+    /// [`Repairer::record_incident`] records).
+    async fn update_incident(&self, id: i64, incident: Incident, identity: &str) {
+        let incident = self.as_recorded(incident, Some(identity));
+        if let Err(e) = self.store.update_incident(id, &incident).await {
+            tracing::warn!(incident = id, error = %e, "cannot record the rehearsal in its incident");
+        }
+        tracing::info!(
+            incident = id,
+            steps = incident.steps.len(),
+            detail = incident.detail.as_deref().unwrap_or(""),
+            "check-only rehearsal done"
+        );
     }
 
     /// Wait (at most `grace`) for every repair and recovery task to end.

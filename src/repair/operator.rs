@@ -293,22 +293,25 @@ impl Repairer {
         self.aliases.refresh().await;
         let steps = std::mem::take(&mut api.steps);
         let incident_id = self
-            .record_incident(Incident {
-                id: 0,
-                at: crate::store::now_rfc3339(),
-                account_sid: Some(account_sid),
-                service_sid: Some(req.service_sid.clone()),
-                conversation_sid: String::new(),
-                identity: Some(req.identity.clone()),
-                outcome,
-                detail: Some(match &error {
-                    None => "operator repair (POST /repairs)".to_string(),
-                    Some(e) => format!("operator repair (POST /repairs): {e}"),
-                }),
-                repair_id,
-                steps: steps.clone(),
-                request_id: None,
-            })
+            .record_incident(
+                Incident {
+                    id: 0,
+                    at: crate::store::now_rfc3339(),
+                    account_sid: Some(account_sid),
+                    service_sid: Some(req.service_sid.clone()),
+                    conversation_sid: String::new(),
+                    identity: Some(req.identity.clone()),
+                    outcome,
+                    detail: Some(match &error {
+                        None => "operator repair (POST /repairs)".to_string(),
+                        Some(e) => format!("operator repair (POST /repairs): {e}"),
+                    }),
+                    repair_id,
+                    steps: steps.clone(),
+                    request_id: None,
+                },
+                Some(&req.identity),
+            )
             .await;
         Ok(OperatorReport {
             dry_run: false,

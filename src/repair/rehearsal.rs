@@ -6,8 +6,21 @@
 //! newest [`MAX_REHEARSALS`] of them for the admin plane's "Ready for
 //! repair mode?" panel.
 //!
-//! What belongs here: that judgement and its record. What does not: any
-//! write (a rehearsal only reads, as the dry run does), the steps
+//! A rehearsal runs off the caller's answer path: the caller has its 404
+//! first, then the workflow's task hands the reads to a task of their own
+//! (`workflow::rehearse`, on the repairer's task tracker), at most
+//! `repair.rehearsal_max_in_flight` at once ([`Rehearsals::admit`]); a
+//! fault beyond them is not rehearsed, only counted as skipped. When the
+//! reads end, the plan is kept here and the fault's incident is updated
+//! with what they read back.
+//!
+//! Every text a rehearsal shows (why not, the plan) passes
+//! [`crate::privacy::Privacy::text_naming`] first ([`Rehearsal::shown`]):
+//! with `repair.incident_identity = "hash"` an error read back from Twilio
+//! names the identity, plain or percent-encoded in a path.
+//!
+//! What belongs here: that judgement, its record and its bound. What does
+//! not: any write (a rehearsal only reads, as the dry run does), the steps
 //! themselves (`user`'s), the panel (`crate::admin`).
 //!
 //! A plan "would fail" when, with this configuration, the repair could not
@@ -21,12 +34,14 @@
 //!   create.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::credential::Source;
+use crate::privacy::Privacy;
 use crate::store::UserSnapshot;
 
 /// Most rehearsals kept in memory (the newest).
@@ -54,6 +69,23 @@ pub struct Rehearsal {
     pub would_complete: bool,
     /// Why not, when it would not.
     pub why_not: Option<String>,
+}
+
+impl Rehearsal {
+    /// As it may be kept, shown and logged: the identity and every text
+    /// that may name it (why not, the plan) through `privacy`, which hashes
+    /// `identity` in plain and percent-encoded forms when hashing.
+    pub fn shown(mut self, privacy: &Privacy, identity: &str) -> Rehearsal {
+        self.identity = privacy.identity(identity);
+        self.why_not = self
+            .why_not
+            .as_deref()
+            .map(|w| privacy.text_naming(w, identity));
+        for text in self.plan.iter_mut().chain(self.restore.iter_mut()) {
+            *text = privacy.text_naming(text, identity);
+        }
+        self
+    }
 }
 
 /// The shape of a snapshot, without its values.
@@ -129,14 +161,19 @@ pub fn judge(read: &Read<'_>) -> (Vec<String>, Vec<String>, Option<String>) {
     (plan, restore, why_not)
 }
 
-/// The rehearsals since start, and the counts the panel shows.
-#[derive(Default)]
+/// The rehearsals since start, the counts the panel shows, and the bound
+/// on those in flight.
 pub struct Rehearsals {
     recent: Mutex<VecDeque<Rehearsal>>,
     /// Intercepted 20404s the workflow ran for (any mode).
     faults: AtomicU64,
     plans: AtomicU64,
     failing: AtomicU64,
+    /// Check-only faults not rehearsed: the bound was reached (or is 0).
+    skipped: AtomicU64,
+    /// One permit a rehearsal in flight (`repair.rehearsal_max_in_flight`).
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 /// The panel's copy of [`Rehearsals`].
@@ -145,11 +182,45 @@ pub struct RehearsalView {
     pub faults_seen: u64,
     pub plans_made: u64,
     pub plans_failing: u64,
+    /// Check-only faults not rehearsed (`repair.rehearsal_max_in_flight`).
+    pub skipped: u64,
+    /// Rehearsals running now.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
     /// Newest first.
     pub recent: Vec<Rehearsal>,
 }
 
 impl Rehearsals {
+    /// At most `max_in_flight` rehearsals at once (0: none).
+    pub fn new(max_in_flight: usize) -> Rehearsals {
+        Rehearsals {
+            recent: Mutex::default(),
+            faults: AtomicU64::default(),
+            plans: AtomicU64::default(),
+            failing: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// A slot for one more rehearsal, held until it ends; `None` (and
+    /// counted as skipped) when `max_in_flight` run already: the fault is
+    /// not rehearsed, never queued.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
+    /// The bound, as the incident of a skipped fault names it.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
     pub fn fault_seen(&self) {
         self.faults.fetch_add(1, Ordering::Relaxed);
     }
@@ -172,6 +243,11 @@ impl Rehearsals {
             faults_seen: self.faults.load(Ordering::Relaxed),
             plans_made: self.plans.load(Ordering::Relaxed),
             plans_failing: self.failing.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            in_flight: self
+                .max_in_flight
+                .saturating_sub(self.slots.available_permits()),
+            max_in_flight: self.max_in_flight,
             recent: self
                 .recent
                 .lock()
@@ -250,7 +326,7 @@ mod tests {
 
     #[test]
     fn the_newest_are_kept_and_counted() {
-        let rs = Rehearsals::default();
+        let rs = Rehearsals::new(2);
         for i in 0..(MAX_REHEARSALS + 5) {
             rs.fault_seen();
             rs.record(Rehearsal {
@@ -272,5 +348,51 @@ mod tests {
         assert_eq!(v.plans_failing, ((MAX_REHEARSALS + 5) / 2) as u64);
         assert_eq!(v.recent.len(), MAX_REHEARSALS);
         assert_eq!(v.recent[0].incident_id, Some((MAX_REHEARSALS + 4) as i64));
+    }
+
+    #[test]
+    fn past_the_bound_a_rehearsal_is_skipped_and_counted_never_queued() {
+        let rs = Rehearsals::new(2);
+        let (a, b) = (rs.admit(), rs.admit());
+        assert!(a.is_some() && b.is_some());
+        assert!(rs.admit().is_none(), "a third while two run");
+        let v = rs.view();
+        assert_eq!((v.skipped, v.in_flight, v.max_in_flight), (1, 2, 2));
+        drop(a);
+        assert!(rs.admit().is_some(), "a slot is free again");
+        let off = Rehearsals::new(0);
+        assert!(off.admit().is_none(), "0: no rehearsals");
+        assert_eq!(off.view().skipped, 1);
+    }
+
+    #[test]
+    fn what_a_rehearsal_shows_never_names_the_identity_when_hashing() {
+        let hash = Privacy::new(crate::config::IdentityRecord::Hash);
+        let r = Rehearsal {
+            at: String::new(),
+            incident_id: None,
+            service_sid: "IS1".into(),
+            conversation_sid: "CH1".into(),
+            identity: "kim k".into(),
+            snapshot: None,
+            plan: vec![],
+            restore: vec![],
+            acting: "SK1".into(),
+            would_complete: false,
+            why_not: Some(
+                "the snapshot cannot be read with SK1: fetch-user: GET /v1/Services/IS1/Users/kim%20k: \
+                 transport failure; User kim k"
+                    .into(),
+            ),
+        }
+        .shown(&hash, "kim k");
+        let shown = serde_json::to_string(&r).unwrap();
+        assert!(!shown.contains("kim"), "{shown}");
+        assert_eq!(r.identity, crate::privacy::hash_identity("kim k"));
+        assert_eq!(
+            r.why_not.as_deref().unwrap().matches(&r.identity).count(),
+            2,
+            "{shown}"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! 2. `Workflow::landed`: did the create land after all? (`existing`)
 //! 3. `Workflow::genuine`: does the conversation exist? (`genuine`)
 //! 4. `Workflow::allowed`: mode, service lists, loop guard (`disabled`;
-//!    in check-only mode, the repair is rehearsed first: [`super::rehearsal`]).
+//!    in check-only mode, the repair is rehearsed after the caller's
+//!    answer, on a task of its own: [`super::rehearsal`]).
 //! 5. `Workflow::lock`: the identity's repair lock (and fence).
 //! 6. `Workflow::retry_create`: repaired meanwhile? (`repaired`)
 //! 7. `Workflow::repair_user`: snapshot, journal, converge ([`super::user`]).
@@ -25,6 +26,8 @@ use super::{Repairer, policy};
 use crate::config::RepairMode;
 use crate::store::{Outcome, RepairState, SidAlias, StepRecord};
 use crate::twilio_api::ApiResponse;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 /// The incident's detail when Twilio's 409 is answered unchanged.
 const CONFLICT_UNSEEN: &str = "Twilio answered 409 (the participant exists) but no read showed it within repair.read_lag_grace_ms: its 409 was answered, and no User was deleted for it";
@@ -80,8 +83,8 @@ struct Workflow<'a> {
     conversation: Option<(String, String)>,
     /// [`run_as_faulted`]: no retried create before the repair.
     as_faulted: bool,
-    /// In check-only mode: the repair it would have run.
-    rehearsal: Option<Rehearsal>,
+    /// In check-only mode: the rehearsal admitted, started by `finish`.
+    rehearsal: Option<Pending>,
 }
 
 impl Workflow<'_> {
@@ -146,18 +149,27 @@ impl Workflow<'_> {
     }
 
     /// Step 4: may this identity be repaired here and now? In check-only
-    /// mode the repair is rehearsed ([`super::rehearsal`]) before the answer.
+    /// mode the repair is rehearsed ([`super::rehearsal`]), off the
+    /// caller's answer path: here it only takes a slot (or is skipped) and
+    /// builds its client; [`Workflow::finish`] starts it once the incident
+    /// is recorded.
     async fn allowed(&mut self, conv: &Conversation, identity: &str) -> Result<(), Verdict> {
         let r = &self.rep;
         let config = r.policy();
         match policy::refusal(&config, r.store.as_ref(), &conv.service_sid, identity).await {
             Some(reason) if config.mode == RepairMode::CheckOnly => {
-                let rehearsal = self.rehearse(conv, identity).await;
-                let detail = match &rehearsal.why_not {
-                    None => format!("{reason}; rehearsed: the repair would complete"),
-                    Some(why) => format!("{reason}; rehearsed: the repair would fail: {why}"),
+                let detail = match self.rep.rehearsals.admit() {
+                    Some(slot) => {
+                        let detail = format!("{reason}; rehearsal under way");
+                        self.rehearsal = Some(self.pending(conv, identity, slot, reason));
+                        detail
+                    }
+                    None => format!(
+                        "{reason}; not rehearsed: {} rehearsal(s) in flight already \
+                         (repair.rehearsal_max_in_flight)",
+                        self.rep.rehearsals.max_in_flight()
+                    ),
                 };
-                self.rehearsal = Some(rehearsal);
                 Err(Verdict::original(Outcome::Disabled, Some(detail)))
             }
             Some(reason) => Err(Verdict::original(Outcome::Disabled, Some(reason))),
@@ -165,48 +177,26 @@ impl Workflow<'_> {
         }
     }
 
-    /// The check-only rehearsal: the snapshot read with the credential the
-    /// repair would act with, the plan, the judgement. Reads only.
-    async fn rehearse(&mut self, conv: &Conversation, identity: &str) -> Rehearsal {
+    /// What a rehearsal needs to run on its own: the client step 7 would
+    /// use (the caller's, under the request's shield and its cap, with the
+    /// credential the repair would act with), what it would touch.
+    fn pending(
+        &mut self,
+        conv: &Conversation,
+        identity: &str,
+        slot: OwnedSemaphorePermit,
+        refusal: String,
+    ) -> Pending {
         let none = http::HeaderValue::from_static("");
-        let caller = self.req.authorization().unwrap_or(&none).clone();
+        let caller = self.req.authorization().unwrap_or(&none);
         let acting =
-            credential::for_repair(self.rep.credential.as_ref(), &caller, &conv.account_sid);
-        let mut api = self.api().with_authorization(acting.authorization.clone());
-        let target = self.req.repair_target(conv, identity);
-        let snap = user::snapshot(&mut api, &target).await;
-        self.steps.append(&mut api.steps);
-        // Would repair mode refuse it for another reason?
-        let mut as_repair = (*self.rep.policy()).clone();
-        as_repair.mode = RepairMode::Repair;
-        let refusal = policy::refusal(
-            &as_repair,
-            self.rep.store.as_ref(),
-            &conv.service_sid,
-            identity,
-        )
-        .await;
-        let read = rehearsal::Read {
-            snapshot: snap.as_ref().map_err(|e| e.to_string()),
-            conversation_sid: &self.req.path.conversation,
-            acting_user: &acting.user,
-            acting_source: acting.source,
-            account_sid: &conv.account_sid,
+            credential::for_repair(self.rep.credential.as_ref(), caller, &conv.account_sid);
+        Pending {
+            api: self.api().with_authorization(acting.authorization.clone()),
+            acting,
+            target: self.req.repair_target(conv, identity),
             refusal,
-        };
-        let (plan, restore, why_not) = rehearsal::judge(&read);
-        Rehearsal {
-            at: crate::store::now_rfc3339(),
-            incident_id: None,
-            service_sid: conv.service_sid.clone(),
-            conversation_sid: self.req.path.conversation.clone(),
-            identity: self.rep.record_identity(identity),
-            snapshot: snap.as_ref().ok().map(rehearsal::SnapshotSummary::of),
-            plan,
-            restore,
-            acting: acting.user,
-            would_complete: why_not.is_none(),
-            why_not,
+            slot,
         }
     }
 
@@ -408,7 +398,8 @@ impl Workflow<'_> {
         Verdict::failed(e)
     }
 
-    /// Record the incident, once, whatever the exit.
+    /// Record the incident, once, whatever the exit; then, in check-only
+    /// mode, start the rehearsal (the caller's answer does not wait for it).
     async fn finish(mut self, verdict: Verdict, who: Option<&Who>) -> Verdict {
         if let Some(api) = self.api.as_mut() {
             self.steps.append(&mut api.steps);
@@ -418,12 +409,86 @@ impl Workflow<'_> {
         let incident = self
             .req
             .incident(&verdict, identity, self.conversation.take(), steps);
-        let id = self.rep.record_incident(incident).await;
+        let pending = self.rehearsal.take();
+        let kept = pending.as_ref().map(|_| incident.clone());
+        let plain = who.map(|w| w.label());
+        let id = self.rep.record_incident(incident, plain).await;
         self.rep.rehearsals.fault_seen();
-        if let Some(mut rehearsal) = self.rehearsal.take() {
-            rehearsal.incident_id = id;
-            self.rep.rehearsals.record(rehearsal);
+        if let (Some(p), Some(rep)) = (pending, self.rep.me.upgrade()) {
+            let run = rehearse(rep.clone(), p, id.zip(kept));
+            rep.tasks.spawn_on(run.in_current_span(), &rep.rt);
         }
         verdict
     }
+}
+
+/// A check-only rehearsal admitted by [`Workflow::allowed`], to run once
+/// its incident is recorded.
+struct Pending {
+    api: Api,
+    acting: Acting,
+    target: super::request::RepairTarget,
+    /// Why check-only (and the policy) refused the repair.
+    refusal: String,
+    /// Its slot of `repair.rehearsal_max_in_flight`, held to the end.
+    slot: OwnedSemaphorePermit,
+}
+
+/// The check-only rehearsal, on its own task (tracked by the repairer's
+/// task tracker): the snapshot read with the credential the repair would
+/// act with, the plan, the judgement; reads only. Its result is kept for
+/// the panel and written into its incident, `incident` (recorded with
+/// the refusal: the detail is completed and the reads' steps added),
+/// every text through the privacy rule.
+async fn rehearse(
+    rep: std::sync::Arc<Repairer>,
+    mut p: Pending,
+    incident: Option<(i64, crate::store::Incident)>,
+) {
+    let identity = p.target.identity.clone();
+    let snap = user::snapshot(&mut p.api, &p.target).await;
+    // Would repair mode refuse it for another reason?
+    let mut as_repair = (*rep.policy()).clone();
+    as_repair.mode = RepairMode::Repair;
+    let refusal = policy::refusal(
+        &as_repair,
+        rep.store.as_ref(),
+        &p.target.service_sid,
+        &identity,
+    )
+    .await;
+    let conversation_sid = p.target.exclude_conversation.clone().unwrap_or_default();
+    let read = rehearsal::Read {
+        snapshot: snap.as_ref().map_err(|e| e.to_string()),
+        conversation_sid: &conversation_sid,
+        acting_user: &p.acting.user,
+        acting_source: p.acting.source,
+        account_sid: &p.target.account_sid,
+        refusal,
+    };
+    let (plan, restore, why_not) = rehearsal::judge(&read);
+    let shown = Rehearsal {
+        at: crate::store::now_rfc3339(),
+        incident_id: incident.as_ref().map(|(id, _)| *id),
+        service_sid: p.target.service_sid.clone(),
+        conversation_sid,
+        identity: String::new(),
+        snapshot: snap.as_ref().ok().map(rehearsal::SnapshotSummary::of),
+        plan,
+        restore,
+        acting: p.acting.user.clone(),
+        would_complete: why_not.is_none(),
+        why_not,
+    }
+    .shown(&rep.privacy(), &identity);
+    if let Some((id, mut incident)) = incident {
+        incident.detail = Some(match &shown.why_not {
+            None => format!("{}; rehearsed: the repair would complete", p.refusal),
+            Some(why) => format!("{}; rehearsed: the repair would fail: {why}", p.refusal),
+        });
+        incident.steps.append(&mut p.api.steps);
+        rep.update_incident(id, incident, &identity).await;
+    }
+    rep.rehearsals.record(shown);
+    drop(p.slot);
 }

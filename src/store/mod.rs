@@ -323,6 +323,13 @@ pub trait Store: Send + Sync {
         since: &'a str,
     ) -> BoxFuture<'a, Result<i64, StoreError>>;
     fn insert_incident<'a>(&'a self, i: &'a Incident) -> BoxFuture<'a, Result<i64, StoreError>>;
+    /// Replace the detail and steps of incident `id` (what a check-only
+    /// rehearsal read after the incident was recorded); the rest stays.
+    fn update_incident<'a>(
+        &'a self,
+        id: i64,
+        i: &'a Incident,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Record that a repair changed `old_sid` to `new_sid` (the same pair
     /// again changes nothing).
     fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>>;

@@ -306,6 +306,24 @@ where
         })
     }
 
+    fn update_incident<'a>(
+        &'a self,
+        id: i64,
+        i: &'a Incident,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write()?;
+            let steps = serde_json::to_string(&i.steps).unwrap_or_else(|_| "[]".into());
+            sqlx::query("UPDATE incidents SET detail = $1, steps = $2 WHERE id = $3")
+                .bind(i.detail.as_deref())
+                .bind(steps)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.write()?;

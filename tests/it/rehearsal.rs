@@ -7,6 +7,10 @@
 //! its service delete, `admin.selftest_deadline_ms` bounds it, a second
 //! one meanwhile is a 409, an operator who hangs up leaves it running, and
 //! it runs with the repair settings a reload put in force.
+//! The rehearsal's reads run after the caller's 404, bounded by
+//! `repair.rehearsal_max_in_flight` (skipped and counted beyond it), on a
+//! task shutdown waits for; with `repair.incident_identity = "hash"` no
+//! text it leaves names the identity.
 
 use std::time::Duration;
 
@@ -85,6 +89,7 @@ async fn a_check_only_fault_gets_the_plan_it_would_have_run_and_nothing_is_writt
         .collect();
     assert_eq!(writes.len(), 1, "only the caller's create: {writes:?}");
 
+    until_plans(&st.http, &st.proxy.admin_url("/rehearsals"), 1).await;
     let page = ui(&st).await;
     let p = panel(&page);
     assert!(p.contains("Plans made (check-only)"), "{p}");
@@ -121,6 +126,7 @@ async fn without_a_repair_credential_the_plan_is_shown_failing_with_why() {
         .create(kim.is(), kim.target(), &[("Identity", "kim")])
         .await;
     assert_eq!(status, 404);
+    until_plans(&st.http, &st.proxy.admin_url("/rehearsals"), 1).await;
     let page = ui(&st).await;
     let p = panel(&page);
     assert!(p.contains("Not yet: 1 of 1 plans would have failed"), "{p}");
@@ -499,4 +505,354 @@ async fn post_selftest_runs_with_the_repair_settings_a_reload_put_in_force() {
         body["message"].as_str().unwrap().contains("repair is off"),
         "{body}"
     );
+}
+
+/// The panel's figures (`GET /rehearsals`) once `plans_made` reaches `n`
+/// (an event, waited for at most 20 s; then whatever they are).
+async fn until_plans(http: &reqwest::Client, admin_url: &str, n: u64) -> serde_json::Value {
+    let mut v = serde_json::Value::Null;
+    for _ in 0..2000 {
+        v = http
+            .get(admin_url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["rehearsals"]["plans_made"].as_u64() >= Some(n) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} plans after 20 s: {v:#}");
+}
+
+/// The user read a rehearsal's snapshot starts with.
+const USER_READ: &str = "/Users/[^/]+$";
+
+/// A check-only rehearsal's reads run after the caller is answered: with
+/// the snapshot's user read held at Twilio, the caller (over a socket) has
+/// its 404 while the read is still held; once released, the panel shows
+/// the plan and the incident the rehearsal's result and reads.
+#[tokio::test]
+async fn the_caller_has_its_404_while_the_rehearsals_read_is_still_held() {
+    let (st, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .proxy(check_only(true))
+        .start()
+        .await;
+    let rule = st
+        .emu
+        .add_rule_id(serde_json::json!({"method": "GET", "path": USER_READ,
+            "action": {"kind": "hold", "process_on_release": true}}))
+        .await;
+    let create = {
+        let (http, url) = (
+            st.http.clone(),
+            st.proxy.url(&format!(
+                "{}/Conversations/{}/Participants",
+                kim.base,
+                kim.target()
+            )),
+        );
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .form(&[("Identity", "kim")])
+                .send()
+                .await
+                .unwrap();
+            let outcome = r.headers().get("x-repair-outcome").cloned();
+            (r.status().as_u16(), outcome, r.text().await.unwrap())
+        })
+    };
+    st.emu.wait_held(1).await;
+    // A bound on "never answered while the read is held", not a timing.
+    let (status, outcome, body) = tokio::time::timeout(std::time::Duration::from_secs(30), create)
+        .await
+        .expect("the caller waited for the rehearsal's read")
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(outcome.unwrap(), "disabled");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], 20404, "Twilio's own 404");
+    assert_eq!(st.emu.held().await.len(), 1, "still held when answered");
+    let before = until_plans(&st.http, &st.proxy.admin_url("/rehearsals"), 0).await;
+    assert_eq!(before["rehearsals"]["plans_made"], 0, "{before:#}");
+    assert_eq!(before["rehearsals"]["in_flight"], 1, "{before:#}");
+
+    assert_eq!(st.emu.release_rule(rule).await, 1);
+    let v = until_plans(&st.http, &st.proxy.admin_url("/rehearsals"), 1).await;
+    let plan = &v["rehearsals"]["recent"][0];
+    assert_eq!(plan["would_complete"], true, "{v:#}");
+    assert_eq!(plan["restore"][0], kim.other(), "{v:#}");
+    let id = plan["incident_id"]
+        .as_i64()
+        .expect("linked to its incident");
+    let incidents = admin_json_with(&st, "/incidents").await;
+    let incident = &incidents["incidents"][0];
+    assert_eq!(incident["id"], id, "{incidents:#}");
+    assert!(
+        incident["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("rehearsed: the repair would complete"),
+        "{incidents:#}"
+    );
+    let steps: Vec<&str> = incident["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.contains(&"fetch-user"),
+        "the rehearsal's reads: {steps:?}"
+    );
+    st.proxy.stop().await;
+}
+
+/// Past `repair.rehearsal_max_in_flight` a fault is not rehearsed: counted
+/// as skipped, said in its incident, never queued (nothing runs for it
+/// once the slot frees).
+#[tokio::test]
+async fn past_the_bound_a_fault_is_not_rehearsed_and_is_counted_skipped() {
+    let (st, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .proxy(|c| {
+            check_only(true)(c);
+            c.repair.rehearsal_max_in_flight = 1;
+        })
+        .start()
+        .await;
+    let rule = st
+        .emu
+        .add_rule_id(serde_json::json!({"method": "GET", "path": USER_READ,
+            "action": {"kind": "hold", "process_on_release": true}}))
+        .await;
+    for _ in 0..2 {
+        let (status, outcome, _) = st
+            .create(kim.is(), kim.target(), &[("Identity", "kim")])
+            .await;
+        assert_eq!((status, outcome.as_deref()), (404, Some("disabled")));
+    }
+    st.emu.wait_held(1).await;
+    let v = until_plans(&st.http, &st.proxy.admin_url("/rehearsals"), 0).await;
+    let r = &v["rehearsals"];
+    assert_eq!(
+        (
+            &r["skipped"],
+            &r["in_flight"],
+            &r["max_in_flight"],
+            &r["faults_seen"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(2)
+        ),
+        "{v:#}"
+    );
+    let incidents = admin_json_with(&st, "/incidents").await;
+    assert!(
+        incidents["incidents"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(
+                "not rehearsed: 1 rehearsal(s) in flight already (repair.rehearsal_max_in_flight)"
+            ),
+        "{incidents:#}"
+    );
+    assert_eq!(st.emu.release_rule(rule).await, 1);
+    let v = until_plans(&st.http, &st.proxy.admin_url("/rehearsals"), 1).await;
+    assert_eq!(v["rehearsals"]["skipped"], 1, "{v:#}");
+    assert_eq!(v["rehearsals"]["in_flight"], 0, "{v:#}");
+    assert_eq!(
+        v["rehearsals"]["recent"].as_array().unwrap().len(),
+        1,
+        "the skipped fault was never queued: {v:#}"
+    );
+    assert!(panel(&ui(&st).await).contains("Rehearsals skipped"));
+    st.proxy.stop().await;
+}
+
+/// An identity whose plain and percent-encoded forms differ.
+const MAIL: &str = "kim k@example.com";
+
+/// With `repair.incident_identity = "hash"`, a rehearsal whose snapshot
+/// read fails (Twilio's 403 naming the identity in its message; then no
+/// answer at all, whose error names the read's path) shows the identity
+/// nowhere: not on the panel (`/rehearsals`, `/ui`), not in the incidents,
+/// not in the proxy's log, in plain or percent-encoded form; the hashed
+/// form is what appears.
+#[tokio::test]
+async fn with_hash_privacy_a_failed_rehearsal_never_shows_the_identity() {
+    let (emu, kim) = Scene::new()
+        .user(MAIL)
+        .friendly("Kim K")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let proxy = spawn_proxy(
+        &emu.origin(),
+        &[
+            ("TRP_REPAIR_MODE", "check-only"),
+            ("TRP_REPAIR_INCIDENT_IDENTITY", "hash"),
+            ("TRP_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+            ("TRP_REPAIR_RETRY_INITIAL_BACKOFF_MS", "10"),
+            ("TRP_REPAIR_RETRY_MAX_BACKOFF_MS", "50"),
+        ],
+    )
+    .await;
+    let encoded = "kim%20k%40example.com";
+    emu.add_rule(
+        serde_json::json!({"method": "GET", "path": USER_READ, "times": 1,
+        "action": {"kind": "status", "status": 403, "code": 20003,
+            "message": format!("User {MAIL} ({encoded}) may not be read")}}),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let create = || {
+        http.post(format!(
+            "http://{}{}/Conversations/{}/Participants",
+            proxy.addr,
+            kim.base,
+            kim.target()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .form(&[("Identity", MAIL)])
+        .send()
+    };
+    let admin = |path: &str| format!("http://{}{path}", proxy.admin);
+    assert_eq!(create().await.unwrap().status(), 404);
+    until_plans(&http, &admin("/rehearsals"), 1).await;
+    emu.add_rule(serde_json::json!({"method": "GET", "path": USER_READ,
+        "action": {"kind": "reset"}}))
+        .await;
+    assert_eq!(create().await.unwrap().status(), 404);
+    let v = until_plans(&http, &admin("/rehearsals"), 2).await;
+    let why = v["rehearsals"]["recent"][0]["why_not"].as_str().unwrap();
+    assert!(
+        why.contains("/Users/sha256:"),
+        "the read's path, hashed: {v:#}"
+    );
+
+    let hashed = twilio_repair_proxy::admin::hash_identity(MAIL);
+    let read = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let shown = [
+        ("/rehearsals", serde_json::to_string(&v).unwrap()),
+        ("/ui", read(admin("/ui")).await),
+        ("/incidents", read(admin("/incidents")).await),
+        ("the log", proxy.log_with("check-only rehearsal done").await),
+    ];
+    for (place, text) in &shown {
+        for form in [MAIL, encoded, "kim k", "kim%20k", "kim+k", "example.com"] {
+            assert!(!text.contains(form), "{form:?} in {place}:\n{text}");
+        }
+        assert!(
+            text.contains(&hashed),
+            "the hashed form in {place}:\n{text}"
+        );
+    }
+    let incidents: serde_json::Value = serde_json::from_str(&shown[2].1).unwrap();
+    assert!(
+        incidents["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["detail"]
+                .as_str()
+                .unwrap()
+                .contains("rehearsed: the repair would fail")),
+        "{incidents:#}"
+    );
+}
+
+/// A rehearsal in flight is one of the repairer's tasks: a SIGTERM while
+/// its read is held at Twilio waits for it (it is counted among the
+/// repairs in flight), and once the read is released it ends, is logged,
+/// and only then does the process exit.
+#[tokio::test]
+async fn shutdown_waits_for_a_rehearsal_in_flight() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let mut proxy = spawn_proxy(
+        &emu.origin(),
+        &[
+            ("TRP_REPAIR_MODE", "check-only"),
+            ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+            ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+            ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ],
+    )
+    .await;
+    let rule = emu
+        .add_rule_id(serde_json::json!({"method": "GET", "path": USER_READ,
+            "action": {"kind": "hold", "process_on_release": true}}))
+        .await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}{}/Conversations/{}/Participants",
+            proxy.addr,
+            kim.base,
+            kim.target()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .form(&[("Identity", "kim")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    emu.wait_held(1).await;
+    proxy.signal("TERM");
+    let log = proxy.log_with("waiting for in-flight repairs").await;
+    assert!(
+        log.contains("waiting for in-flight repairs"),
+        "the rehearsal is not among the tasks shutdown waits for:\n{log}"
+    );
+    assert!(!log.contains("check-only rehearsal done"), "{log}");
+    assert_eq!(emu.release_rule(rule).await, 1);
+    // A bound on "never exits", not a timing.
+    let mut status = None;
+    for _ in 0..3000 {
+        status = proxy.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(status.is_some(), "still running:\n{}", proxy.stderr());
+    let log = proxy.stderr();
+    assert!(log.contains("check-only rehearsal done"), "{log}");
+    assert!(!log.contains("grace period elapsed"), "{log}");
 }
