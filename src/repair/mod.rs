@@ -85,11 +85,10 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::HeaderMap;
-use sha2::Digest;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{IdentityRecord, RepairConfig};
+use crate::config::RepairConfig;
 use crate::forward::UpstreamClient;
 use crate::metrics::Metrics;
 use crate::routing::Origin;
@@ -331,7 +330,7 @@ impl Repairer {
     }
 
     fn record_identity(&self, identity: &str) -> String {
-        record_identity(self.config.incident_identity, identity)
+        self.privacy().identity(identity)
     }
 
     /// How identities are shown and stored (`repair.incident_identity`).
@@ -398,19 +397,6 @@ impl Repairer {
     /// Repairs in flight (for logs at shutdown).
     pub fn in_flight(&self) -> usize {
         self.tasks.len()
-    }
-}
-
-/// An identity as incidents record it: plain, or hashed per
-/// `repair.incident_identity`.
-pub fn record_identity(how: IdentityRecord, identity: &str) -> String {
-    match how {
-        IdentityRecord::Plain => identity.to_string(),
-        IdentityRecord::Hash => {
-            let digest = sha2::Sha256::digest(identity.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            format!("sha256:{}", &hex[..16])
-        }
     }
 }
 
