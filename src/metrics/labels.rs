@@ -112,6 +112,39 @@ impl Listener {
     }
 }
 
+/// What became of a check-only fault's rehearsal (`result` label of
+/// `trp_rehearsals_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RehearsalResult {
+    /// The plan could have been completed with the configured credential.
+    WouldComplete,
+    /// It could not (the why is on the panel and in the incident).
+    WouldFail,
+    /// Not rehearsed: `repair.rehearsal_max_in_flight` ran already.
+    Skipped,
+}
+
+impl RehearsalResult {
+    pub const ALL: [RehearsalResult; 3] = [
+        RehearsalResult::WouldComplete,
+        RehearsalResult::WouldFail,
+        RehearsalResult::Skipped,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RehearsalResult::WouldComplete => "would_complete",
+            RehearsalResult::WouldFail => "would_fail",
+            RehearsalResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// `trp_rehearsals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RehearsalLabels {
+    pub result: RehearsalResult,
+}
+
 /// A request's method as a label: the methods Twilio's API uses, anything
 /// else `OTHER` (an extension method must not make a series of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,7 +224,8 @@ label_value_as_str!(
     Listener,
     MethodLabel,
     Outcome,
-    StepKind
+    StepKind,
+    RehearsalResult
 );
 
 impl EncodeLabelValue for StatusClass {

@@ -42,6 +42,7 @@
 //! | `trp_shield_queue_wait_seconds` | histogram | `class`: time spent waiting for a slot |
 //! | `trp_shield_account_*` | as above | `account`: only with `metrics.account_labels = true` |
 //! | `trp_otlp_spans_dropped_total` | counter | trace spans dropped by the OTLP exporter (queue full, export failed) |
+//! | `trp_rehearsals_total` | counter | `result` (`would_complete`, `would_fail`, `skipped`): check-only faults' rehearsals (the "Ready for repair mode?" panel's figures, since start) |
 //! | `trp_config_reloads_total` | counter | `result` (`applied`, `invalid`): configuration reloads |
 //! | `trp_build_info` | gauge (1) | `version`, `commit` |
 //! | `process_*` | | resident memory, CPU seconds, open and max fds, start time, threads ([`process`]; Linux) |
@@ -71,7 +72,7 @@ pub use accounts::MAX_LABELLED_ACCOUNTS;
 use accounts::{AccountEvent, AccountSeries};
 use histogram::Cached;
 pub use histogram::{LATENCY_BUCKETS, Seconds};
-pub use labels::{AccountClass, Listener, RouteClass, UpstreamErrorKind};
+pub use labels::{AccountClass, Listener, RehearsalResult, RouteClass, UpstreamErrorKind};
 use labels::{
     AnswerLabels, BuildLabels, ClassLabels, KindLabels, ListenerLabels, MethodLabel, OutcomeLabels,
     RequestLabels, RouteLabels, StatusClass, StepLabels,
@@ -140,6 +141,7 @@ pub struct Metrics {
     shield_accounts: AccountSeries,
     otlp_spans_dropped: Counter,
     config_reloads: Family<labels::ReloadLabels, Counter>,
+    rehearsals: Family<labels::RehearsalLabels, Counter>,
     /// What [`Metrics::sync_outside`] last saw: OTLP drops, reloads
     /// applied, reloads refused.
     synced: [std::sync::atomic::AtomicU64; 3],
@@ -186,11 +188,18 @@ impl Metrics {
             shield_accounts: AccountSeries::default(),
             otlp_spans_dropped: Counter::default(),
             config_reloads: Family::default(),
+            rehearsals: Family::default(),
             synced: Default::default(),
         };
         // Series looked up once to exist (the guard is dropped at once).
         for kind in UpstreamErrorKind::ALL {
             drop(m.upstream_errors.get_or_create(&KindLabels { kind }));
+        }
+        for result in RehearsalResult::ALL {
+            drop(
+                m.rehearsals
+                    .get_or_create(&labels::RehearsalLabels { result }),
+            );
         }
         for listener in Listener::ALL {
             let l = ListenerLabels { listener };
@@ -349,6 +358,11 @@ impl Metrics {
             self.config_reloads.clone(),
         );
         r.register(
+            "trp_rehearsals",
+            "Check-only faults' rehearsals: plans that would complete, would fail, or were skipped (repair.rehearsal_max_in_flight)",
+            self.rehearsals.clone(),
+        );
+        r.register(
             "trp_build",
             "The proxy's version and the commit it was built from",
             Info::new(BuildLabels {
@@ -415,6 +429,12 @@ impl Metrics {
     pub fn repair_outcome(&self, outcome: Outcome) {
         self.repair_outcomes
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+    /// One check-only fault's rehearsal ended (or was skipped).
+    pub fn rehearsal(&self, result: labels::RehearsalResult) {
+        self.rehearsals
+            .get_or_create(&labels::RehearsalLabels { result })
             .inc();
     }
     pub fn repair_fence_wait(&self) {

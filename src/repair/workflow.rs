@@ -24,6 +24,7 @@ use super::user::{self, ConvergeError, Journal};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
 use crate::config::RepairMode;
+use crate::metrics::RehearsalResult;
 use crate::store::{Outcome, RepairState, SidAlias, StepRecord};
 use crate::twilio_api::ApiResponse;
 use tokio::sync::OwnedSemaphorePermit;
@@ -164,11 +165,14 @@ impl Workflow<'_> {
                         self.rehearsal = Some(self.pending(conv, identity, slot, reason));
                         detail
                     }
-                    None => format!(
-                        "{reason}; not rehearsed: {} rehearsal(s) in flight already \
-                         (repair.rehearsal_max_in_flight)",
-                        self.rep.rehearsals.max_in_flight()
-                    ),
+                    None => {
+                        self.rep.metrics.rehearsal(RehearsalResult::Skipped);
+                        format!(
+                            "{reason}; not rehearsed: {} rehearsal(s) in flight already \
+                             (repair.rehearsal_max_in_flight)",
+                            self.rep.rehearsals.max_in_flight()
+                        )
+                    }
                 };
                 Err(Verdict::original(Outcome::Disabled, Some(detail)))
             }
@@ -489,6 +493,10 @@ async fn rehearse(
         incident.steps.append(&mut p.api.steps);
         rep.update_incident(id, incident, &identity).await;
     }
+    rep.metrics.rehearsal(match shown.would_complete {
+        true => RehearsalResult::WouldComplete,
+        false => RehearsalResult::WouldFail,
+    });
     rep.rehearsals.record(shown);
     drop(p.slot);
 }

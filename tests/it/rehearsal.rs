@@ -99,6 +99,11 @@ async fn a_check_only_fault_gets_the_plan_it_would_have_run_and_nothing_is_writt
     assert!(p.contains(kim.other()), "the membership to restore: {p}");
     assert!(p.contains(&format!("yes, with {ACCOUNT}")), "{p}");
     assert!(p.contains("Mode now: <strong>check-only"), "{p}");
+    assert_rehearsals(
+        &st,
+        &[("would_complete", 1), ("would_fail", 0), ("skipped", 0)],
+    )
+    .await;
     // The incident says so too.
     let incidents = admin_json_with(&st, "/incidents").await;
     let detail = incidents["incidents"][0]["detail"]
@@ -134,6 +139,11 @@ async fn without_a_repair_credential_the_plan_is_shown_failing_with_why() {
         p.contains(&format!("no repair credential for account {ACCOUNT}")),
         "{p}"
     );
+    assert_rehearsals(
+        &st,
+        &[("would_complete", 0), ("would_fail", 1), ("skipped", 0)],
+    )
+    .await;
     assert!(
         p.contains("No selftest run through the admin plane yet"),
         "{p}"
@@ -183,6 +193,25 @@ async fn post_selftest_runs_with_the_repair_credential_and_the_panel_shows_it() 
     assert!(p.contains("passed"), "{p}");
     assert!(p.contains("service deleted"), "{p}");
     st.proxy.stop().await;
+}
+
+/// `trp_rehearsals_total` by result, as `/metrics` (with the token) shows
+/// it once the panel has counted the plans.
+async fn assert_rehearsals(st: &Stack, want: &[(&str, u64)]) {
+    let text = st
+        .http
+        .get(st.proxy.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (result, n) in want {
+        let series = format!("trp_rehearsals_total{{result=\"{result}\"}}");
+        assert_eq!(sample(&text, &series), Some(*n as f64), "{series}:\n{text}");
+    }
 }
 
 async fn admin_json_with(st: &Stack, path: &str) -> serde_json::Value {
@@ -683,6 +712,7 @@ async fn past_the_bound_a_fault_is_not_rehearsed_and_is_counted_skipped() {
         "the skipped fault was never queued: {v:#}"
     );
     assert!(panel(&ui(&st).await).contains("Rehearsals skipped"));
+    assert_rehearsals(&st, &[("skipped", 1), ("would_complete", 1)]).await;
     st.proxy.stop().await;
 }
 
