@@ -4,9 +4,12 @@
 //! `commands`). Orchestration only: make a throwaway Conversation
 //! Service and what a stale identity has to lose, run the repair's own
 //! workflow on it (`crate::repair::workflow::run_as_faulted`: the same
-//! steps, the same client, the same journal code, against an in-memory
-//! journal), read back every field the invariant names, and delete the
-//! service whatever happened.
+//! steps, the same journal code, against an in-memory journal, and the
+//! same client: a `Repairer` with the default exchange, so `Via` and the
+//! shield's cap as `serve` sets them), read back every field the invariant
+//! names, check what the repair's client put on the wire (its
+//! [`crate::twilio_api::Tap`]'s records, not what it was handed), and
+//! delete the service whatever happened.
 //!
 //! What belongs here: the order of the scene, the comparisons and the
 //! report. What does not: any repair step (they are `repair`'s; a copy here
@@ -15,10 +18,9 @@
 //! the service is read back and its friendly name compared before the
 //! delete).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -27,12 +29,12 @@ use crate::config::{Config, RepairMode, StoreOptions};
 use crate::forward::{self, UpstreamClient};
 use crate::metrics::Metrics;
 use crate::repair::request::CreatePath;
-use crate::repair::step::{Exchange, Sent};
 use crate::repair::workflow::{self, Answer, CreateRequest};
-use crate::repair::{ExchangeFactory, RepairCredential, Repairer, RepairerParts};
+use crate::repair::{RepairCredential, Repairer, RepairerParts};
 use crate::routing::Origin;
+use crate::shield::Shield;
 use crate::store::Outcome;
-use crate::twilio_api::{ApiError, ApiResponse, TwilioApi, encode_segment, form};
+use crate::twilio_api::{ApiError, ApiResponse, Tap, TappedCall, TwilioApi, encode_segment, form};
 
 /// Twilio's Conversations host: `--base-url`'s default.
 pub const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
@@ -68,6 +70,9 @@ pub struct Report {
     /// The throwaway service is gone (read back as 404 after the delete).
     pub cleaned_up: bool,
     pub checks: Vec<Check>,
+    /// Every call the repair's workflow made, as its client sent it (empty
+    /// when the run ended before the repair).
+    pub repair_calls: Vec<RepairCall>,
     /// When it ran (RFC 3339).
     pub at: String,
 }
@@ -162,69 +167,47 @@ pub struct Options {
     pub keep: bool,
 }
 
-/// One call the repair's workflow made, as its client sent it.
-#[derive(Debug, Clone)]
-struct RepairCall {
-    method: Method,
-    path: String,
-    /// The `X-Twilio-Webhook-Enabled` value the call carried.
-    webhook: Option<HeaderValue>,
-    status: Option<StatusCode>,
-    request_id: Option<String>,
+/// One call of the repair, as its client put it on the wire (the record
+/// of the client's [`Tap`]: the headers it handed to the upstream client,
+/// then the answer). In the JSON report, so that what the checks read can
+/// be held against what Twilio received.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairCall {
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    /// `X-Twilio-Webhook-Enabled` as sent (`None`: not sent).
+    pub webhook: Option<String>,
+    /// `Via` as sent (`None`: not sent; `add_forwarded_headers` marks the
+    /// repair's calls).
+    pub via: Option<String>,
     /// Its credential's Basic user name (`AC…`/`SK…`; never the secret).
-    user: String,
+    pub user: String,
+    /// The answer's status (`None`: no answer, see `error`).
+    pub status: Option<u16>,
+    /// Twilio's `Twilio-Request-Id` of the answer.
+    pub request_id: Option<String>,
+    /// Why there was no answer (a timeout, a broken exchange).
+    pub error: Option<String>,
 }
 
-/// The repair's own client ([`TwilioApi`], built as the proxy builds it),
-/// noting each call's method, path, webhook header and answer.
-struct Recording {
-    inner: Arc<dyn Exchange>,
-    user: String,
-    webhook: Option<HeaderValue>,
-    seen: Arc<Mutex<Vec<RepairCall>>>,
-}
-
-impl Exchange for Recording {
-    fn send<'a>(
-        &'a self,
-        method: Method,
-        path: &'a str,
-        sent: &'a Sent<'a>,
-        deadline: Instant,
-    ) -> BoxFuture<'a, Result<ApiResponse, ApiError>> {
-        Box::pin(async move {
-            // What `TwilioApi` puts on the wire: its own choice on the
-            // workflow's writes, the caller's header on a replay.
-            let webhook = match sent {
-                Sent::Form(_) if method != Method::GET => self.webhook.clone(),
-                Sent::Form(_) => None,
-                Sent::Replay(headers, _) => headers.get("x-twilio-webhook-enabled").cloned(),
-            };
-            let result = self.inner.send(method.clone(), path, sent, deadline).await;
-            let (status, request_id) = match &result {
-                Ok(r) => (Some(r.status), r.request_id.clone()),
-                Err(_) => (None, None),
-            };
-            if let Ok(mut seen) = self.seen.lock() {
-                seen.push(RepairCall {
-                    method,
-                    path: path.to_string(),
-                    webhook,
-                    status,
-                    request_id,
-                    user: self.user.clone(),
-                });
-            }
-            result
-        })
-    }
-    fn with_authorization(&self, authorization: HeaderValue) -> Arc<dyn Exchange> {
-        Arc::new(Recording {
-            user: crate::sid::basic_user(&authorization).unwrap_or_default(),
-            inner: self.inner.with_authorization(authorization),
-            webhook: self.webhook.clone(),
-            seen: self.seen.clone(),
-        })
+impl From<TappedCall> for RepairCall {
+    fn from(c: TappedCall) -> Self {
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let (status, request_id, error) = match c.answer {
+            Ok((status, rq)) => (Some(status.as_u16()), rq, None),
+            Err(e) => (None, None, Some(e)),
+        };
+        RepairCall {
+            method: c.method.to_string(),
+            path: c.path,
+            webhook: c.webhook.as_ref().map(text),
+            via: c.via,
+            user: c.user,
+            status,
+            request_id,
+            error,
+        }
     }
 }
 
@@ -308,9 +291,10 @@ fn differences(v: &serde_json::Value, want: &[(&str, &str, bool)]) -> Vec<String
         .collect()
 }
 
-/// The run in progress: its report's lines so far.
+/// The run in progress: its report's lines so far, and the repair's calls.
 struct Run {
     checks: Vec<Check>,
+    repair_calls: Vec<RepairCall>,
 }
 
 impl Run {
@@ -446,7 +430,10 @@ pub async fn selftest_until(
             });
         }
     };
-    let mut run = Run { checks: Vec::new() };
+    let mut run = Run {
+        checks: Vec::new(),
+        repair_calls: Vec::new(),
+    };
     run.ok(
         "create service",
         format!("{service_sid} \"{service_name}\""),
@@ -487,6 +474,7 @@ pub async fn selftest_until(
         kept: opts.keep,
         cleaned_up,
         checks: run.checks,
+        repair_calls: run.repair_calls,
         at,
     })
 }
@@ -754,13 +742,15 @@ async fn scene_and_repair(
     );
 
     // 3. The repair's own workflow, as if the re-add had met the fault.
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let Some(verdict_line) = repair(opts, client, origin, base, faulted_ch, &want, &seen).await
-    else {
+    let tap = Tap::default();
+    let verdict_line = repair(opts, client, origin, base, faulted_ch, &want, &tap).await;
+    // What the repair's client sent, whatever the verdict.
+    run.repair_calls = tap.calls().into_iter().map(RepairCall::from).collect();
+    let Some(verdict_line) = verdict_line else {
         run.failed("repair", "the in-memory journal could not be opened", None);
         return;
     };
-    let calls_made: Vec<RepairCall> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let calls_made = run.repair_calls.clone();
     let last_rq = calls_made.iter().rev().find_map(|c| c.request_id.clone());
     match verdict_line {
         Ok(detail) => run.ok("repair", detail, last_rq),
@@ -792,7 +782,7 @@ async fn repair(
     base: &str,
     faulted_ch: &str,
     want: &Wanted,
-    seen: &Arc<Mutex<Vec<RepairCall>>>,
+    tap: &Tap,
 ) -> Option<Result<String, String>> {
     // The proxy's repair settings, in repair mode, for this service alone.
     let mut config = opts.config.repair.clone();
@@ -810,33 +800,23 @@ async fn repair(
     )
     .await
     .ok()?;
-    let step_timeout = Duration::from_millis(config.step_timeout_ms);
-    let factory_client = client.clone();
-    let factory_seen = seen.clone();
-    let factory: ExchangeFactory = Arc::new(move |origin, auth, webhook| {
-        Arc::new(Recording {
-            user: crate::sid::basic_user(&auth).unwrap_or_default(),
-            inner: Arc::new(TwilioApi::new(
-                factory_client.clone(),
-                origin.clone(),
-                auth,
-                webhook.clone(),
-                step_timeout,
-            )),
-            webhook,
-            seen: factory_seen.clone(),
-        })
-    });
+    // The proxy's own client, built as `serve` builds it (`crate::app`):
+    // the default exchange (`TwilioApi` over `client`, `Via` when
+    // `add_forwarded_headers`), the shield's per-account cap from the
+    // configuration, and the tap that records what it sends.
+    let metrics = Arc::new(Metrics::default());
+    let shield = Shield::new(&opts.config.shield, &opts.config.metrics, metrics.clone());
     let repairer = Repairer::new(RepairerParts {
         config,
         client,
         store,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         credential: opts.operator.clone(),
-        mark_forwarded: false,
+        mark_forwarded: opts.config.add_forwarded_headers,
         runtime: None,
-        exchange: Some(factory),
-        shield: None,
+        exchange: None,
+        shield: shield.clone(),
+        tap: Some(tap.clone()),
     });
     let path = format!(
         "{base}/Conversations/{}/Participants",
@@ -864,20 +844,18 @@ async fn repair(
         ])
         .into(),
         origin: origin.clone(),
-        // No 429 shield: the selftest's repairer has none either.
-        shield: None,
+        // The workflow's calls take their slots from the request's shield,
+        // as an intercepted create's do.
+        shield,
         requested_at: time::OffsetDateTime::now_utc(),
         original_request_id: None,
     };
     let verdict = workflow::run_as_faulted(&repairer, &create).await;
-    let by = seen
-        .lock()
-        .ok()
-        .and_then(|s| {
-            s.iter()
-                .find(|c| c.method == Method::DELETE)
-                .map(|c| c.user.clone())
-        })
+    let by = tap
+        .calls()
+        .into_iter()
+        .find(|c| c.method == Method::DELETE)
+        .map(|c| c.user)
         .unwrap_or_else(|| "nobody".into());
     let detail = verdict.detail.clone().unwrap_or_default();
     Some(match (verdict.outcome, &verdict.answer) {
@@ -947,7 +925,7 @@ async fn verify(
     }
     let deletes = made
         .iter()
-        .filter(|c| c.method == Method::DELETE && c.path.contains("/Users/"))
+        .filter(|c| c.method == "DELETE" && c.path.contains("/Users/"))
         .count();
     if deletes == 1 {
         run.ok("check user deleted once", "one DELETE of the User", None);
@@ -1012,20 +990,21 @@ async fn verify(
 /// Every write of the repair carried `X-Twilio-Webhook-Enabled` as the
 /// caller sent it (Twilio fires webhooks for a write only when asked).
 fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[RepairCall]) {
-    let writes: Vec<&RepairCall> = made.iter().filter(|c| c.method != Method::GET).collect();
+    let want = want.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let writes: Vec<&RepairCall> = made.iter().filter(|c| c.method != "GET").collect();
     let wrong: Vec<String> = writes
         .iter()
-        .filter(|c| c.webhook.as_ref() != want)
+        .filter(|c| c.webhook != want)
         .map(|c| {
             format!(
-                "{} {} sent {:?}",
+                "{} {} sent {}",
                 c.method,
                 c.path,
-                c.webhook.as_ref().and_then(|v| v.to_str().ok())
+                c.webhook.as_deref().unwrap_or("(not sent)")
             )
         })
         .collect();
-    let shown = want.and_then(|v| v.to_str().ok()).unwrap_or("(not sent)");
+    let shown = want.as_deref().unwrap_or("(not sent)");
     if writes.is_empty() {
         run.failed("check webhook header", "the repair made no write", None);
     } else if wrong.is_empty() {
@@ -1049,10 +1028,9 @@ fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[RepairCall]
 /// Every call of the repair was accepted for its credential: a 401 or 403
 /// is named on its own line, whatever the other checks say.
 fn verify_credential(run: &mut Run, made: &[RepairCall]) {
-    let refused = made.iter().find(|c| {
-        c.status
-            .is_some_and(|s| s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
-    });
+    let refused = made
+        .iter()
+        .find(|c| c.status.is_some_and(|s| s == 401 || s == 403));
     if let Some(c) = refused {
         run.failed(
             "check credential",
@@ -1060,7 +1038,7 @@ fn verify_credential(run: &mut Run, made: &[RepairCall]) {
                 "{} {} was refused ({})",
                 c.method,
                 c.path,
-                c.status.map(|s| s.as_u16()).unwrap_or_default()
+                c.status.unwrap_or_default()
             ),
             c.request_id.clone(),
         );

@@ -455,3 +455,65 @@ async fn an_unclear_service_create_names_the_service_it_may_have_made() {
     );
     assert!(!err.contains("nothing was created"), "{err}");
 }
+
+/// What the report says the repair sent is what Twilio received, call for
+/// call: each call the repair's client recorded (its tap, at the layer
+/// that sends) is in the emulator's log under its request id with the
+/// same method, path, credential, `X-Twilio-Webhook-Enabled` and `Via`;
+/// and every call the emulator saw marked as the repair's is among them.
+/// With `add_forwarded_headers` on, the repair's own client (as the proxy
+/// builds it) marks each of its calls with `Via`.
+#[tokio::test]
+async fn the_repair_calls_reported_are_what_the_emulator_received() {
+    let emu = start_emulator(|c| {
+        c.api_key_sid = Some(KEY.into());
+        c.api_key_secret = Some(SECRET.into());
+    })
+    .await;
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.extend([
+        ("TRP_REPAIR_API_KEY_SID", KEY),
+        ("TRP_REPAIR_API_KEY_SECRET", SECRET),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ("TRP_ADD_FORWARDED_HEADERS", "true"),
+    ]);
+    let out = selftest(&emu, &["--json", "--webhook-enabled", "true"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let calls = report["repair_calls"].as_array().unwrap();
+    assert!(calls.len() >= 8, "{report:#}");
+    let log = emu.log_json().await;
+    let mark = "1.1 twilio-repair-proxy (repair)";
+    for c in calls {
+        let rq = c["request_id"].as_str().expect("every call answered");
+        let seen = log
+            .iter()
+            .find(|r| r["request_id"] == rq)
+            .unwrap_or_else(|| panic!("{c} never reached the emulator"));
+        assert_eq!(seen["method"], c["method"], "{c} vs {seen}");
+        assert_eq!(seen["path"], c["path"], "{c} vs {seen}");
+        assert_eq!(seen["auth_user"], c["user"], "{c} vs {seen}");
+        assert_eq!(seen["status"], c["status"], "{c} vs {seen}");
+        assert_eq!(
+            seen["headers"].get("x-twilio-webhook-enabled"),
+            c.get("webhook").filter(|w| !w.is_null()),
+            "{c} vs {seen}"
+        );
+        assert_eq!(seen["headers"]["via"], mark, "{c} vs {seen}");
+        assert_eq!(c["via"], mark, "{c}");
+        if c["method"] != "GET" {
+            assert_eq!(c["webhook"], "true", "{c}");
+        }
+    }
+    // The other way round: every call Twilio saw with the repair's mark.
+    let marked = log
+        .iter()
+        .filter(|r| r["headers"]["via"].as_str() == Some(mark))
+        .count();
+    assert_eq!(marked, calls.len(), "{log:#?}");
+    // Both credentials acted, as in the proxy: the caller's reads, the
+    // operator key's repair steps.
+    let users: std::collections::BTreeSet<&str> =
+        calls.iter().map(|c| c["user"].as_str().unwrap()).collect();
+    assert!(users.contains(KEY), "{users:?}");
+}
