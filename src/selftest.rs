@@ -25,6 +25,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, RepairMode, StoreOptions};
 use crate::forward::{self, UpstreamClient};
 use crate::metrics::Metrics;
@@ -34,7 +35,9 @@ use crate::repair::{RepairCredential, Repairer, RepairerParts};
 use crate::routing::Origin;
 use crate::shield::Shield;
 use crate::store::Outcome;
-use crate::twilio_api::{ApiError, ApiResponse, Tap, TappedCall, TwilioApi, encode_segment, form};
+use crate::twilio_api::{
+    ApiError, ApiResponse, RetryPolicy, Tap, TappedCall, TwilioApi, encode_segment, form,
+};
 
 /// Twilio's Conversations host: `--base-url`'s default.
 pub const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
@@ -44,6 +47,15 @@ pub const SERVICE_NAME_PREFIX: &str = "trp-selftest";
 /// The longest one selftest call may take (a wrong host or a silent
 /// network ends here, not at the repair's deadline).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the throwaway service's cleanup keeps trying, all its calls
+/// together (the read that checks the service is ours, the delete, the
+/// read-back of the 404). Each of them is retried on a transient failure
+/// (no answer in time, a broken exchange, a 5xx, a 429) with the repair's
+/// own backoff and at most `repair.retry_max_attempts` attempts, honouring
+/// a `Retry-After` that ends within this bound; past it the report says
+/// "not deleted" and names the service. Long enough for a Twilio blip,
+/// short enough that a run against a Twilio that keeps failing ends.
+const CLEANUP_WITHIN: Duration = Duration::from_secs(60);
 
 /// One line of the report: a step and whether it held.
 #[derive(Debug, Clone, Serialize)]
@@ -225,9 +237,42 @@ struct Wanted {
 /// the same client type as the repair's, with the caller's credential.
 struct Calls {
     api: TwilioApi,
+    /// The repair's retry settings (the cleanup's retries: [`CLEANUP_WITHIN`]).
+    retry: RetryPolicy,
 }
 
 impl Calls {
+    /// A call of the cleanup: retried while its answer is transient
+    /// ([`retry_wait`]), within `until`. The last result, and how many
+    /// attempts it took.
+    async fn retrying(
+        &self,
+        method: Method,
+        path: &str,
+        until: Instant,
+    ) -> (Result<ApiResponse, ApiError>, u32) {
+        let mut backoff =
+            Backoff::new(self.retry.initial_backoff, self.retry.max_backoff).upward_jitter();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let deadline = (Instant::now() + CALL_TIMEOUT).min(until);
+            let r = self.api.once(method.clone(), path, None, deadline).await;
+            if attempt >= self.retry.max_attempts {
+                return (r, attempt);
+            }
+            let now = Instant::now();
+            match retry_wait(
+                &r,
+                backoff.next_wait(),
+                until.saturating_duration_since(now),
+            ) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return (r, attempt),
+            }
+        }
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -238,6 +283,26 @@ impl Calls {
             .once(method, path, body, Instant::now() + CALL_TIMEOUT)
             .await
     }
+}
+
+/// How long to wait before the cleanup tries a call again (`None`: it
+/// does not): only after a transient failure (no answer in time, a broken
+/// exchange or body, a 5xx, a 429), for the backoff's `wait` or the
+/// answer's `Retry-After` if longer, and only if that ends within `left`.
+fn retry_wait(
+    r: &Result<ApiResponse, ApiError>,
+    wait: Duration,
+    left: Duration,
+) -> Option<Duration> {
+    let hint = match r {
+        Ok(a) if a.status == StatusCode::TOO_MANY_REQUESTS || a.status.is_server_error() => {
+            a.retry_after
+        }
+        Ok(_) | Err(ApiError::Deadline) => return None,
+        Err(ApiError::Timeout { .. } | ApiError::Transport { .. } | ApiError::Body { .. }) => None,
+    };
+    let wait = hint.map_or(wait, |h| h.max(wait));
+    (wait < left).then_some(wait)
 }
 
 /// What went wrong with one call, for a report line.
@@ -377,6 +442,12 @@ pub async fn selftest_until(
             opts.webhook.clone(),
             step_timeout.min(CALL_TIMEOUT),
         ),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(opts.config.repair.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(opts.config.repair.retry_max_backoff_ms),
+            max_attempts: opts.config.repair.retry_max_attempts,
+            step_timeout,
+        },
     };
     let service_name = format!(
         "{SERVICE_NAME_PREFIX} {}",
@@ -480,10 +551,28 @@ pub async fn selftest_until(
 }
 
 /// Delete the throwaway service (after reading back that it is ours) and
-/// read back that it is gone.
+/// read back that it is gone; each call retried on a transient failure,
+/// all within [`CLEANUP_WITHIN`]. A line that says "not deleted" names the
+/// service and how to delete it.
 async fn delete_service(run: &mut Run, calls: &Calls, base: &str, name: &str) -> bool {
-    match calls.call(Method::GET, base, None).await {
-        Ok(r) if r.status == StatusCode::OK => {
+    let until = Instant::now() + CLEANUP_WITHIN;
+    let sid = base.rsplit('/').next().unwrap_or(base);
+    let not_deleted =
+        |why: String| format!("not deleted: {sid} \"{name}\": {why}; delete it with DELETE {base}");
+    let unconfirmed = |why: String| {
+        format!(
+            "the delete was answered, {why}: check that {sid} \"{name}\" is gone, or delete it with DELETE {base}"
+        )
+    };
+    let tries = |n: u32| {
+        if n > 1 {
+            format!(" after {n} attempts")
+        } else {
+            String::new()
+        }
+    };
+    match calls.retrying(Method::GET, base, until).await {
+        (Ok(r), _) if r.status == StatusCode::OK => {
             let got = r.json().and_then(|v| field(&v, "friendly_name"));
             if got.as_deref() != Some(name) {
                 run.failed(
@@ -494,56 +583,61 @@ async fn delete_service(run: &mut Run, calls: &Calls, base: &str, name: &str) ->
                 return false;
             }
         }
-        Ok(r) if r.status == StatusCode::NOT_FOUND => {}
-        Ok(r) => {
-            run.failed(
-                "delete service",
-                format!("not deleted: {}", differed(&r)),
-                r.request_id,
-            );
+        (Ok(r), _) if r.status == StatusCode::NOT_FOUND => {}
+        (Ok(r), n) => {
+            let why = format!("reading it{}: {}", tries(n), differed(&r));
+            run.failed("delete service", not_deleted(why), r.request_id);
             return false;
         }
-        Err(e) => {
-            run.failed("delete service", format!("not deleted: {e}"), None);
+        (Err(e), n) => {
+            let why = format!("reading it{}: {e}", tries(n));
+            run.failed("delete service", not_deleted(why), None);
             return false;
         }
     }
-    let rq = match calls.call(Method::DELETE, base, None).await {
-        Ok(r) if r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_FOUND => {
-            r.request_id
+    let (rq, deleted_after) = match calls.retrying(Method::DELETE, base, until).await {
+        (Ok(r), n) if r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_FOUND => {
+            (r.request_id, n)
         }
-        Ok(r) => {
+        (Ok(r), n) => {
+            let why = format!("{}{}", differed(&r), tries(n));
+            run.failed("delete service", not_deleted(why), r.request_id);
+            return false;
+        }
+        (Err(e), n) => {
             run.failed(
                 "delete service",
-                format!("not deleted: {}", differed(&r)),
-                r.request_id,
+                not_deleted(format!("{e}{}", tries(n))),
+                None,
             );
             return false;
         }
-        Err(e) => {
-            run.failed("delete service", format!("not deleted: {e}"), None);
-            return false;
-        }
     };
-    match calls.call(Method::GET, base, None).await {
-        Ok(r) if r.status == StatusCode::NOT_FOUND => {
+    match calls.retrying(Method::GET, base, until).await {
+        (Ok(r), _) if r.status == StatusCode::NOT_FOUND => {
             run.ok(
                 "delete service",
-                "deleted with everything in it (read back: 404)",
+                format!(
+                    "deleted with everything in it{} (read back: 404)",
+                    tries(deleted_after)
+                ),
                 rq,
             );
             true
         }
-        Ok(r) => {
-            run.failed(
-                "delete service",
-                format!("still there after the delete ({})", r.status.as_u16()),
-                r.request_id,
-            );
+        (Ok(r), _) if r.status == StatusCode::OK => {
+            let why = format!("still there after the delete ({})", r.status.as_u16());
+            run.failed("delete service", not_deleted(why), r.request_id);
             false
         }
-        Err(e) => {
-            run.failed("delete service", format!("not read back: {e}"), rq);
+        (Ok(r), n) => {
+            let why = format!("not read back{}: {}", tries(n), differed(&r));
+            run.failed("delete service", unconfirmed(why), r.request_id);
+            false
+        }
+        (Err(e), n) => {
+            let why = format!("not read back{}: {e}", tries(n));
+            run.failed("delete service", unconfirmed(why), rq);
             false
         }
     }
@@ -1081,6 +1175,50 @@ mod tests {
                 "friendly_name: want K, got nothing".to_string()
             ]
         );
+    }
+
+    fn answer(status: u16, retry_after: Option<u64>) -> Result<ApiResponse, ApiError> {
+        Ok(ApiResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: None,
+            body: bytes::Bytes::new(),
+            request_id: None,
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    #[test]
+    fn the_cleanup_retries_transient_failures_only_and_within_its_bound() {
+        let (wait, left) = (Duration::from_millis(100), Duration::from_secs(10));
+        // Transient: a 5xx, a 429, no answer in time, a broken exchange.
+        assert_eq!(retry_wait(&answer(503, None), wait, left), Some(wait));
+        assert_eq!(retry_wait(&answer(500, None), wait, left), Some(wait));
+        assert_eq!(retry_wait(&answer(429, None), wait, left), Some(wait));
+        let timeout = Err(ApiError::Timeout {
+            method: Method::DELETE,
+            path: "/v1/Services/IS1".into(),
+        });
+        assert_eq!(retry_wait(&timeout, wait, left), Some(wait));
+        let broken = Err(ApiError::Transport {
+            method: Method::DELETE,
+            path: "/v1/Services/IS1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        });
+        assert_eq!(retry_wait(&broken, wait, left), Some(wait));
+        // A short Retry-After is honoured (never shorter than the backoff).
+        assert_eq!(
+            retry_wait(&answer(429, Some(2)), wait, left),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(retry_wait(&answer(503, Some(0)), wait, left), Some(wait));
+        // One that ends past the bound, or a wait that does: no retry.
+        assert_eq!(retry_wait(&answer(429, Some(30)), wait, left), None);
+        assert_eq!(retry_wait(&answer(503, None), left, left), None);
+        // An answer: no retry.
+        for status in [200, 204, 401, 403, 404] {
+            assert_eq!(retry_wait(&answer(status, None), wait, left), None);
+        }
+        assert_eq!(retry_wait(&Err(ApiError::Deadline), wait, left), None);
     }
 
     #[test]

@@ -517,3 +517,86 @@ async fn the_repair_calls_reported_are_what_the_emulator_received() {
         calls.iter().map(|c| c["user"].as_str().unwrap()).collect();
     assert!(users.contains(KEY), "{users:?}");
 }
+
+/// The service DELETE of a run, as the emulator's fault rules match it.
+const SERVICE_DELETE: &str = "^/v1/Services/IS[0-9a-fA-F]{32}$";
+
+/// A transient failure of the service's delete (a 503 once) is retried
+/// with the repair's backoff: the service is gone and the report says so.
+#[tokio::test]
+async fn a_service_delete_that_fails_once_is_retried_and_the_service_is_gone() {
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(
+        json!({"method": "DELETE", "path": SERVICE_DELETE, "times": 1,
+        "action": {"kind": "status", "status": 503}}),
+    )
+    .await;
+    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let deleted = line(&text, "delete service");
+    assert!(
+        deleted.contains(" ok ") && deleted.contains("after 2 attempts"),
+        "{text}"
+    );
+    let statuses: Vec<Value> = emu
+        .log_json()
+        .await
+        .into_iter()
+        .filter(|r| {
+            r["method"] == "DELETE"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/v1/Services/IS") && p.split('/').count() == 4)
+        })
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!(503), json!(204)]);
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+/// A delete that keeps failing is retried up to the repair's attempts,
+/// then the report says "not deleted" and names the service to delete.
+#[tokio::test]
+async fn a_service_delete_that_keeps_failing_names_the_service_left_behind() {
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(json!({"method": "DELETE", "path": SERVICE_DELETE,
+        "action": {"kind": "status", "status": 503}}))
+        .await;
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_RETRY_MAX_ATTEMPTS", "3"));
+    let out = selftest(&emu, &["--json"], &env).await;
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["cleaned_up"], false, "{report:#}");
+    let is = report["service_sid"].as_str().unwrap();
+    let name = report["service_name"].as_str().unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == "delete service")
+        .unwrap();
+    let detail = check["detail"].as_str().unwrap();
+    assert_eq!(check["ok"], false, "{check}");
+    assert!(
+        detail.contains("not deleted")
+            && detail.contains(is)
+            && detail.contains(name)
+            && detail.contains("503")
+            && detail.contains("after 3 attempts"),
+        "{detail}"
+    );
+    let deletes = emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(m, p)| m == "DELETE" && *p == format!("/v1/Services/{is}"))
+        .count();
+    assert_eq!(deletes, 3);
+    let (s, _) = emu.get(&format!("/v1/Services/{is}")).await;
+    assert_eq!(s, 200, "the service is still there, as the report says");
+}
