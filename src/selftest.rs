@@ -150,8 +150,15 @@ pub enum SelftestError {
         name: String,
         detail: String,
     },
-    #[error("selftest: invalid --base-url {0}: an origin such as https://conversations.twilio.com")]
-    BaseUrl(String),
+    /// `--base-url` fails the check every upstream setting passes
+    /// ([`crate::config::check_origin`]); found before any call.
+    #[error(
+        "selftest: invalid --base-url {url}: {reason} (an origin such as https://conversations.twilio.com); nothing was sent"
+    )]
+    BaseUrl { url: String, reason: String },
+    /// The upstream TLS settings (`upstream_ca_file`) cannot be used.
+    #[error("selftest: the upstream TLS settings: {0}; nothing was sent")]
+    Tls(String),
     #[error(
         "selftest: no credential: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or TWILIO_API_KEY and TWILIO_API_SECRET (with TWILIO_ACCOUNT_SID), or the repair credential (TRP_REPAIR_API_KEY_SID/_SECRET or repair.credentials_file)"
     )]
@@ -426,12 +433,11 @@ pub async fn selftest_until(
         () = std::future::ready(()) => false,
     };
     let at = crate::store::now_rfc3339();
-    let origin = Origin::parse(&opts.base_url)
-        .ok_or_else(|| SelftestError::BaseUrl(opts.base_url.clone()))?;
+    let origin = base_origin(&opts.base_url)?;
     let client = forward::build_client_with(
         &opts.config.limits,
         &forward::UpstreamTls::from_config(&opts.config)
-            .map_err(|e| SelftestError::BaseUrl(e.to_string()))?,
+            .map_err(|e| SelftestError::Tls(e.to_string()))?,
     );
     let step_timeout = Duration::from_millis(opts.config.repair.step_timeout_ms);
     let calls = Calls {
@@ -548,6 +554,24 @@ pub async fn selftest_until(
         repair_calls: run.repair_calls,
         at,
     })
+}
+
+/// `--base-url` as an origin, if it passes the proxy's own check of an
+/// upstream ([`crate::config::check_origin`]: http or https, a host, no
+/// user name or password, no path or query). The URL in the error has its
+/// password masked.
+fn base_origin(base_url: &str) -> Result<Origin, SelftestError> {
+    let refused = |reason: String| SelftestError::BaseUrl {
+        url: crate::config::mask_url_password(base_url),
+        reason,
+    };
+    crate::config::check_origin("--base-url", base_url).map_err(|e| {
+        refused(match e {
+            crate::config::ConfigError::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        })
+    })?;
+    Origin::parse(base_url).ok_or_else(|| refused("not a URL".into()))
 }
 
 /// Delete the throwaway service (after reading back that it is ours) and
@@ -1219,6 +1243,30 @@ mod tests {
             assert_eq!(retry_wait(&answer(status, None), wait, left), None);
         }
         assert_eq!(retry_wait(&Err(ApiError::Deadline), wait, left), None);
+    }
+
+    #[test]
+    fn base_url_must_be_an_origin_as_an_upstream_must() {
+        assert!(base_origin("https://conversations.twilio.com").is_ok());
+        assert!(base_origin("http://127.0.0.1:4711/").is_ok());
+        for bad in [
+            "http://127.0.0.1:4711/v1",
+            "http://127.0.0.1:4711?x=1",
+            "ftp://127.0.0.1:4711",
+            "127.0.0.1:4711",
+            "http://127.0.0.1:0",
+        ] {
+            let e = base_origin(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("invalid --base-url") && e.lines().count() == 1,
+                "{e}"
+            );
+        }
+        let e = base_origin("https://AC1:s3cret@conversations.twilio.com")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user name or password"), "{e}");
+        assert!(!e.contains("s3cret"), "the secret: {e}");
     }
 
     #[test]

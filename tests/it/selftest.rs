@@ -600,3 +600,41 @@ async fn a_service_delete_that_keeps_failing_names_the_service_left_behind() {
     let (s, _) = emu.get(&format!("/v1/Services/{is}")).await;
     assert_eq!(s, 200, "the service is still there, as the report says");
 }
+
+/// `--base-url` passes the check every upstream setting passes (an
+/// origin: http or https, a host, no user name or password, no path): a
+/// bad one ends with one line naming it, before any call.
+#[tokio::test]
+async fn a_base_url_that_is_no_origin_ends_with_one_line_before_any_call() {
+    let emu = start_emulator(|_| {}).await;
+    let port = emu.origin().rsplit(':').next().unwrap().to_string();
+    for (bad, why) in [
+        (format!("http://127.0.0.1:{port}/v1"), "without a path"),
+        (
+            format!("http://{ACCOUNT}:{TOKEN}@127.0.0.1:{port}"),
+            "user name or password",
+        ),
+        (format!("ftp://127.0.0.1:{port}"), "http or https"),
+    ] {
+        let out = tokio::process::Command::new(bin())
+            .args(["selftest", "--base-url", &bad])
+            .env("NO_PROXY", "127.0.0.1")
+            .env_remove("TRP_CONFIG")
+            .env_remove("TRP_REPAIR_API_KEY_SID")
+            .env_remove("TRP_REPAIR_API_KEY_SECRET")
+            .envs(ACCOUNT_ENV)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert_eq!(stdout(&out), "", "no report for {bad}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("invalid --base-url") && err.contains(why),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains(TOKEN), "the secret: {err}");
+    }
+    assert_eq!(emu.requests().await, [], "the emulator saw a call");
+}
