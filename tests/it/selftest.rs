@@ -246,7 +246,10 @@ async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() 
     emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
         "action": {"kind": "status", "status": 403, "code": 20003, "message": "Forbidden"}}))
         .await;
-    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    // The repair keeps putting the role right until its deadline: a short one.
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
+    let out = selftest(&emu, &[], &env).await;
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     assert!(line(&text, "create user").contains(" ok "), "{text}");
@@ -637,4 +640,46 @@ async fn a_base_url_that_is_no_origin_ends_with_one_line_before_any_call() {
         assert!(!err.contains(TOKEN), "the secret: {err}");
     }
     assert_eq!(emu.requests().await, [], "the emulator saw a call");
+}
+
+/// A check that fails *after* the repair: the scene's User keeps its
+/// role, the repair's recreate loses it and so does every update that
+/// would put it right (the emulator spares the first User write only):
+/// the run fails on "check user" naming `role_sid`, and the service is
+/// still deleted. (With the role lost on the recreate alone, the repair
+/// reads it back and puts it right with an update: the run passes.)
+#[tokio::test]
+async fn a_role_lost_by_the_repairs_recreate_fails_check_user_and_still_cleans_up() {
+    let emu = start_emulator(|_| {}).await;
+    set_fault(
+        &emu,
+        json!({"mode": "off", "drop_user_role_sid": true, "drop_user_role_sid_after": 1}),
+    )
+    .await;
+    // The repair keeps putting the role right until its deadline: a short one.
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
+    let out = selftest(&emu, &[], &env).await;
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(line(&text, "create user").contains(" ok "), "{text}");
+    let check = line(&text, "check user");
+    assert!(
+        check.contains("FAILED") && check.contains("role_sid"),
+        "{text}"
+    );
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert!(text.contains("selftest FAILED"), "{text}");
+    // The recreate was the repair's: the second User create of the run.
+    let creates = emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/Users"))
+        .count();
+    assert_eq!(creates, 2, "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
 }
