@@ -36,7 +36,8 @@ use crate::routing::Origin;
 use crate::shield::Shield;
 use crate::store::Outcome;
 use crate::twilio_api::{
-    ApiError, ApiResponse, RetryPolicy, Tap, TappedCall, TwilioApi, encode_segment, form,
+    ApiError, ApiResponse, MAX_TAPPED_CALLS, RetryPolicy, Tap, TappedCall, TwilioApi,
+    encode_segment, form,
 };
 
 /// Twilio's Conversations host: `--base-url`'s default.
@@ -864,6 +865,16 @@ async fn scene_and_repair(
     let verdict_line = repair(opts, client, origin, base, faulted_ch, &want, &tap).await;
     // What the repair's client sent, whatever the verdict.
     run.repair_calls = tap.calls().into_iter().map(RepairCall::from).collect();
+    let unrecorded = tap.dropped();
+    if unrecorded > 0 {
+        run.failed(
+            "repair calls",
+            format!(
+                "{unrecorded} calls past the first {MAX_TAPPED_CALLS} were not recorded: the webhook and credential checks saw only those"
+            ),
+            None,
+        );
+    }
     let Some(verdict_line) = verdict_line else {
         run.failed("repair", "the in-memory journal could not be opened", None);
         return;

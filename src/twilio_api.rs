@@ -422,6 +422,24 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_tap_keeps_its_bound_and_counts_the_rest() {
+        let tap = super::Tap::default();
+        let call = super::TappedCall {
+            method: http::Method::GET,
+            path: "/v1/Services".into(),
+            webhook: None,
+            via: None,
+            user: "AC1".into(),
+            answer: Ok((http::StatusCode::OK, None)),
+        };
+        for _ in 0..=super::MAX_TAPPED_CALLS {
+            tap.clone().record(call.clone());
+        }
+        assert_eq!(tap.calls().len(), super::MAX_TAPPED_CALLS);
+        assert_eq!(tap.dropped(), 1);
+    }
+
+    #[test]
     fn identity_segments_cannot_change_the_path() {
         assert_eq!(super::encode_segment("alice"), "alice");
         assert_eq!(super::encode_segment("a/b?c#d"), "a%2Fb%3Fc%23d");
