@@ -479,6 +479,10 @@ async fn the_repair_calls_reported_are_what_the_emulator_received() {
         ("TRP_REPAIR_API_KEY_SECRET", SECRET),
         ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
         ("TRP_ADD_FORWARDED_HEADERS", "true"),
+        // The shield's per-account cap on, as `serve` would build it: the
+        // repair's calls go through it (its calls are one at a time, so
+        // this shows the capped client works, not that it caps).
+        ("TRP_SHIELD_MAX_CONCURRENT_PER_ACCOUNT", "1"),
     ]);
     let out = selftest(&emu, &["--json", "--webhook-enabled", "true"], &env).await;
     assert!(out.status.success(), "{}", stderr(&out));
