@@ -188,6 +188,7 @@ impl App {
                 runtime: None,
                 exchange: None,
                 shield: shield.clone(),
+                tap: None,
             }))
         };
         let admin = Arc::new(

@@ -4,7 +4,8 @@
 //!
 //! Used by the shield's 429 re-sends (`crate::shield::retry`), the repair
 //! step's retries of one Twilio call (`crate::repair::step`) and the
-//! repair's read-back loops (`crate::repair::user`, `crate::repair::check`).
+//! repair's read-back loops (`crate::repair::user`, `crate::repair::check`)
+//! and the selftest's cleanup of its throwaway service (`crate::selftest`).
 //! The repair's loops take it with [`Backoff::upward_jitter`]: each wait
 //! its whole step plus up to a quarter more, never shorter, so a loop
 //! makes no more calls in a span than without jitter and a step keeps

@@ -38,7 +38,8 @@
 //! - [`repair`]: the check-and-repair workflow for Participant creates,
 //!   and SID continuity after it (requests naming a SID a repair changed
 //!   are sent with the new one).
-//! - [`twilio_api`]: the small Twilio client the workflow uses.
+//! - [`twilio_api`]: the small Twilio client the workflow uses (and its
+//!   tap: the selftest's record of what that client put on the wire).
 //! - [`shield`]: the opt-in 429 shield (retries on 429, a retry budget, a
 //!   per-account concurrency cap) around every forward and every workflow
 //!   call; off, it is not built at all. It reads the Basic user with

@@ -4,9 +4,12 @@
 //! `commands`). Orchestration only: make a throwaway Conversation
 //! Service and what a stale identity has to lose, run the repair's own
 //! workflow on it (`crate::repair::workflow::run_as_faulted`: the same
-//! steps, the same client, the same journal code, against an in-memory
-//! journal), read back every field the invariant names, and delete the
-//! service whatever happened.
+//! steps, the same journal code, against an in-memory journal, and the
+//! same client: a `Repairer` with the default exchange, so `Via` and the
+//! shield's cap as `serve` sets them), read back every field the invariant
+//! names, check what the repair's client put on the wire (its
+//! [`crate::twilio_api::Tap`]'s records, not what it was handed), and
+//! delete the service whatever happened.
 //!
 //! What belongs here: the order of the scene, the comparisons and the
 //! report. What does not: any repair step (they are `repair`'s; a copy here
@@ -15,24 +18,27 @@
 //! the service is read back and its friendly name compared before the
 //! delete).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, RepairMode, StoreOptions};
 use crate::forward::{self, UpstreamClient};
 use crate::metrics::Metrics;
 use crate::repair::request::CreatePath;
-use crate::repair::step::{Exchange, Sent};
 use crate::repair::workflow::{self, Answer, CreateRequest};
-use crate::repair::{ExchangeFactory, RepairCredential, Repairer, RepairerParts};
+use crate::repair::{RepairCredential, Repairer, RepairerParts};
 use crate::routing::Origin;
+use crate::shield::Shield;
 use crate::store::Outcome;
-use crate::twilio_api::{ApiError, ApiResponse, TwilioApi, encode_segment, form};
+use crate::twilio_api::{
+    ApiError, ApiResponse, MAX_TAPPED_CALLS, RetryPolicy, Tap, TappedCall, TwilioApi,
+    encode_segment, form,
+};
 
 /// Twilio's Conversations host: `--base-url`'s default.
 pub const CONVERSATIONS_ORIGIN: &str = "https://conversations.twilio.com";
@@ -42,6 +48,15 @@ pub const SERVICE_NAME_PREFIX: &str = "trp-selftest";
 /// The longest one selftest call may take (a wrong host or a silent
 /// network ends here, not at the repair's deadline).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the throwaway service's cleanup keeps trying, all its calls
+/// together (the read that checks the service is ours, the delete, the
+/// read-back of the 404). Each of them is retried on a transient failure
+/// (no answer in time, a broken exchange, a 5xx, a 429) with the repair's
+/// own backoff and at most `repair.retry_max_attempts` attempts, honouring
+/// a `Retry-After` that ends within this bound; past it the report says
+/// "not deleted" and names the service. Long enough for a Twilio blip,
+/// short enough that a run against a Twilio that keeps failing ends.
+const CLEANUP_WITHIN: Duration = Duration::from_secs(60);
 
 /// One line of the report: a step and whether it held.
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +83,9 @@ pub struct Report {
     /// The throwaway service is gone (read back as 404 after the delete).
     pub cleaned_up: bool,
     pub checks: Vec<Check>,
+    /// Every call the repair's workflow made, as its client sent it (empty
+    /// when the run ended before the repair).
+    pub repair_calls: Vec<RepairCall>,
     /// When it ran (RFC 3339).
     pub at: String,
 }
@@ -133,8 +151,15 @@ pub enum SelftestError {
         name: String,
         detail: String,
     },
-    #[error("selftest: invalid --base-url {0}: an origin such as https://conversations.twilio.com")]
-    BaseUrl(String),
+    /// `--base-url` fails the check every upstream setting passes
+    /// ([`crate::config::check_origin`]); found before any call.
+    #[error(
+        "selftest: invalid --base-url {url}: {reason} (an origin such as https://conversations.twilio.com); nothing was sent"
+    )]
+    BaseUrl { url: String, reason: String },
+    /// The upstream TLS settings (`upstream_ca_file`) cannot be used.
+    #[error("selftest: the upstream TLS settings: {0}; nothing was sent")]
+    Tls(String),
     #[error(
         "selftest: no credential: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or TWILIO_API_KEY and TWILIO_API_SECRET (with TWILIO_ACCOUNT_SID), or the repair credential (TRP_REPAIR_API_KEY_SID/_SECRET or repair.credentials_file)"
     )]
@@ -162,69 +187,47 @@ pub struct Options {
     pub keep: bool,
 }
 
-/// One call the repair's workflow made, as its client sent it.
-#[derive(Debug, Clone)]
-struct RepairCall {
-    method: Method,
-    path: String,
-    /// The `X-Twilio-Webhook-Enabled` value the call carried.
-    webhook: Option<HeaderValue>,
-    status: Option<StatusCode>,
-    request_id: Option<String>,
+/// One call of the repair, as its client put it on the wire (the record
+/// of the client's [`Tap`]: the headers it handed to the upstream client,
+/// then the answer). In the JSON report, so that what the checks read can
+/// be held against what Twilio received.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairCall {
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    /// `X-Twilio-Webhook-Enabled` as sent (`None`: not sent).
+    pub webhook: Option<String>,
+    /// `Via` as sent (`None`: not sent; `add_forwarded_headers` marks the
+    /// repair's calls).
+    pub via: Option<String>,
     /// Its credential's Basic user name (`AC…`/`SK…`; never the secret).
-    user: String,
+    pub user: String,
+    /// The answer's status (`None`: no answer, see `error`).
+    pub status: Option<u16>,
+    /// Twilio's `Twilio-Request-Id` of the answer.
+    pub request_id: Option<String>,
+    /// Why there was no answer (a timeout, a broken exchange).
+    pub error: Option<String>,
 }
 
-/// The repair's own client ([`TwilioApi`], built as the proxy builds it),
-/// noting each call's method, path, webhook header and answer.
-struct Recording {
-    inner: Arc<dyn Exchange>,
-    user: String,
-    webhook: Option<HeaderValue>,
-    seen: Arc<Mutex<Vec<RepairCall>>>,
-}
-
-impl Exchange for Recording {
-    fn send<'a>(
-        &'a self,
-        method: Method,
-        path: &'a str,
-        sent: &'a Sent<'a>,
-        deadline: Instant,
-    ) -> BoxFuture<'a, Result<ApiResponse, ApiError>> {
-        Box::pin(async move {
-            // What `TwilioApi` puts on the wire: its own choice on the
-            // workflow's writes, the caller's header on a replay.
-            let webhook = match sent {
-                Sent::Form(_) if method != Method::GET => self.webhook.clone(),
-                Sent::Form(_) => None,
-                Sent::Replay(headers, _) => headers.get("x-twilio-webhook-enabled").cloned(),
-            };
-            let result = self.inner.send(method.clone(), path, sent, deadline).await;
-            let (status, request_id) = match &result {
-                Ok(r) => (Some(r.status), r.request_id.clone()),
-                Err(_) => (None, None),
-            };
-            if let Ok(mut seen) = self.seen.lock() {
-                seen.push(RepairCall {
-                    method,
-                    path: path.to_string(),
-                    webhook,
-                    status,
-                    request_id,
-                    user: self.user.clone(),
-                });
-            }
-            result
-        })
-    }
-    fn with_authorization(&self, authorization: HeaderValue) -> Arc<dyn Exchange> {
-        Arc::new(Recording {
-            user: crate::sid::basic_user(&authorization).unwrap_or_default(),
-            inner: self.inner.with_authorization(authorization),
-            webhook: self.webhook.clone(),
-            seen: self.seen.clone(),
-        })
+impl From<TappedCall> for RepairCall {
+    fn from(c: TappedCall) -> Self {
+        let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let (status, request_id, error) = match c.answer {
+            Ok((status, rq)) => (Some(status.as_u16()), rq, None),
+            Err(e) => (None, None, Some(e)),
+        };
+        RepairCall {
+            method: c.method.to_string(),
+            path: c.path,
+            webhook: c.webhook.as_ref().map(text),
+            via: c.via,
+            user: c.user,
+            status,
+            request_id,
+            error,
+        }
     }
 }
 
@@ -242,9 +245,42 @@ struct Wanted {
 /// the same client type as the repair's, with the caller's credential.
 struct Calls {
     api: TwilioApi,
+    /// The repair's retry settings (the cleanup's retries: [`CLEANUP_WITHIN`]).
+    retry: RetryPolicy,
 }
 
 impl Calls {
+    /// A call of the cleanup: retried while its answer is transient
+    /// ([`retry_wait`]), within `until`. The last result, and how many
+    /// attempts it took.
+    async fn retrying(
+        &self,
+        method: Method,
+        path: &str,
+        until: Instant,
+    ) -> (Result<ApiResponse, ApiError>, u32) {
+        let mut backoff =
+            Backoff::new(self.retry.initial_backoff, self.retry.max_backoff).upward_jitter();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let deadline = (Instant::now() + CALL_TIMEOUT).min(until);
+            let r = self.api.once(method.clone(), path, None, deadline).await;
+            if attempt >= self.retry.max_attempts {
+                return (r, attempt);
+            }
+            let now = Instant::now();
+            match retry_wait(
+                &r,
+                backoff.next_wait(),
+                until.saturating_duration_since(now),
+            ) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return (r, attempt),
+            }
+        }
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -255,6 +291,26 @@ impl Calls {
             .once(method, path, body, Instant::now() + CALL_TIMEOUT)
             .await
     }
+}
+
+/// How long to wait before the cleanup tries a call again (`None`: it
+/// does not): only after a transient failure (no answer in time, a broken
+/// exchange or body, a 5xx, a 429), for the backoff's `wait` or the
+/// answer's `Retry-After` if longer, and only if that ends within `left`.
+fn retry_wait(
+    r: &Result<ApiResponse, ApiError>,
+    wait: Duration,
+    left: Duration,
+) -> Option<Duration> {
+    let hint = match r {
+        Ok(a) if a.status == StatusCode::TOO_MANY_REQUESTS || a.status.is_server_error() => {
+            a.retry_after
+        }
+        Ok(_) | Err(ApiError::Deadline) => return None,
+        Err(ApiError::Timeout { .. } | ApiError::Transport { .. } | ApiError::Body { .. }) => None,
+    };
+    let wait = hint.map_or(wait, |h| h.max(wait));
+    (wait < left).then_some(wait)
 }
 
 /// What went wrong with one call, for a report line.
@@ -308,9 +364,10 @@ fn differences(v: &serde_json::Value, want: &[(&str, &str, bool)]) -> Vec<String
         .collect()
 }
 
-/// The run in progress: its report's lines so far.
+/// The run in progress: its report's lines so far, and the repair's calls.
 struct Run {
     checks: Vec<Check>,
+    repair_calls: Vec<RepairCall>,
 }
 
 impl Run {
@@ -402,12 +459,11 @@ pub async fn selftest_until(
         () = std::future::ready(()) => None,
     };
     let at = crate::store::now_rfc3339();
-    let origin = Origin::parse(&opts.base_url)
-        .ok_or_else(|| SelftestError::BaseUrl(opts.base_url.clone()))?;
+    let origin = base_origin(&opts.base_url)?;
     let client = forward::build_client_with(
         &opts.config.limits,
         &forward::UpstreamTls::from_config(&opts.config)
-            .map_err(|e| SelftestError::BaseUrl(e.to_string()))?,
+            .map_err(|e| SelftestError::Tls(e.to_string()))?,
     );
     let step_timeout = Duration::from_millis(opts.config.repair.step_timeout_ms);
     let calls = Calls {
@@ -418,6 +474,12 @@ pub async fn selftest_until(
             opts.webhook.clone(),
             step_timeout.min(CALL_TIMEOUT),
         ),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(opts.config.repair.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(opts.config.repair.retry_max_backoff_ms),
+            max_attempts: opts.config.repair.retry_max_attempts,
+            step_timeout,
+        },
     };
     let service_name = format!(
         "{SERVICE_NAME_PREFIX} {}",
@@ -471,7 +533,10 @@ pub async fn selftest_until(
             });
         }
     };
-    let mut run = Run { checks: Vec::new() };
+    let mut run = Run {
+        checks: Vec::new(),
+        repair_calls: Vec::new(),
+    };
     run.ok(
         "create service",
         format!("{service_sid} \"{service_name}\""),
@@ -510,15 +575,52 @@ pub async fn selftest_until(
         kept: opts.keep,
         cleaned_up,
         checks: run.checks,
+        repair_calls: run.repair_calls,
         at,
     })
 }
 
+/// `--base-url` as an origin, if it passes the proxy's own check of an
+/// upstream ([`crate::config::check_origin`]: http or https, a host, no
+/// user name or password, no path or query). The URL in the error has its
+/// password masked.
+fn base_origin(base_url: &str) -> Result<Origin, SelftestError> {
+    let refused = |reason: String| SelftestError::BaseUrl {
+        url: crate::config::mask_url_password(base_url),
+        reason,
+    };
+    crate::config::check_origin("--base-url", base_url).map_err(|e| {
+        refused(match e {
+            crate::config::ConfigError::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        })
+    })?;
+    Origin::parse(base_url).ok_or_else(|| refused("not a URL".into()))
+}
+
 /// Delete the throwaway service (after reading back that it is ours) and
-/// read back that it is gone.
+/// read back that it is gone; each call retried on a transient failure,
+/// all within [`CLEANUP_WITHIN`]. A line that says "not deleted" names the
+/// service and how to delete it.
 async fn delete_service(run: &mut Run, calls: &Calls, base: &str, name: &str) -> bool {
-    match calls.call(Method::GET, base, None).await {
-        Ok(r) if r.status == StatusCode::OK => {
+    let until = Instant::now() + CLEANUP_WITHIN;
+    let sid = base.rsplit('/').next().unwrap_or(base);
+    let not_deleted =
+        |why: String| format!("not deleted: {sid} \"{name}\": {why}; delete it with DELETE {base}");
+    let unconfirmed = |why: String| {
+        format!(
+            "the delete was answered, {why}: check that {sid} \"{name}\" is gone, or delete it with DELETE {base}"
+        )
+    };
+    let tries = |n: u32| {
+        if n > 1 {
+            format!(" after {n} attempts")
+        } else {
+            String::new()
+        }
+    };
+    match calls.retrying(Method::GET, base, until).await {
+        (Ok(r), _) if r.status == StatusCode::OK => {
             let got = r.json().and_then(|v| field(&v, "friendly_name"));
             if got.as_deref() != Some(name) {
                 run.failed(
@@ -529,56 +631,61 @@ async fn delete_service(run: &mut Run, calls: &Calls, base: &str, name: &str) ->
                 return false;
             }
         }
-        Ok(r) if r.status == StatusCode::NOT_FOUND => {}
-        Ok(r) => {
-            run.failed(
-                "delete service",
-                format!("not deleted: {}", differed(&r)),
-                r.request_id,
-            );
+        (Ok(r), _) if r.status == StatusCode::NOT_FOUND => {}
+        (Ok(r), n) => {
+            let why = format!("reading it{}: {}", tries(n), differed(&r));
+            run.failed("delete service", not_deleted(why), r.request_id);
             return false;
         }
-        Err(e) => {
-            run.failed("delete service", format!("not deleted: {e}"), None);
+        (Err(e), n) => {
+            let why = format!("reading it{}: {e}", tries(n));
+            run.failed("delete service", not_deleted(why), None);
             return false;
         }
     }
-    let rq = match calls.call(Method::DELETE, base, None).await {
-        Ok(r) if r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_FOUND => {
-            r.request_id
+    let (rq, deleted_after) = match calls.retrying(Method::DELETE, base, until).await {
+        (Ok(r), n) if r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_FOUND => {
+            (r.request_id, n)
         }
-        Ok(r) => {
+        (Ok(r), n) => {
+            let why = format!("{}{}", differed(&r), tries(n));
+            run.failed("delete service", not_deleted(why), r.request_id);
+            return false;
+        }
+        (Err(e), n) => {
             run.failed(
                 "delete service",
-                format!("not deleted: {}", differed(&r)),
-                r.request_id,
+                not_deleted(format!("{e}{}", tries(n))),
+                None,
             );
             return false;
         }
-        Err(e) => {
-            run.failed("delete service", format!("not deleted: {e}"), None);
-            return false;
-        }
     };
-    match calls.call(Method::GET, base, None).await {
-        Ok(r) if r.status == StatusCode::NOT_FOUND => {
+    match calls.retrying(Method::GET, base, until).await {
+        (Ok(r), _) if r.status == StatusCode::NOT_FOUND => {
             run.ok(
                 "delete service",
-                "deleted with everything in it (read back: 404)",
+                format!(
+                    "deleted with everything in it{} (read back: 404)",
+                    tries(deleted_after)
+                ),
                 rq,
             );
             true
         }
-        Ok(r) => {
-            run.failed(
-                "delete service",
-                format!("still there after the delete ({})", r.status.as_u16()),
-                r.request_id,
-            );
+        (Ok(r), _) if r.status == StatusCode::OK => {
+            let why = format!("still there after the delete ({})", r.status.as_u16());
+            run.failed("delete service", not_deleted(why), r.request_id);
             false
         }
-        Err(e) => {
-            run.failed("delete service", format!("not read back: {e}"), rq);
+        (Ok(r), n) => {
+            let why = format!("not read back{}: {}", tries(n), differed(&r));
+            run.failed("delete service", unconfirmed(why), r.request_id);
+            false
+        }
+        (Err(e), n) => {
+            let why = format!("not read back{}: {e}", tries(n));
+            run.failed("delete service", unconfirmed(why), rq);
             false
         }
     }
@@ -777,13 +884,25 @@ async fn scene_and_repair(
     );
 
     // 3. The repair's own workflow, as if the re-add had met the fault.
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let Some(verdict_line) = repair(opts, client, origin, base, faulted_ch, &want, &seen).await
-    else {
+    let tap = Tap::default();
+    let verdict_line = repair(opts, client, origin, base, faulted_ch, &want, &tap).await;
+    // What the repair's client sent, whatever the verdict.
+    run.repair_calls = tap.calls().into_iter().map(RepairCall::from).collect();
+    let unrecorded = tap.dropped();
+    if unrecorded > 0 {
+        run.failed(
+            "repair calls",
+            format!(
+                "{unrecorded} calls past the first {MAX_TAPPED_CALLS} were not recorded: the webhook and credential checks saw only those"
+            ),
+            None,
+        );
+    }
+    let Some(verdict_line) = verdict_line else {
         run.failed("repair", "the in-memory journal could not be opened", None);
         return;
     };
-    let calls_made: Vec<RepairCall> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let calls_made = run.repair_calls.clone();
     let last_rq = calls_made.iter().rev().find_map(|c| c.request_id.clone());
     match verdict_line {
         Ok(detail) => run.ok("repair", detail, last_rq),
@@ -815,7 +934,7 @@ async fn repair(
     base: &str,
     faulted_ch: &str,
     want: &Wanted,
-    seen: &Arc<Mutex<Vec<RepairCall>>>,
+    tap: &Tap,
 ) -> Option<Result<String, String>> {
     // The proxy's repair settings, in repair mode, for this service alone.
     let mut config = opts.config.repair.clone();
@@ -833,33 +952,23 @@ async fn repair(
     )
     .await
     .ok()?;
-    let step_timeout = Duration::from_millis(config.step_timeout_ms);
-    let factory_client = client.clone();
-    let factory_seen = seen.clone();
-    let factory: ExchangeFactory = Arc::new(move |origin, auth, webhook| {
-        Arc::new(Recording {
-            user: crate::sid::basic_user(&auth).unwrap_or_default(),
-            inner: Arc::new(TwilioApi::new(
-                factory_client.clone(),
-                origin.clone(),
-                auth,
-                webhook.clone(),
-                step_timeout,
-            )),
-            webhook,
-            seen: factory_seen.clone(),
-        })
-    });
+    // The proxy's own client, built as `serve` builds it (`crate::app`):
+    // the default exchange (`TwilioApi` over `client`, `Via` when
+    // `add_forwarded_headers`), the shield's per-account cap from the
+    // configuration, and the tap that records what it sends.
+    let metrics = Arc::new(Metrics::default());
+    let shield = Shield::new(&opts.config.shield, &opts.config.metrics, metrics.clone());
     let repairer = Repairer::new(RepairerParts {
         config,
         client,
         store,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         credential: opts.operator.clone(),
-        mark_forwarded: false,
+        mark_forwarded: opts.config.add_forwarded_headers,
         runtime: None,
-        exchange: Some(factory),
-        shield: None,
+        exchange: None,
+        shield: shield.clone(),
+        tap: Some(tap.clone()),
     });
     let path = format!(
         "{base}/Conversations/{}/Participants",
@@ -887,20 +996,18 @@ async fn repair(
         ])
         .into(),
         origin: origin.clone(),
-        // No 429 shield: the selftest's repairer has none either.
-        shield: None,
+        // The workflow's calls take their slots from the request's shield,
+        // as an intercepted create's do.
+        shield,
         requested_at: time::OffsetDateTime::now_utc(),
         original_request_id: None,
     };
     let verdict = workflow::run_as_faulted(&repairer, &create).await;
-    let by = seen
-        .lock()
-        .ok()
-        .and_then(|s| {
-            s.iter()
-                .find(|c| c.method == Method::DELETE)
-                .map(|c| c.user.clone())
-        })
+    let by = tap
+        .calls()
+        .into_iter()
+        .find(|c| c.method == Method::DELETE)
+        .map(|c| c.user)
         .unwrap_or_else(|| "nobody".into());
     let detail = verdict.detail.clone().unwrap_or_default();
     Some(match (verdict.outcome, &verdict.answer) {
@@ -970,7 +1077,7 @@ async fn verify(
     }
     let deletes = made
         .iter()
-        .filter(|c| c.method == Method::DELETE && c.path.contains("/Users/"))
+        .filter(|c| c.method == "DELETE" && c.path.contains("/Users/"))
         .count();
     if deletes == 1 {
         run.ok("check user deleted once", "one DELETE of the User", None);
@@ -1035,20 +1142,21 @@ async fn verify(
 /// Every write of the repair carried `X-Twilio-Webhook-Enabled` as the
 /// caller sent it (Twilio fires webhooks for a write only when asked).
 fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[RepairCall]) {
-    let writes: Vec<&RepairCall> = made.iter().filter(|c| c.method != Method::GET).collect();
+    let want = want.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let writes: Vec<&RepairCall> = made.iter().filter(|c| c.method != "GET").collect();
     let wrong: Vec<String> = writes
         .iter()
-        .filter(|c| c.webhook.as_ref() != want)
+        .filter(|c| c.webhook != want)
         .map(|c| {
             format!(
-                "{} {} sent {:?}",
+                "{} {} sent {}",
                 c.method,
                 c.path,
-                c.webhook.as_ref().and_then(|v| v.to_str().ok())
+                c.webhook.as_deref().unwrap_or("(not sent)")
             )
         })
         .collect();
-    let shown = want.and_then(|v| v.to_str().ok()).unwrap_or("(not sent)");
+    let shown = want.as_deref().unwrap_or("(not sent)");
     if writes.is_empty() {
         run.failed("check webhook header", "the repair made no write", None);
     } else if wrong.is_empty() {
@@ -1072,10 +1180,9 @@ fn verify_webhook(run: &mut Run, want: Option<&HeaderValue>, made: &[RepairCall]
 /// Every call of the repair was accepted for its credential: a 401 or 403
 /// is named on its own line, whatever the other checks say.
 fn verify_credential(run: &mut Run, made: &[RepairCall]) {
-    let refused = made.iter().find(|c| {
-        c.status
-            .is_some_and(|s| s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN)
-    });
+    let refused = made
+        .iter()
+        .find(|c| c.status.is_some_and(|s| s == 401 || s == 403));
     if let Some(c) = refused {
         run.failed(
             "check credential",
@@ -1083,7 +1190,7 @@ fn verify_credential(run: &mut Run, made: &[RepairCall]) {
                 "{} {} was refused ({})",
                 c.method,
                 c.path,
-                c.status.map(|s| s.as_u16()).unwrap_or_default()
+                c.status.unwrap_or_default()
             ),
             c.request_id.clone(),
         );
@@ -1126,6 +1233,74 @@ mod tests {
                 "friendly_name: want K, got nothing".to_string()
             ]
         );
+    }
+
+    fn answer(status: u16, retry_after: Option<u64>) -> Result<ApiResponse, ApiError> {
+        Ok(ApiResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: None,
+            body: bytes::Bytes::new(),
+            request_id: None,
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    #[test]
+    fn the_cleanup_retries_transient_failures_only_and_within_its_bound() {
+        let (wait, left) = (Duration::from_millis(100), Duration::from_secs(10));
+        // Transient: a 5xx, a 429, no answer in time, a broken exchange.
+        assert_eq!(retry_wait(&answer(503, None), wait, left), Some(wait));
+        assert_eq!(retry_wait(&answer(500, None), wait, left), Some(wait));
+        assert_eq!(retry_wait(&answer(429, None), wait, left), Some(wait));
+        let timeout = Err(ApiError::Timeout {
+            method: Method::DELETE,
+            path: "/v1/Services/IS1".into(),
+        });
+        assert_eq!(retry_wait(&timeout, wait, left), Some(wait));
+        let broken = Err(ApiError::Transport {
+            method: Method::DELETE,
+            path: "/v1/Services/IS1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        });
+        assert_eq!(retry_wait(&broken, wait, left), Some(wait));
+        // A short Retry-After is honoured (never shorter than the backoff).
+        assert_eq!(
+            retry_wait(&answer(429, Some(2)), wait, left),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(retry_wait(&answer(503, Some(0)), wait, left), Some(wait));
+        // One that ends past the bound, or a wait that does: no retry.
+        assert_eq!(retry_wait(&answer(429, Some(30)), wait, left), None);
+        assert_eq!(retry_wait(&answer(503, None), left, left), None);
+        // An answer: no retry.
+        for status in [200, 204, 401, 403, 404] {
+            assert_eq!(retry_wait(&answer(status, None), wait, left), None);
+        }
+        assert_eq!(retry_wait(&Err(ApiError::Deadline), wait, left), None);
+    }
+
+    #[test]
+    fn base_url_must_be_an_origin_as_an_upstream_must() {
+        assert!(base_origin("https://conversations.twilio.com").is_ok());
+        assert!(base_origin("http://127.0.0.1:4711/").is_ok());
+        for bad in [
+            "http://127.0.0.1:4711/v1",
+            "http://127.0.0.1:4711?x=1",
+            "ftp://127.0.0.1:4711",
+            "127.0.0.1:4711",
+            "http://127.0.0.1:0",
+        ] {
+            let e = base_origin(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("invalid --base-url") && e.lines().count() == 1,
+                "{e}"
+            );
+        }
+        let e = base_origin("https://AC1:s3cret@conversations.twilio.com")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user name or password"), "{e}");
+        assert!(!e.contains("s3cret"), "the secret: {e}");
     }
 
     #[test]

@@ -6,7 +6,13 @@
 //! bounded by the step timeout and the deadline it is given; which answers
 //! are retried, and how, is the workflow's business
 //! (`crate::repair::step`).
+//!
+//! A [`Tap`] (off unless given: the selftest's, never the proxy's) sees
+//! each call as it goes on the wire: the final headers handed to the
+//! upstream client, then the answer. It belongs here, at the one layer
+//! that sends, so what it records cannot differ from what was sent.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -121,6 +127,68 @@ pub struct RetryPolicy {
     pub step_timeout: Duration,
 }
 
+/// Most calls one [`Tap`] keeps; later ones are counted, not kept
+/// ([`Tap::dropped`]). A selftest's repair makes a few dozen.
+pub const MAX_TAPPED_CALLS: usize = 10_000;
+
+/// One call as [`TwilioApi`] sent it: what the final headers handed to the
+/// upstream client said, and what came back. Never a secret: of the
+/// credential, only its Basic user name.
+#[derive(Debug, Clone)]
+pub struct TappedCall {
+    pub method: Method,
+    /// The path and query, as joined to the origin.
+    pub path: String,
+    /// `X-Twilio-Webhook-Enabled` as sent (`None`: not sent).
+    pub webhook: Option<HeaderValue>,
+    /// `Via` as sent (several values joined with `, `; `None`: not sent).
+    pub via: Option<String>,
+    /// The Basic user name of the `Authorization` sent (`AC…`/`SK…`;
+    /// empty when it is no Basic credential).
+    pub user: String,
+    /// The answer's status and `Twilio-Request-Id`, or why there was none.
+    pub answer: Result<(StatusCode, Option<String>), String>,
+}
+
+/// An observer of every call a [`TwilioApi`] sends ([`TwilioApi::with_tap`]):
+/// the records, in the order the answers came, up to [`MAX_TAPPED_CALLS`].
+/// Clones share the records.
+#[derive(Debug, Clone, Default)]
+pub struct Tap {
+    calls: Arc<Mutex<TapState>>,
+}
+
+#[derive(Debug, Default)]
+struct TapState {
+    calls: Vec<TappedCall>,
+    dropped: usize,
+}
+
+impl Tap {
+    fn record(&self, call: TappedCall) {
+        let mut s = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if s.calls.len() < MAX_TAPPED_CALLS {
+            s.calls.push(call);
+        } else {
+            s.dropped += 1;
+        }
+    }
+
+    /// The calls recorded so far.
+    pub fn calls(&self) -> Vec<TappedCall> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .calls
+            .clone()
+    }
+
+    /// Calls made past [`MAX_TAPPED_CALLS`], not kept.
+    pub fn dropped(&self) -> usize {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).dropped
+    }
+}
+
 /// A client bound to one origin and one credential.
 #[derive(Clone)]
 pub struct TwilioApi {
@@ -130,6 +198,8 @@ pub struct TwilioApi {
     webhook: Option<HeaderValue>,
     step_timeout: Duration,
     via: bool,
+    /// `None` (the proxy): nothing is recorded.
+    tap: Option<Tap>,
 }
 
 impl TwilioApi {
@@ -147,6 +217,7 @@ impl TwilioApi {
             webhook,
             step_timeout,
             via: false,
+            tap: None,
         }
     }
 
@@ -163,6 +234,12 @@ impl TwilioApi {
     /// tells the workflow's own calls from forwarded ones.
     pub fn with_via(mut self, via: bool) -> Self {
         self.via = via;
+        self
+    }
+
+    /// Record every call in `tap` (see [`Tap`]); `None`: record nothing.
+    pub fn with_tap(mut self, tap: Option<Tap>) -> Self {
+        self.tap = tap;
         self
     }
 
@@ -250,11 +327,23 @@ impl TwilioApi {
                 path: path.to_string(),
                 source: e.into(),
             })?;
-        *req.headers_mut() = headers;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ApiError::Deadline);
         }
+        // The headers exactly as handed to the upstream client.
+        let tapped = self.tap.as_ref().map(|_| TappedCall {
+            method: method.clone(),
+            path: path.to_string(),
+            webhook: headers.get("x-twilio-webhook-enabled").cloned(),
+            via: joined(&headers, header::VIA),
+            user: headers
+                .get(header::AUTHORIZATION)
+                .and_then(crate::sid::basic_user)
+                .unwrap_or_default(),
+            answer: Err(String::new()),
+        });
+        *req.headers_mut() = headers;
         let timeout = self.step_timeout.min(remaining);
         let exchange = async {
             let resp = self
@@ -293,14 +382,32 @@ impl TwilioApi {
                 body,
             })
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(ApiError::Timeout {
                 method,
                 path: path.to_string(),
             }),
+        };
+        if let (Some(tap), Some(mut call)) = (&self.tap, tapped) {
+            call.answer = match &result {
+                Ok(r) => Ok((r.status, r.request_id.clone())),
+                Err(e) => Err(e.to_string()),
+            };
+            tap.record(call);
         }
+        result
     }
+}
+
+/// Every value of header `name`, joined with `, ` (`None`: not present).
+fn joined(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// Build a form body from pairs.
@@ -314,6 +421,24 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tap_keeps_its_bound_and_counts_the_rest() {
+        let tap = super::Tap::default();
+        let call = super::TappedCall {
+            method: http::Method::GET,
+            path: "/v1/Services".into(),
+            webhook: None,
+            via: None,
+            user: "AC1".into(),
+            answer: Ok((http::StatusCode::OK, None)),
+        };
+        for _ in 0..=super::MAX_TAPPED_CALLS {
+            tap.clone().record(call.clone());
+        }
+        assert_eq!(tap.calls().len(), super::MAX_TAPPED_CALLS);
+        assert_eq!(tap.dropped(), 1);
+    }
+
     #[test]
     fn identity_segments_cannot_change_the_path() {
         assert_eq!(super::encode_segment("alice"), "alice");

@@ -73,8 +73,9 @@ pub fn range_of(key: &str) -> Option<(i64, i64)> {
 pub(super) const ADMIN_TOKEN_LEN: (usize, usize) = (16, 1024);
 
 /// `scheme://host[:port]`, http or https, a valid host, no credentials, a
-/// port (if any) in 1..=65535, no path or query.
-pub(super) fn check_origin(key: &str, value: &str) -> Result<(), ConfigError> {
+/// port (if any) in 1..=65535, no path or query: every upstream setting's
+/// check, and the selftest's `--base-url`'s (`key` names it in the error).
+pub fn check_origin(key: &str, value: &str) -> Result<(), ConfigError> {
     let uri: http::Uri = value
         .parse()
         .map_err(|_| invalid(key, format!("`{}` is not a URL", mask_url_password(value))))?;

@@ -24,10 +24,10 @@ use toml::Value;
 /// The documented defaults, compiled in.
 mod checks;
 pub mod reload;
-pub use checks::{RANGES, range_of};
+pub use checks::{RANGES, check_origin, range_of};
 use checks::{
-    check_admin_token, check_host_pattern, check_origin, check_ranges, check_reserved_prefix,
-    check_store, durations_to_units, one_line, out_of_range, syntax_message,
+    check_admin_token, check_host_pattern, check_ranges, check_reserved_prefix, check_store,
+    durations_to_units, one_line, out_of_range, syntax_message,
 };
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

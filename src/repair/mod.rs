@@ -138,6 +138,8 @@ pub struct Repairer {
     shield: arc_swap::ArcSwapOption<crate::shield::Shield>,
     /// The check-only rehearsals since start.
     rehearsals: rehearsal::Rehearsals,
+    /// [`RepairerParts::tap`].
+    tap: Option<crate::twilio_api::Tap>,
 }
 
 /// Builds the `step::Exchange` of one workflow (origin, credential,
@@ -159,6 +161,12 @@ pub struct RepairerParts {
     pub exchange: Option<ExchangeFactory>,
     /// The 429 shield, when on (`crate::shield`).
     pub shield: Option<Arc<crate::shield::Shield>>,
+    /// An observer of every call the repair's own client sends
+    /// ([`crate::twilio_api::Tap`]: the headers as they went on the wire,
+    /// the answer): the selftest's, to check what the repair really sent.
+    /// `None` in the proxy (nothing recorded). Reaches the default client
+    /// only (`exchange: None`); a scripted exchange has its own.
+    pub tap: Option<crate::twilio_api::Tap>,
 }
 
 impl Repairer {
@@ -218,6 +226,7 @@ impl Repairer {
             exchange: p.exchange,
             shield: arc_swap::ArcSwapOption::new(p.shield),
             rehearsals,
+            tap: p.tap,
         })
     }
 
@@ -310,7 +319,8 @@ impl Repairer {
                     webhook,
                     policy.step_timeout,
                 )
-                .with_via(self.mark_forwarded),
+                .with_via(self.mark_forwarded)
+                .with_tap(self.tap.clone()),
             ),
         };
         let inner = match cap {

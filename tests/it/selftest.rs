@@ -246,7 +246,10 @@ async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() 
     emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
         "action": {"kind": "status", "status": 403, "code": 20003, "message": "Forbidden"}}))
         .await;
-    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    // The repair keeps putting the role right until its deadline: a short one.
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
+    let out = selftest(&emu, &[], &env).await;
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     assert!(line(&text, "create user").contains(" ok "), "{text}");
@@ -454,4 +457,233 @@ async fn an_unclear_service_create_names_the_service_it_may_have_made() {
         "{err}"
     );
     assert!(!err.contains("nothing was created"), "{err}");
+}
+
+/// What the report says the repair sent is what Twilio received, call for
+/// call: each call the repair's client recorded (its tap, at the layer
+/// that sends) is in the emulator's log under its request id with the
+/// same method, path, credential, `X-Twilio-Webhook-Enabled` and `Via`;
+/// and every call the emulator saw marked as the repair's is among them.
+/// With `add_forwarded_headers` on, the repair's own client (as the proxy
+/// builds it) marks each of its calls with `Via`.
+#[tokio::test]
+async fn the_repair_calls_reported_are_what_the_emulator_received() {
+    let emu = start_emulator(|c| {
+        c.api_key_sid = Some(KEY.into());
+        c.api_key_secret = Some(SECRET.into());
+    })
+    .await;
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.extend([
+        ("TRP_REPAIR_API_KEY_SID", KEY),
+        ("TRP_REPAIR_API_KEY_SECRET", SECRET),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ("TRP_ADD_FORWARDED_HEADERS", "true"),
+        // The shield's per-account cap on, as `serve` would build it: the
+        // repair's calls go through it (its calls are one at a time, so
+        // this shows the capped client works, not that it caps).
+        ("TRP_SHIELD_MAX_CONCURRENT_PER_ACCOUNT", "1"),
+    ]);
+    let out = selftest(&emu, &["--json", "--webhook-enabled", "true"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let calls = report["repair_calls"].as_array().unwrap();
+    assert!(calls.len() >= 8, "{report:#}");
+    let log = emu.log_json().await;
+    let mark = "1.1 twilio-repair-proxy (repair)";
+    for c in calls {
+        let rq = c["request_id"].as_str().expect("every call answered");
+        let seen = log
+            .iter()
+            .find(|r| r["request_id"] == rq)
+            .unwrap_or_else(|| panic!("{c} never reached the emulator"));
+        assert_eq!(seen["method"], c["method"], "{c} vs {seen}");
+        assert_eq!(seen["path"], c["path"], "{c} vs {seen}");
+        assert_eq!(seen["auth_user"], c["user"], "{c} vs {seen}");
+        assert_eq!(seen["status"], c["status"], "{c} vs {seen}");
+        assert_eq!(
+            seen["headers"].get("x-twilio-webhook-enabled"),
+            c.get("webhook").filter(|w| !w.is_null()),
+            "{c} vs {seen}"
+        );
+        assert_eq!(seen["headers"]["via"], mark, "{c} vs {seen}");
+        assert_eq!(c["via"], mark, "{c}");
+        if c["method"] != "GET" {
+            assert_eq!(c["webhook"], "true", "{c}");
+        }
+    }
+    // The other way round: every call Twilio saw with the repair's mark.
+    let marked = log
+        .iter()
+        .filter(|r| r["headers"]["via"].as_str() == Some(mark))
+        .count();
+    assert_eq!(marked, calls.len(), "{log:#?}");
+    // Both credentials acted, as in the proxy: the caller's reads, the
+    // operator key's repair steps.
+    let users: std::collections::BTreeSet<&str> =
+        calls.iter().map(|c| c["user"].as_str().unwrap()).collect();
+    assert!(users.contains(KEY), "{users:?}");
+}
+
+/// The service DELETE of a run, as the emulator's fault rules match it.
+const SERVICE_DELETE: &str = "^/v1/Services/IS[0-9a-fA-F]{32}$";
+
+/// A transient failure of the service's delete (a 503 once) is retried
+/// with the repair's backoff: the service is gone and the report says so.
+#[tokio::test]
+async fn a_service_delete_that_fails_once_is_retried_and_the_service_is_gone() {
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(
+        json!({"method": "DELETE", "path": SERVICE_DELETE, "times": 1,
+        "action": {"kind": "status", "status": 503}}),
+    )
+    .await;
+    let out = selftest(&emu, &[], &ACCOUNT_ENV).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let deleted = line(&text, "delete service");
+    assert!(
+        deleted.contains(" ok ") && deleted.contains("after 2 attempts"),
+        "{text}"
+    );
+    let statuses: Vec<Value> = emu
+        .log_json()
+        .await
+        .into_iter()
+        .filter(|r| {
+            r["method"] == "DELETE"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/v1/Services/IS") && p.split('/').count() == 4)
+        })
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!(503), json!(204)]);
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
+}
+
+/// A delete that keeps failing is retried up to the repair's attempts,
+/// then the report says "not deleted" and names the service to delete.
+#[tokio::test]
+async fn a_service_delete_that_keeps_failing_names_the_service_left_behind() {
+    let emu = start_emulator(|_| {}).await;
+    emu.add_rule(json!({"method": "DELETE", "path": SERVICE_DELETE,
+        "action": {"kind": "status", "status": 503}}))
+        .await;
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_RETRY_MAX_ATTEMPTS", "3"));
+    let out = selftest(&emu, &["--json"], &env).await;
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["cleaned_up"], false, "{report:#}");
+    let is = report["service_sid"].as_str().unwrap();
+    let name = report["service_name"].as_str().unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == "delete service")
+        .unwrap();
+    let detail = check["detail"].as_str().unwrap();
+    assert_eq!(check["ok"], false, "{check}");
+    assert!(
+        detail.contains("not deleted")
+            && detail.contains(is)
+            && detail.contains(name)
+            && detail.contains("503")
+            && detail.contains("after 3 attempts"),
+        "{detail}"
+    );
+    let deletes = emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(m, p)| m == "DELETE" && *p == format!("/v1/Services/{is}"))
+        .count();
+    assert_eq!(deletes, 3);
+    let (s, _) = emu.get(&format!("/v1/Services/{is}")).await;
+    assert_eq!(s, 200, "the service is still there, as the report says");
+}
+
+/// `--base-url` passes the check every upstream setting passes (an
+/// origin: http or https, a host, no user name or password, no path): a
+/// bad one ends with one line naming it, before any call.
+#[tokio::test]
+async fn a_base_url_that_is_no_origin_ends_with_one_line_before_any_call() {
+    let emu = start_emulator(|_| {}).await;
+    let port = emu.origin().rsplit(':').next().unwrap().to_string();
+    for (bad, why) in [
+        (format!("http://127.0.0.1:{port}/v1"), "without a path"),
+        (
+            format!("http://{ACCOUNT}:{TOKEN}@127.0.0.1:{port}"),
+            "user name or password",
+        ),
+        (format!("ftp://127.0.0.1:{port}"), "http or https"),
+    ] {
+        let out = tokio::process::Command::new(bin())
+            .args(["selftest", "--base-url", &bad])
+            .env("NO_PROXY", "127.0.0.1")
+            .env_remove("TRP_CONFIG")
+            .env_remove("TRP_REPAIR_API_KEY_SID")
+            .env_remove("TRP_REPAIR_API_KEY_SECRET")
+            .envs(ACCOUNT_ENV)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert_eq!(stdout(&out), "", "no report for {bad}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("invalid --base-url") && err.contains(why),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains(TOKEN), "the secret: {err}");
+    }
+    assert_eq!(emu.requests().await, [], "the emulator saw a call");
+}
+
+/// A check that fails *after* the repair: the scene's User keeps its
+/// role, the repair's recreate loses it and so does every update that
+/// would put it right (the emulator spares the first User write only):
+/// the run fails on "check user" naming `role_sid`, and the service is
+/// still deleted. (With the role lost on the recreate alone, the repair
+/// reads it back and puts it right with an update: the run passes.)
+#[tokio::test]
+async fn a_role_lost_by_the_repairs_recreate_fails_check_user_and_still_cleans_up() {
+    let emu = start_emulator(|_| {}).await;
+    set_fault(
+        &emu,
+        json!({"mode": "off", "drop_user_role_sid": true, "drop_user_role_sid_after": 1}),
+    )
+    .await;
+    // The repair keeps putting the role right until its deadline: a short one.
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
+    let out = selftest(&emu, &[], &env).await;
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(line(&text, "create user").contains(" ok "), "{text}");
+    let check = line(&text, "check user");
+    assert!(
+        check.contains("FAILED") && check.contains("role_sid"),
+        "{text}"
+    );
+    assert!(line(&text, "delete service").contains(" ok "), "{text}");
+    assert!(text.contains("selftest FAILED"), "{text}");
+    // The recreate was the repair's: the second User create of the run.
+    let creates = emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/Users"))
+        .count();
+    assert_eq!(creates, 2, "{text}");
+    assert_eq!(
+        service_names(&emu).await,
+        [twilio_emulator::DEFAULT_SERVICE_NAME]
+    );
 }

@@ -1,5 +1,7 @@
 //! Fault settings: the participant fault and general injection rules.
 
+use std::cell::Cell;
+
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 use time::Date;
@@ -44,11 +46,19 @@ pub struct ParticipantFault {
     #[serde(skip_serializing_if = "is_zero")]
     pub read_lag_ms: u64,
     /// A User create ignores its `RoleSid` (any identity): the User gets
-    /// the service's default role, and the answer says so. A double of
-    /// an account where the role does not survive a recreate (`selftest`
+    /// the service's default role, and the answer says so; so does a User
+    /// update (the role cannot be put right afterwards). A double of an
+    /// account where the role does not survive a recreate (`selftest`
     /// must name the field).
     #[serde(skip_serializing_if = "is_false")]
     pub drop_user_role_sid: bool,
+    /// With `drop_user_role_sid`: how many User writes (creates and
+    /// updates) with a `RoleSid` keep it before it strikes, counted from
+    /// when these settings were set (0: from the first). `1` spares a
+    /// scene's create and strikes a repair's recreate and every update
+    /// after it. `GET` shows the value as set.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub drop_user_role_sid_after: u32,
     /// A participant create or update keeps no `Attributes` (any
     /// identity): the participant's attributes stay `{}`.
     #[serde(skip_serializing_if = "is_false")]
@@ -56,6 +66,10 @@ pub struct ParticipantFault {
 }
 
 fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
@@ -69,6 +83,9 @@ pub(crate) struct CompiledParticipantFault {
     pub(crate) settings: ParticipantFault,
     pattern: Option<Regex>,
     created_on: Option<Date>,
+    /// User writes `drop_user_role_sid_after` has let pass so far (the
+    /// settings live behind the state's lock: a `Cell` is enough).
+    user_creates_spared: Cell<u32>,
 }
 
 fn compile_regex(pattern: &str) -> Result<Regex, String> {
@@ -105,6 +122,7 @@ impl ParticipantFault {
             settings: self.clone(),
             pattern,
             created_on,
+            user_creates_spared: Cell::new(0),
         })
     }
 }
@@ -119,7 +137,23 @@ impl CompiledParticipantFault {
             },
             pattern: None,
             created_on: None,
+            user_creates_spared: Cell::new(0),
         }
+    }
+
+    /// Does the User create or update being made now lose its `RoleSid`?
+    /// Counts the writes `drop_user_role_sid_after` spares; call it once
+    /// per write with a `RoleSid` that is about to be made.
+    pub(crate) fn drops_user_role_sid(&self) -> bool {
+        if !self.settings.drop_user_role_sid {
+            return false;
+        }
+        let spared = self.user_creates_spared.get();
+        if spared < self.settings.drop_user_role_sid_after {
+            self.user_creates_spared.set(spared + 1);
+            return false;
+        }
+        true
     }
 
     /// Does the fault apply to this identity, whose User was created on

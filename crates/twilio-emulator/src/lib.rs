@@ -54,7 +54,7 @@
 //! | `DELETE /__emulator/requests` | | clears the request log (204) |
 //! | `POST /__emulator/reset` | | wipes all resources, the request log, and restores the start-up fault settings, injection rules and accounts (the default services keep their SID) and drops held requests (204; see below) |
 //! | `GET /__emulator/fault` | | current participant fault settings |
-//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null,"read_lag_ms":n,"drop_user_role_sid":bool,"lose_participant_attributes":bool}` | replaces them |
+//! | `PUT /__emulator/fault` | `{"mode":"ghost"\|"block"\|"off","identities":[..],"identity_pattern":"re"\|null,"user_created_on":"YYYY-MM-DD"\|null,"read_lag_ms":n,"drop_user_role_sid":bool,"drop_user_role_sid_after":n,"lose_participant_attributes":bool}` | replaces them |
 //! | `GET /__emulator/faults` | | injection rules with their ids and remaining counts |
 //! | `POST /__emulator/faults` | a [`FaultRule`] as JSON | adds a rule (201 `{"id":n}`) |
 //! | `DELETE /__emulator/faults` | | removes all rules (204) |
@@ -153,8 +153,11 @@
 //! a second create of it already answers 409/50433.
 //!
 //! Lost fields (off by default; any identity, any mode): with
-//! `drop_user_role_sid` a User create ignores its `RoleSid` (the User gets
-//! the service's default role, and the answer shows it); with
+//! `drop_user_role_sid` a User create or update ignores its `RoleSid` (the
+//! User gets or keeps the service's default role, and the answer shows it;
+//! with `drop_user_role_sid_after: N` the first N such writes from when the
+//! settings are put keep it, so a repair's recreate can be struck and not
+//! the User it replaces); with
 //! `lose_participant_attributes` a participant create or update keeps no
 //! `Attributes` (they stay `{}`). They make a double of an account on which
 //! a field does not survive the repair's recreate, which `selftest` must

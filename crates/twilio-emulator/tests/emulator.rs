@@ -1785,6 +1785,67 @@ async fn lost_field_switches_drop_a_users_role_and_a_participants_attributes() {
     assert!(fault.get("drop_user_role_sid").is_none(), "{fault}");
 }
 
+/// `drop_user_role_sid_after: 1` spares the first User write with a
+/// `RoleSid` and strikes every one after it, creates and updates alike
+/// (a repair's recreate, and the update that would put the role right).
+#[tokio::test]
+async fn a_dropped_role_can_spare_the_first_user_writes() {
+    let emu = start(EmulatorConfig::default()).await;
+    let is = emu.new_service().await;
+    let prefix = format!("/v1/Services/{is}");
+    let roles = emu.get(&format!("{prefix}/Roles")).await.json();
+    let role = |name: &str| {
+        roles["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["friendly_name"] == name)
+            .unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (admin, user_default) = (role("service admin"), role("service user"));
+    emu.set_fault(
+        json!({"mode": "off", "drop_user_role_sid": true, "drop_user_role_sid_after": 1}),
+    )
+    .await;
+    let fault = emu
+        .control(reqwest::Method::GET, "/__emulator/fault", None)
+        .await
+        .json();
+    assert_eq!(fault["drop_user_role_sid_after"], 1, "{fault}");
+    // A write without a RoleSid is not counted.
+    let r = emu
+        .post(&format!("{prefix}/Users"), &[("Identity", "bare")])
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = emu
+        .post(
+            &format!("{prefix}/Users"),
+            &[("Identity", "spared"), ("RoleSid", &admin)],
+        )
+        .await;
+    assert_eq!(r.json()["role_sid"], admin.as_str(), "the first is spared");
+    let r = emu
+        .post(
+            &format!("{prefix}/Users"),
+            &[("Identity", "struck"), ("RoleSid", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["role_sid"], user_default.as_str());
+    let r = emu
+        .post(&format!("{prefix}/Users/struck"), &[("RoleSid", &admin)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json()["role_sid"],
+        user_default.as_str(),
+        "an update cannot put it right"
+    );
+}
+
 #[tokio::test]
 async fn a_service_delete_takes_everything_in_it() {
     let emu = start(EmulatorConfig::default()).await;

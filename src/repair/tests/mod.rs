@@ -69,6 +69,7 @@ fn bench_config(
             Arc::new(f.clone()) as Arc<dyn Exchange>
         })),
         shield: None,
+        tap: None,
     });
     Bench {
         fake,

@@ -38,14 +38,15 @@ pub(super) fn create_user(ctx: &Call<'_>, scope: Scope<'_>, service: &mut Svc) -
         return Err(EmulatorError::invalid_code(50207, "Identity too long"));
     }
     let attributes = attributes_param(ctx)?;
-    let role_sid =
-        sid_param(ctx, "RoleSid", "RL")?.filter(|_| !ctx.fault.settings.drop_user_role_sid);
+    let role_sid = sid_param(ctx, "RoleSid", "RL")?;
     // Emulator extension so tests can exercise the creation-date fault.
     let created = date_param(ctx, "DateCreated")?;
     if service.user_by_identity(identity).is_some() {
         return Err(EmulatorError::conflict(50201, "User already exists"));
     }
     check_capacity(service.users.len(), MAX_ITEMS_PER_COLLECTION)?;
+    // The lost-field fault, counted on the writes that are made.
+    let role_sid = role_sid.filter(|_| !ctx.fault.drops_user_role_sid());
     let created = created.unwrap_or_else(model::now);
     let user = User {
         sid: model::new_sid("US"),
@@ -77,7 +78,8 @@ pub(super) fn user_item(
         ))),
         Method::POST => {
             let attributes = attributes_param(ctx)?;
-            let role_sid = sid_param(ctx, "RoleSid", "RL")?;
+            let role_sid =
+                sid_param(ctx, "RoleSid", "RL")?.filter(|_| !ctx.fault.drops_user_role_sid());
             let user = &mut service.users[idx];
             if let Some(v) = ctx.form("FriendlyName") {
                 user.friendly_name = Some(v.to_owned());
