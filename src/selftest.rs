@@ -185,6 +185,18 @@ pub struct Options {
     /// `X-Twilio-Webhook-Enabled` as the caller would send it (`None`: not sent).
     pub webhook: Option<HeaderValue>,
     pub keep: bool,
+    /// The 429 shield the repair's calls take their slots from.
+    pub shield: ShieldFrom,
+}
+
+/// Where a selftest's repair gets its 429 shield.
+pub enum ShieldFrom {
+    /// One built from `config.shield` (the command: no proxy runs).
+    Config,
+    /// The running proxy's, as a reload last set it (`POST /selftest`: its
+    /// calls take their slots beside live traffic's; `None`: the shield is
+    /// off there now).
+    Live(Option<Arc<Shield>>),
 }
 
 /// One call of the repair, as its client put it on the wire (the record
@@ -957,7 +969,12 @@ async fn repair(
     // `add_forwarded_headers`), the shield's per-account cap from the
     // configuration, and the tap that records what it sends.
     let metrics = Arc::new(Metrics::default());
-    let shield = Shield::new(&opts.config.shield, &opts.config.metrics, metrics.clone());
+    let shield = match &opts.shield {
+        ShieldFrom::Live(live) => live.clone(),
+        ShieldFrom::Config => {
+            Shield::new(&opts.config.shield, &opts.config.metrics, metrics.clone())
+        }
+    };
     let repairer = Repairer::new(RepairerParts {
         config,
         client,

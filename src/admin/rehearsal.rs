@@ -23,7 +23,7 @@ use maud::{Markup, html};
 use super::{AdminState, Operator, admin_error};
 use crate::config::RepairMode;
 use crate::repair::rehearsal::RehearsalView;
-use crate::selftest::{Caller, Interruption, Options, Report, SERVICE_NAME_PREFIX};
+use crate::selftest::{Caller, Interruption, Options, Report, SERVICE_NAME_PREFIX, ShieldFrom};
 
 /// Plans listed on the panel (the newest).
 pub const PANEL_PLANS: usize = 10;
@@ -272,6 +272,7 @@ pub(super) async fn run(
         operator: Some(credential),
         webhook: Some(HeaderValue::from_static("false")),
         keep: false,
+        shield: ShieldFrom::Live(repairer.shield()),
     };
     let deadline = s.config.admin.selftest_deadline();
     let stop = s.selftest.stop.clone();

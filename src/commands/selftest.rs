@@ -8,7 +8,7 @@ use super::CommandError;
 use crate::cli::SelftestArgs;
 use crate::config::Config;
 use crate::repair::RepairCredential;
-use crate::selftest::{Caller, Interruption, Options, SelftestError, selftest_until};
+use crate::selftest::{Caller, Interruption, Options, SelftestError, ShieldFrom, selftest_until};
 
 /// `TWILIO_API_KEY`/`_SECRET`, else `TWILIO_ACCOUNT_SID`/`_AUTH_TOKEN`,
 /// else the operator repair credential.
@@ -67,6 +67,7 @@ pub async fn run(args: SelftestArgs, out: &mut dyn std::io::Write) -> Result<(),
             operator,
             webhook,
             keep: args.keep,
+            shield: ShieldFrom::Config,
         },
         async {
             super::shutdown_signal().await;

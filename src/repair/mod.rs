@@ -184,6 +184,12 @@ impl Repairer {
         }));
     }
 
+    /// The shield in force now (what a reload last set; `None`: off):
+    /// `POST /selftest`'s repair takes its slots beside live traffic's.
+    pub fn shield(&self) -> Option<Arc<crate::shield::Shield>> {
+        self.shield.load_full()
+    }
+
     /// A reloaded `[shield]`: the next workflow's calls take their slots
     /// from it.
     pub fn set_shield(&self, shield: Option<Arc<crate::shield::Shield>>) {

@@ -428,6 +428,72 @@ async fn a_second_post_selftest_while_one_runs_is_409_and_the_first_is_unaffecte
     st.proxy.stop().await;
 }
 
+/// `POST /selftest`'s repair is the proxy's: its calls take their slots
+/// from the running proxy's 429 shield, beside live traffic of the same
+/// account. With the cap at 1 and a live request holding that slot, the
+/// repair waits in the cap's line (the proxy's own gauge shows it) and runs
+/// once the live request ends.
+#[tokio::test]
+async fn post_selftest_takes_its_slots_from_the_proxys_live_shield() {
+    let st = Scene::new()
+        .proxy(|c| {
+            check_only(true)(c);
+            c.shield.max_concurrent_per_account = 1;
+        })
+        .stack()
+        .await;
+    // A live request of the account, held at Twilio: it holds the slot.
+    st.emu
+        .add_rule(
+            json!({"method": "GET", "path": "/v1/Configuration$", "times": 1,
+            "action": {"kind": "hold", "process_on_release": true}}),
+        )
+        .await;
+    let live = {
+        let (http, url) = (st.http.clone(), st.proxy.url("/v1/Configuration"));
+        tokio::spawn(async move {
+            http.get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    st.emu.wait_held(1).await;
+    let (http, admin) = (st.http.clone(), st.proxy.admin.to_string());
+    let run = tokio::spawn(async move { post_selftest(&http, &admin).await });
+    // The repair's first call waits for the live request's slot.
+    let series = "trp_shield_queue_length{class=\"account\"}";
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = st
+            .http
+            .get(st.proxy.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&text, series) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sample(&text, series), Some(1.0), "{text}");
+    assert!(!run.is_finished(), "the repair waits for the slot");
+    st.emu.release(None).await;
+    assert_eq!(live.await.unwrap(), 200);
+    let (status, report) = run.await.unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(selftest_services(&st.emu).await, Vec::<String>::new());
+    st.proxy.stop().await;
+}
+
 /// An operator who hangs up mid-run: the run goes on to the end, deletes
 /// its service, and the panel shows its report.
 #[tokio::test]
