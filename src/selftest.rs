@@ -164,6 +164,10 @@ pub enum SelftestError {
         "selftest: no credential: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or TWILIO_API_KEY and TWILIO_API_SECRET (with TWILIO_ACCOUNT_SID), or the repair credential (TRP_REPAIR_API_KEY_SID/_SECRET or repair.credentials_file)"
     )]
     NoCredential,
+    /// Interrupted before its first call (a signal, a shutdown, the time
+    /// bound already spent).
+    #[error("selftest: interrupted before any call ({0}); nothing was created")]
+    InterruptedBeforeAnyCall(Interruption),
     #[error(transparent)]
     CredentialFile(#[from] crate::repair::credential::CredentialError),
 }
@@ -424,10 +428,23 @@ impl Run {
 /// Why a run was cut short: its report's `interrupted` line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interruption {
-    /// SIGINT or SIGTERM: the command's, or the proxy's shutdown.
+    /// SIGINT, SIGTERM or SIGQUIT: the command's, or the proxy's shutdown.
     Signal,
     /// The run's time bound elapsed (`admin.selftest_deadline_ms`).
     Deadline(Duration),
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interruption::Signal => f.write_str("a signal or the proxy's shutdown"),
+            Interruption::Deadline(d) => write!(
+                f,
+                "the run's time bound, {}, admin.selftest_deadline_ms",
+                humantime::format_duration(*d)
+            ),
+        }
+    }
 }
 
 impl Interruption {
@@ -460,7 +477,7 @@ pub async fn selftest_until(
     interrupted: impl std::future::Future<Output = Interruption>,
 ) -> Result<Report, SelftestError> {
     // Polled once now: a signal future installs its handlers when first
-    // polled, and until then SIGINT or SIGTERM would end the process in the
+    // polled, and until then SIGINT, SIGTERM or SIGQUIT would end the process in the
     // middle of the service create, leaving that service behind unsaid.
     // A signal from here on ends the run after the create, then deletes.
     let interrupted = interrupted;
@@ -470,6 +487,11 @@ pub async fn selftest_until(
         why = &mut interrupted => Some(why),
         () = std::future::ready(()) => None,
     };
+    // Cut before the first call (a shutdown that began as the run was
+    // admitted): nothing is made on the account at all.
+    if let Some(why) = signalled_early {
+        return Err(SelftestError::InterruptedBeforeAnyCall(why));
+    }
     let at = crate::store::now_rfc3339();
     let origin = base_origin(&opts.base_url)?;
     let client = forward::build_client_with(
@@ -555,13 +577,10 @@ pub async fn selftest_until(
         rq,
     );
     let base = format!("/v1/Services/{service_sid}");
-    // A finished signal future is never polled again.
-    let cut = match signalled_early {
-        Some(why) => Some(why),
-        None => tokio::select! {
-            () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => None,
-            why = &mut interrupted => Some(why),
-        },
+    // Not finished yet (that returned above), so it may be polled here.
+    let cut = tokio::select! {
+        () = scene_and_repair(&mut run, &opts, &calls, client, &origin, &base) => None,
+        why = &mut interrupted => Some(why),
     };
     if let Some(why) = cut {
         run.failed("interrupted", why.detail(), None);
@@ -1231,6 +1250,39 @@ fn verify_credential(run: &mut Run, made: &[RepairCall]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run interrupted before its first call (a shutdown that began as it
+    /// was admitted) makes nothing: no connection reaches Twilio at all.
+    #[tokio::test]
+    async fn a_run_interrupted_before_its_first_call_makes_nothing() {
+        let twilio = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        twilio.set_nonblocking(true).unwrap();
+        let credential =
+            RepairCredential::new(&format!("AC{}", "a".repeat(32)), "t", None).unwrap();
+        let opts = Options {
+            config: Config::defaults(),
+            base_url: format!("http://{}", twilio.local_addr().unwrap()),
+            caller: Caller {
+                credential,
+                variables: "TWILIO_*",
+            },
+            operator: None,
+            webhook: None,
+            keep: false,
+            shield: ShieldFrom::Config,
+        };
+        let got = selftest_until(opts, std::future::ready(Interruption::Signal)).await;
+        assert!(
+            matches!(got, Err(SelftestError::InterruptedBeforeAnyCall(_))),
+            "{:?}",
+            got.map(|r| r.checks.len())
+        );
+        // The run has returned: a connection it made would be queued by now.
+        assert_eq!(
+            twilio.accept().map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        );
+    }
 
     #[test]
     fn differences_compare_attributes_as_json_and_name_the_field() {

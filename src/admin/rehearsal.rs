@@ -42,6 +42,10 @@ pub struct SelftestSlot {
     /// Cancelled when shutdown begins: the run in flight is interrupted
     /// (its service still deleted) and no new one starts.
     stop: tokio_util::sync::CancellationToken,
+    /// Cancelled when shutdown's grace ran out with the run still going:
+    /// its request is answered at once (503), so the admin server's own
+    /// drain does not wait a second grace for it.
+    given_up: tokio_util::sync::CancellationToken,
 }
 
 impl SelftestSlot {
@@ -69,6 +73,7 @@ impl SelftestSlot {
             let _slot = self.running.lock().await;
         };
         if tokio::time::timeout(grace, ended).await.is_err() {
+            self.given_up.cancel();
             tracing::warn!(
                 "grace period elapsed while a selftest was deleting its throwaway service: look \
                  for a Conversations service named \"{SERVICE_NAME_PREFIX} <time>\" on the \
@@ -294,8 +299,21 @@ pub(super) async fn run(
         }
         result
     });
-    match task.await {
+    let given_up = s.selftest.given_up.clone();
+    let result = tokio::select! {
+        r = task => r,
+        () = given_up.cancelled() => {
+            return admin_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the proxy shut down before the selftest's service delete ended: see its log for the service to delete",
+            );
+        }
+    };
+    match result {
         Ok(Ok(report)) => (StatusCode::OK, Json(report)).into_response(),
+        Ok(Err(e @ crate::selftest::SelftestError::InterruptedBeforeAnyCall(_))) => {
+            admin_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
         Ok(Err(e)) => admin_error(StatusCode::BAD_GATEWAY, &e.to_string()),
         Err(_) => admin_error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -358,6 +358,45 @@ async fn sigterm_mid_selftest(hung_up: bool) {
     }
 }
 
+/// Shutdown's grace runs out while the interrupted run's service delete
+/// is still held at Twilio: the operator is answered at once (503, the log
+/// names the service to delete), not left to the admin server's own drain,
+/// and the process exits.
+#[tokio::test]
+async fn a_selftest_delete_outlasting_the_grace_is_answered_503_and_the_log_names_the_service() {
+    let emu = start_emulator(|_| {}).await;
+    let mut proxy = spawn_check_only(&emu, &[("TRP_LIMITS_SHUTDOWN_GRACE_MS", "300")]).await;
+    hold_the_roles_read(&emu, false).await;
+    emu.add_rule(
+        json!({"method": "DELETE", "path": "^/v1/Services/IS[0-9a-f]+$",
+        "action": {"kind": "hold", "process_on_release": true}}),
+    )
+    .await;
+    let admin = proxy.admin.clone();
+    let operator =
+        tokio::spawn(async move { post_selftest(&reqwest::Client::new(), &admin).await });
+    emu.wait_held(1).await;
+    proxy.signal("TERM");
+    // The interrupted run's delete, held: the grace runs out meanwhile.
+    emu.wait_held(2).await;
+    let (status, body) = operator.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("see its log"),
+        "{body}"
+    );
+    let exit = until_exited(&mut proxy).await;
+    assert!(exit.success(), "{exit}\n{}", proxy.stderr());
+    assert!(
+        proxy
+            .stderr()
+            .contains("look for a Conversations service named"),
+        "{}",
+        proxy.stderr()
+    );
+    emu.release(None).await;
+}
+
 #[tokio::test]
 async fn sigterm_mid_post_selftest_interrupts_it_and_deletes_its_service_before_exit() {
     sigterm_mid_selftest(false).await;
