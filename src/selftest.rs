@@ -1244,6 +1244,12 @@ fn verify_credential(run: &mut Run, made: &[RepairCall]) {
             ),
             None,
         );
+    } else {
+        run.failed(
+            "check credential",
+            "the repair made no call: nothing to check",
+            None,
+        );
     }
 }
 

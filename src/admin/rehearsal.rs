@@ -208,6 +208,12 @@ pub(super) async fn view(State(s): State<Arc<AdminState>>) -> Response {
             "repair is off on this proxy (repair.mode = \"off\")",
         );
     };
+    if repairer.is_off() {
+        return admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "repair is off on this proxy (repair.mode = \"off\", by a reload)",
+        );
+    }
     let mut view = repairer.rehearsals();
     for r in &mut view.recent {
         r.identity = s.privacy.identity(&r.identity);

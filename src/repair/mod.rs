@@ -394,6 +394,7 @@ impl Repairer {
         let incident = self.as_recorded(incident, Some(identity));
         if let Err(e) = self.store.update_incident(id, &incident).await {
             tracing::warn!(incident = id, error = %e, "cannot record the rehearsal in its incident");
+            return;
         }
         tracing::info!(
             incident = id,

@@ -167,11 +167,16 @@ impl Workflow<'_> {
                     }
                     None => {
                         self.rep.metrics.rehearsal(RehearsalResult::Skipped);
-                        format!(
-                            "{reason}; not rehearsed: {} rehearsal(s) in flight already \
-                             (repair.rehearsal_max_in_flight)",
-                            self.rep.rehearsals.max_in_flight()
-                        )
+                        match self.rep.rehearsals.max_in_flight() {
+                            0 => format!(
+                                "{reason}; not rehearsed: rehearsals are off \
+                                 (repair.rehearsal_max_in_flight = 0)"
+                            ),
+                            n => format!(
+                                "{reason}; not rehearsed: {n} rehearsal(s) in flight already \
+                                 (repair.rehearsal_max_in_flight)"
+                            ),
+                        }
                     }
                 };
                 Err(Verdict::original(Outcome::Disabled, Some(detail)))

@@ -639,6 +639,14 @@ async fn post_selftest_runs_with_the_repair_settings_a_reload_put_in_force() {
         body["message"].as_str().unwrap().contains("repair is off"),
         "{body}"
     );
+    // The panel's JSON as when the proxy started off.
+    let r = http
+        .get(format!("http://{}/rehearsals", proxy.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
 }
 
 /// The panel's figures (`GET /rehearsals`) once `plans_made` reaches `n`
@@ -755,6 +763,43 @@ async fn the_caller_has_its_404_while_the_rehearsals_read_is_still_held() {
 /// Past `repair.rehearsal_max_in_flight` a fault is not rehearsed: counted
 /// as skipped, said in its incident, never queued (nothing runs for it
 /// once the slot frees).
+/// `repair.rehearsal_max_in_flight = 0`: rehearsals are off, and the
+/// incident says so (not "0 in flight already"); no read is made.
+#[tokio::test]
+async fn with_rehearsals_off_the_incident_says_so_and_nothing_is_read() {
+    let (st, kim) = Scene::new()
+        .user("kim")
+        .member_of_another()
+        .armed(FaultMode::Block)
+        .proxy(|c| {
+            check_only(true)(c);
+            c.repair.rehearsal_max_in_flight = 0;
+        })
+        .start()
+        .await;
+    st.emu.clear_requests().await;
+    let (status, outcome, _) = st
+        .create(kim.is(), kim.target(), &[("Identity", "kim")])
+        .await;
+    assert_eq!((status, outcome.as_deref()), (404, Some("disabled")));
+    let incidents = admin_json_with(&st, "/incidents").await;
+    let detail = incidents["incidents"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not rehearsed: rehearsals are off (repair.rehearsal_max_in_flight = 0)"),
+        "{detail}"
+    );
+    assert_rehearsals(&st, &[("skipped", 1), ("would_complete", 0)]).await;
+    let reads: Vec<_> = st
+        .emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|(_, p)| p.contains("/Users/"))
+        .collect();
+    assert!(reads.is_empty(), "no snapshot read: {reads:?}");
+    st.proxy.stop().await;
+}
+
 #[tokio::test]
 async fn past_the_bound_a_fault_is_not_rehearsed_and_is_counted_skipped() {
     let (st, kim) = Scene::new()
