@@ -114,7 +114,7 @@ pub mod vocabulary;
 
 /// The emulator (its own crate, `crates/twilio-emulator`), under its old path.
 pub use twilio_emulator as emulator;
-/// Completes on SIGINT or SIGTERM (shared with the emulator).
+/// Completes on SIGINT, SIGTERM or SIGQUIT (shared with the emulator).
 pub use twilio_wire::shutdown_signal;
 
 use std::future::Future;

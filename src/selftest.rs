@@ -469,7 +469,7 @@ pub async fn selftest(opts: Options) -> Result<Report, SelftestError> {
 }
 
 /// [`selftest`], cut short when `interrupted` completes (the command's
-/// SIGINT or SIGTERM, the proxy's shutdown, a time bound): the scene or
+/// SIGINT, SIGTERM or SIGQUIT, the proxy's shutdown, a time bound): the scene or
 /// the repair under way is abandoned, and the service is still deleted
 /// (unless `--keep`).
 pub async fn selftest_until(

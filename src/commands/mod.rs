@@ -100,5 +100,5 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Co
         .map_err(|source| CommandError::Listen { addr, source })
 }
 
-/// Completes on SIGINT or SIGTERM (one handler, shared with the emulator).
+/// Completes on SIGINT, SIGTERM or SIGQUIT (one handler, shared with the emulator).
 pub use twilio_wire::shutdown_signal;

@@ -57,7 +57,7 @@ pub async fn run(args: SelftestArgs, out: &mut dyn std::io::Write) -> Result<(),
                 CommandError::Usage("--webhook-enabled must be true, false or omit")
             })?),
         };
-    // SIGINT/SIGTERM end the run, not the process: the service is still
+    // SIGINT, SIGTERM and SIGQUIT end the run, not the process: the service is still
     // deleted (each of those calls bounded, as every call).
     let report = selftest_until(
         Options {

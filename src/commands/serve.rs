@@ -1,4 +1,4 @@
-//! `serve` (the default): run the proxy until SIGINT/SIGTERM. SIGHUP never
+//! `serve` (the default): run the proxy until SIGINT, SIGTERM or SIGQUIT (all drain alike). SIGHUP never
 //! ends it: it is a reload notice ([`crate::reload`]) that reloads the
 //! configuration (`config::reload`, which also follows the `--config` file)
 //! and re-reads the listener's TLS certificate.
