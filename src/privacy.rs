@@ -52,18 +52,33 @@ impl Privacy {
         {
             let (head, tail) = rest.split_at(i + mark.len());
             out.push_str(head);
-            // A segment already hashed (by [`Privacy::text_naming`]).
-            if let Some(h) = tail.get(..HASHED_LEN).filter(|h| is_hashed(h)) {
+            // A segment already hashed (by [`Privacy::text_naming`]): the
+            // whole segment, so an identity that merely starts like a hash
+            // (`sha256:0123456789abcdefkim`) is hashed, not kept.
+            let whole = |h: &&str| {
+                is_hashed(h)
+                    && tail[HASHED_LEN..].chars().next().is_none_or(|c| {
+                        !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%'))
+                    })
+            };
+            if let Some(h) = tail.get(..HASHED_LEN).filter(whole) {
                 out.push_str(h);
                 rest = &tail[HASHED_LEN..];
                 continue;
             }
-            // A segment the workflow built: unreserved characters and %XX.
-            let end = tail
-                .find(|c: char| {
+            // A segment the workflow built: unreserved characters and %XX;
+            // one that starts like a hash but is none (written raw, so its
+            // `:` would end it early), up to the path's next delimiter.
+            let end = if tail.starts_with("sha256:") {
+                tail.find(|c: char| {
+                    c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ',' | ';')
+                })
+            } else {
+                tail.find(|c: char| {
                     !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%'))
                 })
-                .unwrap_or(tail.len());
+            }
+            .unwrap_or(tail.len());
             let segment = &tail[..end];
             let is_sid = crate::sid::is_sid(segment, "US") || crate::sid::is_sid(segment, "MB");
             if !segment.is_empty() && !is_sid {
@@ -284,6 +299,32 @@ mod tests {
         assert_eq!(plain.text_naming("kim k: 403", "kim k"), "kim k: 403");
         assert_eq!(plain.identity("kim"), "kim");
         assert_eq!(plain.text("/Users/kim"), "/Users/kim");
+    }
+
+    /// An identity that starts like a hash is no hash: hashed whole, in a
+    /// workflow's (percent-encoded) path and in a text naming it raw.
+    #[test]
+    fn an_identity_shaped_like_a_hash_is_still_hashed() {
+        let p = Privacy::new(IdentityRecord::Hash);
+        let who = "sha256:0123456789abcdefkim@x.com";
+        let h = hash_identity(who);
+        let path = format!(
+            "GET /v1/Services/IS1/Users/{}: timeout",
+            crate::twilio_api::encode_segment(who)
+        );
+        assert_eq!(
+            p.text(&path),
+            format!("GET /v1/Services/IS1/Users/{h}: timeout")
+        );
+        let raw = format!("403 for /Users/{who}/Conversations");
+        let shown = p.text_naming(&raw, who);
+        assert!(!shown.contains("kim"), "{shown}");
+        assert!(shown.contains(&h), "{shown}");
+        // Raw, where the identity is not known to the text.
+        let shown = p.text(&format!("GET /Users/{who}/Conversations: 404"));
+        assert_eq!(shown, format!("GET /Users/{h}/Conversations: 404"));
+        // A hash written by text_naming is kept as it is, not hashed again.
+        assert_eq!(p.text(&format!("/Users/{h}/x")), format!("/Users/{h}/x"));
     }
 
     #[test]
