@@ -314,6 +314,17 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
             assert!(emu.requests().await.is_empty(), "mode {mode}: no call");
         }
     }
+    // The loop guard too (read from the journal): refused before any write.
+    emu.clear_requests().await;
+    let out = run(
+        &repair,
+        &[&cred[..], &[("TRP_REPAIR_MAX_REPAIRS_PER_WINDOW", "0")]].concat(),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("repair limit reached"), "{err}");
+    assert!(emu.requests().await.iter().all(|(m, _)| m == "GET"));
     // --dry-run: the snapshot, nothing touched.
     emu.clear_requests().await;
     let out = run(&[&repair[..], &["--dry-run"]].concat(), &cred).await;
