@@ -151,6 +151,9 @@ impl Privacy {
     /// ([`Privacy::text_naming`]).
     pub fn incident_naming(&self, mut i: Incident, identity: Option<&str>) -> Incident {
         if let (true, Some(who)) = (self.hashing(), identity) {
+            // The app may address a conversation by a unique name of its
+            // own, which can name the identity.
+            i.conversation_sid = self.text_naming(&i.conversation_sid, who);
             i.detail = i.detail.as_deref().map(|v| self.text_naming(v, who));
             for s in &mut i.steps {
                 s.path = s.path.as_deref().map(|v| self.text_naming(v, who));

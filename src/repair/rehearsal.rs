@@ -77,6 +77,8 @@ impl Rehearsal {
     /// `identity` in plain and percent-encoded forms when hashing.
     pub fn shown(mut self, privacy: &Privacy, identity: &str) -> Rehearsal {
         self.identity = privacy.identity(identity);
+        // A unique name the app addresses the conversation by may name it.
+        self.conversation_sid = privacy.text_naming(&self.conversation_sid, identity);
         self.why_not = self
             .why_not
             .as_deref()
@@ -372,7 +374,7 @@ mod tests {
             at: String::new(),
             incident_id: None,
             service_sid: "IS1".into(),
-            conversation_sid: "CH1".into(),
+            conversation_sid: "support-kim k".into(),
             identity: "kim k".into(),
             snapshot: None,
             plan: vec![],
