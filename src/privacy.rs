@@ -56,10 +56,20 @@ impl Privacy {
             // whole segment, so an identity that merely starts like a hash
             // (`sha256:0123456789abcdefkim`) is hashed, not kept.
             let whole = |h: &&str| {
+                let unreserved =
+                    |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+                let mut after = tail[HASHED_LEN..].chars();
                 is_hashed(h)
-                    && tail[HASHED_LEN..].chars().next().is_none_or(|c| {
-                        !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%'))
-                    })
+                    && match after.next() {
+                        None => true,
+                        Some(c) if c.is_ascii_alphanumeric() || c == '%' => false,
+                        // Punctuation after a hash ends the sentence, unless
+                        // the segment goes on (`sha256:….kim`).
+                        Some(c) if unreserved(c) => {
+                            !after.next().is_some_and(|d| unreserved(d) || d == '%')
+                        }
+                        Some(_) => true,
+                    }
             };
             if let Some(h) = tail.get(..HASHED_LEN).filter(whole) {
                 out.push_str(h);
@@ -69,10 +79,13 @@ impl Privacy {
             // A segment the workflow built: unreserved characters and %XX;
             // one that starts like a hash but is none (written raw, so its
             // `:` would end it early), up to the path's next delimiter.
-            let end = if tail.starts_with("sha256:") {
-                tail.find(|c: char| {
-                    c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ',' | ';')
-                })
+            let end = if let Some(after) = tail.strip_prefix("sha256:") {
+                after
+                    .find(|c: char| {
+                        c.is_whitespace()
+                            || matches!(c, '/' | '?' | '#' | '"' | '\'' | ',' | ';' | ':')
+                    })
+                    .map(|e| e + "sha256:".len())
             } else {
                 tail.find(|c: char| {
                     !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '%'))
@@ -170,12 +183,22 @@ impl Privacy {
         if !self.hashing() {
             return i;
         }
-        i.identity = i.identity.as_deref().map(|v| self.identity(v));
-        i.detail = i.detail.as_deref().map(|v| self.text(v));
-        for s in &mut i.steps {
-            s.path = s.path.as_deref().map(|v| self.text(v));
-            s.error_message = s.error_message.as_deref().map(|v| self.text(v));
+        // One recorded before the switch to "hash" still names its
+        // identity plainly: every form of it goes, wherever it stands.
+        let plain = i.identity.clone().filter(|w| !is_hashed(w));
+        let text = |v: &str| match &plain {
+            Some(who) => self.text_naming(v, who),
+            None => self.text(v),
+        };
+        if let Some(who) = &plain {
+            i.conversation_sid = self.text_naming(&i.conversation_sid, who);
         }
+        i.detail = i.detail.as_deref().map(text);
+        for s in &mut i.steps {
+            s.path = s.path.as_deref().map(text);
+            s.error_message = s.error_message.as_deref().map(text);
+        }
+        i.identity = i.identity.as_deref().map(|v| self.identity(v));
         i
     }
 
@@ -304,6 +327,40 @@ mod tests {
         assert_eq!(plain.text("/Users/kim"), "/Users/kim");
     }
 
+    /// An incident recorded in "plain" and shown after the switch to
+    /// "hash": its conversation's unique name and Twilio's messages lose
+    /// the identity too, and its hash is the one later incidents carry.
+    #[test]
+    fn an_incident_recorded_before_the_switch_is_shown_without_its_identity() {
+        let p = Privacy::new(IdentityRecord::Hash);
+        let mut step =
+            crate::store::StepRecord::bare(crate::store::StepKind::FetchUser, Some(403), false);
+        step.error_message = Some("User 'kim k' may not be read".into());
+        let shown = p.incident(Incident {
+            id: 1,
+            at: "2025-01-01T00:00:00Z".into(),
+            account_sid: None,
+            service_sid: None,
+            conversation_sid: "support-kim k".into(),
+            identity: Some("kim k".into()),
+            outcome: crate::store::Outcome::Failed,
+            detail: Some("add kim k: GET /Users/kim%20k: 403".into()),
+            repair_id: None,
+            steps: vec![step],
+            request_id: None,
+        });
+        let json = serde_json::to_string(&shown).unwrap();
+        assert!(!json.contains("kim"), "{json}");
+        let h = hash_identity("kim k");
+        assert_eq!(shown.identity.as_deref(), Some(h.as_str()));
+        assert_eq!(shown.conversation_sid, format!("support-{h}"));
+        assert_eq!(
+            p.incident(shown.clone()).detail,
+            shown.detail,
+            "shown twice, the same"
+        );
+    }
+
     /// An identity that starts like a hash is no hash: hashed whole, in a
     /// workflow's (percent-encoded) path and in a text naming it raw.
     #[test]
@@ -323,9 +380,21 @@ mod tests {
         let shown = p.text_naming(&raw, who);
         assert!(!shown.contains("kim"), "{shown}");
         assert!(shown.contains(&h), "{shown}");
+        // A hash that ends a sentence is kept: incidents of one identity
+        // keep one hash, however often a text passes through.
+        let kim = hash_identity("kim");
+        let once = p.text_naming("GET /Users/kim. Then /Users/kim-", "kim");
+        assert_eq!(once, format!("GET /Users/{kim}. Then /Users/{kim}-"));
+        assert_eq!(p.text(&once), once);
         // Raw, where the identity is not known to the text.
         let shown = p.text(&format!("GET /Users/{who}/Conversations: 404"));
         assert_eq!(shown, format!("GET /Users/{h}/Conversations: 404"));
+        assert_eq!(
+            p.text(&format!("GET /Users/{who}: 404")),
+            format!("GET /Users/{h}: 404")
+        );
+        let dotted = p.text("/Users/sha256:0123456789abcdef.kim/x");
+        assert!(!dotted.contains("kim"), "{dotted}");
         // A hash written by text_naming is kept as it is, not hashed again.
         assert_eq!(p.text(&format!("/Users/{h}/x")), format!("/Users/{h}/x"));
     }
