@@ -133,6 +133,7 @@ impl Repairer {
             if n > 0 {
                 tracing::info!(completed = n, "start-up recovery finished");
             }
+            me.close_cut_rehearsals_later();
             let mut tick = tokio::time::interval(interval);
             tick.tick().await;
             loop {
@@ -141,6 +142,39 @@ impl Repairer {
                 if me.recovery.any.load(Ordering::SeqCst) {
                     me.recover_pending(None).await;
                 }
+            }
+        });
+    }
+
+    /// Check-only incidents a stop left `rehearsal under way` say they were
+    /// cut short. Once per start, two workflow deadlines and a second after
+    /// it: every rehearsal recorded by then in the second of this start or
+    /// before (by this process's predecessor or by another replica) has
+    /// ended, since its reads end within one deadline; one UPDATE, not a
+    /// sweep per interval.
+    fn close_cut_rehearsals_later(self: &Arc<Self>) {
+        let started = crate::store::now_rfc3339();
+        let wait =
+            Duration::from_millis(self.config.workflow_deadline_ms) * 2 + Duration::from_secs(1);
+        let me = Arc::downgrade(self);
+        self.rt.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(me) = me.upgrade() else { return };
+            match me
+                .store
+                .close_unfinished_rehearsals(
+                    &started,
+                    super::rehearsal::UNDER_WAY,
+                    super::rehearsal::CUT_SHORT,
+                )
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    incidents = n,
+                    "check-only rehearsals a stop cut short are marked in their incidents"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot mark the rehearsals a stop cut short"),
             }
         });
     }

@@ -47,6 +47,14 @@ use crate::store::UserSnapshot;
 /// Most rehearsals kept in memory (the newest).
 pub const MAX_REHEARSALS: usize = 100;
 
+/// How a check-only incident's detail ends while its rehearsal reads.
+pub const UNDER_WAY: &str = "; rehearsal under way";
+
+/// What replaces [`UNDER_WAY`] when the process stopped before the
+/// rehearsal reported (marked by the next start's recovery).
+pub const CUT_SHORT: &str =
+    "; rehearsal cut short: the proxy stopped before its reads ended (nothing was written)";
+
 /// One check-only fault's rehearsed repair.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rehearsal {

@@ -161,7 +161,7 @@ impl Workflow<'_> {
             Some(reason) if config.mode == RepairMode::CheckOnly => {
                 let detail = match self.rep.rehearsals.admit() {
                     Some(slot) => {
-                        let detail = format!("{reason}; rehearsal under way");
+                        let detail = format!("{reason}{}", rehearsal::UNDER_WAY);
                         self.rehearsal = Some(self.pending(conv, identity, slot, reason));
                         detail
                     }

@@ -330,6 +330,16 @@ pub trait Store: Send + Sync {
         id: i64,
         i: &'a Incident,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Incidents recorded at or before `until` (RFC 3339, to the second)
+    /// whose detail still
+    /// ends with `under_way` (a check-only rehearsal that never reported:
+    /// its process stopped) get `cut` in its place. Returns how many.
+    fn close_unfinished_rehearsals<'a>(
+        &'a self,
+        until: &'a str,
+        under_way: &'a str,
+        cut: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
     /// Record that a repair changed `old_sid` to `new_sid` (the same pair
     /// again changes nothing).
     fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>>;

@@ -324,6 +324,34 @@ where
         })
     }
 
+    fn close_unfinished_rehearsals<'a>(
+        &'a self,
+        until: &'a str,
+        under_way: &'a str,
+        cut: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.write()?;
+            // A suffix compare (not LIKE: the text is data, its `%` or `_`
+            // no pattern); both engines have SUBSTR, LENGTH and ||.
+            let done = sqlx::query_scalar::<_, i64>(
+                "UPDATE incidents
+                 SET detail = SUBSTR(detail, 1, LENGTH(detail) - LENGTH(CAST($2 AS TEXT)))
+                              || CAST($3 AS TEXT)
+                 WHERE at <= $1 AND LENGTH(detail) >= LENGTH(CAST($2 AS TEXT))
+                   AND SUBSTR(detail, LENGTH(detail) - LENGTH(CAST($2 AS TEXT)) + 1)
+                       = CAST($2 AS TEXT)
+                 RETURNING id",
+            )
+            .bind(until)
+            .bind(under_way)
+            .bind(cut)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(done.len() as u64)
+        })
+    }
+
     fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.write()?;

@@ -154,6 +154,40 @@ async fn assert_adopted(store: &dyn Store, applied: Vec<i64>) {
         request_id: None,
     };
     assert_eq!(store.insert_incident(&incident).await.unwrap(), 2);
+    // A rehearsal a stop cut: only the text's end is replaced (its `%` and
+    // `_` are no pattern), only up to the given second.
+    const UNDER_WAY: &str = "; rehearsal under way";
+    let cut = Incident {
+        detail: Some(format!("100%_ refused{UNDER_WAY}")),
+        ..incident.clone()
+    };
+    let cut_id = store.insert_incident(&cut).await.unwrap();
+    let later_id = store
+        .insert_incident(&Incident {
+            at: "2999-01-01T00:00:00Z".into(),
+            ..cut.clone()
+        })
+        .await
+        .unwrap();
+    let other_id = store
+        .insert_incident(&Incident {
+            detail: Some(format!("{UNDER_WAY} and then")),
+            ..incident.clone()
+        })
+        .await
+        .unwrap();
+    let until = super::now_rfc3339();
+    assert_eq!(
+        store
+            .close_unfinished_rehearsals(&until, UNDER_WAY, "; cut short")
+            .await
+            .unwrap(),
+        1
+    );
+    let detail = |id| async move { store.incident(id).await.unwrap().unwrap().detail.unwrap() };
+    assert_eq!(detail(cut_id).await, "100%_ refused; cut short");
+    assert_eq!(detail(later_id).await, format!("100%_ refused{UNDER_WAY}"));
+    assert_eq!(detail(other_id).await, format!("{UNDER_WAY} and then"));
     assert_eq!(
         store
             .count_repairs_since("IS1", "lee", "2000-01-01T00:00:00Z")

@@ -1036,3 +1036,96 @@ async fn shutdown_waits_for_a_rehearsal_in_flight() {
     assert!(log.contains("check-only rehearsal done"), "{log}");
     assert!(!log.contains("grace period elapsed"), "{log}");
 }
+
+/// A rehearsal a stop cut (kill -9 while its read is held) leaves its
+/// incident `rehearsal under way`; the next start marks it cut short, once
+/// every rehearsal recorded before it must have ended (two workflow
+/// deadlines).
+#[tokio::test]
+async fn a_rehearsal_cut_by_kill_9_is_marked_cut_short_by_the_next_start() {
+    let (emu, kim) = Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .armed(FaultMode::Block)
+        .build()
+        .await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let store = format!("sqlite://{}/journal.db", dir.display());
+    let env = [
+        ("TRP_REPAIR_MODE", "check-only"),
+        ("TRP_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TRP_REPAIR_API_KEY_SID", ACCOUNT),
+        ("TRP_REPAIR_API_KEY_SECRET", TOKEN),
+        ("TRP_REPAIR_ACCOUNT_SID", ACCOUNT),
+        ("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"),
+    ];
+    let http = reqwest::Client::new();
+    let detail = |admin: String| {
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(format!("http://{admin}/incidents"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["incidents"][0]["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let first = spawn_proxy_with_store(&dir, &store, &emu.origin(), &env).await;
+    let rule = emu
+        .add_rule_id(json!({"method": "GET", "path": USER_READ,
+            "action": {"kind": "hold", "process_on_release": false}}))
+        .await;
+    let r = http
+        .post(format!(
+            "http://{}{}/Conversations/{}/Participants",
+            first.addr,
+            kim.base,
+            kim.target()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .form(&[("Identity", "kim")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    emu.wait_held(1).await;
+    let before = detail(first.admin.to_string()).await;
+    assert!(before.ends_with("; rehearsal under way"), "{before}");
+    first.signal("KILL");
+    drop(first);
+    emu.release_rule(rule).await;
+
+    let second = spawn_proxy_with_store(&dir, &store, &emu.origin(), &env).await;
+    let mut now = String::new();
+    for _ in 0..1000 {
+        now = detail(second.admin.to_string()).await;
+        if now.contains("rehearsal cut short") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        now.ends_with(
+            "; rehearsal cut short: the proxy stopped before its reads ended (nothing was written)"
+        ),
+        "{now}\n{}",
+        second.stderr()
+    );
+    assert!(
+        now.starts_with(before.trim_end_matches("; rehearsal under way")),
+        "{now}"
+    );
+    let log = second.log_with("rehearsals a stop cut short").await;
+    assert!(
+        log.contains("incidents=1") || log.contains("\"incidents\":1"),
+        "{log}"
+    );
+}

@@ -582,6 +582,27 @@ impl Store for MemStore {
             Ok(())
         })
     }
+    fn close_unfinished_rehearsals<'a>(
+        &'a self,
+        until: &'a str,
+        under_way: &'a str,
+        cut: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut n = 0;
+            for i in self.incidents.lock().unwrap().iter_mut() {
+                if i.at.as_str() <= until {
+                    if let Some(head) = i.detail.as_deref().and_then(|d| d.strip_suffix(under_way))
+                    {
+                        i.detail = Some(format!("{head}{cut}"));
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })
+    }
     fn insert_alias<'a>(&'a self, a: &'a SidAlias) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.check()?;
