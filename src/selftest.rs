@@ -571,6 +571,9 @@ pub async fn selftest_until(
         checks: Vec::new(),
         repair_calls: Vec::new(),
     };
+    // In the proxy's log (`POST /selftest`): the service to delete by hand
+    // should the process stop before its cleanup ends.
+    tracing::info!(service = %service_sid, name = %service_name, "selftest: throwaway service created");
     run.ok(
         "create service",
         format!("{service_sid} \"{service_name}\""),

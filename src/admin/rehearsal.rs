@@ -77,7 +77,8 @@ impl SelftestSlot {
             tracing::warn!(
                 "grace period elapsed while a selftest was deleting its throwaway service: look \
                  for a Conversations service named \"{SERVICE_NAME_PREFIX} <time>\" on the \
-                 account and delete it"
+                 account (its SID is on the log line 'selftest: throwaway service created') and \
+                 delete it"
             );
         }
     }
@@ -107,8 +108,13 @@ pub(super) fn panel(s: &AdminState) -> Markup {
                                 dt { "Plans that would fail" }
                                 dd class=(if v.plans_failing > 0 { "status-bad" } else { "status-ok" }) { (v.plans_failing) }
                                 dt { "Rehearsals skipped" }
-                                dd { (v.skipped) " (at most " (v.max_in_flight) " at once, "
-                                    code { "repair.rehearsal_max_in_flight" } "; " (v.in_flight) " running now)" }
+                                @if v.max_in_flight == 0 {
+                                    dd { (v.skipped) " (rehearsals are off: "
+                                        code { "repair.rehearsal_max_in_flight = 0" } ")" }
+                                } @else {
+                                    dd { (v.skipped) " (at most " (v.max_in_flight) " at once, "
+                                        code { "repair.rehearsal_max_in_flight" } "; " (v.in_flight) " running now)" }
+                                }
                             }
                             p {
                                 @if v.plans_made == 0 {
@@ -307,6 +313,8 @@ pub(super) async fn run(
     });
     let given_up = s.selftest.given_up.clone();
     let result = tokio::select! {
+        // A run that ended as the grace ran out is answered its report.
+        biased;
         r = task => r,
         () = given_up.cancelled() => {
             return admin_error(

@@ -317,12 +317,18 @@ impl Repairer {
         let rep = self.clone();
         // The repair's span (a child of the request's): its log lines and
         // its steps' spans and `traceparent`s belong to it.
+        // A conversation addressed by the app's unique name (which may name
+        // the identity) is hashed like an identity when hashing.
+        let conversation = match crate::sid::is_sid(&req.path.conversation, "CH") {
+            true => req.path.conversation.clone(),
+            false => self.privacy().identity(&req.path.conversation),
+        };
         let span = tracing::info_span!(
             "repair",
             otel.name = "repair",
             repair_id = tracing::field::Empty,
             trp.outcome = tracing::field::Empty,
-            trp.conversation = %req.path.conversation,
+            trp.conversation = %conversation,
         );
         let task = self.tasks.spawn_on(
             async move { workflow::run(&rep, &req).await }.instrument(span.clone()),

@@ -387,12 +387,30 @@ async fn a_selftest_delete_outlasting_the_grace_is_answered_503_and_the_log_name
     );
     let exit = until_exited(&mut proxy).await;
     assert!(exit.success(), "{exit}\n{}", proxy.stderr());
+    let log = proxy.stderr();
     assert!(
-        proxy
-            .stderr()
-            .contains("look for a Conversations service named"),
-        "{}",
-        proxy.stderr()
+        log.contains("look for a Conversations service named"),
+        "{log}"
+    );
+    // The log names the service itself.
+    let (status, services) = emu.get("/v1/Services?PageSize=100").await;
+    assert_eq!(status, 200);
+    let sid = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["friendly_name"]
+                .as_str()
+                .unwrap()
+                .starts_with("trp-selftest")
+        })
+        .and_then(|s| s["sid"].as_str())
+        .unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("selftest: throwaway service created") && l.contains(sid)),
+        "{log}"
     );
     emu.release(None).await;
 }
@@ -760,9 +778,6 @@ async fn the_caller_has_its_404_while_the_rehearsals_read_is_still_held() {
     st.proxy.stop().await;
 }
 
-/// Past `repair.rehearsal_max_in_flight` a fault is not rehearsed: counted
-/// as skipped, said in its incident, never queued (nothing runs for it
-/// once the slot frees).
 /// `repair.rehearsal_max_in_flight = 0`: rehearsals are off, and the
 /// incident says so (not "0 in flight already"); no read is made.
 #[tokio::test]
@@ -789,6 +804,7 @@ async fn with_rehearsals_off_the_incident_says_so_and_nothing_is_read() {
         "{detail}"
     );
     assert_rehearsals(&st, &[("skipped", 1), ("would_complete", 0)]).await;
+    assert!(panel(&ui(&st).await).contains("rehearsals are off"));
     let reads: Vec<_> = st
         .emu
         .requests()
@@ -800,6 +816,9 @@ async fn with_rehearsals_off_the_incident_says_so_and_nothing_is_read() {
     st.proxy.stop().await;
 }
 
+/// Past `repair.rehearsal_max_in_flight` a fault is not rehearsed: counted
+/// as skipped, said in its incident, never queued (nothing runs for it
+/// once the slot frees).
 #[tokio::test]
 async fn past_the_bound_a_fault_is_not_rehearsed_and_is_counted_skipped() {
     let (st, kim) = Scene::new()

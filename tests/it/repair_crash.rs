@@ -314,16 +314,17 @@ async fn operator_commands_export_incidents_and_repair_on_demand() {
             assert!(emu.requests().await.is_empty(), "mode {mode}: no call");
         }
     }
-    // The loop guard too (read from the journal): refused before any write.
+    // The loop guard too, read from the journal (the proxy's repair of olga
+    // above is its one repair in the window): refused before any write.
     emu.clear_requests().await;
     let out = run(
         &repair,
-        &[&cred[..], &[("TRP_REPAIR_MAX_REPAIRS_PER_WINDOW", "0")]].concat(),
+        &[&cred[..], &[("TRP_REPAIR_MAX_REPAIRS_PER_WINDOW", "1")]].concat(),
     )
     .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("repair limit reached"), "{err}");
+    assert!(err.contains("repair limit reached: 1 repairs"), "{err}");
     assert!(emu.requests().await.iter().all(|(m, _)| m == "GET"));
     // --dry-run: the snapshot, nothing touched.
     emu.clear_requests().await;
