@@ -100,7 +100,28 @@ pub struct AdminState {
     selftest: rehearsal::SelftestSlot,
 }
 
+/// The answer of a repair endpoint while repair is off.
+fn repair_off() -> Response {
+    admin_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "repair is off on this proxy (repair.mode = \"off\")",
+    )
+}
+
 impl AdminState {
+    /// The repairer and its origin, when repair is on: not when it is off
+    /// at start-up (no repairer was built) or by a reload. Every repair
+    /// endpoint then answers [`repair_off`], before anything is read or
+    /// written.
+    fn repair_on(
+        &self,
+    ) -> Option<&(
+        Arc<crate::repair::Repairer>,
+        arc_swap::ArcSwap<crate::routing::Origin>,
+    )> {
+        self.repair.as_ref().filter(|(r, _)| !r.is_off())
+    }
+
     pub fn new(config: &Config, metrics: Arc<Metrics>, store: Arc<dyn Store>) -> AdminState {
         AdminState {
             metrics,

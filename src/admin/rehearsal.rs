@@ -208,18 +208,9 @@ pub(super) fn panel(s: &AdminState) -> Markup {
 /// text in them went through the privacy rule when recorded, see
 /// `repair::rehearsal::Rehearsal::shown`).
 pub(super) async fn view(State(s): State<Arc<AdminState>>) -> Response {
-    let Some((repairer, _)) = &s.repair else {
-        return admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "repair is off on this proxy (repair.mode = \"off\")",
-        );
+    let Some((repairer, _)) = s.repair_on() else {
+        return super::repair_off();
     };
-    if repairer.is_off() {
-        return admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "repair is off on this proxy (repair.mode = \"off\", by a reload)",
-        );
-    }
     let mut view = repairer.rehearsals();
     for r in &mut view.recent {
         r.identity = s.privacy.identity(&r.identity);
@@ -241,18 +232,9 @@ pub(super) async fn run(
     if let Some(refused) = super::refuse_unless_operator(operator.is_some(), "a selftest") {
         return refused;
     }
-    let Some((repairer, origin)) = &s.repair else {
-        return admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "repair is off on this proxy (repair.mode = \"off\")",
-        );
+    let Some((repairer, origin)) = s.repair_on() else {
+        return super::repair_off();
     };
-    if repairer.is_off() {
-        return admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "repair is off on this proxy (repair.mode = \"off\", by a reload)",
-        );
-    }
     let Some(credential) = repairer.credential().cloned() else {
         return admin_error(
             StatusCode::SERVICE_UNAVAILABLE,

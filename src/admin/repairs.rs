@@ -35,13 +35,8 @@ pub(super) async fn start(
             );
         }
     };
-    // Off at start-up (no repairer was built) or by a reload: the same
-    // answer, before anything is read or written.
-    let Some((repairer, origin)) = s.repair.as_ref().filter(|(r, _)| !r.is_off()) else {
-        return admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "repair is off on this proxy (repair.mode = \"off\")",
-        );
+    let Some((repairer, origin)) = s.repair_on() else {
+        return super::repair_off();
     };
     match repairer
         .operator_repair_detached(crate::routing::Origin::clone(&origin.load()), req.clone())
