@@ -539,3 +539,16 @@ pub async fn metric_becomes(admin: impl std::fmt::Display, series: &str, want: f
     }
     panic!("{series} never became {want}:\n{text}");
 }
+
+/// The friendly names of the services on the emulator's account (what a
+/// selftest made and left, or not).
+pub async fn service_names(emu: &Emu) -> Vec<String> {
+    let (s, v) = emu.get("/v1/Services?PageSize=100").await;
+    assert_eq!(s, 200, "{v}");
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["friendly_name"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -198,8 +198,16 @@ async fn post_selftest_runs_with_the_repair_credential_and_the_panel_shows_it() 
 /// `trp_rehearsals_total` by result, as `/metrics` (with the token) shows
 /// it once the panel has counted the plans.
 async fn assert_rehearsals(st: &Stack, want: &[(&str, u64)]) {
-    let text = st
-        .http
+    let text = metrics_with_token(st).await;
+    for (result, n) in want {
+        let series = format!("trp_rehearsals_total{{result=\"{result}\"}}");
+        assert_eq!(sample(&text, &series), Some(*n as f64), "{series}:\n{text}");
+    }
+}
+
+/// `/metrics` with the admin token (every admin path needs it here).
+async fn metrics_with_token(st: &Stack) -> String {
+    st.http
         .get(st.proxy.admin_url("/metrics"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
@@ -207,11 +215,7 @@ async fn assert_rehearsals(st: &Stack, want: &[(&str, u64)]) {
         .unwrap()
         .text()
         .await
-        .unwrap();
-    for (result, n) in want {
-        let series = format!("trp_rehearsals_total{{result=\"{result}\"}}");
-        assert_eq!(sample(&text, &series), Some(*n as f64), "{series}:\n{text}");
-    }
+        .unwrap()
 }
 
 async fn admin_json_with(st: &Stack, path: &str) -> serde_json::Value {
@@ -228,15 +232,9 @@ async fn admin_json_with(st: &Stack, path: &str) -> serde_json::Value {
 
 /// The throwaway services left on the emulator's account.
 async fn selftest_services(emu: &Emu) -> Vec<String> {
-    let (s, v) = emu.get("/v1/Services?PageSize=100").await;
-    assert_eq!(s, 200, "{v}");
-    v["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["friendly_name"].as_str().unwrap().to_string())
-        .filter(|n| n.starts_with("trp-selftest"))
-        .collect()
+    let mut names = service_names(emu).await;
+    names.retain(|n| n.starts_with("trp-selftest"));
+    names
 }
 
 /// Hold the selftest's first scene call (its roles read, right after the
@@ -525,16 +523,7 @@ async fn post_selftest_takes_its_slots_from_the_proxys_live_shield() {
     let series = "trp_shield_queue_length{class=\"account\"}";
     let mut text = String::new();
     for _ in 0..500 {
-        text = st
-            .http
-            .get(st.proxy.admin_url("/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = metrics_with_token(&st).await;
         if sample(&text, series) == Some(1.0) {
             break;
         }

@@ -62,18 +62,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The account's services' friendly names.
-async fn service_names(emu: &Emu) -> Vec<String> {
-    let (s, v) = emu.get("/v1/Services?PageSize=100").await;
-    assert_eq!(s, 200, "{v}");
-    v["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["friendly_name"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The line of `step` in the report (the first one).
 fn line<'a>(out: &'a str, step: &str) -> &'a str {
     out.lines()
@@ -316,25 +304,8 @@ async fn interrupted_while_held(emu: &Emu, release: bool) {
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
     let pid = child.id().unwrap();
-    // Wait (an event, at most 10 s) for the parked delete.
-    let mut held = false;
-    for _ in 0..1000 {
-        let v: Value = emu
-            .http
-            .get(emu.url("/__emulator/held"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["held"].as_array().is_some_and(|h| !h.is_empty()) {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(held, "the selftest never reached the held request");
+    // An event (at most 10 s): the selftest's request is held.
+    emu.wait_held(1).await;
     let sent = std::process::Command::new("kill")
         .arg("-INT")
         .arg(pid.to_string())
@@ -342,11 +313,7 @@ async fn interrupted_while_held(emu: &Emu, release: bool) {
         .unwrap();
     assert!(sent.success());
     if release {
-        emu.http
-            .post(emu.url("/__emulator/release"))
-            .send()
-            .await
-            .unwrap();
+        emu.release(None).await;
     }
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
