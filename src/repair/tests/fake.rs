@@ -573,6 +573,7 @@ impl Store for MemStore {
         i: &'a Incident,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            self.check()?;
             let mut list = self.incidents.lock().unwrap();
             // Every incident here is number 1 (`insert_incident`): the last.
             if let Some(last) = list.last_mut().filter(|_| id == 1) {

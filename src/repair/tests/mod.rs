@@ -141,6 +141,50 @@ async fn a_reload_to_off_or_check_only_stops_a_workflow_before_its_first_write()
     }
 }
 
+/// A check-only rehearsal whose journal refuses the incident's update:
+/// the incident never claims a result it could not record (it still says
+/// `rehearsal under way`, nothing was written to Twilio), the panel still
+/// gets the plan, and the next start's recovery marks it cut short.
+#[tokio::test(start_paused = true)]
+async fn a_rehearsal_whose_incident_update_is_refused_claims_no_result() {
+    let b = bench_config(FakeTwilio::with_kim(1), None, |c| {
+        c.mode = crate::config::RepairMode::CheckOnly;
+    });
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Disabled, "{:?}", v.detail);
+    assert!(matches!(v.answer, Answer::Original));
+    // The journal stops taking writes before the rehearsal's reads end.
+    b.store.fail_writes.store(true, Ordering::SeqCst);
+    assert!(b.rep.drain(Duration::from_secs(60)).await);
+    assert_eq!(b.rep.rehearsals().plans_made, 1, "the panel has the plan");
+    let detail = |b: &Bench| b.store.incidents.lock().unwrap()[0].detail.clone().unwrap();
+    assert!(
+        detail(&b).ends_with(super::rehearsal::UNDER_WAY),
+        "{}",
+        detail(&b)
+    );
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/USkim"), 0);
+    assert!(b.store.repairs.lock().unwrap().is_empty());
+    // The journal back, the next start closes it on what is known.
+    b.store.fail_writes.store(false, Ordering::SeqCst);
+    let until = crate::store::now_rfc3339();
+    let n = b
+        .store
+        .close_unfinished_rehearsals(
+            &until,
+            super::rehearsal::UNDER_WAY,
+            super::rehearsal::CUT_SHORT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        detail(&b).ends_with(super::rehearsal::CUT_SHORT),
+        "{}",
+        detail(&b)
+    );
+}
+
 /// A reloaded `[repair]` changes the mode and policy only: a restart-only
 /// key of the new file (its timeouts, backoffs) never shows in the policy
 /// a repair (or `POST /selftest`) reads as the settings in force.
