@@ -45,6 +45,19 @@ pub const BACKGROUND_ROUNDS: u32 = 30;
 /// Least time between two recovery passes set off by requests.
 pub const MIN_CALLER_PASS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a record left in `deleting` finds when it reads its original User
+/// by SID before going on.
+enum Original {
+    /// Still there (the delete never landed): snapshotted afresh into this
+    /// new record.
+    Alive(Box<RepairRecord>),
+    /// The SID reads 404: the delete landed, so it is not sent again.
+    Gone,
+    /// No SID to read, or an answer that settles nothing: the delete is
+    /// sent (by SID, so it cannot touch another User).
+    Unread,
+}
+
 /// Fast-path state: which credential user names have pending repairs, and
 /// which records this process verified closed although the journal did not
 /// take the news.
@@ -333,18 +346,35 @@ impl Repairer {
             exclude_conversation: None,
         };
         let mut record = record.clone();
+        let mut from = record.state;
+        let mut delete_read_back = false;
         if record.state == RepairState::Deleting {
-            if let Some(fresh) = self.resnapshot(&mut api, &target, &record).await? {
-                record = fresh;
+            match self.resnapshot(&mut api, &target, &record).await? {
+                Original::Alive(fresh) => record = *fresh,
+                Original::Gone => {
+                    from = RepairState::Recreating;
+                    delete_read_back = true;
+                }
+                Original::Unread => {}
             }
         }
         let mut journal = Journal::new(self.store.as_ref(), &self.metrics, record.id);
+        if delete_read_back {
+            // The delete landed before the process died: its SID reads
+            // 404. Sending it again would be a second DELETE of that User.
+            journal
+                .set(
+                    RepairState::Recreating,
+                    Some("the User's delete had landed: its SID reads 404"),
+                )
+                .await;
+        }
         let until = api.deadline();
         let result = user::converge(
             &mut api,
             &target,
             &record.snapshot,
-            record.state,
+            from,
             &mut journal,
             until,
         )
@@ -374,24 +404,27 @@ impl Repairer {
         }
     }
 
-    /// If the record's original User is still there, snapshot it afresh
-    /// into a new record (the old one is closed, pointing to it).
+    /// Read the record's original User by its SID. Still there: snapshot
+    /// it afresh into a new record (the old one is closed, pointing to
+    /// it). A 404 says the delete landed.
     async fn resnapshot(
         &self,
         api: &mut Api,
         target: &RepairTarget,
         record: &RepairRecord,
-    ) -> Result<Option<RepairRecord>, ConvergeError> {
+    ) -> Result<Original, ConvergeError> {
         let Some(sid) = &record.snapshot.user_sid else {
-            return Ok(None);
+            return Ok(Original::Unread);
         };
         let path = super::request::user_path(&record.service_base, sid);
         let alive = api
             .step(StepKind::FetchUser, &path, None)
             .await
             .map_err(ConvergeError::Delete)?;
-        if alive.status != http::StatusCode::OK {
-            return Ok(None);
+        match alive.status {
+            http::StatusCode::OK => {}
+            http::StatusCode::NOT_FOUND => return Ok(Original::Gone),
+            _ => return Ok(Original::Unread),
         }
         let snapshot = user::snapshot(api, target)
             .await
@@ -424,7 +457,7 @@ impl Repairer {
         let mut fresh = record.clone();
         fresh.id = id;
         fresh.snapshot = new.snapshot;
-        Ok(Some(fresh))
+        Ok(Original::Alive(Box::new(fresh)))
     }
 
     /// A repair verified complete whose journal write did not land: never

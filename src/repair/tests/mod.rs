@@ -432,6 +432,31 @@ async fn a_delete_that_never_landed_is_resnapshotted_not_reverted_to_the_old_sna
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_delete_that_landed_before_the_crash_is_read_back_not_sent_again() {
+    // Crash in `deleting` after Twilio deleted the User, before the
+    // journal heard of it: the SID reads 404, so no second DELETE goes
+    // out; the User comes back from the journaled snapshot.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    let id = journal_stale_record(&b, "Kim K", RepairState::Deleting).await;
+    b.fake.0.lock().unwrap().users.remove("kim");
+    assert_eq!(b.rep.recover_pending(None).await, 1);
+    assert_eq!(
+        b.fake.count(Method::DELETE, "/Users/"),
+        0,
+        "no second DELETE"
+    );
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(u.friendly_name.as_deref(), Some("Kim K"));
+    assert_eq!(u.attributes, r#"{"vip":true}"#);
+    drop(m);
+    let repairs = b.store.repairs.lock().unwrap();
+    assert_eq!(repairs.len(), 1, "no new record: nothing to re-snapshot");
+    assert_eq!(repairs[0].id, id);
+    assert_eq!(repairs[0].state, RepairState::Recovered);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_record_waiting_for_an_operator_is_never_retried_by_the_sweep() {
     let b = bench_operator(FakeTwilio::with_kim(1));
     journal_stale_record(&b, "Kim K", RepairState::NeedsOperator).await;
