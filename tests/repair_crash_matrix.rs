@@ -11,7 +11,9 @@
 //!   its create or the repair replayed it (at most once otherwise);
 //! - at most one `DELETE .../Users/...` of that identity's service was
 //!   answered 204 (a repeated delete of the already-deleted SID, answered
-//!   404, deletes nothing and is allowed);
+//!   404, deletes nothing and is allowed only for a delete still on the
+//!   wire at the restart: one that landed before it is read back, never
+//!   sent again);
 //! - no intercepted create got a 5xx.
 //!
 //! Kills land inside a named workflow step with an emulator `hold` rule on
@@ -241,6 +243,31 @@ async fn invariant(emu: &Emu, p: &Person, want: Want) -> Result<(), String> {
         return Err(format!("{id}: {deletes} User deletes answered 204"));
     }
     Ok(())
+}
+
+/// When every request the killed proxy had sent was processed (or dropped)
+/// before the restart, no `DELETE .../Users/...` reaches Twilio twice: a
+/// delete that landed while the proxy was dead is read back by the next
+/// start (its SID answers 404), never sent again. A delete still on the
+/// wire at the restart is another matter (it lands late, answered 404).
+async fn assert_no_delete_sent_twice(emu: &Emu, p: &Person, label: &str) {
+    let prefix = format!("{}/Users/", p.base);
+    let sent = emu
+        .log_json()
+        .await
+        .iter()
+        .filter(|r| {
+            r["method"] == "DELETE"
+                && r["path"].as_str().is_some_and(|x| x.starts_with(&prefix))
+                && (r["status"] == 204 || r["status"] == 404)
+        })
+        .count();
+    if sent > 1 {
+        panic!(
+            "{label}: {sent} User deletes reached Twilio\n{}",
+            log_summary(emu).await
+        );
+    }
 }
 
 /// `DELETE {base}/Users/...` of this person's service answered 204.
@@ -482,6 +509,7 @@ async fn kill_at_every_step_then_recovery_alone() {
             Want::AtMostOnce
         };
         converged(&emu, &p, want, &second).await;
+        assert_no_delete_sent_twice(&emu, &p, &format!("{step:?}")).await;
         eprintln!("{step:?}: converged by recovery alone");
     }
 }
@@ -501,6 +529,7 @@ async fn kill_at_every_step_then_the_caller_resends_at_once() {
         let r = create_via(&second.addr, &p).await;
         assert_resend_ok(&r, &format!("{step:?}"));
         converged(&emu, &p, Want::ExactlyOnce, &second).await;
+        assert_no_delete_sent_twice(&emu, &p, &format!("{step:?}")).await;
         let (status, outcome) = r.map(|(s, o, _)| (s, o)).unwrap();
         eprintln!("{step:?}: converged after the caller re-sent ({status} {outcome:?})");
     }
@@ -546,6 +575,7 @@ async fn a_loop_of_thirty_kills_across_steps_keeps_the_invariant() {
             started.elapsed()
         );
         converged(&emu, &p, want, &proxy).await;
+        assert_no_delete_sent_twice(&emu, &p, &format!("round {i} ({step:?})")).await;
         people.push((p, want));
     }
     // Nothing converged earlier came apart later.
