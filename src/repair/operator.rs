@@ -13,6 +13,7 @@ use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::Repairer;
+use super::credential::{Acting, Source};
 use super::lock::{KeyLock, RepairKey, SharedFence};
 use super::step::StepKind;
 use super::user::{self, RepairTarget};
@@ -272,13 +273,33 @@ impl Repairer {
         .await;
         let (repair_id, error) = match journaled {
             Ok((mut journal, result)) => {
-                if result.is_ok() {
-                    journal
-                        .set(
-                            RepairState::Done,
-                            Some("repaired by an operator (POST /repairs)"),
-                        )
-                        .await;
+                match &result {
+                    Ok(()) => {
+                        journal
+                            .set(
+                                RepairState::Done,
+                                Some("repaired by an operator (POST /repairs)"),
+                            )
+                            .await;
+                        // Verified from memory while the journal refused
+                        // the news: never converged again from its stale
+                        // state (that would undo what the app changes next).
+                        if journal.lost {
+                            self.closed_despite_journal(journal.id, RepairState::Done);
+                        }
+                    }
+                    // As a fault's repair: a refusal waits for a person
+                    // (`needs-operator`), anything else is finished in the
+                    // background.
+                    Err(e) => {
+                        let acting = Acting {
+                            authorization: credential.authorization.clone(),
+                            user: credential.user.clone(),
+                            source: Source::Operator,
+                        };
+                        self.after_unfinished(journal.id, e, acting, &mut journal)
+                            .await;
+                    }
                 }
                 (Some(journal.id), result.err().map(|e| e.to_string()))
             }

@@ -286,15 +286,18 @@ impl Repairer {
         )
     }
 
-    /// Re-read a record (its lock held) and, if still pending, converge it.
-    /// Returns whether it is closed now.
+    /// Re-read a record (its lock held) and, if still open, converge it.
+    /// Returns whether recovery is done with it: closed now, or waiting
+    /// for an operator (`needs-operator` is never converged: from that
+    /// state `user::converge` has no phase left to run, and closing it
+    /// `recovered` would claim a User back that nobody read).
     async fn recover_locked(&self, id: i64, acting: Acting, deadline: Instant) -> bool {
         if self.recovery.is_closed(id) {
             return true;
         }
         let record = match self.store.get_repair(id).await {
-            Ok(Some(r)) if !r.state.is_final() => r,
-            Ok(_) => return true, // finished meanwhile
+            Ok(Some(r)) if r.state.is_open() => r,
+            Ok(_) => return true, // finished, or refused for good, meanwhile
             Err(e) => {
                 tracing::warn!(repair_id = id, error = %e, "cannot read the journal record");
                 return false;
@@ -417,18 +420,27 @@ impl Repairer {
             return Ok(Original::Unread);
         };
         let path = super::request::user_path(&record.service_base, sid);
-        let alive = api
-            .step(StepKind::FetchUser, &path, None)
-            .await
-            .map_err(ConvergeError::Delete)?;
-        match alive.status {
-            http::StatusCode::OK => {}
-            http::StatusCode::NOT_FOUND => return Ok(Original::Gone),
-            _ => return Ok(Original::Unread),
+        match Self::read_original(api, &path).await? {
+            Some(true) => {}
+            Some(false) => return Ok(Original::Gone),
+            None => return Ok(Original::Unread),
         }
         let snapshot = user::snapshot(api, target)
             .await
             .map_err(ConvergeError::Resnapshot)?;
+        // The killed process's DELETE may still be on the wire and land
+        // while the snapshot reads: a snapshot of another User (or of
+        // none), or one whose memberships were listed as the User went,
+        // is not the truth. The SID read again settles it; a delete that
+        // landed meanwhile leaves the journaled snapshot in force.
+        if snapshot.user_sid.as_deref() != Some(sid.as_str()) {
+            return Ok(Original::Gone);
+        }
+        match Self::read_original(api, &path).await? {
+            Some(true) => {}
+            Some(false) => return Ok(Original::Gone),
+            None => return Ok(Original::Unread),
+        }
         let new = NewRepair {
             account_sid: record.account_sid.clone(),
             credential_user: record.credential_user.clone(),
@@ -458,6 +470,20 @@ impl Repairer {
         fresh.id = id;
         fresh.snapshot = new.snapshot;
         Ok(Original::Alive(Box::new(fresh)))
+    }
+
+    /// Read the original User by SID: whether it is there (200) or gone
+    /// (404); `None` for an answer that settles neither.
+    async fn read_original(api: &mut Api, path: &str) -> Result<Option<bool>, ConvergeError> {
+        let read = api
+            .step(StepKind::FetchUser, path, None)
+            .await
+            .map_err(ConvergeError::Delete)?;
+        Ok(match read.status {
+            http::StatusCode::OK => Some(true),
+            http::StatusCode::NOT_FOUND => Some(false),
+            _ => None,
+        })
     }
 
     /// A repair verified complete whose journal write did not land: never
@@ -602,7 +628,7 @@ impl Repairer {
                 let Ok(Some(record)) = me.store.get_repair(id).await else {
                     continue;
                 };
-                if record.state.is_final() {
+                if !record.state.is_open() {
                     break;
                 }
                 let Ok(Some(_lock)) = me

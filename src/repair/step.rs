@@ -34,9 +34,11 @@ pub use crate::vocabulary::StepKind;
 /// How a step may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetrySafety {
-    /// Reads and deletes: the same call again is harmless.
+    /// Reads: the same call again is harmless.
     Idempotent,
-    /// A create or update: retried on 429 only; otherwise read back first.
+    /// A write (create, update, the User's delete): retried on 429 only;
+    /// otherwise its caller reads back first. A DELETE by SID sent again
+    /// could remove nothing else, but it would reach Twilio twice.
     ReadBackFirst,
 }
 
@@ -76,10 +78,10 @@ impl StepKind {
     }
 
     pub fn retry_safety(self) -> RetrySafety {
-        if self.method() == Method::POST {
-            RetrySafety::ReadBackFirst
-        } else {
+        if self.method() == Method::GET {
             RetrySafety::Idempotent
+        } else {
+            RetrySafety::ReadBackFirst
         }
     }
 }
@@ -470,8 +472,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_posts_are_read_back_before_a_retry() {
+    fn only_reads_are_sent_again_without_a_read_back() {
         for k in [
+            StepKind::DeleteUser,
             StepKind::CreateUser,
             StepKind::UpdateUser,
             StepKind::RestoreMembership,
@@ -481,7 +484,7 @@ mod tests {
         ] {
             assert_eq!(k.retry_safety(), RetrySafety::ReadBackFirst, "{k}");
         }
-        assert_eq!(StepKind::DeleteUser.retry_safety(), RetrySafety::Idempotent);
+        assert_eq!(StepKind::FetchUser.retry_safety(), RetrySafety::Idempotent);
         assert!(StepKind::DeleteUser.is_answer(StatusCode::NOT_FOUND));
         assert!(!StepKind::ListUserConversations.is_answer(StatusCode::NOT_FOUND));
         assert!(!StepKind::CreateUser.is_answer(StatusCode::INTERNAL_SERVER_ERROR));

@@ -123,6 +123,7 @@ pub async fn converge(
     journal: &mut Journal<'_>,
     memberships_until: Instant,
 ) -> Result<(), ConvergeError> {
+    debug_assert!(from.is_open(), "only an open record converges: {from}");
     let mut just_deleted = false;
     if from <= RepairState::Deleting {
         ensure_deleted(api, target, snap)
@@ -228,10 +229,20 @@ pub async fn ensure_deleted(
         match api.step(StepKind::DeleteUser, &path, None).await {
             // 204: deleted now; 404: that SID is gone already.
             Ok(_) => return Ok(()),
-            Err(e) if e.is_transient() => backoff
-                .wait(api.deadline())
-                .await
-                .map_err(past(StepKind::DeleteUser))?,
+            Err(e) if e.is_transient() => {
+                backoff
+                    .wait(api.deadline())
+                    .await
+                    .map_err(past(StepKind::DeleteUser))?;
+                // A 5xx or a lost answer: the delete may have landed. Read
+                // the SID before sending it again.
+                match api.step(StepKind::FetchUser, &path, None).await {
+                    Ok(r) if r.status == StatusCode::NOT_FOUND => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.is_transient() => {}
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         }
     }

@@ -128,6 +128,8 @@ impl Model {
         let rest = rest.split('?').next().unwrap_or(rest);
         let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segs.as_slice()) {
+            // The service itself (an operator repair reads it first).
+            ("GET", [""]) => json(200, serde_json::json!({"sid":IS,"account_sid":ACCOUNT})),
             ("GET", ["Conversations", c]) if *c == CH || *c == OTHER => json(
                 200,
                 serde_json::json!({"sid":c,"account_sid":ACCOUNT,"chat_service_sid":IS}),

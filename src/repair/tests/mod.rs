@@ -457,6 +457,145 @@ async fn a_delete_that_landed_before_the_crash_is_read_back_not_sent_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_recreate_waits_for_an_operator_and_is_never_closed_recovered() {
+    // Twilio refuses the recreate for good (400): the User stays deleted,
+    // and nothing in the background may close the record as if it were
+    // back (from `needs-operator` no phase is left to run).
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::POST, "/Users", 0, Reply::Status(400), false);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Failed, "{:?}", v.detail);
+    let calls = b.fake.0.lock().unwrap().calls.len();
+    // Well past every background round and sweep.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(b.rep.recover_pending(None).await, 0);
+    let repairs = b.store.repairs.lock().unwrap().clone();
+    assert_eq!(repairs.len(), 1);
+    assert_eq!(repairs[0].state, RepairState::NeedsOperator);
+    assert!(!b.fake.0.lock().unwrap().users.contains_key("kim"));
+    assert_eq!(
+        b.fake.0.lock().unwrap().calls.len(),
+        calls,
+        "no call after the refusal"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_repair_refused_for_good_waits_for_an_operator() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::POST, "/Users", 0, Reply::Status(400), false);
+    let r = b
+        .rep
+        .operator_repair(
+            &Origin::parse("http://127.0.0.1:9").unwrap(),
+            &operator_kim(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, Some(Outcome::Failed), "{:?}", r.error);
+    let calls = b.fake.0.lock().unwrap().calls.len();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        b.store.repairs.lock().unwrap()[0].state,
+        RepairState::NeedsOperator
+    );
+    assert_eq!(
+        b.fake.0.lock().unwrap().calls.len(),
+        calls,
+        "the refused write is not sent again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_repair_verified_while_the_journal_is_down_is_not_converged_again() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.store.fail_after_insert.store(true, Ordering::SeqCst);
+    let r = b
+        .rep
+        .operator_repair(
+            &Origin::parse("http://127.0.0.1:9").unwrap(),
+            &operator_kim(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, Some(Outcome::Repaired), "{:?}", r.error);
+    // The app renames Kim; the journal (back now) still says `deleting`.
+    b.fake
+        .0
+        .lock()
+        .unwrap()
+        .users
+        .get_mut("kim")
+        .unwrap()
+        .friendly_name = Some("Kimberly".into());
+    b.store.fail_writes.store(false, Ordering::SeqCst);
+    b.rep.recover_pending(None).await;
+    assert_eq!(
+        b.fake.0.lock().unwrap().users["kim"]
+            .friendly_name
+            .as_deref(),
+        Some("Kimberly"),
+        "the app's rename stands"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_delete_landing_during_the_resnapshot_leaves_the_journaled_snapshot_in_force() {
+    // Left in `deleting`; the killed process's DELETE is still on the
+    // wire. Recovery reads the SID (200), then the DELETE lands before the
+    // re-snapshot reads the identity: a snapshot of nobody must not
+    // replace the journaled one (Kim would come back bare).
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    let id = journal_stale_record(&b, "Kim K", RepairState::Deleting).await;
+    b.fake
+        .fault(Method::GET, "/Users/USkim", 0, Reply::Status(200), false);
+    b.fake.0.lock().unwrap().users.remove("kim");
+    assert_eq!(b.rep.recover_pending(None).await, 1);
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(u.friendly_name.as_deref(), Some("Kim K"), "not bare");
+    assert_eq!(u.attributes, r#"{"vip":true}"#);
+    assert_eq!(u.role_sid, "RLadmin");
+    drop(m);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+    let repairs = b.store.repairs.lock().unwrap();
+    assert_eq!(repairs.len(), 1, "no snapshot of nobody journaled");
+    assert_eq!(
+        (repairs[0].id, repairs[0].state),
+        (id, RepairState::Recovered)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_delete_whose_answer_is_lost_is_read_back_not_sent_again() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::DELETE, "/Users/USkim", 0, Reply::Reset, true);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
+    // And a 5xx after which the User is still there is sent again.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::DELETE, "/Users/USkim", 0, Reply::Status(503), false);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 2);
+}
+
+/// An operator's `POST /repairs` for kim.
+fn operator_kim() -> super::operator::OperatorRequest {
+    super::operator::OperatorRequest {
+        service_sid: IS.into(),
+        identity: "kim".into(),
+        dry_run: false,
+        create_missing: false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_record_waiting_for_an_operator_is_never_retried_by_the_sweep() {
     let b = bench_operator(FakeTwilio::with_kim(1));
     journal_stale_record(&b, "Kim K", RepairState::NeedsOperator).await;
