@@ -451,16 +451,32 @@ impl Repairer {
             snapshot,
             webhook: record.webhook.clone(),
         };
+        // The old record is closed before the new one is written: the
+        // other order, with this close refused, would leave two open
+        // records of one identity holding two snapshots, and the older
+        // could be converged after the newer. Closed first, a refused
+        // insert leaves nothing open and the User as it is (never deleted).
+        self.store
+            .set_repair_state(
+                record.id,
+                RepairState::Recovered,
+                Some("the User was never deleted (its SID still reads 200); re-snapshotted"),
+            )
+            .await
+            .map_err(ConvergeError::Journal)?;
         let id = self
             .store
             .insert_repair(&new)
             .await
             .map_err(ConvergeError::Journal)?;
         let note = format!("the User was never deleted; re-snapshotted as record {id}");
-        self.store
+        if let Err(e) = self
+            .store
             .set_repair_state(record.id, RepairState::Recovered, Some(&note))
             .await
-            .map_err(ConvergeError::Journal)?;
+        {
+            tracing::debug!(old = record.id, new = id, error = %e, "cannot name the new record on the old one");
+        }
         tracing::info!(
             old = record.id,
             new = id,

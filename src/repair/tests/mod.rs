@@ -585,6 +585,27 @@ async fn a_user_delete_whose_answer_is_lost_is_read_back_not_sent_again() {
     assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_resnapshot_whose_journal_fails_never_leaves_two_open_records() {
+    // Left in `deleting`, the User alive (the delete never landed): the
+    // re-snapshot goes into a new record, and the journal refuses every
+    // write after that insert. Two open records of one identity (two
+    // snapshots, the older converged after the newer) must never be left.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    journal_stale_record(&b, "Old Name", RepairState::Deleting).await;
+    b.store.fail_after_insert.store(true, Ordering::SeqCst);
+    b.rep.recover_pending(None).await;
+    let repairs = b.store.repairs.lock().unwrap().clone();
+    let open: Vec<_> = repairs.iter().filter(|r| r.state.is_open()).collect();
+    assert!(open.len() <= 1, "two open records: {repairs:#?}");
+    let m = b.fake.0.lock().unwrap();
+    assert_eq!(
+        m.users["kim"].friendly_name.as_deref(),
+        Some("Kim K"),
+        "the current name, not the stale one"
+    );
+}
+
 /// An operator's `POST /repairs` for kim.
 fn operator_kim() -> super::operator::OperatorRequest {
     super::operator::OperatorRequest {
