@@ -71,13 +71,13 @@ impl std::fmt::Display for Outcome {
 ///
 /// | state | written before | recovery action (idempotent, verified) |
 /// |---|---|---|
-/// | `deleting` | the User `DELETE` (by its SID) | delete the original SID again (404 is fine), then as `recreating` |
+/// | `deleting` | the User `DELETE` (by its SID) | read the original SID: gone → as `recreating` (no second `DELETE`); still there → snapshot it afresh into a new record and delete it; then as `recreating` |
 /// | `recreating` | the User create | ensure a User whose friendly name, attributes and role equal the snapshot: create it, update a bare one in place, or delete the original SID again if it is still there |
 /// | `restoring` | the membership restores | ensure every snapshot membership exists with its attributes and role |
 /// | `replaying` | the caller's create is replayed | nothing: the create is the caller's to retry |
 /// | `done` | | final: closed by the workflow after reading back every step |
 /// | `recovered` | | final: closed by recovery after reading back every step |
-/// | `needs-operator` | | Twilio refused a step for good (e.g. 400/403); not retried, shown on `/repairs` |
+/// | `needs-operator` | | Twilio refused a step for good (e.g. a 400; a 401/403 is not, as another credential may act); never converged again, shown on `/repairs` |
 /// | `abandoned` | | final: an operator gave up on the record (`POST /repairs/{id}/abandon` on the admin plane) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -288,6 +288,8 @@ impl Repairer {
                             self.closed_despite_journal(journal.id, RepairState::Done);
                         }
                     }
+                    // The delete refused: closed `done`, the User as it was.
+                    Err(e) if e.left_the_user_untouched() => {}
                     // As a fault's repair: a refusal waits for a person
                     // (`needs-operator`), anything else is finished in the
                     // background.

@@ -368,7 +368,7 @@ impl Repairer {
             journal
                 .set(
                     RepairState::Recreating,
-                    Some("the User's delete had landed: its SID reads 404"),
+                    Some("the User's delete had landed (read back): not sent again"),
                 )
                 .await;
         }

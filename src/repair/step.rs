@@ -7,9 +7,10 @@
 //!   User");
 //! - its **retry safety**: a `429` is always retried (Twilio never
 //!   processed it, honouring `Retry-After`); a `5xx` or a transport failure
-//!   is retried only for `GET` and `DELETE`. A `POST` that may have reached
-//!   Twilio is never replayed blindly: the step reports [`StepError::Unsure`]
-//!   and the caller reads back whether it landed before trying again.
+//!   is retried only for a `GET`. A write (`POST`, the User's `DELETE`) that
+//!   may have reached Twilio is never sent again blindly: the step reports
+//!   [`StepError::Unsure`] and the caller reads back whether it landed
+//!   before trying again.
 //!
 //! [`Api::step`] makes the call, records it in the incident (step name,
 //! status, Twilio request id) and classifies the result. Retries are
@@ -96,7 +97,7 @@ pub enum StepError {
         status: StatusCode,
         code: Option<u64>,
     },
-    /// A POST got a 5xx or no answer: it may or may not have landed.
+    /// A write got a 5xx or no answer: it may or may not have landed.
     #[error("{step}: unsure whether it landed: {last}")]
     Unsure {
         step: StepKind,

@@ -20,7 +20,11 @@
 //!   it; a create that may have landed (5xx, reset) is read back before it
 //!   is tried again.
 //!
-//! Reads and deletes are retried per [`super::step`]; the read-back loops
+//! - [`ensure_deleted`] deletes the original SID; a delete that may have
+//!   landed (5xx, reset) is read back by SID before it is sent again, and
+//!   a refusal after it no longer says the User was left as it was.
+//!
+//! Reads are retried per [`super::step`]; the read-back loops
 //! run until the workflow deadline (memberships until a budget that leaves
 //! the caller's replayed create its turn).
 
@@ -61,6 +65,18 @@ impl ConvergeError {
     /// Twilio refused a step for good: trying again will not help. A 401
     /// or 403 is not: it says the *credential* may not act (a caller's
     /// wrong password, a restricted key), and another credential may.
+    /// Twilio refused the User's DELETE itself (no attempt of it may have
+    /// landed): the User is as it was, and the record is closed `done`.
+    pub fn left_the_user_untouched(&self) -> bool {
+        matches!(
+            self,
+            ConvergeError::Delete(StepError::Refused {
+                step: StepKind::DeleteUser,
+                ..
+            })
+        )
+    }
+
     pub fn is_refusal(&self) -> bool {
         let e = match self {
             ConvergeError::Delete(e) | ConvergeError::Recreate(e) => e,
@@ -203,7 +219,10 @@ pub async fn journaled<'a>(
         memberships_until,
     )
     .await;
-    if let Err(ConvergeError::Delete(StepError::Refused { .. })) = &result {
+    if result
+        .as_ref()
+        .is_err_and(ConvergeError::left_the_user_untouched)
+    {
         journal
             .set(
                 RepairState::Done,
@@ -225,6 +244,9 @@ pub async fn ensure_deleted(
     };
     let path = user_path(&target.service_base, sid);
     let mut backoff = api.backoff();
+    // An attempt that may have landed and no read has settled since: a
+    // later refusal then no longer says the User is as it was.
+    let mut unsettled: Option<StepError> = None;
     loop {
         match api.step(StepKind::DeleteUser, &path, None).await {
             // 204: deleted now; 404: that SID is gone already.
@@ -238,12 +260,15 @@ pub async fn ensure_deleted(
                 // the SID before sending it again.
                 match api.step(StepKind::FetchUser, &path, None).await {
                     Ok(r) if r.status == StatusCode::NOT_FOUND => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) if e.is_transient() => {}
-                    Err(e) => return Err(e),
+                    // Still there: that attempt did not land.
+                    Ok(_) => unsettled = None,
+                    Err(read) if read.is_transient() => unsettled = Some(e),
+                    // A refused read settles nothing: the delete stays
+                    // unsure, and the record open for recovery.
+                    Err(_) => return Err(e),
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(unsettled.unwrap_or(e)),
         }
     }
 }

@@ -19,7 +19,7 @@ use super::credential::{self, Acting};
 use super::lock::{KeyLock, RepairKey, SharedFence};
 use super::rehearsal::{self, Rehearsal};
 use super::request::Who;
-use super::step::{Api, StepError, StepKind};
+use super::step::{Api, StepKind};
 use super::user::{self, ConvergeError, Journal};
 pub use super::verdict::{Answer, CreateRequest, Verdict};
 use super::{Repairer, policy};
@@ -293,9 +293,7 @@ impl Workflow<'_> {
                 journal_lost: journal.lost,
                 aliases: std::mem::take(&mut journal.aliases),
             }),
-            Err(e @ ConvergeError::Delete(StepError::Refused { .. })) => {
-                Err(Verdict::failed(e).of_repair(repair_id))
-            }
+            Err(e) if e.left_the_user_untouched() => Err(Verdict::failed(e).of_repair(repair_id)),
             Err(e) => {
                 self.rep
                     .after_unfinished(repair_id, &e, acting, &mut journal)

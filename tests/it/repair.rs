@@ -457,15 +457,17 @@ async fn concurrent_creates_for_one_identity_cause_exactly_one_user_delete(store
 
 async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
     // Each step's path answers one 429 and (where flagged) one 503 first.
-    // A 503 on POST /Users is not retried blindly: the User is looked up
-    // first. On POST /Participants the forwarded create itself takes the
-    // 429, which passes back untouched (Twilio never processed it).
+    // A 503 on POST /Users or on the User's DELETE (by SID) is not retried
+    // blindly: the User is looked up first. On POST /Participants the
+    // forwarded create itself takes the 429, which passes back untouched
+    // (Twilio never processed it). Last, a DELETE whose answer is lost
+    // after Twilio processed it is read back, never sent twice.
     let steps: &[(&str, &str, bool)] = &[
         ("GET", "/Participants/henry$", true),
         ("GET", "/Conversations/CH[0-9a-f]{32}$", true),
         ("GET", "/Users/henry$", true),
         ("GET", "/Users/henry/Conversations$", true),
-        ("DELETE", "/Users/henry$", true),
+        ("DELETE", "/Users/US[0-9a-f]{32}$", true),
         ("POST", "/Users$", true),
         ("POST", "/Participants$", false),
     ];
@@ -509,8 +511,44 @@ async fn transient_upstream_errors_at_every_step_are_retried(store: StoreKind) {
         let (s, user) = st.emu.get(&format!("{b}/Users/henry")).await;
         assert_eq!(s, 200, "{method} {path}: User lost");
         assert_eq!(user["friendly_name"], "H");
+        if *method == "DELETE" {
+            let log = st.emu.log_json().await;
+            let read_back = log.iter().any(|r| {
+                r["method"] == "GET" && r["path"].as_str().is_some_and(|p| p.contains("/Users/US"))
+            });
+            assert!(read_back, "the SID was read before the DELETE went again");
+        }
         st.proxy.stop().await;
     }
+    let (st, henry) = Scene::new()
+        .user("henry")
+        .friendly("H")
+        .armed(FaultMode::Block)
+        .on(store)
+        .start()
+        .await;
+    let (is, b, ch) = (henry.is().unwrap(), &henry.base, henry.target());
+    st.emu
+        .add_rule(
+            serde_json::json!({"method":"DELETE","path":"/Users/US[0-9a-f]{32}$",
+        "times":1,"action":{"kind":"reset","processed":true}}),
+        )
+        .await;
+    let (status, outcome, body) = st.create(Some(is), ch, &[("Identity", "henry")]).await;
+    assert_eq!(
+        (status, outcome.as_deref()),
+        (201, Some("repaired")),
+        "{body}"
+    );
+    let (s, user) = st.emu.get(&format!("{b}/Users/henry")).await;
+    assert_eq!((s, &user["friendly_name"]), (200, &serde_json::json!("H")));
+    let reqs = st.emu.requests().await;
+    assert_eq!(
+        user_deletes(&reqs, b),
+        1,
+        "one DELETE reached Twilio: {reqs:?}"
+    );
+    st.proxy.stop().await;
 }
 
 async fn a_permanently_broken_identity_is_reported_not_deleted_in_a_loop(store: StoreKind) {

@@ -606,6 +606,58 @@ async fn a_resnapshot_whose_journal_fails_never_leaves_two_open_records() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_operator_repair_whose_delete_is_refused_is_done_and_blocks_nothing() {
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::DELETE, "/Users/USkim", 0, Reply::Status(400), false);
+    let r = b
+        .rep
+        .operator_repair(
+            &Origin::parse("http://127.0.0.1:9").unwrap(),
+            &operator_kim(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, Some(Outcome::Failed), "{:?}", r.error);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        b.store.repairs.lock().unwrap()[0].state,
+        RepairState::Done,
+        "the User was left as it was: nothing waits for an operator"
+    );
+    assert_eq!(b.fake.0.lock().unwrap().users["kim"].sid, "USkim");
+    // The identity can be repaired again.
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_may_have_landed_is_never_closed_as_refused() {
+    // The DELETE lands but its answer is lost; the read-back of the SID is
+    // refused (401). Whether Kim is gone is unknown: the record must not
+    // be closed "delete refused, User as it was"; recovery brings Kim back.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::DELETE, "/Users/USkim", 0, Reply::Reset, true);
+    b.fake
+        .fault(Method::GET, "/Users/USkim", 0, Reply::Status(401), false);
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_ne!(v.outcome, Outcome::Disabled, "{:?}", v.detail);
+    assert_ne!(
+        b.store.repairs.lock().unwrap()[0].state,
+        RepairState::Done,
+        "closed as if the delete were refused"
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(u.friendly_name.as_deref(), Some("Kim K"));
+    drop(m);
+    assert!(!b.store.repairs.lock().unwrap()[0].state.is_open());
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
+}
+
 /// An operator's `POST /repairs` for kim.
 fn operator_kim() -> super::operator::OperatorRequest {
     super::operator::OperatorRequest {
