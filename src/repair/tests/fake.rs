@@ -65,6 +65,9 @@ pub(super) struct Model {
     pub(super) next: u32,
     /// A bare User appears right after the delete (a create in the gap).
     pub(super) bare_after_delete: bool,
+    /// A late DELETE lands right after the next listing of a User's
+    /// conversations (the listing itself still answers in full).
+    pub(super) delete_after_listing: bool,
     /// The fault's "ghost" mode: the stale identity's create lands anyway
     /// (and still answers 20404).
     pub(super) ghost: bool,
@@ -149,6 +152,9 @@ impl Model {
                     .filter(|((_, i), _)| i == who)
                     .map(|((c, _), p)| serde_json::json!({"conversation_sid":c,"participant_sid":p.sid}))
                     .collect();
+                if std::mem::take(&mut self.delete_after_listing) {
+                    self.users.remove(*who);
+                }
                 json(
                     200,
                     serde_json::json!({"conversations":list,"meta":{"next_page_url":null}}),

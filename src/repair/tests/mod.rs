@@ -658,6 +658,31 @@ async fn a_delete_that_may_have_landed_is_never_closed_as_refused() {
     assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_late_delete_landing_after_the_resnapshots_listing_is_read_back() {
+    // As above, but the late DELETE lands once the re-snapshot has listed
+    // the memberships: the SID read after the snapshot sees it gone, so no
+    // new record is written and no second DELETE is sent.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    let id = journal_stale_record(&b, "Old Name", RepairState::Deleting).await;
+    b.fake.0.lock().unwrap().delete_after_listing = true;
+    assert_eq!(b.rep.recover_pending(None).await, 1);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
+    let repairs = b.store.repairs.lock().unwrap().clone();
+    assert_eq!(repairs.len(), 1, "no re-snapshot journaled: {repairs:#?}");
+    assert_eq!(
+        (repairs[0].id, repairs[0].state),
+        (id, RepairState::Recovered)
+    );
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(
+        u.friendly_name.as_deref(),
+        Some("Old Name"),
+        "the journaled snapshot"
+    );
+}
+
 /// An operator's `POST /repairs` for kim.
 fn operator_kim() -> super::operator::OperatorRequest {
     super::operator::OperatorRequest {
