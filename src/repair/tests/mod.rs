@@ -486,14 +486,7 @@ async fn an_operator_repair_refused_for_good_waits_for_an_operator() {
     let b = bench_operator(FakeTwilio::with_kim(1));
     b.fake
         .fault(Method::POST, "/Users", 0, Reply::Status(400), false);
-    let r = b
-        .rep
-        .operator_repair(
-            &Origin::parse("http://127.0.0.1:9").unwrap(),
-            &operator_kim(),
-        )
-        .await
-        .unwrap();
+    let r = operator_repair_kim(&b).await;
     assert_eq!(r.outcome, Some(Outcome::Failed), "{:?}", r.error);
     let calls = b.fake.0.lock().unwrap().calls.len();
     tokio::time::sleep(Duration::from_secs(600)).await;
@@ -512,14 +505,7 @@ async fn an_operator_repair_refused_for_good_waits_for_an_operator() {
 async fn an_operator_repair_verified_while_the_journal_is_down_is_not_converged_again() {
     let b = bench_operator(FakeTwilio::with_kim(1));
     b.store.fail_after_insert.store(true, Ordering::SeqCst);
-    let r = b
-        .rep
-        .operator_repair(
-            &Origin::parse("http://127.0.0.1:9").unwrap(),
-            &operator_kim(),
-        )
-        .await
-        .unwrap();
+    let r = operator_repair_kim(&b).await;
     assert_eq!(r.outcome, Some(Outcome::Repaired), "{:?}", r.error);
     // The app renames Kim; the journal (back now) still says `deleting`.
     b.fake
@@ -611,14 +597,7 @@ async fn an_operator_repair_whose_delete_is_refused_is_done_and_blocks_nothing()
     let b = bench_operator(FakeTwilio::with_kim(1));
     b.fake
         .fault(Method::DELETE, "/Users/USkim", 0, Reply::Status(400), false);
-    let r = b
-        .rep
-        .operator_repair(
-            &Origin::parse("http://127.0.0.1:9").unwrap(),
-            &operator_kim(),
-        )
-        .await
-        .unwrap();
+    let r = operator_repair_kim(&b).await;
     assert_eq!(r.outcome, Some(Outcome::Failed), "{:?}", r.error);
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(
@@ -683,14 +662,18 @@ async fn a_late_delete_landing_after_the_resnapshots_listing_is_read_back() {
     );
 }
 
-/// An operator's `POST /repairs` for kim.
-fn operator_kim() -> super::operator::OperatorRequest {
-    super::operator::OperatorRequest {
+/// An operator's `POST /repairs` for kim, run by the bench's repairer.
+async fn operator_repair_kim(b: &Bench) -> super::operator::OperatorReport {
+    let req = super::operator::OperatorRequest {
         service_sid: IS.into(),
         identity: "kim".into(),
         dry_run: false,
         create_missing: false,
-    }
+    };
+    b.rep
+        .operator_repair(&Origin::parse("http://127.0.0.1:9").unwrap(), &req)
+        .await
+        .expect("the operator repair ran")
 }
 
 #[tokio::test(start_paused = true)]
