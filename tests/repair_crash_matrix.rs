@@ -251,17 +251,7 @@ async fn invariant(emu: &Emu, p: &Person, want: Want) -> Result<(), String> {
 /// start (its SID answers 404), never sent again. A delete still on the
 /// wire at the restart is another matter (it lands late, answered 404).
 async fn assert_no_delete_sent_twice(emu: &Emu, p: &Person, label: &str) {
-    let prefix = format!("{}/Users/", p.base);
-    let sent = emu
-        .log_json()
-        .await
-        .iter()
-        .filter(|r| {
-            r["method"] == "DELETE"
-                && r["path"].as_str().is_some_and(|x| x.starts_with(&prefix))
-                && (r["status"] == 204 || r["status"] == 404)
-        })
-        .count();
+    let sent = user_deletes_answered(emu, p, &[204, 404]).await;
     if sent > 1 {
         panic!(
             "{label}: {sent} User deletes reached Twilio\n{}",
@@ -272,6 +262,12 @@ async fn assert_no_delete_sent_twice(emu: &Emu, p: &Person, label: &str) {
 
 /// `DELETE {base}/Users/...` of this person's service answered 204.
 async fn user_deletes(emu: &Emu, p: &Person) -> usize {
+    user_deletes_answered(emu, p, &[204]).await
+}
+
+/// `DELETE {base}/Users/...` of this person's service answered with one
+/// of `statuses` (a held delete dropped unprocessed has none).
+async fn user_deletes_answered(emu: &Emu, p: &Person, statuses: &[u16]) -> usize {
     let prefix = format!("{}/Users/", p.base);
     emu.log_json()
         .await
@@ -279,7 +275,9 @@ async fn user_deletes(emu: &Emu, p: &Person) -> usize {
         .filter(|r| {
             r["method"] == "DELETE"
                 && r["path"].as_str().is_some_and(|x| x.starts_with(&prefix))
-                && r["status"] == 204
+                && r["status"]
+                    .as_u64()
+                    .is_some_and(|s| statuses.contains(&(s as u16)))
         })
         .count()
 }
