@@ -71,7 +71,7 @@ impl std::fmt::Display for Outcome {
 ///
 /// | state | written before | recovery action (idempotent, verified) |
 /// |---|---|---|
-/// | `deleting` | the User `DELETE` (by its SID) | read the original SID: gone → as `recreating` (no second `DELETE`); still there → snapshot it afresh into a new record and delete it; then as `recreating` |
+/// | `deleting` | the User `DELETE` (by its SID) | read the original SID: gone → as `recreating` (no second `DELETE`); still there → snapshot it afresh into a new record (written in one transaction with this one's close) and delete it, unless a late delete lands meanwhile (the journaled snapshot then stays in force); no SID → nothing to delete; then as `recreating` |
 /// | `recreating` | the User create | ensure a User whose friendly name, attributes and role equal the snapshot: create it, update a bare one in place, or delete the original SID again if it is still there |
 /// | `restoring` | the membership restores | ensure every snapshot membership exists with its attributes and role |
 /// | `replaying` | the caller's create is replayed | nothing: the create is the caller's to retry |

@@ -288,8 +288,13 @@ impl Repairer {
                             self.closed_despite_journal(journal.id, RepairState::Done);
                         }
                     }
-                    // The delete refused: closed `done`, the User as it was.
-                    Err(e) if e.left_the_user_untouched() => {}
+                    // The delete refused: closed `done`, the User as it was
+                    // (and never converged again were that write lost).
+                    Err(e) if e.left_the_user_untouched() => {
+                        if journal.lost {
+                            self.closed_despite_journal(journal.id, RepairState::Done);
+                        }
+                    }
                     // As a fault's repair: a refusal waits for a person
                     // (`needs-operator`), anything else is finished in the
                     // background.

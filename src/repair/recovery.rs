@@ -451,32 +451,20 @@ impl Repairer {
             snapshot,
             webhook: record.webhook.clone(),
         };
-        // The old record is closed before the new one is written: the
-        // other order, with this close refused, would leave two open
-        // records of one identity holding two snapshots, and the older
-        // could be converged after the newer. Closed first, a refused
-        // insert leaves nothing open and the User as it is (never deleted).
-        self.store
-            .set_repair_state(
+        // One transaction: were the new record written and the old one
+        // left open (a refused write, a crash in between), two snapshots of
+        // one identity would be open and the older could be converged
+        // after the newer; were the old one closed first, a late DELETE
+        // landing after a crash in between would find no record at all.
+        let id = self
+            .store
+            .supersede_repair(
                 record.id,
-                RepairState::Recovered,
-                Some("the User was never deleted (its SID still reads 200); re-snapshotted"),
+                "the User was never deleted; re-snapshotted as record",
+                &new,
             )
             .await
             .map_err(ConvergeError::Journal)?;
-        let id = self
-            .store
-            .insert_repair(&new)
-            .await
-            .map_err(ConvergeError::Journal)?;
-        let note = format!("the User was never deleted; re-snapshotted as record {id}");
-        if let Err(e) = self
-            .store
-            .set_repair_state(record.id, RepairState::Recovered, Some(&note))
-            .await
-        {
-            tracing::debug!(old = record.id, new = id, error = %e, "cannot name the new record on the old one");
-        }
         tracing::info!(
             old = record.id,
             new = id,

@@ -9,7 +9,9 @@
 //!
 //! - [`ensure_deleted`] deletes the User **by its original SID**, so a
 //!   delete that lands late (sent before a crash, processed after) can only
-//!   ever remove that User, never the one put back in its place.
+//!   ever remove that User, never the one put back in its place. A delete
+//!   that may have landed (5xx, reset) is read back by SID, and sent again
+//!   only once the SID reads 200.
 //! - [`ensure_user`] reads the identity: missing → create it; the original
 //!   SID still there → the delete has not landed, delete again; another
 //!   User (a *bare* one Twilio made for a participant create in the gap,
@@ -19,10 +21,6 @@
 //!   the snapshot's attributes and role; present with other fields → update
 //!   it; a create that may have landed (5xx, reset) is read back before it
 //!   is tried again.
-//!
-//! - [`ensure_deleted`] deletes the original SID; a delete that may have
-//!   landed (5xx, reset) is read back by SID before it is sent again, and
-//!   a refusal after it no longer says the User was left as it was.
 //!
 //! Reads are retried per [`super::step`]; the read-back loops
 //! run until the workflow deadline (memberships until a budget that leaves
@@ -62,11 +60,9 @@ pub enum ConvergeError {
 }
 
 impl ConvergeError {
-    /// Twilio refused a step for good: trying again will not help. A 401
-    /// or 403 is not: it says the *credential* may not act (a caller's
-    /// wrong password, a restricted key), and another credential may.
-    /// Twilio refused the User's DELETE itself (no attempt of it may have
-    /// landed): the User is as it was, and the record is closed `done`.
+    /// Twilio refused the User's DELETE itself, and no attempt of it may
+    /// have landed (one that might have was read back as still there): the
+    /// User is as it was, and the record is closed `done`.
     pub fn left_the_user_untouched(&self) -> bool {
         matches!(
             self,
@@ -77,6 +73,9 @@ impl ConvergeError {
         )
     }
 
+    /// Twilio refused a step for good: trying again will not help. A 401
+    /// or 403 is not: it says the *credential* may not act (a caller's
+    /// wrong password, a restricted key), and another credential may.
     pub fn is_refusal(&self) -> bool {
         let e = match self {
             ConvergeError::Delete(e) | ConvergeError::Recreate(e) => e,
@@ -244,31 +243,27 @@ pub async fn ensure_deleted(
     };
     let path = user_path(&target.service_base, sid);
     let mut backoff = api.backoff();
-    // An attempt that may have landed and no read has settled since: a
-    // later refusal then no longer says the User is as it was.
-    let mut unsettled: Option<StepError> = None;
     loop {
         match api.step(StepKind::DeleteUser, &path, None).await {
             // 204: deleted now; 404: that SID is gone already.
             Ok(_) => return Ok(()),
-            Err(e) if e.is_transient() => {
-                backoff
-                    .wait(api.deadline())
-                    .await
-                    .map_err(past(StepKind::DeleteUser))?;
-                // A 5xx or a lost answer: the delete may have landed. Read
-                // the SID before sending it again.
+            // A 5xx or a lost answer: the delete may have landed. Read the
+            // SID until it says, and send the delete again only once it
+            // reads 200 (so a later refusal does mean "left as it was").
+            // Past the deadline, or on a refused read, the delete stays
+            // unsure and the record open for recovery.
+            Err(e) if e.is_transient() => loop {
+                if backoff.wait(api.deadline()).await.is_err() {
+                    return Err(e);
+                }
                 match api.step(StepKind::FetchUser, &path, None).await {
                     Ok(r) if r.status == StatusCode::NOT_FOUND => return Ok(()),
-                    // Still there: that attempt did not land.
-                    Ok(_) => unsettled = None,
-                    Err(read) if read.is_transient() => unsettled = Some(e),
-                    // A refused read settles nothing: the delete stays
-                    // unsure, and the record open for recovery.
+                    Ok(_) => break,
+                    Err(read) if read.is_transient() => {}
                     Err(_) => return Err(e),
                 }
-            }
-            Err(e) => return Err(unsettled.unwrap_or(e)),
+            },
+            Err(e) => return Err(e),
         }
     }
 }

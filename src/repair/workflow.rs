@@ -293,7 +293,15 @@ impl Workflow<'_> {
                 journal_lost: journal.lost,
                 aliases: std::mem::take(&mut journal.aliases),
             }),
-            Err(e) if e.left_the_user_untouched() => Err(Verdict::failed(e).of_repair(repair_id)),
+            Err(e) if e.left_the_user_untouched() => {
+                // Closed `done`; were that write lost, the record would be
+                // converged again from `deleting` over an untouched User.
+                if journal.lost {
+                    self.rep
+                        .closed_despite_journal(repair_id, RepairState::Done);
+                }
+                Err(Verdict::failed(e).of_repair(repair_id))
+            }
             Err(e) => {
                 self.rep
                     .after_unfinished(repair_id, &e, acting, &mut journal)

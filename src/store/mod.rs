@@ -307,6 +307,16 @@ pub trait Store: Send + Sync {
     }
     fn get_repair(&self, id: i64) -> BoxFuture<'_, Result<Option<RepairRecord>, StoreError>>;
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>>;
+    /// A re-snapshot: insert `new` and close record `old` as `recovered`,
+    /// its note `note` followed by the new record's id, in one transaction
+    /// (exactly one of the two is open at any moment, whatever fails or
+    /// dies in between); the new record's id.
+    fn supersede_repair<'a>(
+        &'a self,
+        old: i64,
+        note: &'a str,
+        new: &'a NewRepair,
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
     fn set_repair_state<'a>(
         &'a self,
         id: i64,

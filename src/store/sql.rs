@@ -71,6 +71,47 @@ fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
+impl<B, Db> SqlStore<B>
+where
+    B: Backend<Db = Db>,
+    Db: Database,
+    for<'c> &'c mut Db::Connection: Executor<'c, Database = Db>,
+    for<'q> Db::Arguments<'q>: IntoArguments<'q, Db>,
+    for<'q> &'q str: Encode<'q, Db> + Type<Db>,
+    for<'q> String: Encode<'q, Db> + Decode<'q, Db> + Type<Db>,
+    for<'q> i64: Encode<'q, Db> + Decode<'q, Db> + Type<Db>,
+    for<'q> Option<&'q str>: Encode<'q, Db>,
+    for<'q> Option<i64>: Encode<'q, Db>,
+    for<'c> &'c str: ColumnIndex<Db::Row>,
+    usize: ColumnIndex<Db::Row>,
+{
+    /// Insert a new record in `deleting` on `conn` (the pool's, or a
+    /// transaction's); its id.
+    async fn insert_on(conn: &mut Db::Connection, r: &NewRepair) -> Result<i64, StoreError> {
+        let now = now_rfc3339();
+        let snapshot = serde_json::to_string(&r.snapshot).unwrap_or_default();
+        let id = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO repairs (created_at, updated_at, account_sid, credential_user, upstream,
+               service_base, service_sid, identity, state, snapshot, webhook)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(now.as_str())
+        .bind(now.as_str())
+        .bind(r.account_sid.as_str())
+        .bind(r.credential_user.as_str())
+        .bind(r.upstream.as_str())
+        .bind(r.service_base.as_str())
+        .bind(r.service_sid.as_str())
+        .bind(r.identity.as_str())
+        .bind(RepairState::Deleting.as_str())
+        .bind(snapshot)
+        .bind(r.webhook.as_deref())
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(id)
+    }
+}
+
 impl<B, Db> Store for SqlStore<B>
 where
     B: Backend<Db = Db>,
@@ -185,26 +226,29 @@ where
     fn insert_repair<'a>(&'a self, r: &'a NewRepair) -> BoxFuture<'a, Result<i64, StoreError>> {
         Box::pin(async move {
             self.write()?;
-            let now = now_rfc3339();
-            let snapshot = serde_json::to_string(&r.snapshot).unwrap_or_default();
-            let id = sqlx::query_scalar::<_, i64>(
-                "INSERT INTO repairs (created_at, updated_at, account_sid, credential_user, upstream,
-                   service_base, service_sid, identity, state, snapshot, webhook)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-            )
-            .bind(now.as_str())
-            .bind(now.as_str())
-            .bind(r.account_sid.as_str())
-            .bind(r.credential_user.as_str())
-            .bind(r.upstream.as_str())
-            .bind(r.service_base.as_str())
-            .bind(r.service_sid.as_str())
-            .bind(r.identity.as_str())
-            .bind(RepairState::Deleting.as_str())
-            .bind(snapshot)
-            .bind(r.webhook.as_deref())
-            .fetch_one(&self.pool)
-            .await?;
+            let mut conn = self.pool.acquire().await?;
+            Self::insert_on(&mut conn, r).await
+        })
+    }
+
+    fn supersede_repair<'a>(
+        &'a self,
+        old: i64,
+        note: &'a str,
+        new: &'a NewRepair,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            self.write()?;
+            let mut tx = self.pool.begin().await?;
+            let id = Self::insert_on(&mut tx, new).await?;
+            sqlx::query("UPDATE repairs SET state = $1, updated_at = $2, note = $3 WHERE id = $4")
+                .bind(RepairState::Recovered.as_str())
+                .bind(now_rfc3339())
+                .bind(format!("{note} {id}"))
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             Ok(id)
         })
     }

@@ -140,6 +140,41 @@ async fn assert_adopted(store: &dyn Store, applied: Vec<i64>) {
     assert_eq!(old.state, RepairState::Recovered);
     let new = store.get_repair(2).await.unwrap().unwrap();
     assert_eq!(new.webhook.as_deref(), Some("false"));
+    // A re-snapshot: the new record written and the old one closed, in one
+    // transaction.
+    let fresh = NewRepair {
+        identity: "ann".into(),
+        ..NewRepair {
+            account_sid: "AC1".into(),
+            credential_user: "SK1".into(),
+            upstream: "https://conversations.twilio.com".into(),
+            service_base: "/v1".into(),
+            service_sid: "IS1".into(),
+            identity: String::new(),
+            snapshot: r.snapshot.clone(),
+            webhook: None,
+        }
+    };
+    let stale = store.insert_repair(&fresh).await.unwrap();
+    let third = store
+        .supersede_repair(stale, "re-snapshotted as record", &fresh)
+        .await
+        .unwrap();
+    let (old, new) = (
+        store.get_repair(stale).await.unwrap().unwrap(),
+        store.get_repair(third).await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        (old.state, old.note),
+        (
+            RepairState::Recovered,
+            Some(format!("re-snapshotted as record {third}"))
+        )
+    );
+    assert_eq!(
+        (new.state, new.identity.as_str()),
+        (RepairState::Deleting, "ann")
+    );
     let incident = Incident {
         id: 0,
         at: super::now_rfc3339(),
@@ -237,7 +272,8 @@ async fn an_sqlite_journal_from_before_the_migrator_keeps_its_records() {
         .iter()
         .map(|r| r.id)
         .collect();
-    assert_eq!(pending, vec![2]);
+    // 2, and the re-snapshot (4) that closed 3.
+    assert_eq!(pending, vec![2, 4]);
 }
 
 #[tokio::test]
@@ -278,7 +314,8 @@ async fn a_postgres_journal_from_before_the_migrator_keeps_its_records() {
         .iter()
         .map(|r| r.id)
         .collect();
-    assert_eq!(pending, vec![2]);
+    // 2, and the re-snapshot (4) that closed 3.
+    assert_eq!(pending, vec![2, 4]);
     store.pool.close().await;
     drop(store);
     admin_conn

@@ -535,6 +535,29 @@ impl Store for MemStore {
             Ok(id)
         })
     }
+    fn supersede_repair<'a>(
+        &'a self,
+        old: i64,
+        note: &'a str,
+        new: &'a NewRepair,
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            // One transaction: refused as a whole, or both written.
+            self.check()?;
+            let id = self.insert_repair(new).await?;
+            if let Some(r) = self
+                .repairs
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .find(|r| r.id == old)
+            {
+                r.state = RepairState::Recovered;
+                r.note = Some(format!("{note} {id}"));
+            }
+            Ok(id)
+        })
+    }
     fn set_repair_state<'a>(
         &'a self,
         id: i64,

@@ -662,6 +662,50 @@ async fn a_late_delete_landing_after_the_resnapshots_listing_is_read_back() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_may_have_landed_is_sent_again_only_once_its_sid_reads_200() {
+    // The DELETE lands, its answer is lost, and the SID's read-back fails
+    // over and over (5xx past every attempt of a read): the SID is read
+    // again until it says, never the DELETE sent again meanwhile.
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    b.fake
+        .fault(Method::DELETE, "/Users/USkim", 0, Reply::Reset, true);
+    for _ in 0..12 {
+        b.fake
+            .fault(Method::GET, "/Users/USkim", 0, Reply::Status(503), false);
+    }
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
+    assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_delete_whose_done_write_is_lost_is_not_converged_again() {
+    // Twilio refuses the DELETE (the User untouched), and the journal
+    // refuses the `done` that says so: the record, still `deleting` in the
+    // journal, must not be converged again over the untouched User.
+    for operator in [false, true] {
+        let b = bench_operator(FakeTwilio::with_kim(1));
+        b.fake
+            .fault(Method::DELETE, "/Users/USkim", 0, Reply::Status(400), false);
+        b.store.fail_after_insert.store(true, Ordering::SeqCst);
+        if operator {
+            operator_repair_kim(&b).await;
+        } else {
+            workflow::run(&b.rep, &kim_create()).await;
+        }
+        b.store.fail_writes.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        b.rep.recover_pending(None).await;
+        assert_eq!(
+            b.fake.count(Method::DELETE, "/Users/"),
+            1,
+            "operator: {operator}"
+        );
+        assert_eq!(b.fake.0.lock().unwrap().users["kim"].sid, "USkim");
+    }
+}
+
 /// An operator's `POST /repairs` for kim, run by the bench's repairer.
 async fn operator_repair_kim(b: &Bench) -> super::operator::OperatorReport {
     let req = super::operator::OperatorRequest {
