@@ -4,6 +4,11 @@ use super::request::RepairTarget;
 use crate::metrics::Metrics;
 use crate::store::{RepairState, SidAlias, Store, now_rfc3339};
 
+/// The final note of a record verified complete.
+pub(super) const VERIFIED: &str = "verified complete";
+/// The final note of a record whose User's DELETE Twilio refused.
+pub(super) const UNTOUCHED: &str = "the delete was refused; the User was left as it was";
+
 /// The journal of one repair: write-ahead state changes that never stop
 /// the repair. With the snapshot in memory, a journal that fails after
 /// the delete (disk full, file gone, database down) must not leave the

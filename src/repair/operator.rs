@@ -285,15 +285,16 @@ impl Repairer {
                         // the news: never converged again from its stale
                         // state (that would undo what the app changes next).
                         if journal.lost {
-                            self.closed_despite_journal(journal.id, RepairState::Done);
+                            self.closed_despite_journal(
+                                journal.id,
+                                RepairState::Done,
+                                super::journal::VERIFIED,
+                            );
                         }
                     }
-                    // The delete refused: closed `done`, the User as it was
-                    // (and never converged again were that write lost).
+                    // The delete refused: closed `done`, the User as it was.
                     Err(e) if e.left_the_user_untouched() => {
-                        if journal.lost {
-                            self.closed_despite_journal(journal.id, RepairState::Done);
-                        }
+                        self.close_untouched(&mut journal).await;
                     }
                     // As a fault's repair: a refusal waits for a person
                     // (`needs-operator`), anything else is finished in the

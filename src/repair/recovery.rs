@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::Repairer;
 use super::credential::{self, Acting};
+use super::journal::{UNTOUCHED, VERIFIED};
 use super::lock::RepairKey;
 use super::step::{Api, StepError, StepKind};
 use super::user::{self, ConvergeError, Journal, RepairTarget};
@@ -111,11 +112,16 @@ impl Repairer {
     pub async fn refresh(&self) {
         match self.store.pending_repairs().await {
             Ok(pending) => {
+                // Records closed here while the journal lagged are done.
+                let pending: Vec<_> = pending
+                    .into_iter()
+                    .filter(|r| !self.recovery.is_closed(r.id))
+                    .collect();
                 self.metrics.set_repair_pending(pending.len() as i64);
                 self.locks.fence().set_journaled(
                     pending
                         .iter()
-                        .filter(|r| r.state.is_open() && !self.recovery.is_closed(r.id))
+                        .filter(|r| r.state.is_open())
                         .map(|r| r.identity.clone()),
                 );
                 let mut set = self
@@ -387,13 +393,19 @@ impl Repairer {
                 let note = format!("recovered with {}", acting.source.describe());
                 journal.set(RepairState::Recovered, Some(&note)).await;
                 if journal.lost {
-                    self.closed_despite_journal(record.id, RepairState::Recovered);
+                    self.closed_despite_journal(record.id, RepairState::Recovered, VERIFIED);
                 }
                 tracing::info!(
                     repair_id = record.id,
                     credential = acting.source.describe(),
                     "completed an unfinished repair"
                 );
+                Ok(())
+            }
+            // A re-snapshotted User whose delete Twilio refused: as it was.
+            Err(e) if e.left_the_user_untouched() => {
+                self.close_untouched(&mut journal).await;
+                tracing::warn!(repair_id = record.id, error = %e, "the delete was refused; the User was left as it was");
                 Ok(())
             }
             Err(e) => {
@@ -490,9 +502,20 @@ impl Repairer {
         })
     }
 
+    /// Close a record whose User's DELETE Twilio refused
+    /// ([`ConvergeError::left_the_user_untouched`]) `done`: the User is as
+    /// it was. Were that write lost, the record would be converged again
+    /// from `deleting` over the untouched User: this process never does.
+    pub(super) async fn close_untouched(&self, journal: &mut Journal<'_>) {
+        journal.set(RepairState::Done, Some(UNTOUCHED)).await;
+        if journal.lost {
+            self.closed_despite_journal(journal.id, RepairState::Done, UNTOUCHED);
+        }
+    }
+
     /// A repair verified complete whose journal write did not land: never
     /// converge it again in this process, and keep retrying the write.
-    pub(super) fn closed_despite_journal(&self, id: i64, state: RepairState) {
+    pub(super) fn closed_despite_journal(&self, id: i64, state: RepairState, why: &'static str) {
         self.recovery
             .closed
             .lock()
@@ -503,8 +526,8 @@ impl Repairer {
         self.rt.spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                let note = "verified complete; written once the journal took writes again";
-                if me.store.set_repair_state(id, state, Some(note)).await.is_ok() {
+                let note = format!("{why}; written once the journal took writes again");
+                if me.store.set_repair_state(id, state, Some(&note)).await.is_ok() {
                     tracing::info!(repair_id = id, state = %state, "journal caught up with a repair finished from memory");
                     me.refresh().await;
                     return;

@@ -190,9 +190,9 @@ pub async fn converge(
 }
 
 /// Journal the snapshot (when that fails, nothing was touched), then
-/// converge from `deleting`. A delete Twilio refused left the User as it
-/// was: that record is closed at once. The journal is returned for the
-/// caller's last state changes.
+/// converge from `deleting`. The journal is returned for the caller's last
+/// state changes (a delete Twilio refused left the User as it was: the
+/// caller closes that record at once, `Repairer::close_untouched`).
 pub async fn journaled<'a>(
     api: &mut Api,
     store: &'a dyn Store,
@@ -218,17 +218,6 @@ pub async fn journaled<'a>(
         memberships_until,
     )
     .await;
-    if result
-        .as_ref()
-        .is_err_and(ConvergeError::left_the_user_untouched)
-    {
-        journal
-            .set(
-                RepairState::Done,
-                Some("the delete was refused; the User was left as it was"),
-            )
-            .await;
-    }
     Ok((journal, result))
 }
 

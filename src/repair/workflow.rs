@@ -16,6 +16,7 @@
 
 use super::check::{self, Conversation, Landed, Posted};
 use super::credential::{self, Acting};
+use super::journal::VERIFIED;
 use super::lock::{KeyLock, RepairKey, SharedFence};
 use super::rehearsal::{self, Rehearsal};
 use super::request::Who;
@@ -294,12 +295,7 @@ impl Workflow<'_> {
                 aliases: std::mem::take(&mut journal.aliases),
             }),
             Err(e) if e.left_the_user_untouched() => {
-                // Closed `done`; were that write lost, the record would be
-                // converged again from `deleting` over an untouched User.
-                if journal.lost {
-                    self.rep
-                        .closed_despite_journal(repair_id, RepairState::Done);
-                }
+                self.rep.close_untouched(&mut journal).await;
                 Err(Verdict::failed(e).of_repair(repair_id))
             }
             Err(e) => {
@@ -339,7 +335,7 @@ impl Workflow<'_> {
             journal.set(RepairState::Done, None).await;
             if journal.lost || repaired.journal_lost {
                 self.rep
-                    .closed_despite_journal(repaired.repair_id, RepairState::Done);
+                    .closed_despite_journal(repaired.repair_id, RepairState::Done, VERIFIED);
             }
         }
         let (answer, mut detail) = match created {

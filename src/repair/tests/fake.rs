@@ -562,12 +562,15 @@ impl Store for MemStore {
         &'a self,
         id: i64,
         state: RepairState,
-        _note: Option<&'a str>,
+        note: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.check()?;
             if let Some(r) = self.repairs.lock().unwrap().iter_mut().find(|r| r.id == id) {
-                r.state = state
+                r.state = state;
+                if let Some(note) = note {
+                    r.note = Some(note.to_string());
+                }
             }
             Ok(())
         })

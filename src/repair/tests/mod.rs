@@ -703,7 +703,39 @@ async fn a_refused_delete_whose_done_write_is_lost_is_not_converged_again() {
             "operator: {operator}"
         );
         assert_eq!(b.fake.0.lock().unwrap().users["kim"].sid, "USkim");
+        let r = b.store.repairs.lock().unwrap()[0].clone();
+        assert_eq!(r.state, RepairState::Done, "operator: {operator}");
+        assert!(
+            r.note.as_deref().is_some_and(|n| n
+                .starts_with("the delete was refused; the User was left as it was; written once")),
+            "the note says why: {:?}",
+            r.note
+        );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_whose_delete_is_refused_closes_done_and_blocks_nothing() {
+    // Left in `deleting`, the User alive: recovery re-snapshots it and its
+    // DELETE is refused. The User is as it was: the new record is `done`,
+    // not `needs-operator` (which would block every later repair of Kim).
+    let b = bench_operator(FakeTwilio::with_kim(1));
+    journal_stale_record(&b, "Kim K", RepairState::Deleting).await;
+    b.fake
+        .fault(Method::DELETE, "/Users/USkim", 0, Reply::Status(400), false);
+    assert_eq!(b.rep.recover_pending(None).await, 1);
+    let states: Vec<_> = b
+        .store
+        .repairs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, [RepairState::Recovered, RepairState::Done]);
+    assert_eq!(b.fake.0.lock().unwrap().users["kim"].sid, "USkim");
+    let v = workflow::run(&b.rep, &kim_create()).await;
+    assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
 }
 
 /// An operator's `POST /repairs` for kim, run by the bench's repairer.
