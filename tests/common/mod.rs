@@ -295,6 +295,23 @@ pub struct Running {
 }
 
 impl Running {
+    /// Create `identity` as a participant of `built`'s target conversation
+    /// through this proxy (the account's own credential); Twilio's answer.
+    pub async fn create_in(&self, built: &Built, identity: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!(
+                "http://{}{}/Conversations/{}/Participants",
+                self.addr,
+                built.base,
+                built.target()
+            ))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&[("Identity", identity)])
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }

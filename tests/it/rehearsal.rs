@@ -119,14 +119,7 @@ async fn a_check_only_fault_gets_the_plan_it_would_have_run_and_nothing_is_writt
 
 #[tokio::test]
 async fn without_a_repair_credential_the_plan_is_shown_failing_with_why() {
-    let (st, kim) = Scene::new()
-        .user("kim")
-        .friendly("Kim K")
-        .member_of_another()
-        .armed(FaultMode::Block)
-        .proxy(check_only(false))
-        .start()
-        .await;
+    let (st, kim) = faulty_kim().proxy(check_only(false)).start().await;
     let (status, _, _) = st
         .create(kim.is(), kim.target(), &[("Identity", "kim")])
         .await;
@@ -687,14 +680,7 @@ const USER_READ: &str = "/Users/[^/]+$";
 /// the plan and the incident the rehearsal's result and reads.
 #[tokio::test]
 async fn the_caller_has_its_404_while_the_rehearsals_read_is_still_held() {
-    let (st, kim) = Scene::new()
-        .user("kim")
-        .friendly("Kim K")
-        .member_of_another()
-        .armed(FaultMode::Block)
-        .proxy(check_only(true))
-        .start()
-        .await;
+    let (st, kim) = faulty_kim().proxy(check_only(true)).start().await;
     let rule = st
         .emu
         .add_rule_id(serde_json::json!({"method": "GET", "path": USER_READ,
@@ -810,11 +796,7 @@ async fn with_rehearsals_off_the_incident_says_so_and_nothing_is_read() {
 /// once the slot frees).
 #[tokio::test]
 async fn past_the_bound_a_fault_is_not_rehearsed_and_is_counted_skipped() {
-    let (st, kim) = Scene::new()
-        .user("kim")
-        .friendly("Kim K")
-        .member_of_another()
-        .armed(FaultMode::Block)
+    let (st, kim) = faulty_kim()
         .proxy(|c| {
             check_only(true)(c);
             c.repair.rehearsal_max_in_flight = 1;
@@ -914,24 +896,14 @@ async fn with_hash_privacy_a_failed_rehearsal_never_shows_the_identity() {
     )
     .await;
     let http = reqwest::Client::new();
-    let create = || {
-        http.post(format!(
-            "http://{}{}/Conversations/{}/Participants",
-            proxy.addr,
-            kim.base,
-            kim.target()
-        ))
-        .basic_auth(ACCOUNT, Some(TOKEN))
-        .form(&[("Identity", MAIL)])
-        .send()
-    };
+    let create = || proxy.create_in(&kim, MAIL);
     let admin = |path: &str| format!("http://{}{path}", proxy.admin);
-    assert_eq!(create().await.unwrap().status(), 404);
+    assert_eq!(create().await.status(), 404);
     until_plans(&http, &admin("/rehearsals"), 1).await;
     emu.add_rule(serde_json::json!({"method": "GET", "path": USER_READ,
         "action": {"kind": "reset"}}))
         .await;
-    assert_eq!(create().await.unwrap().status(), 404);
+    assert_eq!(create().await.status(), 404);
     let v = until_plans(&http, &admin("/rehearsals"), 2).await;
     let why = v["rehearsals"]["recent"][0]["why_not"].as_str().unwrap();
     assert!(
@@ -1008,18 +980,7 @@ async fn shutdown_waits_for_a_rehearsal_in_flight() {
         .add_rule_id(serde_json::json!({"method": "GET", "path": USER_READ,
             "action": {"kind": "hold", "process_on_release": true}}))
         .await;
-    let r = reqwest::Client::new()
-        .post(format!(
-            "http://{}{}/Conversations/{}/Participants",
-            proxy.addr,
-            kim.base,
-            kim.target()
-        ))
-        .basic_auth(ACCOUNT, Some(TOKEN))
-        .form(&[("Identity", "kim")])
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.create_in(&kim, "kim").await;
     assert_eq!(r.status(), 404);
     emu.wait_held(1).await;
     proxy.signal("TERM");
@@ -1091,18 +1052,7 @@ async fn a_rehearsal_cut_by_kill_9_is_marked_cut_short_by_the_next_start() {
         .add_rule_id(json!({"method": "GET", "path": USER_READ,
             "action": {"kind": "hold", "process_on_release": false}}))
         .await;
-    let r = http
-        .post(format!(
-            "http://{}{}/Conversations/{}/Participants",
-            first.addr,
-            kim.base,
-            kim.target()
-        ))
-        .basic_auth(ACCOUNT, Some(TOKEN))
-        .form(&[("Identity", "kim")])
-        .send()
-        .await
-        .unwrap();
+    let r = first.create_in(&kim, "kim").await;
     assert_eq!(r.status(), 404);
     emu.wait_held(1).await;
     let before = detail(first.admin.to_string()).await;
@@ -1136,4 +1086,13 @@ async fn a_rehearsal_cut_by_kill_9_is_marked_cut_short_by_the_next_start() {
         log.contains("incidents=1") || log.contains("\"incidents\":1"),
         "{log}"
     );
+}
+
+/// Kim, named "Kim K", with another membership, struck by the fault.
+fn faulty_kim() -> Scene {
+    Scene::new()
+        .user("kim")
+        .friendly("Kim K")
+        .member_of_another()
+        .armed(FaultMode::Block)
 }

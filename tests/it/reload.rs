@@ -77,18 +77,7 @@ async fn sighup_and_a_replaced_file_reload_and_a_broken_file_changes_nothing() {
     );
     assert_eq!(admin_status(&proxy, token_b).await, 200);
     emu.clear_requests().await;
-    let r = reqwest::Client::new()
-        .post(format!(
-            "http://{}{}/Conversations/{}/Participants",
-            proxy.addr,
-            kim.base,
-            kim.target()
-        ))
-        .basic_auth(ACCOUNT, Some(TOKEN))
-        .form(&[("Identity", "kim")])
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.create_in(&kim, "kim").await;
     assert_eq!(r.status(), 404, "only checked: Twilio's 404");
     assert_eq!(r.headers()["x-repair-outcome"], "disabled");
     let deletes = emu
