@@ -238,6 +238,16 @@ async fn hold_the_roles_read(emu: &Emu, process: bool) {
         .await;
 }
 
+/// `POST /selftest` in the background, once its roles read is held at the
+/// emulator (processed on release); its status and JSON body.
+async fn post_selftest_held(st: &Stack) -> tokio::task::JoinHandle<(u16, Value)> {
+    hold_the_roles_read(&st.emu, true).await;
+    let (http, admin) = (st.http.clone(), st.proxy.admin.to_string());
+    let run = tokio::spawn(async move { post_selftest(&http, &admin).await });
+    st.emu.wait_held(1).await;
+    run
+}
+
 /// `POST /selftest` with the token: status and JSON body.
 async fn post_selftest(http: &reqwest::Client, admin: &str) -> (u16, Value) {
     let r = http
@@ -453,10 +463,7 @@ async fn a_post_selftest_past_its_deadline_is_interrupted_and_deletes_its_servic
 #[tokio::test]
 async fn a_second_post_selftest_while_one_runs_is_409_and_the_first_is_unaffected() {
     let st = Scene::new().proxy(check_only(true)).stack().await;
-    hold_the_roles_read(&st.emu, true).await;
-    let (http, admin) = (st.http.clone(), st.proxy.admin.to_string());
-    let first = tokio::spawn(async move { post_selftest(&http, &admin).await });
-    st.emu.wait_held(1).await;
+    let first = post_selftest_held(&st).await;
     let (status, body) = post_selftest(&st.http, &st.proxy.admin.to_string()).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["status"], 409, "{body}");
@@ -538,10 +545,7 @@ async fn post_selftest_takes_its_slots_from_the_proxys_live_shield() {
 #[tokio::test]
 async fn an_operator_who_hangs_up_leaves_the_selftest_running_and_the_panel_keeps_it() {
     let st = Scene::new().proxy(check_only(true)).stack().await;
-    hold_the_roles_read(&st.emu, true).await;
-    let (http, admin) = (st.http.clone(), st.proxy.admin.to_string());
-    let operator = tokio::spawn(async move { post_selftest(&http, &admin).await });
-    st.emu.wait_held(1).await;
+    let operator = post_selftest_held(&st).await;
     operator.abort();
     let _ = operator.await;
     st.emu.release(None).await;

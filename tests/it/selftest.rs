@@ -15,6 +15,15 @@ use crate::common::*;
 const KEY: &str = "SKbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const SECRET: &str = "emulator-key-secret";
 
+/// Run `selftest` against `emu` with the account's credential, for a
+/// repair that cannot succeed: it keeps trying until its deadline, so a
+/// short one (2 s).
+async fn selftest_failing_repair(emu: &Emu) -> Output {
+    let mut env = ACCOUNT_ENV.to_vec();
+    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
+    selftest(emu, &[], &env).await
+}
+
 /// Run `selftest` against `emu` with `env` (and no repair credential or
 /// other TWILIO_* setting from the outer environment).
 async fn selftest(emu: &Emu, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -234,10 +243,7 @@ async fn a_repair_twilio_refuses_fails_on_the_repair_line_and_still_cleans_up() 
     emu.add_rule(json!({"method": "DELETE", "path": "/Users/US",
         "action": {"kind": "status", "status": 403, "code": 20003, "message": "Forbidden"}}))
         .await;
-    // The repair keeps putting the role right until its deadline: a short one.
-    let mut env = ACCOUNT_ENV.to_vec();
-    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
-    let out = selftest(&emu, &[], &env).await;
+    let out = selftest_failing_repair(&emu).await;
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     assert!(line(&text, "create user").contains(" ok "), "{text}");
@@ -627,10 +633,7 @@ async fn a_role_lost_by_the_repairs_recreate_fails_check_user_and_still_cleans_u
         json!({"mode": "off", "drop_user_role_sid": true, "drop_user_role_sid_after": 1}),
     )
     .await;
-    // The repair keeps putting the role right until its deadline: a short one.
-    let mut env = ACCOUNT_ENV.to_vec();
-    env.push(("TRP_REPAIR_WORKFLOW_DEADLINE_MS", "2000"));
-    let out = selftest(&emu, &[], &env).await;
+    let out = selftest_failing_repair(&emu).await;
     let text = stdout(&out);
     assert!(!out.status.success(), "{text}");
     assert!(line(&text, "create user").contains(" ok "), "{text}");
