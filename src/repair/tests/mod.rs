@@ -445,11 +445,7 @@ async fn a_delete_that_landed_before_the_crash_is_read_back_not_sent_again() {
         0,
         "no second DELETE"
     );
-    let m = b.fake.0.lock().unwrap();
-    let u = m.users.get("kim").expect("kim is back");
-    assert_eq!(u.friendly_name.as_deref(), Some("Kim K"));
-    assert_eq!(u.attributes, r#"{"vip":true}"#);
-    drop(m);
+    assert_kim_back(&b, "Kim K");
     let repairs = b.store.repairs.lock().unwrap();
     assert_eq!(repairs.len(), 1, "no new record: nothing to re-snapshot");
     assert_eq!(repairs[0].id, id);
@@ -545,6 +541,7 @@ async fn a_late_delete_landing_during_the_resnapshot_leaves_the_journaled_snapsh
     assert_eq!(u.attributes, r#"{"vip":true}"#);
     assert_eq!(u.role_sid, "RLadmin");
     drop(m);
+    assert_kim_back(&b, "Kim K");
     assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 0);
     let repairs = b.store.repairs.lock().unwrap();
     assert_eq!(repairs.len(), 1, "no snapshot of nobody journaled");
@@ -562,6 +559,7 @@ async fn a_user_delete_whose_answer_is_lost_is_read_back_not_sent_again() {
     let v = workflow::run(&b.rep, &kim_create()).await;
     assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
     assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
+    assert_kim_back(&b, "Kim K");
     // And a 5xx after which the User is still there is sent again.
     let b = bench_operator(FakeTwilio::with_kim(1));
     b.fake
@@ -633,6 +631,7 @@ async fn a_delete_that_may_have_landed_is_never_closed_as_refused() {
     let u = m.users.get("kim").expect("kim is back");
     assert_eq!(u.friendly_name.as_deref(), Some("Kim K"));
     drop(m);
+    assert_kim_back(&b, "Kim K");
     assert!(!b.store.repairs.lock().unwrap()[0].state.is_open());
     assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
 }
@@ -660,6 +659,8 @@ async fn a_late_delete_landing_after_the_resnapshots_listing_is_read_back() {
         Some("Old Name"),
         "the journaled snapshot"
     );
+    drop(m);
+    assert_kim_back(&b, "Old Name");
 }
 
 #[tokio::test(start_paused = true)]
@@ -677,6 +678,7 @@ async fn a_delete_that_may_have_landed_is_sent_again_only_once_its_sid_reads_200
     let v = workflow::run(&b.rep, &kim_create()).await;
     assert_eq!(v.outcome, Outcome::Repaired, "{:?}", v.detail);
     assert_eq!(b.fake.count(Method::DELETE, "/Users/"), 1, "one DELETE");
+    assert_kim_back(&b, "Kim K");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1190,5 +1192,24 @@ async fn only_a_sid_an_alias_names_asks_the_journal_once_the_index_is_loaded() {
     assert!(
         !b.rep.aliases().may_alias("/v1/Services/x/Conversations"),
         "not a candidate"
+    );
+}
+
+/// Kim as the invariant wants her after a repair: the User with
+/// `friendly`, the snapshot's attributes and role, and her other membership
+/// with its attributes and role (not just "a User exists").
+fn assert_kim_back(b: &Bench, friendly: &str) {
+    let m = b.fake.0.lock().unwrap();
+    let u = m.users.get("kim").expect("kim is back");
+    assert_eq!(u.friendly_name.as_deref(), Some(friendly));
+    assert_eq!(u.attributes, r#"{"vip":true}"#);
+    assert_eq!(u.role_sid, "RLadmin");
+    let p = m
+        .participants
+        .get(&(OTHER.to_string(), "kim".to_string()))
+        .expect("her other membership is back");
+    assert_eq!(
+        (p.attributes.as_str(), p.role_sid.as_str()),
+        (r#"{"seat":0}"#, "RLmod")
     );
 }
